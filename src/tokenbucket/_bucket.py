@@ -1,0 +1,60 @@
+"""TokenBucket: a rate with a burst."""
+
+from __future__ import annotations
+
+from . import _validate
+from ._core import BucketState
+from ._queue import QueuedLimiter, limiter_repr
+from ._rate import Rate, units_per_second
+
+__all__ = ["TokenBucket"]
+
+
+class TokenBucket(QueuedLimiter):
+    """A token bucket: ``rate`` units per second on average, bursts up to ``capacity``.
+
+    The bucket starts full. Over every interval of length ``T`` it grants at most
+    ``capacity + rate * T`` units, and waiters are served strictly in arrival order.
+
+    >>> import tokenbucket as tb
+    >>> bucket = tb.TokenBucket(rate=10, capacity=20)
+    >>> per_minute = tb.TokenBucket(rate=tb.per_minute(500), capacity=10)
+    >>> per_minute.rate
+    8.333333333333334
+
+    Args:
+        rate: refill rate in units per second, or a :class:`Rate`
+            (``tb.per_minute(500)``) or a string (``"500/minute"``).
+        capacity: the most the bucket holds, and so the largest single ``acquire``.
+
+    Note that a bucket with ``capacity == N`` and ``rate == N per minute`` can grant up
+    to ``2 * N`` in a rolling minute (a full bucket, then a minute of refill). For "at
+    most N in any minute" use :class:`SlidingWindow`, or a capacity that is a small
+    share of the rate.
+
+    A limiter may be created anywhere (at import time too) and is bound to the event
+    loop that first uses it; it is not thread-safe.
+    """
+
+    __slots__ = ("_bucket",)
+
+    _LIMIT_NAME = "bucket's capacity"
+
+    def __init__(self, rate: float | Rate | str, capacity: float) -> None:
+        per_second = units_per_second(rate)
+        size = _validate.real(capacity, "capacity")
+        self._bucket = BucketState(per_second, size)
+        super().__init__(self._bucket, size)
+
+    @property
+    def rate(self) -> float:
+        """Refill rate in units per second."""
+        return self._bucket.rate
+
+    @property
+    def capacity(self) -> float:
+        """The most the bucket holds (the burst)."""
+        return self._bucket.capacity
+
+    def __repr__(self) -> str:
+        return limiter_repr(self, f"rate={self.rate:.6g}/s capacity={self.capacity:.6g}")

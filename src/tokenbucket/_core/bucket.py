@@ -1,0 +1,106 @@
+"""Token bucket state: a level that refills lazily at ``rate`` up to ``capacity``."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["BucketState"]
+
+
+class BucketState:
+    """A token bucket at explicit instants.
+
+    The level is not stored per instant but computed lazily: ``level(t)`` is the level at
+    the last update plus ``rate * elapsed``, capped at ``capacity``. Over every interval
+    of length ``T`` the amount granted is at most ``capacity + rate * T``.
+
+    ``taken`` counts every unit ever granted (net of refunds); a grant's *ticket* is the
+    value of that counter just after it, which bounds how much a later refund may restore.
+    """
+
+    __slots__ = ("_level", "_stamp", "_taken", "capacity", "rate")
+
+    def __init__(self, rate: float, capacity: float, now: float = 0.0) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self._level = capacity
+        self._stamp = now
+        self._taken = 0.0
+
+    def level(self, now: float) -> float:
+        """The level at ``now`` (pure: changes nothing)."""
+        if now <= self._stamp:
+            return self._level
+        level = self._level + (now - self._stamp) * self.rate
+        return level if level < self.capacity else self.capacity
+
+    @property
+    def ticket(self) -> float:
+        """The ticket of the most recent grant (see :meth:`refund`)."""
+        return self._taken
+
+    @property
+    def last_update(self) -> float:
+        """The latest instant this state has seen."""
+        return self._stamp
+
+    def try_take(self, amount: float, now: float) -> bool:
+        """Take ``amount`` if the level at ``now`` covers it; report whether it did."""
+        if now > self._stamp:
+            level = self._level + (now - self._stamp) * self.rate
+            if level > self.capacity:
+                level = self.capacity
+            self._level = level
+            self._stamp = now
+        else:
+            level = self._level
+        if level >= amount:
+            self._level = level - amount
+            self._taken += amount
+            return True
+        return False
+
+    def ready_at(self, amount: float, now: float) -> float:
+        """The earliest instant ``t >= now`` with ``level(t) >= amount``.
+
+        The answer is nudged up until ``level(t) >= amount`` holds in floating point, so
+        ``try_take(amount, t)`` succeeds if nothing else happens first.
+        """
+        start = now if now > self._stamp else self._stamp
+        deficit = amount - self.level(start)
+        if deficit <= 0:
+            return start
+        t = start + deficit / self.rate
+        step = math.ulp(t)
+        while self.level(t) < amount:
+            t += step
+            step *= 2
+        return t
+
+    def refund(self, amount: float, ticket: float, now: float) -> float:
+        """Give back up to ``amount`` of the grant whose ticket is ``ticket``.
+
+        What a refund may restore is bounded so that the guarantee holds as if the grant
+        had never been made: at most ``amount``, and never more than ``capacity`` minus what
+        was granted after it. Returns the amount actually restored.
+        """
+        level = self.level(now)
+        if now > self._stamp:
+            self._stamp = now
+        self._level = level
+        self._taken -= amount
+        target = min(level + amount, self.capacity - (self._taken + amount - ticket))
+        if target <= level:
+            return 0.0
+        self._level = target
+        return target - level
+
+    def rebase(self, now: float) -> None:
+        """Continue on a clock with another origin, as if no time had passed."""
+        self._stamp = now
+
+    def __repr__(self) -> str:
+        return (
+            f"BucketState(rate={self.rate!r}, capacity={self.capacity!r}, "
+            f"level={self._level!r}, stamp={self._stamp!r})"
+        )

@@ -1,0 +1,137 @@
+"""Exact sliding window: a compacted log of grants and when each leaves the window."""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+
+__all__ = ["WindowLog"]
+
+_COMPACT_AT = 64
+
+
+class WindowLog:
+    """At most ``limit`` units granted in any window ``[s, s + window)``.
+
+    The log keeps one entry per distinct grant instant: the instant it expires
+    (``granted_at + window``) and the running total of all amounts up to and including it.
+    Entries whose expiry is ``<= now`` have left the window. Memory is proportional to the
+    number of distinct grant instants inside the window, not to history: expired entries
+    are dropped in batches, and the running totals are re-based when they are.
+
+    A grant's *ticket* is its entry's expiry instant; refunds find the entry by it.
+    """
+
+    __slots__ = ("_base", "_expiry", "_head", "_last", "_total", "limit", "window")
+
+    def __init__(self, limit: float, window: float, now: float = 0.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._expiry: list[float] = []
+        self._total: list[float] = []
+        self._head = 0
+        self._base = 0.0
+        self._last = now
+
+    def _expire(self, now: float) -> float:
+        if now > self._last:
+            self._last = now
+        else:
+            now = self._last
+        head = self._head
+        expiry = self._expiry
+        if head < len(expiry) and expiry[head] <= now:
+            head = bisect_right(expiry, now, head)
+            self._base = self._total[head - 1]
+            if head >= _COMPACT_AT and 2 * head >= len(expiry):
+                base = self._base
+                del expiry[:head]
+                self._total = [t - base for t in self._total[head:]]
+                self._base = 0.0
+                head = 0
+            self._head = head
+        return now
+
+    def used(self, now: float) -> float:
+        """Units granted in the window ending at ``now``."""
+        self._expire(now)
+        return self._total[-1] - self._base if self._head < len(self._total) else 0.0
+
+    def level(self, now: float) -> float:
+        """Units that could be granted at ``now``."""
+        return self.limit - self.used(now)
+
+    @property
+    def ticket(self) -> float:
+        """The ticket of the most recent grant (see :meth:`refund`)."""
+        return self._expiry[-1] if self._expiry else 0.0
+
+    @property
+    def last_update(self) -> float:
+        """The latest instant this state has seen."""
+        return self._last
+
+    def __len__(self) -> int:
+        """Entries held (distinct grant instants not yet dropped)."""
+        return len(self._expiry) - self._head
+
+    def try_take(self, amount: float, now: float) -> bool:
+        """Record a grant of ``amount`` at ``now`` if the window has room for it."""
+        now = self._expire(now)
+        total = self._total
+        # The same comparison as in ready_at, so both agree to the last bit.
+        if total and total[-1] - self.limit + amount > self._base:
+            return False
+        if not total and amount > self.limit:
+            return False
+        expires = now + self.window
+        if self._head < len(total) and self._expiry[-1] == expires:
+            total[-1] += amount
+        else:
+            self._expiry.append(expires)
+            total.append((total[-1] if total else self._base) + amount)
+        return True
+
+    def ready_at(self, amount: float, now: float) -> float:
+        """The earliest instant ``t >= now`` at which ``amount`` fits in the window."""
+        now = self._expire(now)
+        total = self._total
+        if self._head == len(total):
+            return now
+        # Room for `amount` once every entry up to index i has expired, where i is the
+        # first whose running total reaches total[-1] - limit + amount.
+        need = total[-1] - self.limit + amount
+        if need <= self._base:
+            return now
+        i = bisect_left(total, need, self._head)
+        return self._expiry[min(i, len(total) - 1)]
+
+    def refund(self, amount: float, ticket: float, now: float) -> float:
+        """Remove up to ``amount`` from the grant recorded under ``ticket``.
+
+        Removing a grant from the log can only lower every window's sum, so this is always
+        safe. A grant that has already left the window needs no refund. Returns the amount
+        removed.
+        """
+        self._expire(now)
+        expiry = self._expiry
+        i = bisect_left(expiry, ticket, self._head)
+        if i == len(expiry) or expiry[i] != ticket:
+            return 0.0
+        total = self._total
+        previous = total[i - 1] if i > 0 else self._base
+        amount = min(amount, total[i] - previous)
+        for j in range(i, len(total)):
+            total[j] -= amount
+        return amount
+
+    def rebase(self, now: float) -> None:
+        """Continue on a clock with another origin, as if no time had passed."""
+        shift = now - self._last
+        self._expiry = [e + shift for e in self._expiry]
+        self._last = now
+
+    def __repr__(self) -> str:
+        return (
+            f"WindowLog(limit={self.limit!r}, window={self.window!r}, "
+            f"entries={len(self)}, last={self._last!r})"
+        )

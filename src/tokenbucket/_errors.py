@@ -1,0 +1,64 @@
+"""The exceptions tokenbucket raises.
+
+Every exception the library raises on purpose derives from :class:`TokenBucketError`,
+and each also derives from the built-in exception a user would expect, so ``except
+ValueError`` or ``except TimeoutError`` keep working::
+
+    TokenBucketError
+     ├── InvalidArgumentError        (also ValueError)
+     │    └── AmountExceedsLimitError
+     ├── ArgumentTypeError           (also TypeError)
+     └── AcquireTimeoutError         (also TimeoutError)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AcquireTimeoutError",
+    "AmountExceedsLimitError",
+    "ArgumentTypeError",
+    "InvalidArgumentError",
+    "TokenBucketError",
+]
+
+
+class TokenBucketError(Exception):
+    """Base class of every exception raised by tokenbucket."""
+
+
+class InvalidArgumentError(TokenBucketError, ValueError):
+    """An argument has the right type but an invalid value (negative, NaN, ...).
+
+    ``argument`` names the offending parameter.
+    """
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+class AmountExceedsLimitError(InvalidArgumentError):
+    """The amount asked for is more than the limiter could ever grant.
+
+    Raised at once instead of waiting forever. Nothing is consumed.
+    """
+
+    def __init__(self, amount: float, maximum: float, what: str) -> None:
+        super().__init__(
+            "amount",
+            f"amount={amount!r} exceeds the {what} of {maximum!r}; it could never be granted",
+        )
+        self.amount = amount
+        self.maximum = maximum
+
+
+class ArgumentTypeError(TokenBucketError, TypeError):
+    """An argument has the wrong type. ``argument`` names the offending parameter."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+class AcquireTimeoutError(TokenBucketError, TimeoutError):
+    """``acquire(..., timeout=...)`` gave up waiting. Nothing was consumed."""
