@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import anyio
 import pytest
 
@@ -271,7 +273,7 @@ async def test_ten_thousand_waiters_fifo_exact_and_conforming(kind: str) -> None
     # FIFO: grant times never decrease in arrival order.
     by_arrival = sorted(grants)
     times = [t for _, t in by_arrival]
-    assert all(a <= b + 1e-12 for a, b in zip(times, times[1:]))
+    assert all(a <= b + 1e-12 for a, b in itertools.pairwise(times))
     if kind == "bucket":
         # The k-th unit (0-based) is due at (k + 1) / rate once the burst is gone.
         expected = [(k + 1) / 1000 for k in range(n)]
@@ -288,7 +290,7 @@ async def test_ten_thousand_waiters_fifo_exact_and_conforming(kind: str) -> None
         # quantised clock such as looptime's may add its 1 us tick per batch).
         batches = times[::100]
         assert all(times[k] == batches[k // 100] for k in range(n))
-        gaps = [b - a for a, b in zip([0.0, *batches], batches)]
+        gaps = [b - a for a, b in itertools.pairwise([0.0, *batches])]
         assert min(gaps) >= 0.1 - 1e-9
         assert max(gaps) <= 0.1 + 2e-6
         j = 0
