@@ -36,6 +36,9 @@ class InvalidArgumentError(TokenBucketError, ValueError):
         super().__init__(message)
         self.argument = argument
 
+    def __reduce__(self) -> tuple[type[InvalidArgumentError], tuple[str, str]]:
+        return (type(self), (self.argument, str(self)))
+
 
 class AmountExceedsLimitError(InvalidArgumentError):
     """The amount asked for is more than the limiter could ever grant.
@@ -50,6 +53,12 @@ class AmountExceedsLimitError(InvalidArgumentError):
         )
         self.amount = amount
         self.maximum = maximum
+        self.what = what
+
+    def __reduce__(  # type: ignore[override]
+        self,
+    ) -> tuple[type[AmountExceedsLimitError], tuple[float, float, str]]:
+        return (type(self), (self.amount, self.maximum, self.what))
 
 
 class ArgumentTypeError(TokenBucketError, TypeError):
@@ -58,6 +67,9 @@ class ArgumentTypeError(TokenBucketError, TypeError):
     def __init__(self, argument: str, message: str) -> None:
         super().__init__(message)
         self.argument = argument
+
+    def __reduce__(self) -> tuple[type[ArgumentTypeError], tuple[str, str]]:
+        return (type(self), (self.argument, str(self)))
 
 
 class AcquireTimeoutError(TokenBucketError, TimeoutError):

@@ -83,7 +83,10 @@ class Rate:
                 f"cannot read rate {text!r}; expected e.g. '500/minute', '10/s' or '100/5s'",
             )
         count = float(match["count"]) if match["count"] else 1.0
-        return cls(float(match["amount"]), count * unit)
+        try:
+            return cls(float(match["amount"]), count * unit)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError("rate", f"cannot use rate {text!r}: {exc}") from None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Rate):
@@ -94,7 +97,7 @@ class Rate:
         return hash((self._amount, self._period))
 
     def __repr__(self) -> str:
-        return f"Rate({self._amount:g}, {self._period:g})"
+        return f"Rate({_number(self._amount)}, {_number(self._period)})"
 
     def __str__(self) -> str:
         for name, seconds in (("day", DAY), ("hour", HOUR), ("minute", MINUTE)):
@@ -103,6 +106,11 @@ class Rate:
         if self._period == SECOND:
             return f"{self._amount:g}/second"
         return f"{self._amount:g}/{self._period:g}s"
+
+
+def _number(value: float) -> str:
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def per_second(amount: float) -> Rate:

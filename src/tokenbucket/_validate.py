@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import cast
 
 from ._errors import ArgumentTypeError, InvalidArgumentError
 
@@ -19,14 +20,14 @@ def real(value: object, name: str, *, zero: bool = False, infinite: bool = False
     try:
         number = float(value)
     except OverflowError:
-        number = -math.inf if str(value).startswith("-") else math.inf  # an enormous int
+        number = -math.inf if cast("float", value) < 0 else math.inf  # an enormous int
     if math.isnan(number):
         raise InvalidArgumentError(name, f"{name} must be a number, not NaN")
     if number < 0 or (number == 0 and not zero):
         bound = ">= 0" if zero else "> 0"
-        raise InvalidArgumentError(name, f"{name} must be {bound}, got {value!r}")
+        raise InvalidArgumentError(name, f"{name} must be {bound}, got {number!r}")
     if math.isinf(number) and not infinite:
-        raise InvalidArgumentError(name, f"{name} must be finite, got {value!r}")
+        raise InvalidArgumentError(name, f"{name} must be finite, got {number!r}")
     return number
 
 

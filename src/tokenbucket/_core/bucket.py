@@ -14,8 +14,9 @@ class BucketState:
     the last update plus ``rate * elapsed``, capped at ``capacity``. Over every interval
     of length ``T`` the amount granted is at most ``capacity + rate * T``.
 
-    ``taken`` counts every unit ever granted (net of refunds); a grant's *ticket* is the
-    value of that counter just after it, which bounds how much a later refund may restore.
+    ``taken`` counts every unit ever granted (refunds do not lower it); a grant's *ticket*
+    is the value of that counter just after it, which bounds how much a later refund may
+    restore.
     """
 
     __slots__ = ("_level", "_stamp", "_taken", "capacity", "rate")
@@ -67,6 +68,8 @@ class BucketState:
         ``try_take(amount, t)`` succeeds if nothing else happens first.
         """
         start = now if now > self._stamp else self._stamp
+        if amount > self.capacity:
+            return math.inf
         deficit = amount - self.level(start)
         if deficit <= 0:
             return start
@@ -88,8 +91,9 @@ class BucketState:
         if now > self._stamp:
             self._stamp = now
         self._level = level
-        self._taken -= amount
-        target = min(level + amount, self.capacity - (self._taken + amount - ticket))
+        # Intervals that contain the refunded grant gain `amount` of slack; those that
+        # start after it gain nothing, and hold at most what was granted since.
+        target = min(level + amount, self.capacity - (self._taken - ticket))
         if target <= level:
             return 0.0
         self._level = target

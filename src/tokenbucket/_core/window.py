@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 
 __all__ = ["WindowLog"]
@@ -51,10 +52,14 @@ class WindowLog:
             self._head = head
         return now
 
+    def _used(self) -> float:
+        # Exactly 0.0 when the window is empty, whatever rounding the totals carry.
+        return self._total[-1] - self._base if self._head < len(self._total) else 0.0
+
     def used(self, now: float) -> float:
         """Units granted in the window ending at ``now``."""
         self._expire(now)
-        return self._total[-1] - self._base if self._head < len(self._total) else 0.0
+        return self._used()
 
     def level(self, now: float) -> float:
         """Units that could be granted at ``now``."""
@@ -77,13 +82,13 @@ class WindowLog:
     def try_take(self, amount: float, now: float) -> bool:
         """Record a grant of ``amount`` at ``now`` if the window has room for it."""
         now = self._expire(now)
+        # The same comparison as in ready_at and level, so all agree to the last bit.
+        if amount > self.limit - self._used():
+            return False
         total = self._total
-        # The same comparison as in ready_at, so both agree to the last bit.
-        if total and total[-1] - self.limit + amount > self._base:
-            return False
-        if not total and amount > self.limit:
-            return False
         expires = now + self.window
+        if expires <= now:  # a window below the clock's resolution at this instant
+            expires = math.nextafter(now, math.inf)
         if self._head < len(total) and self._expiry[-1] == expires:
             total[-1] += amount
         else:
@@ -94,16 +99,23 @@ class WindowLog:
     def ready_at(self, amount: float, now: float) -> float:
         """The earliest instant ``t >= now`` at which ``amount`` fits in the window."""
         now = self._expire(now)
+        if amount > self.limit:
+            return math.inf
+        if amount <= self.limit - self._used():
+            return now
+        # Room for `amount` once every entry up to index i has expired, for the first i
+        # at which the check try_take will make passes. Binary search on that very
+        # predicate (monotone in i), so the answer and the check agree to the last bit.
         total = self._total
-        if self._head == len(total):
-            return now
-        # Room for `amount` once every entry up to index i has expired, where i is the
-        # first whose running total reaches total[-1] - limit + amount.
-        need = total[-1] - self.limit + amount
-        if need <= self._base:
-            return now
-        i = bisect_left(total, need, self._head)
-        return self._expiry[min(i, len(total) - 1)]
+        last = total[-1]
+        lo, hi = self._head, len(total) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if amount <= self.limit - (last - total[mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        return self._expiry[lo]
 
     def refund(self, amount: float, ticket: float, now: float) -> float:
         """Remove up to ``amount`` from the grant recorded under ``ticket``.

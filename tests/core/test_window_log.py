@@ -1,0 +1,314 @@
+"""Table-driven tests of the pure sliding-window log at fixed instants (no event loop)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+from typing import NamedTuple
+
+import pytest
+
+from tokenbucket._core import WindowLog
+
+INSTANTS = [0.0, 0.1, 1e5, 1e5 + 0.1, 1e9, 1e9 + 0.3]
+WINDOWS = [1.0, 0.1, 0.3, 7.0, 60.0]
+
+
+def before(t: float) -> float:
+    """The float just before ``t``."""
+    return math.nextafter(t, -math.inf)
+
+
+def used_at(log: WindowLog, now: float) -> float:
+    """``log.used(now)`` without moving the log's clock."""
+    return copy.deepcopy(log).used(now)
+
+
+def can_take(log: WindowLog, amount: float, now: float) -> bool:
+    """Would ``log.try_take(amount, now)`` succeed? (The log itself is left unchanged.)"""
+    return copy.deepcopy(log).try_take(amount, now)
+
+
+# -- basics --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("now", INSTANTS)
+def test_starts_empty(now: float) -> None:
+    log = WindowLog(10.0, 60.0, now)
+    assert len(log) == 0
+    assert log.last_update == now
+    assert log.used(now) == 0.0
+    assert log.level(now) == 10.0
+    assert log.ready_at(10.0, now) == now
+    assert log.try_take(10.0, now)
+    assert not log.try_take(1e-9, now)
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("t", INSTANTS)
+@pytest.mark.parametrize("amount", [1.0, 0.1, 1 / 3, 10.0])
+def test_a_grant_leaves_the_window_at_exactly_t_plus_window(
+    window: float, t: float, amount: float
+) -> None:
+    log = WindowLog(10.0, window, t)
+    assert log.try_take(amount, t)
+    leaves = t + window
+    assert log.ticket == leaves
+    # Half-open windows [s, s + window): the grant counts up to the instant before
+    # t + window and not at t + window.
+    assert used_at(log, before(leaves)) == amount
+    assert not can_take(log, 10.0, before(leaves))
+    assert used_at(log, leaves) == 0.0
+    assert can_take(log, 10.0, leaves)
+    assert log.ready_at(10.0, t) == leaves
+    assert log.ready_at(10.0, before(leaves)) == leaves
+    # A full grant at t + window shares no window [s, s + window) with the one at t.
+    assert log.try_take(10.0, leaves)
+    assert log.used(leaves) == 10.0
+
+
+# -- ready_at ---------------------------------------------------------------------------------
+
+
+class Ready(NamedTuple):
+    grants: list[tuple[float, float]]  # (amount, instant)
+    now: float
+    amount: float
+    ready: float
+
+
+# limit 10, window 60
+READY = [
+    Ready([(3.0, 0.0), (4.0, 10.0), (3.0, 20.0)], 25.0, 1.0, 60.0),
+    Ready([(3.0, 0.0), (4.0, 10.0), (3.0, 20.0)], 25.0, 3.0, 60.0),
+    Ready([(3.0, 0.0), (4.0, 10.0), (3.0, 20.0)], 25.0, 4.0, 70.0),
+    Ready([(3.0, 0.0), (4.0, 10.0), (3.0, 20.0)], 25.0, 7.0, 70.0),
+    Ready([(3.0, 0.0), (4.0, 10.0), (3.0, 20.0)], 25.0, 8.0, 80.0),
+    Ready([(3.0, 0.0), (4.0, 10.0), (3.0, 20.0)], 25.0, 10.0, 80.0),
+    Ready([(3.0, 0.0), (4.0, 10.0), (3.0, 20.0)], 65.0, 3.0, 65.0),
+    Ready([(3.0, 0.0), (4.0, 10.0), (3.0, 20.0)], 65.0, 4.0, 70.0),
+    Ready([(3.0, 0.0), (4.0, 10.0), (3.0, 20.0)], 79.0, 10.0, 80.0),
+    Ready([(3.0, 0.0), (4.0, 10.0), (3.0, 20.0)], 80.0, 10.0, 80.0),
+    Ready([(3.0, 0.0), (4.0, 10.0)], 15.0, 3.0, 15.0),
+    Ready([(3.0, 0.0), (4.0, 10.0)], 15.0, 3.5, 60.0),
+    Ready([(1.0, 0.0), (1.0, 0.0), (8.0, 5.0)], 6.0, 2.0, 60.0),
+    Ready([(1.0, 0.0), (1.0, 0.0), (8.0, 5.0)], 6.0, 3.0, 65.0),
+    # fractional amounts whose running totals do not cancel exactly in floating point
+    Ready([(0.1, 0.0), (0.2, 30.0)], 30.0, 10.0, 90.0),
+    Ready([(0.1, 0.0), (0.7, 30.0)], 30.0, 10.0, 90.0),
+    Ready([(1 / 3, 0.0), (1.1, 30.0)], 30.0, 10.0, 90.0),
+]
+
+
+@pytest.mark.parametrize("case", READY)
+def test_ready_at_is_the_expiry_of_the_right_entry(case: Ready) -> None:
+    log = WindowLog(10.0, 60.0)
+    for amount, t in case.grants:
+        assert log.try_take(amount, t)
+    assert copy.deepcopy(log).ready_at(case.amount, case.now) == case.ready
+    assert can_take(log, case.amount, case.ready)
+    if case.ready > case.now:
+        assert not can_take(log, case.amount, before(case.ready))
+        assert copy.deepcopy(log).level(before(case.ready)) < case.amount
+
+
+@pytest.mark.parametrize(
+    "amounts", [(0.1, 0.2), (0.1, 0.3), (0.7, 1.1), (1 / 3, 2.5), (2.5, 1 / 3)]
+)
+def test_an_empty_window_grants_the_full_limit(amounts: tuple[float, float]) -> None:
+    """Once every grant has left the window, the whole limit is available again."""
+    log = WindowLog(10.0, 1.0)
+    assert log.try_take(amounts[0], 0.0)
+    assert log.try_take(amounts[1], 0.5)
+    assert log.used(1000.0) == 0.0
+    assert len(log) == 0
+    assert log.level(1000.0) == 10.0
+    assert log.try_take(10.0, 1000.0), log
+
+
+class Stress(NamedTuple):
+    limit: float
+    window: float
+    start: float
+    seed: int
+
+
+STRESS = [
+    Stress(limit, window, start, seed)
+    for (limit, window, start), seed in zip(
+        itertools.product([1.0, 10.0, 0.3, 7.7, 1 / 3], [1.0, 0.1, 7.0], [0.0, 1e5 + 0.1, 1e9]),
+        itertools.count(),
+    )
+]
+SHARES = [0.1, 0.3, 1 / 3, 0.7, 0.01, 1.0]
+
+
+@pytest.mark.parametrize("case", STRESS)
+def test_ready_at_is_the_earliest_instant_try_take_succeeds(case: Stress) -> None:
+    """A scheduler that waits for ready_at, then takes, always succeeds at once."""
+    rnd = random.Random(case.seed)
+    log = WindowLog(case.limit, case.window, case.start)
+    now = case.start
+    for step in range(300):
+        amount = case.limit * rnd.choice(SHARES)
+        ready = copy.deepcopy(log).ready_at(amount, now)
+        assert ready >= now
+        context = (step, amount, now, ready, log)
+        if ready > now:
+            assert not can_take(log, amount, before(ready)), context
+            assert copy.deepcopy(log).level(before(ready)) < amount, context
+        assert log.try_take(amount, ready), context
+        now = ready + case.window * rnd.choice([0.0, 0.0, 0.01, 0.37, 1.5])
+
+
+@pytest.mark.parametrize("case", STRESS[:15])
+def test_level_and_try_take_agree(case: Stress) -> None:
+    """``level(now) >= amount`` exactly when ``try_take(amount, now)`` would succeed."""
+    rnd = random.Random(case.seed)
+    log = WindowLog(case.limit, case.window, case.start)
+    now = case.start
+    for step in range(300):
+        amount = case.limit * rnd.choice(SHARES)
+        level = copy.deepcopy(log).level(now)
+        assert (level >= amount) == can_take(log, amount, now), (step, amount, level, log)
+        log.try_take(amount, now)
+        now += case.window * rnd.choice([0.01, 0.1, 0.37])
+
+
+# -- entries ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t", INSTANTS)
+def test_grants_at_the_same_instant_merge(t: float) -> None:
+    log = WindowLog(10.0, 60.0, t)
+    assert log.try_take(1.0, t)
+    ticket = log.ticket
+    assert log.try_take(2.0, t)
+    assert log.try_take(3.0, t)
+    assert len(log) == 1
+    assert log.ticket == ticket
+    assert log.used(t) == 6.0
+    assert log.try_take(1.0, t + 1.0)
+    assert len(log) == 2
+    assert log.ticket == t + 1.0 + 60.0
+
+
+def test_a_grant_at_an_earlier_instant_counts_at_the_latest_one() -> None:
+    log = WindowLog(10.0, 60.0)
+    assert log.try_take(4.0, 100.0)
+    assert log.try_take(4.0, 50.0)  # time went back: treated as t=100
+    assert len(log) == 1
+    assert log.ticket == 160.0
+    assert not log.try_take(3.0, 20.0)
+    assert log.used(159.0) == 8.0
+    assert log.used(160.0) == 0.0
+
+
+@pytest.mark.parametrize(("window", "spacing"), [(10.0, 1.0), (1.0, 0.001), (100.0, 0.37)])
+def test_memory_stays_proportional_to_entries_in_the_window(window: float, spacing: float) -> None:
+    log = WindowLog(1e12, window)
+    in_window = math.ceil(window / spacing) + 1
+    longest = 0
+    for i in range(20_000):
+        assert log.try_take(1.0, i * spacing)
+        assert len(log) <= in_window
+        longest = max(longest, len(log._expiry), len(log._total))
+    # The internal lists hold the live entries plus a bounded backlog of expired ones.
+    assert longest <= 2 * in_window + 64
+    assert len(log._expiry) == len(log._total)
+
+
+def test_memory_is_released_after_a_burst() -> None:
+    log = WindowLog(1e12, 1.0)
+    for i in range(10_000):
+        assert log.try_take(1.0, i * 1e-4)
+    assert len(log) == 10_000
+    # Much later: one grant per window; the burst's entries must not stay in memory.
+    for k in range(200):
+        assert log.try_take(1.0, 10.0 + 2.0 * k)
+        assert len(log) == 1
+    assert len(log._expiry) <= 64 + 1
+    assert len(log._total) == len(log._expiry)
+    assert log.used(10.0 + 2.0 * 199) == 1.0
+
+
+# -- refund ----------------------------------------------------------------------------------
+
+
+def test_refund_lowers_the_window_sum() -> None:
+    log = WindowLog(10.0, 60.0)
+    assert log.try_take(3.0, 0.0)
+    first = log.ticket
+    assert log.try_take(4.0, 10.0)
+    second = log.ticket
+    assert log.try_take(3.0, 20.0)
+    assert log.refund(2.0, first, 25.0) == 2.0
+    assert log.used(25.0) == 8.0
+    assert log.ready_at(2.0, 25.0) == 25.0
+    assert log.ready_at(3.0, 25.0) == 60.0
+    # At most the entry's own amount comes out.
+    assert log.refund(10.0, second, 25.0) == 4.0
+    assert log.used(25.0) == 4.0
+    assert log.refund(1.0, second, 25.0) == 0.0
+    assert log.used(25.0) == 4.0
+    assert log.used(60.0) == 3.0
+    assert log.used(80.0) == 0.0
+
+
+def test_refund_after_earlier_entries_expired() -> None:
+    log = WindowLog(10.0, 60.0)
+    assert log.try_take(1.0, 0.0)
+    assert log.try_take(2.0, 10.0)
+    second = log.ticket
+    assert log.try_take(3.0, 20.0)
+    assert log.refund(2.0, second, 65.0) == 2.0  # the first grant has already left
+    assert log.used(65.0) == 3.0
+    assert log.used(80.0) == 0.0
+    assert log.try_take(10.0, 80.0)
+
+
+def test_refund_of_an_expired_grant_does_nothing() -> None:
+    log = WindowLog(10.0, 60.0)
+    assert log.try_take(3.0, 0.0)
+    first = log.ticket
+    assert log.try_take(4.0, 30.0)
+    assert log.refund(3.0, first, 60.0) == 0.0
+    assert log.used(60.0) == 4.0
+    assert log.refund(3.0, 12345.0, 60.0) == 0.0  # no such grant
+    assert log.used(60.0) == 4.0
+    assert log.ready_at(10.0, 60.0) == 90.0
+
+
+# -- rebase ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("new_origin", [0.0, 5.0, 129.0, 131.0, 1e9])
+def test_rebase_shifts_the_log(new_origin: float) -> None:
+    log = WindowLog(10.0, 60.0)
+    assert log.try_take(3.0, 100.0)
+    assert log.try_take(4.0, 130.0)
+    assert log.used(130.0) == 7.0
+    log.rebase(new_origin)
+    assert log.last_update == new_origin
+    shift = new_origin - 130.0
+    assert log.ticket == 190.0 + shift
+    assert used_at(log, new_origin) == 7.0
+    assert used_at(log, before(160.0 + shift)) == 7.0
+    assert used_at(log, 160.0 + shift) == 4.0
+    assert used_at(log, 190.0 + shift) == 0.0
+    assert log.ready_at(4.0, new_origin) == 160.0 + shift
+    assert log.try_take(3.0, new_origin)
+    assert not log.try_take(1.0, new_origin)
+
+
+# -- the guarantee ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("now", "window"), [(1e9, 1e-8), (1e9 + 0.3, 1e-9), (1e6, 1e-11)])
+def test_grants_at_one_instant_never_exceed_the_limit(now: float, window: float) -> None:
+    """Even a window shorter than the clock's resolution at ``now`` holds the limit."""
+    log = WindowLog(1.0, window, now)
+    granted = sum(1 for _ in range(5) if log.try_take(1.0, now))
+    assert granted == 1
