@@ -50,11 +50,12 @@ if TYPE_CHECKING:
 __all__ = ["LimiterStatistics"]
 
 _get_running_loop: Final = asyncio.events._get_running_loop
-# The asyncio loop (with the default monotonic clock) that last served a limiter in the
-# current task. On CPython <= 3.12 asyncio.get_running_loop() makes a getpid() system
-# call; a context variable read is several times cheaper, and a task never changes loops.
-# Only loops whose clock is time.monotonic are recorded, so a stale value (a context
-# copied out of one loop into another) can only ever name a loop with the same clock.
+# The asyncio loop that last served a limiter in the current task. On CPython <= 3.12
+# asyncio.get_running_loop() makes a getpid() system call; a context variable read is
+# several times cheaper, and a task never changes loops. Only loops whose clock is
+# time.monotonic, or uvloop's (the same clock floored to whole milliseconds), are
+# recorded, so a stale value (a context copied out of one loop into another) can only
+# name a loop whose clock reads the same time or earlier: never more refill than is due.
 _LOOP_HINT: Final[ContextVar[object]] = ContextVar("tokenbucket_loop_hint", default=None)
 _BASE_TIME: Final = asyncio.BaseEventLoop.time
 _INF: Final = math.inf
@@ -131,6 +132,7 @@ class QueuedLimiter:
         "_aio",
         "_clock",
         "_early",
+        "_hinted",
         "_key",
         "_live",
         "_loop",
@@ -161,6 +163,7 @@ class QueuedLimiter:
         self._timer_at = _INF
         self._early = 0
         self._step = 1e-6
+        self._hinted = False
 
     # -- public API ------------------------------------------------------------------
 
@@ -444,10 +447,12 @@ class QueuedLimiter:
         loop = _get_running_loop()
         if loop is not None:
             if loop is not self._loop:
-                clock = time.monotonic if type(loop).time is _BASE_TIME else loop.time
-                step = 1e-3 if type(loop).__module__.startswith("uvloop") else 1e-6
-                self._bind(loop, loop, clock, step)
-            if self._clock is time.monotonic:
+                monotonic = type(loop).time is _BASE_TIME
+                uvloop = type(loop).__module__.startswith("uvloop")
+                clock = time.monotonic if monotonic else loop.time
+                self._bind(loop, loop, clock, 1e-3 if uvloop else 1e-6)
+                self._hinted = monotonic or uvloop
+            if self._hinted:
                 _LOOP_HINT.set(loop)
             return self._clock()
         root = _trio_root()
@@ -495,6 +500,7 @@ class QueuedLimiter:
         self._loop = _NOT_ASYNCIO if loop is None else loop
         self._clock = clock
         self._step = step
+        self._hinted = False
         if not same_clock:
             self._state.rebase(clock())
 
