@@ -36,7 +36,7 @@ import time
 from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 
@@ -68,15 +68,21 @@ _GONE: Final = 2
 
 
 class _State(Protocol):
+    """What the queue needs of a limit's state. A *request* is whatever the state takes
+    (a float amount for the single limiters, a vector for :class:`Limiter`)."""
+
     @property
-    def ticket(self) -> float: ...
+    def ticket(self) -> Any: ...
     @property
     def last_update(self) -> float: ...
-    def level(self, now: float) -> float: ...
-    def try_take(self, amount: float, now: float) -> bool: ...
-    def ready_at(self, amount: float, now: float) -> float: ...
-    def refund(self, amount: float, ticket: float, now: float) -> float: ...
+    def try_take(self, request: Any, now: float) -> bool: ...
+    def ready_at(self, request: Any, now: float) -> float: ...
+    def refund(self, request: Any, ticket: Any, now: float) -> object: ...
     def rebase(self, now: float) -> None: ...
+
+
+class _LevelState(_State, Protocol):
+    def level(self, now: float) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +106,28 @@ class LimiterStatistics:
 
 
 class _Waiter:
-    __slots__ = ("amount", "deadline", "event", "future", "scope", "state", "ticket", "wake")
+    __slots__ = (
+        "amount",
+        "deadline",
+        "event",
+        "future",
+        "request",
+        "scope",
+        "state",
+        "ticket",
+        "wake",
+    )
 
-    def __init__(self, amount: float) -> None:
-        self.amount = amount
+    def __init__(self, amount: float, request: object, deadline: float) -> None:
+        self.amount = amount  # what statistics count as queued
+        self.request = request  # what the state is asked for
         self.state = _WAITING
-        self.ticket = 0.0
+        self.ticket: object = None
         self.future: asyncio.Future[None] | None = None
         self.event: anyio.Event | None = None
         self.scope: anyio.CancelScope | None = None
         self.wake = _INF
-        self.deadline = _INF
+        self.deadline = deadline
 
 
 def _trio_root() -> object | None:
@@ -124,8 +141,8 @@ def _trio_root() -> object | None:
     return root
 
 
-class QueuedLimiter:
-    """Base of the in-memory limiters: acquire/try_acquire over a FIFO queue."""
+class WaiterQueue:
+    """The FIFO queue, its one timer and its binding to an event loop (no public API)."""
 
     __slots__ = (
         "__weakref__",
@@ -136,7 +153,6 @@ class QueuedLimiter:
         "_key",
         "_live",
         "_loop",
-        "_max",
         "_queue",
         "_queued",
         "_state",
@@ -145,11 +161,8 @@ class QueuedLimiter:
         "_timer_at",
     )
 
-    _LIMIT_NAME = "limit"
-
-    def __init__(self, state: _State, maximum: float) -> None:
+    def __init__(self, state: _State) -> None:
         self._state = state
-        self._max = maximum
         self._queue: deque[_Waiter] = deque()
         self._live = 0
         self._queued = 0.0
@@ -164,6 +177,271 @@ class QueuedLimiter:
         self._early = 0
         self._step = 1e-6
         self._hinted = False
+
+    # -- waiting (all asynchronous) ------------------------------------------------------
+
+    async def _wait(self, waiter: _Waiter, now: float) -> None:
+        """Queue ``waiter`` (which could not be granted at ``now``) until it is granted.
+
+        Raises AcquireTimeoutError at its deadline; on any exception (a cancellation
+        included) it leaves the limiter as if it had never come.
+        """
+        if self._aio is not None:
+            await self._wait_asyncio(waiter, self._aio, now)
+        else:
+            await self._wait_anyio(waiter, now)
+
+    async def _wait_asyncio(
+        self, waiter: _Waiter, loop: asyncio.AbstractEventLoop, now: float
+    ) -> None:
+        future = waiter.future = loop.create_future()
+        self._push(waiter)
+        if self._live == 1:
+            self._arm(self._state.ready_at(waiter.request, now), now)
+        handle = None
+        if waiter.deadline != _INF:
+            handle = loop.call_at(waiter.deadline, self._expire, waiter)
+        try:
+            await future
+        except BaseException:
+            if waiter.state is not _GONE:
+                self._abandon(waiter)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+
+    async def _wait_anyio(self, waiter: _Waiter, now: float) -> None:
+        waiter.event = anyio.Event()
+        self._push(waiter)
+        if self._live == 1:
+            waiter.wake = self._state.ready_at(waiter.request, now)
+        try:
+            while True:
+                with anyio.CancelScope(deadline=min(waiter.wake, waiter.deadline)) as scope:
+                    waiter.scope = scope
+                    await waiter.event.wait()
+                waiter.scope = None
+                if waiter.state is _GRANTED:
+                    return
+                now = self._clock()
+                if now >= waiter.deadline:
+                    self._remove(waiter, now)
+                    raise AcquireTimeoutError(self._timeout_message(waiter))
+                if self._queue[0] is waiter and now >= waiter.wake:
+                    self._dispatch(now)
+                    if waiter.state is _GRANTED:
+                        return
+        except BaseException:
+            waiter.scope = None
+            if waiter.state is not _GONE:
+                self._abandon(waiter)
+            raise
+
+    # -- queue mechanics (all synchronous) -------------------------------------------------
+
+    def _push(self, waiter: _Waiter) -> None:
+        self._queue.append(waiter)
+        self._live += 1
+        self._queued += waiter.amount
+
+    def _dispatch(self, now: float) -> None:
+        """Grant the queue head and everyone behind it who fits; time the next head."""
+        queue = self._queue
+        state = self._state
+        while queue:
+            waiter = queue[0]
+            if waiter.state is not _WAITING:
+                queue.popleft()
+                continue
+            future = waiter.future
+            if future is not None and future.done():
+                # Its task was cancelled and has not run yet: it will find itself gone.
+                queue.popleft()
+                self._forget(waiter)
+                continue
+            if not state.try_take(waiter.request, now):
+                self._arm(state.ready_at(waiter.request, now), now)
+                return
+            queue.popleft()
+            waiter.state = _GRANTED
+            waiter.ticket = state.ticket
+            self._live -= 1
+            self._queued -= waiter.amount
+            if future is not None:
+                future.set_result(None)
+            else:
+                assert waiter.event is not None
+                waiter.event.set()
+        self._queued = 0.0
+        self._disarm()
+
+    def _forget(self, waiter: _Waiter) -> None:
+        waiter.state = _GONE
+        self._live -= 1
+        self._queued -= waiter.amount
+
+    def _remove(self, waiter: _Waiter, now: float) -> None:
+        """Take a waiting (never granted) waiter out of the queue."""
+        self._forget(waiter)
+        queue = self._queue
+        if queue and queue[0] is waiter:
+            queue.popleft()
+            self._dispatch(now)
+        elif len(queue) > 2 * self._live + 64:
+            self._queue = deque(w for w in queue if w.state is _WAITING)
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """The waiter's task is leaving ``acquire`` with an exception."""
+        now = self._clock()
+        if waiter.state is _GRANTED:
+            waiter.state = _GONE
+            self._state.refund(waiter.request, waiter.ticket, now)
+            if self._queue:
+                self._dispatch(now)
+        else:
+            self._remove(waiter, now)
+
+    def _kick(self) -> None:
+        """Capacity came back outside the queue's own flow (a release, a refund, a shared
+        limit): grant whoever now fits, or re-time the head."""
+        if self._live and self._key is not None:
+            self._dispatch(self._clock())
+
+    def _expire(self, waiter: _Waiter) -> None:
+        """Timeout callback (asyncio)."""
+        if waiter.state is not _WAITING:
+            return
+        future = waiter.future
+        self._remove(waiter, self._clock())
+        if future is not None and not future.done():
+            future.set_exception(AcquireTimeoutError(self._timeout_message(waiter)))
+
+    def _timeout_message(self, waiter: _Waiter) -> str:
+        return f"timed out waiting for {waiter.amount!r} units from {self!r}"
+
+    def _arm(self, when: float, now: float) -> None:
+        """Time the queue head for ``when``."""
+        if self._early:
+            # The loop fired the last timer before its clock reached it (a coarse or
+            # quantised clock): never arm closer than one step, so it cannot spin.
+            when = max(when, now + self._step * (1 << min(self._early - 1, 20)))
+        loop = self._aio
+        if when == _INF and loop is not None:
+            # Nothing but a release or a refund can let the head in: no timer.
+            self._disarm()
+            return
+        if loop is None:
+            head = self._queue[0]
+            head.wake = when
+            if head.scope is not None:
+                head.scope.deadline = min(when, head.deadline)
+            return
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at == when:
+                return
+            timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = _INF
+        self._early = 0
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._clock()
+        self._early = self._early + 1 if now < self._timer_at else 0
+        self._dispatch(now)
+
+    def _next_wakeup(self) -> float | None:
+        if self._aio is not None:
+            return self._timer_at if self._timer is not None else None
+        for waiter in self._queue:
+            if waiter.state is _WAITING:
+                return waiter.wake
+        return None
+
+    # -- event loop binding -----------------------------------------------------------------
+
+    def _now(self) -> float:
+        """Bind to the running event loop if needed and return its time."""
+        loop = _get_running_loop()
+        if loop is not None:
+            if loop is not self._loop:
+                monotonic = type(loop).time is _BASE_TIME
+                uvloop = type(loop).__module__.startswith("uvloop")
+                clock = time.monotonic if monotonic else loop.time
+                self._bind(loop, loop, clock, 1e-3 if uvloop else 1e-6)
+                self._hinted = monotonic or uvloop
+            if self._hinted:
+                _LOOP_HINT.set(loop)
+            return self._clock()
+        root = _trio_root()
+        if root is None:
+            raise RuntimeError(
+                f"{type(self).__name__} must be used from a running asyncio or trio event loop"
+            )
+        if root is not self._key:
+            trio = sys.modules["trio"]
+            self._bind(root, None, trio.current_time, 1e-6)
+        return self._clock()
+
+    def _peek_now(self) -> float:
+        loop = _get_running_loop()
+        if loop is not None and loop is self._aio:
+            return self._clock()
+        if loop is None and self._key is not None and _trio_root() is self._key:
+            return self._clock()
+        return self._state.last_update
+
+    def _bind(
+        self,
+        key: object,
+        loop: asyncio.AbstractEventLoop | None,
+        clock: Callable[[], float],
+        step: float,
+    ) -> None:
+        if self._live:
+            old = self._aio
+            if old is None or not old.is_closed():
+                raise RuntimeError(
+                    f"{self!r} has tasks waiting in another event loop; "
+                    "a limiter serves one event loop at a time"
+                )
+            # That loop was closed with its waiters still parked: they can never run.
+            for waiter in self._queue:
+                waiter.state = _GONE
+            self._live = 0
+        self._queue.clear()
+        self._queued = 0.0
+        self._disarm()
+        same_clock = clock is time.monotonic and self._clock is time.monotonic
+        self._key = key
+        self._aio = loop
+        self._loop = _NOT_ASYNCIO if loop is None else loop
+        self._clock = clock
+        self._step = step
+        self._hinted = False
+        if not same_clock:
+            self._state.rebase(clock())
+
+
+class QueuedLimiter(WaiterQueue):
+    """Base of the single limiters: acquire/try_acquire of an amount over a FIFO queue."""
+
+    __slots__ = ("_max",)
+
+    _LIMIT_NAME = "limit"
+    _state: _LevelState
+
+    def __init__(self, state: _LevelState, maximum: float) -> None:
+        super().__init__(state)
+        self._max = maximum
 
     # -- public API ------------------------------------------------------------------
 
@@ -267,242 +545,7 @@ class QueuedLimiter:
             return
         if seconds == 0:
             raise AcquireTimeoutError(f"{value!r} units were not available at once")
-        deadline = _INF if seconds is None else now + seconds
-        waiter = _Waiter(value)
-        waiter.deadline = deadline
-        if self._aio is not None:
-            await self._wait_asyncio(waiter, self._aio, now)
-        else:
-            await self._wait_anyio(waiter, now)
-
-    async def _wait_asyncio(
-        self, waiter: _Waiter, loop: asyncio.AbstractEventLoop, now: float
-    ) -> None:
-        future = waiter.future = loop.create_future()
-        self._push(waiter)
-        if self._live == 1:
-            self._arm(self._state.ready_at(waiter.amount, now), now)
-        handle = None
-        if waiter.deadline != _INF:
-            handle = loop.call_at(waiter.deadline, self._expire, waiter)
-        try:
-            await future
-        except BaseException:
-            if waiter.state is not _GONE:
-                self._abandon(waiter)
-            raise
-        finally:
-            if handle is not None:
-                handle.cancel()
-
-    async def _wait_anyio(self, waiter: _Waiter, now: float) -> None:
-        waiter.event = anyio.Event()
-        self._push(waiter)
-        if self._live == 1:
-            waiter.wake = self._state.ready_at(waiter.amount, now)
-        try:
-            while True:
-                with anyio.CancelScope(deadline=min(waiter.wake, waiter.deadline)) as scope:
-                    waiter.scope = scope
-                    await waiter.event.wait()
-                waiter.scope = None
-                if waiter.state is _GRANTED:
-                    return
-                now = self._clock()
-                if now >= waiter.deadline:
-                    self._remove(waiter, now)
-                    raise AcquireTimeoutError(self._timeout_message(waiter))
-                if self._queue[0] is waiter and now >= waiter.wake:
-                    self._dispatch(now)
-                    if waiter.state is _GRANTED:
-                        return
-        except BaseException:
-            waiter.scope = None
-            if waiter.state is not _GONE:
-                self._abandon(waiter)
-            raise
-
-    # -- queue mechanics (all synchronous) -------------------------------------------------
-
-    def _push(self, waiter: _Waiter) -> None:
-        self._queue.append(waiter)
-        self._live += 1
-        self._queued += waiter.amount
-
-    def _dispatch(self, now: float) -> None:
-        """Grant the queue head and everyone behind it who fits; time the next head."""
-        queue = self._queue
-        state = self._state
-        while queue:
-            waiter = queue[0]
-            if waiter.state is not _WAITING:
-                queue.popleft()
-                continue
-            future = waiter.future
-            if future is not None and future.done():
-                # Its task was cancelled and has not run yet: it will find itself gone.
-                queue.popleft()
-                self._forget(waiter)
-                continue
-            if not state.try_take(waiter.amount, now):
-                self._arm(state.ready_at(waiter.amount, now), now)
-                return
-            queue.popleft()
-            waiter.state = _GRANTED
-            waiter.ticket = state.ticket
-            self._live -= 1
-            self._queued -= waiter.amount
-            if future is not None:
-                future.set_result(None)
-            else:
-                assert waiter.event is not None
-                waiter.event.set()
-        self._queued = 0.0
-        self._disarm()
-
-    def _forget(self, waiter: _Waiter) -> None:
-        waiter.state = _GONE
-        self._live -= 1
-        self._queued -= waiter.amount
-
-    def _remove(self, waiter: _Waiter, now: float) -> None:
-        """Take a waiting (never granted) waiter out of the queue."""
-        self._forget(waiter)
-        queue = self._queue
-        if queue and queue[0] is waiter:
-            queue.popleft()
-            self._dispatch(now)
-        elif len(queue) > 2 * self._live + 64:
-            self._queue = deque(w for w in queue if w.state is _WAITING)
-
-    def _abandon(self, waiter: _Waiter) -> None:
-        """The waiter's task is leaving ``acquire`` with an exception."""
-        now = self._clock()
-        if waiter.state is _GRANTED:
-            waiter.state = _GONE
-            self._state.refund(waiter.amount, waiter.ticket, now)
-            if self._queue:
-                self._dispatch(now)
-        else:
-            self._remove(waiter, now)
-
-    def _expire(self, waiter: _Waiter) -> None:
-        """Timeout callback (asyncio)."""
-        if waiter.state is not _WAITING:
-            return
-        future = waiter.future
-        self._remove(waiter, self._clock())
-        if future is not None and not future.done():
-            future.set_exception(AcquireTimeoutError(self._timeout_message(waiter)))
-
-    def _timeout_message(self, waiter: _Waiter) -> str:
-        return f"timed out waiting for {waiter.amount!r} units from {self!r}"
-
-    def _arm(self, when: float, now: float) -> None:
-        """Time the queue head for ``when``."""
-        if self._early:
-            # The loop fired the last timer before its clock reached it (a coarse or
-            # quantised clock): never arm closer than one step, so it cannot spin.
-            when = max(when, now + self._step * (1 << min(self._early - 1, 20)))
-        loop = self._aio
-        if loop is None:
-            head = self._queue[0]
-            head.wake = when
-            if head.scope is not None:
-                head.scope.deadline = min(when, head.deadline)
-            return
-        timer = self._timer
-        if timer is not None:
-            if self._timer_at == when:
-                return
-            timer.cancel()
-        self._timer_at = when
-        self._timer = loop.call_at(when, self._on_timer)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = _INF
-        self._early = 0
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        now = self._clock()
-        self._early = self._early + 1 if now < self._timer_at else 0
-        self._dispatch(now)
-
-    def _next_wakeup(self) -> float | None:
-        if self._aio is not None:
-            return self._timer_at if self._timer is not None else None
-        for waiter in self._queue:
-            if waiter.state is _WAITING:
-                return waiter.wake
-        return None
-
-    # -- event loop binding -----------------------------------------------------------------
-
-    def _now(self) -> float:
-        """Bind to the running event loop if needed and return its time."""
-        loop = _get_running_loop()
-        if loop is not None:
-            if loop is not self._loop:
-                monotonic = type(loop).time is _BASE_TIME
-                uvloop = type(loop).__module__.startswith("uvloop")
-                clock = time.monotonic if monotonic else loop.time
-                self._bind(loop, loop, clock, 1e-3 if uvloop else 1e-6)
-                self._hinted = monotonic or uvloop
-            if self._hinted:
-                _LOOP_HINT.set(loop)
-            return self._clock()
-        root = _trio_root()
-        if root is None:
-            raise RuntimeError(
-                f"{type(self).__name__} must be used from a running asyncio or trio event loop"
-            )
-        if root is not self._key:
-            trio = sys.modules["trio"]
-            self._bind(root, None, trio.current_time, 1e-6)
-        return self._clock()
-
-    def _peek_now(self) -> float:
-        loop = _get_running_loop()
-        if loop is not None and loop is self._aio:
-            return self._clock()
-        if loop is None and self._key is not None and _trio_root() is self._key:
-            return self._clock()
-        return self._state.last_update
-
-    def _bind(
-        self,
-        key: object,
-        loop: asyncio.AbstractEventLoop | None,
-        clock: Callable[[], float],
-        step: float,
-    ) -> None:
-        if self._live:
-            old = self._aio
-            if old is None or not old.is_closed():
-                raise RuntimeError(
-                    f"{self!r} has tasks waiting in another event loop; "
-                    "a limiter serves one event loop at a time"
-                )
-            # That loop was closed with its waiters still parked: they can never run.
-            for waiter in self._queue:
-                waiter.state = _GONE
-            self._live = 0
-        self._queue.clear()
-        self._queued = 0.0
-        self._disarm()
-        same_clock = clock is time.monotonic and self._clock is time.monotonic
-        self._key = key
-        self._aio = loop
-        self._loop = _NOT_ASYNCIO if loop is None else loop
-        self._clock = clock
-        self._step = step
-        self._hinted = False
-        if not same_clock:
-            self._state.rebase(clock())
+        await self._wait(_Waiter(value, value, _INF if seconds is None else now + seconds), now)
 
 
 def _unbound_clock() -> float:

@@ -44,13 +44,25 @@ class Rate:
     Build one with :func:`per_second`, :func:`per_minute`, :func:`per_hour`,
     :func:`per_day`, or :meth:`Rate.parse` (``"500/minute"``, ``"10 per 2s"``).
     Immutable and hashable.
+
+    In a :class:`~tokenbucket.Limiter`, a rate with no ``burst`` never admits more than
+    ``amount`` in any rolling ``period`` (an exact sliding window). ``burst=b`` opts in to
+    a token bucket instead: it refills at ``amount / period`` and holds up to ``b``, so it
+    can admit up to ``b + amount`` in a rolling period. ``burst`` means nothing to
+    :class:`~tokenbucket.TokenBucket`, whose ``capacity`` says it.
     """
 
-    __slots__ = ("_amount", "_period")
+    __slots__ = ("_amount", "_burst", "_period")
 
-    def __init__(self, amount: float, period: float) -> None:
+    def __init__(self, amount: float, period: float, *, burst: float | None = None) -> None:
         self._amount = _validate.real(amount, "amount")
         self._period = _validate.real(period, "period")
+        self._burst = None if burst is None else _validate.real(burst, "burst")
+
+    @property
+    def burst(self) -> float | None:
+        """The opt-in burst (see above), or ``None``."""
+        return self._burst
 
     @property
     def amount(self) -> float:
@@ -91,21 +103,34 @@ class Rate:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Rate):
             return NotImplemented
-        return self._amount == other._amount and self._period == other._period
+        return (self._amount, self._period, self._burst) == (
+            other._amount,
+            other._period,
+            other._burst,
+        )
 
     def __hash__(self) -> int:
-        return hash((self._amount, self._period))
+        return hash((self._amount, self._period, self._burst))
 
     def __repr__(self) -> str:
-        return f"Rate({_number(self._amount)}, {_number(self._period)})"
+        burst = "" if self._burst is None else f", burst={_number(self._burst)}"
+        return f"Rate({_number(self._amount)}, {_number(self._period)}{burst})"
 
     def __str__(self) -> str:
+        amount = _plain(self._amount)
         for name, seconds in (("day", DAY), ("hour", HOUR), ("minute", MINUTE)):
             if self._period == seconds:
-                return f"{self._amount:g}/{name}"
+                return f"{amount}/{name}"
         if self._period == SECOND:
-            return f"{self._amount:g}/second"
-        return f"{self._amount:g}/{self._period:g}s"
+            return f"{amount}/second"
+        return f"{amount}/{_plain(self._period)}s"
+
+
+def _plain(value: float) -> str:
+    """Digits a rate string can be parsed back from: 1000000, not 1e+06."""
+    if value.is_integer() and value < 1e16:
+        return str(int(value))
+    return _number(value)
 
 
 def _number(value: float) -> str:
@@ -113,24 +138,24 @@ def _number(value: float) -> str:
     return short if float(short) == value else repr(value)
 
 
-def per_second(amount: float) -> Rate:
+def per_second(amount: float, *, burst: float | None = None) -> Rate:
     """``amount`` units per second."""
-    return Rate(amount, SECOND)
+    return Rate(amount, SECOND, burst=burst)
 
 
-def per_minute(amount: float) -> Rate:
+def per_minute(amount: float, *, burst: float | None = None) -> Rate:
     """``amount`` units per minute."""
-    return Rate(amount, MINUTE)
+    return Rate(amount, MINUTE, burst=burst)
 
 
-def per_hour(amount: float) -> Rate:
+def per_hour(amount: float, *, burst: float | None = None) -> Rate:
     """``amount`` units per hour."""
-    return Rate(amount, HOUR)
+    return Rate(amount, HOUR, burst=burst)
 
 
-def per_day(amount: float) -> Rate:
+def per_day(amount: float, *, burst: float | None = None) -> Rate:
     """``amount`` units per day."""
-    return Rate(amount, DAY)
+    return Rate(amount, DAY, burst=burst)
 
 
 def units_per_second(rate: object) -> float:
@@ -138,6 +163,10 @@ def units_per_second(rate: object) -> float:
     if isinstance(rate, str):
         rate = Rate.parse(rate)
     if isinstance(rate, Rate):
+        if rate.burst is not None:
+            raise InvalidArgumentError(
+                "rate", f"{rate!r} has a burst; a TokenBucket takes its burst as capacity"
+            )
         value = rate.per_second
         if value == 0 or value != value or value == float("inf"):
             raise InvalidArgumentError("rate", f"rate {rate} is not a usable rate")

@@ -61,6 +61,28 @@ class BucketState:
             return True
         return False
 
+    def fits(self, amount: float, now: float) -> bool:
+        """Whether :meth:`try_take` would grant ``amount`` at ``now`` (changes nothing)."""
+        return self.level(now) >= amount
+
+    def charge(self, amount: float, now: float) -> None:
+        """Take ``amount`` at ``now`` unconditionally; the level may go below zero (debt).
+
+        A bucket in debt grants nothing until it has refilled past zero again, so later
+        callers wait the overrun off.
+        """
+        self._level = self.level(now) - amount
+        if now > self._stamp:
+            self._stamp = now
+        self._taken += amount
+
+    def clamp(self, most: float, now: float) -> None:
+        """Lower the level at ``now`` to at most ``most`` (never raises it)."""
+        level = self.level(now)
+        if now > self._stamp:
+            self._stamp = now
+        self._level = min(level, most)
+
     def ready_at(self, amount: float, now: float) -> float:
         """The earliest instant ``t >= now`` with ``level(t) >= amount``.
 

@@ -85,16 +85,43 @@ class WindowLog:
         # The same comparison as in ready_at and level, so all agree to the last bit.
         if amount > self.limit - self._used():
             return False
-        total = self._total
         expires = now + self.window
         if expires <= now:  # a window below the clock's resolution at this instant
             expires = math.nextafter(now, math.inf)
+        self._append(expires, amount)
+        return True
+
+    def fits(self, amount: float, now: float) -> bool:
+        """Whether :meth:`try_take` would grant ``amount`` at ``now``."""
+        self._expire(now)
+        return amount <= self.limit - self._used()
+
+    def charge(self, amount: float, now: float) -> None:
+        """Record a grant of ``amount`` at ``now`` unconditionally (the window may go over
+        its limit: later callers then wait until enough has left it)."""
+        self._append(self._expire(now) + self.window, amount)
+
+    def clamp(self, most: float, until: float, now: float) -> None:
+        """Make at most ``most`` grantable from ``now`` until at least ``until``.
+
+        Records the missing usage as one grant that leaves the window at ``until``
+        (at most one window from now), or with the latest grant already logged if that
+        leaves later: the log stays sorted, and holding it longer is the safe side.
+        """
+        now = self._expire(now)
+        excess = self.limit - self._used() - most
+        if excess > 0:
+            last = self._expiry[-1] if self._head < len(self._expiry) else now
+            until = min(until, now + self.window)
+            self._append(max(until, last, math.nextafter(now, math.inf)), excess)
+
+    def _append(self, expires: float, amount: float) -> None:
+        total = self._total
         if self._head < len(total) and self._expiry[-1] == expires:
             total[-1] += amount
         else:
             self._expiry.append(expires)
             total.append((total[-1] if total else self._base) + amount)
-        return True
 
     def ready_at(self, amount: float, now: float) -> float:
         """The earliest instant ``t >= now`` at which ``amount`` fits in the window."""
