@@ -8,13 +8,23 @@
 from __future__ import annotations
 
 from ._bucket import TokenBucket
+from ._decorate import chat_cost, estimate_tokens, rate_limited, usage_of
 from ._errors import (
     AcquireTimeoutError,
     AmountExceedsLimitError,
     ArgumentTypeError,
     InvalidArgumentError,
+    LeaseError,
     TokenBucketError,
 )
+from ._group import BucketGroup
+from ._headers import (
+    RateLimitHeaderWarning,
+    ServerFeedback,
+    ServerLimit,
+    parse_rate_limit_headers,
+)
+from ._limiter import Lease, LeaseContext, Limiter, LimiterSnapshot
 from ._queue import LimiterStatistics
 from ._rate import Rate, per_day, per_hour, per_minute, per_second
 from ._window import SlidingWindow
@@ -25,15 +35,29 @@ __all__ = [
     "AcquireTimeoutError",
     "AmountExceedsLimitError",
     "ArgumentTypeError",
+    "BucketGroup",
     "InvalidArgumentError",
+    "Lease",
+    "LeaseContext",
+    "LeaseError",
+    "Limiter",
+    "LimiterSnapshot",
     "LimiterStatistics",
     "Rate",
+    "RateLimitHeaderWarning",
+    "ServerFeedback",
+    "ServerLimit",
     "SlidingWindow",
     "TokenBucket",
     "TokenBucketError",
     "__version__",
+    "chat_cost",
+    "estimate_tokens",
+    "parse_rate_limit_headers",
     "per_day",
     "per_hour",
     "per_minute",
     "per_second",
+    "rate_limited",
+    "usage_of",
 ]

@@ -8,7 +8,8 @@ ValueError`` or ``except TimeoutError`` keep working::
      ├── InvalidArgumentError        (also ValueError)
      │    └── AmountExceedsLimitError
      ├── ArgumentTypeError           (also TypeError)
-     └── AcquireTimeoutError         (also TimeoutError)
+     ├── AcquireTimeoutError         (also TimeoutError)
+     └── LeaseError                  (also RuntimeError)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "AmountExceedsLimitError",
     "ArgumentTypeError",
     "InvalidArgumentError",
+    "LeaseError",
     "TokenBucketError",
 ]
 
@@ -74,3 +76,8 @@ class ArgumentTypeError(TokenBucketError, TypeError):
 
 class AcquireTimeoutError(TokenBucketError, TimeoutError):
     """``acquire(..., timeout=...)`` gave up waiting. Nothing was consumed."""
+
+
+class LeaseError(TokenBucketError, RuntimeError):
+    """A lease was used wrongly: settled twice, settled after its block ended, or its
+    ``acquire()`` context entered twice."""

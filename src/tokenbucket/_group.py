@@ -1,0 +1,287 @@
+"""BucketGroup: limiters by name (per model, per user, per API key)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any, Final
+
+from ._errors import ArgumentTypeError, InvalidArgumentError
+from ._limiter import Limiter, _Meter, _split_key, _to_rate
+from ._rate import Rate
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    from ._limiter import LeaseContext
+
+__all__ = ["BucketGroup"]
+
+_SWEEP_MIN: Final = 1024
+_LIMITER_KEYS: Final = ("max_concurrency", "allow_debt")
+
+
+class BucketGroup:
+    """Named limiters: one per model, or per user or API key.
+
+    >>> import tokenbucket as tb
+    >>> limits = tb.BucketGroup.from_dict({
+    ...     "gpt-4o": {"requests_per_minute": 5000, "tokens_per_minute": 800_000,
+    ...                "max_concurrency": 64},
+    ...     "claude-sonnet": {"requests_per_minute": 50,
+    ...                       "input_tokens_per_minute": 40_000,
+    ...                       "output_tokens_per_minute": 8_000},
+    ... })
+    >>> sorted(limits.names())
+    ['claude-sonnet', 'gpt-4o']
+
+    ``async with limits.acquire("gpt-4o", tokens=n) as lease:`` takes every limit of
+    that name at once (see :meth:`Limiter.acquire`).
+
+    Names that are not configured get their own limiter built from ``default`` on first
+    use, or raise :class:`KeyError` listing the known names when there is no default.
+    Limiters made from the default are forgotten once they are at rest (nobody waiting,
+    nothing in flight, every meter back to full), which is exactly when a new one would
+    behave the same, so a group used per user or per key keeps memory in proportion to
+    the keys active within the longest period, not to every key ever seen.
+
+    A *shared* limit is one meter used by several names (say one organisation-wide
+    token pool over several models); it is taken atomically with each name's own limits.
+    """
+
+    __slots__ = ("_default", "_dynamic", "_fixed", "_shared", "_sweep_at")
+
+    def __init__(
+        self,
+        limiters: Mapping[str, Limiter] | None = None,
+        *,
+        default: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._fixed: dict[str, Limiter] = {}
+        for name, limiter in (limiters or {}).items():
+            if not isinstance(limiter, Limiter):
+                raise ArgumentTypeError(
+                    "limiters",
+                    f"limiters[{name!r}] must be a Limiter, not {type(limiter).__name__}",
+                )
+            self._fixed[_check_name(name)] = limiter
+        self._default: dict[str, Any] | None = None
+        if default is not None:
+            _limiter_from_config(default, "default")  # validate now, not on first use
+            self._default = dict(default)
+        self._dynamic: dict[str, Limiter] = {}
+        self._shared: dict[str, list[_Meter]] = {}
+        self._sweep_at = _SWEEP_MIN
+
+    @classmethod
+    def from_dict(
+        cls,
+        config: Mapping[str, Mapping[str, Any]],
+        *,
+        default: Mapping[str, Any] | None = None,
+        shared: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> BucketGroup:
+        """Build a group from plain data (as read from JSON, YAML or TOML).
+
+        ``config`` maps each name to its limits: keys ``<dimension>_per_<unit>`` (unit:
+        second, minute, hour, day) with a number, or a table ``{limit = N, burst = B}``
+        to opt in to a burst; and optionally ``max_concurrency`` and ``allow_debt``.
+        ``default`` is the same for names not listed. ``shared`` maps a label to limits
+        plus ``members``, the names that share them::
+
+            shared={"org": {"tokens_per_minute": 2_000_000, "members": ["gpt-4o", "o3"]}}
+
+        Raises:
+            InvalidArgumentError, ArgumentTypeError: an unknown key or a bad value,
+                naming where it is.
+        """
+        if not _is_mapping(config):
+            raise ArgumentTypeError("config", "config must map names to their limits")
+        limiters = {
+            _check_name(name): _limiter_from_config(entry, name, name=name)
+            for name, entry in config.items()
+        }
+        group = cls(limiters, default=default)
+        for label, entry in (shared or {}).items():
+            if not _is_mapping(entry):
+                raise ArgumentTypeError(label, f"shared[{label!r}] must be a table of limits")
+            members = entry.get("members")
+            if (
+                not isinstance(members, (list, tuple))
+                or not members
+                or not all(isinstance(m, str) for m in members)
+            ):
+                raise InvalidArgumentError(
+                    label, f"shared[{label!r}] needs 'members': a list of the names sharing it"
+                )
+            unknown = [m for m in members if m not in limiters]
+            if unknown:
+                raise InvalidArgumentError(
+                    label, f"shared[{label!r}] names {unknown}, which are not configured"
+                )
+            rates = {k: v for k, v in entry.items() if k != "members"}
+            group.share(label, members, **rates)
+        return group
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> BucketGroup:
+        """Build a group from a TOML file.
+
+        ``[limits."gpt-4o"]`` tables per name, an optional ``[default]`` table and
+        ``[shared.<label>]`` tables, with the keys of :meth:`from_dict`::
+
+            [limits."gpt-4o"]
+            requests_per_minute = 5000
+            tokens_per_minute = 800_000
+            max_concurrency = 64
+
+            [shared.org]
+            tokens_per_minute = 2_000_000
+            members = ["gpt-4o"]
+        """
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python 3.10
+            import tomli as tomllib
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+        unknown = sorted(set(data) - {"limits", "default", "shared"})
+        if unknown:
+            raise InvalidArgumentError(
+                "path",
+                f"{os.fspath(path)}: unknown tables {unknown}; expected limits, default, shared",
+            )
+        return cls.from_dict(
+            data.get("limits", {}), default=data.get("default"), shared=data.get("shared")
+        )
+
+    def share(self, label: str, members: list[str] | tuple[str, ...], **rates: Any) -> None:
+        """Add a limit shared by ``members`` (configured names): ``<dimension>_per_<unit>=N``.
+
+        Each member then takes it atomically with its own limits; the dimension must be
+        one the member has or is new to it.
+        """
+        if label in self._shared:
+            raise InvalidArgumentError("label", f"a shared limit {label!r} already exists")
+        meters: list[_Meter] = []
+        for key, value in rates.items():
+            dim, unit = _split_key(key)
+            meters.append(_Meter(dim, _config_rate(value, unit, f"shared[{label!r}].{key}")))
+        if not meters:
+            raise InvalidArgumentError(label, f"shared[{label!r}] has no rates")
+        for name in members:
+            if name not in self._fixed:
+                raise InvalidArgumentError(label, f"{name!r} is not a configured name")
+        for name in members:
+            self._fixed[name]._adopt(meters)
+        self._shared[label] = meters
+
+    def acquire(self, name: str, *, timeout: float | None = None, **amounts: float) -> LeaseContext:
+        """``async with group.acquire("gpt-4o", tokens=n) as lease:``; see
+        :meth:`Limiter.acquire`."""
+        return self[name].acquire(timeout=timeout, **amounts)
+
+    def __getitem__(self, name: str) -> Limiter:
+        """The limiter of ``name`` (made from the default on first use)."""
+        limiter = self._fixed.get(name)
+        if limiter is not None:
+            return limiter
+        limiter = self._dynamic.get(name)
+        if limiter is not None:
+            return limiter
+        if self._default is None:
+            raise KeyError(
+                f"no limits for {name!r}; known names: {sorted(self._fixed)} "
+                "(give the group a default to cover other names)"
+            )
+        _check_name(name)
+        if len(self._dynamic) >= self._sweep_at:
+            self._sweep()
+        limiter = _limiter_from_config(self._default, "default", name=name)
+        self._dynamic[name] = limiter
+        return limiter
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._fixed or name in self._dynamic
+
+    def __len__(self) -> int:
+        """Limiters held now (configured ones, and default ones not yet forgotten)."""
+        return len(self._fixed) + len(self._dynamic)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._fixed
+        yield from self._dynamic
+
+    def names(self) -> list[str]:
+        """The configured names (not those made from the default)."""
+        return list(self._fixed)
+
+    def _sweep(self) -> None:
+        self._dynamic = {
+            name: limiter for name, limiter in self._dynamic.items() if not limiter._at_rest()
+        }
+        self._sweep_at = max(_SWEEP_MIN, 2 * len(self._dynamic))
+
+    def __repr__(self) -> str:
+        default = ", default" if self._default is not None else ""
+        return f"<BucketGroup {sorted(self._fixed)}{default} held={len(self)}>"
+
+
+def _is_mapping(value: object) -> bool:
+    return hasattr(value, "items") and hasattr(value, "get")
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ArgumentTypeError("name", f"names must be non-empty strings, got {name!r}")
+    return name
+
+
+def _config_rate(value: object, unit: str, where: str) -> Rate:
+    from ._limiter import _UNITS
+
+    if _is_mapping(value):
+        table: Mapping[str, Any] = value  # type: ignore[assignment]
+        unknown = sorted(set(table) - {"limit", "burst"})
+        if unknown or "limit" not in table:
+            raise InvalidArgumentError(
+                where, f"{where}: expected a number or a table {{limit = N, burst = B}}"
+            )
+        try:
+            return Rate(table["limit"], _UNITS[unit], burst=table.get("burst"))
+        except (InvalidArgumentError, ArgumentTypeError) as exc:
+            raise type(exc)(where, f"{where}: {exc}") from None
+    if isinstance(value, (Rate, str)):
+        rate = _to_rate(value, where)
+        if rate.period != _UNITS[unit]:
+            raise InvalidArgumentError(where, f"{where}: the rate's period is not one {unit}")
+        return rate
+    try:
+        return Rate(value, _UNITS[unit])  # type: ignore[arg-type]
+    except (InvalidArgumentError, ArgumentTypeError) as exc:
+        raise type(exc)(where, f"{where}: {exc}") from None
+
+
+def _limiter_from_config(entry: object, where: str, *, name: str | None = None) -> Limiter:
+    if not _is_mapping(entry):
+        raise ArgumentTypeError(where, f"the limits of {where!r} must be a table")
+    table: Mapping[str, Any] = entry  # type: ignore[assignment]
+    limits: dict[str, list[Rate]] = {}
+    options: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in _LIMITER_KEYS:
+            options[key] = value
+            continue
+        try:
+            dim, unit = _split_key(key)
+        except InvalidArgumentError:
+            raise InvalidArgumentError(
+                key,
+                f"{where}: unknown key {key!r}; expected <dimension>_per_<unit> "
+                "(second, minute, hour, day), max_concurrency or allow_debt",
+            ) from None
+        limits.setdefault(dim, []).append(_config_rate(value, unit, f"{where}.{key}"))
+    try:
+        return Limiter(limits, name=name, **options)
+    except (InvalidArgumentError, ArgumentTypeError) as exc:
+        raise type(exc)(exc.argument, f"{where}: {exc}") from None
