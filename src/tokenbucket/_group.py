@@ -252,7 +252,10 @@ def _config_rate(value: object, unit: str, where: str) -> Rate:
         except (InvalidArgumentError, ArgumentTypeError) as exc:
             raise type(exc)(where, f"{where}: {exc}") from None
     if isinstance(value, (Rate, str)):
-        rate = _to_rate(value, where)
+        try:
+            rate = _to_rate(value, where)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(where, f"{where}: {exc}") from None
         if rate.period != _UNITS[unit]:
             raise InvalidArgumentError(where, f"{where}: the rate's period is not one {unit}")
         return rate

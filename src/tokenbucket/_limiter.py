@@ -20,6 +20,7 @@ the limiter or lowers what the meters may grant; it never raises what they may g
 from __future__ import annotations
 
 import math
+import time
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -38,7 +39,8 @@ from ._queue import _GRANTED, WaiterQueue, _Waiter
 from ._rate import DAY, HOUR, MINUTE, SECOND, Rate
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    import asyncio
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from types import TracebackType
 
 __all__ = ["Lease", "LeaseContext", "Limiter", "LimiterSnapshot"]
@@ -48,15 +50,18 @@ RateLike = Rate | str
 
 _UNITS: Final = {"second": SECOND, "minute": MINUTE, "hour": HOUR, "day": DAY}
 _INF: Final = math.inf
+_MONOTONIC: Final = object()
 
 
 class _Meter:
     """One rate of one dimension: its core state and the most one request may take."""
 
-    __slots__ = ("core", "dim", "maximum", "rate", "users")
+    __slots__ = ("core", "dim", "key", "maximum", "rate", "users")
 
     def __init__(self, dim: str, rate: Rate) -> None:
         self.dim = dim
+        # Which clock the core's instants are on: _MONOTONIC, an event loop, or None.
+        self.key: object | None = None
         self.rate = rate
         self.core: BucketState | WindowLog
         if rate.burst is None:
@@ -92,6 +97,7 @@ class _MultiState:
 
     __slots__ = (
         "_ticket",
+        "binding",
         "dims",
         "in_flight",
         "indexes",
@@ -112,6 +118,7 @@ class _MultiState:
         self.in_flight = 0
         self.paused_until = -_INF
         self._ticket: tuple[object, ...] = ()
+        self.binding: object | None = None  # the event loop being bound to
 
     @property
     def ticket(self) -> tuple[object, ...]:
@@ -169,7 +176,10 @@ class _MultiState:
         if self.paused_until > -_INF:
             self.paused_until += now - self.last_update
         for meter in self.meters:
-            meter.core.rebase(now)
+            # A shared meter another limiter already runs on this clock stays put.
+            if meter.key is None or meter.key is not self.binding:
+                meter.core.rebase(now)
+            meter.key = self.binding
 
 
 @dataclass(frozen=True)
@@ -233,7 +243,7 @@ class Limiter(WaiterQueue):
     that uses it; it is not thread-safe.
     """
 
-    __slots__ = ("_allow_debt", "_dims", "_limits", "_multi", "_name")
+    __slots__ = ("_allow_debt", "_dims", "_leases", "_limits", "_multi", "_name")
 
     def __init__(
         self,
@@ -247,7 +257,16 @@ class Limiter(WaiterQueue):
         specs: list[tuple[str, Rate]] = []
         for dim, given in (limits or {}).items():
             _check_dimension(dim, "limits")
-            many = [given] if isinstance(given, (str, Rate)) else list(given)
+            if isinstance(given, (str, Rate)):
+                many: list[object] = [given]
+            elif isinstance(given, (list, tuple)):
+                many = list(given)
+            else:
+                raise ArgumentTypeError(
+                    f"limits[{dim!r}]",
+                    f"limits[{dim!r}] must be a Rate, a str such as '500/minute' or a list "
+                    f"of them, not {type(given).__name__}",
+                )
             if not many:
                 raise InvalidArgumentError("limits", f"no rate given for {dim!r}")
             specs.extend((dim, _to_rate(item, f"limits[{dim!r}]")) for item in many)
@@ -280,6 +299,7 @@ class Limiter(WaiterQueue):
         self._multi = _MultiState(self._dims, meters, max_concurrency)
         self._allow_debt = allow_debt
         self._name = name
+        self._leases = 0  # open leases, with or without a concurrency slot
         super().__init__(self._multi)
         for meter in meters:
             meter.users.append(weakref.ref(self))
@@ -451,6 +471,7 @@ class Limiter(WaiterQueue):
                     other._kick()
 
     def _release(self, request: _Request) -> None:
+        self._leases -= 1
         if request.slot:
             self._multi.in_flight -= 1
             if self._key is not None and self._live:
@@ -499,9 +520,23 @@ class Limiter(WaiterQueue):
         multi.meters = [*multi.meters, *meters]
         multi.indexes = [self._dims.index(m.dim) for m in multi.meters]
 
+    def _bind(
+        self,
+        key: object,
+        loop: asyncio.AbstractEventLoop | None,
+        clock: Callable[[], float],
+        step: float,
+    ) -> None:
+        # Instants on time.monotonic are comparable across loops; others only within one.
+        origin = _MONOTONIC if clock is time.monotonic else key
+        self._multi.binding = origin
+        super()._bind(key, loop, clock, step)
+        for meter in self._multi.meters:
+            meter.key = origin
+
     def _at_rest(self) -> bool:
         """Indistinguishable from a new limiter of the same configuration."""
-        if self._live or self._multi.in_flight:
+        if self._live or self._multi.in_flight or self._leases:
             return False
         now = self._peek_now()
         if self._multi.paused_until > now:
@@ -524,6 +559,7 @@ class LeaseContext:
         if self._lease is not None:
             raise LeaseError("this acquire() context was already entered; call acquire() again")
         ticket = await self._limiter._take(self._request, self._timeout)
+        self._limiter._leases += 1
         self._lease = Lease(self._limiter, self._request, ticket)
         return self._lease
 

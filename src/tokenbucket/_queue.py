@@ -363,7 +363,7 @@ class WaiterQueue:
             return self._timer_at if self._timer is not None else None
         for waiter in self._queue:
             if waiter.state is _WAITING:
-                return waiter.wake
+                return waiter.wake if waiter.wake != _INF else None
         return None
 
     # -- event loop binding -----------------------------------------------------------------

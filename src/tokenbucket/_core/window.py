@@ -102,18 +102,33 @@ class WindowLog:
         self._append(self._expire(now) + self.window, amount)
 
     def clamp(self, most: float, until: float, now: float) -> None:
-        """Make at most ``most`` grantable from ``now`` until at least ``until``.
+        """Make at most ``most`` grantable from ``now`` until ``until`` (at most one window
+        from now).
 
-        Records the missing usage as one grant that leaves the window at ``until``
-        (at most one window from now), or with the latest grant already logged if that
-        leaves later: the log stays sorted, and holding it longer is the safe side.
+        Records the missing usage as one grant that leaves the window at ``until``,
+        inserted in order among the grants already logged. Costs O(entries) when it
+        lowers anything, nothing otherwise.
         """
         now = self._expire(now)
         excess = self.limit - self._used() - most
-        if excess > 0:
-            last = self._expiry[-1] if self._head < len(self._expiry) else now
-            until = min(until, now + self.window)
-            self._append(max(until, last, math.nextafter(now, math.inf)), excess)
+        if excess <= 0:
+            return
+        expires = max(min(until, now + self.window), math.nextafter(now, math.inf))
+        expiry = self._expiry
+        if self._head == len(expiry) or expiry[-1] <= expires:
+            self._append(expires, excess)
+            return
+        total = self._total
+        i = bisect_left(expiry, expires, self._head)
+        if expiry[i] == expires:
+            start = i
+        else:
+            previous = total[i - 1] if i > self._head else self._base
+            expiry.insert(i, expires)
+            total.insert(i, previous)
+            start = i
+        for j in range(start, len(total)):
+            total[j] += excess
 
     def _append(self, expires: float, amount: float) -> None:
         total = self._total
