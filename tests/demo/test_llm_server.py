@@ -1,0 +1,484 @@
+"""The demo's OpenAI-compatible server (examples/llm_server.py) behaves like a provider.
+
+Most tests freeze the server's clock (``FakeClock``), so bucket levels, headers and retry
+times are exact and nothing sleeps; one test checks the refill in real time, asserting only
+that capacity comes back after waiting longer than needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import openai
+import pytest
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
+
+# examples/ is not a package; import the module the way the demo scripts next to it do.
+_EXAMPLES = str(Path(__file__).resolve().parents[2] / "examples")
+if _EXAMPLES not in sys.path:
+    sys.path.insert(0, _EXAMPLES)
+
+from llm_server import (  # noqa: E402
+    DEFAULT_MAX_TOKENS,
+    LLMServer,
+    ServerStats,
+    estimate_prompt_tokens,
+    format_duration,
+)
+
+GO_DURATION = re.compile(r"^(0s|\d+ms|(\d+h)?(\d+m)?\d+(\.\d+)?s)$")
+LIMIT_HEADERS = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def chat(
+    client: httpx.Client, content: str = "x" * 40, max_tokens: int | None = 100, **extra: Any
+) -> httpx.Response:
+    body: dict[str, Any] = {"model": "gpt-test", "messages": [{"role": "user", "content": content}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    body.update(extra)
+    return client.post("/chat/completions", json=body)
+
+
+def limit_headers(response: httpx.Response) -> dict[str, str]:
+    return {name: response.headers[name] for name in LIMIT_HEADERS}
+
+
+def test_a_request_gets_a_completion_with_provider_style_usage() -> None:
+    messages: list[dict[str, object]] = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": [{"type": "text", "text": "Say hello to the demo."}]},
+    ]
+    with (
+        LLMServer(rpm=10, tpm=10_000, latency=0, clock=FakeClock()) as server,
+        httpx.Client(base_url=server.base_url) as client,
+    ):
+        body = {"model": "gpt-test", "messages": messages, "max_tokens": 100}
+        first = client.post("/chat/completions", json=body)
+        again = client.post("/chat/completions", json=body)
+        default = chat(client, max_tokens=None)
+        modern = chat(client, max_tokens=None, max_completion_tokens=10)
+        stats = server.stats()
+
+    assert first.status_code == 200
+    completion = first.json()
+    assert completion["object"] == "chat.completion"
+    assert completion["id"].startswith("chatcmpl-")
+    assert completion["model"] == "gpt-test"
+    choice = completion["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"]
+    assert choice["finish_reason"] == "stop"
+    usage = completion["usage"]
+    prompt = math.ceil((len("You are terse.") + len("Say hello to the demo.")) / 4)
+    assert usage["prompt_tokens"] == prompt == estimate_prompt_tokens(messages)
+    assert 50 <= usage["completion_tokens"] <= 100
+    assert usage["total_tokens"] == prompt + usage["completion_tokens"]
+    assert again.json()["usage"] == usage, "usage is a deterministic function of the request"
+    assert again.json()["id"] != completion["id"]
+
+    default_usage = default.json()["usage"]
+    assert DEFAULT_MAX_TOKENS // 2 <= default_usage["completion_tokens"] <= DEFAULT_MAX_TOKENS
+    assert 5 <= modern.json()["usage"]["completion_tokens"] <= 10
+
+    assert stats.requests_ok == 4
+    assert stats.requests_429 == 0
+    assert stats.tokens_charged == 2 * (prompt + 100) + (10 + DEFAULT_MAX_TOKENS) + (10 + 10)
+    used = [r.json()["usage"]["total_tokens"] for r in (first, again, default, modern)]
+    assert stats.tokens_used == sum(used)
+
+
+def test_every_response_carries_well_formed_rate_limit_headers() -> None:
+    clock = FakeClock()
+    with (
+        LLMServer(rpm=10, tpm=1000, period=60, latency=0, clock=clock) as server,
+        httpx.Client(base_url=server.base_url) as client,
+    ):
+        ok = chat(client, max_tokens=100)  # 10 prompt tokens: charge 110
+        clock.advance(3.0)  # refills 0.5 requests and 50 tokens
+        later = chat(client, max_tokens=100)
+
+    assert limit_headers(ok) == {
+        "x-ratelimit-limit-requests": "10",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-requests": "9",
+        "x-ratelimit-remaining-tokens": "890",
+        "x-ratelimit-reset-requests": "6s",  # one request at 10 per 60 s
+        "x-ratelimit-reset-tokens": "6.6s",  # 110 tokens at 1000 per 60 s
+    }
+    assert limit_headers(later)["x-ratelimit-remaining-requests"] == "8"  # 9.5 - 1
+    assert limit_headers(later)["x-ratelimit-remaining-tokens"] == "830"  # 940 - 110
+    assert limit_headers(later)["x-ratelimit-reset-requests"] == "9s"
+    assert limit_headers(later)["x-ratelimit-reset-tokens"] == "10.2s"
+    for response in (ok, later):
+        assert response.headers["x-request-id"].startswith("req_")
+        assert response.headers["content-type"] == "application/json"
+        for name in LIMIT_HEADERS:
+            value = response.headers[name]
+            if "reset" in name:
+                assert GO_DURATION.match(value), (name, value)
+            else:
+                assert value.isdigit(), (name, value)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (-1, "0s"),
+        (0.0004, "1ms"),
+        (0.12, "120ms"),
+        (0.9999, "1s"),
+        (1.5, "1.5s"),
+        (6.6, "6.6s"),
+        (60, "1m0s"),
+        (360, "6m0s"),
+        (90.25, "1m30.25s"),
+        (3600, "1h0m0s"),
+    ],
+)
+def test_durations_are_formatted_like_go(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert GO_DURATION.match(text)
+
+
+def test_exceeding_the_request_limit_gets_a_429_that_consumes_nothing() -> None:
+    clock = FakeClock()
+    with (
+        LLMServer(rpm=3, tpm=100_000, period=3, latency=0, clock=clock) as server,
+        httpx.Client(base_url=server.base_url) as client,
+    ):
+        assert [chat(client).status_code for _ in range(3)] == [200, 200, 200]
+        charged = server.stats().tokens_charged
+        refused = chat(client)
+        after_refusal = server.stats()
+        clock.advance(1.0)  # exactly one request's worth of refill
+        assert chat(client).status_code == 200, "the 429 must not have taken the request"
+        assert chat(client).status_code == 429
+
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["type"] == "requests"
+    assert error["code"] == "rate_limit_exceeded"
+    assert "Limit 3" in error["message"]
+    assert refused.headers["retry-after"] == "1"
+    assert refused.headers["retry-after-ms"] == "1000"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"] == "3s"
+    assert refused.headers["x-ratelimit-remaining-tokens"] == str(100_000 - charged)
+    assert after_refusal.requests_ok == 3
+    assert after_refusal.requests_429 == 1
+    assert after_refusal.tokens_charged == charged
+
+
+def test_exceeding_the_token_limit_gets_a_429_that_consumes_nothing() -> None:
+    with (
+        LLMServer(rpm=100, tpm=1000, period=10, latency=0, clock=FakeClock()) as server,
+        httpx.Client(base_url=server.base_url) as client,
+    ):
+        # 40 characters are 10 prompt tokens: each of these is charged 400 tokens.
+        assert [chat(client, max_tokens=390).status_code for _ in range(2)] == [200, 200]
+        refused = chat(client, max_tokens=390)
+        exact_fit = chat(client, max_tokens=190)  # 200 tokens: exactly what is left
+        too_large = chat(client, max_tokens=5000)
+        stats = server.stats()
+
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["type"] == "tokens"
+    assert error["code"] == "rate_limit_exceeded"
+    # 200 tokens missing at 100 tokens/s.
+    assert refused.headers["retry-after"] == "2"
+    assert refused.headers["retry-after-ms"] == "2000"
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "200"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "98"
+
+    assert exact_fit.status_code == 200, "the 429 must not have taken any tokens"
+    assert exact_fit.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert exact_fit.headers["x-ratelimit-remaining-requests"] == "97"
+
+    assert too_large.status_code == 429
+    assert too_large.json()["error"]["type"] == "tokens"
+    assert "too large" in too_large.json()["error"]["message"]
+    assert "retry-after" not in too_large.headers, "it will never fit"
+
+    assert stats.requests_ok == 3
+    assert stats.requests_429 == 2
+    assert stats.tokens_charged == 1000
+
+
+def test_capacity_comes_back_after_a_period_in_real_time() -> None:
+    period = 0.25
+    with (
+        LLMServer(rpm=2, tpm=10_000, period=period, latency=0) as server,
+        httpx.Client(base_url=server.base_url) as client,
+    ):
+        responses: list[httpx.Response] = []
+        while len(responses) < 500 and 429 not in (r.status_code for r in responses):
+            responses.append(chat(client))
+        refused = responses[-1]
+        assert refused.status_code == 429
+        assert [r.status_code for r in responses[:2]] == [200, 200]
+        assert 0 < int(refused.headers["retry-after-ms"]) <= 1000 * period
+
+        time.sleep(period * 1.5)  # longer than a full refill needs
+        back = [chat(client) for _ in range(2)]
+        assert [r.status_code for r in back] == [200, 200]
+        assert back[0].headers["x-ratelimit-remaining-requests"] == "1"
+
+
+def test_prompt_token_estimate_is_deterministic() -> None:
+    messages: list[dict[str, object]] = [
+        {"role": "system", "content": "abc"},
+        {"role": "user", "content": "de"},
+    ]
+    assert estimate_prompt_tokens(messages) == 2  # ceil(5 / 4), not 1 + 1
+    assert estimate_prompt_tokens(messages) == estimate_prompt_tokens(list(messages))
+    assert estimate_prompt_tokens([]) == 0
+    assert estimate_prompt_tokens([{"role": "user", "content": "abcd"}]) == 1
+    assert estimate_prompt_tokens([{"role": "user", "content": "abcde"}]) == 2
+    assert estimate_prompt_tokens([{"role": "assistant", "content": None}]) == 0
+    parts = [{"type": "text", "text": "abcdefgh"}, {"type": "image_url", "image_url": {}}]
+    assert estimate_prompt_tokens([{"role": "user", "content": parts}]) == 2
+    assert estimate_prompt_tokens([{"role": "user", "content": "é" * 8}]) == 2  # characters
+
+
+def test_the_openai_sdk_parses_completions_and_raises_rate_limit_error() -> None:
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello!"}]
+    with (
+        LLMServer(rpm=2, tpm=10_000, latency=0, clock=FakeClock()) as server,
+        openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0) as client,
+    ):
+        completion = client.chat.completions.create(
+            model="gpt-test", messages=messages, max_tokens=20
+        )
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-test", messages=messages, max_tokens=20
+        )
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model="gpt-test", messages=messages)
+
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == estimate_prompt_tokens(messages) == 2
+    assert 10 <= completion.usage.completion_tokens <= 20
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    assert raw.parse().usage == completion.usage
+
+    error = caught.value
+    assert error.status_code == 429
+    assert error.code == "rate_limit_exceeded"
+    assert error.type == "requests"
+    assert int(error.response.headers["retry-after"]) >= 1
+
+
+def test_concurrent_requests_from_an_httpx_async_client() -> None:
+    async def burst(base_url: str, count: int) -> list[int]:
+        limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+        async with httpx.AsyncClient(base_url=base_url, limits=limits) as client:
+
+            async def one() -> int:
+                return (await chat_async(client)).status_code
+
+            return await asyncio.gather(*(one() for _ in range(count)))
+
+    # The clock is frozen: exactly `rpm` requests are admitted, however they interleave.
+    with LLMServer(rpm=40, tpm=10**9, latency=(0.05, 0.1), clock=FakeClock()) as server:
+        statuses = asyncio.run(burst(server.base_url, 50))
+        stats = server.stats()
+    assert statuses.count(200) == 40
+    assert statuses.count(429) == 10
+    assert (stats.requests_ok, stats.requests_429) == (40, 10)
+
+
+async def chat_async(client: httpx.AsyncClient) -> httpx.Response:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    return await client.post("/chat/completions", json=body)
+
+
+def test_hundreds_of_concurrent_keep_alive_connections() -> None:
+    # httpx's own pool gets slow past ~100 connections, so this drives the server with
+    # plain keep-alive HTTP/1.1 connections: every one is open while all the others are.
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    request = (
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        writer.write(request)
+        await writer.drain()
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+        length = int(head.split("content-length:")[1].split("\r\n")[0])
+        await reader.readexactly(length)
+        assert "connection: keep-alive" in head
+        return int(head.split(" ")[1])
+
+    async def waves(port: int, count: int) -> list[int]:
+        connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(count)]
+        try:
+            statuses: list[int] = []
+            for _ in range(2):  # the second wave reuses every connection
+                statuses += await asyncio.gather(*(exchange(r, w) for r, w in connections))
+            return statuses
+        finally:
+            for _, writer in connections:
+                writer.close()
+                await writer.wait_closed()
+
+    with LLMServer(rpm=500, tpm=10**9, latency=(0.05, 0.1), clock=FakeClock()) as server:
+        statuses = asyncio.run(waves(server.port, 300))
+        stats = server.stats()
+    assert statuses.count(200) == 500
+    assert statuses.count(429) == 100
+    assert (stats.requests_ok, stats.requests_429) == (500, 100)
+
+
+def test_latency_delays_the_response_but_not_the_charge() -> None:
+    clock = FakeClock()
+    with (
+        LLMServer(rpm=5, tpm=1000, latency=(0.1, 0.1), clock=clock) as server,
+        httpx.Client(base_url=server.base_url) as client,
+    ):
+        started = time.monotonic()
+        response = chat(client)
+        elapsed = time.monotonic() - started
+        stats = server.stats()
+    assert response.status_code == 200
+    assert elapsed >= 0.1
+    assert stats.first_request_at == stats.last_request_at == clock.now
+
+
+def test_stats_snapshots_and_reset() -> None:
+    clock = FakeClock()
+    with (
+        LLMServer(rpm=1, tpm=1000, period=60, latency=0, clock=clock) as server,
+        httpx.Client(base_url=server.base_url) as client,
+    ):
+        assert server.stats() == ServerStats()
+        chat(client)
+        clock.advance(1.0)
+        chat(client)
+        stats = server.stats()
+        server.reset_stats()
+        after_reset = server.stats()
+        server.refill()
+        refilled = chat(client)
+
+    assert stats.requests_ok == 1
+    assert stats.requests_429 == 1
+    assert stats.first_request_at == 1000.0
+    assert stats.last_request_at == 1001.0
+    assert stats.duration == 1.0
+    assert after_reset == ServerStats()
+    assert after_reset.first_request_at is None
+    assert refilled.status_code == 200
+    with pytest.raises(AttributeError):
+        stats.requests_ok = 0  # type: ignore[misc]
+
+
+def test_health_bad_requests_and_unknown_paths() -> None:
+    with (
+        LLMServer(rpm=5, tpm=1000, latency=0, clock=FakeClock()) as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        health = client.get("/health")
+        bad_json = client.post(
+            "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+        )
+        no_messages = client.post("/v1/chat/completions", json={"model": "m"})
+        bad_max = client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": [{"content": "x"}], "max_tokens": 0},
+        )
+        missing = client.get("/v1/models")
+        stats = server.stats()
+        chunked = client.post(  # an iterator body is sent with transfer-encoding: chunked
+            "/v1/chat/completions",
+            content=iter([b'{"model": "m", "messages": ', b'[{"content": "abcd"}]}']),
+        )
+
+    assert health.status_code == 200
+    for response in (bad_json, no_messages, bad_max):
+        assert response.status_code == 400
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    assert no_messages.json()["error"]["param"] == "messages"
+    assert bad_max.json()["error"]["param"] == "max_tokens"
+    assert missing.status_code == 404
+    assert chunked.status_code == 200
+    assert chunked.json()["usage"]["prompt_tokens"] == 1
+    assert stats == ServerStats(), "invalid requests are neither charged nor counted"
+
+
+def test_close_drops_idle_keep_alive_connections_and_is_idempotent() -> None:
+    server = LLMServer(rpm=5, tpm=1000, latency=0).start()
+    with httpx.Client(base_url=server.base_url) as client:
+        assert chat(client).status_code == 200  # leaves a keep-alive connection open
+        server.close()
+        server.close()
+        with pytest.raises(httpx.TransportError):
+            chat(client)
+    with pytest.raises(RuntimeError):
+        server.start()
+
+
+def test_invalid_configuration_is_rejected() -> None:
+    with pytest.raises(ValueError, match="rpm"):
+        LLMServer(rpm=0, tpm=10)
+    with pytest.raises(ValueError, match="tpm"):
+        LLMServer(rpm=1, tpm=-1)
+    with pytest.raises(ValueError, match="period"):
+        LLMServer(rpm=1, tpm=1, period=0)
+    with pytest.raises(ValueError, match="latency"):
+        LLMServer(rpm=1, tpm=1, latency=(0.2, 0.1))
+
+
+def test_count_usage_gives_the_unused_max_tokens_back() -> None:
+    with (
+        LLMServer(
+            rpm=100, tpm=1000, period=10, latency=0, clock=FakeClock(), count_usage=True
+        ) as server,
+        httpx.Client(base_url=server.base_url) as client,
+    ):
+        first = chat(client, max_tokens=390)  # charged 400 on arrival
+        usage = first.json()["usage"]
+        stats = server.stats()
+
+    assert first.status_code == 200
+    assert usage["completion_tokens"] < 390
+    # What is left counts the real usage (prompt + completion), not prompt + max_tokens.
+    assert first.headers["x-ratelimit-remaining-tokens"] == str(1000 - usage["total_tokens"])
+    assert stats.tokens_used == usage["total_tokens"]
+    assert stats.tokens_charged == 400
