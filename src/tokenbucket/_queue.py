@@ -52,10 +52,10 @@ __all__ = ["LimiterStatistics"]
 _get_running_loop: Final = asyncio.events._get_running_loop
 # The asyncio loop that last served a limiter in the current task. On CPython <= 3.12
 # asyncio.get_running_loop() makes a getpid() system call; a context variable read is
-# several times cheaper, and a task never changes loops. Only loops whose clock is
-# time.monotonic, or uvloop's (the same clock floored to whole milliseconds), are
-# recorded, so a stale value (a context copied out of one loop into another) can only
-# name a loop whose clock reads the same time or earlier: never more refill than is due.
+# several times cheaper, and a task never changes loops. Only loops whose clock the
+# limiter reads as time.monotonic (the default clock, and uvloop's) are recorded, so a
+# stale value (a context copied out of one loop into another) can only name a loop on
+# the very same clock.
 _LOOP_HINT: Final[ContextVar[object]] = ContextVar("tokenbucket_loop_hint", default=None)
 _BASE_TIME: Final = asyncio.BaseEventLoop.time
 _INF: Final = math.inf
@@ -373,11 +373,13 @@ class WaiterQueue:
         loop = _get_running_loop()
         if loop is not None:
             if loop is not self._loop:
-                monotonic = type(loop).time is _BASE_TIME
                 uvloop = type(loop).__module__.startswith("uvloop")
+                # uvloop's loop.time() is CLOCK_MONOTONIC floored to the millisecond and
+                # cached per loop iteration: time.monotonic reads the same clock exactly.
+                monotonic = type(loop).time is _BASE_TIME or uvloop
                 clock = time.monotonic if monotonic else loop.time
                 self._bind(loop, loop, clock, 1e-3 if uvloop else 1e-6)
-                self._hinted = monotonic or uvloop
+                self._hinted = monotonic
             if self._hinted:
                 _LOOP_HINT.set(loop)
             return self._clock()
