@@ -61,3 +61,12 @@ __all__ = [
     "rate_limited",
     "usage_of",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The Redis backend is imported on first use, so redis-py stays optional.
+    if name in ("RedisBackend", "BackendError", "BackendUnavailableError"):
+        from . import _redis
+
+        return getattr(_redis, name)
+    raise AttributeError(f"module 'tokenbucket' has no attribute {name!r}")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import _validate
 from ._core import BucketState
 from ._queue import QueuedLimiter, limiter_repr
 from ._rate import Rate, units_per_second
+
+if TYPE_CHECKING:
+    from ._redis import RedisBackend
 
 __all__ = ["TokenBucket"]
 
@@ -40,11 +45,23 @@ class TokenBucket(QueuedLimiter):
 
     _LIMIT_NAME = "bucket's capacity"
 
-    def __init__(self, rate: float | Rate | str, capacity: float) -> None:
+    def __init__(
+        self,
+        rate: float | Rate | str,
+        capacity: float,
+        *,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
+    ) -> None:
         per_second = units_per_second(rate)
         size = _validate.real(capacity, "capacity")
         self._bucket = BucketState(per_second, size)
         super().__init__(self._bucket, size)
+        if backend is not None or key is not None:
+            from ._limiter import Limiter
+
+            unit = Rate(per_second, 1.0, burst=size)
+            self._shared = Limiter({"units": unit}, backend=backend, key=key)
 
     @property
     def rate(self) -> float:

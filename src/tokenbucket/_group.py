@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     from ._limiter import LeaseContext
+    from ._redis import RedisBackend
 
 __all__ = ["BucketGroup"]
 
@@ -49,14 +50,22 @@ class BucketGroup:
     token pool over several models); it is taken atomically with each name's own limits.
     """
 
-    __slots__ = ("_default", "_dynamic", "_fixed", "_shared", "_sweep_at")
+    __slots__ = ("_backend", "_default", "_dynamic", "_fixed", "_key", "_shared", "_sweep_at")
 
     def __init__(
         self,
         limiters: Mapping[str, Limiter] | None = None,
         *,
         default: Mapping[str, Any] | None = None,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
     ) -> None:
+        """``backend``/``key``: keep the state of limiters made from the default (and
+        those :meth:`from_dict` makes) in Redis, under ``key``."""
+        if (backend is None) != (key is None):
+            raise InvalidArgumentError("key", "pass backend= and key= together")
+        self._backend = backend
+        self._key = key
         self._fixed: dict[str, Limiter] = {}
         for name, limiter in (limiters or {}).items():
             if not isinstance(limiter, Limiter):
@@ -80,6 +89,8 @@ class BucketGroup:
         *,
         default: Mapping[str, Any] | None = None,
         shared: Mapping[str, Mapping[str, Any]] | None = None,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
     ) -> BucketGroup:
         """Build a group from plain data (as read from JSON, YAML or TOML).
 
@@ -98,10 +109,12 @@ class BucketGroup:
         if not _is_mapping(config):
             raise ArgumentTypeError("config", "config must map names to their limits")
         limiters = {
-            _check_name(name): _limiter_from_config(entry, name, name=name)
+            _check_name(name): _limiter_from_config(
+                entry, name, name=name, backend=backend, key=_member_key(key, name)
+            )
             for name, entry in config.items()
         }
-        group = cls(limiters, default=default)
+        group = cls(limiters, default=default, backend=backend, key=key)
         for label, entry in (shared or {}).items():
             if not _is_mapping(entry):
                 raise ArgumentTypeError(label, f"shared[{label!r}] must be a table of limits")
@@ -124,7 +137,13 @@ class BucketGroup:
         return group
 
     @classmethod
-    def from_toml(cls, path: str | os.PathLike[str]) -> BucketGroup:
+    def from_toml(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
+    ) -> BucketGroup:
         """Build a group from a TOML file.
 
         ``[limits."gpt-4o"]`` tables per name, an optional ``[default]`` table and
@@ -152,7 +171,11 @@ class BucketGroup:
                 f"{os.fspath(path)}: unknown tables {unknown}; expected limits, default, shared",
             )
         return cls.from_dict(
-            data.get("limits", {}), default=data.get("default"), shared=data.get("shared")
+            data.get("limits", {}),
+            default=data.get("default"),
+            shared=data.get("shared"),
+            backend=backend,
+            key=key,
         )
 
     def share(self, label: str, members: list[str] | tuple[str, ...], **rates: Any) -> None:
@@ -172,6 +195,9 @@ class BucketGroup:
         for name in members:
             if name not in self._fixed:
                 raise InvalidArgumentError(label, f"{name!r} is not a configured name")
+        if self._backend is not None and self._key is not None:
+            for i, meter in enumerate(meters):
+                meter.redis_key = self._backend.key(self._key, "shared", label, str(i))
         for name in members:
             self._fixed[name]._adopt(meters)
         self._shared[label] = meters
@@ -197,7 +223,13 @@ class BucketGroup:
         _check_name(name)
         if len(self._dynamic) >= self._sweep_at:
             self._sweep()
-        limiter = _limiter_from_config(self._default, "default", name=name)
+        limiter = _limiter_from_config(
+            self._default,
+            "default",
+            name=name,
+            backend=self._backend,
+            key=_member_key(self._key, name),
+        )
         self._dynamic[name] = limiter
         return limiter
 
@@ -265,26 +297,38 @@ def _config_rate(value: object, unit: str, where: str) -> Rate:
         raise type(exc)(where, f"{where}: {exc}") from None
 
 
-def _limiter_from_config(entry: object, where: str, *, name: str | None = None) -> Limiter:
+def _member_key(key: str | None, name: str) -> str | None:
+    # One hash tag (the group's key) for every member, so shared limits work on a cluster.
+    return None if key is None else f"{key}\x00{name}"
+
+
+def _limiter_from_config(
+    entry: object,
+    where: str,
+    *,
+    name: str | None = None,
+    backend: RedisBackend | None = None,
+    key: str | None = None,
+) -> Limiter:
     if not _is_mapping(entry):
         raise ArgumentTypeError(where, f"the limits of {where!r} must be a table")
     table: Mapping[str, Any] = entry  # type: ignore[assignment]
     limits: dict[str, list[Rate]] = {}
     options: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in _LIMITER_KEYS:
-            options[key] = value
+    for entry_key, value in table.items():
+        if entry_key in _LIMITER_KEYS:
+            options[entry_key] = value
             continue
         try:
-            dim, unit = _split_key(key)
+            dim, unit = _split_key(entry_key)
         except InvalidArgumentError:
             raise InvalidArgumentError(
-                key,
-                f"{where}: unknown key {key!r}; expected <dimension>_per_<unit> "
+                entry_key,
+                f"{where}: unknown key {entry_key!r}; expected <dimension>_per_<unit> "
                 "(second, minute, hour, day), max_concurrency or allow_debt",
             ) from None
-        limits.setdefault(dim, []).append(_config_rate(value, unit, f"{where}.{key}"))
+        limits.setdefault(dim, []).append(_config_rate(value, unit, f"{where}.{entry_key}"))
     try:
-        return Limiter(limits, name=name, **options)
+        return Limiter(limits, name=name, backend=backend, key=key, **options)
     except (InvalidArgumentError, ArgumentTypeError) as exc:
         raise type(exc)(exc.argument, f"{where}: {exc}") from None

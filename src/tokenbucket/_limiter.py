@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
     from types import TracebackType
 
+    from ._redis import RedisBackend
+    from ._redis.limiter import RemoteLimiter
+
 __all__ = ["Lease", "LeaseContext", "Limiter", "LimiterSnapshot"]
 
 RateLike = Rate | str
@@ -56,10 +59,11 @@ _MONOTONIC: Final = object()
 class _Meter:
     """One rate of one dimension: its core state and the most one request may take."""
 
-    __slots__ = ("core", "dim", "key", "maximum", "rate", "users")
+    __slots__ = ("core", "dim", "key", "maximum", "rate", "redis_key", "users")
 
     def __init__(self, dim: str, rate: Rate) -> None:
         self.dim = dim
+        self.redis_key: str | None = None  # where a Redis backend keeps it (shared meters)
         # Which clock the core's instants are on: _MONOTONIC, an event loop, or None.
         self.key: object | None = None
         self.rate = rate
@@ -243,7 +247,17 @@ class Limiter(WaiterQueue):
     that uses it; it is not thread-safe.
     """
 
-    __slots__ = ("_allow_debt", "_dims", "_leases", "_limits", "_multi", "_name")
+    __slots__ = (
+        "_allow_debt",
+        "_backend",
+        "_dims",
+        "_leases",
+        "_limits",
+        "_multi",
+        "_name",
+        "_remote",
+        "_tag",
+    )
 
     def __init__(
         self,
@@ -252,6 +266,8 @@ class Limiter(WaiterQueue):
         max_concurrency: int | None = None,
         allow_debt: bool = False,
         name: str | None = None,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
         **rates: float | Rate,
     ) -> None:
         specs: list[tuple[str, Rate]] = []
@@ -270,9 +286,9 @@ class Limiter(WaiterQueue):
             if not many:
                 raise InvalidArgumentError("limits", f"no rate given for {dim!r}")
             specs.extend((dim, _to_rate(item, f"limits[{dim!r}]")) for item in many)
-        for key, value in rates.items():
-            dim, unit = _split_key(key)
-            specs.append((dim, _rate_for_unit(value, unit, key)))
+        for keyword, value in rates.items():
+            dim, unit = _split_key(keyword)
+            specs.append((dim, _rate_for_unit(value, unit, keyword)))
         if max_concurrency is not None:
             if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
                 raise ArgumentTypeError(
@@ -300,6 +316,9 @@ class Limiter(WaiterQueue):
         self._allow_debt = allow_debt
         self._name = name
         self._leases = 0  # open leases, with or without a concurrency slot
+        self._backend = backend
+        self._tag = _check_key(backend, key, name)
+        self._remote: RemoteLimiter | None = None
         super().__init__(self._multi)
         for meter in meters:
             meter.users.append(weakref.ref(self))
@@ -345,6 +364,10 @@ class Limiter(WaiterQueue):
         """
         request = self._request(amounts)
         seconds = _validate.timeout(timeout)
+        if self._backend is not None:
+            from ._redis.limiter import RemoteLeaseContext
+
+            return RemoteLeaseContext(self._remote_limiter(), request.amounts, seconds)
         return LeaseContext(self, request, seconds)
 
     def pause(self, seconds: float) -> None:
@@ -352,6 +375,12 @@ class Limiter(WaiterQueue):
         ``Retry-After``). Waiters keep their places; a later, shorter pause does not
         shorten this one."""
         delay = _validate.real(seconds, "seconds", zero=True)
+        if self._backend is not None:
+            from ._headers import ServerFeedback
+            from ._redis.limiter import remote_feedback
+
+            remote_feedback(self._remote_limiter(), ServerFeedback((), delay), None)
+            return
         now = self._now()
         self._multi.paused_until = max(self._multi.paused_until, now + delay)
         self._kick()
@@ -375,6 +404,10 @@ class Limiter(WaiterQueue):
         Returns what was read, for logging.
         """
         info = headers if isinstance(headers, ServerFeedback) else parse_rate_limit_headers(headers)
+        if self._backend is not None:
+            from ._redis.limiter import remote_feedback
+
+            return remote_feedback(self._remote_limiter(), info, status)
         now = self._now()
         for limit in info.limits:
             if limit.dimension not in self._dims:
@@ -502,6 +535,56 @@ class Limiter(WaiterQueue):
                     refunded.append(meter)
         if refunded:
             self._kick_all(refunded)
+
+    def _remote_limiter(self) -> RemoteLimiter:
+        """The Redis side of this limiter, made on first use (after any shared meters)."""
+        if self._remote is None:
+            from ._redis import MeterSpec
+            from ._redis.limiter import RemoteLimiter
+
+            backend = self._backend
+            assert backend is not None
+            assert self._tag is not None
+            tag, _, name = self._tag.partition("\x00")
+            pairs = []
+            for i, meter in enumerate(self._multi.meters):
+                core = meter.core
+                rate = meter.rate
+                label = f"{meter.dim}:{rate.amount!r}/{rate.period!r}"
+                if isinstance(core, BucketState):
+                    label += f":b{core.capacity!r}"
+                    spec = MeterSpec("b", "", core.rate, core.capacity)
+                else:
+                    spec = MeterSpec("w", "", core.limit, core.window)
+                redis_key = meter.redis_key or backend.key(
+                    tag, *([name] if name else []), f"{i}", label
+                )
+                spec = MeterSpec(spec.kind, redis_key, spec.p1, spec.p2)
+                pairs.append((spec, self._multi.indexes[i]))
+            share = backend.local_share
+            dims = self._dims
+
+            def local() -> _LocalStandIn:
+                limits = {
+                    dim: [
+                        Rate(m.rate.amount * share, m.rate.period, burst=m.rate.burst)
+                        for m in self._multi.meters
+                        if m.dim == dim
+                    ]
+                    for dim in dims
+                }
+                return _LocalStandIn(Limiter(limits, allow_debt=True))
+
+            pause_tag = tag if not name else f"{tag}\x00{name}"
+            self._remote = RemoteLimiter(
+                backend,
+                pause_tag.replace("\x00", ":"),
+                dims,
+                pairs,
+                self._multi.max_concurrency,
+                local,
+            )
+        return self._remote
 
     def _adopt(self, meters: list[_Meter]) -> None:
         """Take on shared meters (BucketGroup.share), before any use."""
@@ -679,3 +762,36 @@ def _to_rate(value: object, argument: str) -> Rate:
         argument,
         f"{argument} must be a Rate or a str such as '500/minute', not {type(value).__name__}",
     )
+
+
+def _check_key(backend: object, key: object, name: str | None) -> str | None:
+    if backend is None:
+        if key is not None:
+            raise InvalidArgumentError(
+                "key", "key names a limiter's state in a backend; pass backend= too"
+            )
+        return None
+    from ._redis import RedisBackend
+
+    if not isinstance(backend, RedisBackend):
+        raise ArgumentTypeError(
+            "backend", f"backend must be a RedisBackend, not {type(backend).__name__}"
+        )
+    key = key if key is not None else name
+    if not isinstance(key, str) or not key:
+        raise InvalidArgumentError(
+            "key", "a limiter with a backend needs key=: the name its state has there"
+        )
+    return key
+
+
+class _LocalStandIn:
+    """The in-memory limiter used while Redis is unreachable (policy "local")."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+
+    async def take_local(self, amounts: Sequence[float], timeout: float | None) -> None:
+        wanted = dict(zip(self.limiter.dimensions, amounts, strict=True))
+        async with self.limiter.acquire(timeout=timeout, **wanted):
+            pass

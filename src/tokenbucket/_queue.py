@@ -436,7 +436,7 @@ class WaiterQueue:
 class QueuedLimiter(WaiterQueue):
     """Base of the single limiters: acquire/try_acquire of an amount over a FIFO queue."""
 
-    __slots__ = ("_max",)
+    __slots__ = ("_max", "_shared")
 
     _LIMIT_NAME = "limit"
     _state: _LevelState
@@ -444,6 +444,8 @@ class QueuedLimiter(WaiterQueue):
     def __init__(self, state: _LevelState, maximum: float) -> None:
         super().__init__(state)
         self._max = maximum
+        # The Limiter that keeps this limiter's state in a backend (Redis), or None.
+        self._shared: Any = None
 
     # -- public API ------------------------------------------------------------------
 
@@ -497,6 +499,11 @@ class QueuedLimiter(WaiterQueue):
             amount = self._check_amount(amount)
             if amount == 0:
                 return True
+        if self._shared is not None:
+            raise TypeError(
+                f"{type(self).__name__} with a backend cannot answer without a round trip: "
+                "use 'await limiter.acquire(amount, timeout=0)'"
+            )
         now = self._now()
         if self._live:
             return False
@@ -540,6 +547,11 @@ class QueuedLimiter(WaiterQueue):
     async def _acquire(self, amount: object, timeout: object) -> None:
         value = self._check_amount(amount)
         seconds = _validate.timeout(timeout)
+        if self._shared is not None:
+            if value:
+                async with self._shared.acquire(timeout=seconds, units=value):
+                    pass
+            return
         now = self._now()
         if value == 0:
             return

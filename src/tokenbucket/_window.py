@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import _validate
 from ._core import WindowLog
 from ._queue import QueuedLimiter, limiter_repr
+
+if TYPE_CHECKING:
+    from ._redis import RedisBackend
 
 __all__ = ["SlidingWindow"]
 
@@ -33,11 +38,23 @@ class SlidingWindow(QueuedLimiter):
 
     _LIMIT_NAME = "window's limit"
 
-    def __init__(self, limit: float, window: float) -> None:
+    def __init__(
+        self,
+        limit: float,
+        window: float,
+        *,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
+    ) -> None:
         size = _validate.real(limit, "limit")
         length = _validate.real(window, "window")
         self._log = WindowLog(size, length)
         super().__init__(self._log, size)
+        if backend is not None or key is not None:
+            from ._limiter import Limiter
+            from ._rate import Rate
+
+            self._shared = Limiter({"units": Rate(size, length)}, backend=backend, key=key)
 
     @property
     def limit(self) -> float:

@@ -1,0 +1,432 @@
+"""Limits shared by many processes and hosts, with their state in Redis.
+
+Theory of operation
+-------------------
+Every limit is a *meter* in Redis: a token bucket is a GCRA "theoretical arrival time"
+(one string key), an exact sliding window is a sorted set of grants scored by their
+instant. A request is *reserved* by one Lua script call (``reserve.lua``): the script
+finds the earliest instant ``t`` at which every meter of the request admits it (never
+before a reservation already made on those meters, so arrival at Redis defines the
+order), charges all of them at ``t``, and returns ``t - now``; the caller sleeps exactly
+that long, locally, and is admitted. Nobody polls. Time is the Redis server's ``TIME``
+(or the client's clock, when configured), so hosts' clocks do not matter.
+
+Requests of one process share round trips: while a script call is in flight, new
+requests queue, and the next call carries all of them (one ``EVALSHA`` for the batch).
+
+A caller that leaves before its instant (cancelled, timed out) gives its reservation back
+(``cancel.lua``) as far as it safely can. A concurrency cap holds slots as leases with an
+expiry, so a crashed process cannot hold them forever; a released slot wakes one waiting
+process through a list it blocks on (``BLPOP``), not by polling.
+
+When Redis cannot be reached, the backend follows its ``on_error`` policy: ``"wait"``
+(fail closed: retry with exponential backoff, logging each failure), ``"raise"``
+(:class:`BackendUnavailableError`), or ``"local"`` (fail open: limit with an in-memory
+limiter at ``local_share`` of the rates until Redis answers again).
+
+The Redis backend runs on asyncio (redis-py's asyncio client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from .._errors import TokenBucketError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import redis.asyncio as aioredis
+
+__all__ = ["BackendError", "BackendUnavailableError", "RedisBackend"]
+
+log = logging.getLogger("tokenbucket.redis")
+
+_SCRIPTS: Final = ("reserve", "cancel", "release", "adjust", "feedback")
+_SLACK_MS: Final = 1000  # keys outlive what they hold by this much
+
+
+class BackendError(TokenBucketError):
+    """Redis answered with an error the limiter cannot work around (e.g. a key of the
+    wrong type under the limiter's prefix)."""
+
+
+class BackendUnavailableError(BackendError, ConnectionError):
+    """Redis cannot be reached (and the failure policy says to raise)."""
+
+
+@dataclass(frozen=True)
+class MeterSpec:
+    """One limit in Redis: ``kind`` ``"b"`` (bucket: ``p1`` rate, ``p2`` capacity) or
+    ``"w"`` (window: ``p1`` limit, ``p2`` seconds)."""
+
+    kind: Literal["b", "w"]
+    key: str
+    p1: float
+    p2: float
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What a caller holds after ``reserve``: enough to give it back or settle it."""
+
+    meters: tuple[MeterSpec, ...]
+    amounts: tuple[float, ...]
+    member: str
+    at: float  # the instant reserved, on the backend's clock
+    lease: str  # concurrency lease id, or ""
+    slots_key: str
+
+
+class _Pending:
+    __slots__ = ("args", "future", "keys")
+
+    def __init__(self, keys: list[str], args: list[Any], future: asyncio.Future[Any]) -> None:
+        self.keys = keys
+        self.args = args
+        self.future = future
+
+
+class RedisBackend:
+    """Where shared limits keep their state: one Redis (or Redis Cluster) database.
+
+    >>> backend = RedisBackend("redis://127.0.0.1:6379/0")    # doctest: +SKIP
+    >>> bucket = tb.TokenBucket(rate=10, capacity=20, backend=backend, key="api")  # doctest: +SKIP
+
+    Args:
+        client: a ``redis.asyncio.Redis`` client, or a URL to make one from.
+        prefix: the namespace of every key this backend writes.
+        time_source: ``"server"`` (the Redis server's ``TIME``; one clock for all hosts)
+            or ``"client"`` (this host's wall clock, for managed services that refuse
+            ``TIME`` in scripts: then hosts' clock skew shifts their grants by as much).
+        on_error: what to do when Redis cannot be reached: ``"wait"`` (retry with
+            exponential backoff up to ``max_backoff`` seconds, logging each failure),
+            ``"raise"`` (:class:`BackendUnavailableError`) or ``"local"`` (limit with an
+            in-memory limiter at ``local_share`` of the rates until Redis is back).
+        lease_ttl: seconds a concurrency slot stays held if its process dies.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis | str,
+        *,
+        prefix: str = "tokenbucket",
+        time_source: Literal["server", "client"] = "server",
+        on_error: Literal["wait", "raise", "local"] = "wait",
+        max_backoff: float = 5.0,
+        local_share: float = 0.5,
+        lease_ttl: float = 300.0,
+    ) -> None:
+        try:
+            import redis.asyncio as aioredis_module
+        except ImportError as exc:  # pragma: no cover - depends on the installation
+            raise ImportError(
+                "the Redis backend needs redis-py: pip install 'tokenbucket[redis]'"
+            ) from exc
+        if isinstance(client, str):
+            client = aioredis_module.Redis.from_url(client)
+        if time_source not in ("server", "client"):
+            raise ValueError(f"time_source must be 'server' or 'client', not {time_source!r}")
+        if on_error not in ("wait", "raise", "local"):
+            raise ValueError(f"on_error must be 'wait', 'raise' or 'local', not {on_error!r}")
+        if not 0 < local_share <= 1:
+            raise ValueError(f"local_share must be in (0, 1], got {local_share!r}")
+        self.client = client
+        self.prefix = prefix
+        self.time_source = time_source
+        self.on_error = on_error
+        self.max_backoff = max_backoff
+        self.local_share = local_share
+        self.lease_ttl = lease_ttl
+        self._source = {
+            name: (resources.files(__package__) / f"{name}.lua").read_text(encoding="utf-8")
+            for name in _SCRIPTS
+        }
+        self._sha: dict[str, str] = {}
+        self._pending: list[_Pending] = []
+        self._in_flight = False
+        self._background: set[asyncio.Task[Any]] = set()
+        self.round_trips = 0  # script calls made (for benchmarks and tests)
+
+    def key(self, *parts: str) -> str:
+        """A namespaced key; ``{...}`` is the hash tag: one limiter's keys share a slot."""
+        tag, *rest = parts
+        return ":".join([f"{{{self.prefix}:{tag}}}", *rest])
+
+    async def ping(self) -> None:
+        """Check that Redis answers; raise :class:`BackendUnavailableError` if not."""
+        from redis.exceptions import RedisError
+
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailableError(f"Redis is unreachable: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Wait for give-backs in flight, then close the client."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.client.aclose()
+
+    def _now_arg(self) -> str:
+        return "" if self.time_source == "server" else repr(time.time())
+
+    # -- script calls -------------------------------------------------------------------
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA ``name``, loading it on first use and again after NOSCRIPT."""
+        from redis.exceptions import NoScriptError, ResponseError
+
+        sha = self._sha.get(name)
+        self.round_trips += 1
+        try:
+            if sha is None:
+                raise NoScriptError("not loaded yet")
+            return await self.client.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            sha = await self.client.script_load(self._source[name])
+            self._sha[name] = sha
+            self.round_trips += 1
+            return await self.client.evalsha(sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise BackendError(
+                    f"a key under {self.prefix!r} holds a value of the wrong type ({exc}); "
+                    "is another program using this prefix?"
+                ) from exc
+            raise BackendError(f"Redis refused the limiter's script: {exc}") from exc
+
+    async def _with_policy(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a script under the failure policy ("local" is handled by the caller)."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        delay = 0.05
+        while True:
+            try:
+                return await self._script(name, keys, args)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # noqa: PERF203
+                if self.on_error != "wait":
+                    raise BackendUnavailableError(f"Redis is unreachable: {exc}") from exc
+                log.warning("Redis unreachable (%s); retrying in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    # -- reservations (batched) -----------------------------------------------------------
+
+    async def reserve(
+        self,
+        meters: Sequence[MeterSpec],
+        amounts: Sequence[float],
+        *,
+        deadline: float | None,
+        pause_key: str = "",
+        slots_key: str = "",
+        slot_max: int = 0,
+    ) -> tuple[int, float, Reservation]:
+        """Reserve ``amounts`` on ``meters`` at their earliest common instant.
+
+        Returns ``(status, wait, reservation)``: status 1 reserved (sleep ``wait``
+        seconds, then go), 0 the instant is past ``deadline`` (nothing taken), 2 no
+        concurrency slot (nothing taken; ``wait`` is when the first lease expires).
+        Requests of this process share round trips.
+        """
+        member = uuid.uuid4().hex
+        lease = uuid.uuid4().hex if slots_key else ""
+        keys: list[str] = []
+        index: dict[str, int] = {}
+
+        def at(key: str) -> int:
+            if key not in index:
+                keys.append(key)
+                index[key] = len(keys)
+            return index[key]
+
+        args: list[Any] = [
+            len(meters),
+            -1 if deadline is None else deadline,
+            at(pause_key) if pause_key else 0,
+            at(slots_key) if slots_key else 0,
+            slot_max,
+            lease,
+            self.lease_ttl,
+        ]
+        for meter, amount in zip(meters, amounts, strict=True):
+            args += [
+                meter.kind,
+                at(meter.key),
+                repr(meter.p1),
+                repr(meter.p2),
+                repr(amount),
+                member,
+            ]
+        loop = asyncio.get_running_loop()
+        pending = _Pending(keys, args, loop.create_future())
+        self._pending.append(pending)
+        if not self._in_flight:
+            self._start_batch(loop)
+        try:
+            status, wait, now = await asyncio.shield(pending.future)
+        except asyncio.CancelledError:
+            # Cancelled while the round trip is in flight: give back what it reserves.
+            pending.future.add_done_callback(
+                lambda f: self._give_back_later(f, meters, amounts, member, lease, slots_key)
+            )
+            raise
+        reservation = Reservation(
+            tuple(meters), tuple(amounts), member, float(now) + float(wait), lease, slots_key
+        )
+        return int(status), float(wait), reservation
+
+    def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._pending = self._pending, []
+        self._in_flight = True
+        task = loop.create_task(self._run_batch(batch))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        keys: list[str] = []
+        args: list[Any] = [self._now_arg(), _SLACK_MS, len(batch)]
+        for pending in batch:
+            offset = len(keys)
+            keys.extend(pending.keys)
+            request = list(pending.args)
+            # Re-number this request's key indexes into the batch's KEYS.
+            request[2] = request[2] + offset if request[2] else 0
+            request[3] = request[3] + offset if request[3] else 0
+            for i in range(7 + 1, len(request), 6):
+                request[i] += offset
+            args.extend(request)
+        try:
+            replies = await self._with_policy("reserve", keys, args)
+        except BaseException as exc:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for pending, reply in zip(batch, replies, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result((int(reply[0]), _num(reply[1]), _num(reply[2])))
+        finally:
+            self._in_flight = False
+            if self._pending:
+                self._start_batch(asyncio.get_running_loop())
+
+    def _give_back_later(
+        self,
+        future: asyncio.Future[Any],
+        meters: Sequence[MeterSpec],
+        amounts: Sequence[float],
+        member: str,
+        lease: str,
+        slots_key: str,
+    ) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        status, wait, now = future.result()
+        if int(status) != 1:
+            return
+        reservation = Reservation(
+            tuple(meters), tuple(amounts), member, float(now) + float(wait), lease, slots_key
+        )
+        self.spawn(self.give_back(reservation))
+
+    def spawn(self, coro: Any) -> None:
+        """Run a give-back or release in the background, keeping a reference to it."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def give_back(self, reservation: Reservation) -> None:
+        """Return a reservation whose caller left before its instant (best effort)."""
+        keys: list[str] = []
+        args: list[Any] = [self._now_arg(), repr(reservation.at), len(reservation.meters)]
+        for meter, amount in zip(reservation.meters, reservation.amounts, strict=True):
+            keys.append(meter.key)
+            args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2), repr(amount)]
+            args.append(reservation.member)
+        args.append(reservation.lease)
+        if reservation.lease:
+            keys.append(reservation.slots_key)
+        try:
+            await self._with_policy("cancel", keys, args)
+        except Exception as exc:  # a give-back is best effort
+            log.warning("could not give a reservation back: %s", exc)
+
+    async def release(self, reservation: Reservation) -> None:
+        """Release a concurrency slot and wake one process waiting for one."""
+        if not reservation.lease:
+            return
+        wake = reservation.slots_key + ":wake"
+        try:
+            await self._with_policy(
+                "release",
+                [reservation.slots_key, wake],
+                [reservation.lease, int(self.lease_ttl * 1000)],
+            )
+        except Exception as exc:  # the lease expires on its own
+            log.warning("could not release a concurrency slot: %s", exc)
+
+    async def wait_for_slot(self, slots_key: str, seconds: float) -> None:
+        """Block (without polling) until a slot is released, or ``seconds`` pass."""
+        timeout = max(0.001, min(seconds, 60.0))
+        with contextlib.suppress(Exception):
+            await self.client.blpop([slots_key + ":wake"], timeout=timeout)
+
+    async def adjust(self, reservation: Reservation, new_amounts: Sequence[float]) -> None:
+        """Settle a grant: replace its amounts by ``new_amounts``."""
+        keys: list[str] = []
+        args: list[Any] = [self._now_arg(), _SLACK_MS, len(reservation.meters)]
+        for meter, old, new in zip(
+            reservation.meters, reservation.amounts, new_amounts, strict=True
+        ):
+            keys.append(meter.key)
+            args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2), repr(old)]
+            args += [reservation.member, repr(new), repr(reservation.at)]
+        await self._with_policy("adjust", keys, args)
+
+    async def feedback(
+        self,
+        pause_key: str,
+        pause: float | None,
+        clamps: Sequence[tuple[MeterSpec, float, float]],
+    ) -> None:
+        """Pause for ``pause`` seconds and lower meters to ``(remaining, reset)``."""
+        keys: list[str] = [pause_key]
+        args: list[Any] = [self._now_arg(), _SLACK_MS, -1 if pause is None else pause, len(clamps)]
+        for meter, remaining, reset in clamps:
+            keys.append(meter.key)
+            args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2)]
+            args += [repr(remaining), repr(reset)]
+        await self._with_policy("feedback", keys, args)
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisBackend prefix={self.prefix!r} time={self.time_source} "
+            f"on_error={self.on_error}>"
+        )
+
+
+def _num(value: Any) -> float:
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    number = float(text)
+    if math.isnan(number):  # pragma: no cover - the scripts never return NaN
+        raise BackendError(f"unexpected reply {value!r}")
+    return number
+
+
+def default_url() -> str:
+    """``TOKENBUCKET_REDIS_URL`` or the local default."""
+    return os.environ.get("TOKENBUCKET_REDIS_URL", "redis://127.0.0.1:6379/0")

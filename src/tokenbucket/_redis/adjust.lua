@@ -1,0 +1,60 @@
+-- Settle a grant: charge an overrun or give back an unused part, per meter.
+-- KEYS: the meters' keys.  ARGV: now ('' = TIME), ttl slack (ms), meter count, then per
+-- meter: kind, key index, p1, p2, reserved amount, member, new amount, instant t.
+-- A window entry keeps its instant and takes the new amount (a smaller one lowers every
+-- window's sum; a larger one is debt later callers wait off). A bucket is charged an
+-- overrun (its schedule moves later); an unused part goes back only while the grant is
+-- the latest on that bucket.
+local now
+if ARGV[1] == '' then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+local slack = tonumber(ARGV[2])
+local meters = tonumber(ARGV[3])
+local pos = 4
+for _ = 1, meters do
+  local kind, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
+  local p1, p2 = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
+  local old, member = tonumber(ARGV[pos + 4]), ARGV[pos + 5]
+  local new, t = tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7])
+  pos = pos + 8
+  local diff = new - old
+  if diff ~= 0 then
+    if kind == 'b' then
+      local tat = tonumber(redis.call('GET', key) or '0')
+      if diff > 0 then
+        if now > tat then tat = now end
+        tat = tat + diff / p1
+        redis.call('SET', key, string.format('%.17g', tat), 'PX', math.ceil((tat - now) * 1000) + slack)
+      else
+        local mine = math.max(t, tat - old / p1) + old / p1
+        if math.abs(tat - mine) <= 1e-9 * math.max(1, math.abs(tat)) then
+          local back = tat + diff / p1
+          if back > now then
+            redis.call('SET', key, string.format('%.17g', back), 'KEEPTTL')
+          else
+            redis.call('DEL', key)
+          end
+        end
+      end
+    else
+      local removed = 0
+      if old > 0 then
+        removed = redis.call('ZREM', key, member .. ':' .. string.format('%.17g', old))
+      end
+      local at = t
+      if removed == 0 and old > 0 then at = nil end  -- the grant already left the window
+      if diff > 0 and at == nil then at = now end
+      if at ~= nil and new > 0 then
+        local amount = new
+        if removed == 0 then amount = diff end
+        redis.call('ZADD', key, at, member .. 's:' .. string.format('%.17g', amount))
+        redis.call('PEXPIRE', key, math.ceil((math.max(at, now) + p2 - now) * 1000) + slack)
+      end
+    end
+  end
+end
+return 1

@@ -1,0 +1,50 @@
+-- Fold a server's view into the meters: pause, and lower what a meter may grant.
+-- KEYS: pause key, then meter keys.  ARGV: now ('' = TIME), ttl slack (ms),
+-- pause seconds (-1: none), meter count, then per meter: kind, key index, p1, p2,
+-- remaining, seconds until the server's reset.
+local now
+if ARGV[1] == '' then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+local slack = tonumber(ARGV[2])
+local pause = tonumber(ARGV[3])
+if pause >= 0 then
+  local until_ = now + pause
+  local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if until_ > current then
+    redis.call('SET', KEYS[1], string.format('%.17g', until_), 'PX', math.ceil(pause * 1000) + slack)
+  end
+end
+local meters = tonumber(ARGV[4])
+local pos = 5
+for _ = 1, meters do
+  local kind, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
+  local p1, p2 = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
+  local remaining, reset = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
+  pos = pos + 6
+  if kind == 'b' then
+    local tat = tonumber(redis.call('GET', key) or '0')
+    local floor = now + (p2 - remaining) / p1
+    if floor > tat then
+      redis.call('SET', key, string.format('%.17g', floor), 'PX', math.ceil((floor - now) * 1000) + slack)
+    end
+  else
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - p2)
+    local entries = redis.call('ZRANGEBYSCORE', key, '(' .. (now - p2), '+inf', 'WITHSCORES')
+    local used = 0
+    for i = 1, #entries, 2 do
+      used = used + tonumber(string.match(entries[i], '^[^:]*:([^:]*)'))
+    end
+    local excess = p1 - used - remaining
+    if excess > 0 then
+      if reset > p2 then reset = p2 end
+      local at = now + reset - p2
+      redis.call('ZADD', key, at, 'fb' .. string.format('%.17g', now) .. ':' .. string.format('%.17g', excess))
+      redis.call('PEXPIRE', key, math.ceil(p2 * 1000) + slack)
+    end
+  end
+end
+return 1

@@ -1,0 +1,130 @@
+-- Reserve a batch of requests, in order, atomically.
+--
+-- Every request is a list of meters that must all admit it at one instant t >= now. A
+-- request gets the earliest such t (never earlier than any reservation already made on
+-- its meters, so arrival at Redis defines the order), all its meters are charged at t,
+-- and the caller sleeps until t. Nothing is charged for a request whose t would come
+-- after its deadline.
+--
+-- ARGV: now ('' = the server's TIME), ttl slack in ms, request count, then per request:
+--   meter count, deadline (seconds from now, or -1 for none), pause key index (0: none),
+--   slot key index (0: none), slot max, lease id, lease ttl (s),
+--   then per meter: kind ('b' bucket | 'w' window), key index, p1, p2, amount, member
+--     bucket: p1 = rate (units/s), p2 = capacity    window: p1 = limit, p2 = window (s)
+-- Returns per request: {status, t - now (string), now (string)}
+--   status 1: reserved at t; 0: t is past the deadline (nothing taken);
+--   2: no concurrency slot free (nothing taken; t - now is when the first lease expires)
+
+local now
+if ARGV[1] == '' then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+local slack = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
+local pos = 4
+local out = {}
+
+local function window_total(key, after)
+  -- Sum of the amounts logged after `after`, and the entries themselves (oldest first).
+  local entries = redis.call('ZRANGEBYSCORE', key, '(' .. after, '+inf', 'WITHSCORES')
+  local total = 0
+  local list = {}
+  for i = 1, #entries, 2 do
+    local amount = tonumber(string.match(entries[i], '^[^:]*:([^:]*)'))
+    local score = tonumber(entries[i + 1])
+    total = total + amount
+    list[#list + 1] = {score, amount}
+  end
+  return total, list
+end
+
+for _ = 1, count do
+  local meters = tonumber(ARGV[pos])
+  local deadline = tonumber(ARGV[pos + 1])
+  local pause_index = tonumber(ARGV[pos + 2])
+  local slot_index = tonumber(ARGV[pos + 3])
+  local slot_max = tonumber(ARGV[pos + 4])
+  local lease = ARGV[pos + 5]
+  local lease_ttl = tonumber(ARGV[pos + 6])
+  pos = pos + 7
+  local specs = {}
+  for m = 1, meters do
+    specs[m] = {ARGV[pos], KEYS[tonumber(ARGV[pos + 1])], tonumber(ARGV[pos + 2]),
+                tonumber(ARGV[pos + 3]), tonumber(ARGV[pos + 4]), ARGV[pos + 5]}
+    pos = pos + 6
+  end
+
+  local status = 1
+  local t = now
+  if pause_index > 0 then
+    local paused = tonumber(redis.call('GET', KEYS[pause_index]) or '0')
+    if paused > t then t = paused end
+  end
+  local slots_key = nil
+  if slot_index > 0 then
+    slots_key = KEYS[slot_index]
+    redis.call('ZREMRANGEBYSCORE', slots_key, '-inf', now)
+    if redis.call('ZCARD', slots_key) >= slot_max then
+      local first = redis.call('ZRANGE', slots_key, 0, 0, 'WITHSCORES')
+      status = 2
+      t = tonumber(first[2])
+    end
+  end
+
+  if status == 1 then
+    -- The earliest instant every meter admits the request.
+    for m = 1, meters do
+      local kind, key, p1, p2, amount = specs[m][1], specs[m][2], specs[m][3], specs[m][4], specs[m][5]
+      if amount > 0 then
+        if kind == 'b' then
+          local tat = tonumber(redis.call('GET', key) or '0')
+          local at = tat + (amount - p2) / p1
+          if at > t then t = at end
+        else
+          redis.call('ZREMRANGEBYSCORE', key, '-inf', now - p2)
+          local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+          local start = t
+          if last[2] and tonumber(last[2]) > start then start = tonumber(last[2]) end
+          local total, list = window_total(key, start - p2)
+          local at = start
+          local i = 1
+          while total + amount > p1 and i <= #list do
+            total = total - list[i][2]
+            at = list[i][1] + p2
+            i = i + 1
+          end
+          if at > t then t = at end
+        end
+      end
+    end
+    if deadline >= 0 and t - now > deadline then
+      status = 0
+    end
+  end
+
+  if status == 1 then
+    for m = 1, meters do
+      local kind, key, p1, p2, amount, member = specs[m][1], specs[m][2], specs[m][3], specs[m][4], specs[m][5], specs[m][6]
+      if amount > 0 then
+        if kind == 'b' then
+          local tat = tonumber(redis.call('GET', key) or '0')
+          if t > tat then tat = t end
+          tat = tat + amount / p1
+          redis.call('SET', key, string.format('%.17g', tat), 'PX', math.ceil((tat - now) * 1000) + slack)
+        else
+          redis.call('ZADD', key, t, member .. ':' .. string.format('%.17g', amount))
+          redis.call('PEXPIRE', key, math.ceil((t + p2 - now) * 1000) + slack)
+        end
+      end
+    end
+    if slots_key then
+      redis.call('ZADD', slots_key, now + lease_ttl, lease)
+      redis.call('PEXPIRE', slots_key, math.ceil(lease_ttl * 1000) + slack)
+    end
+  end
+  out[#out + 1] = {status, string.format('%.17g', t - now), string.format('%.17g', now)}
+end
+return out
