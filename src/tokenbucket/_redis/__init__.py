@@ -288,13 +288,16 @@ class RedisBackend:
         return int(status), float(wait), reservation
 
     def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, self._pending = self._pending, []
         self._in_flight = True
-        task = loop.create_task(self._run_batch(batch))
+        task = loop.create_task(self._run_batch())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+    async def _run_batch(self) -> None:
+        # The batch is taken when this task first runs, after every task that was ready
+        # in the same loop iteration has queued its request.
+        batch, self._pending = self._pending, []
+        batch = [p for p in batch if not p.future.cancelled()]
         keys: list[str] = []
         args: list[Any] = [self._now_arg(), _SLACK_MS, len(batch)]
         for pending in batch:
