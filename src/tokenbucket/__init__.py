@@ -16,6 +16,7 @@ from ._errors import (
     InvalidArgumentError,
     LeaseError,
     TokenBucketError,
+    UnknownNameError,
 )
 from ._group import BucketGroup
 from ._headers import (
@@ -50,6 +51,7 @@ __all__ = [
     "SlidingWindow",
     "TokenBucket",
     "TokenBucketError",
+    "UnknownNameError",
     "__version__",
     "chat_cost",
     "estimate_tokens",

@@ -9,7 +9,8 @@ ValueError`` or ``except TimeoutError`` keep working::
      │    └── AmountExceedsLimitError
      ├── ArgumentTypeError           (also TypeError)
      ├── AcquireTimeoutError         (also TimeoutError)
-     └── LeaseError                  (also RuntimeError)
+     ├── LeaseError                  (also RuntimeError)
+     └── UnknownNameError            (also KeyError)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "InvalidArgumentError",
     "LeaseError",
     "TokenBucketError",
+    "UnknownNameError",
 ]
 
 
@@ -81,3 +83,10 @@ class AcquireTimeoutError(TokenBucketError, TimeoutError):
 class LeaseError(TokenBucketError, RuntimeError):
     """A lease was used wrongly: settled twice, settled after its block ended, or its
     ``acquire()`` context entered twice."""
+
+
+class UnknownNameError(TokenBucketError, KeyError):
+    """A :class:`~tokenbucket.BucketGroup` has no limits for a name (and no default)."""
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return str(self.args[0]) if self.args else ""

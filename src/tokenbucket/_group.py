@@ -6,7 +6,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
-from ._errors import ArgumentTypeError, InvalidArgumentError
+from ._errors import ArgumentTypeError, InvalidArgumentError, UnknownNameError
 from ._limiter import Limiter, _Meter, _split_key, _to_rate
 from ._rate import Rate
 
@@ -192,9 +192,16 @@ class BucketGroup:
             meters.append(_Meter(dim, _config_rate(value, unit, f"shared[{label!r}].{key}")))
         if not meters:
             raise InvalidArgumentError(label, f"shared[{label!r}] has no rates")
+        if len(set(members)) != len(members):
+            raise InvalidArgumentError(label, f"shared[{label!r}] lists a member twice")
         for name in members:
             if name not in self._fixed:
                 raise InvalidArgumentError(label, f"{name!r} is not a configured name")
+            limiter = self._fixed[name]
+            if limiter._live or limiter._leases or limiter._key is not None:
+                raise InvalidArgumentError(
+                    label, f"{name!r} is already in use; share limits before using them"
+                )
         if self._backend is not None and self._key is not None:
             for i, meter in enumerate(meters):
                 meter.redis_key = self._backend.key(self._key, "shared", label, str(i))
@@ -216,7 +223,7 @@ class BucketGroup:
         if limiter is not None:
             return limiter
         if self._default is None:
-            raise KeyError(
+            raise UnknownNameError(
                 f"no limits for {name!r}; known names: {sorted(self._fixed)} "
                 "(give the group a default to cover other names)"
             )

@@ -19,11 +19,12 @@ the limiter or lowers what the meters may grant; it never raises what they may g
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from . import _validate
 from ._core import BucketState, WindowLog
@@ -35,12 +36,12 @@ from ._errors import (
     LeaseError,
 )
 from ._headers import ServerFeedback, parse_rate_limit_headers
-from ._queue import _GRANTED, WaiterQueue, _Waiter
+from ._queue import _GRANTED, _WAITING, WaiterQueue, _Waiter
 from ._rate import DAY, HOUR, MINUTE, SECOND, Rate
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
     from types import TracebackType
 
     from ._redis import RedisBackend
@@ -54,16 +55,21 @@ RateLike = Rate | str
 _UNITS: Final = {"second": SECOND, "minute": MINUTE, "hour": HOUR, "day": DAY}
 _INF: Final = math.inf
 _MONOTONIC: Final = object()
+_ARRIVALS: Final = itertools.count()
 
 
 class _Meter:
     """One rate of one dimension: its core state and the most one request may take."""
 
-    __slots__ = ("core", "dim", "key", "maximum", "rate", "redis_key", "users")
+    __slots__ = ("claim", "core", "dim", "key", "maximum", "rate", "redis_key", "users")
 
     def __init__(self, dim: str, rate: Rate) -> None:
         self.dim = dim
         self.redis_key: str | None = None  # where a Redis backend keeps it (shared meters)
+        # A shared meter's claim: the earliest queue head it is too low for. No request
+        # that arrived later takes from it until that one is granted or leaves, so a
+        # large request is not starved by small ones of other limiters.
+        self.claim: _Request | None = None
         # Which clock the core's instants are on: _MONOTONIC, an event loop, or None.
         self.key: object | None = None
         self.rate = rate
@@ -89,11 +95,12 @@ class _Meter:
 
 
 class _Request:
-    __slots__ = ("amounts", "slot")
+    __slots__ = ("amounts", "seq", "slot")
 
     def __init__(self, amounts: tuple[float, ...], slot: bool) -> None:
         self.amounts = amounts
         self.slot = slot
+        self.seq = next(_ARRIVALS)  # arrival order across limiters (shared meters)
 
 
 class _MultiState:
@@ -103,11 +110,13 @@ class _MultiState:
         "_ticket",
         "binding",
         "dims",
+        "freed",
         "in_flight",
         "indexes",
         "max_concurrency",
         "meters",
         "paused_until",
+        "seen",
     )
 
     def __init__(
@@ -121,6 +130,8 @@ class _MultiState:
         self.max_concurrency = max_concurrency
         self.in_flight = 0
         self.paused_until = -_INF
+        self.seen = -_INF  # the latest instant this state has been asked about
+        self.freed: list[_Meter] = []  # shared meters whose claim a grant just released
         self._ticket: tuple[object, ...] = ()
         self.binding: object | None = None  # the event loop being bound to
 
@@ -133,6 +144,7 @@ class _MultiState:
         return max((m.core.last_update for m in self.meters), default=0.0)
 
     def try_take(self, request: _Request, now: float) -> bool:
+        self.seen = max(self.seen, now)
         if now < self.paused_until:
             return False
         if request.slot and self.in_flight >= (self.max_concurrency or 0):
@@ -141,6 +153,8 @@ class _MultiState:
         pairs = list(zip(self.meters, self.indexes, strict=True))
         for meter, index in pairs:
             amount = amounts[index]
+            if amount and meter.claim is not None and meter.claim.seq < request.seq:
+                return False
             if amount and not meter.core.fits(min(amount, meter.maximum), now):
                 return False
         tickets: list[object] = []
@@ -154,6 +168,10 @@ class _MultiState:
         if request.slot:
             self.in_flight += 1
         self._ticket = tuple(tickets)
+        for meter in self.meters:
+            if meter.claim is request:
+                meter.claim = None
+                self.freed.append(meter)
         return True
 
     def ready_at(self, request: _Request, now: float) -> float:
@@ -163,6 +181,8 @@ class _MultiState:
         amounts = request.amounts
         for meter, index in zip(self.meters, self.indexes, strict=True):
             amount = amounts[index]
+            if amount and meter.claim is not None and meter.claim.seq < request.seq:
+                return _INF  # an earlier request of another limiter goes first
             if amount:
                 when = max(when, meter.core.ready_at(min(amount, meter.maximum), now))
         return when
@@ -177,8 +197,12 @@ class _MultiState:
             self.in_flight -= 1
 
     def rebase(self, now: float) -> None:
-        if self.paused_until > -_INF:
-            self.paused_until += now - self.last_update
+        # A pause keeps what was left of it; an expired one stays expired.
+        if self.paused_until > self.seen:
+            self.paused_until = now + (self.paused_until - self.seen)
+        else:
+            self.paused_until = -_INF
+        self.seen = now
         for meter in self.meters:
             # A shared meter another limiter already runs on this clock stays put.
             if meter.key is None or meter.key is not self.binding:
@@ -382,6 +406,7 @@ class Limiter(WaiterQueue):
             remote_feedback(self._remote_limiter(), ServerFeedback((), delay), None)
             return
         now = self._now()
+        self._multi.seen = max(self._multi.seen, now)
         self._multi.paused_until = max(self._multi.paused_until, now + delay)
         self._kick()
 
@@ -410,25 +435,36 @@ class Limiter(WaiterQueue):
             return remote_feedback(self._remote_limiter(), info, status)
         now = self._now()
         for limit in info.limits:
-            if limit.dimension not in self._dims:
+            meter = self._reported_meter(limit.dimension, limit.limit)
+            if meter is None:
                 continue
-            for meter in self._multi.meters:
-                if meter.dim != limit.dimension:
-                    continue
-                core = meter.core
-                if isinstance(core, BucketState):
-                    core.clamp(limit.remaining, now)
-                else:
-                    reset = limit.reset_after
-                    until = now + (core.window if reset is None else reset)
-                    core.clamp(limit.remaining, until, now)
+            core = meter.core
+            if isinstance(core, BucketState):
+                core.clamp(limit.remaining, now)
+            else:
+                reset = limit.reset_after
+                until = now + (meter.rate.period if reset is None else reset)
+                core.clamp(limit.remaining, until, now)
         retry = info.retry_after
         if retry is None and status == 429:
             retry = 1.0
         if retry is not None:
+            self._multi.seen = max(self._multi.seen, now)
             self._multi.paused_until = max(self._multi.paused_until, now + retry)
         self._kick()
         return info
+
+    def _reported_meter(self, dim: str, server_limit: float | None) -> _Meter | None:
+        """The one meter a server's report on ``dim`` describes: this limiter's own rate of
+        that dimension whose amount is nearest the server's limit, else the shortest
+        period (providers report their per-minute limits). Shared meters are left alone:
+        one member's report says nothing about the others' use of a shared pool."""
+        own = [m for m in self._multi.meters if m.dim == dim and len(m.users) <= 1]
+        if not own:
+            return None
+        if server_limit is not None:
+            return min(own, key=lambda m: (abs(m.rate.amount - server_limit), m.rate.period))
+        return min(own, key=lambda m: m.rate.period)
 
     def statistics(self) -> LimiterSnapshot:
         """A read-only view of the limiter's state; cheap and side-effect free."""
@@ -461,6 +497,8 @@ class Limiter(WaiterQueue):
     def _request(self, amounts: Mapping[str, object]) -> _Request:
         vector = [0.0] * len(self._dims)
         if "requests" in self._dims and "requests" not in amounts:
+            if self._limits["requests"] < 1 and not self._allow_debt:
+                raise AmountExceedsLimitError(1.0, self._limits["requests"], "requests limit")
             vector[self._dims.index("requests")] = 1.0
         for dim, value in amounts.items():
             if dim not in self._dims:
@@ -480,6 +518,8 @@ class Limiter(WaiterQueue):
         if timeout == 0:
             raise AcquireTimeoutError(f"{self!r} could not grant the request at once")
         waiter = _Waiter(1.0, request, _INF if timeout is None else now + timeout)
+        if not self._live:
+            self._claim(request, now)  # it will be the head
         await self._wait(waiter, now)
         ticket = waiter.ticket
         assert isinstance(ticket, tuple)
@@ -487,6 +527,39 @@ class Limiter(WaiterQueue):
 
     def _timeout_message(self, waiter: _Waiter) -> str:
         return f"timed out waiting for {self!r}"
+
+    def _claim(self, request: _Request, now: float) -> None:
+        """The queue head claims the shared meters it does not fit in (see _Meter)."""
+        multi = self._multi
+        for meter, index in zip(multi.meters, multi.indexes, strict=True):
+            amount = request.amounts[index]
+            if (
+                amount
+                and len(meter.users) > 1
+                and (meter.claim is None or request.seq < meter.claim.seq)
+                and not meter.core.fits(min(amount, meter.maximum), now)
+            ):
+                meter.claim = request
+
+    def _dispatch(self, now: float) -> None:
+        super()._dispatch(now)
+        multi = self._multi
+        for waiter in self._queue:  # the head, if it is still waiting
+            if waiter.state is _WAITING:
+                assert isinstance(waiter.request, _Request)
+                self._claim(waiter.request, now)
+                break
+        if multi.freed:
+            freed, multi.freed = multi.freed, []
+            self._kick_all(freed)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        super()._forget(waiter)
+        released = [m for m in self._multi.meters if m.claim is waiter.request]
+        for meter in released:
+            meter.claim = None
+        if released:
+            self._kick_others(released)
 
     def _abandon(self, waiter: _Waiter) -> None:
         granted = waiter.state is _GRANTED
@@ -497,6 +570,9 @@ class Limiter(WaiterQueue):
     def _kick_all(self, meters: Iterable[_Meter]) -> None:
         """Capacity came back on ``meters``: wake this limiter and any sharing them."""
         self._kick()
+        self._kick_others(meters)
+
+    def _kick_others(self, meters: Iterable[_Meter]) -> None:
         for meter in meters:
             for ref in meter.users:
                 other = ref()
@@ -612,16 +688,23 @@ class Limiter(WaiterQueue):
     ) -> None:
         # Instants on time.monotonic are comparable across loops; others only within one.
         origin = _MONOTONIC if clock is time.monotonic else key
+        if self._clock is time.monotonic:  # the old clock can still be read
+            self._multi.seen = max(self._multi.seen, time.monotonic())
         self._multi.binding = origin
         super()._bind(key, loop, clock, step)
+        now = clock()
         for meter in self._multi.meters:
+            if meter.key is not None and meter.key is not origin:
+                # Another member of a shared limit moved it onto another clock.
+                meter.core.rebase(now)
             meter.key = origin
 
     def _at_rest(self) -> bool:
         """Indistinguishable from a new limiter of the same configuration."""
         if self._live or self._multi.in_flight or self._leases:
             return False
-        now = self._peek_now()
+        # On time.monotonic the present is known even outside the loop that used it.
+        now = time.monotonic() if self._clock is time.monotonic else self._peek_now()
         if self._multi.paused_until > now:
             return False
         return all(m.at_rest(now) for m in self._multi.meters)
@@ -637,6 +720,12 @@ class LeaseContext:
         self._request = request
         self._timeout = timeout
         self._lease: Lease | None = None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise TypeError(
+            "Limiter.acquire() returns a lease context: use "
+            "'async with limiter.acquire(...) as lease:', not 'await limiter.acquire(...)'"
+        )
 
     async def __aenter__(self) -> Lease:
         if self._lease is not None:
