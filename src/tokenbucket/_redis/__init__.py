@@ -171,10 +171,15 @@ class RedisBackend:
         except (RedisError, OSError) as exc:
             raise BackendUnavailableError(f"Redis is unreachable: {exc}") from exc
 
-    async def aclose(self) -> None:
-        """Wait for give-backs in flight, then close the client."""
+    async def aclose(self, *, grace: float = 0.5) -> None:
+        """Wait up to ``grace`` seconds for give-backs and releases in flight (they may be
+        retrying while Redis is down), cancel what is left, then close the client."""
         if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            _, late = await asyncio.wait(set(self._background), timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
         await self.client.aclose()
 
     def _now_arg(self) -> str:
@@ -320,7 +325,17 @@ class RedisBackend:
                 raise
         else:
             for pending, reply in zip(batch, replies, strict=True):
-                if not pending.future.done():
+                if pending.future.done():
+                    continue
+                if int(reply[0]) == 3:
+                    key = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+                    pending.future.set_exception(
+                        BackendError(
+                            f"the key {key!r} holds a value of the wrong type; is another "
+                            f"program using the prefix {self.prefix!r}?"
+                        )
+                    )
+                else:
                     pending.future.set_result((int(reply[0]), _num(reply[1]), _num(reply[2])))
         finally:
             self._in_flight = False

@@ -24,15 +24,14 @@ for _ = 1, meters do
   local diff = new - old
   if diff ~= 0 then
     if kind == 'b' then
-      local tat = tonumber(redis.call('GET', key) or '0')
+      local tat = tonumber(redis.call('GET', key) or '0') or 0
       if diff > 0 then
         if now > tat then tat = now end
         tat = tat + diff / p1
         redis.call('SET', key, string.format('%.17g', tat), 'PX', math.ceil((tat - now) * 1000) + slack)
-      else
-        local mine = math.max(t, tat - old / p1) + old / p1
-        if math.abs(tat - mine) <= 1e-9 * math.max(1, math.abs(tat)) then
-          local back = tat + diff / p1
+      elseif redis.call('GET', key .. ':last') == member then
+        do
+          local back = math.max(tat + diff / p1, t)
           if back > now then
             redis.call('SET', key, string.format('%.17g', back), 'KEEPTTL')
           else

@@ -23,10 +23,9 @@ for _ = 1, meters do
   pos = pos + 6
   if amount > 0 then
     if kind == 'b' then
-      local tat = tonumber(redis.call('GET', key) or '0')
-      local mine = math.max(t, tat - amount / p1) + amount / p1
-      if math.abs(tat - mine) <= 1e-9 * math.max(1, math.abs(tat)) then
-        local back = tat - amount / p1
+      local tat = tonumber(redis.call('GET', key) or '0') or 0
+      if redis.call('GET', key .. ':last') == member then
+        local back = math.max(tat - amount / p1, t)
         if back > now then
           redis.call('SET', key, string.format('%.17g', back), 'KEEPTTL')
         else

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 from .._errors import AcquireTimeoutError, InvalidArgumentError, LeaseError
@@ -50,6 +51,7 @@ class RemoteLimiter:
         self._slot_lock: asyncio.Lock | None = None
         self.waiters = 0
         self.in_flight = 0
+        self._warned = -math.inf
 
     def local(self) -> Any:
         if self._local is None:
@@ -67,19 +69,32 @@ class RemoteLimiter:
         try:
             while True:
                 left = None if deadline is None else max(0.0, deadline - loop.time())
+                call = self.backend.reserve(
+                    specs,
+                    vector,
+                    deadline=left,
+                    pause_key=self.pause_key,
+                    slots_key=self.slots_key,
+                    slot_max=self.max_concurrency or 0,
+                )
                 try:
-                    status, wait, reservation = await self.backend.reserve(
-                        specs,
-                        vector,
-                        deadline=left,
-                        pause_key=self.pause_key,
-                        slots_key=self.slots_key,
-                        slot_max=self.max_concurrency or 0,
-                    )
+                    # The deadline also bounds waiting for Redis itself (an outage under
+                    # the "wait" policy); a reservation that arrives late is given back.
+                    if left is None:
+                        status, wait, reservation = await call
+                    else:
+                        status, wait, reservation = await asyncio.wait_for(call, left)
+                except asyncio.TimeoutError:
+                    raise AcquireTimeoutError(
+                        f"{self.tag!r}: not granted within {timeout} s (Redis did not answer)"
+                    ) from None
                 except BackendUnavailableError:
                     if self.backend.on_error != "local":
                         raise
-                    log.warning("Redis unreachable: limiting locally at a reduced share")
+                    now = loop.time()
+                    if now >= self._warned + 10:
+                        self._warned = now
+                        log.warning("Redis unreachable: limiting locally at a reduced share")
                     await self.local().take_local(amounts, left)
                     return None
                 if status == 1:
@@ -94,6 +109,8 @@ class RemoteLimiter:
                     await asyncio.sleep(left or 0.0)
                     raise AcquireTimeoutError(f"{self.tag!r}: not granted within {timeout} s")
                 # No concurrency slot: block until one is released (or the first expires).
+                if left is not None and left <= 0:
+                    raise AcquireTimeoutError(f"{self.tag!r}: no slot within {timeout} s")
                 if self._slot_lock is None:
                     self._slot_lock = asyncio.Lock()
                 async with self._slot_lock:

@@ -13,7 +13,10 @@
 --     bucket: p1 = rate (units/s), p2 = capacity    window: p1 = limit, p2 = window (s)
 -- Returns per request: {status, t - now (string), now (string)}
 --   status 1: reserved at t; 0: t is past the deadline (nothing taken);
---   2: no concurrency slot free (nothing taken; t - now is when the first lease expires)
+--   2: no concurrency slot free (nothing taken; t - now is when the first lease expires);
+--   3: a key of the request holds something else (nothing taken; the third field names it)
+-- A bucket remembers the member of its latest reservation in '<key>:last', so a
+-- give-back knows whether anyone reserved behind it.
 
 local now
 if ARGV[1] == '' then
@@ -59,12 +62,25 @@ for _ = 1, count do
 
   local status = 1
   local t = now
+  local bad = nil
+  for m = 1, meters do
+    local kind, key = specs[m][1], specs[m][2]
+    local found = redis.call('TYPE', key)['ok']
+    if kind == 'b' then
+      if found ~= 'none' and (found ~= 'string' or tonumber(redis.call('GET', key)) == nil) then
+        bad = key
+      end
+    elseif found ~= 'none' and found ~= 'zset' then
+      bad = key
+    end
+  end
+  if bad then status = 3 end
   if pause_index > 0 then
     local paused = tonumber(redis.call('GET', KEYS[pause_index]) or '0')
     if paused > t then t = paused end
   end
   local slots_key = nil
-  if slot_index > 0 then
+  if slot_index > 0 and status == 1 then
     slots_key = KEYS[slot_index]
     redis.call('ZREMRANGEBYSCORE', slots_key, '-inf', now)
     if redis.call('ZCARD', slots_key) >= slot_max then
@@ -113,7 +129,9 @@ for _ = 1, count do
           local tat = tonumber(redis.call('GET', key) or '0')
           if t > tat then tat = t end
           tat = tat + amount / p1
-          redis.call('SET', key, string.format('%.17g', tat), 'PX', math.ceil((tat - now) * 1000) + slack)
+          local ttl = math.ceil((tat - now) * 1000) + slack
+          redis.call('SET', key, string.format('%.17g', tat), 'PX', ttl)
+          redis.call('SET', key .. ':last', member, 'PX', ttl)
         else
           redis.call('ZADD', key, t, member .. ':' .. string.format('%.17g', amount))
           redis.call('PEXPIRE', key, math.ceil((t + p2 - now) * 1000) + slack)
@@ -125,6 +143,10 @@ for _ = 1, count do
       redis.call('PEXPIRE', slots_key, math.ceil(lease_ttl * 1000) + slack)
     end
   end
-  out[#out + 1] = {status, string.format('%.17g', t - now), string.format('%.17g', now)}
+  if status == 3 then
+    out[#out + 1] = {status, '0', bad}
+  else
+    out[#out + 1] = {status, string.format('%.17g', t - now), string.format('%.17g', now)}
+  end
 end
 return out
