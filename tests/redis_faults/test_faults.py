@@ -76,10 +76,13 @@ async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 
 async def meter_key(admin: aioredis.Redis, tag: str) -> str:
     """The Redis key of the (only) meter of the limiter with ``key=tag``."""
-    keys = [k for k in await admin.keys(f"{{{PREFIX}:{tag}}}:0:*") if not k.endswith(b":last")]
+    found = [
+        k.decode() if isinstance(k, bytes) else k
+        for k in await admin.keys(f"{{{PREFIX}:{tag}}}:0:*")
+    ]
+    keys = [k for k in found if not k.endswith(":last")]
     assert len(keys) == 1, keys
-    key: bytes | str = keys[0]
-    return key.decode() if isinstance(key, bytes) else key
+    return keys[0]
 
 
 async def until(check: Callable[[], Awaitable[bool]], seconds: float = 2.0) -> None:
