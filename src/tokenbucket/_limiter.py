@@ -651,10 +651,9 @@ class Limiter(WaiterQueue):
                 }
                 return _LocalStandIn(Limiter(limits, allow_debt=True))
 
-            pause_tag = tag if not name else f"{tag}\x00{name}"
             self._remote = RemoteLimiter(
                 backend,
-                pause_tag.replace("\x00", ":"),
+                (tag, name) if name else (tag,),
                 dims,
                 pairs,
                 self._multi.max_concurrency,

@@ -300,9 +300,22 @@ class RedisBackend:
 
     async def _run_batch(self) -> None:
         # The batch is taken when this task first runs, after every task that was ready
-        # in the same loop iteration has queued its request.
-        batch, self._pending = self._pending, []
-        batch = [p for p in batch if not p.future.cancelled()]
+        # in the same loop iteration has queued its request. One script call per hash
+        # tag, so that no call spans two slots of a Redis Cluster.
+        pending, self._pending = self._pending, []
+        groups: dict[str, list[_Pending]] = {}
+        for request in pending:
+            if not request.future.cancelled():
+                groups.setdefault(request.keys[0].partition("}")[0], []).append(request)
+        try:
+            for batch in groups.values():
+                await self._run_group(batch)
+        finally:
+            self._in_flight = False
+            if self._pending:
+                self._start_batch(asyncio.get_running_loop())
+
+    async def _run_group(self, batch: list[_Pending]) -> None:
         keys: list[str] = []
         args: list[Any] = [self._now_arg(), _SLACK_MS, len(batch)]
         for pending in batch:
@@ -337,10 +350,6 @@ class RedisBackend:
                     )
                 else:
                     pending.future.set_result((int(reply[0]), _num(reply[1]), _num(reply[2])))
-        finally:
-            self._in_flight = False
-            if self._pending:
-                self._start_batch(asyncio.get_running_loop())
 
     def _give_back_later(
         self,

@@ -21,6 +21,9 @@ __all__ = ["RemoteLimiter"]
 
 log = logging.getLogger("tokenbucket.redis")
 
+# How long a call with a (short or zero) timeout still waits for Redis to answer.
+_ANSWER_GRACE = 0.5
+
 
 class RemoteLimiter:
     """Meters in Redis for one limiter: reserve, sleep, go.
@@ -33,19 +36,22 @@ class RemoteLimiter:
     def __init__(
         self,
         backend: RedisBackend,
-        tag: str,
+        tag: tuple[str, ...],
         dims: Sequence[str],
         meters: Sequence[tuple[MeterSpec, int]],
         max_concurrency: int | None,
         local: Any,
     ) -> None:
         self.backend = backend
-        self.tag = tag
+        self.tag = ":".join(tag)  # for messages
         self.dims = tuple(dims)
+        # Local pause (monotonic), so waiters already holding an instant also wait.
+        self.paused_until = -math.inf
         self.meters = list(meters)
         self.max_concurrency = max_concurrency
-        self.pause_key = backend.key(tag, "pause")
-        self.slots_key = backend.key(tag, "slots") if max_concurrency else ""
+        # Every key of one limiter (and of one group) under one hash tag: tag[0].
+        self.pause_key = backend.key(*tag, "pause")
+        self.slots_key = backend.key(*tag, "slots") if max_concurrency else ""
         self._local_factory = local
         self._local: Any = None
         self._slot_lock: asyncio.Lock | None = None
@@ -83,7 +89,9 @@ class RemoteLimiter:
                     if left is None:
                         status, wait, reservation = await call
                     else:
-                        status, wait, reservation = await asyncio.wait_for(call, left)
+                        # At least a moment for Redis to answer: timeout=0 still asks.
+                        limit = max(left, _ANSWER_GRACE)
+                        status, wait, reservation = await asyncio.wait_for(call, limit)
                 except asyncio.TimeoutError:
                     raise AcquireTimeoutError(
                         f"{self.tag!r}: not granted within {timeout} s (Redis did not answer)"
@@ -100,6 +108,9 @@ class RemoteLimiter:
                 if status == 1:
                     try:
                         await asyncio.sleep(wait)
+                        # A server's Retry-After that came while we slept holds us too.
+                        while loop.time() < self.paused_until:  # noqa: ASYNC110 - sleeps to its end
+                            await asyncio.sleep(self.paused_until - loop.time())
                     except BaseException:
                         self.backend.spawn(self.backend.give_back(reservation))
                         raise
@@ -221,6 +232,9 @@ def remote_feedback(remote: RemoteLimiter, headers: Any, status: int | None) -> 
     pause = info.retry_after
     if pause is None and status == 429:
         pause = 1.0
+    if pause is not None:
+        loop = asyncio.get_running_loop()
+        remote.paused_until = max(remote.paused_until, loop.time() + pause)
     if clamps or pause is not None:
         remote.backend.spawn(remote.backend.feedback(remote.pause_key, pause, clamps))
     return info

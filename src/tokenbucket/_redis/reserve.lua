@@ -30,6 +30,17 @@ local count = tonumber(ARGV[3])
 local pos = 4
 local out = {}
 
+local function later(base, step)
+  -- base + step, rounded up: epoch seconds in a double are ~2e-7 apart, and a schedule
+  -- that rounds to nearest on every grant would drift early.
+  local sum = base + step
+  if sum - base < step then
+    local m, e = math.frexp(sum)
+    sum = sum + 2 ^ (e - 53)
+  end
+  return sum
+end
+
 local function window_total(key, after)
   -- Sum of the amounts logged after `after`, and the entries themselves (oldest first).
   local entries = redis.call('ZRANGEBYSCORE', key, '(' .. after, '+inf', 'WITHSCORES')
@@ -128,7 +139,7 @@ for _ = 1, count do
         if kind == 'b' then
           local tat = tonumber(redis.call('GET', key) or '0')
           if t > tat then tat = t end
-          tat = tat + amount / p1
+          tat = later(tat, amount / p1)
           local ttl = math.ceil((tat - now) * 1000) + slack
           redis.call('SET', key, string.format('%.17g', tat), 'PX', ttl)
           redis.call('SET', key .. ':last', member, 'PX', ttl)
