@@ -178,7 +178,9 @@ async def run_limited(
 
 def limits_for(rpm: int, tpm: int, period: float, margin: float) -> tb.BucketGroup:
     """The server's limits over the server's period, a margin below them for the
-    network's jitter, per model. (With a real provider: ``requests_per_minute=...``.)"""
+    jitter between a grant and the request's arrival at the server (a limit's worth
+    admitted at one window's edge can arrive closer together than a period), per model.
+    (With a real provider: ``requests_per_minute=...``.)"""
     limiter = tb.Limiter(
         {
             "requests": tb.Rate(rpm * margin, period),
@@ -190,7 +192,7 @@ def limits_for(rpm: int, tpm: int, period: float, margin: float) -> tb.BucketGro
 
 
 async def demonstrate(
-    *, count: int, rpm: int, tpm: int, period: float, naive: bool = True, margin: float = 0.99
+    *, count: int, rpm: int, tpm: int, period: float, naive: bool = True, margin: float = 0.97
 ) -> list[Outcome]:
     requests = make_requests(count)
     outcomes = []

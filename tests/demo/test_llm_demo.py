@@ -16,7 +16,11 @@ from llm_demo import demonstrate, table  # noqa: E402
 def test_the_limited_run_gets_no_429_and_keeps_the_server_busy() -> None:
     # 40 requests and 12,000 tokens per half second; 300 requests take about 4 s.
     rpm, tpm, period = 40, 12_000, 0.5
-    (outcome,) = asyncio.run(demonstrate(count=300, rpm=rpm, tpm=tpm, period=period, naive=False))
+    # A half-second period leaves little room for the jitter between a grant and its
+    # arrival at the server on a busy machine: keep a 10% margin.
+    (outcome,) = asyncio.run(
+        demonstrate(count=300, rpm=rpm, tpm=tpm, period=period, naive=False, margin=0.9)
+    )
     print(table([outcome]))
     assert outcome.succeeded == 300
     assert outcome.failed == 0
@@ -34,7 +38,9 @@ def test_the_limited_run_gets_no_429_and_keeps_the_server_busy() -> None:
 
 def test_the_naive_run_meets_429s() -> None:
     rpm, tpm, period = 40, 12_000, 0.5
-    naive, limited = asyncio.run(demonstrate(count=200, rpm=rpm, tpm=tpm, period=period))
+    naive, limited = asyncio.run(
+        demonstrate(count=200, rpm=rpm, tpm=tpm, period=period, margin=0.9)
+    )
     assert naive.label == "naive"
     assert naive.stats.requests_429 > 0
     assert limited.stats.requests_429 == 0

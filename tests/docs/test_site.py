@@ -1,0 +1,197 @@
+"""The documentation site builds with ``mkdocs build --strict`` (any warning fails it).
+
+The build needs the ``docs`` extra (``pip install -e '.[docs]'``, part of ``dev``).
+Without it the test is skipped on a developer's machine and fails when the environment
+variable ``CI`` is set, so CI cannot pass without building the site.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.docs._markdown import ROOT
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+_DOCS_MODULES = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
+
+
+def _missing_tools() -> list[str]:
+    missing = []
+    for name in _DOCS_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def _require_docs_tools() -> None:
+    missing = _missing_tools()
+    if not missing:
+        return
+    reason = f"the docs extra is not installed ({', '.join(missing)}): pip install -e '.[docs]'"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def test_site_builds_strictly(tmp_path: Path) -> None:
+    _require_docs_tools()
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(site),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{output}"
+    assert "WARNING" not in output, output
+    reference = (site / "reference" / "index.html").read_text(encoding="utf-8")
+    for anchor in (
+        "tokenbucket.TokenBucket.acquire",
+        "tokenbucket.Limiter.acquire",
+        "tokenbucket.Lease.settle",
+        "tokenbucket.rate_limited",
+    ):
+        assert f'id="{anchor}"' in reference, f"the API reference lacks {anchor}"
+    assert (site / "benchmarks" / "index.html").is_file()
+
+
+# -- the hook that fills the benchmarks page ---------------------------------------------
+
+
+def _hook() -> Any:
+    path = ROOT / "docs" / "_hooks" / "benchmarks.py"
+    spec = importlib.util.spec_from_file_location("docs_benchmarks_hook", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _render(hook: Any, markdown: str, docs_dir: Path, src_uri: str = "benchmarks.md") -> str:
+    page = types.SimpleNamespace(file=types.SimpleNamespace(src_uri=src_uri))
+    result: str = hook.on_page_markdown(
+        markdown, page=page, config={"docs_dir": str(docs_dir)}, files=None
+    )
+    return result
+
+
+def test_benchmark_plots_are_linked_only_when_they_exist(tmp_path: Path) -> None:
+    hook = _hook()
+    (tmp_path / "benchmarks").mkdir()
+    empty = _render(hook, "<!-- benchmark-plots: benchmarks -->\n", tmp_path)
+    assert "![" not in empty
+    assert "No plots are committed yet" in empty
+
+    for name in ("2-saturation.png", "1-admitted_over_time.svg", "notes.txt"):
+        (tmp_path / "benchmarks" / name).write_bytes(b"")
+    shown = _render(hook, "<!-- benchmark-plots: benchmarks -->\n", tmp_path)
+    assert shown.splitlines()[0] == "![1 admitted over time](benchmarks/1-admitted_over_time.svg)"
+    assert "![2 saturation](benchmarks/2-saturation.png)" in shown
+    assert "notes.txt" not in shown
+    nested = _render(hook, "<!-- benchmark-plots: benchmarks -->\n", tmp_path, "a/b.md")
+    assert "(../benchmarks/2-saturation.png)" in nested
+
+
+def test_a_benchmark_report_is_embedded_with_its_own_plots(tmp_path: Path) -> None:
+    hook = _hook()
+    page = "<!-- benchmark-report: benchmarks/report.md -->\n<!-- benchmark-plots: benchmarks -->\n"
+    missing = _render(hook, page, tmp_path)
+    assert "No full run committed yet" in missing
+    assert "No plots are committed yet" in missing
+
+    (tmp_path / "benchmarks").mkdir()
+    for name in ("cpu.png", "extra.png"):
+        (tmp_path / "benchmarks" / name).write_bytes(b"")
+    (tmp_path / "benchmarks" / "report.md").write_text(
+        "# Benchmarks\n\nRun of today.\n\n## CPU\n\n| a |\n|---|\n| 1 |\n\n"
+        "![cpu](cpu.png) ![gone](gone.png) [method](../../benchmarks/README.md) "
+        "[peer](https://pypi.org/project/aiolimiter/)\n\n```\n# not a heading\n```\n",
+        encoding="utf-8",
+    )
+    rendered = _render(hook, page, tmp_path).splitlines()
+    assert rendered[:3] == ["### Benchmarks", "", "Run of today."]
+    assert "#### CPU" in rendered
+    assert "# not a heading" in rendered
+    assert (
+        "![cpu](benchmarks/cpu.png) gone method [peer](https://pypi.org/project/aiolimiter/)"
+        in rendered
+    )
+    assert "![extra](benchmarks/extra.png)" in rendered  # not in the report: under Plots
+    assert sum("benchmarks/cpu.png" in line for line in rendered) == 1  # shown once
+
+
+def test_benchmark_tables_are_taken_with_their_headings() -> None:
+    hook = _hook()
+    text = (
+        "# Title\n\nIntro.\n\n## Results\n\n"
+        "| a | b |\n|---|---|\n| [x](other.md) | ![2](p.png) |\n\n"
+        "### Detail\n\n| c |\n|---|\n| 3 |\n\n```\n| not | a table |\n```\n\n## Other\n\n| d |\n"
+    )
+    assert hook._tables_of(text, None) == [
+        "### Results",
+        "",
+        "| a | b |",
+        "|---|---|",
+        "| x | 2 |",
+        "",
+        "### Detail",
+        "",
+        "| c |",
+        "|---|",
+        "| 3 |",
+        "",
+        "### Other",
+        "",
+        "| d |",
+        "",
+    ]
+    assert hook._tables_of(text, "Results") == [
+        "| a | b |",
+        "|---|---|",
+        "| x | 2 |",
+        "",
+        "### Detail",
+        "",
+        "| c |",
+        "|---|",
+        "| 3 |",
+        "",
+    ]
+
+
+def test_the_benchmarks_page_embeds_the_readme_figures() -> None:
+    hook = _hook()
+    page = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    rendered = _render(hook, page, ROOT / "docs")
+    assert "<!-- benchmark-" not in rendered
+    headline = rendered.split("## Headline figures", 1)[1].split("## Plots", 1)[0]
+    assert any(line.startswith("|") for line in headline.splitlines()), headline
