@@ -99,8 +99,10 @@ class _Pending:
 class RedisBackend:
     """Where shared limits keep their state: one Redis (or Redis Cluster) database.
 
-    >>> backend = RedisBackend("redis://127.0.0.1:6379/0")    # doctest: +SKIP
-    >>> bucket = tb.TokenBucket(rate=10, capacity=20, backend=backend, key="api")  # doctest: +SKIP
+    ::
+
+        backend = tb.RedisBackend("redis://127.0.0.1:6379/0")
+        bucket = tb.TokenBucket(rate=10, capacity=20, backend=backend, key="api")
 
     Args:
         client: a ``redis.asyncio.Redis`` client, or a URL to make one from.
@@ -156,6 +158,7 @@ class RedisBackend:
         self._in_flight = False
         self._background: set[asyncio.Task[Any]] = set()
         self.round_trips = 0  # script calls made (for benchmarks and tests)
+        self._spawn_slots: asyncio.Semaphore | None = None
 
     def key(self, *parts: str) -> str:
         """A namespaced key; ``{...}`` is the hash tag: one limiter's keys share a slot."""
@@ -174,11 +177,13 @@ class RedisBackend:
     async def aclose(self, *, grace: float = 0.5) -> None:
         """Wait up to ``grace`` seconds for give-backs and releases in flight (they may be
         retrying while Redis is down), cancel what is left, then close the client."""
-        if self._background:
-            _, late = await asyncio.wait(set(self._background), timeout=grace)
-            for task in late:
-                task.cancel()
-            if late:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace
+        while self._background:  # give-backs may spawn while others finish
+            _, late = await asyncio.wait(set(self._background), timeout=max(0.0, end - loop.time()))
+            if late and loop.time() >= end:
+                for task in late:
+                    task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
         await self.client.aclose()
 
@@ -280,7 +285,7 @@ class RedisBackend:
         if not self._in_flight:
             self._start_batch(loop)
         try:
-            status, wait, now = await asyncio.shield(pending.future)
+            status, wait, now, arrived = await asyncio.shield(pending.future)
         except asyncio.CancelledError:
             # Cancelled while the round trip is in flight: give back what it reserves.
             pending.future.add_done_callback(
@@ -290,7 +295,9 @@ class RedisBackend:
         reservation = Reservation(
             tuple(meters), tuple(amounts), member, float(now) + float(wait), lease, slots_key
         )
-        return int(status), float(wait), reservation
+        # What is left of the wait now, on the local clock.
+        left = float(wait) - (asyncio.get_running_loop().time() - arrived)
+        return int(status), max(0.0, left) if int(status) == 1 else float(wait), reservation
 
     def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         self._in_flight = True
@@ -330,6 +337,7 @@ class RedisBackend:
             args.extend(request)
         try:
             replies = await self._with_policy("reserve", keys, args)
+            arrived = asyncio.get_running_loop().time()
         except BaseException as exc:
             for pending in batch:
                 if not pending.future.done():
@@ -349,7 +357,11 @@ class RedisBackend:
                         )
                     )
                 else:
-                    pending.future.set_result((int(reply[0]), _num(reply[1]), _num(reply[2])))
+                    # The wait counts from the reply's arrival here, not from when each
+                    # task resumes: tasks of one batch resume one after another.
+                    pending.future.set_result(
+                        (int(reply[0]), _num(reply[1]), _num(reply[2]), arrived)
+                    )
 
     def _give_back_later(
         self,
@@ -362,7 +374,7 @@ class RedisBackend:
     ) -> None:
         if future.cancelled() or future.exception() is not None:
             return
-        status, wait, now = future.result()
+        status, wait, now, _ = future.result()
         if int(status) != 1:
             return
         reservation = Reservation(
@@ -371,10 +383,17 @@ class RedisBackend:
         self.spawn(self.give_back(reservation))
 
     def spawn(self, coro: Any) -> None:
-        """Run a give-back or release in the background, keeping a reference to it."""
-        task = asyncio.get_running_loop().create_task(coro)
+        """Run a give-back or release in the background, keeping a reference to it (at
+        most a few at a time, so a burst of them does not exhaust the connection pool)."""
+        task = asyncio.get_running_loop().create_task(self._bounded(coro))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _bounded(self, coro: Any) -> Any:
+        if self._spawn_slots is None:
+            self._spawn_slots = asyncio.Semaphore(16)
+        async with self._spawn_slots:
+            return await coro
 
     async def give_back(self, reservation: Reservation) -> None:
         """Return a reservation whose caller left before its instant (best effort)."""
