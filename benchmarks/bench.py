@@ -430,11 +430,13 @@ async def _saturation(
     grant_times: list[float] = []
     grant_earliest: list[float] = []
     grant_arrivals: list[int] = []
+    grant_called: list[float] = []
+    grant_workers: list[int] = []
     steps = _Steps()
     woken: dict[object, float] = {}
     _note_wakeups(loop, woken)
 
-    async def worker() -> None:
+    async def worker(index: int) -> None:
         me = asyncio.current_task()
         while True:
             arrival = next_arrival()
@@ -448,8 +450,10 @@ async def _saturation(
             grant_times.append(resumed)
             grant_earliest.append(scheduled if scheduled <= resumed else called)
             grant_arrivals.append(arrival)
+            grant_called.append(called)
+            grant_workers.append(index)
 
-    workers = [loop.create_task(_CountedCoroutine(worker(), steps)) for _ in range(tasks)]
+    workers = [loop.create_task(_CountedCoroutine(worker(i), steps)) for i in range(tasks)]
     try:
         await asyncio.sleep(0)  # every worker has arrived once
         await asyncio.sleep(cfg.warmup)  # the burst is drained, the queue is steady
@@ -474,6 +478,8 @@ async def _saturation(
         "times": grant_times[:last],
         "earliest": grant_earliest[:last],
         "arrivals": grant_arrivals[:last],
+        "called": grant_called[:last],
+        "workers": grant_workers[:last],
     }
 
 
@@ -482,6 +488,18 @@ def bench_saturation(
 ) -> SaturationResult:
     assert candidate.rated is not None
     raw = run_fresh(factory, functools.partial(_saturation, candidate.rated, tasks, cfg))
+    result = summarise_saturation(loop_name, candidate.name, tasks, raw, cfg)
+    _progress(
+        f"saturation {loop_name} {candidate.name} {tasks} tasks: "
+        f"{result.achieved:.2%}, {result.cpu_ms_per_1k:.1f} ms/1k"
+    )
+    return result
+
+
+def summarise_saturation(
+    loop_name: str, name: str, tasks: int, raw: dict[str, Any], cfg: Config
+) -> SaturationResult:
+    """The figures of one saturation run, from what ``_saturation`` recorded."""
     rate = cfg.saturation_rate
     capacity = cfg.saturation_capacity
     duration = raw["t1"] - raw["t0"]
@@ -500,9 +518,9 @@ def bench_saturation(
         highest = max(highest, arrival)
     pairs = max(admitted - 1, 1)
     window = min(cfg.window, cfg.duration)
-    result = SaturationResult(
+    return SaturationResult(
         loop=loop_name,
-        name=candidate.name,
+        name=name,
         tasks=tasks,
         rate=rate,
         capacity=capacity,
@@ -522,11 +540,6 @@ def bench_saturation(
         overtaken=overtaken,
         total_admitted=raw["last"],
     )
-    _progress(
-        f"saturation {loop_name} {candidate.name} {tasks} tasks: "
-        f"{result.achieved:.2%}, {result.cpu_ms_per_1k:.1f} ms/1k"
-    )
-    return result
 
 
 async def _loop_floor(period: float, duration: float) -> float:

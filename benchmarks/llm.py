@@ -69,6 +69,7 @@ pyrate_limiter = _optional_module("pyrate_limiter")
 limits_aio_storage = _optional_module("limits.aio.storage")
 limits_aio_strategies = _optional_module("limits.aio.strategies")
 limits_items = _optional_module("limits")
+throttled_aio = _optional_module("throttled.asyncio")
 uvloop = _optional_module("uvloop")
 
 
@@ -199,11 +200,11 @@ def _pyrate(cfg: Config) -> Subject:
     return Subject(acquire, close)
 
 
-def _limits_polled(cfg: Config) -> Subject:
+def _limits_polled(cfg: Config, strategy: str = "MovingWindowRateLimiter") -> Subject:
     assert limits_items is not None
     assert limits_aio_storage is not None
     assert limits_aio_strategies is not None
-    limiter = limits_aio_strategies.MovingWindowRateLimiter(limits_aio_storage.MemoryStorage())
+    limiter = getattr(limits_aio_strategies, strategy)(limits_aio_storage.MemoryStorage())
     requests = limits_items.RateLimitItemPerSecond(cfg.requests_per_second)
     tokens = limits_items.RateLimitItemPerSecond(cfg.tokens_per_second)
     floor = cfg.limits_min_poll
@@ -220,6 +221,46 @@ def _limits_polled(cfg: Config) -> Subject:
         await take(tokens, cost)
 
     return Subject(acquire)
+
+
+def _limits_counter(cfg: Config) -> Subject:
+    return _limits_polled(cfg, "SlidingWindowCounterRateLimiter")
+
+
+def _throttled(cfg: Config) -> Subject:
+    # Wait-and-retry mode (a timeout), GCRA as in throttled-py's own wait-and-retry
+    # example; per_sec(n) holds one second's worth, like the aiolimiter pair.
+    assert throttled_aio is not None
+    aio = throttled_aio
+
+    def make(limit: int) -> Any:
+        return aio.Throttled(
+            key="llm",
+            using=aio.RateLimiterType.GCRA.value,
+            quota=aio.rate_limiter.per_sec(limit),
+            store=aio.store.MemoryStore(),
+            timeout=600.0,
+        )
+
+    requests = make(cfg.requests_per_second)
+    tokens = make(cfg.tokens_per_second)
+
+    async def acquire(cost: int) -> None:
+        if (await requests.limit(cost=1)).limited:
+            raise RuntimeError("throttled-py gave up waiting for a request")
+        if (await tokens.limit(cost=cost)).limited:
+            raise RuntimeError(f"throttled-py gave up waiting for {cost} tokens")
+
+    return Subject(acquire)
+
+
+# Peers that cannot express this workload: (row name, reason), shown as n/a rows.
+NOT_APPLICABLE = [
+    (
+        "asyncio_throttle.Throttler",
+        "no cost/weight argument: cannot charge a request's tokens",
+    ),
+]
 
 
 def _major(distribution: str) -> int:
@@ -279,8 +320,26 @@ def candidates() -> tuple[list[Candidate], list[str]]:
                 _limits_polled,
             )
         )
+        found.append(
+            Candidate(
+                "limits SlidingWindowCounter (polled)",
+                "the same polling loop on SlidingWindowCounterRateLimiter",
+                _limits_counter,
+            )
+        )
     else:
-        notes.append("limits is not installed: its row is left out.")
+        notes.append("limits is not installed: its rows are left out.")
+    if throttled_aio is not None:
+        found.append(
+            Candidate(
+                "throttled.asyncio.Throttled x2",
+                "`await req.limit(cost=1)` then `await tok.limit(cost=c)`, "
+                "Throttled(using=GCRA, quota=per_sec(R), timeout=600) and (T)",
+                _throttled,
+            )
+        )
+    else:
+        notes.append("throttled-py is not installed: its row is left out.")
     return found, notes
 
 
@@ -567,6 +626,18 @@ def run_sample(
     round_index: int,
 ) -> Sample:
     raw = run_fresh(factory, functools.partial(_workload, candidate.make, costs, cfg))
+    sample = summarise_sample(loop_name, candidate.name, raw, cfg, round_index)
+    _progress(
+        f"{loop_name} {candidate.name} round {round_index}: {sample.request_share:.1%} req, "
+        f"{sample.token_share:.1%} tok, {sample.cpu_ms_per_1k:.1f} ms/1k"
+    )
+    return sample
+
+
+def summarise_sample(
+    loop_name: str, name: str, raw: dict[str, Any], cfg: Config, round_index: int
+) -> Sample:
+    """The figures of one run, from what ``_workload`` recorded."""
     first, last = raw["first"], raw["last"]
     earliest, latest, granted = raw["earliest"], raw["latest"], raw["costs"]
     ones = [1] * len(granted)
@@ -577,9 +648,9 @@ def run_sample(
     window = cfg.window
     r_window = cfg.requests_per_second * window
     t_window = cfg.tokens_per_second * window
-    sample = Sample(
+    return Sample(
         loop=loop_name,
-        name=candidate.name,
+        name=name,
         round_index=round_index,
         duration=duration,
         requests=requests,
@@ -601,11 +672,6 @@ def run_sample(
         steps_per_request=raw["steps"] / max(requests, 1),
         total_requests=last,
     )
-    _progress(
-        f"{loop_name} {candidate.name} round {round_index}: {sample.request_share:.1%} req, "
-        f"{sample.token_share:.1%} tok, {sample.cpu_ms_per_1k:.1f} ms/1k"
-    )
-    return sample
 
 
 @dataclass
@@ -711,6 +777,7 @@ def environment(cfg: Config) -> dict[str, Any]:
         "aiolimiter": _version("aiolimiter"),
         "pyrate-limiter": _version("pyrate-limiter"),
         "limits": _version("limits"),
+        "throttled-py": _version("throttled-py"),
         "uvloop": _version("uvloop"),
         "mode": cfg.mode,
     }
@@ -721,7 +788,7 @@ def header_line(env: dict[str, Any]) -> str:
         f"tokenbucket LLM workload ({env['mode']}): {env['date']} | {env['python']} | "
         f"{env['platform']} | {env['cpus']} CPUs | tokenbucket {env['tokenbucket']} | "
         f"aiolimiter {env['aiolimiter']} | pyrate-limiter {env['pyrate-limiter']} | "
-        f"limits {env['limits']} | uvloop {env['uvloop']}"
+        f"limits {env['limits']} | throttled-py {env['throttled-py']} | uvloop {env['uvloop']}"
     )
 
 
@@ -750,26 +817,41 @@ def _number(value: float, spec: str, unit: str = "") -> str:
     return "n/a" if math.isnan(value) else f"{value:{spec}}{unit}"
 
 
-def results_table(rows: list[Row], cfg: Config) -> str:
+def results_table(
+    rows: list[Row],
+    cfg: Config,
+    not_applicable: list[tuple[str, str]] | dict[str, list[tuple[str, str]]] | None = None,
+) -> str:
+    """The results, loop by loop; ``not_applicable`` adds a row ``(name, reason)`` for
+    each peer that cannot run the workload, on every loop or (a dict) per loop."""
     r_limit = cfg.requests_per_second * cfg.window
     t_limit = cfg.tokens_per_second * cfg.window
-    body = [
-        [
-            r.loop,
-            r.name,
-            f"{r.request_share:.1%}",
-            f"{r.token_share:.1%}",
-            _peak(r.peak_requests, r_limit),
-            _peak(r.steady_peak_requests, r_limit),
-            _peak(r.peak_tokens, t_limit),
-            _peak(r.steady_peak_tokens, t_limit),
-            _number(r.cpu_ms_per_1k, ".1f"),
-            _number(r.cpu_vs_baseline, ".2f", "x"),
-            f"{r.tasks_per_request:.2f}",
-            f"{r.steps_per_request:.2f}",
+    body: list[list[str]] = []
+    for loop_name in dict.fromkeys(r.loop for r in rows):
+        body += [
+            [
+                r.loop,
+                r.name,
+                f"{r.request_share:.1%}",
+                f"{r.token_share:.1%}",
+                _peak(r.peak_requests, r_limit),
+                _peak(r.steady_peak_requests, r_limit),
+                _peak(r.peak_tokens, t_limit),
+                _peak(r.steady_peak_tokens, t_limit),
+                _number(r.cpu_ms_per_1k, ".1f"),
+                _number(r.cpu_vs_baseline, ".2f", "x"),
+                f"{r.tasks_per_request:.2f}",
+                f"{r.steps_per_request:.2f}",
+            ]
+            for r in rows
+            if r.loop == loop_name
         ]
-        for r in rows
-    ]
+        missing = (
+            not_applicable.get(loop_name, [])
+            if isinstance(not_applicable, dict)
+            else not_applicable or []
+        )
+        body += [[loop_name, name, f"n/a: {reason}", *([""] * 9)] for name, reason in missing]
     headers = [
         "loop",
         "limiter",
@@ -903,7 +985,7 @@ def report(results: Results, cfg: Config) -> str:
         "column: median over rounds; CPU vs Limiter: paired with tokenbucket.Limiter's "
         "run of the same round.",
         "",
-        results_table(results.rows, cfg),
+        results_table(results.rows, cfg, NOT_APPLICABLE),
         "",
     ]
     parts += [f"- {name}: {pattern}" for name, pattern in results.patterns.items()]
