@@ -273,6 +273,11 @@ class WaiterQueue:
             else:
                 assert waiter.event is not None
                 waiter.event.set()
+            # Each grant is charged at the instant it is made: if the process is
+            # preempted in the middle of a long batch, the later grants count from then.
+            later = self._clock()
+            if later > now:
+                now = later
         self._queued = 0.0
         self._disarm()
 

@@ -146,3 +146,45 @@ def test_waiters_in_another_running_loop_are_reported() -> None:
     asyncio.run(main())
     assert len(errors) == 1
     assert "another event loop" in str(errors[0])
+
+
+def test_grants_of_one_batch_are_charged_when_each_is_made() -> None:
+    """A process preempted while it grants a batch charges the later grants later.
+
+    The queue grants both waiters in one pass at t=1; the clock moves 0.4 s between the
+    two grants (as when the OS preempts the process). The second grant must count from
+    the instant it was made, so one second later only the first has left the window.
+    """
+
+    async def main() -> None:
+        window = tb.SlidingWindow(limit=2, window=1)
+        assert window.try_acquire(2)  # binds the limiter to this run; full until t=1
+        real = window._clock
+        skew = {"offset": 0.0, "jumps": 0}
+
+        def preempted() -> float:
+            now = real() + skew["offset"]
+            if real() >= 1.0 and skew["jumps"] < 2:
+                skew["jumps"] += 1
+                skew["offset"] += 0.4  # the next read comes 0.4 s later
+            return now
+
+        window._clock = preempted
+        granted: list[float] = []
+
+        async def take() -> None:
+            await window.acquire(1)
+            granted.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take)
+            nursery.start_soon(take)
+        assert granted == [pytest.approx(1.0), pytest.approx(1.0)]
+        assert skew["offset"] == pytest.approx(0.8)
+        # Charged at 1.0 and 1.4 on the limiter's clock: at 2.05 on that clock the first
+        # has left the window, the second has not.
+        await trio.sleep(2.05 - skew["offset"] - trio.current_time())
+        assert window.try_acquire(1)
+        assert not window.try_acquire(1)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
