@@ -1204,8 +1204,10 @@ WAITING_NOTES = [
     "even when others wait. pyrate-limiter holds an `asyncio.Lock` while it sleeps the "
     "computed delay plus `buffer_ms` (50 ms by default), so waiters are served one at a "
     "time, 50 ms apart at best. throttled-py's wait-and-retry mode sleeps "
-    "`max(min(retry_after, 0.5), 0.2)` s between attempts: at least 200 ms, whatever the "
-    "rate. asyncio-throttle re-checks its log every `retry_interval` (10 ms by default). "
+    "`max(min(retry_after, 0.5), 0.2)` s between attempts until `retry_after` has passed: "
+    "at least 200 ms, whatever the rate, and its default token bucket (used here) reports "
+    "`retry_after` in whole seconds, so 1 s. asyncio-throttle re-checks its log every "
+    "`retry_interval` (10 ms by default). "
     "`limits` does not wait at all; the polling loop its users write sleeps until the "
     "reset time it reports, and its periods are whole seconds.",
 ]
