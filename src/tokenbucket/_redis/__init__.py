@@ -13,6 +13,11 @@ that long, locally, and is admitted. Nobody polls. Time is the Redis server's ``
 
 Requests of one process share round trips: while a script call is in flight, new
 requests queue, and the next call carries all of them (one ``EVALSHA`` for the batch).
+When the last reply showed that a limiter's next free instant is well in the future (its
+limit is binding), new requests to it are held for a short while (``batch_delay``, at
+most half the time left until that instant) before they are sent: they could not be
+admitted earlier anyway, and requests arriving one by one at the admission rate then
+share a round trip too.
 
 A caller that leaves before its instant (cancelled, timed out) gives its reservation back
 (``cancel.lua``) as far as it safely can. A concurrency cap holds slots as leases with an
@@ -53,6 +58,7 @@ log = logging.getLogger("tokenbucket.redis")
 
 _SCRIPTS: Final = ("reserve", "cancel", "release", "adjust", "feedback")
 _SLACK_MS: Final = 1000  # keys outlive what they hold by this much
+_MIN_HOLD: Final = 0.001  # shorter holds are not worth a timer
 
 
 class BackendError(TokenBucketError):
@@ -88,12 +94,20 @@ class Reservation:
 
 
 class _Pending:
-    __slots__ = ("args", "future", "keys")
+    __slots__ = ("args", "deadline", "future", "keys", "tag")
 
-    def __init__(self, keys: list[str], args: list[Any], future: asyncio.Future[Any]) -> None:
+    def __init__(
+        self,
+        keys: list[str],
+        args: list[Any],
+        future: asyncio.Future[Any],
+        deadline: float | None,
+    ) -> None:
         self.keys = keys
         self.args = args
         self.future = future
+        self.deadline = deadline  # on the loop's clock; sent as the time left then
+        self.tag = keys[0].partition("}")[0]
 
 
 class RedisBackend:
@@ -115,6 +129,12 @@ class RedisBackend:
             ``"raise"`` (:class:`BackendUnavailableError`) or ``"local"`` (limit with an
             in-memory limiter at ``local_share`` of the rates until Redis is back).
         lease_ttl: seconds a concurrency slot stays held if its process dies.
+        batch_delay: the longest a request is held back to share a round trip with
+            others, and only when the limiter's last reply showed that the request
+            could not be admitted before twice that long anyway (a binding limit), so
+            holding it delays no admission; requests with a timeout are never held.
+            ``0`` sends every request at once (a round trip per admission when
+            acquirers arrive one by one).
     """
 
     def __init__(
@@ -127,6 +147,7 @@ class RedisBackend:
         max_backoff: float = 5.0,
         local_share: float = 0.5,
         lease_ttl: float = 300.0,
+        batch_delay: float = 0.01,
     ) -> None:
         try:
             import redis.asyncio as aioredis_module
@@ -142,6 +163,9 @@ class RedisBackend:
             raise ValueError(f"on_error must be 'wait', 'raise' or 'local', not {on_error!r}")
         if not 0 < local_share <= 1:
             raise ValueError(f"local_share must be in (0, 1], got {local_share!r}")
+        _seconds("max_backoff", max_backoff, zero=False)
+        _seconds("lease_ttl", lease_ttl, zero=False)
+        _seconds("batch_delay", batch_delay, zero=True)
         self.client = client
         self.prefix = prefix
         self.time_source = time_source
@@ -149,6 +173,7 @@ class RedisBackend:
         self.max_backoff = max_backoff
         self.local_share = local_share
         self.lease_ttl = lease_ttl
+        self.batch_delay = float(batch_delay)
         self._source = {
             name: (resources.files(__package__) / f"{name}.lua").read_text(encoding="utf-8")
             for name in _SCRIPTS
@@ -156,6 +181,11 @@ class RedisBackend:
         self._sha: dict[str, str] = {}
         self._pending: list[_Pending] = []
         self._in_flight = False
+        # Per hash tag: the latest instant a reply reserved (loop clock), and the
+        # requests held until a timer sends them together.
+        self._free_at: dict[str, float] = {}
+        self._held: dict[str, list[_Pending]] = {}
+        self._hold_timers: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.round_trips = 0  # script calls made (for benchmarks and tests)
         self._spawn_slots: asyncio.Semaphore | None = None
@@ -179,6 +209,8 @@ class RedisBackend:
         retrying while Redis is down), cancel what is left, then close the client."""
         loop = asyncio.get_running_loop()
         end = loop.time() + grace
+        for tag in list(self._held):
+            self._flush(tag)
         while self._background:  # give-backs may spawn while others finish
             _, late = await asyncio.wait(set(self._background), timeout=max(0.0, end - loop.time()))
             if late and loop.time() >= end:
@@ -280,17 +312,31 @@ class RedisBackend:
                 member,
             ]
         loop = asyncio.get_running_loop()
-        pending = _Pending(keys, args, loop.create_future())
-        self._pending.append(pending)
-        if not self._in_flight:
-            self._start_batch(loop)
+        now = loop.time()
+        pending = _Pending(
+            keys, args, loop.create_future(), None if deadline is None else now + deadline
+        )
+        hold = 0.0
+        if self.batch_delay and (deadline is None or deadline > self.batch_delay):
+            hold = min(self.batch_delay, (self._free_at.get(pending.tag, now) - now) / 2)
+        if hold >= _MIN_HOLD:
+            self._hold(pending, hold, loop)
+        else:
+            if pending.tag in self._held:
+                self._flush(pending.tag)  # earlier requests go first (FIFO)
+            self._pending.append(pending)
+            if not self._in_flight:
+                self._start_batch(loop)
         try:
             status, wait, now, arrived = await asyncio.shield(pending.future)
         except asyncio.CancelledError:
-            # Cancelled while the round trip is in flight: give back what it reserves.
-            pending.future.add_done_callback(
-                lambda f: self._give_back_later(f, meters, amounts, member, lease, slots_key)
-            )
+            if self._unsent(pending):
+                pending.future.cancel()  # never sent: nothing was reserved
+            else:
+                # Cancelled while the round trip is in flight: give back what it reserves.
+                pending.future.add_done_callback(
+                    lambda f: self._give_back_later(f, meters, amounts, member, lease, slots_key)
+                )
             raise
         reservation = Reservation(
             tuple(meters), tuple(amounts), member, float(now) + float(wait), lease, slots_key
@@ -298,6 +344,35 @@ class RedisBackend:
         # What is left of the wait now, on the local clock.
         left = float(wait) - (asyncio.get_running_loop().time() - arrived)
         return int(status), max(0.0, left) if int(status) == 1 else float(wait), reservation
+
+    def _hold(self, pending: _Pending, hold: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Keep ``pending`` back for up to ``hold`` seconds, with the others of its tag."""
+        held = self._held.get(pending.tag)
+        if held is None:
+            self._held[pending.tag] = [pending]
+            self._hold_timers[pending.tag] = loop.call_later(hold, self._flush, pending.tag)
+        else:
+            held.append(pending)
+
+    def _flush(self, tag: str) -> None:
+        """Send the requests held for ``tag`` (in the next batch)."""
+        timer = self._hold_timers.pop(tag, None)
+        if timer is not None:
+            timer.cancel()
+        held = self._held.pop(tag, [])
+        self._pending.extend(held)
+        if held and not self._in_flight:
+            self._start_batch(asyncio.get_running_loop())
+
+    def _unsent(self, pending: _Pending) -> bool:
+        """Take ``pending`` out if it has not been sent yet; whether it was."""
+        for queue in (self._held.get(pending.tag), self._pending):
+            if queue is not None and pending in queue:
+                queue.remove(pending)
+                if not queue and queue is not self._pending:
+                    self._flush(pending.tag)  # drops the empty list and its timer
+                return True
+        return False
 
     def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         self._in_flight = True
@@ -313,7 +388,7 @@ class RedisBackend:
         groups: dict[str, list[_Pending]] = {}
         for request in pending:
             if not request.future.cancelled():
-                groups.setdefault(request.keys[0].partition("}")[0], []).append(request)
+                groups.setdefault(request.tag, []).append(request)
         try:
             for batch in groups.values():
                 await self._run_group(batch)
@@ -325,10 +400,14 @@ class RedisBackend:
     async def _run_group(self, batch: list[_Pending]) -> None:
         keys: list[str] = []
         args: list[Any] = [self._now_arg(), _SLACK_MS, len(batch)]
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
         for pending in batch:
             offset = len(keys)
             keys.extend(pending.keys)
             request = list(pending.args)
+            if pending.deadline is not None:  # the time left now, not when it queued
+                request[1] = max(0.0, pending.deadline - sent)
             # Re-number this request's key indexes into the batch's KEYS.
             request[2] = request[2] + offset if request[2] else 0
             request[3] = request[3] + offset if request[3] else 0
@@ -337,7 +416,7 @@ class RedisBackend:
             args.extend(request)
         try:
             replies = await self._with_policy("reserve", keys, args)
-            arrived = asyncio.get_running_loop().time()
+            arrived = loop.time()
         except BaseException as exc:
             for pending in batch:
                 if not pending.future.done():
@@ -359,9 +438,20 @@ class RedisBackend:
                 else:
                     # The wait counts from the reply's arrival here, not from when each
                     # task resumes: tasks of one batch resume one after another.
-                    pending.future.set_result(
-                        (int(reply[0]), _num(reply[1]), _num(reply[2]), arrived)
-                    )
+                    status, wait = int(reply[0]), _num(reply[1])
+                    pending.future.set_result((status, wait, _num(reply[2]), arrived))
+                    if status == 1:
+                        self._note_free(pending.tag, arrived + wait, arrived)
+
+    def _note_free(self, tag: str, instant: float, now: float) -> None:
+        """Remember the latest instant reserved on ``tag``'s limits (forgetting past
+        ones, so per-key use keeps this small)."""
+        free_at = self._free_at
+        if instant > free_at.get(tag, -math.inf):
+            free_at[tag] = instant
+            if len(free_at) > 1024:
+                for old in [t for t, at in free_at.items() if at <= now]:
+                    del free_at[old]
 
     def _give_back_later(
         self,
@@ -463,6 +553,14 @@ class RedisBackend:
             f"<RedisBackend prefix={self.prefix!r} time={self.time_source} "
             f"on_error={self.on_error}>"
         )
+
+
+def _seconds(name: str, value: object, *, zero: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        least = ">= 0" if zero else "> 0"
+        raise ValueError(f"{name} must be a finite number of seconds {least}, got {value!r}")
 
 
 def _num(value: Any) -> float:

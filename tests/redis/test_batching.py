@@ -1,0 +1,218 @@
+"""Round trips shared under a binding limit: requests held back while they could not be
+admitted anyway (``RedisBackend(batch_delay=...)``).
+
+Real time against the real Redis server: counts of round trips and reserved instants
+(exact, on the server's clock) are checked; grant times measured here only from below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import tokenbucket as tb
+from tests.redis._support import ROUNDING, RecordingBackend, bucket_excess
+from tokenbucket._redis import RedisBackend
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+pytestmark = [pytest.mark.timeout(60)]
+
+HANG = 10.0
+
+
+async def saturate(bucket: tb.TokenBucket, tasks: int, seconds: float) -> tuple[int, list[float]]:
+    """``tasks`` tasks acquiring in a loop for ``seconds``: admissions, and when each
+    task was admitted (loop clock)."""
+    loop = asyncio.get_running_loop()
+    stamps: list[float] = []
+    end = loop.time() + seconds
+
+    async def worker() -> None:
+        while loop.time() < end:
+            await bucket.acquire()
+            stamps.append(loop.time())
+
+    workers = [asyncio.create_task(worker()) for _ in range(tasks)]
+    await asyncio.sleep(seconds)
+    for task in workers:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    return len(stamps), stamps
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("tasks", [100, 1000])
+async def test_binding_limit_shares_round_trips(
+    backend_factory: Callable[..., RecordingBackend], tasks: int
+) -> None:
+    """Acquirers re-arriving one by one at the admission rate share round trips."""
+    backend = backend_factory()
+    bucket = tb.TokenBucket(2000, 20, backend=backend, key="binding")
+    await bucket.acquire()  # the script is loaded
+    trips = backend.round_trips
+    first = len(backend.granted)
+    admitted, _ = await saturate(bucket, tasks, 1.5)
+    used = backend.round_trips - trips
+    # Every request sent was reserved (no timeouts here), admitted or given back.
+    reserved = len(backend.granted) - first
+    ratio = used / reserved
+    print(f"\n{tasks} acquirers, binding limit: {used} round trips for {reserved} reservations")
+    assert admitted > 500
+    assert ratio < 0.2
+    instants = [grant.at for grant in backend.granted]
+    assert bucket_excess(instants, 2000, 20) <= 0
+
+
+@pytest.mark.asyncio
+async def test_without_batch_delay_each_re_arrival_is_its_own_round_trip(
+    backend_factory: Callable[..., RecordingBackend],
+) -> None:
+    """``batch_delay=0``: the same workload makes far more round trips (the control)."""
+    held = backend_factory()
+    eager = backend_factory(batch_delay=0)
+    ratios = []
+    for backend in (held, eager):
+        bucket = tb.TokenBucket(2000, 20, backend=backend, key=f"control{id(backend)}")
+        await bucket.acquire()
+        trips = backend.round_trips
+        first = len(backend.granted)
+        await saturate(bucket, 100, 1.0)
+        ratios.append((backend.round_trips - trips) / (len(backend.granted) - first))
+    assert ratios[0] * 2 < ratios[1]
+
+
+@pytest.mark.asyncio
+async def test_held_request_is_not_admitted_later_than_without_holding(
+    redis_backend: RecordingBackend,
+) -> None:
+    """A request held back is still reserved at the earliest instant the limit allows."""
+    window = tb.SlidingWindow(5, 0.5, backend=redis_backend, key="behind")
+    await asyncio.gather(*(window.acquire() for _ in range(5)))  # full for 0.5 s
+    ahead = asyncio.create_task(window.acquire())  # reserved at the first expiry
+    while len(redis_backend.granted) < 6:
+        await asyncio.sleep(0.001)
+    sent = redis_backend.round_trips
+    late = asyncio.create_task(window.acquire())  # held: the limit is binding
+    await asyncio.sleep(0)
+    assert redis_backend.round_trips == sent  # not sent yet
+    await asyncio.wait_for(asyncio.gather(ahead, late), HANG)
+    grants = [grant.at for grant in redis_backend.granted]
+    assert grants[5] == pytest.approx(grants[0] + 0.5, abs=ROUNDING)
+    assert grants[6] == pytest.approx(grants[1] + 0.5, abs=ROUNDING)
+
+
+@pytest.mark.asyncio
+async def test_cancelled_while_held_reserves_nothing(redis_backend: RecordingBackend) -> None:
+    bucket = tb.TokenBucket(10, 1, backend=redis_backend, key="cancel-held")
+    await bucket.acquire()  # empty now; the next is reserved 0.1 s out
+    ahead = asyncio.create_task(bucket.acquire())
+    while len(redis_backend.granted) < 2:
+        await asyncio.sleep(0.001)
+    sent = redis_backend.round_trips
+    victim = asyncio.create_task(bucket.acquire())
+    await asyncio.sleep(0)  # held
+    victim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await victim
+    assert redis_backend.round_trips == sent  # never sent
+    after = asyncio.create_task(bucket.acquire())
+    await asyncio.wait_for(asyncio.gather(ahead, after), HANG)
+    grants = [grant.at for grant in redis_backend.granted]
+    assert len(grants) == 3
+    # `after` is right behind `ahead`: the cancelled request took no place.
+    assert grants[2] == pytest.approx(grants[1] + 0.1, abs=ROUNDING)
+    assert redis_backend._held == {}
+    assert redis_backend._hold_timers == {}
+
+
+@pytest.mark.asyncio
+async def test_short_timeout_is_not_held_and_keeps_fifo(redis_backend: RecordingBackend) -> None:
+    """A request whose timeout is shorter than the hold is sent at once, after (never
+    before) the requests held ahead of it."""
+    bucket = tb.TokenBucket(10, 1, backend=redis_backend, key="fifo")
+    await bucket.acquire()
+    ahead = asyncio.create_task(bucket.acquire())
+    while len(redis_backend.granted) < 2:
+        await asyncio.sleep(0.001)
+    held = asyncio.create_task(bucket.acquire())
+    await asyncio.sleep(0)
+    assert redis_backend._held  # held back
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(tb.AcquireTimeoutError):
+        await bucket.acquire(timeout=0)
+    assert loop.time() - start < 0.5
+    await asyncio.wait_for(asyncio.gather(ahead, held), HANG)
+    grants = [grant.at for grant in redis_backend.granted]
+    assert grants == sorted(grants)
+    assert grants[2] == pytest.approx(grants[1] + 0.1, abs=ROUNDING)
+
+
+@pytest.mark.asyncio
+async def test_held_timeout_counts_from_the_call(
+    backend_factory: Callable[..., RecordingBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The time a request spends held is taken off the timeout it sends."""
+    backend = backend_factory(batch_delay=0.05)
+    bucket = tb.TokenBucket(10, 1, backend=backend, key="deadline")
+    await bucket.acquire()
+    queue = [asyncio.create_task(bucket.acquire()) for _ in range(4)]  # 0.1 .. 0.4 s out
+    while len(backend.granted) < 5:
+        await asyncio.sleep(0.001)
+    sent: list[float] = []
+    script = backend._script
+
+    async def recording(name: str, keys: Any, args: Any) -> Any:
+        if name == "reserve":
+            sent.append(float(args[3 + 1]))  # the first request's deadline
+        return await script(name, keys, args)
+
+    monkeypatch.setattr(backend, "_script", recording)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(tb.AcquireTimeoutError):
+        await bucket.acquire(timeout=0.3)  # held 0.05 s: the next instant is 0.5 s out
+    assert loop.time() - start >= 0.3 - 1e-3
+    assert len(sent) == 1
+    assert sent[0] <= 0.3 - 0.05 + 1e-3
+    await asyncio.wait_for(asyncio.gather(*queue), HANG)
+    assert len(backend.granted) == 5
+
+
+@pytest.mark.asyncio
+async def test_aclose_sends_what_is_held(backend_factory: Callable[..., RecordingBackend]) -> None:
+    backend = backend_factory(batch_delay=5.0)
+    bucket = tb.TokenBucket(1, 1, backend=backend, key="close")
+    await bucket.acquire()
+    ahead = asyncio.create_task(bucket.acquire())  # reserved 1 s out
+    while len(backend.granted) < 2:
+        await asyncio.sleep(0.001)
+    held = asyncio.create_task(bucket.acquire())  # held 0.5 s (half the wait)
+    await asyncio.sleep(0)
+    assert backend._held
+    await backend.aclose(grace=0.5)
+    # Closing sent it: it is reserved, not left waiting for its hold to end.
+    assert not backend._held
+    assert len(backend.granted) == 3
+    await asyncio.wait_for(asyncio.gather(ahead, held), HANG)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(-0.1, ValueError), (math.nan, ValueError), (math.inf, ValueError), (True, TypeError)],
+)
+def test_batch_delay_is_validated(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="batch_delay"):
+        RedisBackend("redis://127.0.0.1:6379/15", batch_delay=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["max_backoff", "lease_ttl"])
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-1, ValueError), ("1", TypeError)])
+def test_durations_are_validated(name: str, value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=name):
+        RedisBackend("redis://127.0.0.1:6379/15", **{name: value})  # type: ignore[arg-type]
