@@ -912,16 +912,6 @@ def bench_run(
     return result
 
 
-def skipped_run(candidate: Candidate, cfg: Config, regime: str, n: int, why: str) -> RunResult:
-    nan = math.nan
-    return RunResult(
-        regime, candidate.name, candidate.kind, n, nan, nan, None, 0.0, 0, nan, None, None,
-        None, None, None, None, None, None, None, 0, None, 0, {}, 0, {}, 0, 0, True, 0.0, 0,
-        0, nan, nan, 0, 0,
-        skipped=why,
-    )  # fmt: skip
-
-
 # -- the report ------------------------------------------------------------------------
 
 
@@ -1170,13 +1160,13 @@ def reading(results: list[RunResult], cfg: Config) -> list[str]:
             "sleeps until its own reserved instant, and those instants are "
             f"{spacing * 1e3:.2f} ms apart (1 / {cfg.bound_rate:,}/s) whatever the number of "
             "acquirers; a woken acquirer asks again at once, so requests reach the backend "
-            f"at {cfg.bound_rate:,}/s, one or two per event-loop turn (the loop fires timers "
-            "at millisecond granularity), and more acquirers only wait longer. A batch "
-            "gathers only the requests that arrive while the previous call is in flight, "
-            "about max(1, call time / spacing) of them plus the wake-ups the loop runs "
-            "together. Fewer than 0.2 round trips per admission needs batches of 5: calls "
-            f"of {5 * spacing * 1e3:.1f} ms or more at {cfg.bound_rate:,}/s, or requests held "
-            "back to wait for each other, or acquirers reserving before they are woken."
+            f"at {cfg.bound_rate:,}/s, one or two per event-loop turn. Sent as they come, "
+            "a batch would gather only the requests that arrive while the previous call is "
+            "in flight (about max(1, call time / spacing)). When the last reply put the "
+            "limiter's next free instant at least 2 ms ahead, the backend holds new "
+            "requests for min(batch_delay = 10 ms, half the time left until that instant) "
+            "and sends them together: they could not be admitted earlier anyway. With few "
+            "acquirers the next free instant is close, so requests are sent at once."
         )
     return lines
 
@@ -1328,12 +1318,6 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N,N,...",
         help="concurrent acquirers (default 1,10,100,1000; --quick 1,10,100)",
     )
-    parser.add_argument(
-        "--long-scripts",
-        action="store_true",
-        help=f"also run {TB_WINDOW} with 1,000 acquirers: each of its script calls then "
-        "holds the (shared) Redis server for over a second",
-    )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.acquirers:
@@ -1354,7 +1338,6 @@ def main(argv: list[str] | None = None) -> int:
         found = [c for c in found if c.name == FLOOR or any(t in c.name for t in args.only)]
     results = Results(environment(cfg, args.url, server), asdict(cfg), notes=notes)
     regimes = args.regime or list(REGIMES)
-    skipped_window = False
     for regime in REGIMES:
         if regime not in regimes:
             continue
@@ -1363,26 +1346,12 @@ def main(argv: list[str] | None = None) -> int:
             for candidate in found:
                 if regime not in candidate.regimes:
                     continue
-                if candidate.name == TB_WINDOW and n >= 1_000 and not args.long_scripts:
-                    skipped_window = True
-                    results.runs.append(
-                        skipped_run(candidate, cfg, regime, n, "see the note (--long-scripts)")
-                    )
-                    continue
                 result = bench_run(candidate, args.url, cfg, regime, n)
                 if candidate.name == FLOOR:
                     floor = result
                 if floor is not None and regime == "generous":
                     result.vs_floor = result.per_second / floor.per_second
                 results.runs.append(result)
-    if skipped_window:
-        results.notes.append(
-            f"{TB_WINDOW} with 1,000 acquirers is not run by default: its reserve.lua sums "
-            "the whole window for every request of a batch (O(batch x window entries)), and "
-            "the first batch of ~1,000 requests held Redis for 1.3 s in one script call "
-            "while it was being written, which stalls every other client of a shared "
-            "server. --long-scripts runs it."
-        )
     dropped = [r for r in results.runs if r.reconnects > 0]
     if dropped:
         results.notes.append(

@@ -216,3 +216,41 @@ def test_batch_delay_is_validated(value: object, error: type[Exception]) -> None
 def test_durations_are_validated(name: str, value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match=name):
         RedisBackend("redis://127.0.0.1:6379/15", **{name: value})  # type: ignore[arg-type]
+
+
+async def log_sums(admin: Any, key: str) -> tuple[float, float]:
+    """(the 'all' sum kept beside a window log, the sum of the log's entries)."""
+    kept = float(await admin.hget(f"{key}:sum", "all"))
+    entries = await admin.zrange(key, 0, -1)
+    return kept, sum(float(entry.split(":")[1]) for entry in entries)
+
+
+@pytest.mark.asyncio
+async def test_window_sums_follow_the_log(redis_backend: RecordingBackend, admin: Any) -> None:
+    """The sums a window keeps beside its log match the log through grants, give-backs,
+    settles and feedback; lost sums are counted again, and the limit still holds."""
+    limiter = tb.Limiter({"tokens": tb.Rate(100, 0.5)}, backend=redis_backend, key="sums")
+    async with limiter.acquire(tokens=30) as lease:
+        lease.settle(tokens=10)
+    async with limiter.acquire(tokens=20):
+        pass
+    waiter = asyncio.create_task(limiter.acquire(tokens=90).__aenter__())
+    await asyncio.sleep(0.05)
+    waiter.cancel()  # its reservation (about 0.5 s out) is given back
+    await asyncio.gather(waiter, return_exceptions=True)
+    await asyncio.sleep(0.05)
+    (key,) = [k async for k in admin.scan_iter(match="*sums*") if not k.endswith((":sum",))]
+    kept, logged = await log_sums(admin, key)
+    assert kept == pytest.approx(logged)
+    assert logged == pytest.approx(30)
+    # The sums are lost (evicted, say): they are counted again from the log.
+    await admin.delete(f"{key}:sum")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async with limiter.acquire(tokens=80):  # 30 inside: must wait for them to leave
+        pass
+    assert loop.time() - start > 0.3
+    kept, logged = await log_sums(admin, key)
+    assert kept == pytest.approx(logged)
+    # Reserved once the first grant (10 after settling) left the window, not before.
+    assert redis_backend.granted[-1].at >= redis_backend.granted[0].at + 0.5 - ROUNDING

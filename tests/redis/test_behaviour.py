@@ -355,11 +355,10 @@ async def test_cancelled_waiter_does_not_delay_the_waiter_behind(
     "kind",
     [
         "memory",
-        # Known limitation: requests whose callers were cancelled while queued for the next
-        # batch (or
-        # in flight) are still reserved, and given back only later, one script call each;
-        # a caller arriving meanwhile is reserved behind all of them (here 1 s instead of
-        # 0.05 s, so its 0.5 s timeout expires).
+        # Known limitation: requests whose callers were cancelled while their script call
+        # was in flight are still reserved, and given back only later, one script call
+        # each; a caller arriving meanwhile is reserved behind all of them (here 1 s
+        # instead of 0.05 s, so its 0.5 s timeout expires).
         pytest.param(
             "redis",
             marks=limitation(
@@ -373,11 +372,18 @@ async def test_cancelled_waiter_does_not_delay_the_waiter_behind(
 async def test_cancelled_in_flight_does_not_delay_the_next_caller(
     api: str, backend: RecordingBackend | None
 ) -> None:
+    if backend is not None:
+        # Send at once: a request held back (batch_delay) often finds the give-backs
+        # done, which would hide what this test is about.
+        backend.batch_delay = 0
     subject = build(api, backend, bucket=(20, 1), window=(1, 0.05))
     start = clock()
     await subject.acquire()  # the next unit is due at 0.05 s
+    sent = backend.round_trips if backend is not None else 0
     tasks = [asyncio.create_task(subject.acquire()) for _ in range(20)]
-    await asyncio.sleep(0)  # they have asked (on Redis: queued for the next round trip)
+    await asyncio.sleep(0)  # they have asked
+    while backend is not None and backend.round_trips == sent:
+        await asyncio.sleep(0)  # on Redis: until their script call is sent
     for task in tasks:
         task.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -385,6 +391,37 @@ async def test_cancelled_in_flight_does_not_delay_the_next_caller(
     # Not behind 20 cancelled callers (1.05 s): the unit due at 0.05 s.
     await subject.acquire(timeout=0.5)
     assert clock() - start >= 0.05 - EPS
+
+
+@pytest.mark.parametrize("api", ["TokenBucket", "SlidingWindow"])
+async def test_cancelled_before_sending_takes_nothing(
+    api: str, backend: RecordingBackend | None
+) -> None:
+    """Callers cancelled while their requests wait to be sent reserve nothing.
+
+    On Redis, requests to a limiter whose next free instant is ahead are held for a
+    moment (``batch_delay``) to share a round trip; cancelled then, they are never sent.
+    """
+    subject = build(api, backend, bucket=(20, 1), window=(1, 0.05))
+    start = clock()
+    await subject.acquire()
+    ahead = asyncio.create_task(subject.acquire())  # due at 0.05 s
+    while backend is not None and len(backend.granted) < 2:
+        await asyncio.sleep(0.001)
+    sent = backend.round_trips if backend is not None else 0
+    tasks = [asyncio.create_task(subject.acquire()) for _ in range(20)]
+    await asyncio.sleep(0)  # they have asked (on Redis: held, not sent)
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    if backend is not None:
+        assert backend.round_trips == sent
+        assert len(backend.granted) == 2
+    # Right behind `ahead` (0.1 s), not behind 20 cancelled callers (1.1 s).
+    await subject.acquire(timeout=0.5)
+    assert clock() - start >= 0.1 - EPS
+    await ahead
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,7 @@ __all__ = ["BackendError", "BackendUnavailableError", "RedisBackend"]
 log = logging.getLogger("tokenbucket.redis")
 
 _SCRIPTS: Final = ("reserve", "cancel", "release", "adjust", "feedback")
+_USE_LOG: Final = ("reserve", "cancel", "adjust", "feedback")  # log.lua goes first
 _SLACK_MS: Final = 1000  # keys outlive what they hold by this much
 _MIN_HOLD: Final = 0.001  # shorter holds are not worth a timer
 
@@ -174,8 +175,11 @@ class RedisBackend:
         self.local_share = local_share
         self.lease_ttl = lease_ttl
         self.batch_delay = float(batch_delay)
+        files = resources.files(__package__)
+        prelude = (files / "log.lua").read_text(encoding="utf-8")
         self._source = {
-            name: (resources.files(__package__) / f"{name}.lua").read_text(encoding="utf-8")
+            name: (prelude if name in _USE_LOG else "")
+            + (files / f"{name}.lua").read_text(encoding="utf-8")
             for name in _SCRIPTS
         }
         self._sha: dict[str, str] = {}

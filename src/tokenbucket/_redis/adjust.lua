@@ -40,9 +40,15 @@ for _ = 1, meters do
         end
       end
     else
+      local st = log_open(key, now, p2)
       local removed = 0
       if old > 0 then
-        removed = redis.call('ZREM', key, member .. ':' .. string.format('%.17g', old))
+        local entry = member .. ':' .. string.format('%.17g', old)
+        local score = tonumber(redis.call('ZSCORE', key, entry))
+        if score then
+          removed = redis.call('ZREM', key, entry)
+          log_change(st, score, -old)
+        end
       end
       local at = t
       if removed == 0 and old > 0 then at = nil end  -- the grant already left the window
@@ -52,7 +58,9 @@ for _ = 1, meters do
         if removed == 0 then amount = diff end
         redis.call('ZADD', key, at, member .. 's:' .. string.format('%.17g', amount))
         redis.call('PEXPIRE', key, math.ceil((math.max(at, now) + p2 - now) * 1000) + slack)
+        log_change(st, at, amount)
       end
+      log_save(key, st)
     end
   end
 end

@@ -20,6 +20,7 @@ local given = 0
 for _ = 1, meters do
   local kind, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
   local p1, amount, member = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 4]), ARGV[pos + 5]
+  local span = tonumber(ARGV[pos + 3])
   pos = pos + 6
   if amount > 0 then
     if kind == 'b' then
@@ -34,7 +35,16 @@ for _ = 1, meters do
         given = given + 1
       end
     else
-      given = given + redis.call('ZREM', key, member .. ':' .. string.format('%.17g', amount))
+      local entry = member .. ':' .. string.format('%.17g', amount)
+      local score = tonumber(redis.call('ZSCORE', key, entry))
+      if score then
+        local st = log_open(key, now, span)
+        if redis.call('ZREM', key, entry) == 1 then
+          log_change(st, score, -amount)
+          given = given + 1
+        end
+        log_save(key, st)
+      end
     end
   end
 end

@@ -32,19 +32,17 @@ for _ = 1, meters do
       redis.call('SET', key, string.format('%.17g', floor), 'PX', math.ceil((floor - now) * 1000) + slack)
     end
   else
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - p2)
-    local entries = redis.call('ZRANGEBYSCORE', key, '(' .. (now - p2), '+inf', 'WITHSCORES')
-    local used = 0
-    for i = 1, #entries, 2 do
-      used = used + tonumber(string.match(entries[i], '^[^:]*:([^:]*)'))
-    end
-    local excess = p1 - used - remaining
+    -- After log_open, every entry left is inside the window that ends now (or later).
+    local st = log_open(key, now, p2)
+    local excess = p1 - st.all - remaining
     if excess > 0 then
       if reset > p2 then reset = p2 end
       local at = now + reset - p2
       redis.call('ZADD', key, at, 'fb' .. string.format('%.17g', now) .. ':' .. string.format('%.17g', excess))
       redis.call('PEXPIRE', key, math.ceil(p2 * 1000) + slack)
+      log_change(st, at, excess)
     end
+    log_save(key, st)
   end
 end
 return 1

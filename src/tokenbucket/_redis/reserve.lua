@@ -16,7 +16,8 @@
 --   2: no concurrency slot free (nothing taken; t - now is when the first lease expires);
 --   3: a key of the request holds something else (nothing taken; the third field names it)
 -- A bucket remembers the member of its latest reservation in '<key>:last', so a
--- give-back knows whether anyone reserved behind it.
+-- give-back knows whether anyone reserved behind it. A window keeps its sums in
+-- '<key>:sum' (see log.lua).
 
 local now
 if ARGV[1] == '' then
@@ -39,20 +40,6 @@ local function later(base, step)
     sum = sum + 2 ^ (e - 53)
   end
   return sum
-end
-
-local function window_total(key, after)
-  -- Sum of the amounts logged after `after`, and the entries themselves (oldest first).
-  local entries = redis.call('ZRANGEBYSCORE', key, '(' .. after, '+inf', 'WITHSCORES')
-  local total = 0
-  local list = {}
-  for i = 1, #entries, 2 do
-    local amount = tonumber(string.match(entries[i], '^[^:]*:([^:]*)'))
-    local score = tonumber(entries[i + 1])
-    total = total + amount
-    list[#list + 1] = {score, amount}
-  end
-  return total, list
 end
 
 for _ = 1, count do
@@ -111,19 +98,29 @@ for _ = 1, count do
           local at = tat + (amount - p2) / p1
           if at > t then t = at end
         else
-          redis.call('ZREMRANGEBYSCORE', key, '-inf', now - p2)
+          local st = log_open(key, now, p2)
+          specs[m][7] = st
           local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
           local start = t
           if last[2] and tonumber(last[2]) > start then start = tonumber(last[2]) end
-          local total, list = window_total(key, start - p2)
+          log_move(key, st, start - p2)
+          local inside = st.all - st.below
           local at = start
-          local i = 1
-          while total + amount > p1 and i <= #list do
-            total = total - list[i][2]
-            at = list[i][1] + p2
-            i = i + 1
+          -- Not enough room: walk the window's oldest entries until enough has left.
+          local offset = 0
+          while inside + amount > p1 do
+            local page = redis.call('ZRANGEBYSCORE', key, '(' .. log_num(st.cur), '+inf',
+                                    'WITHSCORES', 'LIMIT', offset, 64)
+            if #page == 0 then break end
+            for i = 1, #page, 2 do
+              inside = inside - log_amount(page[i])
+              at = tonumber(page[i + 1]) + p2
+              if inside + amount <= p1 then break end
+            end
+            offset = offset + #page / 2
           end
           if at > t then t = at end
+          log_save(key, st)
         end
       end
     end
@@ -144,8 +141,11 @@ for _ = 1, count do
           redis.call('SET', key, string.format('%.17g', tat), 'PX', ttl)
           redis.call('SET', key .. ':last', member, 'PX', ttl)
         else
+          local st = specs[m][7]
           redis.call('ZADD', key, t, member .. ':' .. string.format('%.17g', amount))
           redis.call('PEXPIRE', key, math.ceil((t + p2 - now) * 1000) + slack)
+          log_change(st, t, amount)
+          log_save(key, st)
         end
       end
     end
