@@ -120,12 +120,15 @@ for _ = 1, count do
             offset = offset + #page / 2
           end
           if at > t then t = at end
-          log_save(key, st)
         end
       end
     end
     if deadline >= 0 and t - now > deadline then
       status = 0
+      -- Nothing is charged; keep what opening the logs dropped (charging saves it).
+      for m = 1, meters do
+        if specs[m][7] then log_save(specs[m][2], specs[m][7]) end
+      end
     end
   end
 
