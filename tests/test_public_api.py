@@ -24,7 +24,17 @@ from tokenbucket import (
     TokenBucketError,
 )
 
-PRIVATE_MODULES = ["_bucket", "_errors", "_queue", "_rate", "_window"]
+PRIVATE_MODULES = [
+    "_bucket",
+    "_errors",
+    "_group",
+    "_lease",
+    "_limiter",
+    "_queue",
+    "_rate",
+    "_statistics",
+    "_window",
+]
 
 
 def public_names() -> set[str]:
@@ -101,6 +111,9 @@ HIERARCHY = [
     (AmountExceedsLimitError, InvalidArgumentError, ValueError),
     (ArgumentTypeError, TokenBucketError, TypeError),
     (AcquireTimeoutError, TokenBucketError, TimeoutError),
+    (tokenbucket.LeaseError, TokenBucketError, RuntimeError),
+    (tokenbucket.BackendError, TokenBucketError, None),
+    (tokenbucket.BackendUnavailableError, tokenbucket.BackendError, ConnectionError),
 ]
 
 
@@ -112,7 +125,7 @@ def test_error_hierarchy(
     assert issubclass(cls, TokenBucketError)
     if builtin is not None:
         assert issubclass(cls, builtin)
-    others = {ValueError, TypeError, TimeoutError} - {builtin}
+    others = {ValueError, TypeError, TimeoutError, RuntimeError, ConnectionError} - {builtin}
     for other in others:
         assert not issubclass(cls, other), (cls, other)
     assert cls.__name__ in tokenbucket.__all__

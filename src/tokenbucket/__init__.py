@@ -13,6 +13,8 @@ from ._errors import (
     AcquireTimeoutError,
     AmountExceedsLimitError,
     ArgumentTypeError,
+    BackendError,
+    BackendUnavailableError,
     InvalidArgumentError,
     LeaseError,
     TokenBucketError,
@@ -25,9 +27,11 @@ from ._headers import (
     ServerLimit,
     parse_rate_limit_headers,
 )
-from ._limiter import Lease, LeaseContext, Limiter, LimiterSnapshot
-from ._queue import LimiterStatistics
+from ._lease import Lease, LeaseContext
+from ._limiter import Limiter
 from ._rate import Rate, per_day, per_hour, per_minute, per_second
+from ._redis import RedisBackend
+from ._statistics import LimiterStatistics, LimitStatistics
 from ._window import SlidingWindow
 
 __version__ = "0.1.0"
@@ -36,16 +40,19 @@ __all__ = [
     "AcquireTimeoutError",
     "AmountExceedsLimitError",
     "ArgumentTypeError",
+    "BackendError",
+    "BackendUnavailableError",
     "BucketGroup",
     "InvalidArgumentError",
     "Lease",
     "LeaseContext",
     "LeaseError",
+    "LimitStatistics",
     "Limiter",
-    "LimiterSnapshot",
     "LimiterStatistics",
     "Rate",
     "RateLimitHeaderWarning",
+    "RedisBackend",
     "ServerFeedback",
     "ServerLimit",
     "SlidingWindow",
@@ -66,9 +73,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # The Redis backend is imported on first use, so redis-py stays optional.
-    if name in ("RedisBackend", "BackendError", "BackendUnavailableError"):
-        from . import _redis
+    if name == "LimiterSnapshot":
+        import warnings
 
-        return getattr(_redis, name)
+        warnings.warn(
+            "LimiterSnapshot is now called LimiterStatistics",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return LimiterStatistics
     raise AttributeError(f"module 'tokenbucket' has no attribute {name!r}")

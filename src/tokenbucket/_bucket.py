@@ -10,7 +10,7 @@ from ._queue import QueuedLimiter, limiter_repr
 from ._rate import Rate, units_per_second
 
 if TYPE_CHECKING:
-    from ._redis import RedisBackend
+    from ._backend import Backend
 
 __all__ = ["TokenBucket"]
 
@@ -50,18 +50,13 @@ class TokenBucket(QueuedLimiter):
         rate: float | Rate | str,
         capacity: float,
         *,
-        backend: RedisBackend | None = None,
+        backend: Backend | None = None,
         key: str | None = None,
     ) -> None:
         per_second = units_per_second(rate)
         size = _validate.real(capacity, "capacity")
         self._bucket = BucketState(per_second, size)
-        super().__init__(self._bucket, size)
-        if backend is not None or key is not None:
-            from ._limiter import Limiter
-
-            unit = Rate(per_second, 1.0, burst=size)
-            self._shared = Limiter({"units": unit}, backend=backend, key=key)
+        super().__init__(self._bucket, size, Rate(per_second, 1.0, burst=size), backend, key)
 
     @property
     def rate(self) -> float:

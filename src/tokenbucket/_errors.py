@@ -10,7 +10,9 @@ ValueError`` or ``except TimeoutError`` keep working::
      ├── ArgumentTypeError           (also TypeError)
      ├── AcquireTimeoutError         (also TimeoutError)
      ├── LeaseError                  (also RuntimeError)
-     └── UnknownNameError            (also KeyError)
+     ├── UnknownNameError            (also KeyError)
+     └── BackendError
+          └── BackendUnavailableError  (also ConnectionError)
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ __all__ = [
     "AcquireTimeoutError",
     "AmountExceedsLimitError",
     "ArgumentTypeError",
+    "BackendError",
+    "BackendUnavailableError",
     "InvalidArgumentError",
     "LeaseError",
     "TokenBucketError",
@@ -90,3 +94,13 @@ class UnknownNameError(TokenBucketError, KeyError):
 
     def __str__(self) -> str:  # KeyError would show the message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+class BackendError(TokenBucketError):
+    """A backend (Redis) answered with an error the limiter cannot work around, such as
+    a key of the wrong type under the limiter's prefix. The backend's own exception is
+    the ``__cause__``."""
+
+
+class BackendUnavailableError(BackendError, ConnectionError):
+    """The backend cannot be reached (and its failure policy says to raise)."""

@@ -6,15 +6,17 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
+from ._config import UNITS, split_key, to_rate
+from ._core import Meter
 from ._errors import ArgumentTypeError, InvalidArgumentError, UnknownNameError
-from ._limiter import Limiter, _Meter, _split_key, _to_rate
+from ._limiter import Limiter
 from ._rate import Rate
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-    from ._limiter import LeaseContext
-    from ._redis import RedisBackend
+    from ._backend import Backend
+    from ._lease import LeaseContext
 
 __all__ = ["BucketGroup"]
 
@@ -57,7 +59,7 @@ class BucketGroup:
         limiters: Mapping[str, Limiter] | None = None,
         *,
         default: Mapping[str, Any] | None = None,
-        backend: RedisBackend | None = None,
+        backend: Backend | None = None,
         key: str | None = None,
     ) -> None:
         """``backend``/``key``: keep the state of limiters made from the default (and
@@ -79,7 +81,7 @@ class BucketGroup:
             _limiter_from_config(default, "default")  # validate now, not on first use
             self._default = dict(default)
         self._dynamic: dict[str, Limiter] = {}
-        self._shared: dict[str, list[_Meter]] = {}
+        self._shared: dict[str, list[Meter]] = {}
         self._sweep_at = _SWEEP_MIN
 
     @classmethod
@@ -89,7 +91,7 @@ class BucketGroup:
         *,
         default: Mapping[str, Any] | None = None,
         shared: Mapping[str, Mapping[str, Any]] | None = None,
-        backend: RedisBackend | None = None,
+        backend: Backend | None = None,
         key: str | None = None,
     ) -> BucketGroup:
         """Build a group from plain data (as read from JSON, YAML or TOML).
@@ -141,7 +143,7 @@ class BucketGroup:
         cls,
         path: str | os.PathLike[str],
         *,
-        backend: RedisBackend | None = None,
+        backend: Backend | None = None,
         key: str | None = None,
     ) -> BucketGroup:
         """Build a group from a TOML file.
@@ -186,10 +188,10 @@ class BucketGroup:
         """
         if label in self._shared:
             raise InvalidArgumentError("label", f"a shared limit {label!r} already exists")
-        meters: list[_Meter] = []
+        meters: list[Meter] = []
         for key, value in rates.items():
-            dim, unit = _split_key(key)
-            meters.append(_Meter(dim, _config_rate(value, unit, f"shared[{label!r}].{key}")))
+            dim, unit = split_key(key)
+            meters.append(Meter(dim, _config_rate(value, unit, f"shared[{label!r}].{key}")))
         if not meters:
             raise InvalidArgumentError(label, f"shared[{label!r}] has no rates")
         if len(set(members)) != len(members):
@@ -197,16 +199,13 @@ class BucketGroup:
         for name in members:
             if name not in self._fixed:
                 raise InvalidArgumentError(label, f"{name!r} is not a configured name")
-            limiter = self._fixed[name]
-            if limiter._live or limiter._leases or limiter._key is not None:
+            if self._fixed[name]._in_use():
                 raise InvalidArgumentError(
                     label, f"{name!r} is already in use; share limits before using them"
                 )
-        if self._backend is not None and self._key is not None:
-            for i, meter in enumerate(meters):
-                meter.redis_key = self._backend.key(self._key, "shared", label, str(i))
+        pools = {meter: ("shared", label, str(i)) for i, meter in enumerate(meters)}
         for name in members:
-            self._fixed[name]._adopt(meters)
+            self._fixed[name]._adopt(meters, pools)
         self._shared[label] = meters
 
     def acquire(self, name: str, *, timeout: float | None = None, **amounts: float) -> LeaseContext:
@@ -277,8 +276,6 @@ def _check_name(name: object) -> str:
 
 
 def _config_rate(value: object, unit: str, where: str) -> Rate:
-    from ._limiter import _UNITS
-
     if _is_mapping(value):
         table: Mapping[str, Any] = value  # type: ignore[assignment]
         unknown = sorted(set(table) - {"limit", "burst"})
@@ -287,19 +284,19 @@ def _config_rate(value: object, unit: str, where: str) -> Rate:
                 where, f"{where}: expected a number or a table {{limit = N, burst = B}}"
             )
         try:
-            return Rate(table["limit"], _UNITS[unit], burst=table.get("burst"))
+            return Rate(table["limit"], UNITS[unit], burst=table.get("burst"))
         except (InvalidArgumentError, ArgumentTypeError) as exc:
             raise type(exc)(where, f"{where}: {exc}") from None
     if isinstance(value, (Rate, str)):
         try:
-            rate = _to_rate(value, where)
+            rate = to_rate(value, where)
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(where, f"{where}: {exc}") from None
-        if rate.period != _UNITS[unit]:
+        if rate.period != UNITS[unit]:
             raise InvalidArgumentError(where, f"{where}: the rate's period is not one {unit}")
         return rate
     try:
-        return Rate(value, _UNITS[unit])  # type: ignore[arg-type]
+        return Rate(value, UNITS[unit])  # type: ignore[arg-type]
     except (InvalidArgumentError, ArgumentTypeError) as exc:
         raise type(exc)(where, f"{where}: {exc}") from None
 
@@ -314,7 +311,7 @@ def _limiter_from_config(
     where: str,
     *,
     name: str | None = None,
-    backend: RedisBackend | None = None,
+    backend: Backend | None = None,
     key: str | None = None,
 ) -> Limiter:
     if not _is_mapping(entry):
@@ -327,7 +324,7 @@ def _limiter_from_config(
             options[entry_key] = value
             continue
         try:
-            dim, unit = _split_key(entry_key)
+            dim, unit = split_key(entry_key)
         except InvalidArgumentError:
             raise InvalidArgumentError(
                 entry_key,

@@ -35,19 +35,24 @@ import sys
 import time
 from collections import deque
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 
 from . import _validate
-from ._errors import AcquireTimeoutError, AmountExceedsLimitError
+from ._backend import open_store
+from ._core import Meter, Request
+from ._errors import AcquireTimeoutError, AmountExceedsLimitError, ArgumentTypeError
+from ._statistics import LimitStatistics
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
-__all__ = ["LimiterStatistics"]
+    from ._backend import Backend, Store
+    from ._rate import Rate
+
+__all__: list[str] = []  # the shell of the public limiters; nothing public
 
 _get_running_loop: Final = asyncio.events._get_running_loop
 # The asyncio loop that last served a limiter in the current task. On CPython <= 3.12
@@ -83,26 +88,6 @@ class _State(Protocol):
 
 class _LevelState(_State, Protocol):
     def level(self, now: float) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class LimiterStatistics:
-    """A read-only snapshot of a limiter, for logs and metrics.
-
-    Attributes:
-        available: the amount a caller could take right now if nobody were queued.
-        limit: the most the limiter can ever grant at once (capacity or window limit).
-        waiters: tasks queued in ``acquire``.
-        queued: the total amount those tasks are waiting for.
-        next_wakeup: the event-loop time at which the queue head is due, or ``None``
-            when nobody waits.
-    """
-
-    available: float
-    limit: float
-    waiters: int
-    queued: float
-    next_wakeup: float | None
 
 
 class _Waiter:
@@ -435,22 +420,35 @@ class WaiterQueue:
         self._step = step
         self._hinted = False
         if not same_clock:
-            self._state.rebase(clock())
+            self._rebase(clock())
+
+    def _rebase(self, now: float) -> None:
+        """The limiter moved onto a clock with another origin."""
+        self._state.rebase(now)
 
 
 class QueuedLimiter(WaiterQueue):
     """Base of the single limiters: acquire/try_acquire of an amount over a FIFO queue."""
 
-    __slots__ = ("_max", "_shared")
+    __slots__ = ("_max", "_remote")
 
     _LIMIT_NAME = "limit"
     _state: _LevelState
 
-    def __init__(self, state: _LevelState, maximum: float) -> None:
+    def __init__(
+        self,
+        state: _LevelState,
+        maximum: float,
+        rate: Rate,
+        backend: Backend | None,
+        key: str | None,
+    ) -> None:
         super().__init__(state)
         self._max = maximum
-        # The Limiter that keeps this limiter's state in a backend (Redis), or None.
-        self._shared: Any = None
+        # Where the state lives when it is not in memory (Redis), or None.
+        self._remote: Store | None = None
+        if backend is not None or key is not None:
+            self._remote = open_store(backend, key, None, ("units",), [Meter("units", rate)], None)
 
     # -- public API ------------------------------------------------------------------
 
@@ -504,24 +502,35 @@ class QueuedLimiter(WaiterQueue):
             amount = self._check_amount(amount)
             if amount == 0:
                 return True
-        if self._shared is not None:
-            raise TypeError(
+        if self._remote is not None:
+            raise ArgumentTypeError(
+                "amount",
                 f"{type(self).__name__} with a backend cannot answer without a round trip: "
-                "use 'await limiter.acquire(amount, timeout=0)'"
+                "use 'await limiter.acquire(amount, timeout=0)'",
             )
         now = self._now()
         if self._live:
             return False
         return self._state.try_take(amount, now)
 
-    def statistics(self) -> LimiterStatistics:
+    def statistics(self) -> LimitStatistics:
         """A snapshot of the limiter's state; cheap and side-effect free.
 
         Inside the event loop that uses the limiter, ``available`` is computed at the
-        loop's current time; elsewhere, at the last instant the limiter saw.
+        loop's current time; elsewhere, at the last instant the limiter saw. With a
+        backend, ``available`` is ``None`` and the rest counts this process's waiters.
         """
+        if self._remote is not None:
+            remote = self._remote.statistics()
+            return LimitStatistics(
+                available=None,
+                limit=self._max,
+                waiters=remote.waiters,
+                queued=self._queued,
+                next_wakeup=remote.next_wakeup,
+            )
         now = self._peek_now()
-        return LimiterStatistics(
+        return LimitStatistics(
             available=max(0.0, self._state.level(now)),
             limit=self._max,
             waiters=self._live,
@@ -552,10 +561,13 @@ class QueuedLimiter(WaiterQueue):
     async def _acquire(self, amount: object, timeout: object) -> None:
         value = self._check_amount(amount)
         seconds = _validate.timeout(timeout)
-        if self._shared is not None:
+        if self._remote is not None:
             if value:
-                async with self._shared.acquire(timeout=seconds, units=value):
-                    pass
+                self._queued += value
+                try:
+                    await self._remote.take(Request((value,), False, 0), seconds)
+                finally:
+                    self._queued -= value
             return
         now = self._now()
         if value == 0:
@@ -577,10 +589,8 @@ def _describe(value: float) -> str:
 
 def limiter_repr(limiter: QueuedLimiter, config: str) -> str:
     stats = limiter.statistics()
-    text = (
-        f"<{type(limiter).__name__} {config} available={_describe(stats.available)} "
-        f"waiters={stats.waiters}"
-    )
+    available = "?" if stats.available is None else _describe(stats.available)
+    text = f"<{type(limiter).__name__} {config} available={available} waiters={stats.waiters}"
     if stats.next_wakeup is not None:
         text += f" next_wakeup={_describe(stats.next_wakeup)}"
     return text + ">"

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 from . import _validate
 from ._core import WindowLog
 from ._queue import QueuedLimiter, limiter_repr
+from ._rate import Rate
 
 if TYPE_CHECKING:
-    from ._redis import RedisBackend
+    from ._backend import Backend
 
 __all__ = ["SlidingWindow"]
 
@@ -43,18 +44,13 @@ class SlidingWindow(QueuedLimiter):
         limit: float,
         window: float,
         *,
-        backend: RedisBackend | None = None,
+        backend: Backend | None = None,
         key: str | None = None,
     ) -> None:
         size = _validate.real(limit, "limit")
         length = _validate.real(window, "window")
         self._log = WindowLog(size, length)
-        super().__init__(self._log, size)
-        if backend is not None or key is not None:
-            from ._limiter import Limiter
-            from ._rate import Rate
-
-            self._shared = Limiter({"units": Rate(size, length)}, backend=backend, key=key)
+        super().__init__(self._log, size, Rate(size, length), backend, key)
 
     @property
     def limit(self) -> float:

@@ -103,7 +103,9 @@ async def run_script(limiter: tb.TokenBucket | tb.SlidingWindow, script: list[An
         await anyio.sleep(1000)
         tg.cancel_scope.cancel()
     record.end = now()
-    record.available_at_end = limiter.statistics().available
+    available = limiter.statistics().available
+    assert available is not None  # an in-memory limiter always knows
+    record.available_at_end = available
     return record
 
 

@@ -23,6 +23,7 @@ def now() -> float:
 
 async def drain(limiter: Limiter) -> None:
     available = limiter.statistics().available
+    assert available is not None
     if available > 0:
         assert limiter.try_acquire(available)
 

@@ -2,26 +2,59 @@
 
 Theory of operation
 -------------------
-Each state object here answers three questions about one limit at an explicit instant
-``now`` (seconds on any monotonic clock) and does no I/O, reads no clock and never sleeps:
+Each state object here answers questions about its limits at an explicit instant ``now``
+(seconds on any monotonic clock) and does no I/O, reads no clock and never sleeps. The
+single limits (:class:`BucketState`, :class:`WindowLog`) share one protocol,
+:class:`LimitState`:
 
 * ``try_take(amount, now)``: can ``amount`` be granted now? If so, record the grant.
+* ``fits``/``charge``: the same check without recording, and a grant recorded
+  unconditionally (which may put the limit in debt).
 * ``ready_at(amount, now)``: the earliest instant at which ``try_take(amount, t)`` will
   succeed if nothing else happens first. The instant is rounded so that the check at
   exactly that instant succeeds, whatever the floating-point error: a timer set for it
   never fires "a hair too early" and spins.
 * ``refund(amount, ticket, now)``: give back (part of) an earlier grant, never more than
   keeps the limit's guarantee intact.
+* ``clamp(most, until, now)``: a server says at most ``most`` is left until ``until``.
+
+:class:`MultiState` (``multi.py``) combines several of them with a concurrency count and
+a pause, for requests that take several dimensions at once.
 
 Time never runs backwards inside a state: an instant earlier than one already seen is
 treated as that latest instant, so a clock that steps back cannot mint capacity.
-``rebase(now)`` moves the whole state onto a new clock (a new event loop whose clock has
-another origin) as if no time had passed in between, which never over-admits.
+``rebase(now)`` moves a state onto a new clock (a new event loop whose clock has another
+origin) as if no time had passed in between, which never over-admits.
 
 The async layer (the waiter queue) is the only caller that reads a clock.
 """
 
+from __future__ import annotations
+
+from typing import Protocol
+
 from .bucket import BucketState
+from .multi import Meter, MultiState, RateSpec, Request
 from .window import WindowLog
 
-__all__ = ["BucketState", "WindowLog"]
+__all__ = ["BucketState", "LimitState", "Meter", "MultiState", "RateSpec", "Request", "WindowLog"]
+
+
+class LimitState(Protocol):
+    """What every single-limit state answers (see the module's docstring)."""
+
+    @property
+    def maximum(self) -> float: ...
+    @property
+    def ticket(self) -> float: ...
+    @property
+    def last_update(self) -> float: ...
+    def level(self, now: float) -> float: ...
+    def fits(self, amount: float, now: float) -> bool: ...
+    def try_take(self, amount: float, now: float) -> bool: ...
+    def charge(self, amount: float, now: float) -> None: ...
+    def ready_at(self, amount: float, now: float) -> float: ...
+    def refund(self, amount: float, ticket: float, now: float) -> float: ...
+    def clamp(self, most: float, until: float, now: float) -> None: ...
+    def at_rest(self, now: float) -> bool: ...
+    def rebase(self, now: float) -> None: ...

@@ -76,8 +76,22 @@ class BucketState:
             self._stamp = now
         self._taken += amount
 
-    def clamp(self, most: float, now: float) -> None:
-        """Lower the level at ``now`` to at most ``most`` (never raises it)."""
+    @property
+    def maximum(self) -> float:
+        """The largest single grant (the capacity)."""
+        return self.capacity
+
+    def at_rest(self, now: float) -> bool:
+        """Whether the bucket is full at ``now``: a new bucket would behave the same."""
+        return self.level(now) >= self.capacity
+
+    def clamp(self, most: float, until: float, now: float) -> None:
+        """Lower the level at ``now`` to at most ``most`` (never raises it).
+
+        ``until`` (when the server's own count resets) is not needed: the level refills
+        at the bucket's rate from ``now``, which is never faster than the server allows.
+        """
+        del until
         level = self.level(now)
         if now > self._stamp:
             self._stamp = now

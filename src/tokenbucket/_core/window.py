@@ -66,6 +66,15 @@ class WindowLog:
         return self.limit - self.used(now)
 
     @property
+    def maximum(self) -> float:
+        """The largest single grant (the limit)."""
+        return self.limit
+
+    def at_rest(self, now: float) -> bool:
+        """Whether the window is empty at ``now``: a new window would behave the same."""
+        return self.used(now) == 0
+
+    @property
     def ticket(self) -> float:
         """The ticket of the most recent grant (see :meth:`refund`)."""
         return self._expiry[-1] if self._expiry else 0.0

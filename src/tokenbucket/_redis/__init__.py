@@ -45,12 +45,20 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from .._errors import TokenBucketError
+from .. import _validate
+from .._errors import (
+    BackendError,
+    BackendUnavailableError,
+    InvalidArgumentError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import redis.asyncio as aioredis
+
+    from .._backend import StoreSpec
+    from .store import RedisStore
 
 __all__ = ["BackendError", "BackendUnavailableError", "RedisBackend"]
 
@@ -60,15 +68,6 @@ _SCRIPTS: Final = ("reserve", "cancel", "release", "adjust", "feedback")
 _USE_LOG: Final = ("reserve", "cancel", "adjust", "feedback")  # log.lua goes first
 _SLACK_MS: Final = 1000  # keys outlive what they hold by this much
 _MIN_HOLD: Final = 0.001  # shorter holds are not worth a timer
-
-
-class BackendError(TokenBucketError):
-    """Redis answered with an error the limiter cannot work around (e.g. a key of the
-    wrong type under the limiter's prefix)."""
-
-
-class BackendUnavailableError(BackendError, ConnectionError):
-    """Redis cannot be reached (and the failure policy says to raise)."""
 
 
 @dataclass(frozen=True)
@@ -159,11 +158,20 @@ class RedisBackend:
         if isinstance(client, str):
             client = aioredis_module.Redis.from_url(client)
         if time_source not in ("server", "client"):
-            raise ValueError(f"time_source must be 'server' or 'client', not {time_source!r}")
+            raise InvalidArgumentError(
+                "time_source", f"time_source must be 'server' or 'client', not {time_source!r}"
+            )
         if on_error not in ("wait", "raise", "local"):
-            raise ValueError(f"on_error must be 'wait', 'raise' or 'local', not {on_error!r}")
-        if not 0 < local_share <= 1:
-            raise ValueError(f"local_share must be in (0, 1], got {local_share!r}")
+            raise InvalidArgumentError(
+                "on_error", f"on_error must be 'wait', 'raise' or 'local', not {on_error!r}"
+            )
+        if not isinstance(prefix, str) or not prefix:
+            raise InvalidArgumentError("prefix", f"prefix must be a non-empty str, not {prefix!r}")
+        share = _validate.real(local_share, "local_share")
+        if share > 1:
+            raise InvalidArgumentError(
+                "local_share", f"local_share must be in (0, 1], got {local_share!r}"
+            )
         _seconds("max_backoff", max_backoff, zero=False)
         _seconds("lease_ttl", lease_ttl, zero=False)
         _seconds("batch_delay", batch_delay, zero=True)
@@ -172,7 +180,7 @@ class RedisBackend:
         self.time_source = time_source
         self.on_error = on_error
         self.max_backoff = max_backoff
-        self.local_share = local_share
+        self.local_share = share
         self.lease_ttl = lease_ttl
         self.batch_delay = float(batch_delay)
         files = resources.files(__package__)
@@ -193,6 +201,12 @@ class RedisBackend:
         self._background: set[asyncio.Task[Any]] = set()
         self.round_trips = 0  # script calls made (for benchmarks and tests)
         self._spawn_slots: asyncio.Semaphore | None = None
+
+    def open(self, spec: StoreSpec) -> RedisStore:
+        """The store of one limiter's state here (see ``tokenbucket._backend``)."""
+        from .store import RedisStore
+
+        return RedisStore(self, spec)
 
     def key(self, *parts: str) -> str:
         """A namespaced key; ``{...}`` is the hash tag: one limiter's keys share a slot."""
@@ -281,10 +295,11 @@ class RedisBackend:
     ) -> tuple[int, float, Reservation]:
         """Reserve ``amounts`` on ``meters`` at their earliest common instant.
 
-        Returns ``(status, wait, reservation)``: status 1 reserved (sleep ``wait``
-        seconds, then go), 0 the instant is past ``deadline`` (nothing taken), 2 no
-        concurrency slot (nothing taken; ``wait`` is when the first lease expires).
-        Requests of this process share round trips.
+        ``deadline`` is an instant on the running loop's clock, or ``None``. Returns
+        ``(status, wait, reservation)``: status 1 reserved (sleep ``wait`` seconds, then
+        go), 0 the instant is past ``deadline`` (nothing taken), 2 no concurrency slot
+        (nothing taken; ``wait`` is when the first lease expires). Requests of this
+        process share round trips.
         """
         member = uuid.uuid4().hex
         lease = uuid.uuid4().hex if slots_key else ""
@@ -299,7 +314,7 @@ class RedisBackend:
 
         args: list[Any] = [
             len(meters),
-            -1 if deadline is None else deadline,
+            -1,  # the time left until the deadline, filled in when sent
             at(pause_key) if pause_key else 0,
             at(slots_key) if slots_key else 0,
             slot_max,
@@ -317,11 +332,9 @@ class RedisBackend:
             ]
         loop = asyncio.get_running_loop()
         now = loop.time()
-        pending = _Pending(
-            keys, args, loop.create_future(), None if deadline is None else now + deadline
-        )
+        pending = _Pending(keys, args, loop.create_future(), deadline)
         hold = 0.0
-        if self.batch_delay and (deadline is None or deadline > self.batch_delay):
+        if self.batch_delay and (deadline is None or deadline - now > self.batch_delay):
             hold = min(self.batch_delay, (self._free_at.get(pending.tag, now) - now) / 2)
         if hold >= _MIN_HOLD:
             self._hold(pending, hold, loop)
@@ -560,11 +573,7 @@ class RedisBackend:
 
 
 def _seconds(name: str, value: object, *, zero: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        least = ">= 0" if zero else "> 0"
-        raise ValueError(f"{name} must be a finite number of seconds {least}, got {value!r}")
+    _validate.real(value, name, zero=zero)
 
 
 def _num(value: Any) -> float:

@@ -1,0 +1,121 @@
+"""The seam between a limiter and where its state lives.
+
+Theory of operation
+-------------------
+A :class:`~tokenbucket.Limiter` (and a single limiter given a backend) turns its
+configuration into pure :class:`~tokenbucket._core.Meter` objects and asks a backend to
+*open* a :class:`Store` for them. Everything that happens to the state goes through the
+store's few operations:
+
+* ``take(request, timeout)``: wait in FIFO order until the request is granted, or raise
+  :class:`~tokenbucket.AcquireTimeoutError` at one absolute deadline computed at the
+  call. A caller that leaves (cancelled, timed out) consumes nothing.
+* ``try_take(request)``: the same without waiting, or ``None``.
+* ``adjust(request, ticket, actual)``: settle a grant to the real usage.
+* ``release(request, ticket)``: the holder is done; its concurrency slot is free.
+* ``feedback(plan)``: apply a server's pause and clamps (decided by ``_feedback``).
+* ``statistics()`` and ``at_rest()``: read the state without changing it.
+
+The in-memory store (``_memory``) is the default; ``_redis`` opens stores whose state
+lives in Redis. A new backend implements :class:`Backend` and :class:`Store`; nothing in
+the limiters changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, cast
+
+from ._errors import ArgumentTypeError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+    from ._core import Meter, Request
+    from ._feedback import FeedbackPlan
+    from ._statistics import LimiterStatistics
+
+__all__ = ["Backend", "Store", "StoreSpec", "open_store"]
+
+
+class Store(Protocol):
+    """One limiter's state, wherever it lives. Tickets are the store's own."""
+
+    async def take(self, request: Request, timeout: float | None) -> object: ...
+    def try_take(self, request: Request) -> object | None: ...
+    def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None: ...
+    def release(self, request: Request, ticket: object) -> Awaitable[None] | None: ...
+    def feedback(self, plan: FeedbackPlan) -> None: ...
+    def statistics(self) -> LimiterStatistics: ...
+    def at_rest(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a backend needs to open a store.
+
+    ``key`` names the limiter in the backend (its first part groups the keys of one
+    group together); ``pools`` names the meters shared by several limiters (a group's
+    shared limits), relative to ``key[0]``. ``fallback`` makes an in-memory store of the
+    same limits at a share of their rates, for a backend that limits locally while it
+    is unreachable.
+    """
+
+    key: tuple[str, ...]
+    dims: tuple[str, ...]
+    meters: Sequence[Meter]
+    max_concurrency: int | None
+    pools: Mapping[Meter, tuple[str, ...]] = field(default_factory=dict)
+    fallback: Callable[[float], Store] | None = None
+
+
+class Backend(Protocol):
+    """Where limiters keep their state when it is not in this process's memory."""
+
+    def open(self, spec: StoreSpec) -> Store: ...
+
+
+def open_store(
+    backend: object,
+    key: object,
+    name: str | None,
+    dims: tuple[str, ...],
+    meters: Sequence[Meter],
+    max_concurrency: int | None,
+    pools: Mapping[Meter, tuple[str, ...]] | None = None,
+) -> Store:
+    """Check ``backend`` and ``key`` as a limiter's arguments and open its store there.
+
+    ``key`` (or else ``name``) names the limiter in the backend; a group joins its own
+    key and a member's name with ``"\\x00"``.
+    """
+    if backend is None:
+        if key is not None:
+            raise InvalidArgumentError(
+                "key", "key names a limiter's state in a backend; pass backend= too"
+            )
+        raise InvalidArgumentError("backend", "a limiter with key= needs a backend")
+    if not callable(getattr(backend, "open", None)):
+        raise ArgumentTypeError(
+            "backend",
+            f"backend must be a backend such as RedisBackend, not {type(backend).__name__}",
+        )
+    key = key if key is not None else name
+    if not isinstance(key, str) or not key:
+        raise InvalidArgumentError(
+            "key", "a limiter with a backend needs key=: the name its state has there"
+        )
+
+    def fallback(share: float) -> Store:
+        from ._core import Meter, MultiState
+        from ._memory import MemoryStore
+        from ._rate import Rate
+
+        local = [
+            Meter(m.dim, Rate(m.rate.amount * share, m.rate.period, burst=m.rate.burst))
+            for m in meters
+        ]
+        return MemoryStore(MultiState(dims, local, None), lambda: f"local stand-in for {key!r}")
+
+    spec = StoreSpec(tuple(key.split("\x00")), dims, meters, max_concurrency, pools or {}, fallback)
+    return cast("Backend", backend).open(spec)

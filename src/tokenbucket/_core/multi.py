@@ -1,0 +1,302 @@
+"""The state of a multi-limit request: meters, the concurrency count and a pause.
+
+A *request* is a vector (one amount per dimension) plus, when the limiter caps
+concurrency, one slot. It is granted only when every meter and the slot admit it at the
+same instant, and then all of them are charged at once: nothing is held while waiting
+for something else.
+
+A meter may be *shared* by several states (one pool of tokens over several models). A
+shared meter that the head of some queue is too large for is *claimed* by that request:
+no request that arrived later takes from it until the claimant is granted or leaves, so a
+large request is not starved by a stream of small ones from other limiters. Arrival order
+across states is the request's ``seq``, given by whoever makes requests.
+
+Like every state in ``_core``, this one takes ``now`` as an argument and does no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Final, Protocol
+
+from .bucket import BucketState
+from .window import WindowLog
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+__all__ = ["Meter", "MultiState", "RateSpec", "Request"]
+
+_INF: Final = math.inf
+
+
+class RateSpec(Protocol):
+    """An amount per period, with an optional burst (``tokenbucket.Rate`` is one)."""
+
+    @property
+    def amount(self) -> float: ...
+    @property
+    def period(self) -> float: ...
+    @property
+    def burst(self) -> float | None: ...
+
+
+class Meter:
+    """One rate of one dimension: an exact window, or a bucket when the rate has a burst.
+
+    ``sharers`` counts the states that use it; a meter with more than one is a shared
+    pool, which a server's report on one member never lowers.
+    """
+
+    __slots__ = ("__weakref__", "claim", "core", "dim", "maximum", "rate", "sharers")
+
+    def __init__(self, dim: str, rate: RateSpec) -> None:
+        self.dim = dim
+        self.rate = rate
+        self.core: BucketState | WindowLog
+        if rate.burst is None:
+            self.core = WindowLog(rate.amount, rate.period)
+        else:
+            self.core = BucketState(rate.amount / rate.period, rate.burst)
+        self.maximum = self.core.maximum
+        self.sharers = 0
+        self.claim: Request | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.sharers > 1
+
+    def describe(self) -> str:
+        burst = "" if self.rate.burst is None else f" burst {self.rate.burst:g}"
+        return f"{self.dim} {self.rate}{burst}"
+
+    def __repr__(self) -> str:
+        return f"<Meter {self.describe()}>"
+
+
+class Request:
+    """What one acquisition asks for: an amount per dimension, and a slot or not."""
+
+    __slots__ = ("amounts", "seq", "slot")
+
+    def __init__(self, amounts: tuple[float, ...], slot: bool, seq: int) -> None:
+        self.amounts = amounts
+        self.slot = slot
+        self.seq = seq  # arrival order, across every state sharing a meter
+
+    def __repr__(self) -> str:
+        return f"Request({self.amounts!r}, slot={self.slot!r}, seq={self.seq!r})"
+
+
+class MultiState:
+    """Meters over named dimensions, a cap on grants held at once, and a pause.
+
+    A grant's *ticket* is a tuple with, per meter, that meter's ticket (or ``None`` when
+    the request took nothing of it); :meth:`refund` and :meth:`adjust` use it.
+    """
+
+    __slots__ = (
+        "_pairs",
+        "_ticket",
+        "dims",
+        "freed",
+        "in_flight",
+        "max_concurrency",
+        "meters",
+        "paused_until",
+        "seen",
+    )
+
+    def __init__(
+        self, dims: Sequence[str], meters: Sequence[Meter], max_concurrency: int | None
+    ) -> None:
+        self.dims: tuple[str, ...] = ()
+        self.meters: list[Meter] = []
+        self._pairs: list[tuple[Meter, int]] = []
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
+        self.paused_until = -_INF
+        self.seen = -_INF  # the latest instant this state has been asked about
+        self.freed: list[Meter] = []  # shared meters whose claim a grant just released
+        self._ticket: tuple[float | None, ...] = ()
+        self.add(dims, meters)
+
+    def add(self, dims: Iterable[str], meters: Iterable[Meter]) -> None:
+        """Take on more dimensions and meters (shared pools, before any use)."""
+        names = list(self.dims)
+        names.extend(d for d in dims if d not in names)
+        for meter in meters:
+            if meter.dim not in names:
+                names.append(meter.dim)
+            meter.sharers += 1
+            self.meters.append(meter)
+        self.dims = tuple(names)
+        self._pairs = [(m, self.dims.index(m.dim)) for m in self.meters]
+
+    def limit(self, dim: str) -> float:
+        """The most one request may take of ``dim`` (its tightest meter), or inf."""
+        return min((m.maximum for m in self.meters if m.dim == dim), default=_INF)
+
+    @property
+    def ticket(self) -> tuple[float | None, ...]:
+        """The ticket of the most recent grant."""
+        return self._ticket
+
+    @property
+    def last_update(self) -> float:
+        """The latest instant any meter has seen."""
+        return max((m.core.last_update for m in self.meters), default=0.0)
+
+    # -- granting -----------------------------------------------------------------------
+
+    def try_take(self, request: Request, now: float) -> bool:
+        """Grant ``request`` at ``now`` if every meter and a slot admit it; report whether."""
+        if now > self.seen:
+            self.seen = now
+        if now < self.paused_until:
+            return False
+        if request.slot and self.in_flight >= (self.max_concurrency or 0):
+            return False
+        amounts = request.amounts
+        claimed = False
+        for meter, index in self._pairs:
+            amount = amounts[index]
+            if amount:
+                claim = meter.claim
+                if claim is not None:
+                    if claim.seq < request.seq:
+                        return False
+                    claimed = claimed or claim is request
+                if not meter.core.fits(min(amount, meter.maximum), now):
+                    return False
+        tickets: list[float | None] = []
+        for meter, index in self._pairs:
+            amount = amounts[index]
+            if amount:
+                core = meter.core
+                core.charge(amount, now)
+                tickets.append(core.ticket)
+            else:
+                tickets.append(None)
+        if request.slot:
+            self.in_flight += 1
+        self._ticket = tuple(tickets)
+        if claimed:
+            self.freed.extend(self.unclaim(request))
+        return True
+
+    def ready_at(self, request: Request, now: float) -> float:
+        """The earliest instant ``request`` can be granted if nothing else happens; inf
+        while only a release (or another state's claimant) can let it in."""
+        if request.slot and self.in_flight >= (self.max_concurrency or 0):
+            return _INF
+        when = max(now, self.paused_until)
+        amounts = request.amounts
+        for meter, index in self._pairs:
+            amount = amounts[index]
+            if amount:
+                claim = meter.claim
+                if claim is not None and claim.seq < request.seq:
+                    return _INF
+                when = max(when, meter.core.ready_at(min(amount, meter.maximum), now))
+        return when
+
+    def claim(self, request: Request, now: float) -> None:
+        """``request`` heads its queue: it claims the shared meters it does not fit."""
+        amounts = request.amounts
+        for meter, index in self._pairs:
+            amount = amounts[index]
+            if (
+                amount
+                and meter.sharers > 1
+                and (meter.claim is None or request.seq < meter.claim.seq)
+                and not meter.core.fits(min(amount, meter.maximum), now)
+            ):
+                meter.claim = request
+
+    def unclaim(self, request: Request) -> list[Meter]:
+        """Drop ``request``'s claims; the meters it had claimed."""
+        released = [m for m in self.meters if m.claim is request]
+        for meter in released:
+            meter.claim = None
+        return released
+
+    # -- giving back and correcting --------------------------------------------------------
+
+    def refund(self, request: Request, ticket: tuple[float | None, ...], now: float) -> None:
+        """Undo a grant whose holder left before using it (as far as each meter safely
+        can), and free its slot."""
+        amounts = request.amounts
+        for (meter, index), entry in zip(self._pairs, ticket, strict=True):
+            amount = amounts[index]
+            if amount and entry is not None:
+                meter.core.refund(amount, entry, now)
+        if request.slot:
+            self.in_flight -= 1
+
+    def release(self, request: Request) -> None:
+        """The holder of a grant is done: its slot is free again."""
+        if request.slot:
+            self.in_flight -= 1
+
+    def adjust(
+        self,
+        request: Request,
+        ticket: tuple[float | None, ...],
+        actual: Mapping[int, float],
+        now: float,
+    ) -> list[Meter]:
+        """Replace a grant's amounts (by dimension index) with ``actual``: an overrun is
+        charged as debt, an unused part is refunded. Returns the meters refunded."""
+        refunded: list[Meter] = []
+        for (meter, index), entry in zip(self._pairs, ticket, strict=True):
+            if index not in actual:
+                continue
+            difference = actual[index] - request.amounts[index]
+            if difference > 0:
+                meter.core.charge(difference, now)
+            elif difference < 0 and entry is not None:
+                meter.core.refund(-difference, entry, now)
+                refunded.append(meter)
+        return refunded
+
+    def clamp(self, meter: Meter, remaining: float, until: float, now: float) -> None:
+        """Make ``meter`` grant at most ``remaining`` until ``until`` (a server's view)."""
+        meter.core.clamp(remaining, until, now)
+
+    def pause(self, until: float, now: float) -> None:
+        """Grant nothing before ``until``; a pause already longer stays."""
+        if now > self.seen:
+            self.seen = now
+        if until > self.paused_until:
+            self.paused_until = until
+
+    # -- reading --------------------------------------------------------------------------
+
+    def available(self, now: float) -> dict[str, float]:
+        """Per dimension, the most one request could take at ``now`` (negative in debt)."""
+        available: dict[str, float] = {}
+        for meter in self.meters:
+            level = meter.core.level(now)
+            if level < available.get(meter.dim, _INF):
+                available[meter.dim] = level
+        return available
+
+    def at_rest(self, now: float) -> bool:
+        """Indistinguishable at ``now`` from a new state of the same configuration."""
+        return (
+            self.in_flight == 0
+            and self.paused_until <= now
+            and all(m.core.at_rest(now) for m in self.meters)
+        )
+
+    def rebase(self, now: float, meters: Iterable[Meter] | None = None) -> None:
+        """Continue on a clock with another origin, as if no time had passed: the pause
+        keeps what was left of it, and ``meters`` (default: all) move too."""
+        if self.paused_until > self.seen:
+            self.paused_until = now + (self.paused_until - self.seen)
+        else:
+            self.paused_until = -_INF
+        self.seen = now
+        for meter in self.meters if meters is None else meters:
+            meter.core.rebase(now)

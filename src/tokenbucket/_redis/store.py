@@ -1,0 +1,216 @@
+"""A limiter's store in Redis: reserve, sleep until the reserved instant, go.
+
+This is the Redis side of the seam in ``tokenbucket._backend``: a :class:`RedisStore` is
+what :meth:`RedisBackend.open` returns for one limiter (a :class:`~tokenbucket.Limiter`,
+or a single limiter given a backend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import TYPE_CHECKING, Final
+
+from .._errors import AcquireTimeoutError, ArgumentTypeError, BackendUnavailableError
+from .._statistics import LimiterStatistics
+from . import MeterSpec, Reservation
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Mapping
+
+    from .._backend import Store, StoreSpec
+    from .._core import Request
+    from .._feedback import FeedbackPlan
+    from . import RedisBackend
+
+__all__ = ["RedisStore"]
+
+log = logging.getLogger("tokenbucket.redis")
+
+# How long a call with a (short or zero) timeout still waits for Redis to answer.
+_ANSWER_GRACE: Final = 0.5
+_WARN_EVERY: Final = 10.0
+
+
+class RedisStore:
+    """The meters of one limiter in Redis, and what this process knows of them."""
+
+    def __init__(self, backend: RedisBackend, spec: StoreSpec) -> None:
+        self.backend = backend
+        tag = spec.key
+        self.label = ":".join(tag)  # for messages
+        self.dims = spec.dims
+        self.max_concurrency = spec.max_concurrency
+        self.meters: list[MeterSpec] = []
+        self.indexes: list[int] = []
+        for i, meter in enumerate(spec.meters):
+            rate = meter.rate
+            label = f"{meter.dim}:{rate.amount!r}/{rate.period!r}"
+            if rate.burst is None:
+                kind, p1, p2 = "w", rate.amount, rate.period
+            else:
+                kind, p1, p2 = "b", rate.amount / rate.period, rate.burst
+                label += f":b{rate.burst!r}"
+            pool = spec.pools.get(meter)
+            # Every key of one limiter (and of one group) under one hash tag: tag[0].
+            key = backend.key(tag[0], *pool) if pool else backend.key(*tag, f"{i}", label)
+            self.meters.append(MeterSpec(kind, key, p1, p2))  # type: ignore[arg-type]
+            self.indexes.append(spec.dims.index(meter.dim))
+        self.pause_key = backend.key(*tag, "pause")
+        self.slots_key = backend.key(*tag, "slots") if spec.max_concurrency else ""
+        self._fallback = spec.fallback
+        self._local: Store | None = None
+        self._slot_lock: asyncio.Lock | None = None
+        # What this process knows: a pause a server asked for (loop clock), its waiters,
+        # the instants they are due, its slots held, and the last grant's wait.
+        self.paused_until = -math.inf
+        self.waiters = 0
+        self.queued: list[float] = []
+        self.in_flight = 0
+        self.last_wait: float | None = None
+        self._warned = -math.inf
+
+    # -- the store's operations -------------------------------------------------------------
+
+    def try_take(self, request: Request) -> Reservation | None:
+        raise ArgumentTypeError(
+            "backend",
+            "a limiter whose state is in Redis cannot answer without a round trip: "
+            "await an acquisition with timeout=0 instead",
+        )
+
+    async def take(self, request: Request, timeout: float | None) -> Reservation | None:
+        """Wait until ``request`` is granted; the reservation, or ``None`` when the local
+        stand-in granted it (Redis unreachable under the ``"local"`` policy)."""
+        backend = self.backend
+        vector = [request.amounts[i] for i in self.indexes]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = None if timeout is None else start + timeout  # the one deadline
+        self.waiters += 1
+        try:
+            while True:
+                call = backend.reserve(
+                    self.meters,
+                    vector,
+                    deadline=deadline,
+                    pause_key=self.pause_key,
+                    slots_key=self.slots_key,
+                    slot_max=self.max_concurrency or 0,
+                )
+                try:
+                    if deadline is None:
+                        status, wait, reservation = await call
+                    else:
+                        # Waiting for Redis itself (an outage under the "wait" policy) is
+                        # bounded too, with a moment for it to answer a timeout of 0.
+                        left = max(deadline - loop.time(), _ANSWER_GRACE)
+                        status, wait, reservation = await asyncio.wait_for(call, left)
+                except asyncio.TimeoutError:
+                    raise AcquireTimeoutError(
+                        f"{self.label!r}: not granted within {timeout} s (Redis did not answer)"
+                    ) from None
+                except BackendUnavailableError:
+                    if backend.on_error != "local":
+                        raise
+                    await self._take_locally(request, deadline, loop)
+                    self.last_wait = loop.time() - start
+                    return None
+                if status == 1:
+                    await self._sleep_until(loop.time() + wait, reservation, loop)
+                    self.last_wait = loop.time() - start
+                    if request.slot:
+                        self.in_flight += 1
+                    return reservation
+                if status == 0:  # not grantable before the deadline: wait it out
+                    assert deadline is not None
+                    await asyncio.sleep(max(0.0, deadline - loop.time()))
+                    raise AcquireTimeoutError(f"{self.label!r}: not granted within {timeout} s")
+                # No concurrency slot: block until one is released (or the first expires).
+                if deadline is not None and loop.time() >= deadline:
+                    raise AcquireTimeoutError(f"{self.label!r}: no slot within {timeout} s")
+                if self._slot_lock is None:
+                    self._slot_lock = asyncio.Lock()
+                async with self._slot_lock:
+                    bound = wait if deadline is None else min(wait, deadline - loop.time())
+                    await backend.wait_for_slot(self.slots_key, max(0.0, bound))
+        finally:
+            self.waiters -= 1
+
+    async def _sleep_until(
+        self, due: float, reservation: Reservation, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Sleep to the reserved instant (and through a pause a server asked for since);
+        a caller that leaves first gives the reservation back."""
+        self.queued.append(due)
+        try:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            while loop.time() < self.paused_until:  # noqa: ASYNC110 - sleeps to its end
+                await asyncio.sleep(self.paused_until - loop.time())
+        except BaseException:
+            self.backend.spawn(self.backend.give_back(reservation))
+            raise
+        finally:
+            self.queued.remove(due)
+
+    async def _take_locally(
+        self, request: Request, deadline: float | None, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        now = loop.time()
+        if now >= self._warned + _WARN_EVERY:
+            self._warned = now
+            log.warning("Redis unreachable: limiting locally at a reduced share (%r)", self.label)
+        if self._local is None:
+            assert self._fallback is not None
+            self._local = self._fallback(self.backend.local_share)
+        local = self._local
+        alone = type(request)(request.amounts, False, request.seq)  # the cap stays in Redis
+        left = None if deadline is None else max(0.0, deadline - now)
+        ticket = await local.take(alone, left)
+        local.release(alone, ticket)
+
+    def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None:
+        if ticket is None:  # granted by the local stand-in: nothing in Redis to correct
+            return
+        assert isinstance(ticket, Reservation)
+        new = list(request.amounts)
+        for index, value in actual.items():
+            new[index] = value
+        vector = [new[i] for i in self.indexes]
+        self.backend.spawn(self.backend.adjust(ticket, vector))
+
+    def release(self, request: Request, ticket: object) -> Awaitable[None] | None:
+        if request.slot and ticket is not None:
+            self.in_flight -= 1
+        if isinstance(ticket, Reservation) and ticket.lease:
+            return self.backend.release(ticket)
+        return None
+
+    def feedback(self, plan: FeedbackPlan) -> None:
+        clamps = [(self.meters[c.meter], c.remaining, c.reset) for c in plan.clamps]
+        if plan.pause is not None:
+            until = asyncio.get_running_loop().time() + plan.pause
+            self.paused_until = max(self.paused_until, until)
+        if clamps or plan.pause is not None:
+            self.backend.spawn(self.backend.feedback(self.pause_key, plan.pause, clamps))
+
+    def statistics(self) -> LimiterStatistics:
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:
+            now = -math.inf
+        paused = self.paused_until if self.paused_until > now else None
+        return LimiterStatistics(
+            available={},
+            in_flight=self.in_flight,
+            max_concurrency=self.max_concurrency,
+            waiters=self.waiters,
+            paused_until=paused,
+            next_wakeup=min(self.queued) if self.queued else None,
+            last_wait=self.last_wait,
+        )
+
+    def at_rest(self) -> bool:
+        # The state lives in Redis: a new store of the same limits would behave the same.
+        return not self.waiters and not self.in_flight
