@@ -12,7 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tokenbucket as tb
-from tokenbucket._headers import RateLimitHeaderWarning, ServerLimit, parse_rate_limit_headers
+from tokenbucket._headers import (
+    RateLimitHeaderWarning,
+    ServerFeedback,
+    ServerLimit,
+    parse_rate_limit_headers,
+)
 
 from ._support import (
     ANTHROPIC_SDK_357,
@@ -100,15 +105,96 @@ def test_bad_arguments_raise(
     assert getattr(info.value, "argument", None) == argument
 
 
-@pytest.mark.parametrize("headers", ["retry-after: 5", b"retry-after: 5", 5, None])
-def test_headers_of_the_wrong_type_raise(headers: object) -> None:
-    with pytest.raises(tb.ArgumentTypeError):
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        # Not a mapping nor an iterable of pairs.
+        ("retry-after: 5", tb.ArgumentTypeError),
+        (b"retry-after: 5", tb.ArgumentTypeError),
+        (bytearray(b"retry-after: 5"), tb.ArgumentTypeError),
+        (5, tb.ArgumentTypeError),
+        (None, tb.ArgumentTypeError),
+        # Names and values that are not str.
+        ({"retry-after": 5}, tb.ArgumentTypeError),
+        ({"retry-after": None}, tb.ArgumentTypeError),
+        ({5: "5"}, tb.ArgumentTypeError),
+        ({b"retry-after": b"5"}, tb.ArgumentTypeError),  # decode them first
+        ([(b"retry-after", b"5")], tb.ArgumentTypeError),  # as httpx's Headers.raw
+        ([("retry-after", ["5"])], tb.ArgumentTypeError),
+        # Items that are not pairs.
+        ([5], tb.ArgumentTypeError),
+        ([None], tb.ArgumentTypeError),
+        (["retry-after: 5"], tb.ArgumentTypeError),
+        (["ab"], tb.ArgumentTypeError),  # a str is not a pair, even of two characters
+        ([b"ab"], tb.ArgumentTypeError),
+        ([{"retry-after": "5"}], tb.ArgumentTypeError),
+        ([{"retry-after", "5"}], tb.ArgumentTypeError),  # a set has no order
+        ([("retry-after", "5"), 7], tb.ArgumentTypeError),
+        # Pairs with the wrong number of items.
+        ([()], tb.InvalidArgumentError),
+        ([("retry-after",)], tb.InvalidArgumentError),
+        ([("retry-after", "5", "7")], tb.InvalidArgumentError),
+        ([["retry-after", "5", "7"]], tb.InvalidArgumentError),
+    ],
+)
+def test_headers_that_are_not_headers_raise(headers: object, error: type[Exception]) -> None:
+    with pytest.raises(error) as info:
         parse_rate_limit_headers(headers)  # type: ignore[arg-type]
+    assert getattr(info.value, "argument", None) == "headers"
 
 
-def test_non_str_values_raise() -> None:
-    with pytest.raises(tb.ArgumentTypeError):
-        parse_rate_limit_headers({"retry-after": 5})  # type: ignore[arg-type]
+def test_pairs_may_be_lists() -> None:
+    # As JSON gives them back.
+    pairs = [["retry-after", "5"], ("x-ratelimit-remaining-tokens", "1")]
+    assert parse(pairs) == ServerFeedback((ServerLimit("tokens", 1, None, None),), 5.0)  # type: ignore[arg-type]
+
+
+def test_errors_show_a_long_header_shortened() -> None:
+    with pytest.raises(tb.ArgumentTypeError) as info:
+        parse_rate_limit_headers({"retry-after": b"x" * 10_000})  # type: ignore[arg-type]
+    assert len(str(info.value)) < 200
+
+
+HASHABLE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.sampled_from(["retry-after", "x-ratelimit-remaining-tokens", "ratelimit"]),
+)
+LEAVES = st.one_of(
+    HASHABLE,
+    st.floats(),
+    st.sampled_from(["5", "6m0s", '"p";r=1;t=2', RFC9110_DATE]),
+    st.from_type(object),
+)
+# Lists, tuples of every length near 2, dicts with any keys, and whatever is inside.
+JUNK = st.recursive(
+    LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=3).map(tuple),
+        st.tuples(HASHABLE, inner),
+        st.dictionaries(HASHABLE, inner, max_size=3),
+        st.lists(st.tuples(HASHABLE, inner), max_size=3),
+        st.lists(st.tuples(HASHABLE, inner), max_size=3).map(iter),
+    ),
+    max_leaves=12,
+)
+
+
+@given(headers=JUNK)
+def test_any_input_gives_feedback_or_a_library_error(headers: object) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RateLimitHeaderWarning)
+        try:
+            outcome: object = parse_rate_limit_headers(headers)  # type: ignore[arg-type]
+        except tb.TokenBucketError as error:
+            outcome = error
+    if not isinstance(outcome, ServerFeedback):
+        assert isinstance(outcome, tb.ArgumentTypeError | tb.InvalidArgumentError)
+        assert outcome.argument == "headers"
 
 
 # --- Warnings -------------------------------------------------------------------------

@@ -50,7 +50,7 @@ arguments, keeps the best family per dimension and issues the warnings.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Final
@@ -109,7 +109,8 @@ class ServerFeedback:
 
 
 _DIMENSION_ORDER: Final = {"requests": 0, "tokens": 1, "input_tokens": 2, "output_tokens": 3}
-_SHOWN_CHARS: Final = 80  # longest value quoted in full in a warning
+_SHOWN_CHARS: Final = 80  # longest value quoted in full in a warning or an error
+_TEXT: Final = (str, bytes, bytearray)  # iterable, but never headers nor a pair
 
 
 def parse_rate_limit_headers(
@@ -151,8 +152,12 @@ def parse_rate_limit_headers(
         there are no rate-limit headers.
 
     Raises:
-        ArgumentTypeError: ``headers``, ``now`` or ``ietf_dimension`` has the wrong type.
-        InvalidArgumentError: ``now`` is naive or ``ietf_dimension`` is empty.
+        ArgumentTypeError: ``headers``, ``now`` or ``ietf_dimension`` has the wrong type:
+            ``headers`` is neither a mapping nor an iterable of pairs (a ``str`` or
+            ``bytes`` is neither), one of its pairs is not a sequence (a list or tuple),
+            or a name or value is not a ``str`` (``bytes`` included: decode them first).
+        InvalidArgumentError: a pair of ``headers`` does not have exactly two items,
+            ``now`` is naive or ``ietf_dimension`` is empty.
     """
     moment = _check_now(now)
     dimension = _check_dimension(ietf_dimension)
@@ -162,9 +167,8 @@ def parse_rate_limit_headers(
         found.setdefault(reported.dimension, ServerLimit(*reported))
     retry_after = reader.retry_after()
     for name, (value, reason) in reader.problems.items():
-        shown = value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "..."
         warnings.warn(
-            f"ignored malformed rate-limit header {name}: {shown!r} ({reason})",
+            f"ignored malformed rate-limit header {name}: {_shorten(value)} ({reason})",
             RateLimitHeaderWarning,
             stacklevel=2,
         )
@@ -202,8 +206,8 @@ def _check_dimension(dimension: object) -> str:
 def _fields(headers: object) -> dict[str, str]:
     """Map lower-cased header names to values, joining repeated fields with ``", "``."""
     if isinstance(headers, Mapping):
-        pairs: Iterable[tuple[object, object]] = headers.items()
-    elif isinstance(headers, Iterable) and not isinstance(headers, str | bytes):
+        pairs: Iterable[object] = headers.items()
+    elif isinstance(headers, Iterable) and not isinstance(headers, _TEXT):
         pairs = headers
     else:
         raise ArgumentTypeError(
@@ -212,14 +216,40 @@ def _fields(headers: object) -> dict[str, str]:
             f"not {type(headers).__name__}",
         )
     fields: dict[str, list[str]] = {}
-    for name, value in pairs:
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise ArgumentTypeError(
-                "headers",
-                f"header names and values must be str, got {name!r}: {value!r}",
-            )
+    for pair in pairs:
+        name, value = _pair(pair)
         # Header names are ASCII tokens; str.lower() would map some non-ASCII letters
         # (the Kelvin sign, for one) onto ASCII ones and forge a name.
         if name.isascii():
             fields.setdefault(name.lower(), []).append(value)
     return {name: ", ".join(values) for name, values in fields.items()}
+
+
+def _pair(pair: object) -> tuple[str, str]:
+    """One ``(name, value)`` pair of ``headers``, checked."""
+    if not isinstance(pair, Sequence) or isinstance(pair, _TEXT):
+        raise ArgumentTypeError(
+            "headers",
+            "headers must be a mapping or an iterable of (name, value) pairs, "
+            f"got a {type(pair).__name__} among the pairs: {_shorten(pair)}",
+        )
+    if len(pair) != 2:
+        raise InvalidArgumentError(
+            "headers",
+            f"each header must be a (name, value) pair, got {len(pair)} items: {_shorten(pair)}",
+        )
+    name, value = pair
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise ArgumentTypeError(
+            "headers",
+            f"header names and values must be str, got {_shorten(name)}: {_shorten(value)}",
+        )
+    return name, value
+
+
+def _shorten(value: object) -> str:
+    """``repr(value)`` of at most 80 characters (of a ``str``) and ``...`` if cut."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "...")
+    shown = repr(value)
+    return shown if len(shown) <= _SHOWN_CHARS else shown[:_SHOWN_CHARS] + "..."
