@@ -3,6 +3,9 @@ like the OpenAI and Anthropic SDKs. Async tests run under virtual time."""
 
 from __future__ import annotations
 
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,15 +59,38 @@ class AnthropicResult:
 @dataclass
 class FakeResponse:
     status_code: int
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: object = field(default_factory=dict)  # what a broken SDK might give
 
 
 class FakeAPIError(Exception):
     """Like openai.RateLimitError / anthropic.RateLimitError: carries ``.response``."""
 
-    def __init__(self, status_code: int, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status_code: int, headers: object = None) -> None:
         super().__init__(f"HTTP {status_code}")
-        self.response = FakeResponse(status_code, headers or {})
+        self.response = FakeResponse(status_code, {} if headers is None else headers)
+
+
+class UnreadableAPIError(Exception):
+    """An error whose ``.response`` fails when read."""
+
+    status_code = 429
+
+    @property
+    def response(self) -> FakeResponse:
+        raise RuntimeError("the response was already closed")
+
+
+class ExplodingHeaders(Mapping[str, str]):
+    """A headers object that fails when read."""
+
+    def __getitem__(self, name: str) -> str:
+        raise RuntimeError("connection reset")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("connection reset")
+
+    def __len__(self) -> int:
+        return 1
 
 
 MESSAGES = [
@@ -349,3 +375,114 @@ async def test_timeout_is_passed_on() -> None:
     with pytest.raises(tb.AcquireTimeoutError):
         await create()
     assert now() - start == pytest.approx(5, abs=TOL)
+
+
+# --- the caller's exception always wins -----------------------------------------------
+
+
+async def raise_through_decorator(
+    limiter: tb.Limiter, original: Exception, *, match: str
+) -> list[warnings.WarningMessage]:
+    """Raise ``original`` from a decorated call; check that it comes out unchanged (the
+    same object, raised where it was, with nothing chained) with one warning matching
+    ``match``, which points at the call."""
+
+    @tb.rate_limited(limiter)
+    async def create() -> None:
+        raise original
+
+    with (
+        pytest.warns(tb.RateLimitHeaderWarning, match=match) as record,
+        pytest.raises(type(original)) as info,
+    ):
+        await create()
+    assert info.value is original
+    assert original.__cause__ is None
+    assert original.__context__ is None
+    frames = [frame.name for frame in traceback.extract_tb(original.__traceback__)]
+    assert frames[-2:] == ["wrapper", "create"]
+    assert len(record) == 1
+    return list(record)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(5, id="not-headers"),
+        pytest.param("retry-after: 7", id="a-str"),
+        pytest.param(b"retry-after: 7", id="bytes"),
+        pytest.param({b"retry-after": b"7"}, id="bytes-names"),
+        pytest.param({"retry-after": 7}, id="int-value"),
+        pytest.param([("retry-after",)], id="one-item-pair"),
+        pytest.param([("retry-after", "7", "s")], id="three-item-pair"),
+        pytest.param(["retry-after: 7"], id="str-pair"),
+        pytest.param([None], id="none-pair"),
+        pytest.param(ExplodingHeaders(), id="headers-that-raise"),
+    ],
+)
+async def test_a_429_with_unreadable_headers_warns_and_propagates_unchanged(
+    headers: object,
+) -> None:
+    limiter = tb.Limiter(requests_per_minute=100)
+    start = now()
+    original = FakeAPIError(429, headers)
+    (warning,) = await raise_through_decorator(
+        limiter, original, match="ignored the rate-limit headers of FakeAPIError"
+    )
+    assert warning.filename == __file__  # the warning points at the call
+    # Still a 429: the limiter pauses as for one without Retry-After.
+    snapshot = limiter.statistics()
+    assert snapshot.paused_until == pytest.approx(start + 1, abs=TOL)
+    assert snapshot.in_flight == 0
+
+
+async def test_a_429_with_a_malformed_header_value_warns_and_propagates_unchanged() -> None:
+    limiter = tb.Limiter(requests_per_minute=100)
+    start = now()
+    headers = {"retry-after": "soon", "x-ratelimit-remaining-requests": "3"}
+    await raise_through_decorator(limiter, FakeAPIError(429, headers), match="retry-after: 'soon'")
+    snapshot = limiter.statistics()
+    assert snapshot.paused_until == pytest.approx(start + 1, abs=TOL)
+    assert snapshot.available["requests"] == 3  # the readable header still counts
+
+
+async def test_a_header_warning_made_an_error_does_not_replace_the_exception() -> None:
+    limiter = tb.Limiter(requests_per_minute=100)
+    start = now()
+    original = FakeAPIError(429, {"retry-after": "soon"})
+
+    @tb.rate_limited(limiter)
+    async def create() -> None:
+        raise original
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tb.RateLimitHeaderWarning)
+        with pytest.raises(FakeAPIError) as info:
+            await create()
+    assert info.value is original
+    assert original.__context__ is None
+    assert limiter.statistics().paused_until == pytest.approx(start + 1, abs=TOL)
+
+
+async def test_a_response_that_raises_when_read_warns_and_propagates_unchanged() -> None:
+    limiter = tb.Limiter(requests_per_minute=100)
+    await raise_through_decorator(
+        limiter,
+        UnreadableAPIError("HTTP 429"),
+        match="response of UnreadableAPIError: RuntimeError: the response was already closed",
+    )
+    snapshot = limiter.statistics()
+    assert snapshot.paused_until is None  # nothing could be read, so nothing is assumed
+    assert snapshot.in_flight == 0
+
+
+async def test_a_limiter_that_fails_to_take_the_report_warns_and_propagates_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken_feedback(*args: object, **kwargs: object) -> None:
+        raise tb.LeaseError("the backend is gone")
+
+    monkeypatch.setattr(tb.Limiter, "feedback", broken_feedback)
+    limiter = tb.Limiter(requests_per_minute=100)
+    original = FakeAPIError(429, {"retry-after": "7"})
+    await raise_through_decorator(limiter, original, match="LeaseError: the backend is gone")

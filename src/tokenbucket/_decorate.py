@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from ._errors import ArgumentTypeError
 from ._group import BucketGroup
+from ._headers import RateLimitHeaderWarning, ServerFeedback, parse_rate_limit_headers
 from ._limiter import Limiter
-
-if TYPE_CHECKING:
-    from ._headers import ServerFeedback
 
 __all__ = ["chat_cost", "estimate_tokens", "rate_limited", "usage_of"]
 
@@ -122,6 +122,12 @@ def rate_limited(
     keyword. An exception carrying an HTTP 429 response (as the ``openai``, ``anthropic``
     and ``httpx`` errors do) is reported to the limiter (``Retry-After`` and headers)
     before it propagates.
+
+    The function's own exception always propagates unchanged (the same object, with its
+    traceback). Reporting it never replaces it: a response or headers that cannot be
+    read give a :class:`RateLimitHeaderWarning` instead (a 429 whose headers cannot be
+    read still pauses the limiter for one second), and under an ``"error"`` filter for
+    that warning the warning is dropped rather than raised in its place.
     """
     if not isinstance(limiter, (Limiter, BucketGroup)):
         raise ArgumentTypeError(
@@ -165,10 +171,37 @@ def rate_limited(
     return decorate
 
 
-def _report_429(limiter: Limiter, exc: BaseException) -> ServerFeedback | None:
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None) or getattr(exc, "status_code", None)
-    if status != 429:
-        return None
-    headers = getattr(response, "headers", None)
-    return limiter.feedback(headers if headers is not None else {}, status=429)
+def _report_429(limiter: Limiter, exc: Exception) -> None:
+    """Report the HTTP 429 response ``exc`` carries, if any, to ``limiter``; never raise.
+
+    Whatever goes wrong while reading the response or reporting it becomes a
+    :class:`RateLimitHeaderWarning`, so that the caller's ``exc`` is what propagates.
+    """
+    try:
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None) or getattr(exc, "status_code", None)
+        if status != 429:
+            return
+        headers = getattr(response, "headers", None)
+    except Exception as error:
+        _warn(f"could not read the response of {type(exc).__name__}", error)
+        return
+    try:
+        info = parse_rate_limit_headers({} if headers is None else headers)
+    except Exception as error:  # not headers, or a warning the filters made an error
+        _warn(f"ignored the rate-limit headers of {type(exc).__name__}", error)
+        info = ServerFeedback(limits=(), retry_after=None)
+    try:
+        limiter.feedback(info, status=429)
+    except Exception as error:
+        _warn(f"could not report {type(exc).__name__} (HTTP 429) to the limiter", error)
+
+
+def _warn(what: str, error: Exception) -> None:
+    """Warn that ``what`` happened because of ``error``, from the decorated call's caller."""
+    with contextlib.suppress(RateLimitHeaderWarning):  # the caller's exception wins
+        warnings.warn(
+            f"{what}: {type(error).__name__}: {error}",
+            RateLimitHeaderWarning,
+            stacklevel=4,  # _warn, _report_429, the wrapper, the caller
+        )

@@ -1,0 +1,255 @@
+"""Strict parsers for the rate-limit headers LLM providers send back.
+
+Theory of operation
+-------------------
+:func:`parse_rate_limit_headers` turns one response's headers into a
+:class:`ServerFeedback`: what the server says is left per dimension ("requests",
+"tokens", "input_tokens", "output_tokens"), when each of those limits is replenished, and
+how long to wait before retrying. It is a pure function of the headers and ``now``: it
+reads no clock when ``now`` is given, does no I/O and never raises on header content.
+
+Header families understood, highest precedence first:
+
+==========================  ===================================================  ===========
+Family                      Headers (names are case-insensitive)                 Reset as
+==========================  ===================================================  ===========
+Anthropic                   ``anthropic-ratelimit-{requests,tokens,              RFC 3339
+                            input-tokens,output-tokens}-{limit,remaining,reset}``
+OpenAI                      ``x-ratelimit-{limit,remaining,reset}-               Go duration
+                            {requests,tokens}``                                  (``6m0s``)
+IETF structured fields      ``RateLimit: "p";r=50;t=30`` and                     seconds
+                            ``RateLimit-Policy: "p";q=100;w=60``
+IETF draft triple           ``RateLimit-Limit``, ``-Remaining``, ``-Reset``      seconds [*]
+De-facto ``X-`` triple      ``X-RateLimit-Limit``, ``-Remaining``, ``-Reset``    seconds [*]
+==========================  ===================================================  ===========
+
+[*] A reset above 10**9 cannot be a delay (that is 31 years), so it is read as a Unix
+epoch time, as GitHub and many others send it.
+
+The IETF families describe one dimension, ``ietf_dimension`` ("requests" unless told).
+When two families describe the same dimension, the one higher in the table wins. When a
+``RateLimit`` field lists several policies, the one with the least remaining is reported,
+with the quota (``q``) of the ``RateLimit-Policy`` item of the same name as its limit.
+
+``retry-after-ms`` (milliseconds, which OpenAI and Azure OpenAI send on 429s) wins over
+``Retry-After`` (RFC 9110: delay-seconds or an HTTP-date).
+
+Strictness: every header is parsed on its own. A value that does not parse (garbage,
+a negative number, NaN, an infinity, an RFC 3339 time without an offset, ...) is dropped
+and named in one :class:`RateLimitHeaderWarning`; whatever needs it goes too. A
+dimension whose ``remaining`` is missing or malformed gives no :class:`ServerLimit`; one
+whose limit or reset is malformed still gives one, with ``None`` there. Times in the
+past give 0, never a negative delay.
+
+Layout: :mod:`._syntax` reads the lexical forms (decimal numbers, Go durations, RFC 3339
+and HTTP dates), :mod:`._sf` the RFC 9651 structured fields, and :mod:`._families` knows
+which headers each family sends and which form each value takes. This module checks the
+arguments, keeps the best family per dimension and issues the warnings.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Final
+
+from .._errors import ArgumentTypeError, InvalidArgumentError
+from ._families import Reader
+
+__all__ = [
+    "RateLimitHeaderWarning",
+    "ServerFeedback",
+    "ServerLimit",
+    "parse_rate_limit_headers",
+]
+
+
+class RateLimitHeaderWarning(UserWarning):
+    """A rate-limit header had a value that does not parse; it was ignored.
+
+    The message names the header and quotes its value. Turn these into errors with
+    ``warnings.simplefilter("error", RateLimitHeaderWarning)``, or silence them with
+    ``"ignore"``.
+    """
+
+
+@dataclass(frozen=True)
+class ServerLimit:
+    """What the server said about one of its limits.
+
+    Attributes:
+        dimension: What is counted: ``"requests"``, ``"tokens"``, ``"input_tokens"``,
+            ``"output_tokens"``, or the ``ietf_dimension`` given for IETF headers.
+        remaining: How much the server says is left now (>= 0).
+        limit: The server's limit for this dimension, if it sent one.
+        reset_after: Seconds from ``now`` until this limit is fully replenished or
+            resets (>= 0), if the server sent it.
+    """
+
+    dimension: str
+    remaining: float
+    limit: float | None
+    reset_after: float | None
+
+
+@dataclass(frozen=True)
+class ServerFeedback:
+    """Everything usable in one response's rate-limit headers.
+
+    Attributes:
+        limits: One :class:`ServerLimit` per dimension found, ordered requests, tokens,
+            input_tokens, output_tokens, then any other dimension.
+        retry_after: Seconds to wait before retrying (>= 0), if the server said so.
+    """
+
+    limits: tuple[ServerLimit, ...]
+    retry_after: float | None
+
+
+_DIMENSION_ORDER: Final = {"requests": 0, "tokens": 1, "input_tokens": 2, "output_tokens": 3}
+_SHOWN_CHARS: Final = 80  # longest value quoted in full in a warning or an error
+_TEXT: Final = (str, bytes, bytearray)  # iterable, but never headers nor a pair
+
+
+def parse_rate_limit_headers(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    *,
+    now: datetime | None = None,
+    ietf_dimension: str = "requests",
+) -> ServerFeedback:
+    """Read the rate-limit state a server reported in one response's headers.
+
+    Understands OpenAI's ``x-ratelimit-*-{requests,tokens}``, Anthropic's
+    ``anthropic-ratelimit-*``, the IETF ``RateLimit``/``RateLimit-Policy`` fields and
+    the older ``RateLimit-*``/``X-RateLimit-*`` triples, ``Retry-After`` and
+    ``retry-after-ms`` (see the module docstring for the details). A malformed value is
+    ignored with one :class:`RateLimitHeaderWarning` naming the header and the value;
+    header content never makes this raise.
+
+    >>> feedback = parse_rate_limit_headers({
+    ...     "x-ratelimit-limit-tokens": "150000",
+    ...     "x-ratelimit-remaining-tokens": "149984",
+    ...     "x-ratelimit-reset-tokens": "6m0s",
+    ... })
+    >>> feedback.limits
+    (ServerLimit(dimension='tokens', remaining=149984.0, limit=150000.0, reset_after=360.0),)
+    >>> feedback.retry_after is None
+    True
+
+    Args:
+        headers: The response headers: a mapping (a ``dict`` with any casing, an
+            ``httpx.Headers``, ...) or an iterable of ``(name, value)`` pairs. Names are
+            case-insensitive; repeated fields are joined with ``", "`` as HTTP allows.
+        now: The time the response arrived, used for absolute times (RFC 3339
+            resets, HTTP-dates, Unix-time resets). Must be timezone-aware. Defaults to
+            ``datetime.now(timezone.utc)``.
+        ietf_dimension: The dimension the generic IETF headers describe.
+
+    Returns:
+        A :class:`ServerFeedback`; ``ServerFeedback(limits=(), retry_after=None)`` when
+        there are no rate-limit headers.
+
+    Raises:
+        ArgumentTypeError: ``headers``, ``now`` or ``ietf_dimension`` has the wrong type:
+            ``headers`` is neither a mapping nor an iterable of pairs (a ``str`` or
+            ``bytes`` is neither), one of its pairs is not a sequence (a list or tuple),
+            or a name or value is not a ``str`` (``bytes`` included: decode them first).
+        InvalidArgumentError: a pair of ``headers`` does not have exactly two items,
+            ``now`` is naive or ``ietf_dimension`` is empty.
+    """
+    moment = _check_now(now)
+    dimension = _check_dimension(ietf_dimension)
+    reader = Reader(_fields(headers), moment)
+    found: dict[str, ServerLimit] = {}
+    for reported in reader.limits(dimension):
+        found.setdefault(reported.dimension, ServerLimit(*reported))
+    retry_after = reader.retry_after()
+    for name, (value, reason) in reader.problems.items():
+        warnings.warn(
+            f"ignored malformed rate-limit header {name}: {_shorten(value)} ({reason})",
+            RateLimitHeaderWarning,
+            stacklevel=2,
+        )
+    limits = sorted(
+        found.values(), key=lambda x: (_DIMENSION_ORDER.get(x.dimension, 4), x.dimension)
+    )
+    return ServerFeedback(limits=tuple(limits), retry_after=retry_after)
+
+
+def _check_now(now: object) -> datetime:
+    """Return ``now`` as an aware datetime (the current UTC time for ``None``)."""
+    if now is None:
+        return datetime.now(timezone.utc)
+    if not isinstance(now, datetime):
+        raise ArgumentTypeError("now", f"now must be a datetime or None, not {type(now).__name__}")
+    if now.utcoffset() is None:
+        raise InvalidArgumentError(
+            "now", "now must be timezone-aware, e.g. datetime.now(timezone.utc)"
+        )
+    return now
+
+
+def _check_dimension(dimension: object) -> str:
+    """Return ``ietf_dimension`` if it is a non-empty string."""
+    if not isinstance(dimension, str):
+        raise ArgumentTypeError(
+            "ietf_dimension",
+            f"ietf_dimension must be a str, not {type(dimension).__name__}",
+        )
+    if not dimension:
+        raise InvalidArgumentError("ietf_dimension", "ietf_dimension must not be empty")
+    return dimension
+
+
+def _fields(headers: object) -> dict[str, str]:
+    """Map lower-cased header names to values, joining repeated fields with ``", "``."""
+    if isinstance(headers, Mapping):
+        pairs: Iterable[object] = headers.items()
+    elif isinstance(headers, Iterable) and not isinstance(headers, _TEXT):
+        pairs = headers
+    else:
+        raise ArgumentTypeError(
+            "headers",
+            "headers must be a mapping or an iterable of (name, value) pairs, "
+            f"not {type(headers).__name__}",
+        )
+    fields: dict[str, list[str]] = {}
+    for pair in pairs:
+        name, value = _pair(pair)
+        # Header names are ASCII tokens; str.lower() would map some non-ASCII letters
+        # (the Kelvin sign, for one) onto ASCII ones and forge a name.
+        if name.isascii():
+            fields.setdefault(name.lower(), []).append(value)
+    return {name: ", ".join(values) for name, values in fields.items()}
+
+
+def _pair(pair: object) -> tuple[str, str]:
+    """One ``(name, value)`` pair of ``headers``, checked."""
+    if not isinstance(pair, Sequence) or isinstance(pair, _TEXT):
+        raise ArgumentTypeError(
+            "headers",
+            "headers must be a mapping or an iterable of (name, value) pairs, "
+            f"got a {type(pair).__name__} among the pairs: {_shorten(pair)}",
+        )
+    if len(pair) != 2:
+        raise InvalidArgumentError(
+            "headers",
+            f"each header must be a (name, value) pair, got {len(pair)} items: {_shorten(pair)}",
+        )
+    name, value = pair
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise ArgumentTypeError(
+            "headers",
+            f"header names and values must be str, got {_shorten(name)}: {_shorten(value)}",
+        )
+    return name, value
+
+
+def _shorten(value: object) -> str:
+    """``repr(value)`` of at most 80 characters (of a ``str``) and ``...`` if cut."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "...")
+    shown = repr(value)
+    return shown if len(shown) <= _SHOWN_CHARS else shown[:_SHOWN_CHARS] + "..."

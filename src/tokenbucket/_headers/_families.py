@@ -1,0 +1,205 @@
+"""Which headers each provider family sends, and what their values mean.
+
+Each header value has a *kind*: the form it is written in and what the warning says
+when it is not. Each family is a table of the headers that describe one dimension: its
+``remaining`` (a decimal count), its ``limit`` and its ``reset``, each of some kind.
+:class:`Reader` reads every header of every family, best family first, and records each
+malformed value once in :attr:`Reader.problems`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, NamedTuple, TypeGuard
+
+from . import _sf, _syntax
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+    from datetime import datetime
+
+__all__ = ["Reader", "Reported"]
+
+# A delta-seconds reset this large is really a Unix time (10**9 seconds is 31 years).
+_EPOCH_THRESHOLD: Final = 1e9
+
+
+class Reported(NamedTuple):
+    """One dimension as a family reports it (the fields of a ``ServerLimit``)."""
+
+    dimension: str
+    remaining: float
+    limit: float | None
+    reset_after: float | None
+
+
+class _Kind(NamedTuple):
+    """How one kind of header value is read: a float (seconds for times) or None."""
+
+    read: Callable[[str, datetime], float | None]
+    expected: str  # what the warning says the value is not
+
+
+def _is_count(value: object) -> TypeGuard[int | float]:
+    """True for a Structured Field Integer or Decimal >= 0 (booleans are not numbers)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def _delta_or_epoch(text: str, now: datetime) -> float | None:
+    number = _syntax.decimal(text)
+    if number is not None and number > _EPOCH_THRESHOLD:
+        return max(0.0, number - now.timestamp())
+    return number
+
+
+def _leading_number(text: str, now: datetime) -> float | None:
+    items = _sf.parse_list(text)
+    first = items[0][0] if items else None
+    return float(first) if _is_count(first) else None
+
+
+def _delay_or_http_date(text: str, now: datetime) -> float | None:
+    seconds = _syntax.decimal(text)
+    return _syntax.seconds_until_http_date(text, now) if seconds is None else seconds
+
+
+def _milliseconds(text: str, now: datetime) -> float | None:
+    number = _syntax.decimal(text)
+    return None if number is None else number / 1000
+
+
+_COUNT: Final = _Kind(lambda text, now: _syntax.decimal(text), "not a non-negative decimal number")
+_GO_DURATION: Final = _Kind(
+    lambda text, now: _syntax.go_duration(text),
+    "not a Go duration such as '1s', '6m0s' or '20ms'",
+)
+_RFC3339: Final = _Kind(
+    _syntax.seconds_until_rfc3339, "not an RFC 3339 date-time with a UTC offset"
+)
+_DELTA_OR_EPOCH: Final = _Kind(_delta_or_epoch, "not delta-seconds or a Unix time")
+_LEADING_NUMBER: Final = _Kind(
+    _leading_number, "not a non-negative number, optionally followed by policies"
+)
+_RETRY_AFTER: Final = _Kind(_delay_or_http_date, "not delay-seconds or an HTTP-date")
+_RETRY_AFTER_MS: Final = _Kind(_milliseconds, "not a non-negative decimal number")
+
+
+class _Triple(NamedTuple):
+    """The three headers of one dimension; ``{}`` in ``names`` is limit/remaining/reset."""
+
+    dimension: str | None  # None: the dimension the caller says IETF headers describe
+    names: str
+    limit: _Kind
+    reset: _Kind
+
+
+_ANTHROPIC: Final = {
+    "requests": "requests",
+    "tokens": "tokens",
+    "input-tokens": "input_tokens",
+    "output-tokens": "output_tokens",
+}
+# Provider families, best first: they name their dimensions.
+_PROVIDERS: Final = (
+    *(
+        _Triple(dimension, f"anthropic-ratelimit-{part}-{{}}", _COUNT, _RFC3339)
+        for part, dimension in _ANTHROPIC.items()
+    ),
+    *(
+        _Triple(dimension, f"x-ratelimit-{{}}-{dimension}", _COUNT, _GO_DURATION)
+        for dimension in ("requests", "tokens")
+    ),
+)
+# The IETF draft triple and the de-facto X- triple, after the structured fields.
+_IETF_TRIPLES: Final = (
+    _Triple(None, "ratelimit-{}", _LEADING_NUMBER, _DELTA_OR_EPOCH),
+    _Triple(None, "x-ratelimit-{}", _LEADING_NUMBER, _DELTA_OR_EPOCH),
+)
+# The structured fields: each item is a named policy with a number parameter.
+_POLICY_FIELDS: Final = {"ratelimit": ("r", "remaining"), "ratelimit-policy": ("q", "quota")}
+
+
+class Reader:
+    """Reads the families out of lower-cased header fields, noting each malformed value."""
+
+    __slots__ = ("_fields", "_now", "problems")
+
+    def __init__(self, fields: Mapping[str, str], now: datetime) -> None:
+        self._fields = fields
+        self._now = now
+        #: Header name -> (its value, what it is not), in the order they were found.
+        self.problems: dict[str, tuple[str, str]] = {}
+
+    def limits(self, ietf_dimension: str) -> Iterator[Reported]:
+        """Every dimension every family reports, best family first (repeats included)."""
+        for triple in _PROVIDERS:
+            yield from self._triple(triple, ietf_dimension)
+        yield from self._structured(ietf_dimension)
+        for triple in _IETF_TRIPLES:
+            yield from self._triple(triple, ietf_dimension)
+
+    def retry_after(self) -> float | None:
+        """``retry-after-ms`` if valid, else ``Retry-After``, in seconds."""
+        milliseconds = self._value("retry-after-ms", _RETRY_AFTER_MS)
+        seconds = self._value("retry-after", _RETRY_AFTER)
+        return seconds if milliseconds is None else milliseconds
+
+    def _get(self, name: str) -> str | None:
+        value = self._fields.get(name)
+        return None if value is None else value.strip(" \t")
+
+    def _bad(self, name: str, reason: str) -> None:
+        self.problems.setdefault(name, (self._fields[name], reason))
+
+    def _value(self, name: str, kind: _Kind) -> float | None:
+        text = self._get(name)
+        if text is None:
+            return None
+        value = kind.read(text, self._now)
+        if value is None:
+            self._bad(name, kind.expected)
+        return value
+
+    def _triple(self, triple: _Triple, ietf_dimension: str) -> Iterator[Reported]:
+        remaining = self._value(triple.names.format("remaining"), _COUNT)
+        limit = self._value(triple.names.format("limit"), triple.limit)
+        reset = self._value(triple.names.format("reset"), triple.reset)
+        if remaining is not None:
+            yield Reported(triple.dimension or ietf_dimension, remaining, limit, reset)
+
+    def _structured(self, dimension: str) -> Iterator[Reported]:
+        """``RateLimit: "name";r=<remaining>;t=<reset>`` with ``RateLimit-Policy`` quotas."""
+        quotas: dict[str, float] = {}
+        for name, quota, _ in self._policies("ratelimit-policy"):
+            quotas.setdefault(name, quota)
+        policies = self._policies("ratelimit")
+        if not policies:
+            return
+        # Several policies: the one with the least left is the one that binds.
+        name, remaining, params = min(policies, key=lambda policy: policy[1])
+        reset = params.get("t")
+        if reset is not None and not _is_count(reset):
+            self._bad("ratelimit", "t must be a non-negative number of seconds")
+            reset = None
+        reset_after = None if reset is None else float(reset)
+        yield Reported(dimension, remaining, quotas.get(name), reset_after)
+
+    def _policies(self, field: str) -> list[tuple[str, float, dict[str, _sf.BareItem]]]:
+        """A structured field's policies: (name, its number parameter, all parameters).
+
+        Empty when the field is absent, or malformed (which is noted).
+        """
+        key, meaning = _POLICY_FIELDS[field]
+        value = self._get(field)
+        if value is None:
+            return []
+        policies = []
+        for name, params in _sf.parse_list(value) or ():
+            number = params.get(key)
+            if not isinstance(name, str) or not _is_count(number):
+                break
+            policies.append((name, float(number), params))
+        else:
+            if policies:
+                return policies
+        self._bad(field, f"not a list of policies with a name and {key}=<{meaning}>")
+        return []
