@@ -10,7 +10,8 @@ store's few operations:
 * ``take(request, timeout)``: wait in FIFO order until the request is granted, or raise
   :class:`~tokenbucket.AcquireTimeoutError` at one absolute deadline computed at the
   call. A caller that leaves (cancelled, timed out) consumes nothing.
-* ``try_take(request)``: the same without waiting, or ``None``.
+* ``try_take(request)``: grant at once without waiting (and without I/O), or ``None``
+  (a store that cannot know without a round trip always says ``None``).
 * ``adjust(request, ticket, actual)``: settle a grant to the real usage.
 * ``release(request, ticket)``: the holder is done; its concurrency slot is free.
 * ``feedback(plan)``: apply a server's pause and clamps (decided by ``_feedback``).

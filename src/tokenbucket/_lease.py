@@ -42,7 +42,10 @@ class LeaseContext:
         if self._lease is not None:
             raise LeaseError("this acquire() context was already entered; call acquire() again")
         limiter = self._limiter
-        ticket = await limiter._store.take(self._request, self._timeout)
+        store = limiter._store
+        ticket = store.try_take(self._request)  # no second coroutine when it fits at once
+        if ticket is None:
+            ticket = await store.take(self._request, self._timeout)
         limiter._leases += 1
         lease = self._lease = Lease(limiter, self._request, ticket)
         return lease

@@ -20,6 +20,7 @@ the limiter or lowers what the meters may grant; it never raises what they may g
 from __future__ import annotations
 
 import itertools
+import sys
 from typing import TYPE_CHECKING, Final, cast
 
 from . import _validate
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["Limiter"]
 
 _ARRIVALS: Final = itertools.count()
+_MOST: Final = sys.float_info.max
 
 
 class Limiter:
@@ -85,15 +87,19 @@ class Limiter:
         "__weakref__",
         "_allow_debt",
         "_backend",
+        "_caps",
         "_dims",
+        "_index",
         "_key",
         "_leases",
         "_limits",
         "_multi",
         "_name",
         "_pools",
+        "_requests_ok",
         "_slot",
         "_store",
+        "_template",
     )
 
     def __init__(
@@ -119,16 +125,27 @@ class Limiter:
             raise ArgumentTypeError("name", f"name must be a str, not {type(name).__name__}")
         dims = tuple(dict.fromkeys(dim for dim, _ in specs))
         self._multi = MultiState(dims, [Meter(dim, rate) for dim, rate in specs], cap)
-        self._dims = self._multi.dims
-        self._limits = {dim: self._multi.limit(dim) for dim in self._dims}
         self._slot = cap is not None
         self._allow_debt = allow_debt
+        self._configure()
         self._name = name
         self._leases = 0  # open leases, with or without a concurrency slot
         self._backend = backend
         self._key = key
         self._pools: dict[Meter, tuple[str, ...]] = {}
         self._store: Store = self._open()
+
+    def _configure(self) -> None:
+        """Derive what requests are checked against from the dimensions and meters."""
+        self._dims = dims = self._multi.dims
+        self._index = {dim: i for i, dim in enumerate(dims)}
+        self._limits = {dim: self._multi.limit(dim) for dim in dims}
+        # The largest amount taken without a closer look (finite: inf is refused).
+        self._caps = [_MOST if self._allow_debt else min(self._limits[d], _MOST) for d in dims]
+        self._template = [1.0 if d == "requests" else 0.0 for d in dims]
+        self._requests_ok = (
+            "requests" not in self._index or self._allow_debt or (self._limits["requests"] >= 1.0)
+        )
 
     def _open(self) -> Store:
         if self._backend is None and self._key is None:
@@ -188,7 +205,8 @@ class Limiter:
             InvalidArgumentError, ArgumentTypeError: a bad amount, an unknown dimension
                 or a bad timeout.
         """
-        return LeaseContext(self, self._request(amounts), _validate.timeout(timeout))
+        seconds = None if timeout is None else _validate.timeout(timeout)
+        return LeaseContext(self, self._request(amounts), seconds)
 
     def pause(self, seconds: float) -> None:
         """Admit nothing for ``seconds`` from now (for example after a 429's
@@ -238,23 +256,32 @@ class Limiter:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _request(self, amounts: Mapping[str, object]) -> Request:
-        dims = self._dims
-        vector = [0.0] * len(dims)
-        if "requests" in self._limits and "requests" not in amounts:
-            if self._limits["requests"] < 1 and not self._allow_debt:
-                raise AmountExceedsLimitError(1.0, self._limits["requests"], "requests limit")
-            vector[dims.index("requests")] = 1.0
+    def _request(self, amounts: Mapping[str, float]) -> Request:
+        vector = self._template.copy()  # requests=1 unless told otherwise
+        if not self._requests_ok and "requests" not in amounts:
+            raise AmountExceedsLimitError(1.0, self._limits["requests"], "requests limit")
+        index = self._index
+        caps = self._caps
         for dim, value in amounts.items():
-            if dim not in self._limits:
-                raise InvalidArgumentError(
-                    dim, f"unknown dimension {dim!r}; this limiter has {list(dims)}"
-                )
-            amount = _validate.real(value, dim, zero=True)
-            if amount > self._limits[dim] and not self._allow_debt:
-                raise AmountExceedsLimitError(amount, self._limits[dim], f"{dim} limit")
-            vector[dims.index(dim)] = amount
+            i = index.get(dim)
+            cls = value.__class__
+            if i is not None and (cls is float or cls is int) and 0 <= value <= caps[i]:
+                vector[i] = value
+            else:
+                amount = self._check(dim, value)
+                vector[self._index[dim]] = amount
         return Request(tuple(vector), self._slot, next(_ARRIVALS))
+
+    def _check(self, dim: str, value: object) -> float:
+        """Check one amount of a request; raise what is wrong with it."""
+        if dim not in self._index:
+            raise InvalidArgumentError(
+                dim, f"unknown dimension {dim!r}; this limiter has {list(self._dims)}"
+            )
+        amount = _validate.real(value, dim, zero=True)
+        if amount > self._caps[self._index[dim]]:
+            raise AmountExceedsLimitError(amount, self._limits[dim], f"{dim} limit")
+        return amount
 
     def _amounts(self, actual: Mapping[str, object]) -> dict[int, float]:
         """Check a settlement's amounts; by dimension index."""
@@ -272,8 +299,7 @@ class Limiter:
         if self._in_use():
             raise RuntimeError(f"{self!r} is in use; share limits before using it")
         self._multi.add((), meters)
-        self._dims = self._multi.dims
-        self._limits = {dim: self._multi.limit(dim) for dim in self._dims}
+        self._configure()
         self._pools.update(pools)
         if isinstance(self._store, MemoryStore):
             self._store.adopt(meters)

@@ -19,7 +19,7 @@ import weakref
 from typing import TYPE_CHECKING, Final
 
 from ._errors import AcquireTimeoutError
-from ._queue import _GRANTED, _WAITING, WaiterQueue, _Waiter
+from ._queue import _GRANTED, _LOOP_HINT, _WAITING, WaiterQueue, _Waiter
 from ._statistics import LimiterStatistics
 
 if TYPE_CHECKING:
@@ -79,17 +79,21 @@ class MemoryStore(WaiterQueue):
     # -- the store's operations -------------------------------------------------------------
 
     def try_take(self, request: Request) -> Ticket | None:
-        now = self._now()
-        if self._live or not self._multi.try_take(request, now):
+        now = self._clock() if _LOOP_HINT.get() is self._loop else self._now()
+        multi = self._multi
+        if self._live or not multi.try_take(request, now):
             return None
-        self._after_grant()
-        return self._multi.ticket
+        if multi.freed:
+            self._after_grant()
+        self._last_wait = 0.0
+        return multi.ticket
 
     async def take(self, request: Request, timeout: float | None) -> Ticket:
-        now = self._now()
+        now = self._clock() if _LOOP_HINT.get() is self._loop else self._now()
         multi = self._multi
         if not self._live and multi.try_take(request, now):
-            self._after_grant()
+            if multi.freed:
+                self._after_grant()
             self._last_wait = 0.0
             return multi.ticket
         if timeout == 0:

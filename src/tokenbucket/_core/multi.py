@@ -158,8 +158,9 @@ class MultiState:
         if request.slot and self.in_flight >= (self.max_concurrency or 0):
             return False
         amounts = request.amounts
+        pairs = self._pairs
         claimed = False
-        for meter, index in self._pairs:
+        for meter, index in pairs:
             amount = amounts[index]
             if amount:
                 claim = meter.claim
@@ -167,10 +168,11 @@ class MultiState:
                     if claim.seq < request.seq:
                         return False
                     claimed = claimed or claim is request
-                if not meter.core.fits(min(amount, meter.maximum), now):
+                most = meter.maximum  # a request in debt waits for a full meter
+                if not meter.core.fits(amount if amount < most else most, now):
                     return False
         tickets: list[float | None] = []
-        for meter, index in self._pairs:
+        for meter, index in pairs:
             amount = amounts[index]
             if amount:
                 core = meter.core

@@ -39,18 +39,22 @@ class WindowLog:
         else:
             now = self._last
         head = self._head
-        expiry = self._expiry
-        if head < len(expiry) and expiry[head] <= now:
-            head = bisect_right(expiry, now, head)
-            self._base = self._total[head - 1]
-            if head >= _COMPACT_AT and 2 * head >= len(expiry):
-                base = self._base
-                del expiry[:head]
-                self._total = [t - base for t in self._total[head:]]
-                self._base = 0.0
-                head = 0
-            self._head = head
+        if head < len(self._expiry) and self._expiry[head] <= now:
+            self._drop(now)
         return now
+
+    def _drop(self, now: float) -> None:
+        """Drop the entries that left the window at ``now`` (some have)."""
+        expiry = self._expiry
+        head = bisect_right(expiry, now, self._head)
+        self._base = self._total[head - 1]
+        if head >= _COMPACT_AT and 2 * head >= len(expiry):
+            base = self._base
+            del expiry[:head]
+            self._total = [t - base for t in self._total[head:]]
+            self._base = 0.0
+            head = 0
+        self._head = head
 
     def _used(self) -> float:
         # Exactly 0.0 when the window is empty, whatever rounding the totals carry.
@@ -102,13 +106,28 @@ class WindowLog:
 
     def fits(self, amount: float, now: float) -> bool:
         """Whether :meth:`try_take` would grant ``amount`` at ``now``."""
-        self._expire(now)
-        return amount <= self.limit - self._used()
+        # _expire and _used inlined: this is the hot path of every Limiter.
+        if now > self._last:
+            self._last = now
+        else:
+            now = self._last
+        expiry = self._expiry
+        if self._head < len(expiry) and expiry[self._head] <= now:
+            self._drop(now)
+        if self._head < len(expiry):
+            return amount <= self.limit - (self._total[-1] - self._base)
+        return amount <= self.limit
 
     def charge(self, amount: float, now: float) -> None:
         """Record a grant of ``amount`` at ``now`` unconditionally (the window may go over
         its limit: later callers then wait until enough has left it)."""
-        self._append(self._expire(now) + self.window, amount)
+        expires = self._expire(now) + self.window
+        total = self._total
+        if self._head < len(total) and self._expiry[-1] == expires:
+            total[-1] += amount
+        else:
+            self._expiry.append(expires)
+            total.append((total[-1] if total else self._base) + amount)
 
     def clamp(self, most: float, until: float, now: float) -> None:
         """Make at most ``most`` grantable from ``now`` until ``until`` (at most one window

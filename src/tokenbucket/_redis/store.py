@@ -12,7 +12,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Final
 
-from .._errors import AcquireTimeoutError, ArgumentTypeError, BackendUnavailableError
+from .._errors import AcquireTimeoutError, BackendUnavailableError
 from .._statistics import LimiterStatistics
 from . import MeterSpec, Reservation
 
@@ -74,11 +74,7 @@ class RedisStore:
     # -- the store's operations -------------------------------------------------------------
 
     def try_take(self, request: Request) -> Reservation | None:
-        raise ArgumentTypeError(
-            "backend",
-            "a limiter whose state is in Redis cannot answer without a round trip: "
-            "await an acquisition with timeout=0 instead",
-        )
+        return None  # nothing is known here without a round trip
 
     async def take(self, request: Request, timeout: float | None) -> Reservation | None:
         """Wait until ``request`` is granted; the reservation, or ``None`` when the local
