@@ -1,9 +1,9 @@
 """Thousands of chat requests against a rate-limited server: naive, then through tokenbucket.
 
-Starts a local, OpenAI-compatible server (``llm_server.py``) that enforces requests and
-tokens per period the way providers do (429 with ``Retry-After`` and ``x-ratelimit-*``
-headers), then sends the same chat requests to it through the official ``openai`` SDK
-twice:
+Starts a local, OpenAI-compatible server (the ``fake_provider`` package next to this file)
+that enforces requests and tokens per period the way providers do (429 with
+``Retry-After`` and ``x-ratelimit-*`` headers), then sends the same chat requests to it
+through the official ``openai`` SDK twice:
 
 1. naively: ``asyncio.gather`` over every request, relying on the SDK's retries;
 2. through a :class:`tokenbucket.BucketGroup`: one ``acquire`` per request covering
@@ -30,7 +30,7 @@ import openai
 import tokenbucket as tb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_server import LLMServer, ServerStats, estimate_prompt_tokens
+from fake_provider import LLMServer, ServerStats, estimate_prompt_tokens
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam

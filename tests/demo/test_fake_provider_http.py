@@ -1,4 +1,4 @@
-"""The demo's OpenAI-compatible server (examples/llm_server.py) behaves like a provider.
+"""The demo's OpenAI-compatible server (examples/fake_provider) behaves like a provider.
 
 Most tests freeze the server's clock (``FakeClock``), so bucket levels, headers and retry
 times are exact and nothing sleeps; one test checks the refill in real time, asserting only
@@ -11,9 +11,7 @@ import asyncio
 import json
 import math
 import re
-import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -23,12 +21,7 @@ import pytest
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
 
-# examples/ is not a package; import the module the way the demo scripts next to it do.
-_EXAMPLES = str(Path(__file__).resolve().parents[2] / "examples")
-if _EXAMPLES not in sys.path:
-    sys.path.insert(0, _EXAMPLES)
-
-from llm_server import (  # noqa: E402
+from fake_provider import (
     DEFAULT_MAX_TOKENS,
     LLMServer,
     ServerStats,
