@@ -1,9 +1,9 @@
 """Thousands of chat requests against a rate-limited server: naive, then through tokenbucket.
 
-Starts a local, OpenAI-compatible server (``llm_server.py``) that enforces requests and
-tokens per period the way providers do (429 with ``Retry-After`` and ``x-ratelimit-*``
-headers), then sends the same chat requests to it through the official ``openai`` SDK
-twice:
+Starts a local, OpenAI-compatible server (the ``fake_provider`` package next to this file)
+that enforces requests and tokens per period the way providers do (429 with
+``Retry-After`` and ``x-ratelimit-*`` headers), then sends the same chat requests to it
+through the official ``openai`` SDK twice:
 
 1. naively: ``asyncio.gather`` over every request, relying on the SDK's retries;
 2. through a :class:`tokenbucket.BucketGroup`: one ``acquire`` per request covering
@@ -30,9 +30,11 @@ import openai
 import tokenbucket as tb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_server import LLMServer, ServerStats, estimate_prompt_tokens
+from fake_provider import LLMServer, ServerStats, estimate_prompt_tokens
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from openai.types.chat import ChatCompletionMessageParam
 
 MODEL = "gpt-demo"
@@ -127,32 +129,42 @@ class Progress:
             )
 
 
-async def run_naive(client: openai.AsyncOpenAI, requests: list[ChatRequest]) -> tuple[int, int]:
-    """Everything at once; the SDK retries 429s (honouring Retry-After) up to its limit."""
-    progress = Progress("naive", len(requests))
+async def run_all(
+    label: str, requests: list[ChatRequest], send: Callable[[ChatRequest], Awaitable[object]]
+) -> tuple[int, int]:
+    """``send`` every request at once; how many succeeded and how many failed."""
+    progress = Progress(label, len(requests))
 
-    async def send(request: ChatRequest) -> bool:
+    async def one(request: ChatRequest) -> bool:
         try:
-            await client.chat.completions.create(
-                model=MODEL, messages=request.messages, max_tokens=request.max_tokens
-            )
+            await send(request)
         except openai.APIError:
             progress.step(error=True)
             return False
         progress.step()
         return True
 
-    results = await asyncio.gather(*(send(r) for r in requests))
+    results = await asyncio.gather(*(one(r) for r in requests))
     return sum(results), len(results) - sum(results)
+
+
+async def run_naive(client: openai.AsyncOpenAI, requests: list[ChatRequest]) -> tuple[int, int]:
+    """Everything at once; the SDK retries 429s (honouring Retry-After) up to its limit."""
+
+    async def send(request: ChatRequest) -> object:
+        return await client.chat.completions.create(
+            model=MODEL, messages=request.messages, max_tokens=request.max_tokens
+        )
+
+    return await run_all("naive", requests, send)
 
 
 async def run_limited(
     client: openai.AsyncOpenAI, requests: list[ChatRequest], limits: tb.BucketGroup
 ) -> tuple[int, int]:
     """The same requests, each in one ``acquire`` of the model's limits."""
-    progress = Progress("tokenbucket", len(requests))
 
-    async def send(request: ChatRequest) -> bool:
+    async def send(request: ChatRequest) -> None:
         try:
             async with limits.acquire(MODEL, tokens=request.estimate) as lease:
                 raw = await client.chat.completions.with_raw_response.create(
@@ -164,16 +176,9 @@ async def run_limited(
                     lease.settle(tokens=completion.usage.total_tokens)
         except openai.RateLimitError as exc:
             limits[MODEL].feedback(exc.response.headers, status=429)
-            progress.step(error=True)
-            return False
-        except openai.APIError:
-            progress.step(error=True)
-            return False
-        progress.step()
-        return True
+            raise
 
-    results = await asyncio.gather(*(send(r) for r in requests))
-    return sum(results), len(results) - sum(results)
+    return await run_all("tokenbucket", requests, send)
 
 
 def limits_for(rpm: int, tpm: int, period: float, margin: float) -> tb.BucketGroup:

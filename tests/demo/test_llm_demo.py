@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
-_EXAMPLES = str(Path(__file__).resolve().parents[2] / "examples")
-if _EXAMPLES not in sys.path:
-    sys.path.insert(0, _EXAMPLES)
-
-from llm_demo import demonstrate, table  # noqa: E402
+from llm_demo import demonstrate, table
 
 
 def test_the_limited_run_gets_no_429_and_keeps_the_server_busy() -> None:

@@ -1,0 +1,239 @@
+"""The HTTP layer around the provider: OpenAI's chat completions route over HTTP/1.1.
+
+Keep-alive connections, ``content-length`` or chunked request bodies, JSON responses. It
+does not stream: ``"stream": true`` gets a 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final
+
+from .provider import Admitted, ChatRequest, Headers, Refused
+
+if TYPE_CHECKING:
+    import random
+    from collections.abc import Callable
+
+MAX_BODY: Final = 8 * 1024 * 1024
+MAX_HEAD: Final = 64 * 1024
+
+
+class HTTPError(Exception):
+    """A request refused before it reaches the provider (a 4xx, ``param`` naming the field)."""
+
+    def __init__(self, status: int, message: str = "", param: str | None = None) -> None:
+        self.status = status
+        self.message = message or HTTPStatus(status).phrase
+        self.param = param
+        super().__init__(self.message)
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRequest:
+    method: str
+    path: str
+    body: bytes
+    keep_alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    payload: object  # sent as JSON
+    headers: Headers = field(default_factory=list)
+    delay: float = 0.0
+
+
+def error(status: int, message: str, headers: Headers | None = None, **fields: str | None) -> Reply:
+    """OpenAI's error body; ``fields`` may set its ``type``, ``param`` and ``code``."""
+    body = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    return Reply(status, {"error": body | fields}, headers or [])
+
+
+def parse_chat_request(body: bytes, default_max_tokens: int) -> ChatRequest:
+    """The ``POST /v1/chat/completions`` body as a ``ChatRequest``; ``HTTPError`` (400) if bad."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPError(400, f"We could not parse the JSON body of your request: {exc}") from None
+    if not isinstance(payload, dict):
+        raise HTTPError(400, "The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise HTTPError(400, "you must provide a model parameter", "model")
+    messages = payload.get("messages")
+    if not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
+        raise HTTPError(400, "'messages' must be a non-empty array of message objects", "messages")
+    if payload.get("stream"):
+        raise HTTPError(400, "This server does not support streaming.", "stream")
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise HTTPError(400, f"'{name}' must be a positive integer", name)
+        return ChatRequest(model, messages, value)
+    return ChatRequest(model, messages, default_max_tokens)
+
+
+def completion(request: ChatRequest, admitted: Admitted, delay: float) -> Reply:
+    """The ``chat.completion`` for an admitted request."""
+    serial, prompt, used = admitted.serial, admitted.prompt_tokens, admitted.completion_tokens
+    charge = prompt + request.max_tokens
+    digest = hashlib.sha256(f"{serial}:{request.model}:{charge}".encode()).hexdigest()
+    content = f"Simulated reply #{serial}: {used} tokens."
+    message = {"role": "assistant", "content": content, "refusal": None}
+    usage = {"prompt_tokens": prompt, "completion_tokens": used, "total_tokens": prompt + used}
+    payload = {
+        "id": f"chatcmpl-{serial:06d}{digest[:18]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+        "usage": usage,
+    }
+    return Reply(200, payload, [*admitted.headers, ("x-request-id", f"req_{digest[18:50]}")], delay)
+
+
+async def read_request(reader: asyncio.StreamReader) -> HTTPRequest | None:
+    """Read one request; ``None`` when the peer closed the connection between requests."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial.strip():
+            raise HTTPError(400) from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise HTTPError(431) from None
+    lines = head.decode("latin-1").strip("\r\n").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HTTPError(400)
+    method, target, version = parts
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise HTTPError(400)
+        headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = await _read_chunked(reader)
+    else:
+        body = await reader.readexactly(_body_size(headers.get("content-length", "0"), 10))
+    connection = headers.get("connection", "").lower()
+    http10 = version == "HTTP/1.0"
+    keep_alive = "keep-alive" in connection if http10 else "close" not in connection
+    return HTTPRequest(method, target.partition("?")[0], body, keep_alive)
+
+
+def _body_size(text: str | bytes, base: int, before: int = 0) -> int:
+    """A content-length or chunk size: 400 if malformed, 413 if the body outgrows MAX_BODY."""
+    try:
+        size = int(text, base)
+    except ValueError:
+        raise HTTPError(400) from None
+    if size < 0:
+        raise HTTPError(400)
+    if before + size > MAX_BODY:
+        raise HTTPError(413)
+    return size
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    try:
+        while size := _body_size((await reader.readuntil(b"\r\n")).split(b";")[0], 16, len(body)):
+            body += await reader.readexactly(size)
+            if await reader.readexactly(2) != b"\r\n":
+                raise HTTPError(400)
+        while await reader.readuntil(b"\r\n") != b"\r\n":
+            pass  # trailers, ignored
+    except asyncio.LimitOverrunError:
+        raise HTTPError(400) from None
+    return bytes(body)
+
+
+def encode_response(reply: Reply, keep_alive: bool) -> bytes:
+    body = json.dumps(reply.payload, separators=(",", ":")).encode("utf-8")
+    lines = [
+        f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}",
+        "content-type: application/json",
+        *(f"{name}: {value}" for name, value in reply.headers),
+        f"content-length: {len(body)}",
+        f"connection: {'keep-alive' if keep_alive else 'close'}",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+@dataclass(frozen=True, slots=True)
+class ChatAPI:
+    """The routes (``POST /v1/chat/completions``, ``GET /health``) over HTTP/1.1.
+
+    ``answer`` is the provider's decision on a request. An admitted request's reply waits a
+    delay drawn from ``rng`` in the ``(low, high)`` range ``latency``. Requests that set no
+    ``max_tokens`` are charged ``default_max_tokens``.
+    """
+
+    answer: Callable[[ChatRequest], Admitted | Refused]
+    latency: tuple[float, float]
+    rng: random.Random
+    default_max_tokens: int
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer one connection's requests until it closes or a request asks to."""
+        try:
+            keep_alive = True
+            while keep_alive:
+                try:
+                    request = await read_request(reader)
+                except HTTPError as exc:  # the framing is lost: answer, then close
+                    reply, keep_alive = error(exc.status, exc.message), False
+                else:
+                    if request is None:
+                        break
+                    reply, keep_alive = self.dispatch(request), request.keep_alive
+                if reply.delay > 0:
+                    await asyncio.sleep(reply.delay)
+                writer.write(encode_response(reply, keep_alive))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away mid-request
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    def dispatch(self, request: HTTPRequest) -> Reply:
+        path = request.path.rstrip("/")
+        try:
+            if path == "/health":
+                return Reply(200, {"status": "ok"})
+            if path != "/v1/chat/completions":
+                return error(404, f"Unknown path {request.path!r}.")
+            if request.method != "POST":
+                return error(405, "Use POST.")
+            return self.chat(parse_chat_request(request.body, self.default_max_tokens))
+        except HTTPError as exc:
+            return error(exc.status, exc.message, param=exc.param)
+        except Exception as exc:  # pragma: no cover - a bug here must not kill the connection
+            return error(500, f"{type(exc).__name__}: {exc}", type="server_error")
+
+    def chat(self, request: ChatRequest) -> Reply:
+        decision = self.answer(request)
+        if isinstance(decision, Refused):
+            return error(
+                429,
+                decision.message,
+                decision.headers,
+                type=decision.limit,
+                code="rate_limit_exceeded",
+            )
+        low, high = self.latency
+        return completion(request, decision, self.rng.uniform(low, high) if high > 0 else 0.0)
