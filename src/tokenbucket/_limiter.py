@@ -19,7 +19,6 @@ the limiter or lowers what the meters may grant; it never raises what they may g
 
 from __future__ import annotations
 
-import itertools
 import sys
 from typing import TYPE_CHECKING, Final, cast
 
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Limiter"]
 
-_ARRIVALS: Final = itertools.count()
 _MOST: Final = sys.float_info.max
 
 
@@ -270,7 +268,7 @@ class Limiter:
             else:
                 amount = self._check(dim, value)
                 vector[self._index[dim]] = amount
-        return Request(tuple(vector), self._slot, next(_ARRIVALS))
+        return Request(tuple(vector), self._slot)
 
     def _check(self, dim: str, value: object) -> float:
         """Check one amount of a request; raise what is wrong with it."""

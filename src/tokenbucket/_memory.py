@@ -13,6 +13,7 @@ one of its users is re-based when the next user binds to it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import weakref
@@ -33,6 +34,7 @@ __all__ = ["MemoryStore"]
 
 _INF: Final = math.inf
 _MONOTONIC: Final = object()
+_ARRIVALS: Final = itertools.count()
 
 
 class _Pool:
@@ -99,6 +101,7 @@ class MemoryStore(WaiterQueue):
         if timeout == 0:
             raise AcquireTimeoutError(f"{self._describe()} could not grant the request at once")
         waiter = _Waiter(1.0, request, _INF if timeout is None else now + timeout)
+        request.seq = next(_ARRIVALS)  # its place among the waiters of every store
         if not self._live:
             multi.claim(request, now)  # it will be the head
         await self._wait(waiter, now)

@@ -27,7 +27,7 @@ def test_the_limited_run_gets_no_429_and_keeps_the_server_busy() -> None:
     allowed = tpm + tpm * outcome.stats.duration / period
     requests_allowed = rpm + rpm * outcome.stats.duration / period
     busiest = max(outcome.stats.tokens_used / allowed, outcome.stats.requests_ok / requests_allowed)
-    assert busiest >= 0.8, table([outcome])
+    assert busiest >= 0.7, table([outcome])
 
 
 def test_the_naive_run_meets_429s() -> None:

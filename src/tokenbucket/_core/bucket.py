@@ -65,16 +65,17 @@ class BucketState:
         """Whether :meth:`try_take` would grant ``amount`` at ``now`` (changes nothing)."""
         return self.level(now) >= amount
 
-    def charge(self, amount: float, now: float) -> None:
+    def charge(self, amount: float, now: float) -> float:
         """Take ``amount`` at ``now`` unconditionally; the level may go below zero (debt).
 
         A bucket in debt grants nothing until it has refilled past zero again, so later
-        callers wait the overrun off.
+        callers wait the overrun off. Returns the grant's ticket.
         """
         self._level = self.level(now) - amount
         if now > self._stamp:
             self._stamp = now
         self._taken += amount
+        return self._taken
 
     @property
     def maximum(self) -> float:

@@ -50,10 +50,11 @@ class Meter:
 
     __slots__ = ("__weakref__", "claim", "core", "dim", "maximum", "rate", "sharers")
 
+    core: BucketState | WindowLog
+
     def __init__(self, dim: str, rate: RateSpec) -> None:
         self.dim = dim
         self.rate = rate
-        self.core: BucketState | WindowLog
         if rate.burst is None:
             self.core = WindowLog(rate.amount, rate.period)
         else:
@@ -75,14 +76,19 @@ class Meter:
 
 
 class Request:
-    """What one acquisition asks for: an amount per dimension, and a slot or not."""
+    """What one acquisition asks for: an amount per dimension, and a slot or not.
+
+    ``seq`` is its arrival order across every state sharing a meter. Only a request that
+    waits needs one (see :meth:`MultiState.claim`); until it is given one it counts as
+    later than every request that has.
+    """
 
     __slots__ = ("amounts", "seq", "slot")
 
-    def __init__(self, amounts: tuple[float, ...], slot: bool, seq: int) -> None:
+    def __init__(self, amounts: tuple[float, ...], slot: bool, seq: float = _INF) -> None:
         self.amounts = amounts
         self.slot = slot
-        self.seq = seq  # arrival order, across every state sharing a meter
+        self.seq = seq
 
     def __repr__(self) -> str:
         return f"Request({self.amounts!r}, slot={self.slot!r}, seq={self.seq!r})"
@@ -96,6 +102,7 @@ class MultiState:
     """
 
     __slots__ = (
+        "_cap",
         "_pairs",
         "_ticket",
         "dims",
@@ -112,8 +119,9 @@ class MultiState:
     ) -> None:
         self.dims: tuple[str, ...] = ()
         self.meters: list[Meter] = []
-        self._pairs: list[tuple[Meter, int]] = []
+        self._pairs: list[tuple[Meter, BucketState | WindowLog, int]] = []
         self.max_concurrency = max_concurrency
+        self._cap = max_concurrency or 0
         self.in_flight = 0
         self.paused_until = -_INF
         self.seen = -_INF  # the latest instant this state has been asked about
@@ -131,7 +139,7 @@ class MultiState:
             meter.sharers += 1
             self.meters.append(meter)
         self.dims = tuple(names)
-        self._pairs = [(m, self.dims.index(m.dim)) for m in self.meters]
+        self._pairs = [(m, m.core, self.dims.index(m.dim)) for m in self.meters]
 
     def limit(self, dim: str) -> float:
         """The most one request may take of ``dim`` (its tightest meter), or inf."""
@@ -155,12 +163,12 @@ class MultiState:
             self.seen = now
         if now < self.paused_until:
             return False
-        if request.slot and self.in_flight >= (self.max_concurrency or 0):
+        if request.slot and self.in_flight >= self._cap:
             return False
         amounts = request.amounts
         pairs = self._pairs
         claimed = False
-        for meter, index in pairs:
+        for meter, core, index in pairs:
             amount = amounts[index]
             if amount:
                 claim = meter.claim
@@ -169,17 +177,12 @@ class MultiState:
                         return False
                     claimed = claimed or claim is request
                 most = meter.maximum  # a request in debt waits for a full meter
-                if not meter.core.fits(amount if amount < most else most, now):
+                if not core.fits(amount if amount < most else most, now):
                     return False
         tickets: list[float | None] = []
-        for meter, index in pairs:
+        for _, core, index in pairs:
             amount = amounts[index]
-            if amount:
-                core = meter.core
-                core.charge(amount, now)
-                tickets.append(core.ticket)
-            else:
-                tickets.append(None)
+            tickets.append(core.charge(amount, now) if amount else None)
         if request.slot:
             self.in_flight += 1
         self._ticket = tuple(tickets)
@@ -190,29 +193,29 @@ class MultiState:
     def ready_at(self, request: Request, now: float) -> float:
         """The earliest instant ``request`` can be granted if nothing else happens; inf
         while only a release (or another state's claimant) can let it in."""
-        if request.slot and self.in_flight >= (self.max_concurrency or 0):
+        if request.slot and self.in_flight >= self._cap:
             return _INF
         when = max(now, self.paused_until)
         amounts = request.amounts
-        for meter, index in self._pairs:
+        for meter, core, index in self._pairs:
             amount = amounts[index]
             if amount:
                 claim = meter.claim
                 if claim is not None and claim.seq < request.seq:
                     return _INF
-                when = max(when, meter.core.ready_at(min(amount, meter.maximum), now))
+                when = max(when, core.ready_at(min(amount, meter.maximum), now))
         return when
 
     def claim(self, request: Request, now: float) -> None:
         """``request`` heads its queue: it claims the shared meters it does not fit."""
         amounts = request.amounts
-        for meter, index in self._pairs:
+        for meter, core, index in self._pairs:
             amount = amounts[index]
             if (
                 amount
                 and meter.sharers > 1
                 and (meter.claim is None or request.seq < meter.claim.seq)
-                and not meter.core.fits(min(amount, meter.maximum), now)
+                and not core.fits(min(amount, meter.maximum), now)
             ):
                 meter.claim = request
 
@@ -229,10 +232,10 @@ class MultiState:
         """Undo a grant whose holder left before using it (as far as each meter safely
         can), and free its slot."""
         amounts = request.amounts
-        for (meter, index), entry in zip(self._pairs, ticket, strict=True):
+        for (_, core, index), entry in zip(self._pairs, ticket, strict=True):
             amount = amounts[index]
             if amount and entry is not None:
-                meter.core.refund(amount, entry, now)
+                core.refund(amount, entry, now)
         if request.slot:
             self.in_flight -= 1
 
@@ -251,14 +254,14 @@ class MultiState:
         """Replace a grant's amounts (by dimension index) with ``actual``: an overrun is
         charged as debt, an unused part is refunded. Returns the meters refunded."""
         refunded: list[Meter] = []
-        for (meter, index), entry in zip(self._pairs, ticket, strict=True):
+        for (meter, core, index), entry in zip(self._pairs, ticket, strict=True):
             if index not in actual:
                 continue
             difference = actual[index] - request.amounts[index]
             if difference > 0:
-                meter.core.charge(difference, now)
+                core.charge(difference, now)
             elif difference < 0 and entry is not None:
-                meter.core.refund(-difference, entry, now)
+                core.refund(-difference, entry, now)
                 refunded.append(meter)
         return refunded
 

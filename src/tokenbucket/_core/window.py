@@ -118,9 +118,10 @@ class WindowLog:
             return amount <= self.limit - (self._total[-1] - self._base)
         return amount <= self.limit
 
-    def charge(self, amount: float, now: float) -> None:
+    def charge(self, amount: float, now: float) -> float:
         """Record a grant of ``amount`` at ``now`` unconditionally (the window may go over
-        its limit: later callers then wait until enough has left it)."""
+        its limit: later callers then wait until enough has left it). Returns the grant's
+        ticket."""
         expires = self._expire(now) + self.window
         total = self._total
         if self._head < len(total) and self._expiry[-1] == expires:
@@ -128,6 +129,7 @@ class WindowLog:
         else:
             self._expiry.append(expires)
             total.append((total[-1] if total else self._base) + amount)
+        return expires
 
     def clamp(self, most: float, until: float, now: float) -> None:
         """Make at most ``most`` grantable from ``now`` until ``until`` (at most one window
