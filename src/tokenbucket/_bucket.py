@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from . import _validate
 from ._core import BucketState
-from ._queue import QueuedLimiter, limiter_repr
 from ._rate import Rate, units_per_second
+from ._single import SingleLimiter
 
 if TYPE_CHECKING:
     from ._backend import Backend
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["TokenBucket"]
 
 
-class TokenBucket(QueuedLimiter):
+class TokenBucket(SingleLimiter):
     """A token bucket: ``rate`` units per second on average, bursts up to ``capacity``.
 
     The bucket starts full. Over every interval of length ``T`` it grants at most
@@ -56,7 +56,7 @@ class TokenBucket(QueuedLimiter):
         per_second = units_per_second(rate)
         size = _validate.real(capacity, "capacity")
         self._bucket = BucketState(per_second, size)
-        super().__init__(self._bucket, size, Rate(per_second, 1.0, burst=size), backend, key)
+        super().__init__(self._bucket, Rate(per_second, 1.0, burst=size), backend, key)
 
     @property
     def rate(self) -> float:
@@ -69,4 +69,4 @@ class TokenBucket(QueuedLimiter):
         return self._bucket.capacity
 
     def __repr__(self) -> str:
-        return limiter_repr(self, f"rate={self.rate:.6g}/s capacity={self.capacity:.6g}")
+        return self._repr(f"rate={self.rate:.6g}/s capacity={self.capacity:.6g}")

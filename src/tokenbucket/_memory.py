@@ -20,11 +20,11 @@ import weakref
 from typing import TYPE_CHECKING, Final
 
 from ._errors import AcquireTimeoutError
-from ._queue import _GRANTED, _LOOP_HINT, _WAITING, WaiterQueue, _Waiter
+from ._loop import LOOP_HINT
+from ._queue import WaiterQueue, _Waiter
 from ._statistics import LimiterStatistics
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Callable, Iterable, Mapping
 
     from ._core import Meter, MultiState, Request
@@ -52,14 +52,22 @@ _POOLS: Final[weakref.WeakKeyDictionary[Meter, _Pool]] = weakref.WeakKeyDictiona
 Ticket = tuple[float | None, ...]
 
 
-class MemoryStore(WaiterQueue):
+class MemoryStore:
     """A limiter's state in this process (see the module's docstring)."""
 
-    __slots__ = ("_describe", "_last_wait", "_multi", "_origin", "_pools")
+    __slots__ = (
+        "__weakref__",
+        "_describe",
+        "_last_wait",
+        "_multi",
+        "_origin",
+        "_pools",
+        "_waiters",
+    )
 
     def __init__(self, multi: MultiState, describe: Callable[[], str]) -> None:
-        super().__init__(multi)
         self._multi = multi
+        self._waiters = WaiterQueue(multi, self)
         self._describe = describe  # the limiter's repr, for messages
         self._pools: dict[Meter, _Pool] = {}
         self._origin: object | None = None
@@ -76,156 +84,147 @@ class MemoryStore(WaiterQueue):
 
     @property
     def in_use(self) -> bool:
-        return bool(self._live or self._multi.in_flight or self._key is not None)
+        waiters = self._waiters
+        return bool(waiters.live or self._multi.in_flight or waiters.key is not None)
 
     # -- the store's operations -------------------------------------------------------------
 
     def try_take(self, request: Request) -> Ticket | None:
-        now = self._clock() if _LOOP_HINT.get() is self._loop else self._now()
+        waiters = self._waiters
+        now = waiters.clock() if LOOP_HINT.get() is waiters.loop else waiters.now()
         multi = self._multi
-        if self._live or not multi.try_take(request, now):
+        if waiters.live or not multi.try_take(request, now):
             return None
         if multi.freed:
-            self._after_grant()
+            self._kick_freed()
         self._last_wait = 0.0
         return multi.ticket
 
     async def take(self, request: Request, timeout: float | None) -> Ticket:
-        now = self._clock() if _LOOP_HINT.get() is self._loop else self._now()
+        waiters = self._waiters
+        now = waiters.clock() if LOOP_HINT.get() is waiters.loop else waiters.now()
         multi = self._multi
-        if not self._live and multi.try_take(request, now):
+        if not waiters.live and multi.try_take(request, now):
             if multi.freed:
-                self._after_grant()
+                self._kick_freed()
             self._last_wait = 0.0
             return multi.ticket
         if timeout == 0:
             raise AcquireTimeoutError(f"{self._describe()} could not grant the request at once")
         waiter = _Waiter(1.0, request, _INF if timeout is None else now + timeout)
         request.seq = next(_ARRIVALS)  # its place among the waiters of every store
-        if not self._live:
+        if not waiters.live:
             multi.claim(request, now)  # it will be the head
-        await self._wait(waiter, now)
-        self._last_wait = max(0.0, self._clock() - now)
+        await waiters.wait(waiter, now)
+        self._last_wait = max(0.0, waiters.clock() - now)
         ticket = waiter.ticket
         assert isinstance(ticket, tuple)
         return ticket
 
     def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None:
         assert isinstance(ticket, tuple)
-        refunded = self._multi.adjust(request, ticket, actual, self._now())
+        refunded = self._multi.adjust(request, ticket, actual, self._waiters.now())
         if refunded:
             self._kick_all(refunded)
 
     def release(self, request: Request, ticket: object) -> None:
         if request.slot:
             self._multi.release(request)
-            if self._key is not None and self._live:
-                self._kick()
+            self._waiters.kick()
 
     def feedback(self, plan: FeedbackPlan) -> None:
-        now = self._now()
+        now = self._waiters.now()
         multi = self._multi
         for clamp in plan.clamps:
             meter = multi.meters[clamp.meter]
             multi.clamp(meter, clamp.remaining, now + clamp.reset, now)
         if plan.pause is not None:
             multi.pause(now + plan.pause, now)
-        self._kick()
+        self._waiters.kick()
 
     def statistics(self) -> LimiterStatistics:
-        now = self._peek_now()
+        waiters = self._waiters
+        now = waiters.peek_now()
         multi = self._multi
         paused = multi.paused_until if multi.paused_until > now else None
         return LimiterStatistics(
             available=multi.available(now),
             in_flight=multi.in_flight,
             max_concurrency=multi.max_concurrency,
-            waiters=self._live,
+            waiters=waiters.live,
             paused_until=paused,
-            next_wakeup=self._next_wakeup() if self._live else None,
+            next_wakeup=waiters.next_wakeup(),
             last_wait=self._last_wait,
         )
 
     def at_rest(self) -> bool:
-        if self._live:
+        waiters = self._waiters
+        if waiters.live:
             return False
         # On time.monotonic the present is known even outside the loop that used it.
-        now = time.monotonic() if self._clock is time.monotonic else self._peek_now()
+        now = time.monotonic() if waiters.clock is time.monotonic else waiters.peek_now()
         return self._multi.at_rest(now)
 
-    # -- the queue's hooks ----------------------------------------------------------------
+    # -- pools ----------------------------------------------------------------------------
 
-    def _timeout_message(self, waiter: _Waiter) -> str:
-        return f"timed out waiting for {self._describe()}"
-
-    def _after_grant(self) -> None:
+    def _kick_freed(self) -> None:
         multi = self._multi
-        if multi.freed:
-            freed, multi.freed = multi.freed, []
-            self._kick_others(freed)
-
-    def _dispatch(self, now: float) -> None:
-        super()._dispatch(now)
-        multi = self._multi
-        for waiter in self._queue:  # the head, if it is still waiting
-            if waiter.state is _WAITING:
-                multi.claim(waiter.request, now)  # type: ignore[arg-type]
-                break
-        if multi.freed:
-            freed, multi.freed = multi.freed, []
-            self._kick_all(freed)
-
-    def _forget(self, waiter: _Waiter) -> None:
-        super()._forget(waiter)
-        released = self._multi.unclaim(waiter.request)  # type: ignore[arg-type]
-        if released:
-            self._kick_others(released)
-
-    def _abandon(self, waiter: _Waiter) -> None:
-        granted = waiter.state is _GRANTED
-        super()._abandon(waiter)
-        if granted:  # its grant went back, to shared meters too
-            self._kick_all(self._pools)
+        freed, multi.freed = multi.freed, []
+        self._kick_others(freed)
 
     def _kick_all(self, meters: Iterable[Meter]) -> None:
         """Capacity came back on ``meters``: wake this store and any sharing them."""
-        self._kick()
+        self._waiters.kick()
         self._kick_others(meters)
 
     def _kick_others(self, meters: Iterable[Meter]) -> None:
+        key = self._waiters.key
         for meter in meters:
             pool = self._pools.get(meter)
             if pool is None:
                 continue
             for ref in pool.users:
                 other = ref()
-                if other is not None and other is not self and other._key is self._key:
-                    other._kick()
+                if other is not None and other is not self and other._waiters.key is key:
+                    other._waiters.kick()
 
-    def _bind(
-        self,
-        key: object,
-        loop: asyncio.AbstractEventLoop | None,
-        clock: Callable[[], float],
-        step: float,
-    ) -> None:
+    # -- what the queue tells its owner ---------------------------------------------------
+
+    def describe(self) -> str:
+        return self._describe()
+
+    def timeout_message(self, amount: float) -> str:
+        return f"timed out waiting for {self._describe()}"
+
+    def after_dispatch(self, head: Request | None, now: float) -> None:
+        multi = self._multi
+        if head is not None:
+            multi.claim(head, now)
+        if multi.freed:
+            freed, multi.freed = multi.freed, []
+            self._kick_all(freed)
+
+    def on_leave(self, request: Request) -> None:
+        released = self._multi.unclaim(request)
+        if released:
+            self._kick_others(released)
+
+    def on_refund(self) -> None:
+        # The grant went back, to shared meters too.
+        self._kick_all(self._pools)
+
+    def on_bind(self, now: float, moved: bool) -> None:
+        waiters = self._waiters
         # Instants on time.monotonic are comparable across loops; others only within one.
-        origin = _MONOTONIC if clock is time.monotonic else key
-        if self._clock is time.monotonic:  # the old clock can still be read
-            self._multi.seen = max(self._multi.seen, time.monotonic())
-        self._origin = origin
-        super()._bind(key, loop, clock, step)
-        now = clock()
-        moved = []
+        origin = _MONOTONIC if waiters.clock is time.monotonic else waiters.key
+        multi = self._multi
+        if self._origin is _MONOTONIC:  # the old clock can still be read
+            multi.seen = max(multi.seen, time.monotonic())
+        if moved:
+            # Its own meters and the pause move; pools follow their users (below).
+            multi.rebase(now, [m for m in multi.meters if m not in self._pools])
         for meter, pool in self._pools.items():
             if pool.origin is not None and pool.origin is not origin:
-                moved.append(meter)  # another user moved it onto another clock
+                meter.core.rebase(now)  # another user moved it onto another clock
             pool.origin = origin
-        if moved:
-            for meter in moved:
-                meter.core.rebase(now)
-
-    def _rebase(self, now: float) -> None:
-        # The store's clock changed: its own meters and pause move; pools follow their
-        # users (see _bind).
-        self._multi.rebase(now, [m for m in self._multi.meters if m not in self._pools])
+        self._origin = origin

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from . import _validate
 from ._core import WindowLog
-from ._queue import QueuedLimiter, limiter_repr
 from ._rate import Rate
+from ._single import SingleLimiter
 
 if TYPE_CHECKING:
     from ._backend import Backend
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["SlidingWindow"]
 
 
-class SlidingWindow(QueuedLimiter):
+class SlidingWindow(SingleLimiter):
     """An exact sliding window: at most ``limit`` units in any ``window`` seconds.
 
     Every grant is logged with its instant and leaves the window ``window`` seconds
@@ -50,7 +50,7 @@ class SlidingWindow(QueuedLimiter):
         size = _validate.real(limit, "limit")
         length = _validate.real(window, "window")
         self._log = WindowLog(size, length)
-        super().__init__(self._log, size, Rate(size, length), backend, key)
+        super().__init__(self._log, Rate(size, length), backend, key)
 
     @property
     def limit(self) -> float:
@@ -63,4 +63,4 @@ class SlidingWindow(QueuedLimiter):
         return self._log.window
 
     def __repr__(self) -> str:
-        return limiter_repr(self, f"limit={self.limit:.6g} window={self.window:.6g}s")
+        return self._repr(f"limit={self.limit:.6g} window={self.window:.6g}s")

@@ -159,7 +159,7 @@ def test_grants_of_one_batch_are_charged_when_each_is_made() -> None:
     async def main() -> None:
         window = tb.SlidingWindow(limit=2, window=1)
         assert window.try_acquire(2)  # binds the limiter to this run; full until t=1
-        real = window._clock
+        real = window._waiters.clock
         skew = {"offset": 0.0, "jumps": 0}
 
         def preempted() -> float:
@@ -169,7 +169,7 @@ def test_grants_of_one_batch_are_charged_when_each_is_made() -> None:
                 skew["offset"] += 0.4  # the next read comes 0.4 s later
             return now
 
-        window._clock = preempted
+        window._waiters.clock = preempted
         granted: list[float] = []
 
         async def take() -> None:
