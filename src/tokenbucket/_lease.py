@@ -1,92 +1,61 @@
-"""Lease and LeaseContext: what ``Limiter.acquire`` hands out, on every backend."""
+"""Lease and LeaseContext: what ``Limiter.acquire`` hands out, on every backend.
+
+One object per acquisition: the :class:`LeaseContext` that ``acquire`` returns is the
+request the limiter's store is asked for (a :class:`~tokenbucket._core.Request`), and
+entering it makes it the :class:`Lease` the caller holds. The uncontended path of a
+``Limiter`` allocates nothing else.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from ._core import Request
 from ._errors import LeaseError
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Mapping
     from types import TracebackType
 
-    from ._core import Request
     from ._headers import ServerFeedback
     from ._limiter import Limiter
 
 __all__ = ["Lease", "LeaseContext"]
 
-
-class LeaseContext:
-    """What :meth:`Limiter.acquire` returns: ``async with`` it to hold a :class:`Lease`.
-
-    Entering waits (in FIFO order) until the request is granted; leaving releases the
-    concurrency slot, also on error and cancellation.
-    """
-
-    __slots__ = ("_lease", "_limiter", "_request", "_timeout")
-
-    def __init__(self, limiter: Limiter, request: Request, timeout: float | None) -> None:
-        self._limiter = limiter
-        self._request = request
-        self._timeout = timeout
-        self._lease: Lease | None = None
-
-    def __await__(self) -> Generator[Any, None, None]:
-        raise TypeError(
-            "Limiter.acquire() returns a lease context: use "
-            "'async with limiter.acquire(...) as lease:', not 'await limiter.acquire(...)'"
-        )
-
-    async def __aenter__(self) -> Lease:
-        if self._lease is not None:
-            raise LeaseError("this acquire() context was already entered; call acquire() again")
-        limiter = self._limiter
-        store = limiter._store
-        ticket = store.try_take(self._request)  # no second coroutine when it fits at once
-        if ticket is None:
-            ticket = await store.take(self._request, self._timeout)
-        limiter._leases += 1
-        lease = self._lease = Lease(limiter, self._request, ticket)
-        return lease
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        lease = self._lease
-        assert lease is not None
-        if lease._open:
-            lease._open = False
-            limiter = lease._limiter
-            limiter._leases -= 1
-            done = limiter._store.release(lease._request, lease._ticket)
-            if done is not None:
-                await done
+_NEW: Final = 0
+_OPEN: Final = 1
+_ENDED: Final = 2
 
 
-class Lease:
+class Lease(Request):
     """What a granted :meth:`Limiter.acquire` holds until its ``async with`` ends.
 
     Call :meth:`settle` once with the real usage (e.g. the tokens the response says it
     used); the concurrency slot is released when the block ends.
     """
 
-    __slots__ = ("_limiter", "_open", "_request", "_settled", "_ticket")
+    __slots__ = ("_limiter", "_settled", "_stage", "_ticket", "_timeout")
 
-    def __init__(self, limiter: Limiter, request: Request, ticket: object) -> None:
+    def __init__(
+        self,
+        limiter: Limiter,
+        amounts: tuple[float, ...],
+        slot: bool,
+        timeout: float | None,
+    ) -> None:
+        self.amounts = amounts
+        self.slot = slot
+        self.seq = _LATE
         self._limiter = limiter
-        self._request = request
-        self._ticket = ticket  # the store's own record of the grant
-        self._open = True
+        self._timeout = timeout
+        self._ticket: object = None  # the store's own record of the grant
+        self._stage = _NEW
         self._settled = False
 
     @property
     def reserved(self) -> Mapping[str, float]:
         """The amount taken per dimension when the lease was granted."""
-        return dict(zip(self._limiter.dimensions, self._request.amounts, strict=True))
+        return dict(zip(self._limiter.dimensions, self.amounts, strict=True))
 
     @property
     def limiter(self) -> Limiter:
@@ -102,17 +71,20 @@ class Lease:
         backend (Redis), the correction is sent in the background.
 
         Raises:
-            LeaseError: settled twice, or after the ``async with`` block ended.
+            LeaseError: settled twice, before the lease was granted, or after the
+                ``async with`` block ended.
             InvalidArgumentError, ArgumentTypeError: an unknown dimension or a bad amount.
                 Nothing is changed.
         """
-        if not self._open:
+        if self._stage != _OPEN:
+            if self._stage == _NEW:
+                raise LeaseError("this lease is not granted yet; settle() inside async with")
             raise LeaseError("this lease has ended; settle() inside its async with block")
         if self._settled:
             raise LeaseError("this lease was already settled; settle() once per lease")
         limiter = self._limiter
         amounts = limiter._amounts(actual)
-        limiter._store.adjust(self._request, self._ticket, amounts)
+        limiter._store.adjust(self, self._ticket, amounts)
         self._settled = True
 
     def feedback(
@@ -125,6 +97,55 @@ class Lease:
         return self._limiter.feedback(headers, status=status)
 
     def __repr__(self) -> str:
-        state = "open" if self._open else "ended"
+        state = ("not granted", "open", "ended")[self._stage]
         settled = ", settled" if self._settled else ""
         return f"<Lease {dict(self.reserved)} {state}{settled}>"
+
+
+class LeaseContext(Lease):
+    """What :meth:`Limiter.acquire` returns: ``async with`` it to hold it as a :class:`Lease`.
+
+    Entering waits (in FIFO order) until the request is granted and gives the lease (this
+    very object); leaving releases the concurrency slot, also on error and cancellation.
+    A context is entered once.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise TypeError(
+            "Limiter.acquire() returns a lease context: use "
+            "'async with limiter.acquire(...) as lease:', not 'await limiter.acquire(...)'"
+        )
+
+    async def __aenter__(self) -> Lease:
+        """Wait until granted. Cancelled or timed out, it takes nothing."""
+        if self._stage != _NEW:
+            raise LeaseError("this acquire() context was already entered; call acquire() again")
+        limiter = self._limiter
+        store = limiter._store
+        ticket = store.try_take(self)  # no second coroutine when it fits at once
+        if ticket is None:
+            ticket = await store.take(self, self._timeout)
+        self._ticket = ticket
+        self._stage = _OPEN
+        limiter._leases += 1
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Release the concurrency slot (at once in memory; one round trip on Redis)."""
+        if self._stage == _OPEN:
+            self._stage = _ENDED
+            limiter = self._limiter
+            limiter._leases -= 1
+            done = limiter._store.release(self, self._ticket)
+            if done is not None:
+                await done
+
+
+_LATE: Final = float("inf")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final, cast
 from . import _validate
 from ._backend import open_store
 from ._config import RateLike, concurrency, parse_limits
-from ._core import Meter, MultiState, Request
+from ._core import Meter, MultiState
 from ._errors import AmountExceedsLimitError, ArgumentTypeError, InvalidArgumentError
 from ._feedback import FeedbackPlan, plan_feedback
 from ._headers import ServerFeedback, parse_rate_limit_headers
@@ -203,8 +203,21 @@ class Limiter:
             InvalidArgumentError, ArgumentTypeError: a bad amount, an unknown dimension
                 or a bad timeout.
         """
+        vector = self._template.copy()  # requests=1 unless told otherwise
+        if not self._requests_ok and "requests" not in amounts:
+            raise AmountExceedsLimitError(1.0, self._limits["requests"], "requests limit")
+        index = self._index
+        caps = self._caps
+        for dim, value in amounts.items():
+            i = index.get(dim)
+            cls = value.__class__
+            if i is not None and (cls is float or cls is int) and 0 <= value <= caps[i]:
+                vector[i] = value
+            else:  # the generic checks, which raise what is wrong
+                amount = self._check(dim, value)
+                vector[self._index[dim]] = amount
         seconds = None if timeout is None else _validate.timeout(timeout)
-        return LeaseContext(self, self._request(amounts), seconds)
+        return LeaseContext(self, tuple(vector), self._slot, seconds)
 
     def pause(self, seconds: float) -> None:
         """Admit nothing for ``seconds`` from now (for example after a 429's
@@ -253,22 +266,6 @@ class Limiter:
         return f"<Limiter{label} {', '.join(parts)} waiters={waiters}>"
 
     # -- internals ---------------------------------------------------------------------
-
-    def _request(self, amounts: Mapping[str, float]) -> Request:
-        vector = self._template.copy()  # requests=1 unless told otherwise
-        if not self._requests_ok and "requests" not in amounts:
-            raise AmountExceedsLimitError(1.0, self._limits["requests"], "requests limit")
-        index = self._index
-        caps = self._caps
-        for dim, value in amounts.items():
-            i = index.get(dim)
-            cls = value.__class__
-            if i is not None and (cls is float or cls is int) and 0 <= value <= caps[i]:
-                vector[i] = value
-            else:
-                amount = self._check(dim, value)
-                vector[self._index[dim]] = amount
-        return Request(tuple(vector), self._slot)
 
     def _check(self, dim: str, value: object) -> float:
         """Check one amount of a request; raise what is wrong with it."""

@@ -104,7 +104,6 @@ class MultiState:
     __slots__ = (
         "_cap",
         "_pairs",
-        "_ticket",
         "dims",
         "freed",
         "in_flight",
@@ -112,6 +111,7 @@ class MultiState:
         "meters",
         "paused_until",
         "seen",
+        "ticket",
     )
 
     def __init__(
@@ -126,7 +126,7 @@ class MultiState:
         self.paused_until = -_INF
         self.seen = -_INF  # the latest instant this state has been asked about
         self.freed: list[Meter] = []  # shared meters whose claim a grant just released
-        self._ticket: tuple[float | None, ...] = ()
+        self.ticket: tuple[float | None, ...] = ()  # of the most recent grant
         self.add(dims, meters)
 
     def add(self, dims: Iterable[str], meters: Iterable[Meter]) -> None:
@@ -144,11 +144,6 @@ class MultiState:
     def limit(self, dim: str) -> float:
         """The most one request may take of ``dim`` (its tightest meter), or inf."""
         return min((m.maximum for m in self.meters if m.dim == dim), default=_INF)
-
-    @property
-    def ticket(self) -> tuple[float | None, ...]:
-        """The ticket of the most recent grant."""
-        return self._ticket
 
     @property
     def last_update(self) -> float:
@@ -185,7 +180,7 @@ class MultiState:
             tickets.append(core.charge(amount, now) if amount else None)
         if request.slot:
             self.in_flight += 1
-        self._ticket = tuple(tickets)
+        self.ticket = tuple(tickets)
         if claimed:
             self.freed.extend(self.unclaim(request))
         return True

@@ -12,6 +12,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Final
 
+from .._core import Request
 from .._errors import AcquireTimeoutError, BackendUnavailableError
 from .._statistics import LimiterStatistics
 from . import MeterSpec, Reservation
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping
 
     from .._backend import Store, StoreSpec
-    from .._core import Request
     from .._feedback import FeedbackPlan
     from . import RedisBackend
 
@@ -161,7 +161,7 @@ class RedisStore:
             assert self._fallback is not None
             self._local = self._fallback(self.backend.local_share)
         local = self._local
-        alone = type(request)(request.amounts, False, request.seq)  # the cap stays in Redis
+        alone = Request(request.amounts, False, request.seq)  # the cap stays in Redis
         left = None if deadline is None else max(0.0, deadline - now)
         ticket = await local.take(alone, left)
         local.release(alone, ticket)
