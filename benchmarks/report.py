@@ -308,13 +308,15 @@ def _find(rows: list[Any], loop: str, name: str, **match: Any) -> Any:
     )
 
 
-def targets(results: Results) -> list[list[str]]:
-    """tokenbucket's performance targets, each with the measured figure: (target, loop,
-    measured, met)."""
-    out: list[list[str]] = []
+def targets(results: Results) -> tuple[int, int, str]:
+    """tokenbucket's performance targets: (met, checked, a table of the measured figure
+    and the verdict per target and loop)."""
+    out: dict[str, dict[str, str]] = {}
+    verdicts: list[bool] = []
 
     def check(target: str, loop: str, measured: str, ok: bool) -> None:
-        out.append([target, loop, measured, "met" if ok else f"{RED} not met"])
+        out.setdefault(target, {})[loop] = f"{measured}: {'met' if ok else RED + ' not met'}"
+        verdicts.append(ok)
 
     for loop in dict.fromkeys(r.loop for r in results.uncontended):
         rows = [r for r in results.uncontended if r.loop == loop]
@@ -324,8 +326,8 @@ def targets(results: Results) -> list[list[str]]:
         best = min(theirs, key=lambda r: r.ratio, default=None)
         for name in (peers.TOKENBUCKET, "tokenbucket.SlidingWindow"):
             if (mine := _find(rows, loop, name)) is not None:
-                measured = f"{mine.ratio:.2f}x floor" + (
-                    f"; fastest peer {best.ratio:.2f}x ({best.name})" if best else ""
+                measured = f"{mine.ratio:.2f}x" + (
+                    f" (fastest peer {best.ratio:.2f}x, {best.name.split()[0]})" if best else ""
                 )
                 check(
                     f"{name}: <= 3.5x floor, below every peer",
@@ -338,7 +340,7 @@ def targets(results: Results) -> list[list[str]]:
                 check(
                     f"{name} acquire+release: <= 15x floor",
                     loop,
-                    f"{mine.ratio:.2f}x floor",
+                    f"{mine.ratio:.2f}x",
                     mine.ratio <= 15,
                 )
         pair, limiter = _find(rows, loop, peers.AIO_GATHER), _find(rows, loop, peers.LIMITER)
@@ -347,7 +349,7 @@ def targets(results: Results) -> list[list[str]]:
             check(
                 "tokenbucket.Limiter: >= 15x faster than gather of two aiolimiters",
                 loop,
-                f"{speedup:.1f}x ({pair.ratio:.1f}x vs {limiter.ratio:.1f}x floor)",
+                f"{speedup:.1f}x ({pair.ratio:.0f}x vs {limiter.ratio:.0f}x floor)",
                 speedup >= 15,
             )
     for loop in dict.fromkeys(r.loop for r in results.saturation):
@@ -361,22 +363,22 @@ def targets(results: Results) -> list[list[str]]:
         check(
             "saturation: rate >= 99% of configured, never over",
             loop,
-            f"{_span([r.achieved * 100 for r in runs], '.1f', '%')}; peak - allowed "
-            f"{max(r.peak - r.allowed for r in runs):+.0f} (+/- {saturation.SLACK_ADMISSIONS})",
+            f"{_span([r.achieved * 100 for r in runs], '.1f', '%')}, peak - allowed "
+            f"{max(r.peak - r.allowed for r in runs):+.0f} (+/-{saturation.SLACK_ADMISSIONS})",
             low >= 0.99 and not any(r.over for r in runs),
         )
         inversions = sum(r.adjacent_inversions for r in runs)
-        check(
-            "saturation: 0 grants out of order", loop, f"{inversions} inversions", inversions == 0
-        )
+        check("saturation: 0 grants out of order", loop, f"{inversions}", inversions == 0)
         spread = runs[-1].cpu_ms_per_1k / runs[0].cpu_ms_per_1k
         check(
             f"saturation: CPU / admission at {runs[-1].tasks:,} tasks <= 1.2x at {runs[0].tasks:,}",
             loop,
-            f"{spread:.2f}x ({runs[0].cpu_ms_per_1k:.1f} -> {runs[-1].cpu_ms_per_1k:.1f} ms / 1k)",
+            f"{spread:.2f}x ({runs[0].cpu_ms_per_1k:.0f} to {runs[-1].cpu_ms_per_1k:.0f} ms / 1k)",
             spread <= 1.2,
         )
-    return out
+    names = list(dict.fromkeys(loop for cells in out.values() for loop in cells))
+    rows = [[target, *(cells.get(n, "n/a") for n in names)] for target, cells in out.items()]
+    return sum(verdicts), len(verdicts), markdown_table(["target", *names], rows) if rows else ""
 
 
 def _llm_row(rows: list[llm.Row], loop: str, peer: peers.Peer) -> llm.Row | None:
@@ -523,12 +525,12 @@ def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
             "",
         ]
     parts += ["## Summary", ""]
-    if checks := targets(results):
-        met = sum(row[3] == "met" for row in checks)
+    met, checked, table = targets(results)
+    if checked:
         parts += [
-            f"tokenbucket's performance targets: {met} of {len(checks)} met in this run.",
+            f"tokenbucket's performance targets: {met} of {checked} met in this run.",
             "",
-            markdown_table(["target", "loop", "measured", "met"], checks),
+            table,
             "",
         ]
     if results.saturation or results.uncontended:
