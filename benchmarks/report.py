@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import peers
 from _harness import Loop, describe, loops, markdown_table
 from workloads import cancellation, llm, saturation, uncontended, waiters
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 RED = "\N{LARGE RED CIRCLE}"
 
@@ -47,16 +50,20 @@ def _loops(names: list[str]) -> list[Loop]:
     return [loop for loop in loops() if loop.name in names]
 
 
-def _table(workload: str, headers: list[str], rows: list[list[str]]) -> str:
+def _table(workload: str, columns: list[tuple[str, Callable[[Any], str]]], rows: list[Any]) -> str:
     """Rows of each loop followed by a ``n/a: reason`` row per peer that cannot run it."""
     body: list[list[str]] = []
-    for loop in _loops(list(dict.fromkeys(r[0] for r in rows))):
-        body += [r for r in rows if r[0] == loop.name]
+    for loop in _loops(list(dict.fromkeys(r.loop for r in rows))):
         body += [
-            [loop.name, name, f"n/a: {why}", *[""] * (len(headers) - 3)]
-            for name, why in peers.not_applicable(workload, loop)
+            [r.loop, r.name, *(cell(r) for _, cell in columns)] for r in rows if r.loop == loop.name
         ]
-    return markdown_table(headers, body, range(2, len(headers)))
+        missing = peers.not_applicable(workload, loop)
+        body += [
+            [loop.name, name, f"n/a: {why}", *[""] * (len(columns) - 1)] for name, why in missing
+        ]
+    return markdown_table(
+        ["loop", "limiter", *(h for h, _ in columns)], body, range(2, len(columns) + 2)
+    )
 
 
 def folded(summary: str, *blocks: str) -> list[str]:
@@ -71,34 +78,7 @@ def folded(summary: str, *blocks: str) -> list[str]:
     ]
 
 
-# -- the tables --------------------------------------------------------------------------
-
-
-def uncontended_table(rows: list[uncontended.Row]) -> str:
-    headers = [
-        "loop",
-        "acquire",
-        "ns/op (min)",
-        "vs floor",
-        "vs tokenbucket",
-        "min / min floor",
-        "awaits / sample",
-        "samples",
-    ]
-    cells = [
-        [
-            r.loop,
-            r.name,
-            f"{r.ns_per_op:,.0f}",
-            f"{r.ratio:.2f}x",
-            _x(r.vs_tokenbucket),
-            f"{r.ratio_of_minima:.2f}x",
-            f"{r.ops:,}",
-            str(len(r.samples)),
-        ]
-        for r in rows
-    ]
-    return _table("uncontended", headers, cells)
+# -- the tables (header, cell) -----------------------------------------------------------
 
 
 def _peak(r: saturation.Row) -> str:
@@ -106,149 +86,78 @@ def _peak(r: saturation.Row) -> str:
     return f"{RED} {text} (+{r.peak - r.allowed:,.0f})" if r.over else text
 
 
-def saturation_table(rows: list[saturation.Row]) -> str:
-    window = rows[0].window if rows else 1.0
-    headers = [
-        "loop",
-        "limiter",
-        "tasks",
-        "rate",
-        f"peak in {window:g} s / allowed",
-        "CPU ms / 1k adm",
-        "CPU load",
-        "wait p50 ms",
-        "wait p99 ms",
+UNCONTENDED: list[tuple[str, Callable[[uncontended.Row], str]]] = [
+    ("ns/op (min)", lambda r: f"{r.ns_per_op:,.0f}"),
+    ("vs floor", lambda r: f"{r.ratio:.2f}x"),
+    ("vs tokenbucket", lambda r: _x(r.vs_tokenbucket)),
+    ("min / min floor", lambda r: f"{r.ratio_of_minima:.2f}x"),
+    ("awaits / sample", lambda r: f"{r.ops:,}"),
+    ("samples", lambda r: str(len(r.samples))),
+]
+SATURATION: list[tuple[str, Callable[[saturation.Row], str]]] = [
+    ("tasks", lambda r: f"{r.tasks:,}"),
+    ("rate", lambda r: f"{r.achieved:.1%}"),
+    ("peak in a window / allowed", lambda r: _peak(r)),
+    ("CPU ms / 1k adm", lambda r: f"{r.cpu_ms_per_1k:,.1f}"),
+    ("CPU load", lambda r: f"{r.cpu_load:.0%}"),
+    ("wait p50 ms", lambda r: _ms(r.wait_p50_ms)),
+    ("wait p99 ms", lambda r: _ms(r.wait_p99_ms)),
+    (
         "Jain / best",
-        "starved",
-        "out of order",
-        "steps / adm",
-    ]
-    cells = [
-        [
-            r.loop,
-            r.name,
-            f"{r.tasks:,}",
-            f"{r.achieved:.1%}",
-            _peak(r),
-            f"{r.cpu_ms_per_1k:,.1f}",
-            f"{r.cpu_load:.0%}",
-            _ms(r.wait_p50_ms),
-            _ms(r.wait_p99_ms),
-            "n/a: none admitted"
-            if math.isnan(r.fairness)
-            else f"{r.fairness:.3f} / {r.fairness_best:.3f}",
-            f"{r.starved:,}",
-            f"{r.out_of_order:.1%}",
-            _x(r.steps_per_admission).rstrip("x"),
-        ]
-        for r in rows
-    ]
-    return _table("saturation", headers, cells)
-
-
-def waiters_table(rows: list[waiters.Row]) -> str:
-    headers = [
-        "loop",
-        "limiter",
-        "waiters",
-        "granted",
-        "wall s",
-        "ideal s",
-        "wall / ideal",
-        "CPU us / waiter",
-        "CPU load",
-        "peak MiB",
+        lambda r: "n/a" if math.isnan(r.fairness) else f"{r.fairness:.3f} / {r.fairness_best:.3f}",
+    ),
+    ("starved", lambda r: f"{r.starved:,}"),
+    ("out of order", lambda r: f"{r.out_of_order:.1%}"),
+    ("steps / adm", lambda r: _x(r.steps_per_admission).rstrip("x")),
+]
+WAITERS: list[tuple[str, Callable[[waiters.Row], str]]] = [
+    ("waiters", lambda r: f"{r.waiters:,}"),
+    ("granted", lambda r: f"{r.granted:,}" + " (capped)" * r.capped),
+    ("wall s", lambda r: f"{r.wall:.3f}"),
+    ("ideal s", lambda r: f"{r.ideal:.3f}"),
+    ("wall / ideal", lambda r: _x(r.ratio) if r.ideal >= 0.1 else "n/a: in the burst"),
+    ("CPU us / waiter", lambda r: f"{r.cpu_us_per_waiter:,.1f}"),
+    ("CPU load", lambda r: "n/a" if math.isnan(r.cpu_load) else f"{r.cpu_load:.0%}"),
+    ("peak MiB", lambda r: "n/a" if r.memory_bytes is None else f"{r.memory_bytes / 2**20:,.1f}"),
+    (
         "bytes / waiter",
-    ]
-    cells = [
-        [
-            r.loop,
-            r.name,
-            f"{r.waiters:,}",
-            f"{r.granted:,}" + (" (capped)" if r.capped else ""),
-            f"{r.wall:.3f}",
-            f"{r.ideal:.3f}",
-            _x(r.ratio) if r.ideal >= 0.1 else "n/a: in the burst",
-            f"{r.cpu_us_per_waiter:,.1f}",
-            "n/a" if math.isnan(r.cpu_load) else f"{r.cpu_load:.0%}",
-            "n/a" if r.memory_bytes is None else f"{r.memory_bytes / 2**20:,.1f}",
-            "n/a" if r.memory_bytes is None else f"{r.memory_bytes / r.waiters:,.0f}",
-        ]
-        for r in rows
-    ]
-    return _table("waiters", headers, cells)
+        lambda r: "n/a" if r.memory_bytes is None else f"{r.memory_bytes / r.waiters:,.0f}",
+    ),
+]
 
 
 def _throughput(r: cancellation.Row) -> str:
     return "n/a: none left waiting" if r.survivors == 0 else f"{r.throughput:.1%}"
 
 
-def cancellation_table(rows: list[cancellation.Row]) -> str:
-    headers = [
-        "loop",
-        "limiter",
-        "granted before",
-        "cancelled",
-        "survivors granted",
-        "wall s",
-        "ideal s",
-        "throughput / rate",
-        "cancel not taken",
-    ]
-    cells = [
-        [
-            r.loop,
-            r.name,
-            f"{r.before_cancel:,}",
-            f"{r.cancelled:,}",
-            f"{r.granted:,} / {r.survivors:,}" + (" (capped)" if r.capped else ""),
-            f"{r.wall:.3f}",
-            f"{r.ideal:.3f}",
-            _throughput(r),
-            f"{r.not_cancelled:,}",
-        ]
-        for r in rows
-    ]
-    return _table("cancellation", headers, cells)
+CANCELLATION: list[tuple[str, Callable[[cancellation.Row], str]]] = [
+    ("granted before", lambda r: f"{r.before_cancel:,}"),
+    ("cancelled", lambda r: f"{r.cancelled:,}"),
+    ("survivors granted", lambda r: f"{r.granted:,} / {r.survivors:,}" + " (capped)" * r.capped),
+    ("wall s", lambda r: f"{r.wall:.3f}"),
+    ("ideal s", lambda r: f"{r.ideal:.3f}"),
+    ("throughput / rate", _throughput),
+    ("cancel not taken", lambda r: f"{r.not_cancelled:,}"),
+]
 
 
-def llm_table(rows: list[llm.Row], cfg: llm.Config) -> str:
+def llm_columns(cfg: llm.Config) -> list[tuple[str, Callable[[llm.Row], str]]]:
     def peak(value: int, limit: float) -> str:
         return f"{value:,}" + (f" (+{(value - limit) / limit:.0%})" if value > limit else "")
 
     r_limit, t_limit = cfg.requests_per_second * cfg.window, cfg.tokens_per_second * cfg.window
-    headers = [
-        "loop",
-        "limiter",
-        "req % of R",
-        "tok % of T",
-        "peak req: run",
-        "steady",
-        "peak tok: run",
-        "steady",
-        "CPU ms / 1k req",
-        "CPU vs Limiter",
-        "tasks / req",
-        "task steps / req",
+    return [
+        ("req % of R", lambda r: f"{r.request_share:.1%}"),
+        ("tok % of T", lambda r: f"{r.token_share:.1%}"),
+        ("peak req: run", lambda r: peak(r.peak_requests, r_limit)),
+        ("steady", lambda r: peak(r.steady_peak_requests, r_limit)),
+        ("peak tok: run", lambda r: peak(r.peak_tokens, t_limit)),
+        ("steady", lambda r: peak(r.steady_peak_tokens, t_limit)),
+        ("CPU ms / 1k req", lambda r: _ms(r.cpu_ms_per_1k)),
+        ("CPU vs Limiter", lambda r: _x(r.cpu_vs_baseline)),
+        ("tasks / req", lambda r: f"{r.tasks_per_request:.2f}"),
+        ("task steps / req", lambda r: f"{r.steps_per_request:.2f}"),
     ]
-    cells = [
-        [
-            r.loop,
-            r.name,
-            f"{r.request_share:.1%}",
-            f"{r.token_share:.1%}",
-            peak(r.peak_requests, r_limit),
-            peak(r.steady_peak_requests, r_limit),
-            peak(r.peak_tokens, t_limit),
-            peak(r.steady_peak_tokens, t_limit),
-            _ms(r.cpu_ms_per_1k),
-            _x(r.cpu_vs_baseline),
-            f"{r.tasks_per_request:.2f}",
-            f"{r.steps_per_request:.2f}",
-        ]
-        for r in rows
-    ]
-    return _table("llm", headers, cells)
 
 
 def llm_reading(rows: list[llm.Row], cfg: llm.Config) -> str:
@@ -567,7 +476,7 @@ def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
             "timed just before and after it in the same loop.",
             "",
         ]
-        parts += folded("The table", uncontended_table(results.uncontended))
+        parts += folded("The table", _table("uncontended", UNCONTENDED, results.uncontended))
     if results.saturation:
         floors = ", ".join(f"{n} {s * 1e6:.1f} us" for n, s in results.loop_floor.items())
         parts += [
@@ -576,12 +485,13 @@ def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
             f"N tasks loop on `acquire()` of one limiter at {sat_cfg.rate:,.0f} units/s, burst "
             f"{sat_cfg.capacity:g}; {sat_cfg.duration:g} s measured after {sat_cfg.warmup:g} s. "
             f"Peak: most admissions certainly inside one window against rate x window + burst "
-            f"({RED}: more than {saturation.SLACK_ADMISSIONS} over). Wait: call to resumption. "
+            f"({RED}: more than {saturation.SLACK_ADMISSIONS} over; window "
+            f"{min(sat_cfg.window, sat_cfg.duration):g} s). Wait: call to resumption. "
             "Out of order: adjacent grants whose arrival order is inverted. Event-loop floor "
             f"(CPU per wake-up of a task sleeping 1 ms): {floors}.",
             "",
         ]
-        parts += folded("The table", saturation_table(results.saturation))
+        parts += folded("The table", _table("saturation", SATURATION, results.saturation))
         for kind, alt in (
             ("cpu", "CPU per admission"),
             ("timeline", "Admissions over time"),
@@ -603,7 +513,7 @@ def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
             ),
             "",
         ]
-        parts += folded("The table", waiters_table(results.waiters))
+        parts += folded("The table", _table("waiters", WAITERS, results.waiters))
         parts += folded(
             "Plots",
             *[
@@ -623,7 +533,7 @@ def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
             "cancelled. Throughput: survivors granted / (last grant - cancellation) / rate.",
             "",
         ]
-        parts += folded("The table", cancellation_table(results.cancellation))
+        parts += folded("The table", _table("cancellation", CANCELLATION, results.cancellation))
     if results.llm:
         costs = results.costs
         parts += [
@@ -638,5 +548,5 @@ def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
             "",
         ]
         patterns = "\n".join(f"- {p.name}: {p.llm_how}" for p in peers.all_peers() if p.llm)
-        parts += folded("The table", llm_table(llm_rows, llm_cfg), "", patterns)
+        parts += folded("The table", _table("llm", llm_columns(llm_cfg), llm_rows), "", patterns)
     return "\n".join(parts)
