@@ -4,8 +4,9 @@ A page may hold three kinds of marker, each an HTML comment on a line of its own
 
 ``<!-- benchmark-report: PATH -->``
     Replaced by the whole Markdown file ``docs/PATH`` (the report of a full run), its
-    headings moved one level down (its title becomes a section of the page), its images and links rewritten to resolve from the
-    page (or reduced to their text when their target does not exist). A note when the
+    headings moved one level down (its title becomes a section of the page), its images
+    and links rewritten to resolve from the page (or reduced to their text when their
+    target does not exist). A note when the
     file does not exist yet.
 
 ``<!-- benchmark-tables: PATTERN -->``
