@@ -286,8 +286,8 @@ def targets(results: Results) -> tuple[int, int, str]:
             spread <= 1.2,
         )
     names = list(dict.fromkeys(loop for cells in out.values() for loop in cells))
-    rows = [[target, *(cells.get(n, "n/a") for n in names)] for target, cells in out.items()]
-    return sum(verdicts), len(verdicts), markdown_table(["target", *names], rows) if rows else ""
+    body = [[target, *(cells.get(n, "n/a") for n in names)] for target, cells in out.items()]
+    return sum(verdicts), len(verdicts), markdown_table(["target", *names], body) if body else ""
 
 
 def _llm_row(rows: list[llm.Row], loop: str, peer: peers.Peer) -> llm.Row | None:
