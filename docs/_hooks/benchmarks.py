@@ -4,8 +4,9 @@ A page may hold three kinds of marker, each an HTML comment on a line of its own
 
 ``<!-- benchmark-report: PATH -->``
     Replaced by the whole Markdown file ``docs/PATH`` (the report of a full run), its
-    headings moved two levels down, its images and links rewritten to resolve from the
-    page (or reduced to their text when their target does not exist). A note when the
+    headings moved one level down (its title becomes a section of the page), its images
+    and links rewritten to resolve from the page (or reduced to their text when their
+    target does not exist). A note when the
     file does not exist yet.
 
 ``<!-- benchmark-tables: PATTERN -->``
@@ -98,7 +99,7 @@ def _report(docs_dir: Path, name: str, page_dir: Path, shown: set[Path]) -> list
             fenced = not fenced
         heading = None if fenced else _HEADING.match(line)
         if heading:
-            level = min(len(heading["hashes"]) + 2, 6)
+            level = min(len(heading["hashes"]) + 1, 6)
             out.append(f"{'#' * level} {heading['text']}")
         else:
             out.append(line if fenced else _LINK.sub(relink, line))
@@ -166,7 +167,7 @@ def _plots(docs_dir: Path, folder: str, page_dir: Path, shown: set[Path]) -> lis
         ]
     new = [image for image in images if image not in shown]
     if not new:
-        return ["Every plot of the run is shown with its report above.", ""]
+        return []  # every plot of the run is shown with its report
     out: list[str] = []
     for image in new:
         caption = image.stem.replace("_", " ").replace("-", " ")

@@ -1,0 +1,557 @@
+"""What every benchmark shares: event loops, fresh runs, timing, measures, the environment.
+
+A run is one (limiter, event loop, workload) in a **fresh** event loop: ``asyncio``,
+``uvloop`` or ``trio`` (``trio.run``). The workload is written once against a
+:class:`Runtime`, which gives it the loop's clock, sleeping, spawning and cancelling
+tasks, an event, and (on request) instruments: steps counted per task, and the instant
+each watched task was last made runnable (``woken``). Everything a run started, the
+libraries' own tasks included, is cancelled and awaited before its loop closes, and the
+run fails if a task is left over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib
+import importlib.metadata
+import itertools
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal, Protocol, TypeVar
+
+import tokenbucket as tb
+
+T = TypeVar("T")
+Acquire = Callable[[], Awaitable[None]]
+Count = Literal["spawned", "all"] | None
+
+
+def optional(name: str) -> Any:
+    """The module, or None when it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def progress(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+# -- event loops -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loop:
+    """An event loop to run on: an asyncio loop factory, or trio (``factory`` None)."""
+
+    name: str
+    factory: Callable[[], asyncio.AbstractEventLoop] | None
+
+    @property
+    def is_trio(self) -> bool:
+        return self.factory is None
+
+
+def loops(*, trio: bool = True) -> list[Loop]:
+    found = [Loop("asyncio", asyncio.new_event_loop)]
+    uvloop = optional("uvloop")
+    if uvloop is not None:
+        found.append(Loop("uvloop", uvloop.new_event_loop))
+    if trio and optional("trio") is not None:
+        found.append(Loop("trio", None))
+    return found
+
+
+class Task(Protocol):
+    def cancel(self) -> Any: ...
+    def done(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+
+
+class Event(Protocol):
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+    async def wait(self, timeout: float) -> None: ...
+
+
+class Counts:
+    """Tasks created and task steps taken (by the counted tasks)."""
+
+    __slots__ = ("steps", "tasks")
+
+    def __init__(self) -> None:
+        self.tasks = 0
+        self.steps = 0
+
+
+class Runtime(Protocol):
+    """The running loop, as a workload sees it."""
+
+    name: str
+    reorders: bool  # trio resumes a batch of runnable tasks in random order
+    counts: Counts
+    woken: dict[object, float]  # watched task -> instant it was last made runnable
+    order: dict[object, int]  # watched task -> sequence number of that moment (trio)
+    sequence: Callable[[], int]
+
+    def now(self) -> float: ...
+    def current(self) -> object: ...
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> Task: ...
+    def event(self) -> Event: ...
+    async def sleep(self, seconds: float) -> None: ...
+    async def checkpoint(self) -> None: ...
+    async def cancel(self, tasks: Iterable[Task]) -> None: ...
+    async def cancel_others(self) -> None: ...
+
+
+class _Counted(Coroutine[Any, Any, Any]):
+    """Wraps a task's coroutine and counts its steps: a task drives its coroutine only
+    through ``send`` (its start and every wake-up) and ``throw`` (e.g. a cancellation)."""
+
+    __slots__ = ("_coro", "_counts")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], counts: Counts) -> None:
+        self._coro = coro
+        self._counts = counts
+
+    def send(self, value: Any) -> Any:
+        self._counts.steps += 1
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
+        self._counts.steps += 1
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)  # the old 3-argument form; Task never uses it
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._coro.__await__()  # required by the ABC; a Task never calls it
+
+
+class _Future:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._future = loop.create_future()
+
+    def set(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._future.done()
+
+    async def wait(self, timeout: float) -> None:
+        await asyncio.wait([self._future], timeout=max(timeout, 0.0))
+
+
+class AsyncioRuntime:
+    reorders = False
+
+    def __init__(
+        self, name: str, loop: asyncio.AbstractEventLoop, count: Count, clock: Callable[[], float]
+    ) -> None:
+        self.name = name
+        self.loop = loop
+        self.now = loop.time
+        self.counts = Counts()
+        self.woken: dict[object, float] = {}
+        self.order: dict[object, int] = {}
+        self.sequence = itertools.count().__next__
+        self._count = count
+        if count == "all":  # every task created from now on, asyncio.gather's included
+            counts = self.counts
+
+            def factory(
+                loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kw: Any
+            ) -> asyncio.Task[Any]:
+                counts.tasks += 1
+                return asyncio.Task(_Counted(coro, counts), loop=loop, **kw)
+
+            loop.set_task_factory(factory)  # type: ignore[arg-type]
+        if count is not None:
+            self._note_wakeups(clock)
+
+    def _note_wakeups(self, clock: Callable[[], float]) -> None:
+        """A completed future schedules the wake-up of the task awaiting it through
+        ``loop.call_soon(task_wakeup)``, looked up on the loop object: an instance
+        attribute notes it, on asyncio and uvloop alike."""
+        original = self.loop.call_soon
+        woken = self.woken
+
+        def call_soon(callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+            owner = getattr(callback, "__self__", None)
+            if owner is not None and owner in woken:
+                woken[owner] = clock()
+            return original(callback, *args, context=context)
+
+        self.loop.call_soon = call_soon  # type: ignore[method-assign, assignment]
+
+    def current(self) -> object:
+        return asyncio.current_task()
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> Task:
+        coro: Any = fn(*args)
+        if self._count == "spawned":
+            coro = _Counted(coro, self.counts)
+        return self.loop.create_task(coro)
+
+    def event(self) -> Event:
+        return _Future(self.loop)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def checkpoint(self) -> None:
+        await asyncio.sleep(0)
+
+    async def cancel(self, tasks: Iterable[Task]) -> None:
+        """Cancel and await, cancelling again those still running: on Python < 3.12
+        ``asyncio.wait_for`` (which redis-py wraps around socket writes) can swallow a
+        cancellation that arrives as the write completes."""
+        pending: set[Any] = set(tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+
+    async def cancel_others(self) -> None:
+        me = asyncio.current_task()
+        await self.cancel(t for t in asyncio.all_tasks() if t is not me)
+
+
+class _TrioTask:
+    def __init__(self, scope: Any) -> None:
+        self.scope = scope
+        self.finished = False
+
+    def cancel(self) -> None:
+        self.scope.cancel()
+
+    def done(self) -> bool:
+        return self.finished
+
+    def cancelled(self) -> bool:
+        return self.finished and bool(self.scope.cancelled_caught)
+
+
+class TrioRuntime:
+    reorders = True
+
+    def __init__(self, nursery: Any, count: Count, clock: Callable[[], float]) -> None:
+        import trio
+        import trio.abc
+        import trio.lowlevel
+
+        self.name = "trio"
+        self._trio = trio
+        self._nursery = nursery
+        self.now = trio.current_time
+        self.counts = Counts()
+        self.woken: dict[object, float] = {}
+        self.order: dict[object, int] = {}
+        self.sequence = itertools.count().__next__
+        self._tasks: list[_TrioTask] = []
+        self._count = count
+        self._counted: set[object] = set()
+        runtime = self
+
+        class Watch(trio.abc.Instrument):
+            """Counts steps (of the spawned tasks, or all) and notes when each watched
+            task was made runnable, and in what order."""
+
+            def task_spawned(self, task: trio.lowlevel.Task) -> None:
+                runtime.counts.tasks += 1
+
+            def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+                if task in runtime.woken:
+                    runtime.woken[task] = clock()
+                    runtime.order[task] = runtime.sequence()
+
+            def before_task_step(self, task: trio.lowlevel.Task) -> None:
+                if count == "all" or task in runtime._counted:
+                    runtime.counts.steps += 1
+
+        self.instrument = Watch() if count is not None else None
+
+    def current(self) -> object:
+        return self._trio.lowlevel.current_task()
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> Task:
+        handle = _TrioTask(self._trio.CancelScope())
+        self._tasks.append(handle)
+
+        async def run() -> None:
+            if self._count == "spawned":
+                self._counted.add(self._trio.lowlevel.current_task())
+            try:
+                with handle.scope:
+                    await fn(*args)
+            finally:
+                handle.finished = True
+
+        self._nursery.start_soon(run)
+        return handle
+
+    def event(self) -> Event:
+        trio = self._trio
+        event = trio.Event()
+
+        class _Event:
+            set = event.set
+            is_set = event.is_set
+
+            @staticmethod
+            async def wait(timeout: float) -> None:
+                with trio.move_on_after(max(timeout, 0.0)):
+                    await event.wait()
+
+        return _Event()
+
+    async def sleep(self, seconds: float) -> None:
+        await self._trio.sleep(seconds)
+
+    async def checkpoint(self) -> None:
+        await self._trio.lowlevel.checkpoint()
+
+    async def cancel(self, tasks: Iterable[Task]) -> None:
+        waiting = list(tasks)
+        for task in waiting:
+            task.cancel()
+        while not all(task.done() for task in waiting):
+            await self._trio.sleep(0.001)
+
+    async def cancel_others(self) -> None:
+        await self.cancel(self._tasks)
+
+
+def run(
+    loop: Loop,
+    body: Callable[[Runtime], Awaitable[T]],
+    *,
+    count: Count = None,
+    clock: Callable[[], float] | None = None,
+) -> T:
+    """``body(runtime)`` in a fresh event loop, after a garbage collection. ``count``
+    installs the instruments: task steps (of the tasks ``spawn`` makes, or of every
+    task) and wake-up instants, read with ``clock`` (default: the loop's)."""
+    gc.collect()
+    if loop.factory is None:
+        import trio
+
+        async def main() -> T:
+            async with trio.open_nursery() as nursery:
+                runtime = TrioRuntime(nursery, count, clock or trio.current_time)
+                if runtime.instrument is not None:
+                    trio.lowlevel.add_instrument(runtime.instrument)
+                try:
+                    return await body(runtime)
+                finally:
+                    if runtime.instrument is not None:
+                        trio.lowlevel.remove_instrument(runtime.instrument)
+                    nursery.cancel_scope.cancel()
+
+        return trio.run(main)
+    event_loop = loop.factory()
+    try:
+        runtime = AsyncioRuntime(loop.name, event_loop, count, clock or event_loop.time)
+        result = event_loop.run_until_complete(body(runtime))
+        leftovers = asyncio.all_tasks(event_loop)
+        if leftovers:  # pragma: no cover - a bug in a workload
+            event_loop.run_until_complete(runtime.cancel(leftovers))
+            raise RuntimeError(f"{len(leftovers)} tasks leaked out of a timed run")
+        event_loop.run_until_complete(event_loop.shutdown_asyncgens())
+        # `limits`' MemoryStorage expires entries with asyncio.to_thread.
+        event_loop.run_until_complete(event_loop.shutdown_default_executor())
+        return result
+    finally:
+        event_loop.close()
+
+
+@dataclass(frozen=True)
+class Made:
+    """A limiter built inside the running loop: ``acquire`` returns once admitted;
+    ``close()`` runs after every task of the run has ended."""
+
+    acquire: Callable[..., Awaitable[None]]
+    close: Callable[[], Any] = lambda: None
+
+
+def run_with(
+    loop: Loop,
+    build: Callable[[], Made],
+    workload: Callable[[Runtime, Any], Awaitable[T]],
+    **options: Any,
+) -> T:
+    """``workload(runtime, acquire)`` on a limiter built inside a fresh loop; then what
+    the library left running (``limits``' expiry task) is cancelled and it is closed."""
+
+    async def body(runtime: Runtime) -> T:
+        made = build()
+        try:
+            return await workload(runtime, made.acquire)
+        finally:
+            await runtime.cancel_others()
+            made.close()
+
+    return run(loop, body, **options)
+
+
+# -- timing ------------------------------------------------------------------------------
+
+
+async def noop() -> None:
+    """The floor: an empty coroutine function."""
+
+
+async def time_ops(op: Acquire, ops: int) -> float:
+    """Nanoseconds per ``await op()`` over ``ops`` calls (the same loop for everyone)."""
+    start = time.perf_counter_ns()
+    for _ in range(ops):
+        await op()
+    return (time.perf_counter_ns() - start) / ops
+
+
+# -- measures ----------------------------------------------------------------------------
+
+
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(int(share * len(ordered)), len(ordered) - 1)]
+
+
+def certain_peak(
+    earliest: list[float], latest: list[float], window: float, weights: list[int] | None = None
+) -> int:
+    """The largest weight of admissions certainly inside one window ``[t, t + window)``.
+
+    Admission ``i`` happened at an unknown instant in ``[earliest[i], latest[i]]``. For
+    each start ``t = earliest[a]`` this adds the weights (default 1) of the admissions
+    with ``earliest >= t`` and ``latest < t + window``: a lower bound on what was
+    admitted in that window, tight when the bounds are close. With ``earliest ==
+    latest`` it is the plain peak of a list of timestamps.
+    """
+    rows = sorted(zip(earliest, latest, weights or [1] * len(earliest), strict=True))
+    starts = [row[0] for row in rows]
+    spread = max((end - start for start, end, _ in rows), default=0.0)
+    prefix = [0, *itertools.accumulate(row[2] for row in rows)]
+    best = 0
+    end_index = 0
+    for first, start in enumerate(starts):
+        limit = start + window
+        while end_index < len(starts) and starts[end_index] < limit:
+            end_index += 1
+        total = prefix[end_index] - prefix[first]
+        index = end_index - 1  # only admissions that start within `spread` can end past
+        while index >= first and starts[index] >= limit - spread:
+            if rows[index][1] >= limit:
+                total -= rows[index][2]
+            index -= 1
+        best = max(best, total)
+    return best
+
+
+def window_load(
+    times: list[float], t0: float, t1: float, window: float, weights: list[int] | None = None
+) -> float | None:
+    """The mean, over every window ``[u, u + window)`` inside ``[t0, t1)``, of the weight
+    admitted in it; None when the interval is shorter than one window.
+
+    An exact sliding window under saturation grants in bursts that repeat once per
+    window; a plain count over ``[t0, t1)`` depends on whether a burst falls just inside
+    or outside an edge, while every rolling window holds the same amount.
+    """
+    span = t1 - t0 - window
+    if span <= 0:
+        return None
+    total = 0.0
+    for t, w in zip(times, weights or [1] * len(times), strict=True):
+        overlap = min(t, t1 - window) - max(t0, t - window)
+        if overlap > 0:
+            total += w * overlap
+    return total / span
+
+
+def jain(counts: list[int]) -> float:
+    """Jain's fairness index (sum x)^2 / (n * sum x^2); 1 when every x is equal."""
+    squares = sum(x * x for x in counts)
+    return sum(counts) ** 2 / (len(counts) * squares) if squares else math.nan
+
+
+# -- the environment and the output -------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(mode: str, command: str, distributions: Iterable[str]) -> dict[str, Any]:
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "tokenbucket": tb.__version__,
+        "versions": {d: version(d) for d in distributions},
+        "mode": mode,
+        "command": command,
+    }
+
+
+def describe(env: dict[str, Any]) -> str:
+    versions = ", ".join(f"{name} {v}" for name, v in env["versions"].items())
+    return (
+        f"Run of {env['date']} ({env['mode']} mode) on {env['cpu']}, {env['cpus']} CPUs, "
+        f"{env['platform']}, {env['python']}. Versions: tokenbucket {env['tokenbucket']}, "
+        f"{versions}. Command: `{env['command']}`."
+    )
+
+
+def markdown_table(headers: list[str], rows: list[list[str]], right: Iterable[int] = ()) -> str:
+    right = set(right)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = [("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)]
+    return "\n".join([line(headers), "| " + " | ".join(rule) + " |", *map(line, rows)])
+
+
+def write_json(path: str, data: Any) -> None:
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(data, file, indent=2)
+        file.write("\n")

@@ -1,0 +1,390 @@
+"""Redis benchmarks: admissions per second and round trips per admission, against peers.
+
+Usage::
+
+    python benchmarks/redis_bench.py            # full run, about three minutes
+    python benchmarks/redis_bench.py --quick    # smoke run for CI, about fifteen seconds
+
+1, 10, 100 and 1,000 asyncio tasks in one process each loop on "acquire 1 unit" against
+ONE limit kept in Redis (``redis://127.0.0.1:6379/14`` unless ``--url``; that database is
+flushed before every run), in two regimes: (a) a generous limit that never binds (raw
+throughput and round trips per admission, next to a floor: the same tasks looping on an
+EVALSHA of ``return 1``); (b) a binding limit of 2,000 per second (achieved rate against
+the limit, and never above it). Peers: ``limits`` (async ``RedisStorage``, moving window
+and sliding window counter, polled) and ``pyrate-limiter`` (v4 ``Limiter`` on its
+``RedisBucket``, and on a ``StateBucket`` with a ``RedisStateStore``). Round trips are
+counted three ways: ``backend.round_trips``, the commands the clients send, and the
+server's ``INFO commandstats``. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+
+from _harness import describe, environment, markdown_table, version, write_json
+from redis_suite.limiters import FLOOR, KEY_MARK, TB_BUCKET, candidates, text
+from redis_suite.runs import FULL, QUICK, Config, RunResult, bench_run, per
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+DEFAULT_URL = "redis://127.0.0.1:6379/14"
+REGIMES = ("generous", "binding")
+SLACK_ADMISSIONS = 3  # a peak this much above "allowed" is the measurement's resolution
+
+
+def _ratio(value: float, digits: int = 3) -> str:
+    return "n/a" if value != value else f"{value:.{digits}f}"
+
+
+COMMON = [
+    "round trips / adm (tb)",
+    "commands / adm (client)",
+    "commands / adm (server)",
+    "Redis us / adm",
+    "CPU ms / 1k adm",
+    "conns",
+]
+
+
+def _common(r: RunResult) -> list[str]:
+    return [
+        "-" if r.round_trips is None else _ratio(per(r.round_trips, r.admitted)),
+        _ratio(per(r.client_commands, r.admitted)),
+        _ratio(per(r.server_commands, r.admitted)) + ("" if r.agree else " (!)"),
+        _ratio(per(r.server_usec, r.admitted), 1),
+        _ratio(per(r.cpu_seconds * 1e6, r.admitted), 1),
+        str(r.connections),
+    ]
+
+
+def _peak(r: RunResult) -> str:
+    if r.peak is None or r.allowed is None:
+        return "n/a"
+    extra = [f"steady {r.steady_peak:,}"] + (
+        [f"grants {r.grant_peak:,}"] if r.grant_peak is not None else []
+    )
+    return f"{r.peak:,} / {r.allowed:,.0f} ({', '.join(extra)})"
+
+
+def table(runs: list[RunResult], binding: bool, cfg: Config) -> str:
+    names = list(dict.fromkeys(r.name for r in runs))
+    runs = sorted(runs, key=lambda r: (names.index(r.name), r.acquirers))
+    headers = ["limiter", "acquirers", "adm/s"]
+    headers += (
+        ["% of limit", f"peak in {cfg.window:g} s / allowed", "loop lag max ms"]
+        if binding
+        else ["vs floor"]
+    )
+    rows = []
+    for r in runs:
+        cells = [r.name, f"{r.acquirers:,}", f"{r.per_second:,.0f}"]
+        if binding:
+            achieved = r.achieved if r.achieved is not None else r.plain_achieved
+            cells += [
+                "n/a" if achieved is None else f"{achieved:.1%}",
+                _peak(r),
+                _ratio(r.lag_max * 1e3, 1),
+            ]
+        else:
+            cells += ["n/a" if r.vs_floor is None else f"{r.vs_floor:.2f}x"]
+        rows.append(cells + _common(r))
+    return markdown_table(headers + COMMON, rows, range(1, len(headers) + len(COMMON)))
+
+
+def _find(runs: list[RunResult], regime: str, name: str, n: int) -> RunResult | None:
+    return next((r for r in runs if (r.regime, r.name, r.acquirers) == (regime, name, n)), None)
+
+
+def targets(runs: list[RunResult], cfg: Config) -> list[list[str]]:
+    """The targets for tokenbucket (generous limit), and never above (binding)."""
+    checks: list[list[str]] = []
+
+    def check(target: str, ok: bool, detail: str) -> None:
+        checks.append([target, f"{'yes' if ok else 'NO'} ({detail})"])
+
+    def counts(r: RunResult, ok: Callable[[float], bool]) -> tuple[bool, str]:
+        """Judged on tokenbucket's own count and the commands its client sent (exact), and
+        on the server's unless other clients were busy on it too."""
+        rt, sent, server = (
+            per(v, r.admitted) for v in (r.round_trips or 0, r.client_commands, r.server_commands)
+        )
+        detail = f"backend.round_trips {rt:.4f}, client {sent:.4f}, server {server:.4f}"
+        detail += (
+            "" if r.agree else " (other clients' commands included)"
+        ) + f"; {r.admitted:,} adm"
+        return ok(rt) and ok(sent) and (ok(server) or not r.agree), detail
+
+    lone = _find(runs, "generous", TB_BUCKET, 1)
+    if lone is not None and lone.round_trips is not None:
+        check(
+            "lone acquirer: exactly 1 round trip per admission",
+            *counts(lone, lambda v: abs(v - 1) < 0.005),
+        )
+    most = max(cfg.acquirers)
+    crowd = _find(runs, "generous", TB_BUCKET, most)
+    if crowd is not None and crowd.round_trips is not None:
+        check(
+            f"{most:,} acquirers, generous limit: < 0.2 round trips per admission",
+            *counts(crowd, lambda v: v < 0.2),
+        )
+    bound = _find(runs, "binding", TB_BUCKET, most)
+    if bound is not None and bound.round_trips is not None:
+        rt = per(bound.round_trips, bound.admitted)
+        check(
+            f"{most:,} acquirers, binding limit: < 0.2 round trips per admission (for reference)",
+            rt < 0.2,
+            f"{rt:.3f}: {rt / 0.2:.1f}x the target; mean batch "
+            f"{per(bound.admitted, bound.round_trips):.2f}",
+        )
+    for r in runs:
+        if (
+            r.regime == "binding"
+            and r.name.startswith("tokenbucket")
+            and r.grant_peak is not None
+            and r.allowed
+        ):
+            check(
+                f"{r.name} x{r.acquirers:,}: reservations never above the limit (server clock, any "
+                f"{cfg.window:g} s)",
+                r.grant_peak <= r.allowed,
+                f"{r.grant_peak:,} / {r.allowed:,.0f}",
+            )
+    return checks
+
+
+def reading(runs: list[RunResult], cfg: Config) -> list[str]:
+    """What this run's numbers say about peaks and tokenbucket's round trips."""
+    lines = []
+    over = [
+        r
+        for r in runs
+        if r.peak is not None and r.allowed is not None and r.peak > r.allowed + SLACK_ADMISSIONS
+    ]
+    if over:
+        lines.append(
+            f"- Peaks above the limit (more than {SLACK_ADMISSIONS} admissions over, counted at "
+            "task "
+            "resumption): "
+            + "; ".join(
+                f"{r.name} x{r.acquirers:,}: {r.peak:,} / {r.allowed:,.0f} (steady "
+                f"{r.steady_peak:,}"
+                + ("" if r.grant_peak is None else f", reserved {r.grant_peak:,}")
+                + f", loop lag up to {r.lag_max * 1e3:.0f} ms)"
+                for r in over
+            )
+            + ". A limiter's decision and the resumption of the task it admits are at least one "
+            "event-loop turn apart; when the loop falls behind, admissions due before a stall land "
+            "after it, in a window that also holds those admitted on time. 'steady' counts from "
+            "the "
+            "measured interval on; 'reserved' counts tokenbucket's reserved instants (server "
+            "clock)."
+        )
+    late = [r for r in runs if r.regime == "binding" and r.lateness and r.lateness["max"] > 0.010]
+    if late:
+        lines.append(
+            "- tokenbucket's admissions came after the instants Redis reserved for them: "
+            + "; ".join(
+                f"{r.name} x{r.acquirers:,}: up to {r.lateness['max'] * 1e3:.0f} ms (99th "
+                "percentile "
+                f"{r.lateness['p99'] * 1e3:.0f} ms; in the measured interval "
+                f"{r.lateness['interval_max'] * 1e3:.0f} and "
+                f"{r.lateness['interval_p99'] * 1e3:.0f} ms)"
+                for r in late
+                if r.lateness
+            )
+            + ". The wait a reservation returns counts from the script's clock reading, at the "
+            "start of the call, and each task sleeps it only once it resumes after the reply: "
+            "admissions come late by the call's duration plus the time the loop spent resuming the "
+            "tasks ahead of it in the batch (worst in the opening batch)."
+        )
+    batches = [
+        f"{n:,} acquirers: {b.round_trips / b.admitted:.3f} round trips per admission = batches of "
+        f"{b.admitted / b.round_trips:.2f}; a reserve call took {b.call_mean * 1e3:.2f} ms on "
+        f"average, one in flight {b.call_busy or 0:.0%} of the time"
+        for n in cfg.acquirers
+        if n > 1 and (b := _find(runs, "binding", TB_BUCKET, n)) and b.round_trips and b.call_mean
+    ]
+    if batches:
+        lines.append(
+            f"- {TB_BUCKET}, binding limit: " + "; ".join(batches) + ". Each acquirer sleeps until "
+            f"its own reserved instant, {1e3 / cfg.bound_rate:.2f} ms apart whatever the number of "
+            "acquirers, and asks again at once: requests reach the backend one or two per loop "
+            "turn. A batch gathers those that arrive while the previous call is in flight; when "
+            "the "
+            "next free instant is at least 2 ms ahead, the backend holds new requests for "
+            "min(batch_delay = 10 ms, half the time left) and sends them together."
+        )
+    return lines
+
+
+def report(env: dict[str, Any], runs: list[RunResult], notes: list[str], cfg: Config) -> str:
+    parts = [
+        f"# Redis benchmarks ({cfg.mode})",
+        "",
+        describe(env) + f" Redis {env['redis server']}, asyncio.",
+        "",
+    ]
+    generous = [r for r in runs if r.regime == "generous"]
+    binding = [r for r in runs if r.regime == "binding"]
+    if generous:
+        parts += [
+            f"## (a) Generous limit ({cfg.generous:.0e}/s, never binds), {cfg.free_duration:g} s "
+            f"measured after {cfg.free_warmup:g} s warm-up",
+            "",
+            table(generous, False, cfg),
+            "",
+        ]
+    if binding:
+        parts += [
+            f"## (b) Binding limit: {cfg.bound_rate:,} per {cfg.window:g} s (windows) or "
+            f"{cfg.bound_rate:,}/s "
+            f"with a burst of {cfg.bound_burst} (buckets), {cfg.bound_duration:g} s measured after "
+            f"{cfg.bound_warmup:g} s warm-up",
+            "",
+            table(binding, True, cfg),
+            "",
+            "% of limit: mean over every rolling second inside the measured interval (plain count "
+            "/ "
+            "time when shorter). peak: the most admissions (task resumptions) in any rolling "
+            "second "
+            "of the whole run; allowed is the limit (windows) or rate + burst (buckets); grants: "
+            "the "
+            "same, from tokenbucket's reserved instants on the server's clock.",
+            "",
+        ]
+    parts += [
+        "round trips / adm (tb): `backend.round_trips` (script calls). commands / adm (server): "
+        "`INFO commandstats` deltas of the commands the clients sent (not those run inside "
+        "scripts); no library pipelines here, so each is one round trip. (!): the server counted "
+        "other clients' commands too. Redis us / adm: server time of those commands.",
+        "",
+        *(f"Note: {note}" for note in notes),
+        "",
+    ]
+    if checks := targets(runs, cfg):
+        parts += ["## Targets (tokenbucket)", ""]
+        if cfg.mode == "quick":
+            parts += ["--quick sizes are too small to judge the targets: indicative only.", ""]
+        parts += [markdown_table(["target", "met"], checks), ""]
+    if lines := reading(runs, cfg):
+        parts += ["## Reading", "", *lines, ""]
+    return "\n".join(parts)
+
+
+async def _prepare(url: str, allow_flush: bool) -> str:
+    """Check the server answers and the database holds only this benchmark's keys; return
+    the server's version."""
+    client: Any = aioredis.Redis.from_url(url)
+    try:
+        info = await client.info("server")
+        foreign: list[str] = []
+        async for key in client.scan_iter(count=1000):
+            if KEY_MARK not in text(key) and len(foreign) < 3:
+                foreign.append(text(key))
+        if foreign and not allow_flush:
+            raise SystemExit(
+                f"{url} holds keys this benchmark did not write ({', '.join(foreign)}, ...); it "
+                "flushes its database before every run. Use a spare database or --allow-flush."
+            )
+        return str(info.get("redis_version", "?"))
+    finally:
+        await client.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smoke run with small sizes")
+    parser.add_argument("--json", metavar="PATH", help="also write the raw results here")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("TOKENBUCKET_BENCH_REDIS_URL", DEFAULT_URL),
+        help=f"Redis database to use and FLUSH before every run (default {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--allow-flush",
+        action="store_true",
+        help="flush the database even if it holds keys this benchmark did not write",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        help="run only limiters whose name contains TEXT (repeatable; the floor always runs)",
+    )
+    parser.add_argument(
+        "--regime", action="append", choices=REGIMES, help="run only this regime (repeatable)"
+    )
+    parser.add_argument(
+        "--acquirers", metavar="N,N,...", help="concurrent acquirers (default 1,10,100,1000)"
+    )
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    if args.acquirers:
+        cfg = dataclasses.replace(cfg, acquirers=tuple(int(n) for n in args.acquirers.split(",")))
+    try:
+        server = asyncio.run(_prepare(args.url, args.allow_flush))
+    except (OSError, aioredis.RedisError) as exc:
+        print(
+            f"cannot reach Redis at {args.url}: {exc}\nstart one (e.g. `redis-server`) or pass "
+            "--url",
+            file=sys.stderr,
+        )
+        return 2
+    found, notes = candidates()
+    if args.only:
+        found = [c for c in found if c.name == FLOOR or any(t in c.name for t in args.only)]
+    env = environment(
+        cfg.mode,
+        " ".join(["python benchmarks/redis_bench.py", *argv]),
+        ["redis", "limits", "pyrate-limiter"],
+    )
+    env |= {"redis server": server, "url": args.url, "redis-py": version("redis")}
+    runs: list[RunResult] = []
+    for regime in (r for r in REGIMES if r in (args.regime or REGIMES)):
+        for n in cfg.acquirers:  # acquirer counts outermost: one count's runs close in time
+            floor = None
+            for candidate in (c for c in found if regime in c.regimes):
+                result = bench_run(candidate, args.url, cfg, regime, n)
+                floor = result if candidate.name == FLOOR else floor
+                if floor is not None and regime == "generous":
+                    result.vs_floor = result.per_second / floor.per_second
+                runs.append(result)
+    if dropped := [r for r in runs if r.reconnects > 0]:
+        notes.append(
+            "connections re-opened during the interval: "
+            + ", ".join(f"{r.name} x{r.acquirers} {r.regime}: {r.reconnects}" for r in dropped)
+        )
+    if warned := [r for r in runs if r.warnings_total]:
+        notes.append(
+            "tokenbucket logged warnings: "
+            + ", ".join(
+                f"{r.name} x{r.acquirers} {r.regime}: {r.warnings} in the interval, "
+                f"{r.warnings_total} in "
+                f"all ({'; '.join(r.warning_messages)})"
+                for r in warned
+            )
+        )
+    print(report(env, runs, notes, cfg))
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "environment": env,
+                "config": asdict(cfg),
+                "runs": [asdict(r) for r in runs],
+                "notes": notes,
+                "targets": targets(runs, cfg),
+                "reading": reading(runs, cfg),
+            },
+        )
+    return 0

@@ -1,0 +1,331 @@
+"""The limiters of the Redis benchmark, each on its own redis-py pool of counted
+connections, used the way its users write it; and the floor (an EVALSHA of ``return 1``)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+
+import tokenbucket as tb
+from _harness import optional, version
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from redis.typing import EncodableT
+
+# Every key the benchmark writes contains this; the database is only flushed when every
+# key already in it does too (or with --allow-flush).
+KEY_MARK = "tbbench"
+FLOOR = "floor: EVALSHA `return 1`"
+TB_BUCKET = "tokenbucket.TokenBucket"
+TB_WINDOW = "tokenbucket.SlidingWindow"
+# Commands the server reports as "container|subcommand" in INFO commandstats.
+_CONTAINERS = frozenset(
+    {"acl", "client", "cluster", "command", "config", "function", "latency", "memory"}
+    | {"module", "object", "pubsub", "script", "slowlog", "xinfo"}
+)
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def command_name(args: tuple[Any, ...]) -> str:
+    """The name INFO commandstats files a command under (``evalsha``, ``script|load``)."""
+    words = text(args[0]).split()
+    rest = [*words[1:], *args[1:]]
+    name = words[0].lower()
+    return f"{name}|{text(rest[0]).lower()}" if name in _CONTAINERS and rest else name
+
+
+class Tally:
+    """Commands sent, connections made, connects completed and re-connects, in one run."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.commands: collections.Counter[str] = collections.Counter()
+        self.connections = self.connects = self.reconnects = 0
+
+
+TALLY = Tally()
+
+
+class CountingConnection(Connection):
+    """A redis-py connection that counts every command it packs and every connection."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connected_before = False
+        TALLY.connections += 1
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        TALLY.commands[command_name(args)] += 1
+        return super().pack_command(*args)
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        await super().on_connect_check_health(check_health=check_health)
+        TALLY.connects += 1
+        TALLY.reconnects += self._connected_before
+        self._connected_before = True
+
+
+@dataclass(frozen=True)
+class Limit:
+    regime: str
+    rate: int  # units per `window` seconds (windows) or per second (buckets)
+    burst: int  # buckets only
+    window: float
+    pool_size: int  # redis-py's default, on a BlockingConnectionPool (waits when all busy)
+    min_poll: float  # the shortest sleep of the `limits` polling loop
+    buffer_ms: int  # pyrate-limiter's default
+
+    def pool(self, url: str) -> aioredis.BlockingConnectionPool:
+        return aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=self.pool_size, timeout=None, connection_class=CountingConnection
+        )
+
+
+@dataclass
+class Subject:
+    """A limiter set up for one run; ``close()`` runs after every worker has ended."""
+
+    acquire: Callable[[], Awaitable[None]]
+    close: Callable[[], Awaitable[None]]
+    round_trips: Callable[[], int] | None = None
+    schedule: Schedule | None = None  # tokenbucket only: what its backend reserved
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """``kind``: "window" or "bucket" (what "allowed" means for it), or "none"."""
+
+    name: str
+    kind: str
+    pattern: str
+    make: Callable[[str, Limit], Awaitable[Subject]]
+    regimes: tuple[str, ...] = ("generous", "binding")
+
+
+async def _floor(url: str, limit: Limit) -> Subject:
+    pool = limit.pool(url)
+    client: Any = aioredis.Redis(connection_pool=pool)
+    sha = await client.script_load("return 1")
+
+    async def acquire() -> None:
+        await client.evalsha(sha, 0)
+
+    async def close() -> None:
+        await client.aclose()
+        await pool.disconnect()
+
+    return Subject(acquire, close)
+
+
+class Schedule:
+    """What tokenbucket's backend reserved, logged by wrapping ``backend.reserve``.
+
+    ``grants``: every reserved instant (Redis server clock). ``admissions`` pairs each
+    admission (``time.monotonic()``) with its reserved instant. ``offset``: local minus
+    server clock, from the reply that reached its task soonest. ``calls``: (reply read,
+    seconds since sent) of every EVALSHA the backend's client makes.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self.grants: list[float] = []
+        self.admissions: list[tuple[float, float]] = []
+        self.offset = math.inf
+        self.calls: list[tuple[float, float]] = []
+        last: dict[asyncio.Task[Any] | None, float] = {}
+        self._last = last
+        reserve, client = backend.reserve, backend.client
+        evalsha = client.evalsha
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            sent = time.monotonic()
+            try:
+                return await evalsha(*args, **kwargs)
+            finally:
+                done = time.monotonic()
+                self.calls.append((done, done - sent))
+
+        async def logged(*args: Any, **kwargs: Any) -> Any:
+            status, wait, reservation = await reserve(*args, **kwargs)
+            if status == 1:
+                self.grants.append(reservation.at)
+                last[asyncio.current_task()] = reservation.at
+                self.offset = min(self.offset, time.monotonic() - (reservation.at - wait))
+            return status, wait, reservation
+
+        client.evalsha = timed
+        backend.reserve = logged
+
+    def admitted(self) -> None:
+        if (at := self._last.get(asyncio.current_task())) is not None:
+            self.admissions.append((time.monotonic(), at))
+
+    def lateness(self) -> list[tuple[float, float]]:
+        """(admission instant, seconds after its reserved instant) for every admission."""
+        return [(stamp, stamp - (at + self.offset)) for stamp, at in self.admissions]
+
+
+async def _tokenbucket(url: str, limit: Limit, *, window: bool) -> Subject:
+    pool = limit.pool(url)
+    backend_class: Any = tb.RedisBackend  # public, imported on first use
+    backend = backend_class(aioredis.Redis(connection_pool=pool), prefix=KEY_MARK)
+    limiter: tb.TokenBucket | tb.SlidingWindow
+    if window:
+        limiter = tb.SlidingWindow(
+            limit=limit.rate, window=limit.window, backend=backend, key="bench"
+        )
+    else:
+        limiter = tb.TokenBucket(
+            rate=limit.rate, capacity=limit.burst, backend=backend, key="bench"
+        )
+    # The schedule reads the backend's seam (reserve, client); without it, no grants column.
+    schedule = Schedule(backend) if hasattr(backend, "reserve") else None
+
+    async def acquire() -> None:
+        await limiter.acquire()
+        if schedule is not None:
+            schedule.admitted()
+
+    async def close() -> None:
+        await backend.aclose()  # waits for the give-backs of cancelled reservations
+        await pool.disconnect()
+
+    trips = (lambda: int(backend.round_trips)) if hasattr(backend, "round_trips") else None
+    return Subject(acquire, close, trips, schedule)
+
+
+async def _limits(url: str, limit: Limit, strategy: str) -> Subject:
+    pool = limit.pool(url)
+    storage = optional("limits.aio.storage").RedisStorage(
+        "async+" + url,
+        implementation="redispy",
+        key_prefix=f"{KEY_MARK}-limits",
+        connection_pool=pool,
+    )
+    limiter = getattr(optional("limits.aio.strategies"), strategy)(storage)
+    item = optional("limits").RateLimitItemPerSecond(limit.rate)
+
+    async def acquire() -> None:
+        # `limits` never waits: poll, sleeping until the reset it reports (wall clock).
+        while not await limiter.hit(item, "bench"):
+            reset_time, _remaining = await limiter.get_window_stats(item, "bench")
+            await asyncio.sleep(max(reset_time - time.time(), limit.min_poll))
+
+    async def close() -> None:
+        await storage.bridge.storage.aclose()
+        await pool.disconnect()
+
+    return Subject(acquire, close)
+
+
+async def _pyrate(url: str, limit: Limit, *, state: bool) -> Subject:
+    pyrate = optional("pyrate_limiter")
+    pool = limit.pool(url)
+    client: Any = aioredis.Redis(connection_pool=pool)
+    if state:
+        store = pyrate.RedisStateStore(client, f"{KEY_MARK}-pyrate-gcra")
+        rates = [pyrate.Rate(limit.rate, pyrate.Duration.SECOND, burst=limit.burst)]
+        bucket = pyrate.StateBucket(rates, store=store, algorithm=pyrate.TokenBucket())
+    else:
+        rates = [pyrate.Rate(limit.rate, int(limit.window * 1000))]
+        bucket = await pyrate.RedisBucket.init(rates, client, f"{KEY_MARK}-pyrate-log")
+    limiter = pyrate.Limiter(bucket, buffer_ms=limit.buffer_ms)
+
+    async def acquire() -> None:
+        if not await limiter.try_acquire_async("bench"):  # v4: blocks by default
+            raise RuntimeError("pyrate-limiter refused a unit")
+
+    async def close() -> None:
+        limiter.close()
+        await client.aclose()
+        await pool.disconnect()
+
+    return Subject(acquire, close)
+
+
+def _major_minor(distribution: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in version(distribution).split(".")[:2])
+    except ValueError:
+        return (0, 0)
+
+
+def candidates() -> tuple[list[Candidate], list[str]]:
+    """The limiters to run, and a note for each peer left out."""
+    found = [
+        Candidate(
+            FLOOR,
+            "none",
+            "`await client.evalsha(sha, 0)` on a plain redis-py client",
+            _floor,
+            ("generous",),
+        ),
+        Candidate(
+            TB_BUCKET,
+            "bucket",
+            "`await bucket.acquire()`, `TokenBucket(rate, capacity, backend=RedisBackend("
+            "client), key=...)`: GCRA reservation, requests batched per round trip",
+            lambda url, limit: _tokenbucket(url, limit, window=False),
+        ),
+        Candidate(
+            TB_WINDOW,
+            "window",
+            "`await window.acquire()`, `SlidingWindow(limit, window, backend=..., key=...)`:"
+            " exact sliding window (sorted set), reserved and batched the same way",
+            lambda url, limit: _tokenbucket(url, limit, window=True),
+        ),
+    ]
+    notes = []
+    if _major_minor("limits") >= (4, 2):
+        found += [
+            Candidate(
+                "limits MovingWindow (polled)",
+                "window",
+                "`while not await hit(item, 'bench'): sleep(get_window_stats().reset - now)`"
+                ", MovingWindowRateLimiter(RedisStorage('async+redis://...', "
+                "implementation='redispy'))",
+                lambda url, limit: _limits(url, limit, "MovingWindowRateLimiter"),
+            ),
+            Candidate(
+                "limits SlidingWindowCounter (polled)",
+                "window",
+                "the same polling loop on SlidingWindowCounterRateLimiter (approximate: "
+                "weights the previous fixed window)",
+                lambda url, limit: _limits(url, limit, "SlidingWindowCounterRateLimiter"),
+            ),
+        ]
+    else:
+        notes.append("limits >= 4.2 (async RedisStorage on redis-py) is not installed.")
+    if _major_minor("pyrate-limiter") >= (4, 5):
+        found += [
+            Candidate(
+                "pyrate RedisBucket",
+                "window",
+                "`await limiter.try_acquire_async('bench')`, Limiter(await RedisBucket.init("
+                "[Rate(r, 1000 ms)], async client, key)): sliding window log (sorted set)",
+                lambda url, limit: _pyrate(url, limit, state=False),
+            ),
+            Candidate(
+                "pyrate StateBucket(RedisStateStore)",
+                "bucket",
+                "the same call on Limiter(StateBucket([Rate(r, SECOND, burst=b)], "
+                "store=RedisStateStore(async client, key), algorithm=TokenBucket()))",
+                lambda url, limit: _pyrate(url, limit, state=True),
+            ),
+        ]
+    else:
+        notes.append("pyrate-limiter >= 4.5 (RedisBucket and RedisStateStore) is not installed.")
+    return found, notes

@@ -1,0 +1,315 @@
+"""One run of the Redis benchmark: N acquirers loop on one limit kept in Redis, in a
+fresh event loop; the measured interval is bounded by two readings of the local clock,
+the CPU, the admissions, tokenbucket's round trips, the commands the clients sent and
+the server's ``INFO commandstats``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from _harness import Loop, Runtime, certain_peak, percentile, progress, run, window_load
+from redis_suite.limiters import TALLY, Candidate, Limit, Schedule, Subject
+
+PROBE_PERIOD = 0.005  # the lag probe: a task sleeping this long in a loop
+# Commands in flight at a boundary (one per connection) can fall on either side of it:
+# client and server counts may differ by twice that, plus this, before being flagged.
+AGREE_SLACK = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    acquirers: tuple[int, ...]
+    free_warmup: float
+    free_duration: float
+    bound_warmup: float
+    bound_duration: float
+    settle_max: float  # after the warm-up, wait up to this for connections being opened
+    grace: float  # after the interval, workers get this to finish their acquire
+    generous: int = 10**9
+    bound_rate: int = 2_000
+    bound_burst: int = 20  # 10 ms of refill
+    window: float = 1.0
+    pool_size: int = 100
+    limits_min_poll: float = 0.001
+    pyrate_buffer_ms: int = 50
+
+    def limit(self, regime: str) -> Limit:
+        free = regime == "generous"
+        return Limit(
+            regime,
+            self.generous if free else self.bound_rate,
+            self.generous if free else self.bound_burst,
+            self.window,
+            self.pool_size,
+            self.limits_min_poll,
+            self.pyrate_buffer_ms,
+        )
+
+
+FULL = Config("full", (1, 10, 100, 1_000), 0.3, 1.2, 1.0, 2.0, 1.0, 1.0)
+QUICK = Config("quick", (1, 10, 100), 0.05, 0.12, 0.08, 0.15, 0.1, 0.05)
+
+
+class _Warnings(logging.Handler):
+    """Counts the records tokenbucket's Redis backend logs (and keeps them off stderr)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.messages) < 3:
+            self.messages.append(record.getMessage())
+
+
+@dataclass
+class _Reading:
+    clock: float
+    cpu: float
+    admitted: int
+    round_trips: int | None
+    commands: dict[str, int]
+    connections: int
+    reconnects: int
+    server: dict[str, tuple[int, int]]  # command -> (calls, usec)
+
+
+async def _read(subject: Subject, stamps: list[float], stats: Any) -> _Reading:
+    # Local counters first, then the server's: both intervals shift alike by the INFO call.
+    local = (time.monotonic(), time.process_time(), len(stamps))
+    trips = subject.round_trips() if subject.round_trips else None
+    commands, connections, reconnects = dict(TALLY.commands), TALLY.connections, TALLY.reconnects
+    info = await stats.info("commandstats")
+    server = {
+        key[len("cmdstat_") :]: (int(value["calls"]), int(value["usec"]))
+        for key, value in info.items()
+        if key.startswith("cmdstat_") and isinstance(value, dict)
+    }
+    return _Reading(*local, trips, commands, connections, reconnects, server)
+
+
+async def _one_run(
+    rt: Runtime, candidate: Candidate, url: str, cfg: Config, limit: Limit, acquirers: int
+) -> dict[str, Any]:
+    stats: Any = aioredis.Redis.from_url(url)
+    await stats.flushdb()
+    TALLY.reset()
+    warnings = _Warnings()
+    logger = logging.getLogger("tokenbucket.redis")
+    logger.addHandler(warnings)
+    free = limit.regime == "generous"
+    subject = await candidate.make(url, limit)
+    stamps: list[float] = []
+    lags: list[tuple[float, float]] = []
+    clock = time.monotonic
+    running = True
+
+    async def worker() -> None:
+        while running:
+            await subject.acquire()
+            stamps.append(clock())
+
+    async def probe() -> None:  # how late the loop runs a timer: event-loop lag
+        while True:
+            before = clock()
+            await asyncio.sleep(PROBE_PERIOD)
+            lags.append((clock(), clock() - before - PROBE_PERIOD))
+
+    try:
+        workers = [rt.spawn(worker) for _ in range(acquirers)]
+        prober = rt.spawn(probe)
+        try:
+            await asyncio.sleep(cfg.free_warmup if free else cfg.bound_warmup)
+            # Connections open on demand: let the last ones finish their handshake.
+            for _ in range(round(cfg.settle_max / 0.01)):
+                if TALLY.connects - TALLY.reconnects >= TALLY.connections:
+                    break
+                await asyncio.sleep(0.01)
+            first = await _read(subject, stamps, stats)
+            warned = warnings.count
+            await asyncio.sleep(cfg.free_duration if free else cfg.bound_duration)
+            last = await _read(subject, stamps, stats)
+            warned = warnings.count - warned
+            running = False  # let them finish the acquire they are in, then cancel
+            await asyncio.wait(workers, timeout=cfg.grace)  # type: ignore[type-var]
+        finally:
+            await rt.cancel([*workers, prober])
+        await subject.close()
+        await rt.cancel_others()  # pyrate-limiter's leak task outlives close()
+    finally:
+        logger.removeHandler(warnings)
+        await stats.flushdb()
+        await stats.aclose()
+    lags_in = [lag for at, lag in lags if first.clock <= at <= last.clock]
+    return {
+        "first": first,
+        "last": last,
+        "stamps": stamps,
+        "schedule": subject.schedule,
+        "lags": lags_in,
+        "warnings": warned,
+        "warnings_total": warnings.count,
+        "warning_messages": warnings.messages,
+    }
+
+
+@dataclass
+class RunResult:
+    """One run. ``server_commands``: INFO commandstats deltas of the commands the clients
+    sent (the round trips the server saw); ``server_all`` also counts commands run inside
+    scripts; ``server_usec``: server time of the former. ``agree`` is False when the
+    server counted more or fewer than the clients sent beyond the boundary slack: another
+    client was busy on the same server. ``lateness`` (tokenbucket): seconds from reserved
+    instant to admission; ``call_mean``/``call_busy``: mean script call time and the
+    share of the interval with one in flight."""
+
+    regime: str
+    name: str
+    kind: str
+    acquirers: int
+    limit: float
+    burst: float
+    duration: float
+    admitted: int
+    per_second: float
+    total_admitted: int
+    round_trips: int | None
+    client_commands: int
+    client_by_name: dict[str, int]
+    server_commands: int
+    server_by_name: dict[str, int]
+    server_all: int
+    server_usec: int
+    agree: bool
+    cpu_seconds: float
+    connections: int
+    reconnects: int
+    lag_max: float
+    lag_p99: float
+    warnings: int
+    warnings_total: int
+    warning_messages: list[str]
+    vs_floor: float | None = None
+    allowed: float | None = None
+    achieved: float | None = None
+    plain_achieved: float | None = None
+    peak: int | None = None
+    steady_peak: int | None = None
+    grant_peak: int | None = None
+    lateness: dict[str, float] | None = None
+    call_mean: float | None = None
+    call_busy: float | None = None
+    skipped: str | None = field(default=None)
+
+
+def per(value: float, admitted: int) -> float:
+    return value / admitted if admitted else math.nan
+
+
+def bench_run(
+    candidate: Candidate, url: str, cfg: Config, regime: str, acquirers: int
+) -> RunResult:
+    limit = cfg.limit(regime)
+    raw = run(
+        Loop("asyncio", asyncio.new_event_loop),
+        lambda rt: _one_run(rt, candidate, url, cfg, limit, acquirers),
+    )
+    first: _Reading = raw["first"]
+    last: _Reading = raw["last"]
+    duration = last.clock - first.clock
+    admitted = last.admitted - first.admitted
+    stamps: list[float] = raw["stamps"]
+    client_by_name = {
+        n: c - first.commands.get(n, 0)
+        for n, c in last.commands.items()
+        if c - first.commands.get(n, 0)
+    }
+    delta = {
+        n: (c - first.server.get(n, (0, 0))[0], u - first.server.get(n, (0, 0))[1])
+        for n, (c, u) in last.server.items()
+    }
+    delta.pop("info", None)  # the harness's own command, on its own connection
+    top = set(client_by_name) | {"evalsha", "eval", "script|load"}
+    server_by_name = {n: delta[n][0] for n in sorted(top) if delta.get(n, (0, 0))[0]}
+    server_commands = sum(server_by_name.values())
+    # Commands the server does not know (redis-py 8's CLIENT SETINFO on Redis < 7.2)
+    # have no commandstats entry: compare the rest.
+    known = sum(count for name, count in client_by_name.items() if name in last.server)
+    trips = (
+        None
+        if first.round_trips is None or last.round_trips is None
+        else last.round_trips - first.round_trips
+    )
+    result = RunResult(
+        regime,
+        candidate.name,
+        candidate.kind,
+        acquirers,
+        limit.rate,
+        limit.burst if candidate.kind == "bucket" else 0,
+        duration,
+        admitted,
+        admitted / duration,
+        len(stamps),
+        trips,
+        sum(client_by_name.values()),
+        client_by_name,
+        server_commands,
+        server_by_name,
+        sum(calls for calls, _ in delta.values()),
+        sum(delta.get(n, (0, 0))[1] for n in server_by_name),
+        abs(server_commands - known) <= 2 * min(acquirers, last.connections) + AGREE_SLACK,
+        last.cpu - first.cpu,
+        last.connections,
+        last.reconnects - first.reconnects,
+        max(raw["lags"], default=math.nan),
+        percentile(raw["lags"], 0.99),
+        raw["warnings"],
+        raw["warnings_total"],
+        raw["warning_messages"],
+    )
+    schedule: Schedule | None = raw["schedule"]
+    if regime == "binding" and candidate.kind != "none":
+        bucket = candidate.kind == "bucket"
+        result.allowed = limit.rate * cfg.window / (1.0 if bucket else cfg.window) + (
+            limit.burst if bucket else 0
+        )
+        rate = limit.rate if bucket else limit.rate / cfg.window
+        mean = window_load(stamps, first.clock, last.clock, cfg.window)
+        result.achieved = None if mean is None else mean / cfg.window / rate
+        result.plain_achieved = admitted / duration / rate
+        result.peak = certain_peak(stamps, stamps, cfg.window)
+        steady = [t for t in stamps if t >= first.clock]
+        result.steady_peak = certain_peak(steady, steady, cfg.window)
+        if schedule is not None and schedule.grants:
+            grants = sorted(schedule.grants)
+            result.grant_peak = certain_peak(grants, grants, cfg.window)
+    if schedule is not None:
+        spans = [span for end, span in schedule.calls if first.clock <= end <= last.clock]
+        if spans:
+            result.call_mean, result.call_busy = sum(spans) / len(spans), sum(spans) / duration
+        if schedule.admissions:
+            late = schedule.lateness()
+            late_all = [lag for _, lag in late]
+            late_in = [lag for at, lag in late if first.clock <= at <= last.clock]
+            result.lateness = {
+                "max": max(late_all),
+                "p99": percentile(late_all, 0.99),
+                "interval_max": max(late_in, default=math.nan),
+                "interval_p99": percentile(late_in, 0.99),
+            }
+    progress(
+        f"{regime} {candidate.name} x{acquirers}: {result.per_second:,.0f}/s, "
+        f"{per(server_commands, admitted):.3f} commands/adm"
+    )
+    return result

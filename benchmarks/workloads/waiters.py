@@ -1,0 +1,195 @@
+"""3. Waiter scaling: n tasks each call ``acquire()`` once on one limiter.
+
+Waiters are spawned ``spawn_batch`` at a time with a yield in between, with CPython's
+collector paused (its full collections stall the loop for tens of ms with many live
+tasks, and no strict limiter can get back refill lost in a stall longer than its burst).
+Each run is a **fresh process** (``run_all.py --worker``) so memory left by an earlier
+run cannot hide or inflate this one's. Peak memory: the growth of the resident set (the
+kernel's high-water mark ``VmHWM``, reset through ``/proc/self/clear_refs`` just before
+the first spawn, read after the last grant, minus ``VmRSS`` at the reset).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import peers
+from _harness import Acquire, Loop, Runtime, loops, progress, run_with
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+MEMORY_METHOD = (
+    "peak RSS growth: VmHWM after the last grant (the high-water mark, reset through "
+    "/proc/self/clear_refs just before the first spawn) minus VmRSS at that moment"
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    counts: tuple[int, ...]
+    cap_slack: float
+    isolate: bool  # one fresh process per run (else one for all runs)
+    rate: float = 5000.0
+    capacity: float = 50.0
+    spawn_batch: int = 25
+    cap_factor: float = 1.5
+
+
+FULL = Config(counts=(10, 100, 1_000, 10_000, 50_000), cap_slack=1.0, isolate=True)
+QUICK = Config(counts=(10, 100), cap_slack=0.05, isolate=False)
+
+
+@dataclass
+class Row:
+    loop: str
+    name: str
+    waiters: int
+    granted: int
+    wall: float
+    ideal: float
+    spawn: float
+    capped: bool
+    cpu_seconds: float
+    cpu_us_per_waiter: float
+    cpu_load: float
+    memory_bytes: int | None
+
+    @property
+    def ratio(self) -> float:
+        return self.wall / self.ideal if self.ideal > 0 else math.nan
+
+
+def _status(name: str) -> int | None:
+    """A ``kB`` field of /proc/self/status, in bytes (None where there is no /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def memory_probe() -> Callable[[], int | None]:
+    """Reset the RSS high-water mark; the function returned gives how far it rose above
+    the RSS of this moment (None without Linux's /proc)."""
+    base = _status("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+            clear.write("5")
+    except OSError:
+        return lambda: None
+    if base is None:
+        return lambda: None
+    return lambda: None if (peak := _status("VmHWM")) is None else max(peak - base, 0)
+
+
+async def _waiters(
+    rt: Runtime, acquire: Acquire, total: int, cap: float, cfg: Config
+) -> dict[str, Any]:
+    now = rt.now
+    done = rt.event()
+    granted = 0
+    last_grant = math.nan
+
+    async def waiter() -> None:
+        nonlocal granted, last_grant
+        await acquire()
+        granted += 1
+        if granted == total:
+            last_grant = now()
+            done.set()
+
+    gc.collect()
+    peak = memory_probe()
+    gc.disable()
+    cpu0, t0 = time.process_time(), now()
+    tasks = []
+    try:
+        for start in range(0, total, cfg.spawn_batch):
+            tasks += [rt.spawn(waiter) for _ in range(start, min(start + cfg.spawn_batch, total))]
+            await rt.checkpoint()  # let this batch arrive before spawning the next
+        spawned = now() - t0
+        await done.wait(cap - spawned)
+        t1 = last_grant if done.is_set() else now()
+        cpu1, grew = time.process_time(), peak()
+    finally:
+        gc.enable()
+        await rt.cancel(tasks)
+    return {
+        "wall": t1 - t0,
+        "spawn": spawned,
+        "granted": granted,
+        "cpu": cpu1 - cpu0,
+        "capped": not done.is_set(),
+        "memory": grew,
+    }
+
+
+def run_job(job: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """One waiters run, in this process."""
+    rated = peers.by_name(job["peer"]).rated
+    assert rated is not None
+    total: int = job["n"]
+    ideal = max(total - cfg.capacity, 0) / cfg.rate
+    cap = cfg.cap_factor * ideal + cfg.cap_slack
+    loop = next(loop for loop in loops() if loop.name == job["loop"])
+    raw = run_with(
+        loop, lambda: rated(cfg.rate, cfg.capacity), lambda rt, a: _waiters(rt, a, total, cap, cfg)
+    )
+    return {**job, **raw, "ideal": ideal}
+
+
+def measure(chosen: list[Loop], cfg: Config, worker: list[str]) -> list[Row]:
+    """Every (loop, peer, count), in a fresh process each (``cfg.isolate``) or all in one
+    process; ``worker`` is the command that runs ``run_job`` on the jobs it reads."""
+    jobs = [
+        {"loop": loop.name, "peer": peer.name, "n": n}
+        for loop in chosen
+        for peer in peers.for_workload("waiters", loop)
+        for n in cfg.counts
+    ]
+    rows = []
+    for batch in [[job] for job in jobs] if cfg.isolate else [jobs]:
+        done = subprocess.run(
+            worker, input=json.dumps(batch), capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"waiters worker failed on {batch}:\n{done.stderr}")
+        for r in json.loads(done.stdout):
+            progress(
+                f"waiters {r['loop']} {r['peer']} {r['n']:,}: {r['wall']:.2f} s "
+                f"(ideal {r['ideal']:.2f})"
+            )
+            rows.append(
+                Row(
+                    loop=r["loop"],
+                    name=r["peer"],
+                    waiters=r["n"],
+                    granted=r["granted"],
+                    wall=r["wall"],
+                    ideal=r["ideal"],
+                    spawn=r["spawn"],
+                    capped=r["capped"],
+                    cpu_seconds=r["cpu"],
+                    cpu_us_per_waiter=r["cpu"] / max(r["granted"], 1) * 1e6,
+                    cpu_load=r["cpu"] / r["wall"] if r["wall"] > 0 else math.nan,
+                    memory_bytes=r["memory"],
+                )
+            )
+    return rows
+
+
+def worker_main(cfg: Config) -> int:
+    """Run the jobs read from stdin (JSON); print the results."""
+    json.dump([run_job(job, cfg) for job in json.load(sys.stdin)], sys.stdout)
+    return 0
