@@ -19,7 +19,7 @@ class BucketState:
     restore.
     """
 
-    __slots__ = ("_level", "_stamp", "_taken", "capacity", "rate")
+    __slots__ = ("_level", "_stamp", "_taken", "_was", "capacity", "rate")
 
     def __init__(self, rate: float, capacity: float, now: float = 0.0) -> None:
         self.rate = rate
@@ -27,6 +27,7 @@ class BucketState:
         self._level = capacity
         self._stamp = now
         self._taken = 0.0
+        self._was = (capacity, now, 0.0)  # (level, stamp, taken) before the latest take
 
     def level(self, now: float) -> float:
         """The level at ``now`` (pure: changes nothing)."""
@@ -94,6 +95,33 @@ class BucketState:
     def at_rest(self, now: float) -> bool:
         """Whether the bucket is full at ``now``: a new bucket would behave the same."""
         return self.level(now) >= self.capacity
+
+    def take(self, amount: float, need: float, now: float) -> float | None:
+        """If ``need`` fits at ``now``, charge ``amount`` (which may be more: debt) and
+        return the grant's ticket; else return ``None`` and change nothing.
+
+        :meth:`undo` takes the grant back exactly, for a request that another limit
+        then refuses (all or nothing).
+        """
+        stamp = self._stamp
+        if now > stamp:
+            level = self._level + (now - stamp) * self.rate
+            if level > self.capacity:
+                level = self.capacity
+        else:
+            level = self._level
+            now = stamp
+        if level < need:
+            return None
+        self._was = (self._level, stamp, self._taken)
+        self._stamp = now
+        self._level = level - amount
+        self._taken += amount
+        return self._taken
+
+    def undo(self) -> None:
+        """Take back the latest :meth:`take` exactly, as if it had never happened."""
+        self._level, self._stamp, self._taken = self._was
 
     def clamp(self, most: float, until: float, now: float) -> None:
         """Lower the level at ``now`` to at most ``most`` (never raises it).

@@ -161,29 +161,38 @@ class MultiState:
         if request.slot and self.in_flight >= self._cap:
             return False
         amounts = request.amounts
-        pairs = self._pairs
         claimed = False
-        for meter, core, index in pairs:
-            amount = amounts[index]
-            if amount:
-                claim = meter.claim
-                if claim is not None:
-                    if claim.seq < request.seq:
-                        return False
-                    claimed = claimed or claim is request
-                most = meter.maximum  # a request in debt waits for a full meter
-                if not core.fits(amount if amount < most else most, now):
-                    return False
         tickets: list[float | None] = []
-        for _, core, index in pairs:
+        for meter, core, index in self._pairs:
             amount = amounts[index]
-            tickets.append(core.charge(amount, now) if amount else None)
+            if not amount:
+                tickets.append(None)
+                continue
+            claim = meter.claim
+            if claim is not None:
+                if claim.seq < request.seq:
+                    self._undo(tickets)
+                    return False
+                claimed = claimed or claim is request
+            most = meter.maximum  # a request in debt waits for a full meter
+            ticket = core.take(amount, amount if amount < most else most, now)
+            if ticket is None:
+                self._undo(tickets)
+                return False
+            tickets.append(ticket)
         if request.slot:
             self.in_flight += 1
         self.ticket = tuple(tickets)
         if claimed:
             self.freed.extend(self.unclaim(request))
         return True
+
+    def _undo(self, tickets: list[float | None]) -> None:
+        """Take back what the first meters just granted (``tickets``: a later one refused)."""
+        done = zip(self._pairs[: len(tickets)], tickets, strict=True)
+        for (_, core, _), ticket in reversed(list(done)):
+            if ticket is not None:
+                core.undo()
 
     def ready_at(self, request: Request, now: float) -> float:
         """The earliest instant ``request`` can be granted if nothing else happens; inf

@@ -22,7 +22,7 @@ class WindowLog:
     A grant's *ticket* is its entry's expiry instant; refunds find the entry by it.
     """
 
-    __slots__ = ("_base", "_expiry", "_head", "_last", "_total", "limit", "window")
+    __slots__ = ("_base", "_expiry", "_head", "_last", "_total", "_was", "limit", "window")
 
     def __init__(self, limit: float, window: float, now: float = 0.0) -> None:
         self.limit = limit
@@ -32,6 +32,7 @@ class WindowLog:
         self._head = 0
         self._base = 0.0
         self._last = now
+        self._was: float | None = None  # the last total before the latest take, if merged
 
     def _expire(self, now: float) -> float:
         if now > self._last:
@@ -130,6 +131,47 @@ class WindowLog:
             self._expiry.append(expires)
             total.append((total[-1] if total else self._base) + amount)
         return expires
+
+    def take(self, amount: float, need: float, now: float) -> float | None:
+        """If ``need`` fits at ``now``, record a grant of ``amount`` (which may be more:
+        the window then goes over its limit) and return its ticket; else return ``None``
+        and change nothing that counts.
+
+        :meth:`undo` takes the grant back exactly, for a request that another limit
+        then refuses (all or nothing).
+        """
+        if now > self._last:
+            self._last = now
+        else:
+            now = self._last
+        expiry = self._expiry
+        if self._head < len(expiry) and expiry[self._head] <= now:
+            self._drop(now)
+        total = self._total
+        if self._head < len(expiry):
+            if need > self.limit - (total[-1] - self._base):
+                return None
+            expires = now + self.window
+            if expiry[-1] == expires:
+                self._was = total[-1]
+                total[-1] += amount
+                return expires
+        elif need > self.limit:
+            return None
+        else:
+            expires = now + self.window
+        self._was = None
+        expiry.append(expires)
+        total.append((total[-1] if total else self._base) + amount)
+        return expires
+
+    def undo(self) -> None:
+        """Take back the latest :meth:`take` exactly, as if it had never happened."""
+        if self._was is None:
+            self._expiry.pop()
+            self._total.pop()
+        else:
+            self._total[-1] = self._was
 
     def clamp(self, most: float, until: float, now: float) -> None:
         """Make at most ``most`` grantable from ``now`` until ``until`` (at most one window
