@@ -116,7 +116,8 @@ members = ["gpt-4o", "o3"]
     someone = limits["someone-else"]
     assert someone.rates == {"requests": (tb.per_second(10),)}
     assert limits.names() == ["gpt-4o", "o3"]  # made from the default: not a name
-    assert "someone-else" in limits
+    assert "someone-else" not in limits  # not in use yet
+    assert limits["someone-else"] is someone  # still held here: the same one comes back
 
 
 def test_from_toml_rejects_unknown_tables_naming_the_file(tmp_path: Path) -> None:
@@ -161,8 +162,11 @@ def test_default_covers_unknown_names_each_with_its_own_limiter() -> None:
     assert alice.rates == {"requests": (tb.per_second(2),)}
     assert limits["vip"].rates == {"requests": (tb.per_second(100),)}
     assert limits.names() == ["vip"]
-    assert len(limits) == 3
-    assert "held=3" in repr(limits)
+    # Neither alice nor bob is in use: only vip counts, and alice, still held here, is
+    # the one a lookup of her name gives.
+    assert len(limits) == 1
+    assert "held=1" in repr(limits)
+    assert limits["alice"] is alice
 
 
 @pytest.mark.parametrize(
@@ -432,3 +436,32 @@ async def test_a_key_with_an_open_lease_is_not_forgotten() -> None:
     async with limits.acquire("alice", tokens=200):
         assert now() - start == pytest.approx(122, abs=TOL)
     assert limits["alice"] is alice
+
+
+async def test_memory_follows_the_keys_in_use_after_a_peak() -> None:
+    limits = tb.BucketGroup(default={"requests_per_minute": 100})
+    for i in range(40_000):  # a peak: 40,000 keys, each used once
+        async with limits.acquire(f"peak-{i}"):
+            pass
+    assert len(limits) == 40_000  # every window still holds its grant
+    await anyio.sleep(180)  # a few quiet minutes: every window has emptied
+    for _ in range(3):  # a little traffic on one key
+        async with limits.acquire("after"):
+            pass
+    held = len(limits._dynamic)
+    assert held < 100, held  # forgotten without any full sweep or len()
+    assert len(limits) == 1
+    assert "peak-0" not in limits
+    assert list(limits) == ["after"]
+
+
+async def test_a_key_in_use_survives_the_tidying() -> None:
+    limits = tb.BucketGroup(default={"requests_per_minute": 2})
+    async with limits.acquire("alice"):
+        pass
+    alice = limits["alice"]
+    for i in range(5_000):
+        async with limits.acquire(f"k-{i}"):
+            pass
+    assert limits["alice"] is alice  # its window still holds a grant
+    assert "alice" in limits

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 from ._config import UNITS, split_key, to_rate
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 __all__ = ["BucketGroup"]
 
 _SWEEP_MIN: Final = 1024
+# Every _TIDY_EVERY lookups of a default-made limiter, the oldest ones are looked at:
+# those at rest are forgotten, until _TIDY_BUSY busy ones have been passed over.
+_TIDY_EVERY: Final = 64
+_TIDY_BUSY: Final = 4
 _LIMITER_KEYS: Final = ("max_concurrency", "allow_debt")
 
 
@@ -46,13 +51,26 @@ class BucketGroup:
     Limiters made from the default are forgotten once they are at rest (nobody waiting,
     nothing in flight, every meter back to full), which is exactly when a new one would
     behave the same, so a group used per user or per key keeps memory in proportion to
-    the keys active within the longest period, not to every key ever seen.
+    the keys active within the longest period, not to every key ever seen, after a peak
+    too: the oldest are looked at as the group is used. A forgotten limiter that some
+    code still holds is the one a later lookup of its name returns, so a name never has
+    two. ``len(group)``, ``in`` and iteration count the limiters in use.
 
     A *shared* limit is one meter used by several names (say one organisation-wide
     token pool over several models); it is taken atomically with each name's own limits.
     """
 
-    __slots__ = ("_backend", "_default", "_dynamic", "_fixed", "_key", "_shared", "_sweep_at")
+    __slots__ = (
+        "_backend",
+        "_default",
+        "_dynamic",
+        "_fixed",
+        "_key",
+        "_lookups",
+        "_resting",
+        "_shared",
+        "_sweep_at",
+    )
 
     def __init__(
         self,
@@ -83,6 +101,10 @@ class BucketGroup:
         self._dynamic: dict[str, Limiter] = {}
         self._shared: dict[str, list[Meter]] = {}
         self._sweep_at = _SWEEP_MIN
+        self._lookups = 0
+        # Forgotten limiters someone may still hold: looked up again, they come back
+        # rather than a second limiter being made for the same name.
+        self._resting: weakref.WeakValueDictionary[str, Limiter] = weakref.WeakValueDictionary()
 
     @classmethod
     def from_dict(
@@ -220,6 +242,9 @@ class BucketGroup:
             return limiter
         limiter = self._dynamic.get(name)
         if limiter is not None:
+            self._lookups += 1
+            if self._lookups >= _TIDY_EVERY:
+                self._tidy()
             return limiter
         if self._default is None:
             raise UnknownNameError(
@@ -227,8 +252,14 @@ class BucketGroup:
                 "(give the group a default to cover other names)"
             )
         _check_name(name)
+        limiter = self._resting.pop(name, None)
+        if limiter is not None:  # forgotten, but still held somewhere: the same one
+            self._dynamic[name] = limiter
+            return limiter
         if len(self._dynamic) >= self._sweep_at:
             self._sweep()
+        else:
+            self._tidy()
         limiter = _limiter_from_config(
             self._default,
             "default",
@@ -240,25 +271,57 @@ class BucketGroup:
         return limiter
 
     def __contains__(self, name: object) -> bool:
-        return name in self._fixed or name in self._dynamic
+        """Whether ``name`` is configured or has a live limiter made from the default."""
+        if name in self._fixed:
+            return True
+        limiter = self._dynamic.get(name)  # type: ignore[call-overload]
+        return limiter is not None and not limiter._at_rest()
 
     def __len__(self) -> int:
-        """Limiters held now (configured ones, and default ones not yet forgotten)."""
+        """Limiters held: the configured ones, and those made from the default that are
+        in use (idle ones are forgotten as the group is used, oldest first)."""
+        self._tidy()
         return len(self._fixed) + len(self._dynamic)
 
     def __iter__(self) -> Iterator[str]:
+        """The configured names, then those of limiters made from the default in use."""
+        self._tidy()
         yield from self._fixed
-        yield from self._dynamic
+        yield from list(self._dynamic)
 
     def names(self) -> list[str]:
         """The configured names (not those made from the default)."""
         return list(self._fixed)
 
     def _sweep(self) -> None:
-        self._dynamic = {
-            name: limiter for name, limiter in self._dynamic.items() if not limiter._at_rest()
-        }
+        """Forget every limiter made from the default that is at rest."""
+        kept: dict[str, Limiter] = {}
+        for name, limiter in self._dynamic.items():
+            if limiter._at_rest():
+                self._resting[name] = limiter
+            else:
+                kept[name] = limiter
+        self._dynamic = kept
         self._sweep_at = max(_SWEEP_MIN, 2 * len(self._dynamic))
+        self._lookups = 0
+
+    def _tidy(self) -> None:
+        """Forget the oldest limiters made from the default while they are at rest;
+        move the busy ones to the back. Each limiter is forgotten once, so this costs
+        O(1) per lookup amortised, and memory follows the keys in use after a peak too."""
+        self._lookups = 0
+        dynamic = self._dynamic
+        busy = 0
+        for _ in range(len(dynamic)):
+            name = next(iter(dynamic))
+            limiter = dynamic.pop(name)
+            if limiter._at_rest():
+                self._resting[name] = limiter
+            else:
+                dynamic[name] = limiter
+                busy += 1
+                if busy >= _TIDY_BUSY:
+                    return
 
     def __repr__(self) -> str:
         default = ", default" if self._default is not None else ""

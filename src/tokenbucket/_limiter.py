@@ -20,6 +20,7 @@ the limiter or lowers what the meters may grant; it never raises what they may g
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import TYPE_CHECKING, Final, cast
 
 from . import _validate
@@ -33,7 +34,7 @@ from ._lease import LeaseContext
 from ._memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from ._backend import Backend, Store
     from ._rate import Rate
@@ -147,7 +148,7 @@ class Limiter:
 
     def _open(self) -> Store:
         if self._backend is None and self._key is None:
-            return MemoryStore(self._multi, self.__repr__)
+            return MemoryStore(self._multi, _describer(self))
         return open_store(
             self._backend,
             self._key,
@@ -309,3 +310,14 @@ class Limiter:
     def _at_rest(self) -> bool:
         """Indistinguishable from a new limiter of the same configuration."""
         return not self._leases and self._store.at_rest()
+
+
+def _describer(limiter: Limiter) -> Callable[[], str]:
+    """``repr(limiter)`` for messages, without keeping the limiter alive."""
+    ref = weakref.ref(limiter)
+
+    def describe() -> str:
+        alive = ref()
+        return "<Limiter (gone)>" if alive is None else repr(alive)
+
+    return describe

@@ -22,7 +22,17 @@ class WindowLog:
     A grant's *ticket* is its entry's expiry instant; refunds find the entry by it.
     """
 
-    __slots__ = ("_base", "_expiry", "_head", "_last", "_total", "_was", "limit", "window")
+    __slots__ = (
+        "_base",
+        "_expiry",
+        "_head",
+        "_last",
+        "_offset",
+        "_total",
+        "_was",
+        "limit",
+        "window",
+    )
 
     def __init__(self, limit: float, window: float, now: float = 0.0) -> None:
         self.limit = limit
@@ -32,6 +42,10 @@ class WindowLog:
         self._head = 0
         self._base = 0.0
         self._last = now
+        # Instants are kept on the clock the log started on: the caller's clock reads
+        # ``_offset`` more (see rebase), so a move to another clock changes one number,
+        # never the entries or the tickets already given out.
+        self._offset = 0.0
         self._was: float | None = None  # the last total before the latest take, if merged
 
     def _expire(self, now: float) -> float:
@@ -63,7 +77,7 @@ class WindowLog:
 
     def used(self, now: float) -> float:
         """Units granted in the window ending at ``now``."""
-        self._expire(now)
+        self._expire(self._inside(now) if self._offset else now)
         return self._used()
 
     def level(self, now: float) -> float:
@@ -87,7 +101,7 @@ class WindowLog:
     @property
     def last_update(self) -> float:
         """The latest instant this state has seen."""
-        return self._last
+        return self._last + self._offset
 
     def __len__(self) -> int:
         """Entries held (distinct grant instants not yet dropped)."""
@@ -95,19 +109,27 @@ class WindowLog:
 
     def try_take(self, amount: float, now: float) -> bool:
         """Record a grant of ``amount`` at ``now`` if the window has room for it."""
-        now = self._expire(now)
+        now = self._expire(self._inside(now) if self._offset else now)
         # The same comparison as in ready_at and level, so all agree to the last bit.
         if amount > self.limit - self._used():
             return False
-        expires = now + self.window
-        if expires <= now:  # a window below the clock's resolution at this instant
-            expires = math.nextafter(now, math.inf)
-        self._append(expires, amount)
+        self._append(self._expiry_of(now), amount)
         return True
+
+    def _expiry_of(self, now: float) -> float:
+        """When a grant made at ``now`` leaves the window: ``now + window`` rounded up, so
+        that ``expiry - window`` never reads earlier than ``now`` (nor ``expiry`` as
+        ``now`` itself, for a window below the clock's resolution there)."""
+        expires = now + self.window
+        if expires - self.window < now or expires <= now:
+            expires = math.nextafter(expires, math.inf)
+        return expires
 
     def fits(self, amount: float, now: float) -> bool:
         """Whether :meth:`try_take` would grant ``amount`` at ``now``."""
         # _expire and _used inlined: this is the hot path of every Limiter.
+        if self._offset:
+            now = self._inside(now)
         if now > self._last:
             self._last = now
         else:
@@ -123,7 +145,7 @@ class WindowLog:
         """Record a grant of ``amount`` at ``now`` unconditionally (the window may go over
         its limit: later callers then wait until enough has left it). Returns the grant's
         ticket."""
-        expires = self._expire(now) + self.window
+        expires = self._expiry_of(self._expire(self._inside(now) if self._offset else now))
         total = self._total
         if self._head < len(total) and self._expiry[-1] == expires:
             total[-1] += amount
@@ -140,6 +162,8 @@ class WindowLog:
         :meth:`undo` takes the grant back exactly, for a request that another limit
         then refuses (all or nothing).
         """
+        if self._offset:
+            now = self._inside(now)
         if now > self._last:
             self._last = now
         else:
@@ -152,6 +176,8 @@ class WindowLog:
             if need > self.limit - (total[-1] - self._base):
                 return None
             expires = now + self.window
+            if expires - self.window < now or expires <= now:  # _expiry_of, inlined
+                expires = math.nextafter(expires, math.inf)
             if expiry[-1] == expires:
                 self._was = total[-1]
                 total[-1] += amount
@@ -159,7 +185,7 @@ class WindowLog:
         elif need > self.limit:
             return None
         else:
-            expires = now + self.window
+            expires = self._expiry_of(now)
         self._was = None
         expiry.append(expires)
         total.append((total[-1] if total else self._base) + amount)
@@ -181,7 +207,9 @@ class WindowLog:
         inserted in order among the grants already logged. Costs O(entries) when it
         lowers anything, nothing otherwise.
         """
-        now = self._expire(now)
+        now = self._expire(self._inside(now) if self._offset else now)
+        if self._offset:
+            until = self._inside_up(until)
         excess = self.limit - self._used() - most
         if excess <= 0:
             return
@@ -212,11 +240,12 @@ class WindowLog:
 
     def ready_at(self, amount: float, now: float) -> float:
         """The earliest instant ``t >= now`` at which ``amount`` fits in the window."""
-        now = self._expire(now)
+        start = now
+        now = self._expire(self._inside(now) if self._offset else now)
         if amount > self.limit:
             return math.inf
         if amount <= self.limit - self._used():
-            return now
+            return max(start, self._outside(now))
         # Room for `amount` once every entry up to index i has expired, for the first i
         # at which the check try_take will make passes. Binary search on that very
         # predicate (monotone in i), so the answer and the check agree to the last bit.
@@ -229,7 +258,39 @@ class WindowLog:
                 hi = mid
             else:
                 lo = mid + 1
-        return self._expiry[lo]
+        return self._outside(self._expiry[lo])
+
+    # The caller's clock reads ``_offset`` more than the log's (after a rebase). Instants
+    # are carried over rounded so that grants never leave the window early: the caller's
+    # ``t`` reads as the latest instant here that is not after it.
+
+    def _inside(self, t: float) -> float:
+        offset = self._offset
+        n = t - offset
+        while n + offset > t:
+            n = math.nextafter(n, -math.inf)
+        return n
+
+    def _inside_up(self, t: float) -> float:
+        offset = self._offset
+        n = t - offset
+        while n + offset < t:
+            n = math.nextafter(n, math.inf)
+        return n
+
+    def _outside(self, instant: float) -> float:
+        """The earliest instant on the caller's clock that reads as ``instant`` or later
+        here (so a check there agrees with ``ready_at``)."""
+        if not self._offset:
+            return instant
+        t = instant + self._offset
+        while self._inside(t) < instant:
+            t = math.nextafter(t, math.inf)
+        while True:
+            earlier = math.nextafter(t, -math.inf)
+            if self._inside(earlier) < instant:
+                return t
+            t = earlier
 
     def refund(self, amount: float, ticket: float, now: float) -> float:
         """Remove up to ``amount`` from the grant recorded under ``ticket``.
@@ -238,7 +299,7 @@ class WindowLog:
         safe. A grant that has already left the window needs no refund. Returns the amount
         removed.
         """
-        self._expire(now)
+        self._expire(self._inside(now) if self._offset else now)
         expiry = self._expiry
         i = bisect_left(expiry, ticket, self._head)
         if i == len(expiry) or expiry[i] != ticket:
@@ -251,10 +312,11 @@ class WindowLog:
         return amount
 
     def rebase(self, now: float) -> None:
-        """Continue on a clock with another origin, as if no time had passed."""
-        shift = now - self._last
-        self._expiry = [e + shift for e in self._expiry]
-        self._last = now
+        """Continue on a clock with another origin, as if no time had passed.
+
+        Only the offset between the clocks changes: the log's order, and every ticket
+        given out before, stay as they were."""
+        self._offset = now - self._last
 
     def __repr__(self) -> str:
         return (
