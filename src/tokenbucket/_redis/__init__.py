@@ -65,7 +65,8 @@ __all__ = ["BackendError", "BackendUnavailableError", "RedisBackend"]
 log = logging.getLogger("tokenbucket.redis")
 
 _SCRIPTS: Final = ("reserve", "cancel", "release", "adjust", "feedback")
-_USE_LOG: Final = ("reserve", "cancel", "adjust", "feedback")  # log.lua goes first
+# The scripts that clock.lua (`now`) and log.lua (window logs) go before.
+_USE_PRELUDES: Final = ("reserve", "cancel", "adjust", "feedback")
 _SLACK_MS: Final = 1000  # keys outlive what they hold by this much
 _MIN_HOLD: Final = 0.001  # shorter holds are not worth a timer
 
@@ -183,10 +184,12 @@ class RedisBackend:
         self.local_share = share
         self.lease_ttl = lease_ttl
         self.batch_delay = float(batch_delay)
-        files = resources.files(__package__)
-        prelude = (files / "log.lua").read_text(encoding="utf-8")
+        files = resources.files(__package__) / "lua"
+        prelude = "".join(
+            (files / f"{name}.lua").read_text(encoding="utf-8") for name in ("clock", "log")
+        )
         self._source = {
-            name: (prelude if name in _USE_LOG else "")
+            name: (prelude if name in _USE_PRELUDES else "")
             + (files / f"{name}.lua").read_text(encoding="utf-8")
             for name in _SCRIPTS
         }
