@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from .._errors import AcquireTimeoutError, BackendUnavailableError
 from .._statistics import LimiterStatistics
-from . import MeterSpec, Reservation
+from ._protocol import MeterSpec, Reservation
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .._backend import Store, StoreSpec
     from .._core import Request
     from .._feedback import FeedbackPlan
-    from . import RedisBackend
+    from ._backend import RedisBackend
 
 __all__ = ["RedisStore"]
 
