@@ -16,6 +16,7 @@ import pytest
 import tokenbucket as tb
 from tests.redis._support import ROUNDING, RecordingBackend, bucket_excess
 from tokenbucket._redis import RedisBackend
+from tokenbucket._redis._protocol import RESERVE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.timeout(60)]
 
 HANG = 10.0
+# Where the first request's deadline is in a reserve call's ARGV.
+DEADLINE = len(RESERVE.head) + RESERVE.groups[0].fields.index("deadline")
 
 
 async def saturate(bucket: tb.TokenBucket, tasks: int, seconds: float) -> tuple[int, list[float]]:
@@ -126,8 +129,8 @@ async def test_cancelled_while_held_reserves_nothing(redis_backend: RecordingBac
     assert len(grants) == 3
     # `after` is right behind `ahead`: the cancelled request took no place.
     assert grants[2] == pytest.approx(grants[1] + 0.1, abs=ROUNDING)
-    assert redis_backend._held == {}
-    assert redis_backend._hold_timers == {}
+    assert redis_backend._batch.held == {}
+    assert redis_backend._batch.hold_timers == {}
 
 
 @pytest.mark.asyncio
@@ -141,7 +144,7 @@ async def test_short_timeout_is_not_held_and_keeps_fifo(redis_backend: Recording
         await asyncio.sleep(0.001)
     held = asyncio.create_task(bucket.acquire())
     await asyncio.sleep(0)
-    assert redis_backend._held  # held back
+    assert redis_backend._batch.held  # held back
     loop = asyncio.get_running_loop()
     start = loop.time()
     with pytest.raises(tb.AcquireTimeoutError):
@@ -169,7 +172,7 @@ async def test_held_timeout_counts_from_the_call(
 
     async def recording(name: str, keys: Any, args: Any) -> Any:
         if name == "reserve":
-            sent.append(float(args[3 + 1]))  # the first request's deadline
+            sent.append(float(args[DEADLINE]))  # the first request's deadline
         return await script(name, keys, args)
 
     monkeypatch.setattr(backend, "_script", recording)
@@ -194,10 +197,10 @@ async def test_aclose_sends_what_is_held(backend_factory: Callable[..., Recordin
         await asyncio.sleep(0.001)
     held = asyncio.create_task(bucket.acquire())  # held 0.5 s (half the wait)
     await asyncio.sleep(0)
-    assert backend._held
+    assert backend._batch.held
     await backend.aclose(grace=0.5)
     # Closing sent it: it is reserved, not left waiting for its hold to end.
-    assert not backend._held
+    assert not backend._batch.held
     assert len(backend.granted) == 3
     await asyncio.wait_for(asyncio.gather(ahead, held), HANG)
 

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Final
 from .._core import Request
 from .._errors import AcquireTimeoutError, BackendUnavailableError
 from .._statistics import LimiterStatistics
-from . import MeterSpec, Reservation
+from ._protocol import MeterSpec, Reservation
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping
 
     from .._backend import Store, StoreSpec
     from .._feedback import FeedbackPlan
-    from . import RedisBackend
+    from ._backend import RedisBackend
 
 __all__ = ["RedisStore"]
 

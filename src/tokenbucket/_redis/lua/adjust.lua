@@ -1,17 +1,24 @@
 -- Settle a grant: charge an overrun or give back an unused part, per meter.
--- KEYS: the meters' keys.  ARGV: now ('' = TIME), ttl slack (ms), meter count, then per
--- meter: kind, key index, p1, p2, reserved amount, member, new amount, instant t.
+--
+-- KEYS: ...
+-- ARGV: now, slack, meters
+-- ARGV per meter (meters): kind, key, p1, p2, amount, member, new, t
+--   ...        the meters' keys (by the key fields)
+--   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
+--   slack      ms that keys outlive what they hold
+--   meters     the number of meters
+--   kind       'b' bucket | 'w' window
+--   key        index in KEYS of the meter's key
+--   p1         bucket: rate (units/s)    window: limit
+--   p2         bucket: capacity          window: window (s)
+--   amount     what the grant reserved
+--   member     the grant's id
+--   new        what the grant takes instead
+--   t          the grant's instant
 -- A window entry keeps its instant and takes the new amount (a smaller one lowers every
 -- window's sum; a larger one is debt later callers wait off). A bucket is charged an
 -- overrun (its schedule moves later); an unused part goes back only while the grant is
 -- the latest on that bucket.
-local now
-if ARGV[1] == '' then
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
 local slack = tonumber(ARGV[2])
 local meters = tonumber(ARGV[3])
 local pos = 4

@@ -6,11 +6,27 @@
 -- and the caller sleeps until t. Nothing is charged for a request whose t would come
 -- after its deadline.
 --
--- ARGV: now ('' = the server's TIME), ttl slack in ms, request count, then per request:
---   meter count, deadline (seconds from now, or -1 for none), pause key index (0: none),
---   slot key index (0: none), slot max, lease id, lease ttl (s),
---   then per meter: kind ('b' bucket | 'w' window), key index, p1, p2, amount, member
---     bucket: p1 = rate (units/s), p2 = capacity    window: p1 = limit, p2 = window (s)
+-- KEYS: ...
+-- ARGV: now, slack, count
+-- ARGV per request (count): meters, deadline, pause, slots, slot_max, lease, lease_ttl
+-- ARGV per meter (meters): kind, key, p1, p2, amount, member
+--   ...        the keys that the key, pause and slots fields name
+--   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
+--   slack      ms that keys outlive what they hold
+--   count      the number of requests
+--   meters     the number of the request's meters
+--   deadline   seconds from now, or -1 for none
+--   pause      index in KEYS of the pause key (0: none)
+--   slots      index in KEYS of the slots key (0: none)
+--   slot_max   the number of concurrency slots
+--   lease      the lease id ('' for none)
+--   lease_ttl  seconds a lease lasts
+--   kind       'b' bucket | 'w' window
+--   key        index in KEYS of the meter's key
+--   p1         bucket: rate (units/s)    window: limit
+--   p2         bucket: capacity          window: window (s)
+--   amount     what the request takes
+--   member     the reservation's id
 -- Returns per request: {status, t - now (string), now (string)}
 --   status 1: reserved at t; 0: t is past the deadline (nothing taken);
 --   2: no concurrency slot free (nothing taken; t - now is when the first lease expires);
@@ -19,13 +35,6 @@
 -- give-back knows whether anyone reserved behind it. A window keeps its sums in
 -- '<key>:sum' (see log.lua).
 
-local now
-if ARGV[1] == '' then
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
 local slack = tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
 local pos = 4

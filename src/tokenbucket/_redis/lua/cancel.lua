@@ -1,18 +1,24 @@
 -- Give back a reservation whose caller left before its instant (cancelled or timed out).
 --
--- KEYS: the meters' keys, then the slots key (or none).
--- ARGV: now ('' = TIME), the reservation instant t, meter count, then per meter:
---   kind, key index, p1, p2, amount, member; then the lease id ('' for none).
+-- KEYS: ..., slots_key
+-- ARGV: now, t, meters
+-- ARGV per meter (meters): kind, key, p1, p2, amount, member
+-- ARGV then: lease
+--   ...        the meters' keys (by the key fields)
+--   slots_key  the key of the leases held (only with a lease)
+--   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
+--   t          the reservation's instant
+--   meters     the number of meters
+--   kind       'b' bucket | 'w' window
+--   key        index in KEYS of the meter's key
+--   p1         bucket: rate (units/s)    window: limit
+--   p2         bucket: capacity          window: window (s)
+--   amount     what the reservation took
+--   member     the reservation's id
+--   lease      the lease id ('' for none: then there is no slots key)
 -- A window entry is removed (that can only lower every window's sum). A bucket's
 -- reservation is given back only while it is the latest one on that bucket, so no
 -- one reserved after it counted on it. Returns the number of meters given back.
-local now
-if ARGV[1] == '' then
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
 local t = tonumber(ARGV[2])
 local meters = tonumber(ARGV[3])
 local pos = 4

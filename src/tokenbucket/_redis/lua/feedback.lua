@@ -1,14 +1,20 @@
 -- Fold a server's view into the meters: pause, and lower what a meter may grant.
--- KEYS: pause key, then meter keys.  ARGV: now ('' = TIME), ttl slack (ms),
--- pause seconds (-1: none), meter count, then per meter: kind, key index, p1, p2,
--- remaining, seconds until the server's reset.
-local now
-if ARGV[1] == '' then
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
+--
+-- KEYS: pause_key, ...
+-- ARGV: now, slack, pause, meters
+-- ARGV per meter (meters): kind, key, p1, p2, remaining, reset
+--   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
+--   slack      ms that keys outlive what they hold
+--   pause_key  the limiter's pause key
+--   ...        the meters' keys (by the key fields)
+--   pause      seconds to pause (-1: none)
+--   meters     the number of meters
+--   kind       'b' bucket | 'w' window
+--   key        index in KEYS of the meter's key
+--   p1         bucket: rate (units/s)    window: limit
+--   p2         bucket: capacity          window: window (s)
+--   remaining  what the server says is left
+--   reset      seconds until the server's reset
 local slack = tonumber(ARGV[2])
 local pause = tonumber(ARGV[3])
 if pause >= 0 then

@@ -1,0 +1,275 @@
+"""RedisBackend: its settings, its keys, and one method per script call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Literal
+
+from .. import _validate
+from .._errors import BackendError, BackendUnavailableError, InvalidArgumentError
+from . import _protocol, _scripts
+from ._batch import Batcher
+from ._protocol import RESERVED, WRONG_TYPE, MeterSpec, Reply, Reservation
+from ._tasks import Background
+from .store import RedisStore
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine, Sequence
+
+    import redis.asyncio as aioredis
+
+    from .._backend import StoreSpec
+
+__all__ = ["RedisBackend", "default_url"]
+
+log = logging.getLogger("tokenbucket.redis")
+
+
+class RedisBackend:
+    """Where shared limits keep their state: one Redis (or Redis Cluster) database.
+
+    ::
+
+        backend = tb.RedisBackend("redis://127.0.0.1:6379/0")
+        bucket = tb.TokenBucket(rate=10, capacity=20, backend=backend, key="api")
+
+    Args:
+        client: a ``redis.asyncio.Redis`` client, or a URL to make one from.
+        prefix: the namespace of every key this backend writes.
+        time_source: ``"server"`` (the Redis server's ``TIME``; one clock for all hosts)
+            or ``"client"`` (this host's wall clock, for managed services that refuse
+            ``TIME`` in scripts: then hosts' clock skew shifts their grants by as much).
+        on_error: what to do when Redis cannot be reached: ``"wait"`` (retry with
+            exponential backoff up to ``max_backoff`` seconds, logging each failure),
+            ``"raise"`` (:class:`BackendUnavailableError`) or ``"local"`` (limit with an
+            in-memory limiter at ``local_share`` of the rates until Redis is back).
+        lease_ttl: seconds a concurrency slot stays held if its process dies.
+        batch_delay: the longest a request is held back to share a round trip with
+            others, and only when the limiter's last reply showed that the request
+            could not be admitted before twice that long anyway (a binding limit), so
+            holding it delays no admission; requests with a timeout are never held.
+            ``0`` sends every request at once (a round trip per admission when
+            acquirers arrive one by one).
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis | str,
+        *,
+        prefix: str = "tokenbucket",
+        time_source: Literal["server", "client"] = "server",
+        on_error: Literal["wait", "raise", "local"] = "wait",
+        max_backoff: float = 5.0,
+        local_share: float = 0.5,
+        lease_ttl: float = 300.0,
+        batch_delay: float = 0.01,
+    ) -> None:
+        try:
+            import redis.asyncio as aioredis_module
+        except ImportError as exc:  # pragma: no cover - depends on the installation
+            raise ImportError(
+                "the Redis backend needs redis-py: pip install 'tokenbucket[redis]'"
+            ) from exc
+        if isinstance(client, str):
+            client = aioredis_module.Redis.from_url(client)
+        if time_source not in ("server", "client"):
+            raise InvalidArgumentError(
+                "time_source", f"time_source must be 'server' or 'client', not {time_source!r}"
+            )
+        if on_error not in ("wait", "raise", "local"):
+            raise InvalidArgumentError(
+                "on_error", f"on_error must be 'wait', 'raise' or 'local', not {on_error!r}"
+            )
+        if not isinstance(prefix, str) or not prefix:
+            raise InvalidArgumentError("prefix", f"prefix must be a non-empty str, not {prefix!r}")
+        share = _validate.real(local_share, "local_share")
+        if share > 1:
+            raise InvalidArgumentError(
+                "local_share", f"local_share must be in (0, 1], got {local_share!r}"
+            )
+        _validate.real(max_backoff, "max_backoff", zero=False)
+        _validate.real(lease_ttl, "lease_ttl", zero=False)
+        _validate.real(batch_delay, "batch_delay", zero=True)
+        self.client = client
+        self.prefix = prefix
+        self.time_source = time_source
+        self.on_error = on_error
+        self.max_backoff = max_backoff
+        self.local_share = share
+        self.lease_ttl = lease_ttl
+        self._scripts = _scripts.Scripts(client, prefix)
+        self._background = Background()
+        self._batch = Batcher(self._reserve_batch, float(batch_delay), self._background)
+
+    @property
+    def batch_delay(self) -> float:
+        """The longest a request is held back to share a round trip (see the class)."""
+        return self._batch.delay
+
+    @batch_delay.setter
+    def batch_delay(self, value: float) -> None:
+        self._batch.delay = float(value)
+
+    @property
+    def round_trips(self) -> int:
+        """Script calls made (for benchmarks and tests)."""
+        return self._scripts.round_trips
+
+    def open(self, spec: StoreSpec) -> RedisStore:
+        """The store of one limiter's state here (see ``tokenbucket._backend``)."""
+        return RedisStore(self, spec)
+
+    def key(self, *parts: str) -> str:
+        """A namespaced key; ``{...}`` is the hash tag: one limiter's keys share a slot."""
+        tag, *rest = parts
+        return ":".join([f"{{{self.prefix}:{tag}}}", *rest])
+
+    async def ping(self) -> None:
+        """Check that Redis answers; raise :class:`BackendUnavailableError` if not."""
+        from redis.exceptions import RedisError
+
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailableError(f"Redis is unreachable: {exc}") from exc
+
+    async def aclose(self, *, grace: float = 0.5) -> None:
+        """Wait up to ``grace`` seconds for give-backs and releases in flight (they may be
+        retrying while Redis is down), cancel what is left, then close the client."""
+        end = asyncio.get_running_loop().time() + grace
+        self._batch.flush_all()
+        await self._background.drain(end)
+        await self.client.aclose()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a give-back or release in the background, keeping a reference to it (at
+        most a few at a time, so a burst of them does not exhaust the connection pool)."""
+        self._background.spawn(coro)
+
+    # -- script calls -------------------------------------------------------------------
+
+    def _now_arg(self) -> str:
+        return _protocol.SERVER_TIME if self.time_source == "server" else repr(time.time())
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA ``name``, loading it on first use and again after NOSCRIPT."""
+        return await self._scripts.call(name, keys, args)
+
+    async def _with_policy(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a script under the failure policy ("local" is handled by the caller)."""
+        return await _scripts.with_policy(
+            self._script, name, keys, args, on_error=self.on_error, max_backoff=self.max_backoff
+        )
+
+    async def _reserve_batch(
+        self, requests: Sequence[tuple[list[str], list[Any], float | None]]
+    ) -> list[Reply]:
+        keys, args = _protocol.encode_batch(self._now_arg(), requests)
+        return _protocol.decode_replies(await self._with_policy("reserve", keys, args))
+
+    async def reserve(
+        self,
+        meters: Sequence[MeterSpec],
+        amounts: Sequence[float],
+        *,
+        deadline: float | None,
+        pause_key: str = "",
+        slots_key: str = "",
+        slot_max: int = 0,
+    ) -> tuple[int, float, Reservation]:
+        """Reserve ``amounts`` on ``meters`` at their earliest common instant.
+
+        ``deadline`` is an instant on the running loop's clock, or ``None``. Returns
+        ``(status, wait, reservation)``: status 1 reserved (sleep ``wait`` seconds, then
+        go), 0 the instant is past ``deadline`` (nothing taken), 2 no concurrency slot
+        (nothing taken; ``wait`` is when the first lease expires). Requests of this
+        process share round trips.
+        """
+        member = uuid.uuid4().hex
+        lease = uuid.uuid4().hex if slots_key else ""
+        keys, args = _protocol.encode_request(
+            meters,
+            amounts,
+            member,
+            pause_key=pause_key,
+            slots_key=slots_key,
+            slot_max=slot_max,
+            lease=lease,
+            lease_ttl=self.lease_ttl,
+        )
+
+        def reserved(reply: Reply) -> Reservation:
+            at = reply.now + reply.wait
+            return Reservation(tuple(meters), tuple(amounts), member, at, lease, slots_key)
+
+        def lost(reply: Reply) -> None:
+            # Cancelled while the round trip was in flight: give back what it reserved.
+            if reply.status == RESERVED:
+                self.spawn(self.give_back(reserved(reply)))
+
+        reply, arrived = await self._batch.submit(keys, args, deadline, lost)
+        if reply.status == WRONG_TYPE:
+            raise BackendError(
+                f"the key {reply.key!r} holds a value of the wrong type; is another "
+                f"program using the prefix {self.prefix!r}?"
+            )
+        if reply.status != RESERVED:
+            return reply.status, reply.wait, reserved(reply)
+        # What is left of the wait now, on the local clock.
+        left = reply.wait - (asyncio.get_running_loop().time() - arrived)
+        return reply.status, max(0.0, left), reserved(reply)
+
+    async def give_back(self, reservation: Reservation) -> None:
+        """Return a reservation whose caller left before its instant (best effort)."""
+        keys, args = _protocol.encode_give_back(self._now_arg(), reservation)
+        try:
+            await self._with_policy("cancel", keys, args)
+        except Exception as exc:  # a give-back is best effort
+            log.warning("could not give a reservation back: %s", exc)
+
+    async def release(self, reservation: Reservation) -> None:
+        """Release a concurrency slot and wake one process waiting for one."""
+        if not reservation.lease:
+            return
+        keys, args = _protocol.encode_release(reservation, self.lease_ttl)
+        try:
+            await self._with_policy("release", keys, args)
+        except Exception as exc:  # the lease expires on its own
+            log.warning("could not release a concurrency slot: %s", exc)
+
+    async def wait_for_slot(self, slots_key: str, seconds: float) -> None:
+        """Block (without polling) until a slot is released, or ``seconds`` pass."""
+        timeout = max(0.001, min(seconds, 60.0))
+        with contextlib.suppress(Exception):
+            await self.client.blpop([_protocol.wake_key(slots_key)], timeout=timeout)
+
+    async def adjust(self, reservation: Reservation, new_amounts: Sequence[float]) -> None:
+        """Settle a grant: replace its amounts by ``new_amounts``."""
+        keys, args = _protocol.encode_adjust(self._now_arg(), reservation, new_amounts)
+        await self._with_policy("adjust", keys, args)
+
+    async def feedback(
+        self,
+        pause_key: str,
+        pause: float | None,
+        clamps: Sequence[tuple[MeterSpec, float, float]],
+    ) -> None:
+        """Pause for ``pause`` seconds and lower meters to ``(remaining, reset)``."""
+        keys, args = _protocol.encode_feedback(self._now_arg(), pause_key, pause, clamps)
+        await self._with_policy("feedback", keys, args)
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisBackend prefix={self.prefix!r} time={self.time_source} "
+            f"on_error={self.on_error}>"
+        )
+
+
+def default_url() -> str:
+    """``TOKENBUCKET_REDIS_URL`` or the local default."""
+    return os.environ.get("TOKENBUCKET_REDIS_URL", "redis://127.0.0.1:6379/0")

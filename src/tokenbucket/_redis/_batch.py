@@ -1,0 +1,211 @@
+"""Reservations on their way to Redis: one reserve call carries many.
+
+While a reserve call is in flight, new requests queue, and the next call carries all of
+them: one call per hash tag, so that no call spans two slots of a Redis Cluster. When
+the last reply showed that a tag's next free instant is well in the future (its limit
+is binding), new requests to it are *held* for a while (``delay``, at most half the
+time left until that instant) before they are sent: they could not be admitted earlier
+anyway, and requests arriving one by one at the admission rate then share a call too.
+
+A request taken back before it is sent was never reserved; one taken back while its call
+is in flight is reported (``on_lost``) once the reply comes, to be given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any, Final
+
+from ._protocol import RESERVED, Reply
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from ._tasks import Background
+
+    # One call for the requests ``(keys, args, seconds left until the deadline)``.
+    Send = Callable[[Sequence[tuple[list[str], list[Any], float | None]]], Awaitable[list[Reply]]]
+
+__all__ = ["Batcher"]
+
+_MIN_HOLD: Final = 0.001  # shorter holds are not worth a timer
+_REMEMBERED: Final = 1024  # tags whose next free instant is kept before past ones go
+
+
+class _Pending:
+    __slots__ = ("args", "deadline", "future", "keys", "tag")
+
+    def __init__(
+        self,
+        keys: list[str],
+        args: list[Any],
+        future: asyncio.Future[tuple[Reply, float]],
+        deadline: float | None,
+    ) -> None:
+        self.keys = keys
+        self.args = args
+        self.future = future
+        self.deadline = deadline  # on the loop's clock; sent as the time left then
+        self.tag = keys[0].partition("}")[0]
+
+
+class Batcher:
+    """The reserve requests of one backend: queued, held, or in a call."""
+
+    __slots__ = (
+        "_background",
+        "_free_at",
+        "_in_flight",
+        "_pending",
+        "_send",
+        "delay",
+        "held",
+        "hold_timers",
+    )
+
+    def __init__(self, send: Send, delay: float, background: Background) -> None:
+        self._send = send
+        self.delay = delay  # the longest a request is held (0: never)
+        self._background = background
+        self._pending: list[_Pending] = []
+        self._in_flight = False
+        # Per hash tag: the latest instant a reply reserved (loop clock), and the
+        # requests held until a timer sends them together.
+        self._free_at: dict[str, float] = {}
+        self.held: dict[str, list[_Pending]] = {}
+        self.hold_timers: dict[str, asyncio.TimerHandle] = {}
+
+    async def submit(
+        self,
+        keys: list[str],
+        args: list[Any],
+        deadline: float | None,
+        on_lost: Callable[[Reply], None],
+    ) -> tuple[Reply, float]:
+        """Send one request (as ``encode_request`` made it) with others; its reply and
+        the loop's clock when the reply arrived. ``deadline`` is on the loop's clock.
+
+        If cancelled after the request was sent, ``on_lost`` gets the reply when it
+        comes (it may have reserved something)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        pending = _Pending(keys, args, loop.create_future(), deadline)
+        hold = 0.0
+        if self.delay and (deadline is None or deadline - now > self.delay):
+            hold = min(self.delay, (self._free_at.get(pending.tag, now) - now) / 2)
+        if hold >= _MIN_HOLD:
+            self._hold(pending, hold, loop)
+        else:
+            if pending.tag in self.held:
+                self.flush(pending.tag)  # earlier requests go first (FIFO)
+            self._pending.append(pending)
+            if not self._in_flight:
+                self._start()
+        try:
+            return await asyncio.shield(pending.future)
+        except asyncio.CancelledError:
+            if self._unsent(pending):
+                pending.future.cancel()  # never sent: nothing was reserved
+            else:
+                pending.future.add_done_callback(lambda f: _report_lost(f, on_lost))
+            raise
+
+    def flush(self, tag: str) -> None:
+        """Send the requests held for ``tag`` (in the next call)."""
+        timer = self.hold_timers.pop(tag, None)
+        if timer is not None:
+            timer.cancel()
+        held = self.held.pop(tag, [])
+        self._pending.extend(held)
+        if held and not self._in_flight:
+            self._start()
+
+    def flush_all(self) -> None:
+        """Send every request held."""
+        for tag in list(self.held):
+            self.flush(tag)
+
+    def _hold(self, pending: _Pending, hold: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Keep ``pending`` back for up to ``hold`` seconds, with the others of its tag."""
+        held = self.held.get(pending.tag)
+        if held is None:
+            self.held[pending.tag] = [pending]
+            self.hold_timers[pending.tag] = loop.call_later(hold, self.flush, pending.tag)
+        else:
+            held.append(pending)
+
+    def _unsent(self, pending: _Pending) -> bool:
+        """Take ``pending`` out if it has not been sent yet; whether it was."""
+        for queue in (self.held.get(pending.tag), self._pending):
+            if queue is not None and pending in queue:
+                queue.remove(pending)
+                if not queue and queue is not self._pending:
+                    self.flush(pending.tag)  # drops the empty list and its timer
+                return True
+        return False
+
+    def _start(self) -> None:
+        self._in_flight = True
+        self._background.start(self._run())
+
+    async def _run(self) -> None:
+        # The batch is taken when this task first runs, after every task that was ready
+        # in the same loop iteration has queued its request. One call per hash tag.
+        pending, self._pending = self._pending, []
+        groups: dict[str, list[_Pending]] = {}
+        for request in pending:
+            if not request.future.cancelled():
+                groups.setdefault(request.tag, []).append(request)
+        try:
+            for batch in groups.values():
+                await self._run_group(batch)
+        finally:
+            self._in_flight = False
+            if self._pending:
+                self._start()
+
+    async def _run_group(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        requests = [
+            # The time left now, not when the request queued.
+            (p.keys, p.args, None if p.deadline is None else max(0.0, p.deadline - sent))
+            for p in batch
+        ]
+        try:
+            replies = await self._send(requests)
+            arrived = loop.time()
+        except BaseException as exc:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for pending, reply in zip(batch, replies, strict=True):
+                if pending.future.done():
+                    continue
+                # The wait counts from the reply's arrival here, not from when each
+                # task resumes: tasks of one batch resume one after another.
+                pending.future.set_result((reply, arrived))
+                if reply.status == RESERVED:
+                    self._note_free(pending.tag, arrived + reply.wait, arrived)
+
+    def _note_free(self, tag: str, instant: float, now: float) -> None:
+        """Remember the latest instant reserved on ``tag``'s limits (forgetting past
+        ones, so per-key use keeps this small)."""
+        free_at = self._free_at
+        if instant > free_at.get(tag, -math.inf):
+            free_at[tag] = instant
+            if len(free_at) > _REMEMBERED:
+                for old in [t for t, at in free_at.items() if at <= now]:
+                    del free_at[old]
+
+
+def _report_lost(
+    future: asyncio.Future[tuple[Reply, float]], on_lost: Callable[[Reply], None]
+) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return  # the call failed: nothing was reserved
+    on_lost(future.result()[0])

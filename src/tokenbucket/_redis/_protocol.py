@@ -1,0 +1,314 @@
+"""What the Lua scripts are sent and what they answer: KEYS and ARGV, written down once.
+
+Pure: no I/O, no clock, no event loop. Each script's layout is a :class:`Layout` (the
+same names as the KEYS/ARGV header comment at the top of its ``.lua`` file; a test
+checks that they agree, and that each script reads ARGV with the strides given here).
+The encoders build KEYS and ARGV in that order; :func:`encode_batch` joins the requests
+of one reserve call, renumbering their key indexes into the batch's KEYS.
+
+ARGV is a flat list: a *head* of fixed fields, then *groups* repeated as many times as
+a count field says (a group whose count field is in the group before it is nested in
+it: the meters of each request), then a *tail* of fixed fields. KEYS holds the fixed
+keys a layout names and, at ``...``, the keys that ARGV's index fields point at (1-based,
+as Lua counts; 0 means none).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+
+from .._errors import BackendError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = [
+    "ADJUST",
+    "CANCEL",
+    "FEEDBACK",
+    "LAYOUTS",
+    "NO_SLOT",
+    "PAST_DEADLINE",
+    "RELEASE",
+    "RESERVE",
+    "RESERVED",
+    "SERVER_TIME",
+    "SLACK_MS",
+    "WRONG_TYPE",
+    "Group",
+    "Layout",
+    "MeterSpec",
+    "Reply",
+    "Reservation",
+    "decode_replies",
+    "encode_adjust",
+    "encode_batch",
+    "encode_feedback",
+    "encode_give_back",
+    "encode_release",
+    "encode_request",
+    "wake_key",
+]
+
+SERVER_TIME: Final = ""  # the `now` argument that asks for the Redis server's TIME
+SLACK_MS: Final = 1000  # keys outlive what they hold by this much
+
+# reserve.lua's statuses, per request.
+PAST_DEADLINE: Final = 0  # nothing taken: the instant would pass the deadline
+RESERVED: Final = 1
+NO_SLOT: Final = 2  # nothing taken: ``wait`` is when the first lease expires
+WRONG_TYPE: Final = 3  # nothing taken: a key holds something else
+
+
+@dataclass(frozen=True)
+class Group:
+    """Fields repeated once per unit (a request, a meter), ``count`` times."""
+
+    unit: str
+    count: str  # the field that says how many
+    fields: tuple[str, ...]
+
+    @property
+    def stride(self) -> int:
+        return len(self.fields)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The KEYS and ARGV of one script (the names of its ``.lua`` header)."""
+
+    keys: tuple[str, ...]  # fixed keys, and "..." where the indexed keys go
+    head: tuple[str, ...]
+    groups: tuple[Group, ...] = ()
+    tail: tuple[str, ...] = ()
+    indexes: tuple[str, ...] = ()  # fields that are 1-based indexes into KEYS
+
+
+_METER: Final = ("kind", "key", "p1", "p2")  # every script's meter starts so
+
+RESERVE: Final = Layout(
+    keys=("...",),
+    head=("now", "slack", "count"),
+    groups=(
+        Group(
+            "request",
+            "count",
+            ("meters", "deadline", "pause", "slots", "slot_max", "lease", "lease_ttl"),
+        ),
+        Group("meter", "meters", (*_METER, "amount", "member")),
+    ),
+    indexes=("pause", "slots", "key"),
+)
+CANCEL: Final = Layout(
+    keys=("...", "slots_key"),
+    head=("now", "t", "meters"),
+    groups=(Group("meter", "meters", (*_METER, "amount", "member")),),
+    tail=("lease",),
+    indexes=("key",),
+)
+ADJUST: Final = Layout(
+    keys=("...",),
+    head=("now", "slack", "meters"),
+    groups=(Group("meter", "meters", (*_METER, "amount", "member", "new", "t")),),
+    indexes=("key",),
+)
+FEEDBACK: Final = Layout(
+    keys=("pause_key", "..."),
+    head=("now", "slack", "pause", "meters"),
+    groups=(Group("meter", "meters", (*_METER, "remaining", "reset")),),
+    indexes=("key",),
+)
+RELEASE: Final = Layout(keys=("slots_key", "wake_key"), head=("lease", "wake_ttl"))
+
+LAYOUTS: Final = {
+    "reserve": RESERVE,
+    "cancel": CANCEL,
+    "adjust": ADJUST,
+    "feedback": FEEDBACK,
+    "release": RELEASE,
+}
+
+# Where encode_batch finds what it fills in and renumbers in an encoded request.
+_REQUEST: Final = RESERVE.groups[0]
+_DEADLINE: Final = _REQUEST.fields.index("deadline")
+_PAUSE: Final = _REQUEST.fields.index("pause")
+_SLOTS: Final = _REQUEST.fields.index("slots")
+_METER_KEY: Final = _REQUEST.stride + RESERVE.groups[1].fields.index("key")
+_METER_STRIDE: Final = RESERVE.groups[1].stride
+
+
+@dataclass(frozen=True)
+class MeterSpec:
+    """One limit in Redis: ``kind`` ``"b"`` (bucket: ``p1`` rate, ``p2`` capacity) or
+    ``"w"`` (window: ``p1`` limit, ``p2`` seconds)."""
+
+    kind: Literal["b", "w"]
+    key: str
+    p1: float
+    p2: float
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What a caller holds after ``reserve``: enough to give it back or settle it."""
+
+    meters: tuple[MeterSpec, ...]
+    amounts: tuple[float, ...]
+    member: str
+    at: float  # the instant reserved, on the backend's clock
+    lease: str  # concurrency lease id, or ""
+    slots_key: str
+
+
+class Reply(NamedTuple):
+    """reserve.lua's answer to one request."""
+
+    status: int  # RESERVED, PAST_DEADLINE, NO_SLOT or WRONG_TYPE
+    wait: float  # seconds from ``now`` to the instant (0 for WRONG_TYPE)
+    now: float  # the backend's clock when the script ran (0 for WRONG_TYPE)
+    key: str = ""  # WRONG_TYPE: the key that holds something else
+
+
+# -- reserve.lua ----------------------------------------------------------------------------
+
+
+def encode_request(
+    meters: Sequence[MeterSpec],
+    amounts: Sequence[float],
+    member: str,
+    *,
+    pause_key: str,
+    slots_key: str,
+    slot_max: int,
+    lease: str,
+    lease_ttl: float,
+) -> tuple[list[str], list[Any]]:
+    """One request's KEYS (each once) and its ARGV group, its indexes counted from 1 in
+    its own KEYS and its deadline not yet known (:func:`encode_batch` fills both in)."""
+    keys: list[str] = []
+    index: dict[str, int] = {}
+
+    def at(key: str) -> int:
+        if key not in index:
+            keys.append(key)
+            index[key] = len(keys)
+        return index[key]
+
+    args: list[Any] = [
+        len(meters),
+        -1,  # the time left until the deadline, filled in when sent
+        at(pause_key) if pause_key else 0,
+        at(slots_key) if slots_key else 0,
+        slot_max,
+        lease,
+        lease_ttl,
+    ]
+    for meter, amount in zip(meters, amounts, strict=True):
+        args += [meter.kind, at(meter.key), repr(meter.p1), repr(meter.p2), repr(amount), member]
+    return keys, args
+
+
+def encode_batch(
+    now: str, requests: Sequence[tuple[Sequence[str], Sequence[Any], float | None]]
+) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of one reserve call for ``requests``: ``(keys, args, left)``
+    as :func:`encode_request` made them, with ``left`` the seconds until the request's
+    deadline (``None``: none). ``now`` is ``SERVER_TIME`` or the client's clock."""
+    keys: list[str] = []
+    args: list[Any] = [now, SLACK_MS, len(requests)]
+    for request_keys, request_args, left in requests:
+        offset = len(keys)
+        keys.extend(request_keys)
+        request = list(request_args)
+        if left is not None:
+            request[_DEADLINE] = left
+        # Re-number this request's key indexes into the batch's KEYS.
+        request[_PAUSE] = request[_PAUSE] + offset if request[_PAUSE] else 0
+        request[_SLOTS] = request[_SLOTS] + offset if request[_SLOTS] else 0
+        for i in range(_METER_KEY, len(request), _METER_STRIDE):
+            request[i] += offset
+        args.extend(request)
+    return keys, args
+
+
+def decode_replies(replies: Sequence[Any]) -> list[Reply]:
+    """reserve.lua's answers, one per request of the call, in order."""
+    decoded: list[Reply] = []
+    for reply in replies:
+        status = int(reply[0])
+        if status == WRONG_TYPE:
+            decoded.append(Reply(status, 0.0, 0.0, _text(reply[2])))
+        else:
+            decoded.append(Reply(status, _num(reply[1]), _num(reply[2])))
+    return decoded
+
+
+# -- cancel.lua, adjust.lua, feedback.lua, release.lua ------------------------------------------
+
+
+def encode_give_back(now: str, reservation: Reservation) -> tuple[list[str], list[Any]]:
+    """cancel.lua's KEYS and ARGV: give ``reservation`` back."""
+    keys: list[str] = []
+    args: list[Any] = [now, repr(reservation.at), len(reservation.meters)]
+    for meter, amount in zip(reservation.meters, reservation.amounts, strict=True):
+        keys.append(meter.key)
+        args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2), repr(amount)]
+        args.append(reservation.member)
+    args.append(reservation.lease)
+    if reservation.lease:
+        keys.append(reservation.slots_key)
+    return keys, args
+
+
+def encode_adjust(
+    now: str, reservation: Reservation, new_amounts: Sequence[float]
+) -> tuple[list[str], list[Any]]:
+    """adjust.lua's KEYS and ARGV: ``reservation`` takes ``new_amounts`` instead."""
+    keys: list[str] = []
+    args: list[Any] = [now, SLACK_MS, len(reservation.meters)]
+    for meter, old, new in zip(reservation.meters, reservation.amounts, new_amounts, strict=True):
+        keys.append(meter.key)
+        args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2), repr(old)]
+        args += [reservation.member, repr(new), repr(reservation.at)]
+    return keys, args
+
+
+def encode_feedback(
+    now: str,
+    pause_key: str,
+    pause: float | None,
+    clamps: Sequence[tuple[MeterSpec, float, float]],
+) -> tuple[list[str], list[Any]]:
+    """feedback.lua's KEYS and ARGV: pause ``pause`` seconds (``None``: no pause) and
+    lower each meter to ``(remaining, reset)``."""
+    keys: list[str] = [pause_key]
+    args: list[Any] = [now, SLACK_MS, -1 if pause is None else pause, len(clamps)]
+    for meter, remaining, reset in clamps:
+        keys.append(meter.key)
+        args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2)]
+        args += [repr(remaining), repr(reset)]
+    return keys, args
+
+
+def encode_release(reservation: Reservation, lease_ttl: float) -> tuple[list[str], list[Any]]:
+    """release.lua's KEYS and ARGV: free ``reservation``'s slot and wake one waiter."""
+    slots_key = reservation.slots_key
+    return [slots_key, wake_key(slots_key)], [reservation.lease, int(lease_ttl * 1000)]
+
+
+def wake_key(slots_key: str) -> str:
+    """The list a process waiting for a slot blocks on (``BLPOP``)."""
+    return slots_key + ":wake"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _num(value: Any) -> float:
+    number = float(_text(value))
+    if math.isnan(number):  # pragma: no cover - the scripts never return NaN
+        raise BackendError(f"unexpected reply {value!r}")
+    return number

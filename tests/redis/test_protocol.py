@@ -1,0 +1,554 @@
+"""The scripts' KEYS and ARGV: ``_protocol`` against each ``.lua`` file, and on Redis.
+
+Three layers. The header comment of each script is parsed and must name the fields of
+``_protocol``'s layout, in order (and the script must read ARGV with those strides).
+The encoders' output is decoded by a reader driven by the *parsed header* alone, without
+Redis, and must give back what was encoded (the batch renumbering included). Last, each
+script is called on the real Redis with encoded arguments, and its reply must have the
+shape the decoders expect.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.redis._support import ROUNDING, server_time
+from tokenbucket._redis import _protocol, _scripts
+from tokenbucket._redis._protocol import (
+    NO_SLOT,
+    PAST_DEADLINE,
+    RESERVED,
+    SERVER_TIME,
+    SLACK_MS,
+    WRONG_TYPE,
+    Group,
+    Layout,
+    MeterSpec,
+    Reply,
+    Reservation,
+)
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from tests.redis._support import RecordingBackend
+
+SCRIPTS = sorted(_protocol.LAYOUTS)
+PRELUDES = ("clock", "log")
+
+
+def lua(name: str) -> str:
+    return (resources.files("tokenbucket._redis") / "lua" / f"{name}.lua").read_text("utf-8")
+
+
+# -- the headers ------------------------------------------------------------------------------
+
+_KEYS = re.compile(r"^-- KEYS: (?P<names>.+)$")
+_ARGV = re.compile(
+    r"^-- ARGV(?: per (?P<unit>\w+) \((?P<count>\w+)\)| (?P<then>then))?: (?P<names>.+)$"
+)
+_FIELD = re.compile(r"^--   (?P<name>\S+) {2,}(?P<text>\S.*)$")
+
+
+@dataclass
+class Header:
+    layout: Layout
+    described: dict[str, str]
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(","))
+
+
+def parse_header(text: str) -> Header:
+    """The layout that a script's leading comment describes, and its field texts."""
+    comment = []
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            break
+        comment.append(line)
+    keys: tuple[str, ...] = ()
+    head: tuple[str, ...] = ()
+    tail: tuple[str, ...] = ()
+    groups: list[Group] = []
+    described: dict[str, str] = {}
+    for line in comment:
+        if match := _KEYS.match(line):
+            keys = _names(match["names"])
+        elif match := _ARGV.match(line):
+            if match["unit"]:
+                groups.append(Group(match["unit"], match["count"], _names(match["names"])))
+            elif match["then"]:
+                tail = _names(match["names"])
+            else:
+                head = _names(match["names"])
+        elif (match := _FIELD.match(line)) and keys:
+            assert match["name"] not in described, f"{match['name']} described twice"
+            described[match["name"]] = match["text"]
+    indexes = tuple(name for name, text in described.items() if text.startswith("index in KEYS"))
+    layout = Layout(keys=keys, head=head, groups=tuple(groups), tail=tail, indexes=indexes)
+    return Header(layout, described)
+
+
+def _fields(layout: Layout) -> list[str]:
+    return [*layout.head, *(f for g in layout.groups for f in g.fields), *layout.tail]
+
+
+def _body(name: str) -> str:
+    """The script without its comments."""
+    return "\n".join(line.partition("--")[0] for line in lua(name).splitlines())
+
+
+def test_the_scripts_are_the_files_and_the_preludes() -> None:
+    files = {path.name for path in (resources.files("tokenbucket._redis") / "lua").iterdir()}
+    assert files == {f"{name}.lua" for name in (*SCRIPTS, *PRELUDES)}
+    assert set(_scripts.PRELUDES) == set(SCRIPTS)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_header_names_the_layout(name: str) -> None:
+    header = parse_header(lua(name))
+    layout = _protocol.LAYOUTS[name]
+    assert header.layout == layout
+    # Every key and field is described, nothing else is, and no field is named twice.
+    fields = _fields(layout)
+    assert len(set(fields)) == len(fields)
+    assert set(header.described) == {*layout.keys, *fields}
+    # A nested group is counted by a field of the group before it; others by the head.
+    for before, group in zip((None, *layout.groups), layout.groups, strict=False):
+        assert group.count in (*layout.head, *(before.fields if before else ()))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_reads_argv_as_the_layout_says(name: str) -> None:
+    layout = _protocol.LAYOUTS[name]
+    body = _body(name)
+    clock = "clock" in _scripts.PRELUDES[name]
+    # The head by fixed index (ARGV[1], `now`, is clock.lua's when the script has it).
+    literal = {int(i) for i in re.findall(r"ARGV\[(\d+)\]", body)}
+    assert clock == (layout.head[:1] == ("now",))
+    assert literal | ({1} if clock else set()) == set(range(1, len(layout.head) + 1))
+    # The groups and the tail from a cursor that starts after the head and moves by
+    # each group's stride once it has read every field of that group.
+    advances = list(re.finditer(r"pos = pos \+ (\d+)", body))
+    assert [int(m[1]) for m in advances] == [g.stride for g in layout.groups]
+    starts = re.findall(r"local pos = (\d+)", body)
+    assert starts == ([str(len(layout.head) + 1)] if layout.groups else [])
+    edges = [0, *(m.end() for m in advances), len(body)]
+    for i, size in enumerate([*(g.stride for g in layout.groups), len(layout.tail)]):
+        part = body[edges[i] : edges[i + 1]]
+        offsets = {int(k or 0) for k in re.findall(r"ARGV\[pos(?: \+ (\d+))?\]", part)}
+        assert offsets == set(range(size)), (name, i)
+    # The fixed keys: those before "..." by index, one after it as the last key.
+    fixed = {int(i) for i in re.findall(r"KEYS\[(\d+)\]", body)}
+    lead = layout.keys.index("...") if "..." in layout.keys else len(layout.keys)
+    assert fixed == set(range(1, lead + 1))
+    assert ("KEYS[#KEYS]" in body) == (lead < len(layout.keys) - 1)
+
+
+def test_the_clock_is_written_once() -> None:
+    assert "redis.call('TIME')" in lua("clock")
+    for name in (*SCRIPTS, "log"):
+        assert "TIME" not in _body(name), name
+    for name in SCRIPTS:
+        sent = _scripts.source(name)
+        assert sent.count("redis.call('TIME')") == ("clock" in _scripts.PRELUDES[name])
+        assert sent.endswith(lua(name))
+
+
+# -- encoding, read back by the headers ----------------------------------------------------
+
+
+def read(name: str, keys: list[str], args: list[Any]) -> dict[str, Any]:
+    """``args`` read as the script's header says: its fields by name, each group as a
+    list under ``"<unit>[]"``, index fields replaced by the keys they name."""
+    layout = parse_header(lua(name)).layout
+    pos = 0
+    used: set[int] = set()
+
+    def fields(names: tuple[str, ...]) -> dict[str, Any]:
+        nonlocal pos
+        out = dict(zip(names, args[pos : pos + len(names)], strict=False))
+        assert len(out) == len(names), "ARGV ends early"
+        pos += len(names)
+        for field in layout.indexes:
+            if field in out:
+                index = int(out[field])
+                if index:
+                    used.add(index)
+                out[field] = keys[index - 1] if index else ""
+        return out
+
+    def groups(level: int, count: int) -> list[dict[str, Any]]:
+        items = []
+        for _ in range(count):
+            item = fields(layout.groups[level].fields)
+            inner = level + 1
+            if inner < len(layout.groups) and layout.groups[inner].count in item:
+                inner_group = layout.groups[inner]
+                item[inner_group.unit + "[]"] = groups(inner, int(item[inner_group.count]))
+            items.append(item)
+        return items
+
+    out = fields(layout.head)
+    if layout.groups:
+        out[layout.groups[0].unit + "[]"] = groups(0, int(out[layout.groups[0].count]))
+    out.update(fields(layout.tail))
+    assert pos == len(args), "ARGV has more than the layout"
+    # Fixed keys, by name; every other key is named by an index field.
+    lead = layout.keys.index("...") if "..." in layout.keys else len(layout.keys)
+    trail = layout.keys[lead + 1 :] if "..." in layout.keys else ()
+    for i, key in enumerate(layout.keys[:lead]):
+        out[key] = keys[i]
+        used.add(i + 1)
+    if trail and len(keys) > len(used):
+        for i, key in enumerate(trail, start=len(keys) - len(trail)):
+            out[key] = keys[i]
+            used.add(i + 1)
+    assert used == set(range(1, len(keys) + 1)), "a key that nothing names"
+    return out
+
+
+def _meter(meter: MeterSpec, amount: float, member: str) -> dict[str, Any]:
+    return {
+        "kind": meter.kind,
+        "key": meter.key,
+        "p1": repr(meter.p1),
+        "p2": repr(meter.p2),
+        "amount": repr(amount),
+        "member": member,
+    }
+
+
+_numbers = st.floats(min_value=0.001, max_value=1e6, allow_nan=False)
+_meter_specs = st.builds(
+    MeterSpec,
+    kind=st.sampled_from(["b", "w"]),
+    key=st.sampled_from(["{p:a}:0", "{p:a}:1", "{p:b}:0", "{p:a}:pause"]),
+    p1=_numbers,
+    p2=_numbers,
+)
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> dict[str, Any]:
+    meters = draw(st.lists(_meter_specs, min_size=1, max_size=4))
+    return {
+        "meters": meters,
+        "amounts": draw(st.lists(_numbers, min_size=len(meters), max_size=len(meters))),
+        "member": draw(st.sampled_from(["m1", "m2", "m3"])),
+        "pause_key": draw(st.sampled_from(["", "{p:a}:pause"])),
+        "slots_key": draw(st.sampled_from(["", "{p:a}:slots", "{p:a}:0"])),
+        "slot_max": draw(st.integers(0, 5)),
+        "lease": draw(st.sampled_from(["", "lease-1"])),
+        "lease_ttl": draw(st.sampled_from([300.0, 0.5])),
+        "left": draw(st.none() | st.floats(min_value=0, max_value=100)),
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_requests(), min_size=1, max_size=5), st.sampled_from([SERVER_TIME, "12.5"]))
+def test_a_batch_reads_back_as_encoded(requests: list[dict[str, Any]], now: str) -> None:
+    encoded = []
+    for r in requests:
+        keys, args = _protocol.encode_request(
+            r["meters"],
+            r["amounts"],
+            r["member"],
+            pause_key=r["pause_key"],
+            slots_key=r["slots_key"],
+            slot_max=r["slot_max"],
+            lease=r["lease"],
+            lease_ttl=r["lease_ttl"],
+        )
+        assert len(keys) == len(set(keys))  # each key once per request
+        encoded.append((keys, args, r["left"]))
+    keys, args = _protocol.encode_batch(now, encoded)
+    got = read("reserve", keys, args)
+    assert (got["now"], got["slack"], got["count"]) == (now, SLACK_MS, len(requests))
+    for request, r in zip(got["request[]"], requests, strict=True):
+        assert request.pop("meters") == len(r["meters"])
+        assert request.pop("deadline") == (-1 if r["left"] is None else r["left"])
+        assert request.pop("pause") == r["pause_key"]
+        assert request.pop("slots") == r["slots_key"]
+        assert request.pop("slot_max") == r["slot_max"]
+        assert request.pop("lease") == r["lease"]
+        assert request.pop("lease_ttl") == r["lease_ttl"]
+        meters = request.pop("meter[]")
+        assert not request
+        assert meters == [
+            _meter(m, a, r["member"]) for m, a in zip(r["meters"], r["amounts"], strict=True)
+        ]
+
+
+def test_the_batch_renumbers_each_requests_keys() -> None:
+    a = MeterSpec("b", "{p:a}:0", 2.0, 5.0)
+    b = MeterSpec("w", "{p:b}:0", 10.0, 1.0)
+    first = _protocol.encode_request(
+        [a],
+        [1.0],
+        "m1",
+        pause_key="{p:a}:pause",
+        slots_key="",
+        slot_max=0,
+        lease="",
+        lease_ttl=300.0,
+    )
+    second = _protocol.encode_request(
+        [b, a],
+        [1.0, 2.0],
+        "m2",
+        pause_key="",
+        slots_key="{p:b}:slots",
+        slot_max=3,
+        lease="l2",
+        lease_ttl=300.0,
+    )
+    # Within a request, indexes count from 1 in its own keys; the deadline comes later.
+    assert first == (
+        ["{p:a}:pause", "{p:a}:0"],
+        [1, -1, 1, 0, 0, "", 300.0, "b", 2, "2.0", "5.0", "1.0", "m1"],
+    )
+    keys, args = _protocol.encode_batch(SERVER_TIME, [(*first, None), (*second, 0.25)])
+    assert keys == ["{p:a}:pause", "{p:a}:0", "{p:b}:slots", "{p:b}:0", "{p:a}:0"]
+    assert args == [
+        "", SLACK_MS, 2,
+        1, -1, 1, 0, 0, "", 300.0,
+        "b", 2, "2.0", "5.0", "1.0", "m1",
+        2, 0.25, 0, 3, 3, "l2", 300.0,
+        "w", 4, "10.0", "1.0", "1.0", "m2",
+        "b", 5, "2.0", "5.0", "2.0", "m2",
+    ]  # fmt: skip
+    # The requests as encoded are left as they were (a retry sends them again).
+    assert first[1][2] == 1
+    assert second[1][1] == -1
+
+
+_RESERVATION = Reservation(
+    meters=(MeterSpec("b", "{p:a}:0", 2.0, 5.0), MeterSpec("w", "{p:a}:1", 10.0, 60.0)),
+    amounts=(1.0, 3.5),
+    member="m1",
+    at=1700000000.25,
+    lease="lease-1",
+    slots_key="{p:a}:slots",
+)
+
+
+@pytest.mark.parametrize("lease", ["lease-1", ""])
+def test_a_give_back_reads_back_as_encoded(lease: str) -> None:
+    reservation = Reservation(**{**_RESERVATION.__dict__, "lease": lease})
+    keys, args = _protocol.encode_give_back(SERVER_TIME, reservation)
+    got = read("cancel", keys, args)
+    assert got.pop("meter[]") == [
+        _meter(m, a, "m1") for m, a in zip(reservation.meters, reservation.amounts, strict=True)
+    ]
+    expected = {"now": "", "t": repr(reservation.at), "meters": 2, "lease": lease}
+    if lease:
+        expected["slots_key"] = "{p:a}:slots"
+    assert got == expected
+
+
+def test_a_settle_reads_back_as_encoded() -> None:
+    keys, args = _protocol.encode_adjust("12.5", _RESERVATION, [0.5, 7.0])
+    got = read("adjust", keys, args)
+    assert got.pop("meter[]") == [
+        {**_meter(m, a, "m1"), "new": repr(new), "t": repr(_RESERVATION.at)}
+        for m, a, new in zip(_RESERVATION.meters, _RESERVATION.amounts, [0.5, 7.0], strict=True)
+    ]
+    assert got == {"now": "12.5", "slack": SLACK_MS, "meters": 2}
+
+
+@pytest.mark.parametrize("pause", [None, 1.5])
+def test_feedback_reads_back_as_encoded(pause: float | None) -> None:
+    clamps = [(m, 4.0, 30.0) for m in _RESERVATION.meters]
+    keys, args = _protocol.encode_feedback(SERVER_TIME, "{p:a}:pause", pause, clamps)
+    got = read("feedback", keys, args)
+    meters = got.pop("meter[]")
+    assert [
+        {k: v for k, v in m.items() if k in ("kind", "key", "remaining", "reset")} for m in meters
+    ] == [
+        {"kind": m.kind, "key": m.key, "remaining": "4.0", "reset": "30.0"}
+        for m in _RESERVATION.meters
+    ]
+    assert got == {
+        "now": "",
+        "slack": SLACK_MS,
+        "pause": -1 if pause is None else pause,
+        "meters": 2,
+        "pause_key": "{p:a}:pause",
+    }
+
+
+def test_a_release_reads_back_as_encoded() -> None:
+    keys, args = _protocol.encode_release(_RESERVATION, 300.0)
+    got = read("release", keys, args)
+    assert got == {
+        "lease": "lease-1",
+        "wake_ttl": 300000,
+        "slots_key": "{p:a}:slots",
+        "wake_key": _protocol.wake_key("{p:a}:slots"),
+    }
+
+
+def test_replies_decode() -> None:
+    replies = [[1, b"0.5", b"1700000000.25"], [0, "2", "1700000000.25"], [3, b"0", b"{p:a}:0"]]
+    assert _protocol.decode_replies(replies) == [
+        Reply(RESERVED, 0.5, 1700000000.25),
+        Reply(PAST_DEADLINE, 2.0, 1700000000.25),
+        Reply(WRONG_TYPE, 0.0, 0.0, "{p:a}:0"),
+    ]
+
+
+# -- each script on Redis, through the encoders ----------------------------------------------
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _call(backend: RecordingBackend, name: str, keys: list[str], args: list[Any]) -> Any:
+    return await backend._script(name, keys, args)
+
+
+async def _reserve(
+    backend: RecordingBackend, requests: list[tuple[list[str], list[Any], float | None]]
+) -> list[Any]:
+    keys, args = _protocol.encode_batch(SERVER_TIME, requests)
+    raw = await _call(backend, "reserve", keys, args)
+    # A list with one {status, t - now, now} per request.
+    assert isinstance(raw, list)
+    assert len(raw) == len(requests)
+    for reply in raw:
+        assert isinstance(reply, list)
+        assert len(reply) == 3
+        assert isinstance(reply[0], int)
+        assert isinstance(reply[1], bytes)
+        assert isinstance(reply[2], bytes)
+    return raw
+
+
+def _meters(backend: RecordingBackend) -> tuple[MeterSpec, MeterSpec]:
+    return (
+        MeterSpec("b", backend.key("proto", "bucket"), 1.0, 1.0),
+        MeterSpec("w", backend.key("proto", "window"), 1.0, 60.0),
+    )
+
+
+def _request(
+    meters: tuple[MeterSpec, ...], member: str, slots_key: str = "", lease: str = ""
+) -> tuple[list[str], list[Any]]:
+    return _protocol.encode_request(
+        meters,
+        [1.0] * len(meters),
+        member,
+        pause_key=meters[0].key + ":pause",
+        slots_key=slots_key,
+        slot_max=1,
+        lease=lease,
+        lease_ttl=300.0,
+    )
+
+
+async def _reserved(
+    backend: RecordingBackend,
+    meters: tuple[MeterSpec, ...],
+    member: str,
+    slots_key: str = "",
+    lease: str = "",
+) -> Reservation:
+    """A reservation made now of 1 on each of ``meters``."""
+    request = (*_request(meters, member, slots_key, lease), None)
+    (reply,) = _protocol.decode_replies(await _reserve(backend, [request]))
+    assert reply.status == RESERVED
+    return Reservation(meters, (1.0,) * len(meters), member, reply.now, lease, slots_key)
+
+
+@pytest.mark.asyncio
+async def test_reserve_replies_per_request(
+    redis_backend: RecordingBackend, admin: aioredis.Redis
+) -> None:
+    meters = _meters(redis_backend)
+    slots = redis_backend.key("proto", "slots")
+    before = await server_time(admin)
+    raw = await _reserve(
+        redis_backend,
+        [
+            (*_request(meters, "m1", slots, "lease-1"), None),  # reserved now
+            (*_request(meters, "m2"), 0.5),  # not within 0.5 s: the window is full
+            (*_request(meters[:1], "m3", slots, "lease-2"), None),  # the one slot is taken
+        ],
+    )
+    first, second, third = _protocol.decode_replies(raw)
+    assert first.status == RESERVED
+    assert first.wait == 0
+    assert before - ROUNDING <= first.now <= await server_time(admin) + ROUNDING
+    assert second.status == PAST_DEADLINE
+    assert second.wait == pytest.approx(60.0, abs=ROUNDING)
+    assert third.status == NO_SLOT
+    assert third.now + third.wait == pytest.approx(first.now + 300.0, abs=ROUNDING)
+    # A key holding something else is named, and nothing is taken.
+    await admin.rpush(redis_backend.key("proto", "list"), "x")
+    other = MeterSpec("b", redis_backend.key("proto", "list"), 1.0, 1.0)
+    (wrong,) = _protocol.decode_replies(
+        await _reserve(redis_backend, [(*_request((other,), "m4"), None)])
+    )
+    assert wrong == Reply(WRONG_TYPE, 0.0, 0.0, other.key)
+
+
+@pytest.mark.asyncio
+async def test_cancel_replies_with_the_meters_given_back(
+    redis_backend: RecordingBackend, admin: aioredis.Redis
+) -> None:
+    meters = _meters(redis_backend)
+    slots = redis_backend.key("proto", "slots")
+    reservation = await _reserved(redis_backend, meters, "m1", slots, "lease-1")
+    keys, args = _protocol.encode_give_back(SERVER_TIME, reservation)
+    assert await _call(redis_backend, "cancel", keys, args) == 2
+    assert await admin.zcard(slots) == 0
+
+
+@pytest.mark.asyncio
+async def test_adjust_replies_1(redis_backend: RecordingBackend, admin: aioredis.Redis) -> None:
+    meters = _meters(redis_backend)
+    reservation = await _reserved(redis_backend, meters, "m1")
+    keys, args = _protocol.encode_adjust(SERVER_TIME, reservation, [1.0, 0.25])
+    assert await _call(redis_backend, "adjust", keys, args) == 1
+    entries = await admin.zrange(meters[1].key, 0, -1)
+    assert [str(entry).rpartition(":")[2] for entry in entries] == ["0.25"]
+
+
+@pytest.mark.asyncio
+async def test_feedback_replies_1(redis_backend: RecordingBackend, admin: aioredis.Redis) -> None:
+    meters = _meters(redis_backend)
+    pause_key = redis_backend.key("proto", "pause")
+    keys, args = _protocol.encode_feedback(
+        SERVER_TIME, pause_key, 2.0, [(meters[0], 0.0, 5.0), (meters[1], 0.0, 5.0)]
+    )
+    before = await server_time(admin)
+    assert await _call(redis_backend, "feedback", keys, args) == 1
+    paused = float(str(await admin.get(pause_key)))
+    assert before + 2.0 - ROUNDING <= paused <= await server_time(admin) + 2.0 + ROUNDING
+    empty = float(str(await admin.get(meters[0].key)))  # the bucket's schedule
+    assert empty >= before + 1.0 - ROUNDING
+    assert await admin.zcard(meters[1].key) == 1  # the window is full
+
+
+@pytest.mark.asyncio
+async def test_release_replies_with_the_lease_removed(
+    redis_backend: RecordingBackend, admin: aioredis.Redis
+) -> None:
+    meters = _meters(redis_backend)
+    slots = redis_backend.key("proto", "slots")
+    reservation = await _reserved(redis_backend, meters[:1], "m1", slots, "lease-1")
+    keys, args = _protocol.encode_release(reservation, 300.0)
+    assert await _call(redis_backend, "release", keys, args) == 1
+    assert await _call(redis_backend, "release", keys, args) == 0
+    assert await admin.llen(_protocol.wake_key(slots)) == 2
+    assert 0 < await admin.pttl(_protocol.wake_key(slots)) <= 300_000
