@@ -12,12 +12,12 @@ less than the delay a wrong answer would cause) is used where it can be.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import pytest
 
 import tokenbucket as tb
-from tests.redis._support import Limit, schedule_errors
+from tests.redis._support import Limit, RecordingBackend, schedule_errors
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -35,6 +35,9 @@ PROBE = 0.05
 HANG = 10.0
 # How late a timeout may fire on a busy machine, at most (real time, Redis included).
 LATE = 0.5
+
+# Where a limiter under test keeps its state: in memory (None), or in Redis.
+Backend: TypeAlias = "RecordingBackend | None"
 
 APIS = ["TokenBucket", "SlidingWindow", "Limiter-bucket", "Limiter-window"]
 LIMITER_APIS = ["Limiter-bucket", "Limiter-window"]
@@ -64,6 +67,12 @@ class Subject:
     @property
     def next_wakeup(self) -> float | None:
         return self.limiter.statistics().next_wakeup
+
+
+class MakeSubject(Protocol):
+    def __call__(
+        self, *, bucket: tuple[float, float], window: tuple[float, float], key: str = ...
+    ) -> Subject: ...
 
 
 def build(

@@ -10,23 +10,17 @@ unreachable) come from ``tests/redis/_fixtures.py``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.contract._support import APIS, LIMITER_APIS, Subject, build
+from tests.contract._support import APIS, LIMITER_APIS, Backend, MakeSubject, Subject, build
 from tests.redis._fixtures import *  # noqa: F403
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from tests.redis._support import RecordingBackend
-
-
-class MakeSubject(Protocol):
-    def __call__(
-        self, *, bucket: tuple[float, float], window: tuple[float, float], key: str = ...
-    ) -> Subject: ...
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -36,7 +30,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def backend(kind: str, backend_factory: Callable[..., RecordingBackend]) -> RecordingBackend | None:
+def backend(kind: str, backend_factory: Callable[..., RecordingBackend]) -> Backend:
     """``None`` (in memory) or a RedisBackend on this test's prefix."""
     return backend_factory() if kind == "redis" else None
 
@@ -44,7 +38,7 @@ def backend(kind: str, backend_factory: Callable[..., RecordingBackend]) -> Reco
 @pytest.fixture
 def new_backend(
     kind: str, backend_factory: Callable[..., RecordingBackend]
-) -> Callable[[], RecordingBackend | None]:
+) -> Callable[[], Backend]:
     """Another client of the same state, as another process would have (``None`` in
     memory, where the other "process" is the same limiter)."""
     return lambda: backend_factory() if kind == "redis" else None
@@ -63,7 +57,7 @@ def limiter_api(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_subject(api: str, backend: RecordingBackend | None) -> MakeSubject:
+def make_subject(api: str, backend: Backend) -> MakeSubject:
     """Build ``api`` on ``backend``: see :func:`tests.contract._support.build`."""
 
     def make(

@@ -12,6 +12,8 @@ import tokenbucket as tb
 from tests.contract._support import (
     EPS,
     HANG,
+    Backend,
+    MakeSubject,
     assert_exact,
     assert_not_early,
     build,
@@ -23,15 +25,13 @@ from tests.redis._support import Limit, ideal_schedule
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tests.contract.conftest import MakeSubject
-    from tests.redis._support import RecordingBackend
     from tokenbucket._redis import RedisBackend
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
 async def test_acquire_grants_the_burst_then_the_rate(
-    make_subject: MakeSubject, backend: RecordingBackend | None
+    make_subject: MakeSubject, backend: Backend
 ) -> None:
     subject = make_subject(bucket=(20, 5), window=(4, 0.15))
     count = 13
@@ -45,7 +45,7 @@ async def test_acquire_grants_the_burst_then_the_rate(
         assert_exact(backend.granted, [subject.limit], count)
 
 
-async def test_acquire_several_dimensions_in_one_await(backend: RecordingBackend | None) -> None:
+async def test_acquire_several_dimensions_in_one_await(backend: Backend) -> None:
     key = "multi" if backend is not None else None
     limiter = tb.Limiter(
         {"requests": tb.Rate(5, 0.2), "tokens": tb.Rate(200, 1.0, burst=40)},
@@ -66,7 +66,7 @@ async def test_acquire_several_dimensions_in_one_await(backend: RecordingBackend
 
 
 async def test_acquire_concurrency_cap_holds_across_tasks_and_clients(
-    kind: str, new_backend: Callable[[], RecordingBackend | None]
+    kind: str, new_backend: Callable[[], Backend]
 ) -> None:
     def make(backend: RedisBackend | None) -> tb.Limiter:
         return tb.Limiter(
@@ -100,7 +100,7 @@ async def test_acquire_concurrency_cap_holds_across_tasks_and_clients(
 
 
 async def test_acquire_lease_knows_its_limiter_and_what_it_reserved(
-    limiter_api: str, backend: RecordingBackend | None
+    limiter_api: str, backend: Backend
 ) -> None:
     limiter = build(limiter_api, backend, bucket=(100, 10), window=(10, 1)).limiter
     assert isinstance(limiter, tb.Limiter)

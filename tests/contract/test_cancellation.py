@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
 
 import pytest
 
 import tokenbucket as tb
-from tests.contract._support import (
-    EPS,
-    HANG,
-    clock,
-    limitation,
-)
-
-if TYPE_CHECKING:
-    from tests.contract.conftest import MakeSubject
-    from tests.redis._support import RecordingBackend
+from tests.contract._support import EPS, HANG, Backend, MakeSubject, clock, limitation
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
 async def test_cancelled_waiter_gives_its_turn_to_the_next_arrival(
-    make_subject: MakeSubject, backend: RecordingBackend | None
+    make_subject: MakeSubject, backend: Backend
 ) -> None:
     subject = make_subject(bucket=(4, 1), window=(1, 0.25))
     start = clock()
@@ -52,7 +42,7 @@ async def test_cancelled_waiter_gives_its_turn_to_the_next_arrival(
     ],
 )
 async def test_cancelled_waiter_does_not_delay_the_waiter_behind(
-    make_subject: MakeSubject, backend: RecordingBackend | None
+    make_subject: MakeSubject, backend: Backend
 ) -> None:
     subject = make_subject(bucket=(4, 1), window=(1, 0.25))
     start = clock()
@@ -94,7 +84,7 @@ async def test_cancelled_waiter_does_not_delay_the_waiter_behind(
 )
 @pytest.mark.parametrize("api", ["TokenBucket", "SlidingWindow"])
 async def test_cancelled_in_flight_does_not_delay_the_next_caller(
-    make_subject: MakeSubject, backend: RecordingBackend | None
+    make_subject: MakeSubject, backend: Backend
 ) -> None:
     if backend is not None:
         # Send at once: a request held back (batch_delay) often finds the give-backs
@@ -119,7 +109,7 @@ async def test_cancelled_in_flight_does_not_delay_the_next_caller(
 
 @pytest.mark.parametrize("api", ["TokenBucket", "SlidingWindow"])
 async def test_cancelled_before_sending_takes_nothing(
-    make_subject: MakeSubject, backend: RecordingBackend | None
+    make_subject: MakeSubject, backend: Backend
 ) -> None:
     """Callers cancelled while their requests wait to be sent reserve nothing.
 

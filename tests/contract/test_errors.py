@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 import tokenbucket as tb
 import tokenbucket._redis
-from tests.contract._support import (
-    PROBE,
-    check,
-    clock,
-)
-
-if TYPE_CHECKING:
-    from tests.contract.conftest import MakeSubject
-    from tests.redis._support import RecordingBackend
+from tests.contract._support import PROBE, Backend, MakeSubject, check, clock
 
 pytestmark = [pytest.mark.timeout(60)]
 
 
 @pytest.mark.asyncio
 async def test_errors_amount_above_the_limit_raises_at_once_and_takes_nothing(
-    make_subject: MakeSubject, backend: RecordingBackend | None
+    make_subject: MakeSubject, backend: Backend
 ) -> None:
     subject = make_subject(bucket=(10, 3), window=(3, 0.5))
     trips = backend.round_trips if backend is not None else 0
@@ -43,8 +35,8 @@ async def test_errors_amount_above_the_limit_raises_at_once_and_takes_nothing(
 
 
 @pytest.mark.asyncio
-async def test_errors_limiter_amount_above_a_rate_raises_at_once(
-    backend: RecordingBackend | None,
+async def test_errors_limiter_amount_above_a_rate_or_unknown_dimension_raises_at_once(
+    backend: Backend,
 ) -> None:
     limiter = tb.Limiter(
         requests_per_second=10,
@@ -57,7 +49,13 @@ async def test_errors_limiter_amount_above_a_rate_raises_at_once(
     assert "tokens" in str(caught.value)
     with pytest.raises(tb.AmountExceedsLimitError):
         limiter.acquire(requests=11, tokens=1)
+    with pytest.raises(tb.InvalidArgumentError) as unknown:
+        limiter.acquire(apples=1)
+    check(unknown.value, tb.InvalidArgumentError, "apples")
+    assert "tokens" in str(unknown.value)  # lists what there is
     async with limiter.acquire(tokens=1000, timeout=PROBE):
+        pass
+    async with limiter.acquire(tokens=0, timeout=math.inf):  # inf: as good as None
         pass
 
 
@@ -79,7 +77,7 @@ BAD_TIMEOUTS: list[tuple[object, type[tb.TokenBucketError]]] = [
 
 @pytest.mark.asyncio
 async def test_errors_bad_amounts_and_timeouts_name_the_argument_and_take_nothing(
-    make_subject: MakeSubject, backend: RecordingBackend | None
+    make_subject: MakeSubject, backend: Backend
 ) -> None:
     subject = make_subject(bucket=(2, 2), window=(2, 10))  # two units; the next not soon
     argument = "units" if isinstance(subject.limiter, tb.Limiter) else "amount"
@@ -99,22 +97,6 @@ async def test_errors_bad_amounts_and_timeouts_name_the_argument_and_take_nothin
     await subject.acquire(2, timeout=PROBE)
     with pytest.raises(tb.AcquireTimeoutError):
         await subject.acquire(1, timeout=PROBE)
-
-
-@pytest.mark.asyncio
-async def test_errors_unknown_dimension_names_it(backend: RecordingBackend | None) -> None:
-    limiter = tb.Limiter(
-        requests_per_second=1,
-        tokens_per_second=10,
-        backend=backend,
-        key="dims" if backend is not None else None,
-    )
-    with pytest.raises(tb.InvalidArgumentError) as caught:
-        limiter.acquire(apples=1)
-    check(caught.value, tb.InvalidArgumentError, "apples")
-    assert "tokens" in str(caught.value)  # lists what there is
-    async with limiter.acquire(tokens=10, timeout=PROBE):
-        pass
 
 
 def test_errors_backend_names_are_public_and_in_the_tree() -> None:

@@ -8,25 +8,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import tokenbucket as tb
-from tests.contract._support import (
-    EPS,
-    HANG,
-    clock,
-    fits,
-    settled_in,
-)
+from tests.contract._support import EPS, HANG, Backend, clock, fits, settled_in
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tests.redis._support import RecordingBackend
     from tokenbucket._redis import RedisBackend
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
 async def test_feedback_retry_after_pauses_everyone(
-    kind: str, new_backend: Callable[[], RecordingBackend | None]
+    kind: str, new_backend: Callable[[], Backend]
 ) -> None:
     def make(backend: RedisBackend | None) -> tb.Limiter:
         key = "paused" if backend is not None else None
@@ -51,7 +44,7 @@ async def test_feedback_retry_after_pauses_everyone(
 
 
 async def test_feedback_429_without_retry_after_pauses_one_second(
-    backend: RecordingBackend | None,
+    backend: Backend,
 ) -> None:
     limiter = tb.Limiter(requests_per_second=1000, backend=backend, key="p429" if backend else None)
     async with limiter.acquire() as lease:
@@ -65,7 +58,7 @@ async def test_feedback_429_without_retry_after_pauses_one_second(
         assert clock() - paused >= 1.0 - EPS
 
 
-async def test_feedback_retry_after_pauses_queued_waiters(backend: RecordingBackend | None) -> None:
+async def test_feedback_retry_after_pauses_queued_waiters(backend: Backend) -> None:
     limiter = tb.Limiter(
         {"requests": tb.Rate(1, 0.1)}, backend=backend, key="pq" if backend else None
     )
@@ -87,7 +80,7 @@ async def test_feedback_retry_after_pauses_queued_waiters(backend: RecordingBack
 
 
 async def test_feedback_shorter_retry_after_does_not_shorten_a_pause(
-    backend: RecordingBackend | None,
+    backend: Backend,
 ) -> None:
     limiter = tb.Limiter(requests_per_second=1000, backend=backend, key="p" if backend else None)
     limiter.feedback({"retry-after-ms": "600"}, status=429)
@@ -104,7 +97,7 @@ async def test_feedback_shorter_retry_after_does_not_shorten_a_pause(
         assert clock() - paused >= 0.6 - EPS
 
 
-def requests_meters(api: str, backend: RecordingBackend | None) -> tb.Limiter:
+def requests_meters(api: str, backend: Backend) -> tb.Limiter:
     """Two rates of requests: a short one that lets a request through again within
     0.25 s of a report lowering it to 0, and a long one that does not for 1.5 s."""
     if api == "Limiter-bucket":
@@ -116,23 +109,33 @@ def requests_meters(api: str, backend: RecordingBackend | None) -> tb.Limiter:
     )
 
 
+ZERO_FOR_30S = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}
+
+
 @pytest.mark.parametrize(
     ("report", "lowered"),
     [
         # The server's limit is nearest to one of the limiter's own amounts: that one.
-        pytest.param({"x-ratelimit-limit-requests": "5"}, "short", id="limit-nearest-short"),
-        pytest.param({"x-ratelimit-limit-requests": "40"}, "long", id="limit-nearest-long"),
-        pytest.param({"x-ratelimit-limit-requests": "1000"}, "long", id="limit-above-both"),
-        # No limit reported: the shortest period (providers report per-minute limits).
-        pytest.param({}, "short", id="no-limit-shortest-period"),
+        pytest.param(
+            {**ZERO_FOR_30S, "x-ratelimit-limit-requests": "5"}, "short", id="nearest-short"
+        ),
+        pytest.param(
+            {**ZERO_FOR_30S, "x-ratelimit-limit-requests": "40"}, "long", id="nearest-long"
+        ),
+        pytest.param(
+            {**ZERO_FOR_30S, "x-ratelimit-limit-requests": "1000"}, "long", id="above-both"
+        ),
+        # No limit reported: the shortest period (providers report per-minute limits),
+        # until the server's reset or, without one, for that period.
+        pytest.param(ZERO_FOR_30S, "short", id="no-limit"),
+        pytest.param({"RateLimit-Remaining": "0"}, "short", id="no-limit-no-reset"),
     ],
 )
 async def test_feedback_report_lowers_only_the_meter_it_describes(
-    limiter_api: str, backend: RecordingBackend | None, report: dict[str, str], lowered: str
+    limiter_api: str, backend: Backend, report: dict[str, str], lowered: str
 ) -> None:
     limiter = requests_meters(limiter_api, backend)
-    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}
-    info = limiter.feedback({**headers, **report})
+    info = limiter.feedback(report)
     assert [(x.dimension, x.remaining) for x in info.limits] == [("requests", 0)]
     await settled_in(backend)
     assert not await fits(limiter)  # lowered to nothing, whichever meter it was
@@ -149,7 +152,7 @@ async def test_feedback_report_lowers_only_the_meter_it_describes(
     ],
 )
 async def test_feedback_report_leaves_a_shared_pool_alone(
-    backend: RecordingBackend | None, rate: Callable[[int], Any]
+    backend: Backend, rate: Callable[[int], Any]
 ) -> None:
     group = tb.BucketGroup.from_dict(
         {"gpt": {"tokens_per_hour": rate(2000)}, "o3": {"tokens_per_hour": rate(2000)}},
@@ -175,7 +178,7 @@ async def test_feedback_report_leaves_a_shared_pool_alone(
 
 
 async def test_feedback_never_raises_what_the_limiter_grants(
-    limiter_api: str, backend: RecordingBackend | None
+    limiter_api: str, backend: Backend
 ) -> None:
     rate = (
         tb.Rate(100, 100.0, burst=100) if limiter_api == "Limiter-bucket" else tb.Rate(100, 100.0)
@@ -198,16 +201,24 @@ async def test_feedback_never_raises_what_the_limiter_grants(
 
 
 async def test_feedback_malformed_headers_only_warn_and_change_nothing(
-    limiter_api: str, backend: RecordingBackend | None
+    limiter_api: str, backend: Backend
 ) -> None:
     rate = (
         tb.Rate(100, 100.0, burst=100) if limiter_api == "Limiter-bucket" else tb.Rate(100, 100.0)
     )
     limiter = tb.Limiter({"tokens": rate}, backend=backend, key="bad" if backend else None)
-    with pytest.warns(tb.RateLimitHeaderWarning):
+    with pytest.warns(tb.RateLimitHeaderWarning) as record:
         info = limiter.feedback(
-            {"x-ratelimit-remaining-tokens": "lots", "retry-after": "whenever"}, status=503
+            {
+                "x-ratelimit-remaining-tokens": "lots",
+                "x-ratelimit-reset-tokens": "soon",
+                "retry-after": "whenever",
+            },
+            status=503,
         )
+    messages = " ".join(str(warning.message) for warning in record)
+    for name in ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens", "retry-after"):
+        assert name in messages
     assert (info.limits, info.retry_after) == ((), None)
     assert limiter.statistics().paused_until is None
     await settled_in(backend)

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.contract._support import (
-    HANG,
-)
-
-if TYPE_CHECKING:
-    from tests.contract.conftest import MakeSubject
-    from tests.redis._support import RecordingBackend
+from tests.contract._support import HANG, Backend, MakeSubject
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
-async def test_fifo_among_tasks_of_one_process(
-    make_subject: MakeSubject, backend: RecordingBackend | None
-) -> None:
+async def test_fifo_among_tasks_of_one_process(make_subject: MakeSubject, backend: Backend) -> None:
     subject = make_subject(bucket=(50, 1), window=(1, 0.02))
     await subject.acquire()  # now every unit comes 20 ms after the previous one
     order: list[int] = []

@@ -7,24 +7,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import tokenbucket as tb
-from tests.contract._support import (
-    EPS,
-    HANG,
-    PROBE,
-    clock,
-)
+from tests.contract._support import EPS, HANG, PROBE, Backend, clock
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tests.redis._support import RecordingBackend
     from tokenbucket._redis import RedisBackend
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
 async def test_group_shared_limit_across_two_names_and_clients(
-    kind: str, new_backend: Callable[[], RecordingBackend | None]
+    kind: str, new_backend: Callable[[], Backend]
 ) -> None:
     config: dict[str, Any] = {
         "a": {"requests_per_second": 100},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -13,6 +13,7 @@ from tests.contract._support import (
     EPS,
     HANG,
     PROBE,
+    Backend,
     check,
     clock,
     fits,
@@ -20,13 +21,16 @@ from tests.contract._support import (
     settled_in,
 )
 
-if TYPE_CHECKING:
-    from tests.redis._support import RecordingBackend
-
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
-def slow_limiter(api: str, backend: RecordingBackend | None) -> tb.Limiter:
+def hundred_tokens(api: str, backend: Backend) -> tb.Limiter:
+    """100 tokens at once, then 100 a second (or per half-second window)."""
+    rate = tb.Rate(100, 1.0, burst=100) if api == "Limiter-bucket" else tb.Rate(100, 0.5)
+    return tb.Limiter({"tokens": rate}, backend=backend, key="tokens" if backend else None)
+
+
+def slow_limiter(api: str, backend: Backend) -> tb.Limiter:
     """2 requests and 100 tokens, hardly refilled during a test: a window of 100 s, or
     a bucket refilled at 1 token (and 0.02 requests) a second."""
 
@@ -44,13 +48,8 @@ def slow_limiter(api: str, backend: RecordingBackend | None) -> tb.Limiter:
     )
 
 
-async def test_settle_refund_lets_a_later_request_in(
-    limiter_api: str, backend: RecordingBackend | None
-) -> None:
-    rate = (
-        tb.Rate(100, 1.0, burst=100) if limiter_api == "Limiter-bucket" else tb.Rate(100, 0.5)
-    )  # 100 tokens at once, then 100 a second (or per half second window)
-    limiter = tb.Limiter({"tokens": rate}, backend=backend, key="settle" if backend else None)
+async def test_settle_refund_lets_a_later_request_in(limiter_api: str, backend: Backend) -> None:
+    limiter = hundred_tokens(limiter_api, backend)
     async with limiter.acquire(tokens=100) as lease:
         lease.settle(tokens=20)
     # 80 came back: 50 more fit at once (without the refund, not before 0.3 s).
@@ -75,7 +74,7 @@ async def test_settle_refund_lets_a_later_request_in(
     ],
 )
 async def test_settle_refund_goes_to_a_queued_waiter_at_once(
-    backend: RecordingBackend | None,
+    backend: Backend,
 ) -> None:
     limiter = tb.Limiter(
         {"tokens": tb.Rate(100, 0.5)}, backend=backend, key="settle2" if backend else None
@@ -97,12 +96,9 @@ async def test_settle_refund_goes_to_a_queued_waiter_at_once(
 
 
 async def test_settle_more_is_debt_that_later_callers_wait_off(
-    limiter_api: str, backend: RecordingBackend | None
+    limiter_api: str, backend: Backend
 ) -> None:
-    rate = (
-        tb.Rate(100, 1.0, burst=100) if limiter_api == "Limiter-bucket" else tb.Rate(100, 0.5)
-    )  # 100 tokens at once, then 100 a second (or per half second window)
-    limiter = tb.Limiter({"tokens": rate}, backend=backend, key="debt" if backend else None)
+    limiter = hundred_tokens(limiter_api, backend)
     async with limiter.acquire(tokens=10) as lease:
         lease.settle(tokens=150)
         settled = clock()
@@ -113,16 +109,16 @@ async def test_settle_more_is_debt_that_later_callers_wait_off(
         assert clock() - settled >= 0.5 - EPS
 
 
-async def test_settle_only_the_dimensions_named(
-    limiter_api: str, backend: RecordingBackend | None
-) -> None:
+async def test_settle_only_the_dimensions_named(limiter_api: str, backend: Backend) -> None:
     limiter = slow_limiter(limiter_api, backend)
     async with limiter.acquire(tokens=40, timeout=HANG) as lease:
         assert lease.reserved == {"requests": 1, "tokens": 40}
         lease.settle(tokens=25)
         assert "settled" in repr(lease)
+    async with limiter.acquire(tokens=1, timeout=HANG) as second:
+        second.settle(requests=0, tokens=0)  # all of it back, the request too
     await settled_in(backend)
-    # 75 tokens came back; the request was not given back.
+    # 75 tokens came back; the first request was not given back.
     assert await fits(limiter, tokens=75)
     assert not await fits(limiter, requests=0, tokens=1)
     assert not await fits(limiter, tokens=0)
@@ -147,7 +143,7 @@ BAD_SETTLEMENTS: list[tuple[dict[str, Any], type[tb.TokenBucketError], str]] = [
 )
 async def test_settle_bad_amount_names_it_and_changes_nothing(
     limiter_api: str,
-    backend: RecordingBackend | None,
+    backend: Backend,
     actual: dict[str, Any],
     error: type[tb.TokenBucketError],
     argument: str,
@@ -166,7 +162,7 @@ async def test_settle_bad_amount_names_it_and_changes_nothing(
 
 
 async def test_settle_twice_or_after_the_block_raises_a_lease_error(
-    limiter_api: str, backend: RecordingBackend | None
+    limiter_api: str, backend: Backend
 ) -> None:
     limiter = slow_limiter(limiter_api, backend)
     async with limiter.acquire(tokens=40, timeout=HANG) as lease:

@@ -9,16 +9,11 @@ the counts are this process's, and ``available`` is not known without a round tr
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import pytest
 
 import tokenbucket as tb
-from tests.contract._support import EPS, HANG, LATE, clock, settled_in, until
-
-if TYPE_CHECKING:
-    from tests.contract.conftest import MakeSubject
-    from tests.redis._support import RecordingBackend
+from tests.contract._support import EPS, HANG, LATE, Backend, MakeSubject, clock, settled_in, until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -28,7 +23,7 @@ NEAR = 0.05
 
 
 async def test_statistics_waiters_and_next_wakeup_come_and_go(
-    make_subject: MakeSubject, backend: RecordingBackend | None
+    make_subject: MakeSubject, backend: Backend
 ) -> None:
     subject = make_subject(bucket=(4, 1), window=(1, 0.25))  # a unit every 0.25 s
     limiter = subject.limiter
@@ -72,7 +67,7 @@ async def test_statistics_waiters_and_next_wakeup_come_and_go(
         assert stats.queued == 0
 
 
-def bursty(api: str, backend: RecordingBackend | None) -> tb.Limiter:
+def bursty(api: str, backend: Backend) -> tb.Limiter:
     """Two units at once, then one every 0.25 s (bucket) or two per 0.5 s (window);
     two calls in flight at most."""
     rate = tb.Rate(4, 1.0, burst=2) if api == "Limiter-bucket" else tb.Rate(2, 0.5)
@@ -85,7 +80,7 @@ def bursty(api: str, backend: RecordingBackend | None) -> tb.Limiter:
 
 
 async def test_statistics_in_flight_counts_leases_holding_a_slot(
-    limiter_api: str, backend: RecordingBackend | None
+    limiter_api: str, backend: Backend
 ) -> None:
     limiter = bursty(limiter_api, backend)
     stats = limiter.statistics()
@@ -112,7 +107,7 @@ async def test_statistics_in_flight_counts_leases_holding_a_slot(
 
 
 async def test_statistics_last_wait_is_the_last_grants_wait(
-    limiter_api: str, backend: RecordingBackend | None
+    limiter_api: str, backend: Backend
 ) -> None:
     limiter = bursty(limiter_api, backend)
     assert limiter.statistics().last_wait is None
@@ -131,9 +126,7 @@ async def test_statistics_last_wait_is_the_last_grants_wait(
     assert last < 0.5 + LATE
 
 
-async def test_statistics_paused_until_reflects_a_pause(
-    limiter_api: str, backend: RecordingBackend | None
-) -> None:
+async def test_statistics_paused_until_reflects_a_pause(limiter_api: str, backend: Backend) -> None:
     limiter = bursty(limiter_api, backend)
     assert limiter.statistics().paused_until is None
     limiter.feedback({"retry-after-ms": "300"}, status=429)

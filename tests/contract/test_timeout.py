@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import pytest
 
 import tokenbucket as tb
-from tests.contract._support import (
-    EPS,
-    HANG,
-    LATE,
-    PROBE,
-    clock,
-)
-
-if TYPE_CHECKING:
-    from tests.contract.conftest import MakeSubject
-    from tests.redis._support import RecordingBackend
+from tests.contract._support import EPS, HANG, LATE, PROBE, Backend, MakeSubject, clock
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
 async def test_timeout_raises_at_its_deadline_and_takes_nothing(
-    make_subject: MakeSubject, backend: RecordingBackend | None
+    make_subject: MakeSubject, backend: Backend
 ) -> None:
     # One unit at once, then one every 0.5 s.
     subject = make_subject(bucket=(2, 1), window=(1, 0.5))
@@ -44,7 +33,7 @@ async def test_timeout_raises_at_its_deadline_and_takes_nothing(
 
 
 async def test_timeout_zero_takes_only_what_is_there(
-    make_subject: MakeSubject, backend: RecordingBackend | None
+    make_subject: MakeSubject, backend: Backend
 ) -> None:
     # Two units at once, then the next at 0.2 s.
     subject = make_subject(bucket=(10, 2), window=(2, 0.2))
@@ -63,7 +52,7 @@ async def test_timeout_zero_takes_only_what_is_there(
 
 
 async def test_timeout_is_one_deadline_across_the_slot_and_the_rate(
-    limiter_api: str, backend: RecordingBackend | None
+    limiter_api: str, backend: Backend
 ) -> None:
     """A waiter first blocked on the concurrency slot, then on the rate, still times
     out at the one deadline computed at the call (not a new one per wait)."""
