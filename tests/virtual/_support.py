@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
 import tokenbucket as tb
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from anyio.abc import TaskGroup
 
 # looptime keeps time in whole microseconds; trio's MockClock is exact.
 TOL = 1e-5
@@ -37,6 +42,13 @@ async def drain(limiter: Single) -> None:
         assert limiter.try_acquire(available)
 
 
+async def drained(kind: str) -> Single:
+    """``make(kind)`` with nothing left to take."""
+    limiter = make(kind)
+    await drain(limiter)
+    return limiter
+
+
 def token_limiter(kind: str, **options: Any) -> tb.Limiter:
     """100 tokens a minute (a window, or a bucket of 100) and plenty of requests."""
     rate = tb.per_minute(100) if kind == "window" else tb.per_minute(100, burst=100)
@@ -48,6 +60,14 @@ def shared_group() -> tb.BucketGroup:
         {"a": {"requests_per_second": 1000}, "b": {"requests_per_second": 1000}},
         shared={"org": {"tokens_per_second": 100, "members": ["a", "b"]}},
     )
+
+
+async def start_in_order(tg: TaskGroup, *tasks: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    """Start ``tasks`` one after another, each once every task started is blocked, so
+    that they arrive (and queue) in this order."""
+    for task in tasks:
+        tg.start_soon(task)
+        await anyio.wait_all_tasks_blocked()
 
 
 async def enter(context: tb.LeaseContext) -> None:

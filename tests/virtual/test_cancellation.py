@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 import tokenbucket as tb
-from tests.virtual._support import KINDS, TOL, drain, make, now
+from tests.virtual._support import KINDS, TOL, drain, drained, now, start_in_order
 
 pytestmark = pytest.mark.anyio
 
@@ -33,9 +33,7 @@ async def test_cancelling_the_head_hands_over_at_once() -> None:
         granted.append(now() - start)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(head_task)
-        await anyio.wait_all_tasks_blocked()
-        tg.start_soon(second)
+        await start_in_order(tg, head_task, second)
         await anyio.sleep(2)
         assert granted == []
         assert bucket.statistics().waiters == 2
@@ -48,8 +46,7 @@ async def test_cancelling_the_head_hands_over_at_once() -> None:
 
 @KINDS
 async def test_cancelled_waiter_behind_the_head_changes_nothing(kind: str) -> None:
-    limiter = make(kind)
-    await drain(limiter)
+    limiter = await drained(kind)
     start = now()
     times: dict[str, float] = {}
     middle = anyio.CancelScope()
@@ -109,10 +106,7 @@ async def test_cancelled_at_the_grant_keeps_the_lease_or_gives_it_back() -> None
                 follower.append(now() - start)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(hold)
-            await anyio.wait_all_tasks_blocked()
-            tg.start_soon(victim)
-            await anyio.wait_all_tasks_blocked()
+            await start_in_order(tg, hold, victim)
             await anyio.sleep(1)  # the holder's exit grants the victim in this instant
             scope.cancel()
             tg.start_soon(follow)

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import tokenbucket as tb
-from tests.virtual._support import TOL, max_in_period, now
+from tests.virtual._support import TOL, max_in_period, now, start_in_order
 
 pytestmark = pytest.mark.anyio
 
@@ -121,9 +121,7 @@ async def test_a_cancelled_holder_hands_its_slot_to_the_waiter_at_once() -> None
             granted.append(now() - start)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(hold)
-        await anyio.wait_all_tasks_blocked()
-        tg.start_soon(wait)
+        await start_in_order(tg, hold, wait)
         await anyio.sleep(3)
         assert granted == []
         snapshot = limiter.statistics()
@@ -182,10 +180,7 @@ async def test_a_waiter_blocked_on_the_slot_holds_no_tokens() -> None:
             times.append(now() - start)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(hold)
-        await anyio.wait_all_tasks_blocked()
-        tg.start_soon(wait_for_slot)
-        await anyio.wait_all_tasks_blocked()
+        await start_in_order(tg, hold, wait_for_slot)
         assert limiter.statistics().available["tokens"] == 9
         await anyio.sleep(0.75)
         tg.start_soon(big_after)

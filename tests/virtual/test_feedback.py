@@ -7,7 +7,7 @@ import anyio
 import pytest
 
 import tokenbucket as tb
-from tests.virtual._support import TOL, now
+from tests.virtual._support import TOL, now, start_in_order
 
 pytestmark = pytest.mark.anyio
 
@@ -52,10 +52,7 @@ async def test_pause_also_holds_a_waiter_whose_slot_frees_during_it() -> None:
             granted.append(now() - start)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(hold)
-        await anyio.wait_all_tasks_blocked()
-        tg.start_soon(wait)
-        await anyio.wait_all_tasks_blocked()
+        await start_in_order(tg, hold, wait)
         limiter.pause(4)
     assert granted == [pytest.approx(4, abs=TOL)]
 

@@ -4,6 +4,7 @@ overtakes, ten thousand waiters in order."""
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -14,26 +15,23 @@ from tests.virtual._support import (
     TOL,
     Single,
     drain,
-    make,
+    drained,
     non_decreasing,
     now,
     shared_group,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
 pytestmark = pytest.mark.anyio
 
 
-@KINDS
-async def test_fifo_large_request_is_not_starved(kind: str) -> None:
-    limiter = make(kind)
-    await drain(limiter)
-    start = now()
-    times: dict[str, float] = {}
-
-    async def take(name: str, amount: float) -> None:
-        await limiter.acquire(amount)
-        times[name] = now() - start
-
+async def small_big_then_small(
+    take: Callable[[str, float], Coroutine[Any, Any, None]],
+) -> list[str]:
+    """One small request, a big one (10), then 19 small ones, 10 ms apart; their names
+    in arrival order once all were granted."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(take, "small-0", 1)
         await anyio.sleep(0.01)
@@ -42,7 +40,20 @@ async def test_fifo_large_request_is_not_starved(kind: str) -> None:
         for i in range(1, 20):
             tg.start_soon(take, f"small-{i}", 1)
             await anyio.sleep(0.01)
-    arrival = ["small-0", "big"] + [f"small-{i}" for i in range(1, 20)]
+    return ["small-0", "big"] + [f"small-{i}" for i in range(1, 20)]
+
+
+@KINDS
+async def test_fifo_large_request_is_not_starved(kind: str) -> None:
+    limiter = await drained(kind)
+    start = now()
+    times: dict[str, float] = {}
+
+    async def take(name: str, amount: float) -> None:
+        await limiter.acquire(amount)
+        times[name] = now() - start
+
+    arrival = await small_big_then_small(take)
     in_order = [times[name] for name in arrival]
     assert in_order == sorted(in_order)
     # The big one is served before any small one that came after it.
@@ -52,8 +63,7 @@ async def test_fifo_large_request_is_not_starved(kind: str) -> None:
 
 @KINDS
 async def test_try_acquire_never_overtakes_a_waiter(kind: str) -> None:
-    limiter = make(kind)
-    await drain(limiter)
+    limiter = await drained(kind)
     async with anyio.create_task_group() as tg:
         tg.start_soon(limiter.acquire, 5)
         await anyio.sleep(3)
@@ -131,15 +141,7 @@ async def test_fifo_large_token_request_not_overtaken_by_later_small_ones() -> N
         async with limiter.acquire(tokens=tokens):
             times[name] = now() - start
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(take, "small-0", 1)
-        await anyio.sleep(0.01)
-        tg.start_soon(take, "big", 10)
-        await anyio.sleep(0.01)
-        for i in range(1, 20):
-            tg.start_soon(take, f"small-{i}", 1)
-            await anyio.sleep(0.01)
-    arrival = ["small-0", "big"] + [f"small-{i}" for i in range(1, 20)]
+    arrival = await small_big_then_small(take)
     assert non_decreasing([times[name] for name in arrival])
     # small-0 at 1 s; the big one needs the whole window: 2 s (room was 9 at 1 s).
     assert times["small-0"] == pytest.approx(1, abs=TOL)

@@ -6,15 +6,14 @@ import anyio
 import pytest
 
 import tokenbucket as tb
-from tests.virtual._support import KINDS, TOL, drain, enter, make, now
+from tests.virtual._support import KINDS, TOL, drained, enter, now
 
 pytestmark = pytest.mark.anyio
 
 
 @KINDS
 async def test_statistics_and_repr(kind: str) -> None:
-    limiter = make(kind)
-    await drain(limiter)
+    limiter = await drained(kind)
     start = now()
     async with anyio.create_task_group() as tg:
         tg.start_soon(limiter.acquire, 2)

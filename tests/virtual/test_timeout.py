@@ -7,15 +7,14 @@ import anyio
 import pytest
 
 import tokenbucket as tb
-from tests.virtual._support import KINDS, TOL, drain, make, now
+from tests.virtual._support import KINDS, TOL, drain, drained, make, now
 
 pytestmark = pytest.mark.anyio
 
 
 @KINDS
 async def test_timeout_raises_at_the_deadline_and_consumes_nothing(kind: str) -> None:
-    limiter = make(kind)
-    await drain(limiter)
+    limiter = await drained(kind)
     start = now()
     with pytest.raises(tb.AcquireTimeoutError) as info:
         await limiter.acquire(5, timeout=2)
@@ -32,8 +31,7 @@ async def test_timeout_raises_at_the_deadline_and_consumes_nothing(kind: str) ->
 
 @KINDS
 async def test_timeout_of_the_head_lets_the_next_one_in(kind: str) -> None:
-    limiter = make(kind)
-    await drain(limiter)
+    limiter = await drained(kind)
     start = now()
     events: list[tuple[str, float]] = []
 
