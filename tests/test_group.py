@@ -243,6 +243,23 @@ def test_shared_errors_name_the_label() -> None:
     assert "ghost" in str(info.value)
 
 
+def test_an_unknown_name_is_a_library_error_and_a_key_error() -> None:
+    group = tb.BucketGroup.from_dict({"a": {"requests_per_second": 1}})
+    with pytest.raises(tb.UnknownNameError) as caught:
+        group["b"]
+    assert isinstance(caught.value, KeyError)
+    assert isinstance(caught.value, tb.TokenBucketError)
+    assert "'a'" in str(caught.value)
+
+
+def test_a_member_listed_twice_is_refused() -> None:
+    with pytest.raises(tb.InvalidArgumentError, match="twice"):
+        tb.BucketGroup.from_dict(
+            {"a": {"requests_per_second": 1}},
+            shared={"org": {"tokens_per_second": 10, "members": ["a", "a"]}},
+        )
+
+
 # --- shared limits --------------------------------------------------------------------
 
 

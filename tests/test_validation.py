@@ -433,3 +433,58 @@ async def test_an_enormous_int_amount_is_a_named_error(kind: str) -> None:
     await limiter.acquire(1, timeout=ENORMOUS)  # as good as waiting forever
     await limiter.acquire(2)
     assert not limiter.try_acquire(0.5)
+
+
+# -- Limiter constructor ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "argument", "says"),
+    [
+        ({"tokens_per_fortnight": 5}, tb.InvalidArgumentError, "tokens_per_fortnight", "unit"),
+        ({"tokens_per_minute": -1}, tb.InvalidArgumentError, "tokens_per_minute", ">"),
+        ({"tokens_per_minute": 0}, tb.InvalidArgumentError, "tokens_per_minute", ">"),
+        ({"tokens_per_minute": math.nan}, tb.InvalidArgumentError, "tokens_per_minute", "NaN"),
+        ({"tokens_per_minute": math.inf}, tb.InvalidArgumentError, "tokens_per_minute", "finite"),
+        ({"tokens_per_minute": True}, tb.ArgumentTypeError, "tokens_per_minute", "bool"),
+        ({"tokens_per_minute": "5"}, tb.ArgumentTypeError, "tokens_per_minute", "str"),
+        (
+            {"tokens_per_minute": tb.per_second(5)},
+            tb.InvalidArgumentError,
+            "tokens_per_minute",
+            "period",
+        ),
+        ({"max_concurrency": 0}, tb.InvalidArgumentError, "max_concurrency", ">= 1"),
+        ({"max_concurrency": -2}, tb.InvalidArgumentError, "max_concurrency", ">= 1"),
+        ({"max_concurrency": True}, tb.ArgumentTypeError, "max_concurrency", "bool"),
+        ({"max_concurrency": 1.5}, tb.ArgumentTypeError, "max_concurrency", "float"),
+        ({"max_concurrency": "4"}, tb.ArgumentTypeError, "max_concurrency", "str"),
+        ({"allow_debt": 1, "tokens_per_minute": 5}, tb.ArgumentTypeError, "allow_debt", "bool"),
+        ({}, tb.InvalidArgumentError, "limits", "at least one rate"),
+        ({"limits": {"tokens": [5]}}, tb.ArgumentTypeError, "limits['tokens']", "int"),
+        (
+            {"limits": {"tokens": "5 a fortnight"}},
+            tb.InvalidArgumentError,
+            "limits['tokens']",
+            "5 a fortnight",
+        ),
+        ({"limits": {"tokens": []}}, tb.InvalidArgumentError, "limits", "'tokens'"),
+        ({"limits": {"my tokens": "5/minute"}}, tb.InvalidArgumentError, "limits", "my tokens"),
+    ],
+)
+def test_bad_constructor_arguments_name_the_argument(
+    kwargs: dict[str, Any], error: type[Exception], argument: str, says: str
+) -> None:
+    with pytest.raises(error) as info:
+        tb.Limiter(**kwargs)
+    exc: object = info.value
+    assert isinstance(exc, error)
+    assert isinstance(exc, ValueError if issubclass(error, ValueError) else TypeError)
+    assert getattr(exc, "argument", None) == argument
+    assert says in str(exc)
+
+
+def test_a_bare_number_as_a_rate_in_limits_is_an_argument_type_error() -> None:
+    with pytest.raises(tb.ArgumentTypeError) as info:
+        tb.Limiter({"tokens": 5})  # type: ignore[dict-item]
+    assert info.value.argument == "limits['tokens']"

@@ -8,18 +8,18 @@ Real time against the real Redis server: counts of round trips and reserved inst
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import tokenbucket as tb
 from tests.redis._support import ROUNDING, RecordingBackend, bucket_excess
-from tokenbucket._redis import RedisBackend
 from tokenbucket._redis._protocol import RESERVE
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
+
+    from tokenbucket._redis import RedisBackend
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -205,22 +205,6 @@ async def test_aclose_sends_what_is_held(backend_factory: Callable[..., Recordin
     await asyncio.wait_for(asyncio.gather(ahead, held), HANG)
 
 
-@pytest.mark.parametrize(
-    ("value", "error"),
-    [(-0.1, ValueError), (math.nan, ValueError), (math.inf, ValueError), (True, TypeError)],
-)
-def test_batch_delay_is_validated(value: object, error: type[Exception]) -> None:
-    with pytest.raises(error, match="batch_delay"):
-        RedisBackend("redis://127.0.0.1:6379/15", batch_delay=value)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("name", ["max_backoff", "lease_ttl"])
-@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-1, ValueError), ("1", TypeError)])
-def test_durations_are_validated(name: str, value: object, error: type[Exception]) -> None:
-    with pytest.raises(error, match=name):
-        RedisBackend("redis://127.0.0.1:6379/15", **{name: value})  # type: ignore[arg-type]
-
-
 async def log_sums(admin: Any, key: str) -> tuple[float, float]:
     """(the 'all' sum kept beside a window log, the sum of the log's entries)."""
     kept = float(await admin.hget(f"{key}:sum", "all"))
@@ -257,3 +241,58 @@ async def test_window_sums_follow_the_log(redis_backend: RecordingBackend, admin
     assert kept == pytest.approx(logged)
     # Reserved once the first grant (10 after settling) left the window, not before.
     assert redis_backend.granted[-1].at >= redis_backend.granted[0].at + 0.5 - ROUNDING
+
+
+@pytest.fixture
+def command_counter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[RedisBackend], list[str]]:
+    """Count the commands a backend's client sends (to check ``round_trips``)."""
+
+    def count(backend: RedisBackend) -> list[str]:
+        sent: list[str] = []
+        execute: Callable[..., Awaitable[Any]] = backend.client.execute_command
+
+        async def recording(*args: Any, **options: Any) -> Any:
+            sent.append(str(args[0]))
+            return await execute(*args, **options)
+
+        monkeypatch.setattr(backend.client, "execute_command", recording)
+        return sent
+
+    return count
+
+
+@pytest.mark.asyncio
+async def test_batching_of_many_acquirers(
+    redis_backend: RecordingBackend,
+    command_counter: Callable[[RedisBackend], list[str]],
+    record_property: Callable[[str, object], None],
+) -> None:
+    bucket = tb.TokenBucket(1_000_000, 10_000, backend=redis_backend, key="many")
+    await bucket.acquire()  # the script is loaded
+    sent = command_counter(redis_backend)
+    trips = redis_backend.round_trips
+    count = 1000
+    await asyncio.wait_for(asyncio.gather(*(bucket.acquire() for _ in range(count))), HANG)
+    used = redis_backend.round_trips - trips
+    ratio = used / count
+    record_property("round_trips_per_admission", ratio)
+    print(f"\n{count} concurrent acquirers: {used} round trips ({ratio:.3f} per admission)")
+    assert len(redis_backend.granted) == count + 1
+    assert len(sent) == used  # the counter counts what is sent
+    assert ratio < 0.2
+
+
+@pytest.mark.asyncio
+async def test_lone_acquirer_uses_one_round_trip(
+    redis_backend: RecordingBackend, command_counter: Callable[[RedisBackend], list[str]]
+) -> None:
+    window = tb.SlidingWindow(100, 1, backend=redis_backend, key="lone")
+    await window.acquire()  # the script is loaded
+    sent = command_counter(redis_backend)
+    for _ in range(5):
+        trips = redis_backend.round_trips
+        await window.acquire()
+        assert redis_backend.round_trips - trips == 1
+    assert sent == ["EVALSHA"] * 5

@@ -11,7 +11,12 @@ import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
 from .. import _validate
-from .._errors import BackendError, BackendUnavailableError, InvalidArgumentError
+from .._errors import (
+    ArgumentTypeError,
+    BackendError,
+    BackendUnavailableError,
+    InvalidArgumentError,
+)
 from . import _protocol, _scripts
 from ._batch import Batcher
 from ._protocol import RESERVED, WRONG_TYPE, MeterSpec, Reply, Reservation
@@ -77,6 +82,13 @@ class RedisBackend:
             ) from exc
         if isinstance(client, str):
             client = aioredis_module.Redis.from_url(client)
+        for name, value in (
+            ("time_source", time_source),
+            ("on_error", on_error),
+            ("prefix", prefix),
+        ):
+            if not isinstance(value, str):
+                raise ArgumentTypeError(name, f"{name} must be a str, not {type(value).__name__}")
         if time_source not in ("server", "client"):
             raise InvalidArgumentError(
                 "time_source", f"time_source must be 'server' or 'client', not {time_source!r}"
@@ -85,8 +97,8 @@ class RedisBackend:
             raise InvalidArgumentError(
                 "on_error", f"on_error must be 'wait', 'raise' or 'local', not {on_error!r}"
             )
-        if not isinstance(prefix, str) or not prefix:
-            raise InvalidArgumentError("prefix", f"prefix must be a non-empty str, not {prefix!r}")
+        if not prefix:
+            raise InvalidArgumentError("prefix", "prefix must be a non-empty str")
         share = _validate.real(local_share, "local_share")
         if share > 1:
             raise InvalidArgumentError(

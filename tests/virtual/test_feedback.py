@@ -1,0 +1,179 @@
+"""Server feedback under virtual time: pauses and reports hold exactly as long as
+the server said."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import tokenbucket as tb
+from tests.virtual._support import TOL, now, start_in_order
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_pause_holds_every_waiter_and_keeps_their_order() -> None:
+    limiter = tb.Limiter(requests_per_second=2, tokens_per_second=1_000)
+    start = now()
+    limiter.pause(5)
+    assert limiter.statistics().paused_until == pytest.approx(start + 5, abs=TOL)
+    grants: list[tuple[int, float]] = []
+
+    async def call(index: int) -> None:
+        async with limiter.acquire(tokens=10):
+            grants.append((index, now() - start))
+
+    async with anyio.create_task_group() as tg:
+        for index in range(5):
+            tg.start_soon(call, index)
+            await anyio.wait_all_tasks_blocked()
+        await anyio.sleep(2)
+        limiter.pause(1)  # shorter: does not shorten the pause in force
+        assert limiter.statistics().paused_until == pytest.approx(start + 5, abs=TOL)
+        with pytest.raises(tb.AcquireTimeoutError):
+            async with limiter.acquire(timeout=2.5):
+                pass  # pragma: no cover
+    by_arrival = [t for _, t in sorted(grants)]
+    assert by_arrival == pytest.approx([5, 5, 6, 6, 7], abs=TOL)
+    assert limiter.statistics().paused_until is None
+
+
+async def test_pause_also_holds_a_waiter_whose_slot_frees_during_it() -> None:
+    limiter = tb.Limiter(requests_per_second=100, max_concurrency=1)
+    start = now()
+    granted: list[float] = []
+
+    async def hold() -> None:
+        async with limiter.acquire():
+            await anyio.sleep(1)
+
+    async def wait() -> None:
+        async with limiter.acquire():
+            granted.append(now() - start)
+
+    async with anyio.create_task_group() as tg:
+        await start_in_order(tg, hold, wait)
+        limiter.pause(4)
+    assert granted == [pytest.approx(4, abs=TOL)]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "pause"),
+    [
+        ({"Retry-After": "3"}, 429, 3.0),
+        ({"retry-after-ms": "2500", "retry-after": "9"}, 429, 2.5),
+        ({}, 429, 1.0),
+        ({"retry-after": "4"}, None, 4.0),
+    ],
+)
+async def test_feedback_retry_after_pauses_every_waiter(
+    headers: dict[str, str], status: int | None, pause: float
+) -> None:
+    limiter = tb.Limiter(requests_per_second=1_000)
+    start = now()
+    grants: list[tuple[int, float]] = []
+
+    async def call(index: int) -> None:
+        async with limiter.acquire():
+            grants.append((index, now() - start))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, 0)
+        await anyio.wait_all_tasks_blocked()
+        info = limiter.feedback(headers, status=status)
+        assert info.retry_after == (None if not headers else pause)
+        for index in range(1, 4):
+            tg.start_soon(call, index)
+            await anyio.wait_all_tasks_blocked()
+        await anyio.sleep(pause / 2)
+        limiter.feedback({"retry-after": "0"}, status=429)  # cannot shorten it
+    assert grants[0] == (0, 0.0)
+    assert [t for _, t in sorted(grants)[1:]] == pytest.approx([pause] * 3, abs=TOL)
+
+
+async def test_feedback_openai_headers_lower_the_limit_until_the_reset() -> None:
+    limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=1_000)
+    start = now()
+    info = limiter.feedback(
+        {
+            "x-ratelimit-limit-tokens": "1000",
+            "x-ratelimit-remaining-tokens": "100",
+            "x-ratelimit-reset-tokens": "6s",
+        }
+    )
+    assert [(x.dimension, x.remaining, x.reset_after) for x in info.limits] == [("tokens", 100, 6)]
+    assert limiter.statistics().available["tokens"] == 100
+    assert limiter.statistics().available["requests"] == 100
+    async with limiter.acquire(tokens=100):
+        assert now() == start
+    async with limiter.acquire(tokens=1):
+        assert now() - start == pytest.approx(6, abs=TOL)
+    # From the reset on, only the local state counts: 101 used in the last minute.
+    async with limiter.acquire(tokens=899):
+        assert now() - start == pytest.approx(6, abs=TOL)
+    async with limiter.acquire(tokens=1):
+        assert now() - start == pytest.approx(60, abs=TOL)
+
+
+async def test_feedback_after_traffic_holds_only_until_the_reset() -> None:
+    limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=1_000)
+    start = now()
+    async with limiter.acquire(tokens=100) as lease:
+        lease.feedback({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "2s"})
+    async with limiter.acquire(tokens=1):
+        assert now() - start == pytest.approx(2, abs=TOL)
+
+
+async def test_feedback_requests_remaining_zero_holds_until_the_reset() -> None:
+    limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=1_000)
+    start = now()
+    async with limiter.acquire(tokens=1):
+        pass
+    lease_feedback = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}
+    async with limiter.acquire(tokens=1) as lease:
+        lease.feedback(lease_feedback)
+    async with limiter.acquire(tokens=1):
+        assert now() - start == pytest.approx(2, abs=TOL)
+
+
+async def test_feedback_holds_at_least_until_the_reset() -> None:
+    # What does hold today: nothing more than the server's remaining before its reset.
+    limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=1_000)
+    start = now()
+    async with limiter.acquire(tokens=100) as lease:
+        lease.feedback({"x-ratelimit-remaining-tokens": "50", "x-ratelimit-reset-tokens": "2s"})
+    assert limiter.statistics().available["tokens"] == 50
+    async with limiter.acquire(tokens=50):
+        assert now() == start
+    async with limiter.acquire(tokens=1):
+        assert now() - start >= 2 - TOL
+
+
+async def test_feedback_anthropic_and_bucket_meters() -> None:
+    limiter = tb.Limiter(
+        {"input_tokens": tb.per_minute(1_000), "output_tokens": tb.per_second(10, burst=10)}
+    )
+    start = now()
+    limiter.feedback(
+        {
+            "anthropic-ratelimit-input-tokens-remaining": "10",
+            "anthropic-ratelimit-output-tokens-remaining": "0",
+        }
+    )
+    assert dict(limiter.statistics().available) == {"input_tokens": 10, "output_tokens": 0}
+    async with limiter.acquire(input_tokens=10):
+        assert now() == start
+    async with limiter.acquire(output_tokens=10):
+        assert now() - start == pytest.approx(1, abs=TOL)  # refilled from 0 at 10/s
+    async with limiter.acquire(input_tokens=1):
+        # No reset given: held for one window.
+        assert now() - start == pytest.approx(60, abs=TOL)
+
+
+async def test_feedback_accepts_parsed_feedback_and_ignores_other_dimensions() -> None:
+    limiter = tb.Limiter(requests_per_minute=100)
+    parsed = tb.parse_rate_limit_headers(
+        {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-remaining-requests": "50"}
+    )
+    assert limiter.feedback(parsed) is parsed
+    assert dict(limiter.statistics().available) == {"requests": 50}
