@@ -22,9 +22,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Lease", "LeaseContext"]
 
+# A lease's stage: not granted yet, held (and settled or not), ended (settled or not).
 _NEW: Final = 0
 _OPEN: Final = 1
-_ENDED: Final = 2
+_SETTLED: Final = 2
+_ENDED: Final = 3  # _ENDED + 1: ended after a settle
 
 
 class Lease(Request):
@@ -34,7 +36,7 @@ class Lease(Request):
     used); the concurrency slot is released when the block ends.
     """
 
-    __slots__ = ("_limiter", "_settled", "_stage", "_ticket", "_timeout")
+    __slots__ = ("_limiter", "_stage", "_ticket", "_timeout")
 
     def __init__(
         self,
@@ -48,9 +50,8 @@ class Lease(Request):
         self.seq = _LATE
         self._limiter = limiter
         self._timeout = timeout
-        self._ticket: object = None  # the store's own record of the grant
         self._stage = _NEW
-        self._settled = False
+        self._ticket: object  # the store's own record of the grant, once granted
 
     @property
     def reserved(self) -> Mapping[str, float]:
@@ -76,16 +77,17 @@ class Lease(Request):
             InvalidArgumentError, ArgumentTypeError: an unknown dimension or a bad amount.
                 Nothing is changed.
         """
-        if self._stage != _OPEN:
-            if self._stage == _NEW:
+        stage = self._stage
+        if stage != _OPEN:
+            if stage == _NEW:
                 raise LeaseError("this lease is not granted yet; settle() inside async with")
+            if stage == _SETTLED:
+                raise LeaseError("this lease was already settled; settle() once per lease")
             raise LeaseError("this lease has ended; settle() inside its async with block")
-        if self._settled:
-            raise LeaseError("this lease was already settled; settle() once per lease")
         limiter = self._limiter
         amounts = limiter._amounts(actual)
         limiter._store.adjust(self, self._ticket, amounts)
-        self._settled = True
+        self._stage = _SETTLED
 
     def feedback(
         self,
@@ -97,9 +99,8 @@ class Lease(Request):
         return self._limiter.feedback(headers, status=status)
 
     def __repr__(self) -> str:
-        state = ("not granted", "open", "ended")[self._stage]
-        settled = ", settled" if self._settled else ""
-        return f"<Lease {dict(self.reserved)} {state}{settled}>"
+        state = ("not granted", "open", "open, settled", "ended", "ended, settled")[self._stage]
+        return f"<Lease {dict(self.reserved)} {state}>"
 
 
 class LeaseContext(Lease):
@@ -139,8 +140,8 @@ class LeaseContext(Lease):
         tb: TracebackType | None,
     ) -> None:
         """Release the concurrency slot (at once in memory; one round trip on Redis)."""
-        if self._stage == _OPEN:
-            self._stage = _ENDED
+        if self._stage == _OPEN or self._stage == _SETTLED:
+            self._stage += _ENDED - _OPEN
             limiter = self._limiter
             limiter._leases -= 1
             done = limiter._store.release(self, self._ticket)

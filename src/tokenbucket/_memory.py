@@ -49,7 +49,7 @@ class _Pool:
 
 _POOLS: Final[weakref.WeakKeyDictionary[Meter, _Pool]] = weakref.WeakKeyDictionary()
 
-Ticket = tuple[float | None, ...]
+Ticket = list[float | None]
 
 
 class MemoryStore:
@@ -118,11 +118,11 @@ class MemoryStore:
         await waiters.wait(waiter, now)
         self._last_wait = max(0.0, waiters.clock() - now)
         ticket = waiter.ticket
-        assert isinstance(ticket, tuple)
+        assert isinstance(ticket, list)
         return ticket
 
     def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None:
-        assert isinstance(ticket, tuple)
+        assert isinstance(ticket, list)
         refunded = self._multi.adjust(request, ticket, actual, self._waiters.now())
         if refunded:
             self._kick_all(refunded)

@@ -97,7 +97,7 @@ class Request:
 class MultiState:
     """Meters over named dimensions, a cap on grants held at once, and a pause.
 
-    A grant's *ticket* is a tuple with, per meter, that meter's ticket (or ``None`` when
+    A grant's *ticket* is a list with, per meter, that meter's ticket (or ``None`` when
     the request took nothing of it); :meth:`refund` and :meth:`adjust` use it.
     """
 
@@ -126,7 +126,7 @@ class MultiState:
         self.paused_until = -_INF
         self.seen = -_INF  # the latest instant this state has been asked about
         self.freed: list[Meter] = []  # shared meters whose claim a grant just released
-        self.ticket: tuple[float | None, ...] = ()  # of the most recent grant
+        self.ticket: list[float | None] = []  # of the most recent grant
         self.add(dims, meters)
 
     def add(self, dims: Iterable[str], meters: Iterable[Meter]) -> None:
@@ -154,9 +154,9 @@ class MultiState:
 
     def try_take(self, request: Request, now: float) -> bool:
         """Grant ``request`` at ``now`` if every meter and a slot admit it; report whether."""
-        if now > self.seen:
-            self.seen = now
         if now < self.paused_until:
+            if now > self.seen:
+                self.seen = now  # (a grant's instant is in its meters: see rebase)
             return False
         if request.slot and self.in_flight >= self._cap:
             return False
@@ -182,7 +182,7 @@ class MultiState:
             tickets.append(ticket)
         if request.slot:
             self.in_flight += 1
-        self.ticket = tuple(tickets)
+        self.ticket = tickets
         if claimed:
             self.freed.extend(self.unclaim(request))
         return True
@@ -232,7 +232,7 @@ class MultiState:
 
     # -- giving back and correcting --------------------------------------------------------
 
-    def refund(self, request: Request, ticket: tuple[float | None, ...], now: float) -> None:
+    def refund(self, request: Request, ticket: Sequence[float | None], now: float) -> None:
         """Undo a grant whose holder left before using it (as far as each meter safely
         can), and free its slot."""
         amounts = request.amounts
@@ -251,7 +251,7 @@ class MultiState:
     def adjust(
         self,
         request: Request,
-        ticket: tuple[float | None, ...],
+        ticket: Sequence[float | None],
         actual: Mapping[int, float],
         now: float,
     ) -> list[Meter]:
@@ -302,8 +302,9 @@ class MultiState:
     def rebase(self, now: float, meters: Iterable[Meter] | None = None) -> None:
         """Continue on a clock with another origin, as if no time had passed: the pause
         keeps what was left of it, and ``meters`` (default: all) move too."""
-        if self.paused_until > self.seen:
-            self.paused_until = now + (self.paused_until - self.seen)
+        seen = max(self.seen, self.last_update)
+        if self.paused_until > seen:
+            self.paused_until = now + (self.paused_until - seen)
         else:
             self.paused_until = -_INF
         self.seen = now
