@@ -648,3 +648,58 @@ def test_request_seq_defaults_to_infinitely_late() -> None:
     assert not b.try_take(Request((1.0,), False), 3.0)
     assert b.ready_at(Request((1.0,), False), 3.0) == INF
     assert claimant(pool) is not None
+
+
+# -- take and undo -----------------------------------------------------------------------
+
+
+def _bits(multi: MultiState) -> object:
+    """Every slot of the state and its meters' cores, bit for bit (floats by ``hex``)
+    but for ``_was``, the undo scratch."""
+
+    def bits(value: object) -> object:
+        if isinstance(value, float):
+            return value.hex()
+        if isinstance(value, list | tuple):
+            return [bits(v) for v in value]
+        return value
+
+    cores = [
+        {slot: bits(getattr(m.core, slot)) for slot in type(m.core).__slots__ if slot != "_was"}
+        for m in multi.meters
+    ]
+    return cores, multi.in_flight, bits(multi.ticket), multi.freed
+
+
+@pytest.mark.parametrize(
+    ("now", "tokens"),
+    [
+        (0.0, 40.0),  # the window merges into its entry of the same instant; the bucket
+        (0.1, 40.0),  # the window appends an entry, then pops it; the bucket refuses
+        (0.1, 0.4 / 3),  # a window and a bucket pass, then the last window refuses
+    ],
+    ids=["merge", "append", "bucket-then-window"],
+)
+def test_multi_a_later_meter_refusing_undoes_the_earlier_ones_bit_for_bit(
+    now: float, tokens: float
+) -> None:
+    """requests: a window (0); tokens: a bucket (1) and a window of 30 per 10 s (2).
+    Grants at 0.0 leave 20.1 in the bucket and 0.1 in the last window; a request a
+    later meter refuses leaves every meter exactly as it was (once each has expired
+    what any call at ``now`` expires)."""
+    meters = [
+        Meter("requests", Rate(3, 10.0)),
+        Meter("tokens", Rate(100, 10.0, burst=50)),
+        Meter("tokens", Rate(30, 10.0)),
+    ]
+    multi = MultiState(("requests", "tokens"), meters, 2)
+    assert multi.try_take(req(1, 0.1), 0.0)
+    assert multi.try_take(req(0, 29.8, slot=False), 0.0)  # the last window: 0.1 left
+    for meter in meters:  # what any call at `now` does first
+        meter.core.fits(0.0, now)
+    was = _bits(multi)
+    assert not multi.try_take(req(1, tokens), now)
+    assert _bits(multi) == was
+    # ... and the request the meters do admit is granted on the restored state.
+    assert multi.try_take(req(1, 0.05), now)
+    assert multi.ticket == tuple(m.core.ticket for m in meters)
