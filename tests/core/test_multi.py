@@ -75,11 +75,11 @@ def test_multi_grants_when_every_meter_fits_and_a_slot_is_free() -> None:
     assert multi.in_flight == 1
     assert multi.available(0.0) == {"requests": 2.0, "tokens": 20.0}
     # The ticket holds each meter's own ticket: the window's expiry, the bucket's count.
-    assert multi.ticket == (10.0, 30.0)
+    assert multi.ticket == [10.0, 30.0]
     assert multi.try_take(req(2, 20), 0.0)
     assert multi.in_flight == 2
     assert multi.available(0.0) == {"requests": 0.0, "tokens": 0.0}
-    assert multi.ticket == (10.0, 50.0)
+    assert multi.ticket == [10.0, 50.0]
 
 
 def test_multi_ticket_has_none_for_meters_the_request_does_not_touch() -> None:
@@ -369,7 +369,7 @@ def test_multi_adjust_of_an_untouched_dimension_charges_it() -> None:
     multi, _, _ = make()
     held = req(1, 0)
     assert multi.try_take(held, 0.0)
-    assert multi.ticket == (10.0, None)
+    assert multi.ticket == [10.0, None]
     assert multi.adjust(held, multi.ticket, {TOK: 20.0}, 0.0) == []
     assert multi.available(0.0) == {"requests": 2.0, "tokens": 30.0}
 
@@ -702,4 +702,4 @@ def test_multi_a_later_meter_refusing_undoes_the_earlier_ones_bit_for_bit(
     assert _bits(multi) == was
     # ... and the request the meters do admit is granted on the restored state.
     assert multi.try_take(req(1, 0.05), now)
-    assert multi.ticket == tuple(m.core.ticket for m in meters)
+    assert multi.ticket == [m.core.ticket for m in meters]

@@ -638,7 +638,7 @@ MULTI_TOL = 1e-7
 @dataclass
 class MultiHeld:
     request: Request
-    ticket: tuple[float | None, ...]
+    ticket: list[float | None]
     grants: list[Grant | None]  # per meter
     indices: list[int | float | None]  # the models' tickets, per meter
     settled: bool = False

@@ -154,9 +154,9 @@ class MultiState:
 
     def try_take(self, request: Request, now: float) -> bool:
         """Grant ``request`` at ``now`` if every meter and a slot admit it; report whether."""
+        if now > self.seen:
+            self.seen = now
         if now < self.paused_until:
-            if now > self.seen:
-                self.seen = now  # (a grant's instant is in its meters: see rebase)
             return False
         if request.slot and self.in_flight >= self._cap:
             return False
@@ -302,9 +302,8 @@ class MultiState:
     def rebase(self, now: float, meters: Iterable[Meter] | None = None) -> None:
         """Continue on a clock with another origin, as if no time had passed: the pause
         keeps what was left of it, and ``meters`` (default: all) move too."""
-        seen = max(self.seen, self.last_update)
-        if self.paused_until > seen:
-            self.paused_until = now + (self.paused_until - seen)
+        if self.paused_until > self.seen:
+            self.paused_until = now + (self.paused_until - self.seen)
         else:
             self.paused_until = -_INF
         self.seen = now
