@@ -353,6 +353,19 @@ def run(
         event_loop.close()
 
 
+@dataclass(frozen=True, kw_only=True)
+class SingleShot:
+    """Waiters that each call ``acquire()`` once on a limiter of ``rate`` and ``capacity``,
+    spawned ``spawn_batch`` at a time; a run stops at ``cap_factor`` x its ideal wall time
+    + ``cap_slack`` seconds."""
+
+    rate: float
+    capacity: float
+    cap_slack: float
+    spawn_batch: int = 25
+    cap_factor: float = 1.5
+
+
 @dataclass(frozen=True)
 class Made:
     """A limiter built inside the running loop: ``acquire`` returns once admitted;

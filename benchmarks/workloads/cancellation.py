@@ -10,22 +10,17 @@ import math
 from dataclasses import dataclass
 
 import peers
-from _harness import Acquire, Loop, Runtime, Task, progress, run_with, spawn_batched
+from _harness import Acquire, Loop, Runtime, SingleShot, Task, progress, run_with, spawn_batched
 
 
-@dataclass(frozen=True)
-class Config:
+@dataclass(frozen=True, kw_only=True)
+class Config(SingleShot):
     waiters: int
-    rate: float
     delay: float
-    cap_slack: float
-    capacity: float = 10.0
-    spawn_batch: int = 25
-    cap_factor: float = 1.5
 
 
-FULL = Config(waiters=1_000, rate=200.0, delay=0.05, cap_slack=1.0)
-QUICK = Config(waiters=100, rate=2_000.0, delay=0.01, cap_slack=0.05)
+FULL = Config(waiters=1_000, rate=200.0, capacity=10.0, delay=0.05, cap_slack=1.0)
+QUICK = Config(waiters=100, rate=2_000.0, capacity=10.0, delay=0.01, cap_slack=0.05)
 
 
 @dataclass

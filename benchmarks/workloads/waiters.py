@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import peers
-from _harness import Acquire, Loop, Runtime, Task, loops, progress, run_with, spawn_batched
+from _harness import Acquire, Loop, Runtime, SingleShot, loops, progress, run_with, spawn_batched
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,19 +32,16 @@ MEMORY_METHOD = (
 )
 
 
-@dataclass(frozen=True)
-class Config:
+@dataclass(frozen=True, kw_only=True)
+class Config(SingleShot):
     counts: tuple[int, ...]
-    cap_slack: float
     isolate: bool  # one fresh process per run (else one for all runs)
-    rate: float = 5000.0
-    capacity: float = 50.0
-    spawn_batch: int = 25
-    cap_factor: float = 1.5
 
 
-FULL = Config(counts=(10, 100, 1_000, 10_000, 50_000), cap_slack=1.0, isolate=True)
-QUICK = Config(counts=(10, 100), cap_slack=0.05, isolate=False)
+FULL = Config(
+    counts=(10, 100, 1_000, 10_000, 50_000), rate=5000.0, capacity=50.0, cap_slack=1.0, isolate=True
+)
+QUICK = Config(counts=(10, 100), rate=5000.0, capacity=50.0, cap_slack=0.05, isolate=False)
 
 
 @dataclass
@@ -110,7 +107,7 @@ async def _waiters(rt: Runtime, acquire: Acquire, name: str, total: int, cfg: Co
     peak = memory_probe()
     gc.disable()
     cpu0, t0 = time.process_time(), now()
-    tasks: list[Task] = []
+    tasks: list[Any] = []
     try:
         await spawn_batched(rt, waiter, total, cfg.spawn_batch, tasks)
         await done.wait(cfg.cap_factor * ideal + cfg.cap_slack - (now() - t0))
