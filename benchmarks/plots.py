@@ -47,9 +47,15 @@ def _log(ax: Axes, *axes: str) -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
-def _finish(fig: Figure, axes: list[Axes], title: str, out: str, name: str) -> str:
+def _finish(
+    fig: Figure, axes: list[Axes], labels: tuple[str, str], title: str, out: str, name: str
+) -> str:
+    """Label the axes (x on each panel, y on the first), draw one legend for all the
+    panels, and save the figure as ``name`` in ``out``; returns ``name``."""
+    axes[0].set_ylabel(labels[1], **SMALL)
     handles: dict[str, Any] = {}
     for ax in axes:
+        ax.set_xlabel(labels[0], **SMALL)
         ax.grid(alpha=0.3, which="major")
         ax.tick_params(labelsize=8)
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -86,10 +92,9 @@ def cpu(results: Results, loop: str, colours: dict[str, str], out: str) -> str |
         label = "event-loop floor (1 wake-up / adm)"
         ax.axhline(floor * 1e6, color="black", linestyle=":", label=label)
     _log(ax, "x", "y")
-    ax.set_xlabel("waiting tasks", **SMALL)
-    ax.set_ylabel("CPU ms per 1,000 admissions", **SMALL)
     title = f"Saturation on {loop}: CPU per admission against waiting tasks"
-    return _finish(fig, [ax], title, out, f"cpu_{loop}.png")
+    labels = ("waiting tasks", "CPU ms per 1,000 admissions")
+    return _finish(fig, [ax], labels, title, out, f"cpu_{loop}.png")
 
 
 def timeline(
@@ -107,19 +112,11 @@ def timeline(
         label = f"{r.name}: {r.achieved:.0%}" + (" OVER" if r.over else "")
         _steps(ax, times, range(1, len(times) + 1), colours[r.name], label)
     limit = [cfg["capacity"], cfg["capacity"] + cfg["rate"] * end]
-    ax.plot(
-        [0.0, end],
-        limit,
-        color=LIMIT,
-        linestyle="--",
-        linewidth=1.0,
-        label="limit: burst + rate x t",
-    )
+    ax.plot([0.0, end], limit, "--", color=LIMIT, linewidth=1.0, label="limit: burst + rate x t")
     ax.set_xlim(0.0, end)
-    ax.set_xlabel("seconds since the first call", **SMALL)
-    ax.set_ylabel("admissions (cumulative)", **SMALL)
+    labels = ("seconds since the first call", "admissions (cumulative)")
     title = f"Saturation on {loop}: {tasks:,} tasks, {cfg['rate']:,.0f}/s (legend: rate achieved)"
-    return _finish(fig, [ax], title, out, f"timeline_{loop}.png")
+    return _finish(fig, [ax], labels, title, out, f"timeline_{loop}.png")
 
 
 def latency(
@@ -142,10 +139,8 @@ def latency(
         _log(ax, "x")
         ax.set_ylim(0.0, 1.0)
         ax.set_title(f"{tasks:,} tasks", **SMALL)
-        ax.set_xlabel("wait, ms", **SMALL)
-    axes[0].set_ylabel("share of grants", **SMALL)
     title = f"Wait latency under saturation on {loop} (CDF)"
-    return _finish(fig, axes, title, out, f"latency_{loop}.png")
+    return _finish(fig, axes, ("wait, ms", "share of grants"), title, out, f"latency_{loop}.png")
 
 
 def _mib(memory: int | None) -> float:
@@ -165,8 +160,8 @@ def waiters(results: Results, loop: str, colours: dict[str, str], out: str) -> s
         _lines(ax, rows, colours, lambda r: (r.waiters, value(r)))  # noqa: B023 - called at once
         _log(ax, "x", "y")
         ax.set_title(label, **SMALL)
-        ax.set_xlabel("single-shot waiters", **SMALL)
-    return _finish(fig, axes, f"Waiter scaling on {loop}", out, f"waiters_{loop}.png")
+    title = f"Waiter scaling on {loop}"
+    return _finish(fig, axes, ("single-shot waiters", ""), title, out, f"waiters_{loop}.png")
 
 
 def draw_all(results: Results, series: Series, out: str, quick: bool) -> dict[str, str]:

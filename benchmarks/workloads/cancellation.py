@@ -13,18 +13,12 @@ import peers
 from _harness import Acquire, Loop, Runtime, SingleShot, Task, progress, run_with, spawn_batched
 
 
-@dataclass(frozen=True, kw_only=True)
-class Config(SingleShot):
-    waiters: int
-    delay: float
-
-
-FULL = Config(waiters=1_000, rate=200.0, capacity=10.0, delay=0.05, cap_slack=1.0)
-QUICK = Config(waiters=100, rate=2_000.0, capacity=10.0, delay=0.01, cap_slack=0.05)
-
-
 @dataclass
 class Row:
+    """Waiters granted before the cancellation, cancelled, and left (survivors); wall: the
+    cancellation to the last survivor's grant (or to the cap, ``capped``); ideal: survivors
+    / rate; not_cancelled: cancelled waiters whose task did not end cancelled."""
+
     loop: str
     name: str
     before_cancel: int
@@ -36,6 +30,16 @@ class Row:
     throughput: float
     not_cancelled: int
     capped: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(SingleShot):
+    waiters: int
+    delay: float
+
+
+FULL = Config(waiters=1_000, rate=200.0, capacity=10.0, delay=0.05, cap_slack=1.0)
+QUICK = Config(waiters=100, rate=2_000.0, capacity=10.0, delay=0.01, cap_slack=0.05)
 
 
 async def _cancellation(rt: Runtime, acquire: Acquire, name: str, cfg: Config) -> Row:

@@ -21,6 +21,8 @@ FLOOR = "floor: empty async def"
 
 @dataclass(frozen=True)
 class Config:
+    """Awaits per floor timing; the bounds and the time budget (s) of a candidate's; rounds."""
+
     floor_ops: int
     max_ops: int
     min_ops: int
