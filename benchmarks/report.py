@@ -109,7 +109,7 @@ UNCONTENDED: Columns = [
     ("vs tokenbucket", lambda r: _x(r.vs_tokenbucket)),
     ("min / min floor", lambda r: f"{r.ratio_of_minima:.2f}x"),
     ("awaits / sample", lambda r: f"{r.ops:,}"),
-    ("samples", lambda r: str(r.samples)),
+    ("samples", lambda r: str(len(r.samples))),
 ]
 SATURATION: Columns = [
     ("tasks", lambda r: f"{r.tasks:,}"),

@@ -101,7 +101,8 @@ async def _read(subject: Subject, stamps: list[float], stats: Any) -> _Reading:
 @dataclass
 class RunResult:
     """One run. ``server_commands``: INFO commandstats deltas of the commands the clients
-    sent (the round trips the server saw); ``server_usec``: their server time. ``agree`` is
+    sent (the round trips the server saw); ``server_usec``: their server time;
+    ``server_all`` also counts the commands run inside scripts. ``agree`` is
     False when the server counted more or fewer than the clients sent beyond the boundary
     slack: another client was busy on the same server. Binding regime: ``achieved``, the
     mean load of the rolling windows inside the interval (the plain count when shorter)
@@ -117,13 +118,17 @@ class RunResult:
     per_second: float
     round_trips: int | None
     client_commands: int
+    client_by_name: dict[str, int]
     server_commands: int
+    server_by_name: dict[str, int]
     server_usec: int
+    server_all: int
     agree: bool
     cpu_seconds: float
     connections: int
     reconnects: int
     lag_max: float
+    lag_p99: float
     warnings: int
     warnings_total: int
     warning_messages: list[str]
@@ -215,6 +220,7 @@ async def _one_run(
     trips = None
     if first.round_trips is not None and last.round_trips is not None:
         trips = last.round_trips - first.round_trips
+    lags_in = [lag for at, lag in lags if first.clock <= at <= last.clock]
     result = RunResult(
         regime=regime,
         name=candidate.name,
@@ -223,13 +229,17 @@ async def _one_run(
         per_second=admitted / duration,
         round_trips=trips,
         client_commands=sum(sent.values()),
+        client_by_name={n: count for n, count in sent.items() if count},
         server_commands=server_commands,
+        server_by_name={n: server[n][0] for n in sorted(top) if server.get(n, (0, 0))[0]},
         server_usec=sum(server.get(n, (0, 0))[1] for n in top if server.get(n, (0, 0))[0]),
+        server_all=sum(calls for calls, _ in server.values()),
         agree=abs(server_commands - known) <= 2 * min(acquirers, last.connections) + AGREE_SLACK,
         cpu_seconds=last.cpu - first.cpu,
         connections=last.connections,
         reconnects=last.reconnects - first.reconnects,
-        lag_max=max((lag for at, lag in lags if first.clock <= at <= last.clock), default=math.nan),
+        lag_max=max(lags_in, default=math.nan),
+        lag_p99=percentile(lags_in, 0.99),
         warnings=warned,
         warnings_total=warnings.count,
         warning_messages=warnings.messages,

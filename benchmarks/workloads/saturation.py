@@ -70,11 +70,13 @@ class Row:
     tasks: int
     achieved: float
     peak: int
+    peak_resumed: int  # the same from the resumption instants alone (an upper reading)
     allowed: float
     cpu_ms_per_1k: float
     cpu_load: float
     steps_per_admission: float
     adjacent_inversions: int
+    overtaken: int  # grants with a smaller arrival number than any earlier grant's
     out_of_order: float
     wait_p50_ms: float
     wait_p99_ms: float
@@ -127,6 +129,8 @@ async def _saturation(
         arrivals = [arrival for _, arrival in sorted(zip(ranks, arrivals, strict=True))]
     admitted, duration = last - first, span.t1 - span.t0
     adjacent = sum(arrivals[i] < arrivals[i - 1] for i in range(first + 1, last))
+    highest = list(itertools.accumulate(arrivals, max, initial=-1))  # before each grant
+    overtaken = sum(arrivals[i] < highest[i] for i in range(first, last))
     waits = [times[i] - called[i] for i in range(first, last)]
     per_task = Counter(workers[first:last])
     counts = [per_task.get(index, 0) for index in range(tasks)]
@@ -142,11 +146,13 @@ async def _saturation(
         tasks=tasks,
         achieved=admitted / duration / cfg.rate,
         peak=certain_peak(earliest, times, window),
+        peak_resumed=certain_peak(times, times, window),
         allowed=cfg.rate * window + cfg.capacity,
         cpu_ms_per_1k=span.cpu / max(admitted, 1) * 1e6,
         cpu_load=span.cpu / duration,
         steps_per_admission=span.steps / admitted if admitted else math.nan,
         adjacent_inversions=adjacent,
+        overtaken=overtaken,
         out_of_order=adjacent / max(admitted - 1, 1),
         wait_p50_ms=percentile(waits, 0.5) * 1e3,
         wait_p99_ms=percentile(waits, 0.99) * 1e3,

@@ -45,7 +45,8 @@ class Row:
     ratio: float
     ratio_of_minima: float
     ops: int
-    samples: int
+    samples: list[float]  # ns/op of each sample
+    paired_ratios: list[float]
     vs_tokenbucket: float = math.nan
 
 
@@ -77,19 +78,21 @@ def measure(loop: Loop, cfg: Config) -> list[Row]:
             samples[peer.name].append(candidate)
             paired[peer.name].append(candidate / statistics.fmean((before, after)))
     best = min(floor)
-    rows = [Row(loop.name, FLOOR, best, 1.0, 1.0, cfg.floor_ops, len(floor))]
-    rows += [
-        Row(
-            loop.name,
-            name,
-            min(v),
-            statistics.median(paired[name]),
-            min(v) / best,
-            ops[name],
-            len(v),
+    rows = [Row(loop.name, FLOOR, best, 1.0, 1.0, cfg.floor_ops, floor, [])]
+    for name, times in samples.items():
+        ratio = statistics.median(paired[name])
+        rows.append(
+            Row(
+                loop.name,
+                name,
+                min(times),
+                ratio,
+                min(times) / best,
+                ops[name],
+                times,
+                paired[name],
+            )
         )
-        for name, v in samples.items()
-    ]
     ours = next((r.ratio for r in rows if r.name == peers.TOKENBUCKET), math.nan)
     for row in rows[1:]:
         row.vs_tokenbucket = row.ratio / ours

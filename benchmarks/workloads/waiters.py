@@ -52,6 +52,7 @@ class Row:
     granted: int
     wall: float
     ideal: float
+    spawn: float  # seconds spent spawning, included in wall
     capped: bool
     cpu_us_per_waiter: float
     cpu_load: float
@@ -110,7 +111,8 @@ async def _waiters(rt: Runtime, acquire: Acquire, name: str, total: int, cfg: Co
     tasks: list[Any] = []
     try:
         await spawn_batched(rt, waiter, total, cfg.spawn_batch, tasks)
-        await done.wait(cfg.cap_factor * ideal + cfg.cap_slack - (now() - t0))
+        spawned = now() - t0
+        await done.wait(cfg.cap_factor * ideal + cfg.cap_slack - spawned)
         wall = (last_grant if done.is_set() else now()) - t0
         cpu, grew = time.process_time() - cpu0, peak()
     finally:
@@ -123,6 +125,7 @@ async def _waiters(rt: Runtime, acquire: Acquire, name: str, total: int, cfg: Co
         granted=granted,
         wall=wall,
         ideal=ideal,
+        spawn=spawned,
         capped=not done.is_set(),
         cpu_us_per_waiter=cpu / max(granted, 1) * 1e6,
         cpu_load=cpu / wall if wall > 0 else math.nan,
