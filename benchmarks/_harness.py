@@ -2,11 +2,11 @@
 
 A run is one (limiter, event loop, workload) in a **fresh** event loop: ``asyncio``,
 ``uvloop`` or ``trio`` (``trio.run``). The workload is written once against a
-:class:`Runtime`, which gives it the loop's clock, sleeping, spawning and cancelling
-tasks, an event, and (on request) instruments: steps counted per task, and the instant
-each watched task was last made runnable (``woken``). Everything a run started, the
-libraries' own tasks included, is cancelled and awaited before its loop closes, and the
-run fails if a task is left over.
+:data:`Runtime`, which gives it the loop's clock, sleeping, spawning and cancelling
+tasks, an event, and (on request) instruments: tasks created and steps taken, and the
+instant each watched task was last made runnable (``woken``). Everything a run started,
+the libraries' own tasks included, is cancelled and awaited before its loop closes, and
+the run fails if a task is left over.
 """
 
 from __future__ import annotations
@@ -70,8 +70,7 @@ class Loop:
 
 def loops(*, trio: bool = True) -> list[Loop]:
     found = [Loop("asyncio", asyncio.new_event_loop)]
-    uvloop = optional("uvloop")
-    if uvloop is not None:
+    if (uvloop := optional("uvloop")) is not None:
         found.append(Loop("uvloop", uvloop.new_event_loop))
     if trio and optional("trio") is not None:
         found.append(Loop("trio", None))
@@ -84,40 +83,19 @@ class Task(Protocol):
     def cancelled(self) -> bool: ...
 
 
-class Event(Protocol):
-    def set(self) -> None: ...
-    def is_set(self) -> bool: ...
-    async def wait(self, timeout: float) -> None: ...
+class _Instruments:
+    """What both runtimes note: tasks created and task steps taken (by the counted
+    tasks), and for each watched task the instant it was last made runnable and the
+    sequence number of that moment (trio)."""
 
-
-class Counts:
-    """Tasks created and task steps taken (by the counted tasks)."""
-
-    __slots__ = ("steps", "tasks")
-
-    def __init__(self) -> None:
-        self.tasks = 0
-        self.steps = 0
-
-
-class Runtime(Protocol):
-    """The running loop, as a workload sees it."""
-
-    name: str
-    reorders: bool  # trio resumes a batch of runnable tasks in random order
-    counts: Counts
-    woken: dict[object, float]  # watched task -> instant it was last made runnable
-    order: dict[object, int]  # watched task -> sequence number of that moment (trio)
-    sequence: Callable[[], int]
-
-    def now(self) -> float: ...
-    def current(self) -> object: ...
-    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> Task: ...
-    def event(self) -> Event: ...
-    async def sleep(self, seconds: float) -> None: ...
-    async def checkpoint(self) -> None: ...
-    async def cancel(self, tasks: Iterable[Task]) -> None: ...
-    async def cancel_others(self) -> None: ...
+    def __init__(
+        self, name: str, now: Callable[[], float], count: Count, clock: Callable[[], float]
+    ) -> None:
+        self.name, self.now, self.count, self.clock = name, now, count, clock
+        self.tasks = self.steps = 0
+        self.woken: dict[object, float] = {}
+        self.order: dict[object, int] = {}
+        self.sequence = itertools.count().__next__
 
 
 class _Counted(Coroutine[Any, Any, Any]):
@@ -126,7 +104,7 @@ class _Counted(Coroutine[Any, Any, Any]):
 
     __slots__ = ("_coro", "_counts")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], counts: Counts) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any], counts: _Instruments) -> None:
         self._coro = coro
         self._counts = counts
 
@@ -148,6 +126,8 @@ class _Counted(Coroutine[Any, Any, Any]):
 
 
 class _Future:
+    """An event that creates no task to wait with a timeout."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._future = loop.create_future()
 
@@ -162,39 +142,31 @@ class _Future:
         await asyncio.wait([self._future], timeout=max(timeout, 0.0))
 
 
-class AsyncioRuntime:
-    reorders = False
+class AsyncioRuntime(_Instruments):
+    reorders = False  # trio resumes a batch of runnable tasks in random order
 
     def __init__(
         self, name: str, loop: asyncio.AbstractEventLoop, count: Count, clock: Callable[[], float]
     ) -> None:
-        self.name = name
+        super().__init__(name, loop.time, count, clock)
         self.loop = loop
-        self.now = loop.time
-        self.counts = Counts()
-        self.woken: dict[object, float] = {}
-        self.order: dict[object, int] = {}
-        self.sequence = itertools.count().__next__
-        self._count = count
         if count == "all":  # every task created from now on, asyncio.gather's included
-            counts = self.counts
 
             def factory(
                 loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kw: Any
             ) -> asyncio.Task[Any]:
-                counts.tasks += 1
-                return asyncio.Task(_Counted(coro, counts), loop=loop, **kw)
+                self.tasks += 1
+                return asyncio.Task(_Counted(coro, self), loop=loop, **kw)
 
             loop.set_task_factory(factory)  # type: ignore[arg-type]
         if count is not None:
-            self._note_wakeups(clock)
+            self._note_wakeups()
 
-    def _note_wakeups(self, clock: Callable[[], float]) -> None:
+    def _note_wakeups(self) -> None:
         """A completed future schedules the wake-up of the task awaiting it through
         ``loop.call_soon(task_wakeup)``, looked up on the loop object: an instance
         attribute notes it, on asyncio and uvloop alike."""
-        original = self.loop.call_soon
-        woken = self.woken
+        original, woken, clock = self.loop.call_soon, self.woken, self.clock
 
         def call_soon(callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
             owner = getattr(callback, "__self__", None)
@@ -209,11 +181,9 @@ class AsyncioRuntime:
 
     def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> Task:
         coro: Any = fn(*args)
-        if self._count == "spawned":
-            coro = _Counted(coro, self.counts)
-        return self.loop.create_task(coro)
+        return self.loop.create_task(_Counted(coro, self) if self.count == "spawned" else coro)
 
-    def event(self) -> Event:
+    def event(self) -> _Future:
         return _Future(self.loop)
 
     async def sleep(self, seconds: float) -> None:
@@ -252,7 +222,20 @@ class _TrioTask:
         return self.finished and bool(self.scope.cancelled_caught)
 
 
-class TrioRuntime:
+class _TrioEvent:
+    def __init__(self) -> None:
+        import trio
+
+        self._trio = trio
+        self._event = trio.Event()
+        self.set, self.is_set = self._event.set, self._event.is_set
+
+    async def wait(self, timeout: float) -> None:
+        with self._trio.move_on_after(max(timeout, 0.0)):
+            await self._event.wait()
+
+
+class TrioRuntime(_Instruments):
     reorders = True
 
     def __init__(self, nursery: Any, count: Count, clock: Callable[[], float]) -> None:
@@ -260,16 +243,10 @@ class TrioRuntime:
         import trio.abc
         import trio.lowlevel
 
-        self.name = "trio"
+        super().__init__("trio", trio.current_time, count, clock)
         self._trio = trio
         self._nursery = nursery
-        self.now = trio.current_time
-        self.counts = Counts()
-        self.woken: dict[object, float] = {}
-        self.order: dict[object, int] = {}
-        self.sequence = itertools.count().__next__
-        self._tasks: list[_TrioTask] = []
-        self._count = count
+        self._handles: list[_TrioTask] = []
         self._counted: set[object] = set()
         runtime = self
 
@@ -278,7 +255,7 @@ class TrioRuntime:
             task was made runnable, and in what order."""
 
             def task_spawned(self, task: trio.lowlevel.Task) -> None:
-                runtime.counts.tasks += 1
+                runtime.tasks += 1
 
             def task_scheduled(self, task: trio.lowlevel.Task) -> None:
                 if task in runtime.woken:
@@ -287,7 +264,7 @@ class TrioRuntime:
 
             def before_task_step(self, task: trio.lowlevel.Task) -> None:
                 if count == "all" or task in runtime._counted:
-                    runtime.counts.steps += 1
+                    runtime.steps += 1
 
         self.instrument = Watch() if count is not None else None
 
@@ -296,10 +273,10 @@ class TrioRuntime:
 
     def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> Task:
         handle = _TrioTask(self._trio.CancelScope())
-        self._tasks.append(handle)
+        self._handles.append(handle)
 
         async def run() -> None:
-            if self._count == "spawned":
+            if self.count == "spawned":
                 self._counted.add(self._trio.lowlevel.current_task())
             try:
                 with handle.scope:
@@ -310,20 +287,8 @@ class TrioRuntime:
         self._nursery.start_soon(run)
         return handle
 
-    def event(self) -> Event:
-        trio = self._trio
-        event = trio.Event()
-
-        class _Event:
-            set = event.set
-            is_set = event.is_set
-
-            @staticmethod
-            async def wait(timeout: float) -> None:
-                with trio.move_on_after(max(timeout, 0.0)):
-                    await event.wait()
-
-        return _Event()
+    def event(self) -> _TrioEvent:
+        return _TrioEvent()
 
     async def sleep(self, seconds: float) -> None:
         await self._trio.sleep(seconds)
@@ -339,7 +304,10 @@ class TrioRuntime:
             await self._trio.sleep(0.001)
 
     async def cancel_others(self) -> None:
-        await self.cancel(self._tasks)
+        await self.cancel(self._handles)
+
+
+Runtime = AsyncioRuntime | TrioRuntime  # the running loop, as a workload sees it
 
 
 def run(
@@ -385,6 +353,19 @@ def run(
         event_loop.close()
 
 
+@dataclass(frozen=True, kw_only=True)
+class SingleShot:
+    """Waiters that each call ``acquire()`` once on a limiter of ``rate`` and ``capacity``,
+    spawned ``spawn_batch`` at a time; a run stops at ``cap_factor`` x its ideal wall time
+    + ``cap_slack`` seconds."""
+
+    rate: float
+    capacity: float
+    cap_slack: float
+    spawn_batch: int = 25
+    cap_factor: float = 1.5
+
+
 @dataclass(frozen=True)
 class Made:
     """A limiter built inside the running loop: ``acquire`` returns once admitted;
@@ -414,6 +395,19 @@ def run_with(
     return run(loop, body, **options)
 
 
+def loop_floor(loop: Loop, period: float, duration: float) -> float:
+    """CPU seconds per wake-up of one task looping on ``sleep(period)``, in a fresh loop."""
+
+    async def body(rt: Runtime) -> float:
+        wakes, end, cpu0 = 0, rt.now() + duration, time.process_time()
+        while rt.now() < end:
+            await rt.sleep(period)
+            wakes += 1
+        return (time.process_time() - cpu0) / max(wakes, 1)
+
+    return run(loop, body)
+
+
 # -- timing ------------------------------------------------------------------------------
 
 
@@ -427,6 +421,49 @@ async def time_ops(op: Acquire, ops: int) -> float:
     for _ in range(ops):
         await op()
     return (time.perf_counter_ns() - start) / ops
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A run's measured interval: its clock readings, the CPU seconds, tasks created and
+    task steps taken in it, and the indices ``[first, last)`` of its admissions."""
+
+    t0: float
+    t1: float
+    cpu: float
+    tasks: int
+    steps: int
+    first: int
+    last: int
+
+
+async def measured(
+    rt: Runtime, workers: list[Task], warmup: float, duration: float, admitted: list[Any]
+) -> Interval:
+    """Let every worker arrive once and the warm-up pass (the burst is drained, the queue
+    is steady), read the counters (``rt.clock``), wait ``duration``, read them again (in
+    the reverse order: the CPU reading outermost), then cancel the workers."""
+    try:
+        await rt.checkpoint()
+        await rt.sleep(warmup)
+        cpu0, t0, tasks0, steps0 = time.process_time(), rt.clock(), rt.tasks, rt.steps
+        first = len(admitted)
+        await rt.sleep(duration)
+        last, steps, tasks = len(admitted), rt.steps - steps0, rt.tasks - tasks0
+        t1, cpu1 = rt.clock(), time.process_time()
+    finally:
+        await rt.cancel(workers)
+    return Interval(t0, t1, cpu1 - cpu0, tasks, steps, first, last)
+
+
+async def spawn_batched(
+    rt: Runtime, fn: Callable[[int], Awaitable[None]], count: int, batch: int, tasks: list[Task]
+) -> None:
+    """Append ``count`` tasks ``fn(i)`` to ``tasks``, ``batch`` at a time with a yield in
+    between: each batch arrives before the next is spawned."""
+    for start in range(0, count, batch):
+        tasks += [rt.spawn(fn, i) for i in range(start, min(start + batch, count))]
+        await rt.checkpoint()
 
 
 # -- measures ----------------------------------------------------------------------------

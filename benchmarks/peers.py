@@ -223,6 +223,21 @@ def _throttled_llm(r: int, t: int) -> Made:
     return Made(acquire)
 
 
+def _limits_peer(kind: str, llm_how: str) -> Peer:
+    strategy = f"{kind}RateLimiter"
+    return Peer(
+        f"limits {kind} (polled)",
+        "limits",
+        f"{_POLL} on {strategy}(MemoryStorage()), per_second(r)",
+        lambda: _limits(strategy, UNLIMITED),
+        lambda r, c: _limits(strategy, r),
+        llm=lambda r, t: _limits(strategy, r, t),
+        llm_how=("the polling loop " if kind == "MovingWindow" else "the same polling loop ")
+        + llm_how,
+        caveat=LIMITS_CAVEAT,
+    )
+
+
 def _unlimited(rated: Callable[[float, float], Made]) -> Callable[[], Made]:
     return lambda: rated(UNLIMITED, UNLIMITED)
 
@@ -299,26 +314,8 @@ def all_peers() -> list[Peer]:
             ),
             llm_how=f"{_GATHER_HOW}, AsyncLimiter(R, 1) and (T, 1)",
         ),
-        Peer(
-            "limits MovingWindow (polled)",
-            "limits",
-            f"{_POLL} on MovingWindowRateLimiter(MemoryStorage()), per_second(r)",
-            lambda: _limits("MovingWindowRateLimiter", UNLIMITED),
-            lambda r, c: _limits("MovingWindowRateLimiter", r),
-            llm=lambda r, t: _limits("MovingWindowRateLimiter", r, t),
-            llm_how="the polling loop with `cost=c`, requests then tokens, one MemoryStorage",
-            caveat=LIMITS_CAVEAT,
-        ),
-        Peer(
-            "limits SlidingWindowCounter (polled)",
-            "limits",
-            f"{_POLL} on SlidingWindowCounterRateLimiter(MemoryStorage()), per_second(r)",
-            lambda: _limits("SlidingWindowCounterRateLimiter", UNLIMITED),
-            lambda r, c: _limits("SlidingWindowCounterRateLimiter", r),
-            llm=lambda r, t: _limits("SlidingWindowCounterRateLimiter", r, t),
-            llm_how="the same polling loop on SlidingWindowCounterRateLimiter",
-            caveat=LIMITS_CAVEAT,
-        ),
+        _limits_peer("MovingWindow", "with `cost=c`, requests then tokens, one MemoryStorage"),
+        _limits_peer("SlidingWindowCounter", "on SlidingWindowCounterRateLimiter"),
         Peer(
             "pyrate_limiter.Limiter",
             "pyrate-limiter",

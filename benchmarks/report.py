@@ -4,17 +4,16 @@ the plots that decide), then one section per workload with its table folded away
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import peers
 from _harness import Loop, describe, loops, markdown_table
 from workloads import cancellation, llm, saturation, uncontended, waiters
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
 RED = "\N{LARGE RED CIRCLE}"
+NOT_RUN = "not run"
 
 
 @dataclass
@@ -26,7 +25,7 @@ class Results:
     saturation: list[saturation.Row] = field(default_factory=list)
     waiters: list[waiters.Row] = field(default_factory=list)
     cancellation: list[cancellation.Row] = field(default_factory=list)
-    llm: list[llm.Sample] = field(default_factory=list)
+    llm: list[llm.Row] = field(default_factory=list)
     costs: dict[str, float] = field(default_factory=dict)
 
 
@@ -38,7 +37,11 @@ def _ms(value: float) -> str:
     return "n/a" if math.isnan(value) else (f"{value:,.0f}" if value >= 100 else f"{value:.1f}")
 
 
-def _span(values: list[float], spec: str, unit: str = "") -> str:
+def _share(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.0%}"
+
+
+def _span(values: Iterable[float], spec: str, unit: str = "") -> str:
     known = [v for v in values if not math.isnan(v)]
     if not known:
         return "n/a"
@@ -46,36 +49,38 @@ def _span(values: list[float], spec: str, unit: str = "") -> str:
     return f"{low}{unit}" if low == high else f"{low}-{high}{unit}"
 
 
-def _loops(names: list[str]) -> list[Loop]:
-    return [loop for loop in loops() if loop.name in names]
+def _loop_names(*tables: list[Any]) -> list[str]:
+    """The loops of these rows, in the order of ``loops()``."""
+    found = {r.loop for rows in tables for r in rows}
+    return [loop.name for loop in loops() if loop.name in found]
 
 
-def _table(workload: str, columns: list[tuple[str, Callable[[Any], str]]], rows: list[Any]) -> str:
+def _find(rows: list[Any], loop: str, name: str, **match: Any) -> Any:
+    wanted = {"loop": loop, "name": name, **match}
+    return next((r for r in rows if all(getattr(r, k) == v for k, v in wanted.items())), None)
+
+
+Columns = list[tuple[str, Callable[[Any], str]]]
+
+
+def _table(workload: str, columns: Columns, rows: list[Any]) -> str:
     """Rows of each loop followed by a ``n/a: reason`` row per peer that cannot run it."""
     body: list[list[str]] = []
-    for loop in _loops(list(dict.fromkeys(r.loop for r in rows))):
+    for loop in (loop for loop in loops() if loop.name in _loop_names(rows)):
+        mine = (r for r in rows if r.loop == loop.name)
+        body += [[r.loop, r.name, *(cell(r) for _, cell in columns)] for r in mine]
         body += [
-            [r.loop, r.name, *(cell(r) for _, cell in columns)] for r in rows if r.loop == loop.name
+            [loop.name, name, f"n/a: {why}", *[""] * (len(columns) - 1)]
+            for name, why in peers.not_applicable(workload, loop)
         ]
-        missing = peers.not_applicable(workload, loop)
-        body += [
-            [loop.name, name, f"n/a: {why}", *[""] * (len(columns) - 1)] for name, why in missing
-        ]
-    return markdown_table(
-        ["loop", "limiter", *(h for h, _ in columns)], body, range(2, len(columns) + 2)
-    )
+    headers = ["loop", "limiter", *(h for h, _ in columns)]
+    return markdown_table(headers, body, range(2, len(headers)))
 
 
 def folded(summary: str, *blocks: str) -> list[str]:
     """A collapsed block (GitHub and mkdocs-material with md_in_html both render it)."""
-    return [
-        f'<details markdown="1">\n<summary>{summary}</summary>',
-        "",
-        *blocks,
-        "",
-        "</details>",
-        "",
-    ]
+    head = f'<details markdown="1">\n<summary>{summary}</summary>'
+    return [head, "", *blocks, "", "</details>", ""]
 
 
 # -- the tables (header, cell) -----------------------------------------------------------
@@ -86,7 +91,19 @@ def _peak(r: saturation.Row) -> str:
     return f"{RED} {text} (+{r.peak - r.allowed:,.0f})" if r.over else text
 
 
-UNCONTENDED: list[tuple[str, Callable[[uncontended.Row], str]]] = [
+def _jain(r: saturation.Row) -> str:
+    return "n/a" if math.isnan(r.fairness) else f"{r.fairness:.3f} / {r.fairness_best:.3f}"
+
+
+def _memory(r: waiters.Row, divisor: float, digits: int) -> str:
+    return "n/a" if r.memory_bytes is None else f"{r.memory_bytes / divisor:,.{digits}f}"
+
+
+def _throughput(r: cancellation.Row) -> str:
+    return "n/a: none left waiting" if r.survivors == 0 else f"{r.throughput:.1%}"
+
+
+UNCONTENDED: Columns = [
     ("ns/op (min)", lambda r: f"{r.ns_per_op:,.0f}"),
     ("vs floor", lambda r: f"{r.ratio:.2f}x"),
     ("vs tokenbucket", lambda r: _x(r.vs_tokenbucket)),
@@ -94,43 +111,31 @@ UNCONTENDED: list[tuple[str, Callable[[uncontended.Row], str]]] = [
     ("awaits / sample", lambda r: f"{r.ops:,}"),
     ("samples", lambda r: str(len(r.samples))),
 ]
-SATURATION: list[tuple[str, Callable[[saturation.Row], str]]] = [
+SATURATION: Columns = [
     ("tasks", lambda r: f"{r.tasks:,}"),
     ("rate", lambda r: f"{r.achieved:.1%}"),
-    ("peak in a window / allowed", lambda r: _peak(r)),
+    ("peak in a window / allowed", _peak),
     ("CPU ms / 1k adm", lambda r: f"{r.cpu_ms_per_1k:,.1f}"),
     ("CPU load", lambda r: f"{r.cpu_load:.0%}"),
     ("wait p50 ms", lambda r: _ms(r.wait_p50_ms)),
     ("wait p99 ms", lambda r: _ms(r.wait_p99_ms)),
-    (
-        "Jain / best",
-        lambda r: "n/a" if math.isnan(r.fairness) else f"{r.fairness:.3f} / {r.fairness_best:.3f}",
-    ),
+    ("Jain / best", _jain),
     ("starved", lambda r: f"{r.starved:,}"),
     ("out of order", lambda r: f"{r.out_of_order:.1%}"),
     ("steps / adm", lambda r: _x(r.steps_per_admission).rstrip("x")),
 ]
-WAITERS: list[tuple[str, Callable[[waiters.Row], str]]] = [
+WAITERS: Columns = [
     ("waiters", lambda r: f"{r.waiters:,}"),
     ("granted", lambda r: f"{r.granted:,}" + " (capped)" * r.capped),
     ("wall s", lambda r: f"{r.wall:.3f}"),
     ("ideal s", lambda r: f"{r.ideal:.3f}"),
     ("wall / ideal", lambda r: _x(r.ratio) if r.ideal >= 0.1 else "n/a: in the burst"),
     ("CPU us / waiter", lambda r: f"{r.cpu_us_per_waiter:,.1f}"),
-    ("CPU load", lambda r: "n/a" if math.isnan(r.cpu_load) else f"{r.cpu_load:.0%}"),
-    ("peak MiB", lambda r: "n/a" if r.memory_bytes is None else f"{r.memory_bytes / 2**20:,.1f}"),
-    (
-        "bytes / waiter",
-        lambda r: "n/a" if r.memory_bytes is None else f"{r.memory_bytes / r.waiters:,.0f}",
-    ),
+    ("CPU load", lambda r: _share(r.cpu_load)),
+    ("peak MiB", lambda r: _memory(r, 2**20, 1)),
+    ("bytes / waiter", lambda r: _memory(r, r.waiters, 0)),
 ]
-
-
-def _throughput(r: cancellation.Row) -> str:
-    return "n/a: none left waiting" if r.survivors == 0 else f"{r.throughput:.1%}"
-
-
-CANCELLATION: list[tuple[str, Callable[[cancellation.Row], str]]] = [
+CANCELLATION: Columns = [
     ("granted before", lambda r: f"{r.before_cancel:,}"),
     ("cancelled", lambda r: f"{r.cancelled:,}"),
     ("survivors granted", lambda r: f"{r.granted:,} / {r.survivors:,}" + " (capped)" * r.capped),
@@ -141,11 +146,12 @@ CANCELLATION: list[tuple[str, Callable[[cancellation.Row], str]]] = [
 ]
 
 
-def llm_columns(cfg: llm.Config) -> list[tuple[str, Callable[[llm.Row], str]]]:
+def llm_columns(cfg: llm.Config) -> Columns:
+    r_limit, t_limit = cfg.requests_per_second * cfg.window, cfg.tokens_per_second * cfg.window
+
     def peak(value: int, limit: float) -> str:
         return f"{value:,}" + (f" (+{(value - limit) / limit:.0%})" if value > limit else "")
 
-    r_limit, t_limit = cfg.requests_per_second * cfg.window, cfg.tokens_per_second * cfg.window
     return [
         ("req % of R", lambda r: f"{r.request_share:.1%}"),
         ("tok % of T", lambda r: f"{r.token_share:.1%}"),
@@ -174,13 +180,12 @@ def llm_reading(rows: list[llm.Row], cfg: llm.Config) -> str:
             verdict = "never exceeded either limit in any rolling second"
         parts.append(
             f"On {r.loop}, tokenbucket.Limiter used {r.request_share:.1%} of R and "
-            f"{r.token_share:.1%} "
-            f"of T, {verdict}, at {_ms(r.cpu_ms_per_1k)} ms CPU per 1,000 requests with "
-            f"{r.tasks_per_request:.2f} tasks and {r.steps_per_request:.2f} task steps per request."
+            f"{r.token_share:.1%} of T, {verdict}, at {_ms(r.cpu_ms_per_1k)} ms CPU per 1,000 "
+            f"requests with {r.tasks_per_request:.2f} tasks and {r.steps_per_request:.2f} task "
+            "steps per request."
         )
     others = [r for r in rows if r.name != llm.BASELINE]
-    steady = "; ".join(f"{r.name} ({r.loop})" for r in others if r.over(cfg, steady=True))
-    if steady:
+    if steady := "; ".join(f"{r.name} ({r.loop})" for r in others if r.over(cfg, steady=True)):
         parts.append(
             f"Over a limit in a rolling second after the warm-up (what a provider with a sliding "
             f"window would reject): {steady}. These take the two limits one after the other (or in "
@@ -188,12 +193,9 @@ def llm_reading(rows: list[llm.Row], cfg: llm.Config) -> str:
             "later than it was counted, in a bunch with others. The gather rows are token buckets "
             "holding a second's worth, so their opening second may reach twice a limit by design."
         )
-    costly = [r for r in others if not math.isnan(r.cpu_vs_baseline)]
-    if costly:
-        low, high = (
-            min(costly, key=lambda r: r.cpu_vs_baseline),
-            max(costly, key=lambda r: r.cpu_vs_baseline),
-        )
+    known = (r for r in others if not math.isnan(r.cpu_vs_baseline))
+    if costly := sorted(known, key=lambda r: r.cpu_vs_baseline):
+        low, high = costly[0], costly[-1]
         parts.append(
             f"The peers spent {low.cpu_vs_baseline:.1f}x ({low.name}, {low.loop}) to "
             f"{high.cpu_vs_baseline:.1f}x ({high.name}, {high.loop}) the Limiter's CPU per request."
@@ -202,19 +204,6 @@ def llm_reading(rows: list[llm.Row], cfg: llm.Config) -> str:
 
 
 # -- the summary -------------------------------------------------------------------------
-
-
-def _find(rows: list[Any], loop: str, name: str, **match: Any) -> Any:
-    return next(
-        (
-            r
-            for r in rows
-            if r.loop == loop
-            and r.name == name
-            and all(getattr(r, k) == v for k, v in match.items())
-        ),
-        None,
-    )
 
 
 def targets(results: Results) -> tuple[int, int, str]:
@@ -227,31 +216,20 @@ def targets(results: Results) -> tuple[int, int, str]:
         out.setdefault(target, {})[loop] = f"{measured}: {'met' if ok else RED + ' not met'}"
         verdicts.append(ok)
 
-    for loop in dict.fromkeys(r.loop for r in results.uncontended):
+    for loop in _loop_names(results.uncontended):
         rows = [r for r in results.uncontended if r.loop == loop]
-        theirs = [
-            r for r in rows if not r.name.startswith("tokenbucket") and r.name != uncontended.FLOOR
-        ]
+        theirs = (r for r in rows if r.name.split(".")[0] not in ("tokenbucket", uncontended.FLOOR))
         best = min(theirs, key=lambda r: r.ratio, default=None)
+        fastest = f" (fastest peer {best.ratio:.2f}x, {best.name.split()[0]})" if best else ""
         for name in (peers.TOKENBUCKET, "tokenbucket.SlidingWindow"):
             if (mine := _find(rows, loop, name)) is not None:
-                measured = f"{mine.ratio:.2f}x" + (
-                    f" (fastest peer {best.ratio:.2f}x, {best.name.split()[0]})" if best else ""
-                )
-                check(
-                    f"{name}: <= 3.5x floor, below every peer",
-                    loop,
-                    measured,
-                    mine.ratio <= 3.5 and (best is None or mine.ratio < best.ratio),
-                )
+                ok = mine.ratio <= 3.5 and (best is None or mine.ratio < best.ratio)
+                target = f"{name}: <= 3.5x floor, below every peer"
+                check(target, loop, f"{mine.ratio:.2f}x{fastest}", ok)
         for name in (peers.LIMITER, peers.LIMITER_CONCURRENCY):
             if (mine := _find(rows, loop, name)) is not None:
-                check(
-                    f"{name} acquire+release: <= 15x floor",
-                    loop,
-                    f"{mine.ratio:.2f}x",
-                    mine.ratio <= 15,
-                )
+                target = f"{name} acquire+release: <= 15x floor"
+                check(target, loop, f"{mine.ratio:.2f}x", mine.ratio <= 15)
         pair, limiter = _find(rows, loop, peers.AIO_GATHER), _find(rows, loop, peers.LIMITER)
         if pair is not None and limiter is not None:
             speedup = pair.ratio / limiter.ratio
@@ -261,28 +239,25 @@ def targets(results: Results) -> tuple[int, int, str]:
                 f"{speedup:.1f}x ({pair.ratio:.0f}x vs {limiter.ratio:.0f}x floor)",
                 speedup >= 15,
             )
-    for loop in dict.fromkeys(r.loop for r in results.saturation):
-        runs = sorted(
-            (r for r in results.saturation if r.loop == loop and r.name == peers.TOKENBUCKET),
-            key=lambda r: r.tasks,
-        )
+    for loop in _loop_names(results.saturation):
+        runs = _runs(results, loop, peers.TOKENBUCKET)
         if not runs:
             continue
-        low = min(r.achieved for r in runs)
         check(
             "saturation: rate >= 99% of configured, never over",
             loop,
             f"{_span([r.achieved * 100 for r in runs], '.1f', '%')}, peak - allowed "
             f"{max(r.peak - r.allowed for r in runs):+.0f} (+/-{saturation.SLACK_ADMISSIONS})",
-            low >= 0.99 and not any(r.over for r in runs),
+            min(r.achieved for r in runs) >= 0.99 and not any(r.over for r in runs),
         )
         inversions = sum(r.adjacent_inversions for r in runs)
         check("saturation: 0 grants out of order", loop, f"{inversions}", inversions == 0)
-        spread = runs[-1].cpu_ms_per_1k / runs[0].cpu_ms_per_1k
+        low, high = runs[0], runs[-1]
+        spread = high.cpu_ms_per_1k / low.cpu_ms_per_1k
         check(
-            f"saturation: CPU / admission at {runs[-1].tasks:,} tasks <= 1.2x at {runs[0].tasks:,}",
+            f"saturation: CPU / admission at {high.tasks:,} tasks <= 1.2x at {low.tasks:,}",
             loop,
-            f"{spread:.2f}x ({runs[0].cpu_ms_per_1k:.0f} to {runs[-1].cpu_ms_per_1k:.0f} ms / 1k)",
+            f"{spread:.2f}x ({low.cpu_ms_per_1k:.0f} to {high.cpu_ms_per_1k:.0f} ms / 1k)",
             spread <= 1.2,
         )
     names = list(dict.fromkeys(loop for cells in out.values() for loop in cells))
@@ -290,99 +265,86 @@ def targets(results: Results) -> tuple[int, int, str]:
     return sum(verdicts), len(verdicts), markdown_table(["target", *names], body) if body else ""
 
 
-def _llm_row(rows: list[llm.Row], loop: str, peer: peers.Peer) -> llm.Row | None:
-    if peer.llm is None:
-        peer = next(
-            (p for p in peers.all_peers() if p.llm and p.distribution == peer.distribution), peer
-        )
-    row: llm.Row | None = _find(rows, loop, peer.name)
-    return row
+def _runs(results: Results, loop: str, name: str) -> list[saturation.Row]:
+    """The saturation runs of one limiter on one loop, by task count."""
+    rows = (r for r in results.saturation if r.loop == loop and r.name == name)
+    return sorted(rows, key=lambda r: r.tasks)
+
+
+HEADLINE = [
+    "uncontended vs tokenbucket",
+    "rate achieved",
+    "over-admits",
+    "CPU / 1k adm vs tokenbucket",
+    "Jain / best (worst)",
+    "out of order (worst)",
+    "{most:,} waiters: wall / ideal",
+    "cancellation: throughput",
+    "LLM: CPU vs Limiter",
+    "LLM: over a limit",
+]
+
+
+def _saturation_cells(sat: list[saturation.Row], base: dict[int, float], ours: bool) -> list[str]:
+    if not sat:
+        return [NOT_RUN] * 5
+    known = [r.fairness_norm for r in sat if not math.isnan(r.fairness_norm)]
+    cpu = [r.cpu_ms_per_1k / base[r.tasks] for r in sat if r.tasks in base]
+    return [
+        _span([r.achieved * 100 for r in sat], ".1f", "%"),
+        f"{RED} yes" if any(r.over for r in sat) else "no",
+        _span([r.cpu_ms_per_1k for r in sat], ".0f", " ms") if ours else _span(cpu, ".1f", "x"),
+        f"{min(known):.2f}" if known else "n/a",
+        f"{max(r.out_of_order for r in sat):.1%}",
+    ]
+
+
+def _llm_cells(rows: list[llm.Row], cfg: llm.Config, loop: Loop, peer: peers.Peer) -> list[str]:
+    if (why := peer.why_not("llm", loop)) is not None:
+        return [f"n/a: {why}", ""]
+    if peer.llm is None:  # the same library's LLM row
+        same = (p for p in peers.all_peers() if p.llm and p.distribution == peer.distribution)
+        peer = next(same, peer)
+    if (row := _find(rows, loop.name, peer.name)) is None:
+        return [NOT_RUN, NOT_RUN]
+    if row.over(cfg, steady=True):
+        return [_x(row.cpu_vs_baseline), f"{RED} yes (steady)"]
+    return [_x(row.cpu_vs_baseline), "opening second only" if row.over(cfg, steady=False) else "no"]
 
 
 def headline_table(
     results: Results, llm_rows: list[llm.Row], llm_cfg: llm.Config, most: int
 ) -> str:
-    headers = [
-        "loop",
-        "limiter",
-        "uncontended vs tokenbucket",
-        "rate achieved",
-        "over-admits",
-        "CPU / 1k adm vs tokenbucket",
-        "Jain / best (worst)",
-        "out of order (worst)",
-        f"{most:,} waiters: wall / ideal",
-        "cancellation: throughput",
-        "LLM: CPU vs Limiter",
-        "LLM: over a limit",
-    ]
     body = []
-    for loop in _loops(
-        list(
-            dict.fromkeys(
-                [r.loop for r in results.uncontended] + [r.loop for r in results.saturation]
-            )
-        )
-    ):
-        for peer in [p for p in peers.all_peers() if p.rated is not None]:
-            if loop.is_trio and not peer.ours:
-                continue
+    shown = _loop_names(results.uncontended, results.saturation)
+    for loop in (loop for loop in loops() if loop.name in shown):
+        base = {r.tasks: r.cpu_ms_per_1k for r in _runs(results, loop.name, peers.TOKENBUCKET)}
+        for peer in (p for p in peers.all_peers() if p.rated and (p.ours or not loop.is_trio)):
             if (why := peer.why_not("saturation", loop)) is not None:
                 body.append([loop.name, peer.name, f"n/a: {why}", *[""] * 9])
                 continue
             ours = peer.name == peers.TOKENBUCKET
             unc = _find(results.uncontended, loop.name, peer.name)
-            sat = [r for r in results.saturation if r.loop == loop.name and r.name == peer.name]
-            base = {
-                r.tasks: r.cpu_ms_per_1k
-                for r in results.saturation
-                if r.loop == loop.name and r.name == peers.TOKENBUCKET
-            }
             wai = _find(results.waiters, loop.name, peer.name, waiters=most)
             can = _find(results.cancellation, loop.name, peer.name)
-            known = [r.fairness_norm for r in sat if not math.isnan(r.fairness_norm)]
-            cells = [
-                loop.name,
-                peer.name,
-                "not run"
-                if unc is None
-                else (
-                    f"{unc.ns_per_op:,.0f} ns ({unc.ratio:.2f}x floor)"
-                    if ours
-                    else _x(unc.vs_tokenbucket)
-                ),
-                _span([r.achieved * 100 for r in sat], ".1f", "%") if sat else "not run",
-                (f"{RED} yes" if any(r.over for r in sat) else "no") if sat else "not run",
-                (
-                    _span([r.cpu_ms_per_1k for r in sat], ".0f", " ms")
-                    if ours
-                    else _span(
-                        [r.cpu_ms_per_1k / base[r.tasks] for r in sat if r.tasks in base],
-                        ".1f",
-                        "x",
-                    )
-                )
-                if sat
-                else "not run",
-                (f"{min(known):.2f}" if known else "n/a") if sat else "not run",
-                f"{max(r.out_of_order for r in sat):.1%}" if sat else "not run",
-                "not run" if wai is None else _x(wai.ratio) + (" (capped)" if wai.capped else ""),
-                "not run" if can is None else _throughput(can),
-            ]
-            if (why := peer.why_not("llm", loop)) is not None:
-                cells += [f"n/a: {why}", ""]
-            elif (row := _llm_row(llm_rows, loop.name, peer)) is None:
-                cells += ["not run", "not run"]
+            if unc is None:
+                vs_ours = NOT_RUN
+            elif ours:
+                vs_ours = f"{unc.ns_per_op:,.0f} ns ({unc.ratio:.2f}x floor)"
             else:
-                over = (
-                    f"{RED} yes (steady)"
-                    if row.over(llm_cfg, steady=True)
-                    else "opening second only"
-                    if row.over(llm_cfg, steady=False)
-                    else "no"
-                )
-                cells += [_x(row.cpu_vs_baseline), over]
-            body.append(cells)
+                vs_ours = _x(unc.vs_tokenbucket)
+            body.append(
+                [
+                    loop.name,
+                    peer.name,
+                    vs_ours,
+                    *_saturation_cells(_runs(results, loop.name, peer.name), base, ours),
+                    NOT_RUN if wai is None else _x(wai.ratio) + " (capped)" * wai.capped,
+                    NOT_RUN if can is None else _throughput(can),
+                    *_llm_cells(llm_rows, llm_cfg, loop, peer),
+                ]
+            )
+    headers = ["loop", "limiter", *(h.format(most=most) for h in HEADLINE)]
     return markdown_table(headers, body)
 
 
@@ -400,27 +362,41 @@ WAITING = (
     "does not wait at all; the polling loop its users write sleeps until the reset time it "
     "reports, and its periods are whole seconds."
 )
+SUMMARY = (
+    "tokenbucket against each peer. Uncontended: the peer's cost per `acquire` over "
+    "tokenbucket's. Rate, CPU, fairness, order: over the saturation runs; CPU per 1,000 "
+    "admissions over tokenbucket's at the same task count. Jain / best: fairness of the "
+    "tasks' admission counts over the best whole counts allow (1 = as even as possible)."
+)
+SATURATION_PLOTS = {
+    "cpu": "CPU per admission",
+    "timeline": "Admissions over time",
+    "latency": "Wait latency",
+}
 
 
-def _image(plots: dict[str, str], label: str, alt: str) -> list[str]:
-    return [f"![{alt}]({plots[label]})", ""] if label in plots else []
-
-
-def _other_loops(plots: dict[str, str], kind: str, alt: str, shown: str) -> list[str]:
-    images = [
-        line
-        for label in plots
-        if label.startswith(kind + "_") and label != shown
-        for line in _image(plots, label, f"{alt}, {label.split('_', 1)[1]}")
+def _images(
+    plots: dict[str, str], kind: str, alt: str, which: Callable[[str], bool] = bool
+) -> list[str]:
+    """The plots ``<kind>_<loop>`` of the loops ``which`` accepts, with the loop in the alt."""
+    found = [
+        (label.split("_", 1)[1], name)
+        for label, name in plots.items()
+        if label.startswith(kind + "_")
     ]
-    return folded(f"{alt}: the other event loops", *images) if images else []
+    return [
+        line for loop, name in found if which(loop) for line in (f"![{alt}, {loop}]({name})", "")
+    ]
+
+
+def _section(title: str, intro: str, workload: str, columns: Columns, rows: list[Any]) -> list[str]:
+    return [title, "", intro, "", *folded("The table", _table(workload, columns, rows))]
 
 
 def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
-    sat_cfg: saturation.Config = cfg.saturation
-    llm_cfg: llm.Config = cfg.llm
+    sat, wai, can, llm_cfg = cfg.saturation, cfg.waiters, cfg.cancellation, cfg.llm
     llm_rows = llm.summarise(results.llm, llm_cfg)
-    first = next(iter(dict.fromkeys(r.loop for r in results.saturation)), "asyncio")
+    first = next(iter(_loop_names(results.saturation)), "asyncio")
     parts = [
         "# Benchmarks: tokenbucket against the async Python limiters",
         "",
@@ -443,110 +419,88 @@ def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
             "",
         ]
     if results.saturation or results.uncontended:
-        parts += [
-            "tokenbucket against each peer. Uncontended: the peer's cost per `acquire` over "
-            "tokenbucket's. Rate, CPU, fairness, order: over the saturation runs; CPU per 1,000 "
-            "admissions over tokenbucket's at the same task count. Jain / best: fairness of the "
-            "tasks' admission counts over the best whole counts allow (1 = as even as possible).",
-            "",
-            headline_table(results, llm_rows, llm_cfg, max(cfg.waiters.counts)),
-            "",
-        ]
-    parts += _image(plots, f"cpu_{first}", f"CPU per admission against waiting tasks, {first}")
-    parts += _image(plots, f"timeline_{first}", f"Admissions over time under saturation, {first}")
-    parts += _image(plots, f"latency_{first}", f"Wait latency under saturation, {first}")
+        parts += [SUMMARY, "", headline_table(results, llm_rows, llm_cfg, max(wai.counts)), ""]
+    parts += _images(plots, "cpu", "CPU per admission against waiting tasks", first.__eq__)
+    parts += _images(plots, "timeline", "Admissions over time under saturation", first.__eq__)
+    parts += _images(plots, "latency", "Wait latency under saturation", first.__eq__)
     parts += ["## The limiters", ""]
+    limiters = [
+        f"- **{p.name}** ({p.distribution}): {p.how}"
+        + (f". Note: {p.caveat}" if p.caveat else "")
+        + "."
+        for p in peers.all_peers()
+    ]
     parts += folded(
         "How each limiter is configured and awaited, and how it waits",
-        "\n".join(
-            f"- **{p.name}** ({p.distribution}): {p.how}"
-            + (f". Note: {p.caveat}" if p.caveat else "")
-            + "."
-            for p in peers.all_peers()
-        ),
+        "\n".join(limiters),
         "",
         WAITING,
     )
     if results.uncontended:
-        parts += [
+        parts += _section(
             "## 1. Uncontended acquire",
-            "",
             "ns per `await acquire()` when capacity never runs out. vs floor: median over "
             "interleaved samples of the candidate over the floor (an awaited empty coroutine) "
             "timed just before and after it in the same loop.",
-            "",
-        ]
-        parts += folded("The table", _table("uncontended", UNCONTENDED, results.uncontended))
+            "uncontended",
+            UNCONTENDED,
+            results.uncontended,
+        )
     if results.saturation:
         floors = ", ".join(f"{n} {s * 1e6:.1f} us" for n, s in results.loop_floor.items())
-        parts += [
+        parts += _section(
             "## 2. Saturation",
-            "",
-            f"N tasks loop on `acquire()` of one limiter at {sat_cfg.rate:,.0f} units/s, burst "
-            f"{sat_cfg.capacity:g}; {sat_cfg.duration:g} s measured after {sat_cfg.warmup:g} s. "
-            f"Peak: most admissions certainly inside one window against rate x window + burst "
-            f"({RED}: more than {saturation.SLACK_ADMISSIONS} over; window "
-            f"{min(sat_cfg.window, sat_cfg.duration):g} s). Wait: call to resumption. "
-            "Out of order: adjacent grants whose arrival order is inverted. Event-loop floor "
-            f"(CPU per wake-up of a task sleeping 1 ms): {floors}.",
-            "",
-        ]
-        parts += folded("The table", _table("saturation", SATURATION, results.saturation))
-        for kind, alt in (
-            ("cpu", "CPU per admission"),
-            ("timeline", "Admissions over time"),
-            ("latency", "Wait latency"),
-        ):
-            parts += _other_loops(plots, kind, alt, f"{kind}_{first}")
-    if results.waiters:
-        parts += [
-            "## 3. Waiter scaling",
-            "",
-            f"n tasks each call `acquire()` once at {cfg.waiters.rate:,.0f} units/s, burst "
-            f"{cfg.waiters.capacity:g}. Ideal: (n - burst) / rate; runs stop at "
-            f"{cfg.waiters.cap_factor:g} x ideal + {cfg.waiters.cap_slack:g} s (capped). Memory: "
-            f"{waiters.MEMORY_METHOD}; "
-            + (
-                "each run in a fresh process."
-                if cfg.waiters.isolate
-                else "all runs in one process (--quick)."
-            ),
-            "",
-        ]
-        parts += folded("The table", _table("waiters", WAITERS, results.waiters))
-        parts += folded(
-            "Plots",
-            *[
-                line
-                for label in plots
-                if label.startswith("waiters_")
-                for line in _image(plots, label, f"Waiter scaling, {label[8:]}")
-            ],
+            f"N tasks loop on `acquire()` of one limiter at {sat.rate:,.0f} units/s, burst "
+            f"{sat.capacity:g}; {sat.duration:g} s measured after {sat.warmup:g} s. Peak: most "
+            f"admissions certainly inside one window against rate x window + burst ({RED}: more "
+            f"than {saturation.SLACK_ADMISSIONS} over; window {min(sat.window, sat.duration):g} "
+            "s). Wait: call to resumption. Out of order: adjacent grants whose arrival order is "
+            f"inverted. Event-loop floor (CPU per wake-up of a task sleeping 1 ms): {floors}.",
+            "saturation",
+            SATURATION,
+            results.saturation,
         )
+        for kind, alt in SATURATION_PLOTS.items():
+            if images := _images(plots, kind, alt, first.__ne__):
+                parts += folded(f"{alt}: the other event loops", *images)
+    if results.waiters:
+        isolated = (
+            "each run in a fresh process." if wai.isolate else "all runs in one process (--quick)."
+        )
+        parts += _section(
+            "## 3. Waiter scaling",
+            f"n tasks each call `acquire()` once at {wai.rate:,.0f} units/s, burst "
+            f"{wai.capacity:g}. Ideal: (n - burst) / rate; runs stop at {wai.cap_factor:g} x "
+            f"ideal + {wai.cap_slack:g} s (capped). Memory: {waiters.MEMORY_METHOD}; {isolated}",
+            "waiters",
+            WAITERS,
+            results.waiters,
+        )
+        parts += folded("Plots", *_images(plots, "waiters", "Waiter scaling"))
     if results.cancellation:
-        c = cfg.cancellation
-        parts += [
+        parts += _section(
             "## 4. Cancellation",
-            "",
-            f"{c.waiters:,} single-shot waiters at {c.rate:,.0f} units/s, burst {c.capacity:g}; "
-            f"{c.delay * 1e3:g} ms after the last spawn the odd-numbered ones still waiting are "
-            "cancelled. Throughput: survivors granted / (last grant - cancellation) / rate.",
-            "",
-        ]
-        parts += folded("The table", _table("cancellation", CANCELLATION, results.cancellation))
+            f"{can.waiters:,} single-shot waiters at {can.rate:,.0f} units/s, burst "
+            f"{can.capacity:g}; {can.delay * 1e3:g} ms after the last spawn the odd-numbered ones "
+            "still waiting are cancelled. Throughput: survivors granted / (last grant - "
+            "cancellation) / rate.",
+            "cancellation",
+            CANCELLATION,
+            results.cancellation,
+        )
     if results.llm:
-        costs = results.costs
+        patterns = "\n".join(f"- {p.name}: {p.llm_how}" for p in peers.all_peers() if p.llm)
         parts += [
             "## 5. LLM composite workload",
             "",
-            f"{llm_cfg.tasks} tasks against R = {llm_cfg.requests_per_second:,} requests/s and T = "
-            f"{llm_cfg.tokens_per_second:,} tokens/s (rolling second); costs from a lognormal "
-            f"sequence (mean {costs['mean']:.0f}, p99 {costs['p99']:.0f}); {llm_cfg.duration:g} s "
-            f"measured after {llm_cfg.warmup:g} s, {llm_cfg.samples} round(s).",
+            f"{llm_cfg.tasks} tasks against R = {llm_cfg.requests_per_second:,} requests/s and T "
+            f"= {llm_cfg.tokens_per_second:,} tokens/s (rolling second); costs from a lognormal "
+            f"sequence (mean {results.costs['mean']:.0f}, p99 {results.costs['p99']:.0f}); "
+            f"{llm_cfg.duration:g} s measured after {llm_cfg.warmup:g} s, {llm_cfg.samples} "
+            "round(s).",
             "",
             llm_reading(llm_rows, llm_cfg),
             "",
+            *folded("The table", _table("llm", llm_columns(llm_cfg), llm_rows), "", patterns),
         ]
-        patterns = "\n".join(f"- {p.name}: {p.llm_how}" for p in peers.all_peers() if p.llm)
-        parts += folded("The table", _table("llm", llm_columns(llm_cfg), llm_rows), "", patterns)
     return "\n".join(parts)

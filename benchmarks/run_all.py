@@ -19,7 +19,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import peers
 from _harness import environment, loops, progress, write_json
@@ -40,17 +39,10 @@ class Config:
     llm: llm.Config
 
 
-FULL = Config("full", uncontended.FULL, saturation.FULL, waiters.FULL, cancellation.FULL, llm.FULL)
-QUICK = Config(
-    "quick", uncontended.QUICK, saturation.QUICK, waiters.QUICK, cancellation.QUICK, llm.QUICK
-)
-
-
-def to_json(results: Results) -> dict[str, Any]:
-    data = asdict(results)
-    for row, raw in zip(data["saturation"], results.saturation, strict=True):
-        row["fairness_norm"] = raw.fairness_norm
-    return data
+def config(mode: str) -> Config:
+    """The sizes of every workload for ``mode`` ("full" or "quick")."""
+    sizes = (uncontended, saturation, waiters, cancellation, llm)
+    return Config(mode, *(getattr(module, mode.upper()) for module in sizes))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = config("quick" if args.quick else "full")
     if args.worker:
         return waiters.worker_main(cfg.waiters)
     chosen = set(args.only or WORKLOADS)
@@ -120,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         file.write(text)
     print(text)
     if args.json:
-        write_json(args.json, to_json(results))
+        write_json(args.json, asdict(results))
     progress(f"done in {time.monotonic() - started:.0f} s; report in {args.out}")
     return 0
 

@@ -45,59 +45,50 @@ def _ratio(value: float, digits: int = 3) -> str:
     return "n/a" if value != value else f"{value:.{digits}f}"
 
 
-COMMON = [
-    "round trips / adm (tb)",
-    "commands / adm (client)",
-    "commands / adm (server)",
-    "Redis us / adm",
-    "CPU ms / 1k adm",
-    "conns",
-]
-
-
-def _common(r: RunResult) -> list[str]:
-    return [
-        "-" if r.round_trips is None else _ratio(per(r.round_trips, r.admitted)),
-        _ratio(per(r.client_commands, r.admitted)),
-        _ratio(per(r.server_commands, r.admitted)) + ("" if r.agree else " (!)"),
-        _ratio(per(r.server_usec, r.admitted), 1),
-        _ratio(per(r.cpu_seconds * 1e6, r.admitted), 1),
-        str(r.connections),
-    ]
-
-
 def _peak(r: RunResult) -> str:
     if r.peak is None or r.allowed is None:
         return "n/a"
-    extra = [f"steady {r.steady_peak:,}"] + (
-        [f"grants {r.grant_peak:,}"] if r.grant_peak is not None else []
-    )
-    return f"{r.peak:,} / {r.allowed:,.0f} ({', '.join(extra)})"
+    grants = "" if r.grant_peak is None else f", grants {r.grant_peak:,}"
+    return f"{r.peak:,} / {r.allowed:,.0f} (steady {r.steady_peak:,}{grants})"
 
 
-def table(runs: list[RunResult], binding: bool, cfg: Config) -> str:
+Columns = list[tuple[str, "Callable[[RunResult], str]"]]
+LEADING: Columns = [
+    ("limiter", lambda r: r.name),
+    ("acquirers", lambda r: f"{r.acquirers:,}"),
+    ("adm/s", lambda r: f"{r.per_second:,.0f}"),
+]
+GENEROUS: Columns = [("vs floor", lambda r: "n/a" if r.vs_floor is None else f"{r.vs_floor:.2f}x")]
+COMMON: Columns = [
+    ("round trips / adm (tb)", lambda r: "-" if r.round_trips is None else _per(r, r.round_trips)),
+    ("commands / adm (client)", lambda r: _per(r, r.client_commands)),
+    ("commands / adm (server)", lambda r: _per(r, r.server_commands) + " (!)" * (not r.agree)),
+    ("Redis us / adm", lambda r: _per(r, r.server_usec, 1)),
+    ("CPU ms / 1k adm", lambda r: _per(r, r.cpu_seconds * 1e6, 1)),
+    ("conns", lambda r: str(r.connections)),
+]
+
+
+def _per(r: RunResult, value: float, digits: int = 3) -> str:
+    return _ratio(per(value, r.admitted), digits)
+
+
+def binding_columns(cfg: Config) -> Columns:
+    return [
+        ("% of limit", lambda r: "n/a" if r.achieved is None else f"{r.achieved:.1%}"),
+        (f"peak in {cfg.window:g} s / allowed", _peak),
+        ("loop lag max ms", lambda r: _ratio(r.lag_max * 1e3, 1)),
+    ]
+
+
+def table(runs: list[RunResult], columns: Columns) -> str:
     names = list(dict.fromkeys(r.name for r in runs))
-    runs = sorted(runs, key=lambda r: (names.index(r.name), r.acquirers))
-    headers = ["limiter", "acquirers", "adm/s"]
-    headers += (
-        ["% of limit", f"peak in {cfg.window:g} s / allowed", "loop lag max ms"]
-        if binding
-        else ["vs floor"]
-    )
-    rows = []
-    for r in runs:
-        cells = [r.name, f"{r.acquirers:,}", f"{r.per_second:,.0f}"]
-        if binding:
-            achieved = r.achieved if r.achieved is not None else r.plain_achieved
-            cells += [
-                "n/a" if achieved is None else f"{achieved:.1%}",
-                _peak(r),
-                _ratio(r.lag_max * 1e3, 1),
-            ]
-        else:
-            cells += ["n/a" if r.vs_floor is None else f"{r.vs_floor:.2f}x"]
-        rows.append(cells + _common(r))
-    return markdown_table(headers + COMMON, rows, range(1, len(headers) + len(COMMON)))
+    columns = LEADING + columns + COMMON
+    rows = [
+        [cell(r) for _, cell in columns]
+        for r in sorted(runs, key=lambda r: (names.index(r.name), r.acquirers))
+    ]
+    return markdown_table([h for h, _ in columns], rows, range(1, len(columns)))
 
 
 def _find(runs: list[RunResult], regime: str, name: str, n: int) -> RunResult | None:
@@ -111,38 +102,37 @@ def targets(runs: list[RunResult], cfg: Config) -> list[list[str]]:
     def check(target: str, ok: bool, detail: str) -> None:
         checks.append([target, f"{'yes' if ok else 'NO'} ({detail})"])
 
-    def counts(r: RunResult, ok: Callable[[float], bool]) -> tuple[bool, str]:
+    def counts(target: str, r: RunResult | None, ok: Callable[[float], bool]) -> None:
         """Judged on tokenbucket's own count and the commands its client sent (exact), and
         on the server's unless other clients were busy on it too."""
-        rt, sent, server = (
-            per(v, r.admitted) for v in (r.round_trips or 0, r.client_commands, r.server_commands)
+        if r is None or r.round_trips is None:
+            return
+        trips, sent, server = (
+            per(v, r.admitted) for v in (r.round_trips, r.client_commands, r.server_commands)
         )
-        detail = f"backend.round_trips {rt:.4f}, client {sent:.4f}, server {server:.4f}"
-        detail += (
-            "" if r.agree else " (other clients' commands included)"
-        ) + f"; {r.admitted:,} adm"
-        return ok(rt) and ok(sent) and (ok(server) or not r.agree), detail
+        others = "" if r.agree else " (other clients' commands included)"
+        detail = f"backend.round_trips {trips:.4f}, client {sent:.4f}, server {server:.4f}{others}"
+        check(
+            target,
+            ok(trips) and ok(sent) and (ok(server) or not r.agree),
+            f"{detail}; {r.admitted:,} adm",
+        )
 
-    lone = _find(runs, "generous", TB_BUCKET, 1)
-    if lone is not None and lone.round_trips is not None:
-        check(
-            "lone acquirer: exactly 1 round trip per admission",
-            *counts(lone, lambda v: abs(v - 1) < 0.005),
-        )
     most = max(cfg.acquirers)
-    crowd = _find(runs, "generous", TB_BUCKET, most)
-    if crowd is not None and crowd.round_trips is not None:
-        check(
-            f"{most:,} acquirers, generous limit: < 0.2 round trips per admission",
-            *counts(crowd, lambda v: v < 0.2),
-        )
+    lone, crowd = _find(runs, "generous", TB_BUCKET, 1), _find(runs, "generous", TB_BUCKET, most)
+    counts("lone acquirer: exactly 1 round trip per admission", lone, lambda v: abs(v - 1) < 0.005)
+    counts(
+        f"{most:,} acquirers, generous limit: < 0.2 round trips per admission",
+        crowd,
+        lambda v: v < 0.2,
+    )
     bound = _find(runs, "binding", TB_BUCKET, most)
     if bound is not None and bound.round_trips is not None:
-        rt = per(bound.round_trips, bound.admitted)
+        trips = per(bound.round_trips, bound.admitted)
         check(
             f"{most:,} acquirers, binding limit: < 0.2 round trips per admission (for reference)",
-            rt < 0.2,
-            f"{rt:.3f}: {rt / 0.2:.1f}x the target; mean batch "
+            trips < 0.2,
+            f"{trips:.3f}: {trips / 0.2:.1f}x the target; mean batch "
             f"{per(bound.admitted, bound.round_trips):.2f}",
         )
     for r in runs:
@@ -153,12 +143,28 @@ def targets(runs: list[RunResult], cfg: Config) -> list[list[str]]:
             and r.allowed
         ):
             check(
-                f"{r.name} x{r.acquirers:,}: reservations never above the limit (server clock, any "
-                f"{cfg.window:g} s)",
+                f"{r.name} x{r.acquirers:,}: reservations never above the limit (server clock, "
+                f"any {cfg.window:g} s)",
                 r.grant_peak <= r.allowed,
                 f"{r.grant_peak:,} / {r.allowed:,.0f}",
             )
     return checks
+
+
+def _over(r: RunResult) -> str:
+    reserved = "" if r.grant_peak is None else f", reserved {r.grant_peak:,}"
+    return (
+        f"{r.name} x{r.acquirers:,}: {r.peak:,} / {r.allowed:,.0f} (steady {r.steady_peak:,}"
+        f"{reserved}, loop lag up to {r.lag_max * 1e3:.0f} ms)"
+    )
+
+
+def _late(r: RunResult, late: dict[str, float]) -> str:
+    return (
+        f"{r.name} x{r.acquirers:,}: up to {late['max'] * 1e3:.0f} ms (99th percentile "
+        f"{late['p99'] * 1e3:.0f} ms; in the measured interval {late['interval_max'] * 1e3:.0f} "
+        f"and {late['interval_p99'] * 1e3:.0f} ms)"
+    )
 
 
 def reading(runs: list[RunResult], cfg: Config) -> list[str]:
@@ -172,39 +178,23 @@ def reading(runs: list[RunResult], cfg: Config) -> list[str]:
     if over:
         lines.append(
             f"- Peaks above the limit (more than {SLACK_ADMISSIONS} admissions over, counted at "
-            "task "
-            "resumption): "
-            + "; ".join(
-                f"{r.name} x{r.acquirers:,}: {r.peak:,} / {r.allowed:,.0f} (steady "
-                f"{r.steady_peak:,}"
-                + ("" if r.grant_peak is None else f", reserved {r.grant_peak:,}")
-                + f", loop lag up to {r.lag_max * 1e3:.0f} ms)"
-                for r in over
-            )
-            + ". A limiter's decision and the resumption of the task it admits are at least one "
-            "event-loop turn apart; when the loop falls behind, admissions due before a stall land "
-            "after it, in a window that also holds those admitted on time. 'steady' counts from "
-            "the "
-            "measured interval on; 'reserved' counts tokenbucket's reserved instants (server "
-            "clock)."
+            f"task resumption): {'; '.join(map(_over, over))}. A limiter's decision and the "
+            "resumption of the task it admits are at least one event-loop turn apart; when the "
+            "loop falls behind, admissions due before a stall land after it, in a window that also "
+            "holds those admitted on time. 'steady' counts from the measured interval on; "
+            "'reserved' counts tokenbucket's reserved instants (server clock)."
         )
-    late = [r for r in runs if r.regime == "binding" and r.lateness and r.lateness["max"] > 0.010]
-    if late:
+    if late := [
+        _late(r, r.lateness)
+        for r in runs
+        if r.regime == "binding" and r.lateness and r.lateness["max"] > 0.010
+    ]:
         lines.append(
             "- tokenbucket's admissions came after the instants Redis reserved for them: "
-            + "; ".join(
-                f"{r.name} x{r.acquirers:,}: up to {r.lateness['max'] * 1e3:.0f} ms (99th "
-                "percentile "
-                f"{r.lateness['p99'] * 1e3:.0f} ms; in the measured interval "
-                f"{r.lateness['interval_max'] * 1e3:.0f} and "
-                f"{r.lateness['interval_p99'] * 1e3:.0f} ms)"
-                for r in late
-                if r.lateness
-            )
-            + ". The wait a reservation returns counts from the script's clock reading, at the "
-            "start of the call, and each task sleeps it only once it resumes after the reply: "
-            "admissions come late by the call's duration plus the time the loop spent resuming the "
-            "tasks ahead of it in the batch (worst in the opening batch)."
+            f"{'; '.join(late)}. The wait a reservation returns counts from the script's clock "
+            "reading, at the start of the call, and each task sleeps it only once it resumes "
+            "after the reply: admissions come late by the call's duration plus the time the loop "
+            "spent resuming the tasks ahead of it in the batch (worst in the opening batch)."
         )
     batches = [
         f"{n:,} acquirers: {b.round_trips / b.admitted:.3f} round trips per admission = batches of "
@@ -215,15 +205,28 @@ def reading(runs: list[RunResult], cfg: Config) -> list[str]:
     ]
     if batches:
         lines.append(
-            f"- {TB_BUCKET}, binding limit: " + "; ".join(batches) + ". Each acquirer sleeps until "
-            f"its own reserved instant, {1e3 / cfg.bound_rate:.2f} ms apart whatever the number of "
+            f"- {TB_BUCKET}, binding limit: {'; '.join(batches)}. Each acquirer sleeps until its "
+            f"own reserved instant, {1e3 / cfg.bound_rate:.2f} ms apart whatever the number of "
             "acquirers, and asks again at once: requests reach the backend one or two per loop "
             "turn. A batch gathers those that arrive while the previous call is in flight; when "
-            "the "
-            "next free instant is at least 2 ms ahead, the backend holds new requests for "
+            "the next free instant is at least 2 ms ahead, the backend holds new requests for "
             "min(batch_delay = 10 ms, half the time left) and sends them together."
         )
     return lines
+
+
+COUNTED = (
+    "round trips / adm (tb): `backend.round_trips` (script calls). commands / adm (server): "
+    "`INFO commandstats` deltas of the commands the clients sent (not those run inside "
+    "scripts); no library pipelines here, so each is one round trip. (!): the server counted "
+    "other clients' commands too. Redis us / adm: server time of those commands."
+)
+PEAKS = (
+    "% of limit: mean over every rolling second inside the measured interval (plain count / "
+    "time when shorter). peak: the most admissions (task resumptions) in any rolling second of "
+    "the whole run; allowed is the limit (windows) or rate + burst (buckets); grants: the same, "
+    "from tokenbucket's reserved instants on the server's clock."
+)
 
 
 def report(env: dict[str, Any], runs: list[RunResult], notes: list[str], cfg: Config) -> str:
@@ -233,43 +236,26 @@ def report(env: dict[str, Any], runs: list[RunResult], notes: list[str], cfg: Co
         describe(env) + f" Redis {env['redis server']}, asyncio.",
         "",
     ]
-    generous = [r for r in runs if r.regime == "generous"]
-    binding = [r for r in runs if r.regime == "binding"]
-    if generous:
+    if generous := [r for r in runs if r.regime == "generous"]:
         parts += [
             f"## (a) Generous limit ({cfg.generous:.0e}/s, never binds), {cfg.free_duration:g} s "
             f"measured after {cfg.free_warmup:g} s warm-up",
             "",
-            table(generous, False, cfg),
+            table(generous, GENEROUS),
             "",
         ]
-    if binding:
+    if binding := [r for r in runs if r.regime == "binding"]:
         parts += [
             f"## (b) Binding limit: {cfg.bound_rate:,} per {cfg.window:g} s (windows) or "
-            f"{cfg.bound_rate:,}/s "
-            f"with a burst of {cfg.bound_burst} (buckets), {cfg.bound_duration:g} s measured after "
-            f"{cfg.bound_warmup:g} s warm-up",
+            f"{cfg.bound_rate:,}/s with a burst of {cfg.bound_burst} (buckets), "
+            f"{cfg.bound_duration:g} s measured after {cfg.bound_warmup:g} s warm-up",
             "",
-            table(binding, True, cfg),
+            table(binding, binding_columns(cfg)),
             "",
-            "% of limit: mean over every rolling second inside the measured interval (plain count "
-            "/ "
-            "time when shorter). peak: the most admissions (task resumptions) in any rolling "
-            "second "
-            "of the whole run; allowed is the limit (windows) or rate + burst (buckets); grants: "
-            "the "
-            "same, from tokenbucket's reserved instants on the server's clock.",
+            PEAKS,
             "",
         ]
-    parts += [
-        "round trips / adm (tb): `backend.round_trips` (script calls). commands / adm (server): "
-        "`INFO commandstats` deltas of the commands the clients sent (not those run inside "
-        "scripts); no library pipelines here, so each is one round trip. (!): the server counted "
-        "other clients' commands too. Redis us / adm: server time of those commands.",
-        "",
-        *(f"Note: {note}" for note in notes),
-        "",
-    ]
+    parts += [COUNTED, "", *(f"Note: {note}" for note in notes), ""]
     if checks := targets(runs, cfg):
         parts += ["## Targets (tokenbucket)", ""]
         if cfg.mode == "quick":

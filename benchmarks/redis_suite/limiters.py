@@ -8,6 +8,7 @@ import collections
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -107,11 +108,11 @@ class Subject:
 
 @dataclass(frozen=True)
 class Candidate:
-    """``kind``: "window" or "bucket" (what "allowed" means for it), or "none"."""
+    """``kind``: "window" or "bucket" (what "allowed" means for it), or "none"; ``make``
+    sets it up the way its users write it."""
 
     name: str
     kind: str
-    pattern: str
     make: Callable[[str, Limit], Awaitable[Subject]]
     regimes: tuple[str, ...] = ("generous", "binding")
 
@@ -266,66 +267,22 @@ def _major_minor(distribution: str) -> tuple[int, ...]:
 def candidates() -> tuple[list[Candidate], list[str]]:
     """The limiters to run, and a note for each peer left out."""
     found = [
-        Candidate(
-            FLOOR,
-            "none",
-            "`await client.evalsha(sha, 0)` on a plain redis-py client",
-            _floor,
-            ("generous",),
-        ),
-        Candidate(
-            TB_BUCKET,
-            "bucket",
-            "`await bucket.acquire()`, `TokenBucket(rate, capacity, backend=RedisBackend("
-            "client), key=...)`: GCRA reservation, requests batched per round trip",
-            lambda url, limit: _tokenbucket(url, limit, window=False),
-        ),
-        Candidate(
-            TB_WINDOW,
-            "window",
-            "`await window.acquire()`, `SlidingWindow(limit, window, backend=..., key=...)`:"
-            " exact sliding window (sorted set), reserved and batched the same way",
-            lambda url, limit: _tokenbucket(url, limit, window=True),
-        ),
+        Candidate(FLOOR, "none", _floor, ("generous",)),
+        Candidate(TB_BUCKET, "bucket", partial(_tokenbucket, window=False)),
+        Candidate(TB_WINDOW, "window", partial(_tokenbucket, window=True)),
     ]
     notes = []
     if _major_minor("limits") >= (4, 2):
-        found += [
-            Candidate(
-                "limits MovingWindow (polled)",
-                "window",
-                "`while not await hit(item, 'bench'): sleep(get_window_stats().reset - now)`"
-                ", MovingWindowRateLimiter(RedisStorage('async+redis://...', "
-                "implementation='redispy'))",
-                lambda url, limit: _limits(url, limit, "MovingWindowRateLimiter"),
-            ),
-            Candidate(
-                "limits SlidingWindowCounter (polled)",
-                "window",
-                "the same polling loop on SlidingWindowCounterRateLimiter (approximate: "
-                "weights the previous fixed window)",
-                lambda url, limit: _limits(url, limit, "SlidingWindowCounterRateLimiter"),
-            ),
-        ]
+        for kind in ("MovingWindow", "SlidingWindowCounter"):
+            make = partial(_limits, strategy=f"{kind}RateLimiter")
+            found.append(Candidate(f"limits {kind} (polled)", "window", make))
     else:
         notes.append("limits >= 4.2 (async RedisStorage on redis-py) is not installed.")
     if _major_minor("pyrate-limiter") >= (4, 5):
-        found += [
-            Candidate(
-                "pyrate RedisBucket",
-                "window",
-                "`await limiter.try_acquire_async('bench')`, Limiter(await RedisBucket.init("
-                "[Rate(r, 1000 ms)], async client, key)): sliding window log (sorted set)",
-                lambda url, limit: _pyrate(url, limit, state=False),
-            ),
-            Candidate(
-                "pyrate StateBucket(RedisStateStore)",
-                "bucket",
-                "the same call on Limiter(StateBucket([Rate(r, SECOND, burst=b)], "
-                "store=RedisStateStore(async client, key), algorithm=TokenBucket()))",
-                lambda url, limit: _pyrate(url, limit, state=True),
-            ),
-        ]
+        found.append(Candidate("pyrate RedisBucket", "window", partial(_pyrate, state=False)))
+        found.append(
+            Candidate("pyrate StateBucket(RedisStateStore)", "bucket", partial(_pyrate, state=True))
+        )
     else:
         notes.append("pyrate-limiter >= 4.5 (RedisBucket and RedisStateStore) is not installed.")
     return found, notes

@@ -9,13 +9,13 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from _harness import Loop, Runtime, certain_peak, percentile, progress, run, window_load
-from redis_suite.limiters import TALLY, Candidate, Limit, Schedule, Subject
+from redis_suite.limiters import TALLY, Candidate, Limit, Subject
 
 PROBE_PERIOD = 0.005  # the lag probe: a task sleeping this long in a loop
 # Commands in flight at a boundary (one per connection) can fall on either side of it:
@@ -98,16 +98,70 @@ async def _read(subject: Subject, stamps: list[float], stats: Any) -> _Reading:
     return _Reading(*local, trips, commands, connections, reconnects, server)
 
 
+@dataclass
+class RunResult:
+    """One run. ``server_commands``: INFO commandstats deltas of the commands the clients
+    sent (the round trips the server saw); ``server_usec``: their server time;
+    ``server_all`` also counts the commands run inside scripts. ``agree`` is
+    False when the server counted more or fewer than the clients sent beyond the boundary
+    slack: another client was busy on the same server. Binding regime: ``achieved``, the
+    mean load of the rolling windows inside the interval (the plain count when shorter)
+    over the limit, and the peaks: whole run, from the interval on (``steady``) and of
+    tokenbucket's reserved instants (``grant_peak``). ``lateness`` (tokenbucket): seconds
+    from reserved instant to admission; ``call_mean``/``call_busy``: mean script call time
+    and the share of the interval with one in flight."""
+
+    regime: str
+    name: str
+    acquirers: int
+    admitted: int
+    per_second: float
+    round_trips: int | None
+    client_commands: int
+    client_by_name: dict[str, int]
+    server_commands: int
+    server_by_name: dict[str, int]
+    server_usec: int
+    server_all: int
+    agree: bool
+    cpu_seconds: float
+    connections: int
+    reconnects: int
+    lag_max: float
+    lag_p99: float
+    warnings: int
+    warnings_total: int
+    warning_messages: list[str]
+    vs_floor: float | None = None
+    allowed: float | None = None
+    achieved: float | None = None
+    peak: int | None = None
+    steady_peak: int | None = None
+    grant_peak: int | None = None
+    lateness: dict[str, float] | None = None
+    call_mean: float | None = None
+    call_busy: float | None = None
+
+
+def per(value: float, admitted: int) -> float:
+    return value / admitted if admitted else math.nan
+
+
+def _peak(stamps: list[float], window: float) -> int:
+    return certain_peak(stamps, stamps, window)
+
+
 async def _one_run(
-    rt: Runtime, candidate: Candidate, url: str, cfg: Config, limit: Limit, acquirers: int
-) -> dict[str, Any]:
+    rt: Runtime, candidate: Candidate, url: str, cfg: Config, regime: str, acquirers: int
+) -> RunResult:
+    limit = cfg.limit(regime)
     stats: Any = aioredis.Redis.from_url(url)
     await stats.flushdb()
     TALLY.reset()
     warnings = _Warnings()
     logger = logging.getLogger("tokenbucket.redis")
     logger.addHandler(warnings)
-    free = limit.regime == "generous"
+    free = regime == "generous"
     subject = await candidate.make(url, limit)
     stamps: list[float] = []
     lags: list[tuple[float, float]] = []
@@ -150,153 +204,59 @@ async def _one_run(
         logger.removeHandler(warnings)
         await stats.flushdb()
         await stats.aclose()
-    lags_in = [lag for at, lag in lags if first.clock <= at <= last.clock]
-    return {
-        "first": first,
-        "last": last,
-        "stamps": stamps,
-        "schedule": subject.schedule,
-        "lags": lags_in,
-        "warnings": warned,
-        "warnings_total": warnings.count,
-        "warning_messages": warnings.messages,
-    }
-
-
-@dataclass
-class RunResult:
-    """One run. ``server_commands``: INFO commandstats deltas of the commands the clients
-    sent (the round trips the server saw); ``server_all`` also counts commands run inside
-    scripts; ``server_usec``: server time of the former. ``agree`` is False when the
-    server counted more or fewer than the clients sent beyond the boundary slack: another
-    client was busy on the same server. ``lateness`` (tokenbucket): seconds from reserved
-    instant to admission; ``call_mean``/``call_busy``: mean script call time and the
-    share of the interval with one in flight."""
-
-    regime: str
-    name: str
-    kind: str
-    acquirers: int
-    limit: float
-    burst: float
-    duration: float
-    admitted: int
-    per_second: float
-    total_admitted: int
-    round_trips: int | None
-    client_commands: int
-    client_by_name: dict[str, int]
-    server_commands: int
-    server_by_name: dict[str, int]
-    server_all: int
-    server_usec: int
-    agree: bool
-    cpu_seconds: float
-    connections: int
-    reconnects: int
-    lag_max: float
-    lag_p99: float
-    warnings: int
-    warnings_total: int
-    warning_messages: list[str]
-    vs_floor: float | None = None
-    allowed: float | None = None
-    achieved: float | None = None
-    plain_achieved: float | None = None
-    peak: int | None = None
-    steady_peak: int | None = None
-    grant_peak: int | None = None
-    lateness: dict[str, float] | None = None
-    call_mean: float | None = None
-    call_busy: float | None = None
-    skipped: str | None = field(default=None)
-
-
-def per(value: float, admitted: int) -> float:
-    return value / admitted if admitted else math.nan
-
-
-def bench_run(
-    candidate: Candidate, url: str, cfg: Config, regime: str, acquirers: int
-) -> RunResult:
-    limit = cfg.limit(regime)
-    raw = run(
-        Loop("asyncio", asyncio.new_event_loop),
-        lambda rt: _one_run(rt, candidate, url, cfg, limit, acquirers),
-    )
-    first: _Reading = raw["first"]
-    last: _Reading = raw["last"]
     duration = last.clock - first.clock
     admitted = last.admitted - first.admitted
-    stamps: list[float] = raw["stamps"]
-    client_by_name = {
-        n: c - first.commands.get(n, 0)
-        for n, c in last.commands.items()
-        if c - first.commands.get(n, 0)
-    }
-    delta = {
+    sent = {n: c - first.commands.get(n, 0) for n, c in last.commands.items()}
+    server = {
         n: (c - first.server.get(n, (0, 0))[0], u - first.server.get(n, (0, 0))[1])
         for n, (c, u) in last.server.items()
+        if n != "info"  # the harness's own command, on its own connection
     }
-    delta.pop("info", None)  # the harness's own command, on its own connection
-    top = set(client_by_name) | {"evalsha", "eval", "script|load"}
-    server_by_name = {n: delta[n][0] for n in sorted(top) if delta.get(n, (0, 0))[0]}
-    server_commands = sum(server_by_name.values())
+    top = {n for n, count in sent.items() if count} | {"evalsha", "eval", "script|load"}
+    server_commands = sum(server.get(n, (0, 0))[0] for n in top)
     # Commands the server does not know (redis-py 8's CLIENT SETINFO on Redis < 7.2)
     # have no commandstats entry: compare the rest.
-    known = sum(count for name, count in client_by_name.items() if name in last.server)
-    trips = (
-        None
-        if first.round_trips is None or last.round_trips is None
-        else last.round_trips - first.round_trips
-    )
+    known = sum(count for name, count in sent.items() if name in last.server)
+    trips = None
+    if first.round_trips is not None and last.round_trips is not None:
+        trips = last.round_trips - first.round_trips
+    lags_in = [lag for at, lag in lags if first.clock <= at <= last.clock]
     result = RunResult(
-        regime,
-        candidate.name,
-        candidate.kind,
-        acquirers,
-        limit.rate,
-        limit.burst if candidate.kind == "bucket" else 0,
-        duration,
-        admitted,
-        admitted / duration,
-        len(stamps),
-        trips,
-        sum(client_by_name.values()),
-        client_by_name,
-        server_commands,
-        server_by_name,
-        sum(calls for calls, _ in delta.values()),
-        sum(delta.get(n, (0, 0))[1] for n in server_by_name),
-        abs(server_commands - known) <= 2 * min(acquirers, last.connections) + AGREE_SLACK,
-        last.cpu - first.cpu,
-        last.connections,
-        last.reconnects - first.reconnects,
-        max(raw["lags"], default=math.nan),
-        percentile(raw["lags"], 0.99),
-        raw["warnings"],
-        raw["warnings_total"],
-        raw["warning_messages"],
+        regime=regime,
+        name=candidate.name,
+        acquirers=acquirers,
+        admitted=admitted,
+        per_second=admitted / duration,
+        round_trips=trips,
+        client_commands=sum(sent.values()),
+        client_by_name={n: count for n, count in sent.items() if count},
+        server_commands=server_commands,
+        server_by_name={n: server[n][0] for n in sorted(top) if server.get(n, (0, 0))[0]},
+        server_usec=sum(server.get(n, (0, 0))[1] for n in top if server.get(n, (0, 0))[0]),
+        server_all=sum(calls for calls, _ in server.values()),
+        agree=abs(server_commands - known) <= 2 * min(acquirers, last.connections) + AGREE_SLACK,
+        cpu_seconds=last.cpu - first.cpu,
+        connections=last.connections,
+        reconnects=last.reconnects - first.reconnects,
+        lag_max=max(lags_in, default=math.nan),
+        lag_p99=percentile(lags_in, 0.99),
+        warnings=warned,
+        warnings_total=warnings.count,
+        warning_messages=warnings.messages,
     )
-    schedule: Schedule | None = raw["schedule"]
+    schedule = subject.schedule
     if regime == "binding" and candidate.kind != "none":
         bucket = candidate.kind == "bucket"
-        result.allowed = limit.rate * cfg.window / (1.0 if bucket else cfg.window) + (
-            limit.burst if bucket else 0
-        )
         rate = limit.rate if bucket else limit.rate / cfg.window
+        result.allowed = rate * cfg.window + (limit.burst if bucket else 0)
         mean = window_load(stamps, first.clock, last.clock, cfg.window)
-        result.achieved = None if mean is None else mean / cfg.window / rate
-        result.plain_achieved = admitted / duration / rate
-        result.peak = certain_peak(stamps, stamps, cfg.window)
-        steady = [t for t in stamps if t >= first.clock]
-        result.steady_peak = certain_peak(steady, steady, cfg.window)
+        result.achieved = (admitted / duration if mean is None else mean / cfg.window) / rate
+        result.peak = _peak(stamps, cfg.window)
+        result.steady_peak = _peak([t for t in stamps if t >= first.clock], cfg.window)
         if schedule is not None and schedule.grants:
-            grants = sorted(schedule.grants)
-            result.grant_peak = certain_peak(grants, grants, cfg.window)
+            result.grant_peak = _peak(sorted(schedule.grants), cfg.window)
     if schedule is not None:
-        spans = [span for end, span in schedule.calls if first.clock <= end <= last.clock]
-        if spans:
+        if spans := [span for end, span in schedule.calls if first.clock <= end <= last.clock]:
             result.call_mean, result.call_busy = sum(spans) / len(spans), sum(spans) / duration
         if schedule.admissions:
             late = schedule.lateness()
@@ -308,8 +268,16 @@ def bench_run(
                 "interval_max": max(late_in, default=math.nan),
                 "interval_p99": percentile(late_in, 0.99),
             }
+    return result
+
+
+def bench_run(
+    candidate: Candidate, url: str, cfg: Config, regime: str, acquirers: int
+) -> RunResult:
+    loop = Loop("asyncio", asyncio.new_event_loop)
+    result = run(loop, lambda rt: _one_run(rt, candidate, url, cfg, regime, acquirers))
     progress(
         f"{regime} {candidate.name} x{acquirers}: {result.per_second:,.0f}/s, "
-        f"{per(server_commands, admitted):.3f} commands/adm"
+        f"{per(result.server_commands, result.admitted):.3f} commands/adm"
     )
     return result

@@ -7,34 +7,20 @@ cancellation instant) / rate: 100% means the cancelled waiters cost the others n
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from typing import Any
 
 import peers
-from _harness import Acquire, Loop, Runtime, progress, run_with
-
-
-@dataclass(frozen=True)
-class Config:
-    waiters: int
-    rate: float
-    delay: float
-    cap_slack: float
-    capacity: float = 10.0
-    spawn_batch: int = 25
-    cap_factor: float = 1.5
-
-
-FULL = Config(waiters=1_000, rate=200.0, delay=0.05, cap_slack=1.0)
-QUICK = Config(waiters=100, rate=2_000.0, delay=0.01, cap_slack=0.05)
+from _harness import Acquire, Loop, Runtime, SingleShot, Task, progress, run_with, spawn_batched
 
 
 @dataclass
 class Row:
+    """Waiters granted before the cancellation, cancelled, and left (survivors); wall: the
+    cancellation to the last survivor's grant (or to the cap, ``capped``); ideal: survivors
+    / rate; not_cancelled: cancelled waiters whose task did not end cancelled."""
+
     loop: str
     name: str
-    waiters: int
     before_cancel: int
     cancelled: int
     survivors: int
@@ -44,13 +30,21 @@ class Row:
     throughput: float
     not_cancelled: int
     capped: bool
-    cpu_seconds: float
 
 
-async def _cancellation(rt: Runtime, acquire: Acquire, cfg: Config) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class Config(SingleShot):
+    waiters: int
+    delay: float
+
+
+FULL = Config(waiters=1_000, rate=200.0, capacity=10.0, delay=0.05, cap_slack=1.0)
+QUICK = Config(waiters=100, rate=2_000.0, capacity=10.0, delay=0.01, cap_slack=0.05)
+
+
+async def _cancellation(rt: Runtime, acquire: Acquire, name: str, cfg: Config) -> Row:
     now = rt.now
-    total = cfg.waiters
-    granted_at = [math.nan] * total
+    granted_at = [math.nan] * cfg.waiters
     survivors: set[int] = set()
     left = 0
     done = rt.event()
@@ -64,17 +58,12 @@ async def _cancellation(rt: Runtime, acquire: Acquire, cfg: Config) -> dict[str,
             if left == 0:
                 done.set()
 
-    cpu0 = time.process_time()
-    tasks = []
+    tasks: list[Task] = []
     try:
-        for start in range(0, total, cfg.spawn_batch):
-            tasks += [
-                rt.spawn(waiter, i) for i in range(start, min(start + cfg.spawn_batch, total))
-            ]
-            await rt.checkpoint()
+        await spawn_batched(rt, waiter, cfg.waiters, cfg.spawn_batch, tasks)
         await rt.sleep(cfg.delay)
         t_cancel = now()
-        pending = [i for i in range(total) if math.isnan(granted_at[i])]
+        pending = [i for i in range(cfg.waiters) if math.isnan(granted_at[i])]
         cancelled = [i for i in pending if i % 2 == 1]
         survivors.update(i for i in pending if i % 2 == 0)
         left = len(survivors)
@@ -82,20 +71,27 @@ async def _cancellation(rt: Runtime, acquire: Acquire, cfg: Config) -> dict[str,
             tasks[index].cancel()
         if survivors:
             await done.wait(cfg.cap_factor * len(survivors) / cfg.rate + cfg.cap_slack)
-        t_end, cpu1 = now(), time.process_time()
+        t_end = now()
         # The cancelled tasks have had all that time to take their cancellation.
         taken = [tasks[i].done() and tasks[i].cancelled() for i in cancelled]
     finally:
         await rt.cancel(tasks)
-    return {
-        "t_cancel": t_cancel,
-        "t_end": t_end,
-        "cpu": cpu1 - cpu0,
-        "granted_at": granted_at,
-        "cancelled": cancelled,
-        "survivors": sorted(survivors),
-        "taken": taken,
-    }
+    times = [granted_at[i] for i in sorted(survivors) if not math.isnan(granted_at[i])]
+    capped = len(times) < len(survivors)
+    wall = (t_end if capped or not times else max(times)) - t_cancel
+    return Row(
+        loop=rt.name,
+        name=name,
+        before_cancel=cfg.waiters - len(survivors) - len(cancelled),
+        cancelled=len(cancelled),
+        survivors=len(survivors),
+        granted=len(times),
+        wall=wall,
+        ideal=len(survivors) / cfg.rate,
+        throughput=len(times) / wall / cfg.rate if wall > 0 else math.nan,
+        not_cancelled=sum(not ok for ok in taken),
+        capped=capped,
+    )
 
 
 def measure(loop: Loop, cfg: Config) -> list[Row]:
@@ -103,29 +99,10 @@ def measure(loop: Loop, cfg: Config) -> list[Row]:
     for peer in peers.for_workload("cancellation", loop):
         rated = peer.rated
         assert rated is not None
-        raw = run_with(
+        row = run_with(
             loop,
             lambda: rated(cfg.rate, cfg.capacity),  # noqa: B023 - called at once
-            lambda rt, acquire: _cancellation(rt, acquire, cfg),
-        )
-        survivors: list[int] = raw["survivors"]
-        times = [raw["granted_at"][i] for i in survivors if not math.isnan(raw["granted_at"][i])]
-        capped = len(times) < len(survivors)
-        wall = (raw["t_end"] if capped or not times else max(times)) - raw["t_cancel"]
-        row = Row(
-            loop=loop.name,
-            name=peer.name,
-            waiters=cfg.waiters,
-            before_cancel=cfg.waiters - len(survivors) - len(raw["cancelled"]),
-            cancelled=len(raw["cancelled"]),
-            survivors=len(survivors),
-            granted=len(times),
-            wall=wall,
-            ideal=len(survivors) / cfg.rate,
-            throughput=len(times) / wall / cfg.rate if wall > 0 else math.nan,
-            not_cancelled=sum(not ok for ok in raw["taken"]),
-            capped=capped,
-            cpu_seconds=raw["cpu"],
+            lambda rt, acquire: _cancellation(rt, acquire, peer.name, cfg),  # noqa: B023
         )
         rows.append(row)
         progress(

@@ -16,11 +16,11 @@ import math
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import peers
-from _harness import Loop, Runtime, certain_peak, progress, run_with, window_load
+from _harness import Loop, Runtime, certain_peak, measured, progress, run_with, window_load
 
 BASELINE = peers.LIMITER
 
@@ -56,42 +56,27 @@ def token_costs(cfg: Config) -> list[int]:
 
 
 def cost_summary(costs: list[int]) -> dict[str, float]:
-    ordered = sorted(costs)
-    return {
-        "mean": statistics.fmean(costs),
-        "median": statistics.median(ordered),
-        "p99": ordered[int(0.99 * (len(ordered) - 1))],
-        "max": ordered[-1],
-    }
+    return {"mean": statistics.fmean(costs), "p99": sorted(costs)[int(0.99 * (len(costs) - 1))]}
 
 
-@dataclass
-class Sample:
-    loop: str
-    name: str
-    round_index: int
-    requests: int
-    tokens: int
-    request_share: float
-    token_share: float
-    peak_requests: int
-    peak_tokens: int
-    steady_peak_requests: int
-    steady_peak_tokens: int
-    cpu_ms_per_1k: float
-    cpu_load: float
-    tasks_per_request: float
-    steps_per_request: float
+PEAKS = ("peak_requests", "peak_tokens", "steady_peak_requests", "steady_peak_tokens")
+MEDIANS = (
+    "request_share",
+    "token_share",
+    "cpu_ms_per_1k",
+    "tasks_per_request",
+    "steps_per_request",
+)
 
 
 @dataclass
 class Row:
-    """One (loop, limiter) over its rounds: medians, the worst peaks, and the median over
-    rounds of CPU per request over tokenbucket.Limiter's in the same round."""
+    """One (loop, limiter) in one round, or (``summarise``) over its rounds: the medians,
+    the worst peaks, and the median over rounds of CPU per request over that of
+    tokenbucket.Limiter in the same round."""
 
     loop: str
     name: str
-    samples: int
     request_share: float
     token_share: float
     peak_requests: int
@@ -99,12 +84,13 @@ class Row:
     steady_peak_requests: int
     steady_peak_tokens: int
     cpu_ms_per_1k: float
-    cpu_load: float
-    cpu_vs_baseline: float
     tasks_per_request: float
     steps_per_request: float
-    rounds_over: int
-    rounds_over_steady: int
+    round_index: int = 0
+    cpu_vs_baseline: float = math.nan
+    samples: int = 1
+    rounds_over: int = 0
+    rounds_over_steady: int = 0
 
     def over(self, cfg: Config, *, steady: bool) -> bool:
         requests = self.steady_peak_requests if steady else self.peak_requests
@@ -115,12 +101,12 @@ class Row:
         )
 
 
-async def _workload(rt: Runtime, acquire: Any, costs: list[int], cfg: Config) -> dict[str, Any]:
-    clock, woken = time.monotonic, rt.woken
+async def _workload(
+    rt: Runtime, acquire: Any, name: str, round_index: int, costs: list[int], cfg: Config
+) -> Row:
+    clock, woken = rt.clock, rt.woken
     next_arrival = itertools.count().__next__
-    latest: list[float] = []
-    earliest: list[float] = []
-    granted: list[int] = []
+    grants: list[tuple[float, float, int]] = []  # (earliest admission, resumed, cost)
 
     async def worker() -> None:
         me = rt.current()
@@ -131,48 +117,12 @@ async def _workload(rt: Runtime, acquire: Any, costs: list[int], cfg: Config) ->
             await acquire(cost)
             resumed = clock()
             scheduled = woken[me]
-            latest.append(resumed)
-            earliest.append(scheduled if scheduled <= resumed else called)
-            granted.append(cost)
+            grants.append((scheduled if scheduled <= resumed else called, resumed, cost))
 
     workers = [rt.spawn(worker) for _ in range(cfg.tasks)]
-    try:
-        await rt.checkpoint()
-        await rt.sleep(cfg.warmup)
-        cpu0, t0, tasks0, steps0, first = (
-            time.process_time(),
-            clock(),
-            rt.counts.tasks,
-            rt.counts.steps,
-            len(latest),
-        )
-        await rt.sleep(cfg.duration)
-        last, tasks1, steps1, t1, cpu1 = (
-            len(latest),
-            rt.counts.tasks,
-            rt.counts.steps,
-            clock(),
-            time.process_time(),
-        )
-    finally:
-        await rt.cancel(workers)
-    return {
-        "t0": t0,
-        "t1": t1,
-        "cpu": cpu1 - cpu0,
-        "tasks": tasks1 - tasks0,
-        "steps": steps1 - steps0,
-        "first": first,
-        "last": last,
-        "latest": latest[:last],
-        "earliest": earliest[:last],
-        "costs": granted[:last],
-    }
-
-
-def _sample(loop: str, name: str, raw: dict[str, Any], cfg: Config, round_index: int) -> Sample:
-    first, last, t0, t1 = raw["first"], raw["last"], raw["t0"], raw["t1"]
-    earliest, latest, costs = raw["earliest"], raw["latest"], raw["costs"]
+    span = await measured(rt, workers, cfg.warmup, cfg.duration, grants)
+    first, last, t0, t1 = span.first, span.last, span.t0, span.t1
+    earliest, latest, granted = map(list, zip(*grants[:last], strict=True))
     requests = last - first
 
     def share(weights: list[int] | None, per_second: int) -> float:
@@ -182,25 +132,22 @@ def _sample(loop: str, name: str, raw: dict[str, Any], cfg: Config, round_index:
         return load / (per_second * cfg.window)
 
     def peak(weights: list[int] | None, since: int = 0) -> int:
-        w = weights[since:] if weights else None
-        return certain_peak(earliest[since:], latest[since:], cfg.window, w)
+        chosen = weights[since:] if weights else None
+        return certain_peak(earliest[since:], latest[since:], cfg.window, chosen)
 
-    return Sample(
-        loop=loop,
+    return Row(
+        loop=rt.name,
         name=name,
         round_index=round_index,
-        requests=requests,
-        tokens=sum(costs[first:last]),
         request_share=share(None, cfg.requests_per_second),
-        token_share=share(costs, cfg.tokens_per_second),
+        token_share=share(granted, cfg.tokens_per_second),
         peak_requests=peak(None),
-        peak_tokens=peak(costs),
+        peak_tokens=peak(granted),
         steady_peak_requests=peak(None, first),
-        steady_peak_tokens=peak(costs, first),
-        cpu_ms_per_1k=raw["cpu"] / requests * 1e6 if requests else math.nan,
-        cpu_load=raw["cpu"] / (t1 - t0),
-        tasks_per_request=raw["tasks"] / max(requests, 1),
-        steps_per_request=raw["steps"] / max(requests, 1),
+        steady_peak_tokens=peak(granted, first),
+        cpu_ms_per_1k=span.cpu / requests * 1e6 if requests else math.nan,
+        tasks_per_request=span.tasks / max(requests, 1),
+        steps_per_request=span.steps / max(requests, 1),
     )
 
 
@@ -209,45 +156,35 @@ def _median(values: list[float]) -> float:
     return statistics.median(known) if known else math.nan
 
 
-def summarise(samples: list[Sample], cfg: Config) -> list[Row]:
+def summarise(samples: list[Row], cfg: Config) -> list[Row]:
     rows = []
     for loop, name in dict.fromkeys((s.loop, s.name) for s in samples):
         mine = [s for s in samples if s.loop == loop and s.name == name]
         base = {
-            s.round_index: s.cpu_ms_per_1k for s in samples if s.loop == loop and s.name == BASELINE
+            s.round_index: s.cpu_ms_per_1k for s in samples if (s.loop, s.name) == (loop, BASELINE)
         }
         ratios = [
             s.cpu_ms_per_1k / base[s.round_index]
             for s in mine
             if base.get(s.round_index, math.nan) > 0
         ]
-        r_limit, t_limit = cfg.requests_per_second * cfg.window, cfg.tokens_per_second * cfg.window
+        summary: dict[str, Any] = {f: _median([getattr(s, f) for s in mine]) for f in MEDIANS}
+        summary |= {f: max(getattr(s, f) for s in mine) for f in PEAKS}
         rows.append(
-            Row(
-                loop=loop,
-                name=name,
-                samples=len(mine),
-                request_share=statistics.median(s.request_share for s in mine),
-                token_share=statistics.median(s.token_share for s in mine),
-                peak_requests=max(s.peak_requests for s in mine),
-                peak_tokens=max(s.peak_tokens for s in mine),
-                steady_peak_requests=max(s.steady_peak_requests for s in mine),
-                steady_peak_tokens=max(s.steady_peak_tokens for s in mine),
-                cpu_ms_per_1k=_median([s.cpu_ms_per_1k for s in mine]),
-                cpu_load=statistics.median(s.cpu_load for s in mine),
+            replace(
+                mine[0],
+                **summary,
                 cpu_vs_baseline=_median(ratios),
-                tasks_per_request=statistics.median(s.tasks_per_request for s in mine),
-                steps_per_request=statistics.median(s.steps_per_request for s in mine),
-                rounds_over=sum(s.peak_requests > r_limit or s.peak_tokens > t_limit for s in mine),
-                rounds_over_steady=sum(
-                    s.steady_peak_requests > r_limit or s.steady_peak_tokens > t_limit for s in mine
-                ),
+                samples=len(mine),
+                rounds_over=sum(s.over(cfg, steady=False) for s in mine),
+                rounds_over_steady=sum(s.over(cfg, steady=True) for s in mine),
             )
         )
     return rows
 
 
-def measure(chosen: list[Loop], cfg: Config) -> list[Sample]:
+def measure(chosen: list[Loop], cfg: Config) -> list[Row]:
+    """One row per (loop, peer, round), the peers in rotating order."""
     costs = token_costs(cfg)
     samples = []
     for loop in chosen:
@@ -257,14 +194,13 @@ def measure(chosen: list[Loop], cfg: Config) -> list[Sample]:
             for peer in found[shift:] + found[:shift]:
                 build = peer.llm
                 assert build is not None
-                raw = run_with(
+                sample = run_with(
                     loop,
                     lambda: build(cfg.requests_per_second, cfg.tokens_per_second),  # noqa: B023
-                    lambda rt, acquire: _workload(rt, acquire, costs, cfg),
+                    lambda rt, acquire: _workload(rt, acquire, peer.name, round_index, costs, cfg),  # noqa: B023
                     count="all",
                     clock=time.monotonic,
                 )
-                sample = _sample(loop.name, peer.name, raw, cfg, round_index)
                 samples.append(sample)
                 progress(
                     f"llm {loop.name} {peer.name} round {round_index}: "

@@ -21,6 +21,8 @@ FLOOR = "floor: empty async def"
 
 @dataclass(frozen=True)
 class Config:
+    """Awaits per floor timing; the bounds and the time budget (s) of a candidate's; rounds."""
+
     floor_ops: int
     max_ops: int
     min_ops: int
@@ -42,13 +44,13 @@ class Row:
     ns_per_op: float
     ratio: float
     ratio_of_minima: float
-    vs_tokenbucket: float
     ops: int
-    samples: list[float]
+    samples: list[float]  # ns/op of each sample
     paired_ratios: list[float]
+    vs_tokenbucket: float = math.nan
 
 
-async def _sample(acquire: Acquire, cfg: Config) -> list[float]:
+async def _sample(acquire: Acquire, cfg: Config) -> tuple[float, float, float, int]:
     """[floor, candidate, floor] in ns/op back to back, and the candidate's op count."""
     warm = max(cfg.min_ops // 10, 100)
     await time_ops(noop, warm)
@@ -56,13 +58,7 @@ async def _sample(acquire: Acquire, cfg: Config) -> list[float]:
     ops = int(min(cfg.max_ops, max(cfg.min_ops, cfg.budget * 1e9 / max(estimate, 1.0))))
     before = await time_ops(noop, cfg.floor_ops)
     candidate = await time_ops(acquire, ops)
-    after = await time_ops(noop, cfg.floor_ops)
-    return [before, candidate, after, float(ops)]
-
-
-def _once(loop: Loop, peer: peers.Peer, cfg: Config) -> list[float]:
-    assert peer.uncontended is not None
-    return run_with(loop, peer.uncontended, lambda _, acquire: _sample(acquire, cfg))
+    return before, candidate, await time_ops(noop, cfg.floor_ops), ops
 
 
 def measure(loop: Loop, cfg: Config) -> list[Row]:
@@ -74,27 +70,29 @@ def measure(loop: Loop, cfg: Config) -> list[Row]:
     for rep in range(cfg.reps):
         shift = rep % len(subjects)
         for peer in subjects[shift:] + subjects[:shift]:
-            before, candidate, after, count = _once(loop, peer, cfg)
+            assert peer.uncontended is not None
+            before, candidate, after, ops[peer.name] = run_with(
+                loop, peer.uncontended, lambda _, acquire: _sample(acquire, cfg)
+            )
             floor += (before, after)
             samples[peer.name].append(candidate)
             paired[peer.name].append(candidate / statistics.fmean((before, after)))
-            ops[peer.name] = int(count)
     best = min(floor)
-    rows = [Row(loop.name, FLOOR, best, 1.0, 1.0, math.nan, cfg.floor_ops, floor, [])]
-    rows += [
-        Row(
-            loop.name,
-            name,
-            min(v),
-            statistics.median(paired[name]),
-            min(v) / best,
-            math.nan,
-            ops[name],
-            v,
-            paired[name],
+    rows = [Row(loop.name, FLOOR, best, 1.0, 1.0, cfg.floor_ops, floor, [])]
+    for name, times in samples.items():
+        ratio = statistics.median(paired[name])
+        rows.append(
+            Row(
+                loop.name,
+                name,
+                min(times),
+                ratio,
+                min(times) / best,
+                ops[name],
+                times,
+                paired[name],
+            )
         )
-        for name, v in samples.items()
-    ]
     ours = next((r.ratio for r in rows if r.name == peers.TOKENBUCKET), math.nan)
     for row in rows[1:]:
         row.vs_tokenbucket = row.ratio / ours

@@ -17,11 +17,11 @@ import math
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import peers
-from _harness import Acquire, Loop, Runtime, loops, progress, run_with
+from _harness import Acquire, Loop, Runtime, SingleShot, loops, progress, run_with, spawn_batched
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,19 +32,16 @@ MEMORY_METHOD = (
 )
 
 
-@dataclass(frozen=True)
-class Config:
+@dataclass(frozen=True, kw_only=True)
+class Config(SingleShot):
     counts: tuple[int, ...]
-    cap_slack: float
     isolate: bool  # one fresh process per run (else one for all runs)
-    rate: float = 5000.0
-    capacity: float = 50.0
-    spawn_batch: int = 25
-    cap_factor: float = 1.5
 
 
-FULL = Config(counts=(10, 100, 1_000, 10_000, 50_000), cap_slack=1.0, isolate=True)
-QUICK = Config(counts=(10, 100), cap_slack=0.05, isolate=False)
+FULL = Config(
+    counts=(10, 100, 1_000, 10_000, 50_000), rate=5000.0, capacity=50.0, cap_slack=1.0, isolate=True
+)
+QUICK = Config(counts=(10, 100), rate=5000.0, capacity=50.0, cap_slack=0.05, isolate=False)
 
 
 @dataclass
@@ -55,9 +52,8 @@ class Row:
     granted: int
     wall: float
     ideal: float
-    spawn: float
+    spawn: float  # seconds spent spawning, included in wall
     capped: bool
-    cpu_seconds: float
     cpu_us_per_waiter: float
     cpu_load: float
     memory_bytes: int | None
@@ -93,15 +89,14 @@ def memory_probe() -> Callable[[], int | None]:
     return lambda: None if (peak := _status("VmHWM")) is None else max(peak - base, 0)
 
 
-async def _waiters(
-    rt: Runtime, acquire: Acquire, total: int, cap: float, cfg: Config
-) -> dict[str, Any]:
+async def _waiters(rt: Runtime, acquire: Acquire, name: str, total: int, cfg: Config) -> Row:
     now = rt.now
     done = rt.event()
     granted = 0
     last_grant = math.nan
+    ideal = max(total - cfg.capacity, 0) / cfg.rate
 
-    async def waiter() -> None:
+    async def waiter(_: int) -> None:
         nonlocal granted, last_grant
         await acquire()
         granted += 1
@@ -113,40 +108,42 @@ async def _waiters(
     peak = memory_probe()
     gc.disable()
     cpu0, t0 = time.process_time(), now()
-    tasks = []
+    tasks: list[Any] = []
     try:
-        for start in range(0, total, cfg.spawn_batch):
-            tasks += [rt.spawn(waiter) for _ in range(start, min(start + cfg.spawn_batch, total))]
-            await rt.checkpoint()  # let this batch arrive before spawning the next
+        await spawn_batched(rt, waiter, total, cfg.spawn_batch, tasks)
         spawned = now() - t0
-        await done.wait(cap - spawned)
-        t1 = last_grant if done.is_set() else now()
-        cpu1, grew = time.process_time(), peak()
+        await done.wait(cfg.cap_factor * ideal + cfg.cap_slack - spawned)
+        wall = (last_grant if done.is_set() else now()) - t0
+        cpu, grew = time.process_time() - cpu0, peak()
     finally:
         gc.enable()
         await rt.cancel(tasks)
-    return {
-        "wall": t1 - t0,
-        "spawn": spawned,
-        "granted": granted,
-        "cpu": cpu1 - cpu0,
-        "capped": not done.is_set(),
-        "memory": grew,
-    }
+    return Row(
+        loop=rt.name,
+        name=name,
+        waiters=total,
+        granted=granted,
+        wall=wall,
+        ideal=ideal,
+        spawn=spawned,
+        capped=not done.is_set(),
+        cpu_us_per_waiter=cpu / max(granted, 1) * 1e6,
+        cpu_load=cpu / wall if wall > 0 else math.nan,
+        memory_bytes=grew,
+    )
 
 
 def run_job(job: dict[str, Any], cfg: Config) -> dict[str, Any]:
     """One waiters run, in this process."""
     rated = peers.by_name(job["peer"]).rated
     assert rated is not None
-    total: int = job["n"]
-    ideal = max(total - cfg.capacity, 0) / cfg.rate
-    cap = cfg.cap_factor * ideal + cfg.cap_slack
     loop = next(loop for loop in loops() if loop.name == job["loop"])
-    raw = run_with(
-        loop, lambda: rated(cfg.rate, cfg.capacity), lambda rt, a: _waiters(rt, a, total, cap, cfg)
+    row = run_with(
+        loop,
+        lambda: rated(cfg.rate, cfg.capacity),
+        lambda rt, acquire: _waiters(rt, acquire, job["peer"], job["n"], cfg),
     )
-    return {**job, **raw, "ideal": ideal}
+    return asdict(row)
 
 
 def measure(chosen: list[Loop], cfg: Config, worker: list[str]) -> list[Row]:
@@ -165,27 +162,12 @@ def measure(chosen: list[Loop], cfg: Config, worker: list[str]) -> list[Row]:
         )
         if done.returncode != 0:
             raise RuntimeError(f"waiters worker failed on {batch}:\n{done.stderr}")
-        for r in json.loads(done.stdout):
+        for row in (Row(**fields) for fields in json.loads(done.stdout)):
             progress(
-                f"waiters {r['loop']} {r['peer']} {r['n']:,}: {r['wall']:.2f} s "
-                f"(ideal {r['ideal']:.2f})"
+                f"waiters {row.loop} {row.name} {row.waiters:,}: {row.wall:.2f} s "
+                f"(ideal {row.ideal:.2f})"
             )
-            rows.append(
-                Row(
-                    loop=r["loop"],
-                    name=r["peer"],
-                    waiters=r["n"],
-                    granted=r["granted"],
-                    wall=r["wall"],
-                    ideal=r["ideal"],
-                    spawn=r["spawn"],
-                    capped=r["capped"],
-                    cpu_seconds=r["cpu"],
-                    cpu_us_per_waiter=r["cpu"] / max(r["granted"], 1) * 1e6,
-                    cpu_load=r["cpu"] / r["wall"] if r["wall"] > 0 else math.nan,
-                    memory_bytes=r["memory"],
-                )
-            )
+            rows.append(row)
     return rows
 
 
