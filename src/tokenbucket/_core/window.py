@@ -109,12 +109,8 @@ class WindowLog:
 
     def try_take(self, amount: float, now: float) -> bool:
         """Record a grant of ``amount`` at ``now`` if the window has room for it."""
-        now = self._expire(self._inside(now) if self._offset else now)
-        # The same comparison as in ready_at and level, so all agree to the last bit.
-        if amount > self.limit - self._used():
-            return False
-        self._append(self._expiry_of(now), amount)
-        return True
+        # The same check and record as take (one call: the single limiter's hot path).
+        return self.take(amount, amount, now) is not None
 
     def _expiry_of(self, now: float) -> float:
         """When a grant made at ``now`` leaves the window: ``now + window`` rounded up, so
