@@ -28,12 +28,16 @@ __all__: list[str] = []
 
 _INF: Final = math.inf
 
+# A waiter's state (the queue's too): waiting, granted, or gone (left, or granted and
+# given back).
+WAITING: Final = 0
+GRANTED: Final = 1
+GONE: Final = 2
+
 
 async def park_asyncio(
     queue: WaiterQueue, waiter: _Waiter, loop: asyncio.AbstractEventLoop, now: float
 ) -> None:
-    from ._queue import _GONE
-
     future = waiter.future = loop.create_future()
     queue.push(waiter, now)
     handle = None
@@ -42,7 +46,7 @@ async def park_asyncio(
     try:
         await future
     except BaseException:
-        if waiter.state is not _GONE:
+        if waiter.state is not GONE:
             queue.abandon(waiter)
         raise
     finally:
@@ -51,8 +55,6 @@ async def park_asyncio(
 
 
 async def park_anyio(queue: WaiterQueue, waiter: _Waiter, now: float) -> None:
-    from ._queue import _GONE, _GRANTED
-
     waiter.event = anyio.Event()
     queue.push(waiter, now)
     try:
@@ -61,7 +63,7 @@ async def park_anyio(queue: WaiterQueue, waiter: _Waiter, now: float) -> None:
                 waiter.scope = scope
                 await waiter.event.wait()
             waiter.scope = None
-            if waiter.state is _GRANTED:
+            if waiter.state is GRANTED:
                 return
             now = queue.clock()
             if now >= waiter.deadline:
@@ -69,10 +71,10 @@ async def park_anyio(queue: WaiterQueue, waiter: _Waiter, now: float) -> None:
                 raise AcquireTimeoutError(queue.owner.timeout_message(waiter.amount))
             if queue.head() is waiter and now >= waiter.wake:
                 queue.dispatch(now)
-                if waiter.state is _GRANTED:
+                if waiter.state is GRANTED:
                     return
     except BaseException:
         waiter.scope = None
-        if waiter.state is not _GONE:
+        if waiter.state is not GONE:
             queue.abandon(waiter)
         raise

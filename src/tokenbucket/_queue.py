@@ -46,6 +46,9 @@ from ._loop import (
     trio_clock,
     trio_root,
 )
+from ._park import GONE as _GONE
+from ._park import GRANTED as _GRANTED
+from ._park import WAITING as _WAITING
 from ._park import park_anyio, park_asyncio
 
 if TYPE_CHECKING:
@@ -57,10 +60,6 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 _INF: Final = math.inf
-
-_WAITING: Final = 0
-_GRANTED: Final = 1
-_GONE: Final = 2
 
 
 class QueueState(Protocol):

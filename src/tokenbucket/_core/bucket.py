@@ -64,10 +64,7 @@ class BucketState:
 
     def fits(self, amount: float, now: float) -> bool:
         """Whether :meth:`try_take` would grant ``amount`` at ``now`` (changes nothing)."""
-        if now <= self._stamp:  # level() inlined: this is the hot path of every Limiter
-            return self._level >= amount
-        level = self._level + (now - self._stamp) * self.rate
-        return (level if level < self.capacity else self.capacity) >= amount
+        return self.level(now) >= amount
 
     def charge(self, amount: float, now: float) -> float:
         """Take ``amount`` at ``now`` unconditionally; the level may go below zero (debt).
@@ -75,15 +72,9 @@ class BucketState:
         A bucket in debt grants nothing until it has refilled past zero again, so later
         callers wait the overrun off. Returns the grant's ticket.
         """
-        stamp = self._stamp
-        if now > stamp:
-            level = self._level + (now - stamp) * self.rate
-            if level > self.capacity:
-                level = self.capacity
+        self._level = self.level(now) - amount
+        if now > self._stamp:
             self._stamp = now
-        else:
-            level = self._level
-        self._level = level - amount
         self._taken += amount
         return self._taken
 

@@ -123,19 +123,8 @@ class WindowLog:
 
     def fits(self, amount: float, now: float) -> bool:
         """Whether :meth:`try_take` would grant ``amount`` at ``now``."""
-        # _expire and _used inlined: this is the hot path of every Limiter.
-        if self._offset:
-            now = self._inside(now)
-        if now > self._last:
-            self._last = now
-        else:
-            now = self._last
-        expiry = self._expiry
-        if self._head < len(expiry) and expiry[self._head] <= now:
-            self._drop(now)
-        if self._head < len(expiry):
-            return amount <= self.limit - (self._total[-1] - self._base)
-        return amount <= self.limit
+        self._expire(self._inside(now) if self._offset else now)
+        return amount <= self.limit - self._used()
 
     def charge(self, amount: float, now: float) -> float:
         """Record a grant of ``amount`` at ``now`` unconditionally (the window may go over
