@@ -11,6 +11,7 @@ the run fails if a task is left over.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import importlib
@@ -53,6 +54,22 @@ def progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """A command line with the options every benchmark has: ``--quick`` and ``--json``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help="smoke run with small sizes")
+    parser.add_argument("--json", metavar="PATH", help="also write the raw results here")
+    return parser
+
+
+# Admission counts taken from the tasks are exact only to a few admissions: the rate over
+# D seconds depends on what had refilled when the interval began, on where the boundary
+# readings fall among the grants and (uvloop) on a clock that reads whole milliseconds; a
+# window's peak is counted from resumptions, which a stall can push into the next window.
+# This many admissions either way (over "allowed") are the measurement's resolution.
+SLACK_ADMISSIONS = 3
+
+
 # -- event loops -------------------------------------------------------------------------
 
 
@@ -84,9 +101,8 @@ class Task(Protocol):
 
 
 class _Instruments:
-    """What both runtimes note: tasks created and task steps taken (by the counted
-    tasks), and for each watched task the instant it was last made runnable and the
-    sequence number of that moment (trio)."""
+    """Tasks created and steps taken (by the counted tasks), and per watched task the
+    instant it was last made runnable and (trio) the sequence number of that moment."""
 
     def __init__(
         self, name: str, now: Callable[[], float], count: Count, clock: Callable[[], float]
@@ -159,14 +175,12 @@ class AsyncioRuntime(_Instruments):
                 return asyncio.Task(_Counted(coro, self), loop=loop, **kw)
 
             loop.set_task_factory(factory)  # type: ignore[arg-type]
-        if count is not None:
-            self._note_wakeups()
-
-    def _note_wakeups(self) -> None:
-        """A completed future schedules the wake-up of the task awaiting it through
-        ``loop.call_soon(task_wakeup)``, looked up on the loop object: an instance
-        attribute notes it, on asyncio and uvloop alike."""
-        original, woken, clock = self.loop.call_soon, self.woken, self.clock
+        if count is None:
+            return
+        # A completed future schedules the wake-up of the task awaiting it through
+        # `loop.call_soon(task_wakeup)`, looked up on the loop object: an instance
+        # attribute notes it, on asyncio and uvloop alike.
+        original, woken = loop.call_soon, self.woken
 
         def call_soon(callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
             owner = getattr(callback, "__self__", None)
@@ -174,7 +188,7 @@ class AsyncioRuntime(_Instruments):
                 woken[owner] = clock()
             return original(callback, *args, context=context)
 
-        self.loop.call_soon = call_soon  # type: ignore[method-assign, assignment]
+        loop.call_soon = call_soon  # type: ignore[method-assign, assignment]
 
     def current(self) -> object:
         return asyncio.current_task()
@@ -193,9 +207,8 @@ class AsyncioRuntime(_Instruments):
         await asyncio.sleep(0)
 
     async def cancel(self, tasks: Iterable[Task]) -> None:
-        """Cancel and await, cancelling again those still running: on Python < 3.12
-        ``asyncio.wait_for`` (which redis-py wraps around socket writes) can swallow a
-        cancellation that arrives as the write completes."""
+        # Again and again: on Python < 3.12 `asyncio.wait_for` (which redis-py wraps around
+        # socket writes) can swallow a cancellation that arrives as the write completes.
         pending: set[Any] = set(tasks)
         while pending:
             for task in pending:
@@ -207,10 +220,10 @@ class AsyncioRuntime(_Instruments):
         await self.cancel(t for t in asyncio.all_tasks() if t is not me)
 
 
+@dataclass
 class _TrioTask:
-    def __init__(self, scope: Any) -> None:
-        self.scope = scope
-        self.finished = False
+    scope: Any
+    finished: bool = False
 
     def cancel(self) -> None:
         self.scope.cancel()
@@ -251,9 +264,6 @@ class TrioRuntime(_Instruments):
         runtime = self
 
         class Watch(trio.abc.Instrument):
-            """Counts steps (of the spawned tasks, or all) and notes when each watched
-            task was made runnable, and in what order."""
-
             def task_spawned(self, task: trio.lowlevel.Task) -> None:
                 runtime.tasks += 1
 
@@ -411,18 +421,6 @@ def loop_floor(loop: Loop, period: float, duration: float) -> float:
 # -- timing ------------------------------------------------------------------------------
 
 
-async def noop() -> None:
-    """The floor: an empty coroutine function."""
-
-
-async def time_ops(op: Acquire, ops: int) -> float:
-    """Nanoseconds per ``await op()`` over ``ops`` calls (the same loop for everyone)."""
-    start = time.perf_counter_ns()
-    for _ in range(ops):
-        await op()
-    return (time.perf_counter_ns() - start) / ops
-
-
 @dataclass(frozen=True)
 class Interval:
     """A run's measured interval: its clock readings, the CPU seconds, tasks created and
@@ -454,6 +452,12 @@ async def measured(
     finally:
         await rt.cancel(workers)
     return Interval(t0, t1, cpu1 - cpu0, tasks, steps, first, last)
+
+
+def rotated(items: list[T], shift: int) -> list[T]:
+    """``items`` starting at ``shift`` (modulo their number): a rotating order of runs."""
+    shift %= len(items)
+    return items[shift:] + items[:shift]
 
 
 async def spawn_batched(
@@ -586,9 +590,7 @@ def markdown_table(headers: list[str], rows: list[list[str]], right: Iterable[in
 
 
 def write_json(path: str, data: Any) -> None:
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", encoding="utf-8") as file:
         json.dump(data, file, indent=2)
         file.write("\n")

@@ -54,6 +54,12 @@ class Peer:
     def builder(self, workload: str) -> Any:
         return {"uncontended": self.uncontended, "llm": self.llm}.get(workload, self.rated)
 
+    def build(self, workload: str, *args: float) -> Callable[[], Made]:
+        """What builds this peer's limiter for ``workload`` (inside the running loop)."""
+        builder = self.builder(workload)
+        assert builder is not None
+        return lambda: builder(*args)
+
     def why_not(self, workload: str, loop: Loop | None = None) -> str | None:
         """Why this peer has no figures for ``workload`` (on ``loop``), or None."""
         module = self.module or self.distribution.replace("-", "_")

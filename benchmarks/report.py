@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import peers
-from _harness import Loop, describe, loops, markdown_table
+from _harness import SLACK_ADMISSIONS, Loop, describe, loops, markdown_table
 from workloads import cancellation, llm, saturation, uncontended, waiters
 
 RED = "\N{LARGE RED CIRCLE}"
@@ -247,7 +247,7 @@ def targets(results: Results) -> tuple[int, int, str]:
             "saturation: rate >= 99% of configured, never over",
             loop,
             f"{_span([r.achieved * 100 for r in runs], '.1f', '%')}, peak - allowed "
-            f"{max(r.peak - r.allowed for r in runs):+.0f} (+/-{saturation.SLACK_ADMISSIONS})",
+            f"{max(r.peak - r.allowed for r in runs):+.0f} (+/-{SLACK_ADMISSIONS})",
             min(r.achieved for r in runs) >= 0.99 and not any(r.over for r in runs),
         )
         inversions = sum(r.adjacent_inversions for r in runs)
@@ -453,7 +453,7 @@ def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
             f"N tasks loop on `acquire()` of one limiter at {sat.rate:,.0f} units/s, burst "
             f"{sat.capacity:g}; {sat.duration:g} s measured after {sat.warmup:g} s. Peak: most "
             f"admissions certainly inside one window against rate x window + burst ({RED}: more "
-            f"than {saturation.SLACK_ADMISSIONS} over; window {min(sat.window, sat.duration):g} "
+            f"than {SLACK_ADMISSIONS} over; window {min(sat.window, sat.duration):g} "
             "s). Wait: call to resumption. Out of order: adjacent grants whose arrival order is "
             f"inverted. Event-loop floor (CPU per wake-up of a task sleeping 1 ms): {floors}.",
             "saturation",

@@ -2,12 +2,16 @@
 every waiter with an odd arrival number still waiting is cancelled (``task.cancel()``;
 on trio its cancel scope). Throughput = survivors granted / (last survivor's grant -
 cancellation instant) / rate: 100% means the cancelled waiters cost the others nothing.
+Before: waiters granted before the cancellation; wall: from the cancellation to the last
+survivor's grant (or to the cap, ``capped``); not_cancelled: cancelled waiters whose task
+did not end cancelled.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import peers
 from _harness import Acquire, Loop, Runtime, SingleShot, Task, progress, run_with, spawn_batched
@@ -15,10 +19,6 @@ from _harness import Acquire, Loop, Runtime, SingleShot, Task, progress, run_wit
 
 @dataclass
 class Row:
-    """Waiters granted before the cancellation, cancelled, and left (survivors); wall: the
-    cancellation to the last survivor's grant (or to the cap, ``capped``); ideal: survivors
-    / rate; not_cancelled: cancelled waiters whose task did not end cancelled."""
-
     loop: str
     name: str
     before_cancel: int
@@ -97,16 +97,8 @@ async def _cancellation(rt: Runtime, acquire: Acquire, name: str, cfg: Config) -
 def measure(loop: Loop, cfg: Config) -> list[Row]:
     rows = []
     for peer in peers.for_workload("cancellation", loop):
-        rated = peer.rated
-        assert rated is not None
-        row = run_with(
-            loop,
-            lambda: rated(cfg.rate, cfg.capacity),  # noqa: B023 - called at once
-            lambda rt, acquire: _cancellation(rt, acquire, peer.name, cfg),  # noqa: B023
-        )
-        rows.append(row)
-        progress(
-            f"cancellation {loop.name} {peer.name}: {row.granted}/{row.survivors} "
-            f"{row.throughput:.1%}"
-        )
+        build = peer.build("cancellation", cfg.rate, cfg.capacity)
+        rows.append(row := run_with(loop, build, partial(_cancellation, name=peer.name, cfg=cfg)))
+        done = f"{row.granted}/{row.survivors} {row.throughput:.1%}"
+        progress(f"cancellation {loop.name} {peer.name}: {done}")
     return rows

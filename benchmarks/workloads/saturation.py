@@ -8,6 +8,13 @@ records, on return, its resumption instant and the instant it was last made runn
 (the earliest its admission can have happened). On trio the grant order is the order in
 which the limiter made the tasks runnable: trio resumes each batch of runnable tasks in
 random order. The event-loop floor is the CPU per wake-up of one task sleeping 1 ms.
+
+Row: ``achieved`` = admitted / duration / rate; ``peak``: most admissions certainly in
+one window (``min(window, duration)``) over the whole run, against ``allowed`` = rate *
+window + capacity; ``out_of_order``: share of adjacent grants whose arrival numbers are
+inverted; waits (ms) from the call to the resumption, over the measured interval;
+Jain's index over the tasks' admission counts in it, next to the best whole counts
+allow, and their quotient ``fairness_norm``.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 
 import peers
 from _harness import (
+    SLACK_ADMISSIONS,
     Acquire,
     Loop,
     Runtime,
@@ -30,13 +39,6 @@ from _harness import (
     progress,
     run_with,
 )
-
-# Admission counts taken from the tasks are exact only to a few admissions: the rate over
-# D seconds depends on what had refilled when the interval began, on where the boundary
-# readings fall among the grants and (uvloop) on a clock that reads whole milliseconds; a
-# window's peak is counted from resumptions, which a stall can push into the next window.
-# This many admissions either way are the measurement's resolution.
-SLACK_ADMISSIONS = 3
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,6 @@ QUICK = Config(tasks=(10, 100), warmup=0.02, duration=0.04, window=0.04, floor_d
 
 @dataclass
 class Row:
-    """``achieved`` = admitted / duration / rate; ``peak``: most admissions certainly in
-    one window (``min(window, duration)``) over the whole run, against ``allowed`` = rate *
-    window + capacity; ``out_of_order``: share of adjacent grants whose arrival numbers are
-    inverted; waits (ms) from the call to the resumption, over the measured interval;
-    Jain's index over the tasks' admission counts in it, next to the best whole counts
-    allow, and their quotient ``fairness_norm``."""
-
     loop: str
     name: str
     tasks: int
@@ -168,16 +163,10 @@ def measure(loop: Loop, cfg: Config, series: Series) -> tuple[float, list[Row]]:
     floor = loop_floor(loop, 1e-3, cfg.floor_duration)
     rows = []
     for peer in peers.for_workload("saturation", loop):
-        rated = peer.rated
-        assert rated is not None
         for tasks in cfg.tasks:
-            row = run_with(
-                loop,
-                lambda: rated(cfg.rate, cfg.capacity),  # noqa: B023 - called at once
-                lambda rt, acquire: _saturation(rt, acquire, peer.name, tasks, cfg, series),  # noqa: B023
-                count="spawned",
-            )
-            rows.append(row)
+            build = peer.build("saturation", cfg.rate, cfg.capacity)
+            body = partial(_saturation, name=peer.name, tasks=tasks, cfg=cfg, series=series)
+            rows.append(row := run_with(loop, build, body, count="spawned"))
             progress(
                 f"saturation {loop.name} {peer.name} {tasks:,} tasks: {row.achieved:.1%}, "
                 f"{row.cpu_ms_per_1k:.1f} ms/1k, peak {row.peak}/{row.allowed:.0f}"

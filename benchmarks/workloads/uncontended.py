@@ -5,24 +5,25 @@ back to back in one fresh loop; the samples of all candidates are interleaved ov
 ``reps`` rounds, in rotating order. The floor is timed over ``floor_ops`` awaits; a
 candidate over as many as fit in ``budget`` seconds after a short calibration (between
 ``min_ops`` and ``max_ops``), so a peer at 40 us per call does not take minutes.
+ns/op is the minimum over the samples; ratio the median of candidate / mean(floor
+before, floor after); vs_tokenbucket that ratio over TokenBucket's on the same loop.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import time
 from dataclasses import dataclass
 
 import peers
-from _harness import Acquire, Loop, noop, progress, run_with, time_ops
+from _harness import Acquire, Loop, progress, rotated, run_with
 
 FLOOR = "floor: empty async def"
 
 
 @dataclass(frozen=True)
 class Config:
-    """Awaits per floor timing; the bounds and the time budget (s) of a candidate's; rounds."""
-
     floor_ops: int
     max_ops: int
     min_ops: int
@@ -36,9 +37,6 @@ QUICK = Config(floor_ops=3_000, max_ops=3_000, min_ops=200, budget=0.004, reps=2
 
 @dataclass
 class Row:
-    """ns/op: minimum over samples. ratio: median over samples of candidate / mean(floor
-    before, floor after). vs_tokenbucket: ratio / TokenBucket's ratio on the same loop."""
-
     loop: str
     name: str
     ns_per_op: float
@@ -48,6 +46,18 @@ class Row:
     samples: list[float]  # ns/op of each sample
     paired_ratios: list[float]
     vs_tokenbucket: float = math.nan
+
+
+async def noop() -> None:
+    """The floor: an empty coroutine function."""
+
+
+async def time_ops(op: Acquire, ops: int) -> float:
+    """Nanoseconds per ``await op()`` over ``ops`` calls (the same loop for everyone)."""
+    start = time.perf_counter_ns()
+    for _ in range(ops):
+        await op()
+    return (time.perf_counter_ns() - start) / ops
 
 
 async def _sample(acquire: Acquire, cfg: Config) -> tuple[float, float, float, int]:
@@ -68,11 +78,9 @@ def measure(loop: Loop, cfg: Config) -> list[Row]:
     paired: dict[str, list[float]] = {p.name: [] for p in subjects}
     ops: dict[str, int] = {}
     for rep in range(cfg.reps):
-        shift = rep % len(subjects)
-        for peer in subjects[shift:] + subjects[:shift]:
-            assert peer.uncontended is not None
+        for peer in rotated(subjects, rep):
             before, candidate, after, ops[peer.name] = run_with(
-                loop, peer.uncontended, lambda _, acquire: _sample(acquire, cfg)
+                loop, peer.build("uncontended"), lambda _, acquire: _sample(acquire, cfg)
             )
             floor += (before, after)
             samples[peer.name].append(candidate)
@@ -80,19 +88,8 @@ def measure(loop: Loop, cfg: Config) -> list[Row]:
     best = min(floor)
     rows = [Row(loop.name, FLOOR, best, 1.0, 1.0, cfg.floor_ops, floor, [])]
     for name, times in samples.items():
-        ratio = statistics.median(paired[name])
-        rows.append(
-            Row(
-                loop.name,
-                name,
-                min(times),
-                ratio,
-                min(times) / best,
-                ops[name],
-                times,
-                paired[name],
-            )
-        )
+        low, ratio = min(times), statistics.median(paired[name])
+        rows.append(Row(loop.name, name, low, ratio, low / best, ops[name], times, paired[name]))
     ours = next((r.ratio for r in rows if r.name == peers.TOKENBUCKET), math.nan)
     for row in rows[1:]:
         row.vs_tokenbucket = row.ratio / ours

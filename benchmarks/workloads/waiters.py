@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import peers
@@ -83,10 +84,8 @@ def memory_probe() -> Callable[[], int | None]:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
             clear.write("5")
     except OSError:
-        return lambda: None
-    if base is None:
-        return lambda: None
-    return lambda: None if (peak := _status("VmHWM")) is None else max(peak - base, 0)
+        base = None
+    return lambda: None if base is None or (hwm := _status("VmHWM")) is None else max(hwm - base, 0)
 
 
 async def _waiters(rt: Runtime, acquire: Acquire, name: str, total: int, cfg: Config) -> Row:
@@ -133,24 +132,11 @@ async def _waiters(rt: Runtime, acquire: Acquire, name: str, total: int, cfg: Co
     )
 
 
-def run_job(job: dict[str, Any], cfg: Config) -> dict[str, Any]:
-    """One waiters run, in this process."""
-    rated = peers.by_name(job["peer"]).rated
-    assert rated is not None
-    loop = next(loop for loop in loops() if loop.name == job["loop"])
-    row = run_with(
-        loop,
-        lambda: rated(cfg.rate, cfg.capacity),
-        lambda rt, acquire: _waiters(rt, acquire, job["peer"], job["n"], cfg),
-    )
-    return asdict(row)
-
-
 def measure(chosen: list[Loop], cfg: Config, worker: list[str]) -> list[Row]:
     """Every (loop, peer, count), in a fresh process each (``cfg.isolate``) or all in one
-    process; ``worker`` is the command that runs ``run_job`` on the jobs it reads."""
+    process; ``worker`` is the command that runs ``worker_main`` on the jobs it reads."""
     jobs = [
-        {"loop": loop.name, "peer": peer.name, "n": n}
+        (loop.name, peer.name, n)
         for loop in chosen
         for peer in peers.for_workload("waiters", loop)
         for n in cfg.counts
@@ -163,15 +149,17 @@ def measure(chosen: list[Loop], cfg: Config, worker: list[str]) -> list[Row]:
         if done.returncode != 0:
             raise RuntimeError(f"waiters worker failed on {batch}:\n{done.stderr}")
         for row in (Row(**fields) for fields in json.loads(done.stdout)):
-            progress(
-                f"waiters {row.loop} {row.name} {row.waiters:,}: {row.wall:.2f} s "
-                f"(ideal {row.ideal:.2f})"
-            )
+            progress(f"waiters {row.loop} {row.name} {row.waiters:,}: {row.wall:.2f} s")
             rows.append(row)
     return rows
 
 
 def worker_main(cfg: Config) -> int:
-    """Run the jobs read from stdin (JSON); print the results."""
-    json.dump([run_job(job, cfg) for job in json.load(sys.stdin)], sys.stdout)
+    """Run the jobs read from stdin (JSON: loop, peer, count) here; print the rows."""
+    rows = []
+    for loop_name, name, n in json.load(sys.stdin):
+        loop = next(loop for loop in loops() if loop.name == loop_name)
+        build = peers.by_name(name).build("waiters", cfg.rate, cfg.capacity)
+        rows.append(asdict(run_with(loop, build, partial(_waiters, name=name, total=n, cfg=cfg))))
+    json.dump(rows, sys.stdout)
     return 0
