@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import peers
-from _harness import environment, loops, progress, write_json
+from _harness import arguments, environment, loops, progress, write_json
 from report import Results, report
 from workloads import cancellation, llm, saturation, uncontended, waiters
 
@@ -31,6 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @dataclass(frozen=True)
 class Config:
+    """The sizes of every workload: each module's ``FULL`` or ``QUICK``."""
+
     mode: str
     uncontended: uncontended.Config
     saturation: saturation.Config
@@ -39,30 +41,18 @@ class Config:
     llm: llm.Config
 
 
-def config(mode: str) -> Config:
-    """The sizes of every workload for ``mode`` ("full" or "quick")."""
-    sizes = (uncontended, saturation, waiters, cancellation, llm)
-    return Config(mode, *(getattr(module, mode.upper()) for module in sizes))
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smoke run with small sizes")
-    parser.add_argument(
-        "--out",
-        metavar="DIR",
-        default=os.path.join(HERE, "results", "run_all"),
-        help="write report.md and the PNG plots here (default: benchmarks/results/run_all)",
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write the raw results here")
-    parser.add_argument(
-        "--only", action="append", choices=WORKLOADS, help="run only this workload (repeatable)"
-    )
+    parser = arguments(__doc__)
+    out = os.path.join(HERE, "results", "run_all")
+    parser.add_argument("--out", metavar="DIR", default=out, help="for report.md and the PNGs")
+    parser.add_argument("--only", action="append", choices=WORKLOADS, help="repeatable")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    cfg = config("quick" if args.quick else "full")
+    mode = "quick" if args.quick else "full"
+    sizes = (uncontended, saturation, waiters, cancellation, llm)
+    cfg = Config(mode, *(getattr(module, mode.upper()) for module in sizes))
     if args.worker:
         return waiters.worker_main(cfg.waiters)
     chosen = set(args.only or WORKLOADS)
@@ -72,34 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     series = saturation.Series()
     kinds = loops()
     started = time.monotonic()
-
-    def done(workload: str) -> None:
-        progress(f"[{time.monotonic() - started:.0f} s] {workload} done")
-
-    if "uncontended" in chosen:
-        for loop in kinds:
-            results.uncontended += uncontended.measure(loop, cfg.uncontended)
-        done("uncontended")
-    if "saturation" in chosen:
-        for loop in kinds:
-            floor, rows = saturation.measure(loop, cfg.saturation, series)
-            results.loop_floor[loop.name] = floor
-            results.saturation += rows
-        done("saturation")
+    for loop in kinds if "uncontended" in chosen else []:
+        results.uncontended += uncontended.measure(loop, cfg.uncontended)
+    for loop in kinds if "saturation" in chosen else []:
+        results.loop_floor[loop.name], rows = saturation.measure(loop, cfg.saturation, series)
+        results.saturation += rows
     if "waiters" in chosen:
-        worker = [sys.executable, os.path.abspath(__file__), "--worker"]
-        results.waiters = waiters.measure(
-            kinds, cfg.waiters, worker + (["--quick"] if args.quick else [])
-        )
-        done("waiters")
-    if "cancellation" in chosen:
-        for loop in kinds:
-            results.cancellation += cancellation.measure(loop, cfg.cancellation)
-        done("cancellation")
+        worker = [sys.executable, os.path.abspath(__file__), "--worker", *["--quick"] * args.quick]
+        results.waiters = waiters.measure(kinds, cfg.waiters, worker)
+    for loop in kinds if "cancellation" in chosen else []:
+        results.cancellation += cancellation.measure(loop, cfg.cancellation)
     if "llm" in chosen:
         results.llm = llm.measure(kinds, cfg.llm)
         results.costs = llm.cost_summary(llm.token_costs(cfg.llm))
-        done("llm")
+    progress(f"[{time.monotonic() - started:.0f} s] measured")
 
     os.makedirs(args.out, exist_ok=True)
     plots: dict[str, str] = {}

@@ -19,7 +19,6 @@ server's ``INFO commandstats``. See benchmarks/README.md.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import os
@@ -29,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-from _harness import describe, environment, markdown_table, version, write_json
+from _harness import (
+    SLACK_ADMISSIONS,
+    arguments,
+    describe,
+    environment,
+    markdown_table,
+    version,
+    write_json,
+)
 from redis_suite.limiters import FLOOR, KEY_MARK, TB_BUCKET, candidates, text
 from redis_suite.runs import FULL, QUICK, Config, RunResult, bench_run, per
 
@@ -38,7 +45,6 @@ if TYPE_CHECKING:
 
 DEFAULT_URL = "redis://127.0.0.1:6379/14"
 REGIMES = ("generous", "binding")
-SLACK_ADMISSIONS = 3  # a peak this much above "allowed" is the measurement's resolution
 
 
 def _ratio(value: float, digits: int = 3) -> str:
@@ -288,31 +294,22 @@ async def _prepare(url: str, allow_flush: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smoke run with small sizes")
-    parser.add_argument("--json", metavar="PATH", help="also write the raw results here")
+    parser = arguments(__doc__)
+    url = os.environ.get("TOKENBUCKET_BENCH_REDIS_URL", DEFAULT_URL)
+    parser.add_argument("--url", default=url, help="database to FLUSH and use (%(default)s)")
     parser.add_argument(
-        "--url",
-        default=os.environ.get("TOKENBUCKET_BENCH_REDIS_URL", DEFAULT_URL),
-        help=f"Redis database to use and FLUSH before every run (default {DEFAULT_URL})",
-    )
-    parser.add_argument(
-        "--allow-flush",
-        action="store_true",
-        help="flush the database even if it holds keys this benchmark did not write",
+        "--allow-flush", action="store_true", help="flush it even if it holds others' keys"
     )
     parser.add_argument(
         "--only",
         action="append",
         metavar="TEXT",
-        help="run only limiters whose name contains TEXT (repeatable; the floor always runs)",
+        help="only limiters whose name has TEXT; repeatable",
     )
     parser.add_argument(
-        "--regime", action="append", choices=REGIMES, help="run only this regime (repeatable)"
+        "--regime", action="append", choices=REGIMES, help="only this regime; repeatable"
     )
-    parser.add_argument(
-        "--acquirers", metavar="N,N,...", help="concurrent acquirers (default 1,10,100,1000)"
-    )
+    parser.add_argument("--acquirers", metavar="N,N,...", help="acquirer counts (1,10,100,1000)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.acquirers:

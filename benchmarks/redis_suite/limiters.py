@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from redis.typing import EncodableT
 
+    from redis_suite.runs import Config
+
 # Every key the benchmark writes contains this; the database is only flushed when every
 # key already in it does too (or with --allow-flush).
 KEY_MARK = "tbbench"
@@ -80,22 +82,6 @@ class CountingConnection(Connection):
         self._connected_before = True
 
 
-@dataclass(frozen=True)
-class Limit:
-    regime: str
-    rate: int  # units per `window` seconds (windows) or per second (buckets)
-    burst: int  # buckets only
-    window: float
-    pool_size: int  # redis-py's default, on a BlockingConnectionPool (waits when all busy)
-    min_poll: float  # the shortest sleep of the `limits` polling loop
-    buffer_ms: int  # pyrate-limiter's default
-
-    def pool(self, url: str) -> aioredis.BlockingConnectionPool:
-        return aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=self.pool_size, timeout=None, connection_class=CountingConnection
-        )
-
-
 @dataclass
 class Subject:
     """A limiter set up for one run; ``close()`` runs after every worker has ended."""
@@ -109,27 +95,35 @@ class Subject:
 @dataclass(frozen=True)
 class Candidate:
     """``kind``: "window" or "bucket" (what "allowed" means for it), or "none"; ``make``
-    sets it up the way its users write it."""
+    sets it up the way its users write it, for ``rate`` units per ``window`` seconds
+    (windows) or per second (buckets) with a burst of ``burst`` (buckets)."""
 
     name: str
     kind: str
-    make: Callable[[str, Limit], Awaitable[Subject]]
+    make: Callable[[str, Config, int, int], Awaitable[Subject]]
     regimes: tuple[str, ...] = ("generous", "binding")
 
 
-async def _floor(url: str, limit: Limit) -> Subject:
-    pool = limit.pool(url)
-    client: Any = aioredis.Redis(connection_pool=pool)
+async def _floor(url: str, cfg: Config, rate: int, burst: int) -> Subject:
+    client, close = _client(url, cfg)
     sha = await client.script_load("return 1")
 
     async def acquire() -> None:
         await client.evalsha(sha, 0)
 
+    return Subject(acquire, close)
+
+
+def _client(url: str, cfg: Config) -> tuple[Any, Callable[[], Awaitable[None]]]:
+    """A client on a pool of its own, and what closes both."""
+    pool = cfg.pool(url)
+    client: Any = aioredis.Redis(connection_pool=pool)
+
     async def close() -> None:
         await client.aclose()
         await pool.disconnect()
 
-    return Subject(acquire, close)
+    return client, close
 
 
 class Schedule:
@@ -179,19 +173,15 @@ class Schedule:
         return [(stamp, stamp - (at + self.offset)) for stamp, at in self.admissions]
 
 
-async def _tokenbucket(url: str, limit: Limit, *, window: bool) -> Subject:
-    pool = limit.pool(url)
+async def _tokenbucket(url: str, cfg: Config, rate: int, burst: int, *, window: bool) -> Subject:
+    pool = cfg.pool(url)
     backend_class: Any = tb.RedisBackend  # public, imported on first use
     backend = backend_class(aioredis.Redis(connection_pool=pool), prefix=KEY_MARK)
     limiter: tb.TokenBucket | tb.SlidingWindow
     if window:
-        limiter = tb.SlidingWindow(
-            limit=limit.rate, window=limit.window, backend=backend, key="bench"
-        )
+        limiter = tb.SlidingWindow(limit=rate, window=cfg.window, backend=backend, key="bench")
     else:
-        limiter = tb.TokenBucket(
-            rate=limit.rate, capacity=limit.burst, backend=backend, key="bench"
-        )
+        limiter = tb.TokenBucket(rate=rate, capacity=burst, backend=backend, key="bench")
     # The schedule reads the backend's seam (reserve, client); without it, no grants column.
     schedule = Schedule(backend) if hasattr(backend, "reserve") else None
 
@@ -208,8 +198,8 @@ async def _tokenbucket(url: str, limit: Limit, *, window: bool) -> Subject:
     return Subject(acquire, close, trips, schedule)
 
 
-async def _limits(url: str, limit: Limit, strategy: str) -> Subject:
-    pool = limit.pool(url)
+async def _limits(url: str, cfg: Config, rate: int, burst: int, *, strategy: str) -> Subject:
+    pool = cfg.pool(url)
     storage = optional("limits.aio.storage").RedisStorage(
         "async+" + url,
         implementation="redispy",
@@ -217,13 +207,13 @@ async def _limits(url: str, limit: Limit, strategy: str) -> Subject:
         connection_pool=pool,
     )
     limiter = getattr(optional("limits.aio.strategies"), strategy)(storage)
-    item = optional("limits").RateLimitItemPerSecond(limit.rate)
+    item = optional("limits").RateLimitItemPerSecond(rate)
 
     async def acquire() -> None:
         # `limits` never waits: poll, sleeping until the reset it reports (wall clock).
         while not await limiter.hit(item, "bench"):
             reset_time, _remaining = await limiter.get_window_stats(item, "bench")
-            await asyncio.sleep(max(reset_time - time.time(), limit.min_poll))
+            await asyncio.sleep(max(reset_time - time.time(), cfg.limits_min_poll))
 
     async def close() -> None:
         await storage.bridge.storage.aclose()
@@ -232,18 +222,17 @@ async def _limits(url: str, limit: Limit, strategy: str) -> Subject:
     return Subject(acquire, close)
 
 
-async def _pyrate(url: str, limit: Limit, *, state: bool) -> Subject:
+async def _pyrate(url: str, cfg: Config, rate: int, burst: int, *, state: bool) -> Subject:
     pyrate = optional("pyrate_limiter")
-    pool = limit.pool(url)
-    client: Any = aioredis.Redis(connection_pool=pool)
+    client, close_client = _client(url, cfg)
     if state:
         store = pyrate.RedisStateStore(client, f"{KEY_MARK}-pyrate-gcra")
-        rates = [pyrate.Rate(limit.rate, pyrate.Duration.SECOND, burst=limit.burst)]
+        rates = [pyrate.Rate(rate, pyrate.Duration.SECOND, burst=burst)]
         bucket = pyrate.StateBucket(rates, store=store, algorithm=pyrate.TokenBucket())
     else:
-        rates = [pyrate.Rate(limit.rate, int(limit.window * 1000))]
+        rates = [pyrate.Rate(rate, int(cfg.window * 1000))]
         bucket = await pyrate.RedisBucket.init(rates, client, f"{KEY_MARK}-pyrate-log")
-    limiter = pyrate.Limiter(bucket, buffer_ms=limit.buffer_ms)
+    limiter = pyrate.Limiter(bucket, buffer_ms=cfg.pyrate_buffer_ms)
 
     async def acquire() -> None:
         if not await limiter.try_acquire_async("bench"):  # v4: blocks by default
@@ -251,8 +240,7 @@ async def _pyrate(url: str, limit: Limit, *, state: bool) -> Subject:
 
     async def close() -> None:
         limiter.close()
-        await client.aclose()
-        await pool.disconnect()
+        await close_client()
 
     return Subject(acquire, close)
 

@@ -15,7 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from _harness import Loop, Runtime, certain_peak, percentile, progress, run, window_load
-from redis_suite.limiters import TALLY, Candidate, Limit, Subject
+from redis_suite.limiters import TALLY, Candidate, CountingConnection, Subject
 
 PROBE_PERIOD = 0.005  # the lag probe: a task sleeping this long in a loop
 # Commands in flight at a boundary (one per connection) can fall on either side of it:
@@ -41,16 +41,15 @@ class Config:
     limits_min_poll: float = 0.001
     pyrate_buffer_ms: int = 50
 
-    def limit(self, regime: str) -> Limit:
+    def limit(self, regime: str) -> tuple[int, int]:
+        """The rate and the burst of ``regime``."""
         free = regime == "generous"
-        return Limit(
-            regime,
-            self.generous if free else self.bound_rate,
-            self.generous if free else self.bound_burst,
-            self.window,
-            self.pool_size,
-            self.limits_min_poll,
-            self.pyrate_buffer_ms,
+        return (self.generous, self.generous) if free else (self.bound_rate, self.bound_burst)
+
+    def pool(self, url: str) -> aioredis.BlockingConnectionPool:
+        """redis-py's default size, on a BlockingConnectionPool (waits when all are busy)."""
+        return aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=self.pool_size, timeout=None, connection_class=CountingConnection
         )
 
 
@@ -154,7 +153,7 @@ def _peak(stamps: list[float], window: float) -> int:
 async def _one_run(
     rt: Runtime, candidate: Candidate, url: str, cfg: Config, regime: str, acquirers: int
 ) -> RunResult:
-    limit = cfg.limit(regime)
+    rate, burst = cfg.limit(regime)
     stats: Any = aioredis.Redis.from_url(url)
     await stats.flushdb()
     TALLY.reset()
@@ -162,7 +161,7 @@ async def _one_run(
     logger = logging.getLogger("tokenbucket.redis")
     logger.addHandler(warnings)
     free = regime == "generous"
-    subject = await candidate.make(url, limit)
+    subject = await candidate.make(url, cfg, rate, burst)
     stamps: list[float] = []
     lags: list[tuple[float, float]] = []
     clock = time.monotonic
@@ -247,10 +246,10 @@ async def _one_run(
     schedule = subject.schedule
     if regime == "binding" and candidate.kind != "none":
         bucket = candidate.kind == "bucket"
-        rate = limit.rate if bucket else limit.rate / cfg.window
-        result.allowed = rate * cfg.window + (limit.burst if bucket else 0)
+        per_second = rate if bucket else rate / cfg.window
+        result.allowed = per_second * cfg.window + (burst if bucket else 0)
         mean = window_load(stamps, first.clock, last.clock, cfg.window)
-        result.achieved = (admitted / duration if mean is None else mean / cfg.window) / rate
+        result.achieved = (admitted / duration if mean is None else mean / cfg.window) / per_second
         result.peak = _peak(stamps, cfg.window)
         result.steady_peak = _peak([t for t in stamps if t >= first.clock], cfg.window)
         if schedule is not None and schedule.grants:
