@@ -33,6 +33,7 @@ import tokenbucket as tb
 T = TypeVar("T")
 Acquire = Callable[[], Awaitable[None]]
 Count = Literal["spawned", "all"] | None
+Clock = Callable[[], float]
 
 
 def optional(name: str) -> Any:
@@ -104,9 +105,7 @@ class _Instruments:
     """Tasks created and steps taken (by the counted tasks), and per watched task the
     instant it was last made runnable and (trio) the sequence number of that moment."""
 
-    def __init__(
-        self, name: str, now: Callable[[], float], count: Count, clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, name: str, now: Clock, count: Count, clock: Clock) -> None:
         self.name, self.now, self.count, self.clock = name, now, count, clock
         self.tasks = self.steps = 0
         self.woken: dict[object, float] = {}
@@ -162,7 +161,7 @@ class AsyncioRuntime(_Instruments):
     reorders = False  # trio resumes a batch of runnable tasks in random order
 
     def __init__(
-        self, name: str, loop: asyncio.AbstractEventLoop, count: Count, clock: Callable[[], float]
+        self, name: str, loop: asyncio.AbstractEventLoop, count: Count, clock: Clock
     ) -> None:
         super().__init__(name, loop.time, count, clock)
         self.loop = loop
@@ -251,7 +250,7 @@ class _TrioEvent:
 class TrioRuntime(_Instruments):
     reorders = True
 
-    def __init__(self, nursery: Any, count: Count, clock: Callable[[], float]) -> None:
+    def __init__(self, nursery: Any, count: Count, clock: Clock) -> None:
         import trio
         import trio.abc
         import trio.lowlevel
@@ -318,6 +317,7 @@ class TrioRuntime(_Instruments):
 
 
 Runtime = AsyncioRuntime | TrioRuntime  # the running loop, as a workload sees it
+Workload = Callable[[Runtime, Any], Awaitable[T]]  # (runtime, acquire) -> its result
 
 
 def run(
@@ -325,7 +325,7 @@ def run(
     body: Callable[[Runtime], Awaitable[T]],
     *,
     count: Count = None,
-    clock: Callable[[], float] | None = None,
+    clock: Clock | None = None,
 ) -> T:
     """``body(runtime)`` in a fresh event loop, after a garbage collection. ``count``
     installs the instruments: task steps (of the tasks ``spawn`` makes, or of every
@@ -385,12 +385,7 @@ class Made:
     close: Callable[[], Any] = lambda: None
 
 
-def run_with(
-    loop: Loop,
-    build: Callable[[], Made],
-    workload: Callable[[Runtime, Any], Awaitable[T]],
-    **options: Any,
-) -> T:
+def run_with(loop: Loop, build: Callable[[], Made], workload: Workload[T], **options: Any) -> T:
     """``workload(runtime, acquire)`` on a limiter built inside a fresh loop; then what
     the library left running (``limits``' expiry task) is cancelled and it is closed."""
 

@@ -29,16 +29,12 @@ class Results:
     costs: dict[str, float] = field(default_factory=dict)
 
 
-def _x(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.2f}x"
+def _x(value: float, spec: str = ".2f", unit: str = "x") -> str:
+    return "n/a" if math.isnan(value) else f"{value:{spec}}{unit}"
 
 
 def _ms(value: float) -> str:
-    return "n/a" if math.isnan(value) else (f"{value:,.0f}" if value >= 100 else f"{value:.1f}")
-
-
-def _share(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.0%}"
+    return _x(value, ",.0f" if value >= 100 else ".1f", "")
 
 
 def _span(values: Iterable[float], spec: str, unit: str = "") -> str:
@@ -49,10 +45,10 @@ def _span(values: Iterable[float], spec: str, unit: str = "") -> str:
     return f"{low}{unit}" if low == high else f"{low}-{high}{unit}"
 
 
-def _loop_names(*tables: list[Any]) -> list[str]:
+def _loops(*tables: list[Any]) -> list[Loop]:
     """The loops of these rows, in the order of ``loops()``."""
     found = {r.loop for rows in tables for r in rows}
-    return [loop.name for loop in loops() if loop.name in found]
+    return [loop for loop in loops() if loop.name in found]
 
 
 def _find(rows: list[Any], loop: str, name: str, **match: Any) -> Any:
@@ -66,7 +62,7 @@ Columns = list[tuple[str, Callable[[Any], str]]]
 def _table(workload: str, columns: Columns, rows: list[Any]) -> str:
     """Rows of each loop followed by a ``n/a: reason`` row per peer that cannot run it."""
     body: list[list[str]] = []
-    for loop in (loop for loop in loops() if loop.name in _loop_names(rows)):
+    for loop in _loops(rows):
         mine = (r for r in rows if r.loop == loop.name)
         body += [[r.loop, r.name, *(cell(r) for _, cell in columns)] for r in mine]
         body += [
@@ -122,7 +118,7 @@ SATURATION: Columns = [
     ("Jain / best", _jain),
     ("starved", lambda r: f"{r.starved:,}"),
     ("out of order", lambda r: f"{r.out_of_order:.1%}"),
-    ("steps / adm", lambda r: _x(r.steps_per_admission).rstrip("x")),
+    ("steps / adm", lambda r: _x(r.steps_per_admission, unit="")),
 ]
 WAITERS: Columns = [
     ("waiters", lambda r: f"{r.waiters:,}"),
@@ -131,7 +127,7 @@ WAITERS: Columns = [
     ("ideal s", lambda r: f"{r.ideal:.3f}"),
     ("wall / ideal", lambda r: _x(r.ratio) if r.ideal >= 0.1 else "n/a: in the burst"),
     ("CPU us / waiter", lambda r: f"{r.cpu_us_per_waiter:,.1f}"),
-    ("CPU load", lambda r: _share(r.cpu_load)),
+    ("CPU load", lambda r: _x(r.cpu_load, ".0%", "")),
     ("peak MiB", lambda r: _memory(r, 2**20, 1)),
     ("bytes / waiter", lambda r: _memory(r, r.waiters, 0)),
 ]
@@ -216,20 +212,22 @@ def targets(results: Results) -> tuple[int, int, str]:
         out.setdefault(target, {})[loop] = f"{measured}: {'met' if ok else RED + ' not met'}"
         verdicts.append(ok)
 
-    for loop in _loop_names(results.uncontended):
+    for loop in (loop.name for loop in _loops(results.uncontended)):
         rows = [r for r in results.uncontended if r.loop == loop]
         theirs = (r for r in rows if r.name.split(".")[0] not in ("tokenbucket", uncontended.FLOOR))
         best = min(theirs, key=lambda r: r.ratio, default=None)
         fastest = f" (fastest peer {best.ratio:.2f}x, {best.name.split()[0]})" if best else ""
         for name in (peers.TOKENBUCKET, "tokenbucket.SlidingWindow"):
-            if (mine := _find(rows, loop, name)) is not None:
+            if mine := _find(rows, loop, name):
                 ok = mine.ratio <= 3.5 and (best is None or mine.ratio < best.ratio)
-                target = f"{name}: <= 3.5x floor, below every peer"
-                check(target, loop, f"{mine.ratio:.2f}x{fastest}", ok)
+                check(
+                    f"{name}: <= 3.5x floor, below every peer", loop, _x(mine.ratio) + fastest, ok
+                )
         for name in (peers.LIMITER, peers.LIMITER_CONCURRENCY):
-            if (mine := _find(rows, loop, name)) is not None:
-                target = f"{name} acquire+release: <= 15x floor"
-                check(target, loop, f"{mine.ratio:.2f}x", mine.ratio <= 15)
+            if mine := _find(rows, loop, name):
+                check(
+                    f"{name} acquire+release: <= 15x floor", loop, _x(mine.ratio), mine.ratio <= 15
+                )
         pair, limiter = _find(rows, loop, peers.AIO_GATHER), _find(rows, loop, peers.LIMITER)
         if pair is not None and limiter is not None:
             speedup = pair.ratio / limiter.ratio
@@ -239,9 +237,8 @@ def targets(results: Results) -> tuple[int, int, str]:
                 f"{speedup:.1f}x ({pair.ratio:.0f}x vs {limiter.ratio:.0f}x floor)",
                 speedup >= 15,
             )
-    for loop in _loop_names(results.saturation):
-        runs = _runs(results, loop, peers.TOKENBUCKET)
-        if not runs:
+    for loop in (loop.name for loop in _loops(results.saturation)):
+        if not (runs := _runs(results, loop, peers.TOKENBUCKET)):
             continue
         check(
             "saturation: rate >= 99% of configured, never over",
@@ -251,7 +248,7 @@ def targets(results: Results) -> tuple[int, int, str]:
             min(r.achieved for r in runs) >= 0.99 and not any(r.over for r in runs),
         )
         inversions = sum(r.adjacent_inversions for r in runs)
-        check("saturation: 0 grants out of order", loop, f"{inversions}", inversions == 0)
+        check("saturation: 0 grants out of order", loop, str(inversions), inversions == 0)
         low, high = runs[0], runs[-1]
         spread = high.cpu_ms_per_1k / low.cpu_ms_per_1k
         check(
@@ -316,8 +313,7 @@ def headline_table(
     results: Results, llm_rows: list[llm.Row], llm_cfg: llm.Config, most: int
 ) -> str:
     body = []
-    shown = _loop_names(results.uncontended, results.saturation)
-    for loop in (loop for loop in loops() if loop.name in shown):
+    for loop in _loops(results.uncontended, results.saturation):
         base = {r.tasks: r.cpu_ms_per_1k for r in _runs(results, loop.name, peers.TOKENBUCKET)}
         for peer in (p for p in peers.all_peers() if p.rated and (p.ours or not loop.is_trio)):
             if (why := peer.why_not("saturation", loop)) is not None:
@@ -327,17 +323,12 @@ def headline_table(
             unc = _find(results.uncontended, loop.name, peer.name)
             wai = _find(results.waiters, loop.name, peer.name, waiters=most)
             can = _find(results.cancellation, loop.name, peer.name)
-            if unc is None:
-                vs_ours = NOT_RUN
-            elif ours:
-                vs_ours = f"{unc.ns_per_op:,.0f} ns ({unc.ratio:.2f}x floor)"
-            else:
-                vs_ours = _x(unc.vs_tokenbucket)
+            vs_ours = f"{unc.ns_per_op:,.0f} ns ({unc.ratio:.2f}x floor)" if ours and unc else ""
             body.append(
                 [
                     loop.name,
                     peer.name,
-                    vs_ours,
+                    NOT_RUN if unc is None else vs_ours or _x(unc.vs_tokenbucket),
                     *_saturation_cells(_runs(results, loop.name, peer.name), base, ours),
                     NOT_RUN if wai is None else _x(wai.ratio) + " (capped)" * wai.capped,
                     NOT_RUN if can is None else _throughput(can),
@@ -396,7 +387,7 @@ def _section(title: str, intro: str, workload: str, columns: Columns, rows: list
 def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
     sat, wai, can, llm_cfg = cfg.saturation, cfg.waiters, cfg.cancellation, cfg.llm
     llm_rows = llm.summarise(results.llm, llm_cfg)
-    first = next(iter(_loop_names(results.saturation)), "asyncio")
+    first = next((loop.name for loop in _loops(results.saturation)), "asyncio")
     parts = [
         "# Benchmarks: tokenbucket against the async Python limiters",
         "",

@@ -297,18 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
     url = os.environ.get("TOKENBUCKET_BENCH_REDIS_URL", DEFAULT_URL)
     parser.add_argument("--url", default=url, help="database to FLUSH and use (%(default)s)")
-    parser.add_argument(
-        "--allow-flush", action="store_true", help="flush it even if it holds others' keys"
-    )
-    parser.add_argument(
-        "--only",
-        action="append",
-        metavar="TEXT",
-        help="only limiters whose name has TEXT; repeatable",
-    )
-    parser.add_argument(
-        "--regime", action="append", choices=REGIMES, help="only this regime; repeatable"
-    )
+    parser.add_argument("--allow-flush", action="store_true", help="even if others' keys are there")
+    parser.add_argument("--only", action="append", metavar="TEXT", help="limiters named with TEXT")
+    parser.add_argument("--regime", action="append", choices=REGIMES, help="repeatable")
     parser.add_argument("--acquirers", metavar="N,N,...", help="acquirer counts (1,10,100,1000)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
@@ -317,20 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = asyncio.run(_prepare(args.url, args.allow_flush))
     except (OSError, aioredis.RedisError) as exc:
-        print(
-            f"cannot reach Redis at {args.url}: {exc}\nstart one (e.g. `redis-server`) or pass "
-            "--url",
-            file=sys.stderr,
-        )
+        start = "start one (e.g. `redis-server`) or pass --url"
+        print(f"cannot reach Redis at {args.url}: {exc}\n{start}", file=sys.stderr)
         return 2
     found, notes = candidates()
     if args.only:
         found = [c for c in found if c.name == FLOOR or any(t in c.name for t in args.only)]
-    env = environment(
-        cfg.mode,
-        " ".join(["python benchmarks/redis_bench.py", *argv]),
-        ["redis", "limits", "pyrate-limiter"],
-    )
+    command = " ".join(["python benchmarks/redis_bench.py", *argv])
+    env = environment(cfg.mode, command, ["redis", "limits", "pyrate-limiter"])
     env |= {"redis server": server, "url": args.url, "redis-py": version("redis")}
     runs: list[RunResult] = []
     for regime in (r for r in REGIMES if r in (args.regime or REGIMES)):
@@ -343,31 +328,18 @@ def main(argv: list[str] | None = None) -> int:
                     result.vs_floor = result.per_second / floor.per_second
                 runs.append(result)
     if dropped := [r for r in runs if r.reconnects > 0]:
-        notes.append(
-            "connections re-opened during the interval: "
-            + ", ".join(f"{r.name} x{r.acquirers} {r.regime}: {r.reconnects}" for r in dropped)
-        )
+        which = (f"{r.name} x{r.acquirers} {r.regime}: {r.reconnects}" for r in dropped)
+        notes.append("connections re-opened during the interval: " + ", ".join(which))
     if warned := [r for r in runs if r.warnings_total]:
-        notes.append(
-            "tokenbucket logged warnings: "
-            + ", ".join(
-                f"{r.name} x{r.acquirers} {r.regime}: {r.warnings} in the interval, "
-                f"{r.warnings_total} in "
-                f"all ({'; '.join(r.warning_messages)})"
-                for r in warned
-            )
+        which = (
+            f"{r.name} x{r.acquirers} {r.regime}: {r.warnings} in the interval, "
+            f"{r.warnings_total} in all ({'; '.join(r.warning_messages)})"
+            for r in warned
         )
+        notes.append("tokenbucket logged warnings: " + ", ".join(which))
     print(report(env, runs, notes, cfg))
     if args.json:
-        write_json(
-            args.json,
-            {
-                "environment": env,
-                "config": asdict(cfg),
-                "runs": [asdict(r) for r in runs],
-                "notes": notes,
-                "targets": targets(runs, cfg),
-                "reading": reading(runs, cfg),
-            },
-        )
+        runs_json = [asdict(r) for r in runs]
+        data = {"environment": env, "config": asdict(cfg), "runs": runs_json, "notes": notes}
+        write_json(args.json, data | {"targets": targets(runs, cfg), "reading": reading(runs, cfg)})
     return 0
