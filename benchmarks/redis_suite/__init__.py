@@ -1,20 +1,13 @@
 """Redis benchmarks: admissions per second and round trips per admission, against peers.
 
-Usage::
-
-    python benchmarks/redis_bench.py            # full run, about three minutes
-    python benchmarks/redis_bench.py --quick    # smoke run for CI, about fifteen seconds
-
-1, 10, 100 and 1,000 asyncio tasks in one process each loop on "acquire 1 unit" against
-ONE limit kept in Redis (``redis://127.0.0.1:6379/14`` unless ``--url``; that database is
-flushed before every run), in two regimes: (a) a generous limit that never binds (raw
-throughput and round trips per admission, next to a floor: the same tasks looping on an
-EVALSHA of ``return 1``); (b) a binding limit of 2,000 per second (achieved rate against
-the limit, and never above it). Peers: ``limits`` (async ``RedisStorage``, moving window
-and sliding window counter, polled) and ``pyrate-limiter`` (v4 ``Limiter`` on its
-``RedisBucket``, and on a ``StateBucket`` with a ``RedisStateStore``). Round trips are
-counted three ways: ``backend.round_trips``, the commands the clients send, and the
-server's ``INFO commandstats``. See benchmarks/README.md.
+``python benchmarks/redis_bench.py [--quick]``: 1, 10, 100 and 1,000 asyncio tasks each
+loop on "acquire 1 unit" against ONE limit kept in Redis (the database is flushed before
+every run), (a) generous (never binds; next to a floor, an EVALSHA of ``return 1``) and
+(b) binding at 2,000 per second. Peers: ``limits`` (async ``RedisStorage``, polled) and
+``pyrate-limiter`` (``RedisBucket``, ``StateBucket`` on a ``RedisStateStore``). Round
+trips are counted three ways: ``backend.round_trips``, the commands the clients send, and
+the server's ``INFO commandstats``. This module writes the report; see
+benchmarks/README.md for the method.
 """
 
 from __future__ import annotations
@@ -28,15 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-from _harness import (
-    SLACK_ADMISSIONS,
-    arguments,
-    describe,
-    environment,
-    markdown_table,
-    version,
-    write_json,
-)
+from _harness import SLACK_ADMISSIONS, arguments, describe, environment, markdown_table, write_json
 from redis_suite.limiters import FLOOR, KEY_MARK, TB_BUCKET, candidates, text
 from redis_suite.runs import FULL, QUICK, Config, RunResult, bench_run, per
 
@@ -118,20 +103,14 @@ def targets(runs: list[RunResult], cfg: Config) -> list[list[str]]:
         )
         others = "" if r.agree else " (other clients' commands included)"
         detail = f"backend.round_trips {trips:.4f}, client {sent:.4f}, server {server:.4f}{others}"
-        check(
-            target,
-            ok(trips) and ok(sent) and (ok(server) or not r.agree),
-            f"{detail}; {r.admitted:,} adm",
-        )
+        met = ok(trips) and ok(sent) and (ok(server) or not r.agree)
+        check(target, met, f"{detail}; {r.admitted:,} adm")
 
     most = max(cfg.acquirers)
     lone, crowd = _find(runs, "generous", TB_BUCKET, 1), _find(runs, "generous", TB_BUCKET, most)
     counts("lone acquirer: exactly 1 round trip per admission", lone, lambda v: abs(v - 1) < 0.005)
-    counts(
-        f"{most:,} acquirers, generous limit: < 0.2 round trips per admission",
-        crowd,
-        lambda v: v < 0.2,
-    )
+    crowded = f"{most:,} acquirers, generous limit: < 0.2 round trips per admission"
+    counts(crowded, crowd, lambda v: v < 0.2)
     bound = _find(runs, "binding", TB_BUCKET, most)
     if bound is not None and bound.round_trips is not None:
         trips = per(bound.round_trips, bound.admitted)
@@ -141,59 +120,39 @@ def targets(runs: list[RunResult], cfg: Config) -> list[list[str]]:
             f"{trips:.3f}: {trips / 0.2:.1f}x the target; mean batch "
             f"{per(bound.admitted, bound.round_trips):.2f}",
         )
-    for r in runs:
-        if (
-            r.regime == "binding"
-            and r.name.startswith("tokenbucket")
-            and r.grant_peak is not None
-            and r.allowed
-        ):
-            check(
-                f"{r.name} x{r.acquirers:,}: reservations never above the limit (server clock, "
-                f"any {cfg.window:g} s)",
-                r.grant_peak <= r.allowed,
-                f"{r.grant_peak:,} / {r.allowed:,.0f}",
-            )
+    never = f"reservations never above the limit (server clock, any {cfg.window:g} s)"
+    for r in (r for r in runs if r.regime == "binding" and r.name.startswith("tokenbucket")):
+        if r.grant_peak is not None and r.allowed:
+            peak = f"{r.grant_peak:,} / {r.allowed:,.0f}"
+            check(f"{r.name} x{r.acquirers:,}: {never}", r.grant_peak <= r.allowed, peak)
     return checks
-
-
-def _over(r: RunResult) -> str:
-    reserved = "" if r.grant_peak is None else f", reserved {r.grant_peak:,}"
-    return (
-        f"{r.name} x{r.acquirers:,}: {r.peak:,} / {r.allowed:,.0f} (steady {r.steady_peak:,}"
-        f"{reserved}, loop lag up to {r.lag_max * 1e3:.0f} ms)"
-    )
-
-
-def _late(r: RunResult, late: dict[str, float]) -> str:
-    return (
-        f"{r.name} x{r.acquirers:,}: up to {late['max'] * 1e3:.0f} ms (99th percentile "
-        f"{late['p99'] * 1e3:.0f} ms; in the measured interval {late['interval_max'] * 1e3:.0f} "
-        f"and {late['interval_p99'] * 1e3:.0f} ms)"
-    )
 
 
 def reading(runs: list[RunResult], cfg: Config) -> list[str]:
     """What this run's numbers say about peaks and tokenbucket's round trips."""
     lines = []
     over = [
-        r
+        f"{r.name} x{r.acquirers:,}: {r.peak:,} / {r.allowed:,.0f} (steady {r.steady_peak:,}"
+        + ("" if r.grant_peak is None else f", reserved {r.grant_peak:,}")
+        + f", loop lag up to {r.lag_max * 1e3:.0f} ms)"
         for r in runs
         if r.peak is not None and r.allowed is not None and r.peak > r.allowed + SLACK_ADMISSIONS
     ]
     if over:
         lines.append(
             f"- Peaks above the limit (more than {SLACK_ADMISSIONS} admissions over, counted at "
-            f"task resumption): {'; '.join(map(_over, over))}. A limiter's decision and the "
+            f"task resumption): {'; '.join(over)}. A limiter's decision and the "
             "resumption of the task it admits are at least one event-loop turn apart; when the "
             "loop falls behind, admissions due before a stall land after it, in a window that also "
             "holds those admitted on time. 'steady' counts from the measured interval on; "
             "'reserved' counts tokenbucket's reserved instants (server clock)."
         )
     if late := [
-        _late(r, r.lateness)
+        f"{r.name} x{r.acquirers:,}: up to {ms['max']:.0f} ms (99th percentile {ms['p99']:.0f} "
+        f"ms; in the measured interval {ms['interval_max']:.0f} and {ms['interval_p99']:.0f} ms)"
         for r in runs
         if r.regime == "binding" and r.lateness and r.lateness["max"] > 0.010
+        for ms in [{key: value * 1e3 for key, value in r.lateness.items()}]
     ]:
         lines.append(
             "- tokenbucket's admissions came after the instants Redis reserved for them: "
@@ -316,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         found = [c for c in found if c.name == FLOOR or any(t in c.name for t in args.only)]
     command = " ".join(["python benchmarks/redis_bench.py", *argv])
     env = environment(cfg.mode, command, ["redis", "limits", "pyrate-limiter"])
-    env |= {"redis server": server, "url": args.url, "redis-py": version("redis")}
+    env |= {"redis server": server, "url": args.url, "redis-py": env["versions"]["redis"]}
     runs: list[RunResult] = []
     for regime in (r for r in REGIMES if r in (args.regime or REGIMES)):
         for n in cfg.acquirers:  # acquirer counts outermost: one count's runs close in time

@@ -7,6 +7,8 @@ Measured after a warm-up: requests and tokens against the limits (mean load of t
 rolling seconds inside the interval), the most certainly admitted in any rolling second
 (whole run, and steady: from the interval on), CPU per 1,000 requests, tasks created and
 task steps per request (every task of the loop is counted), over ``samples`` rounds.
+The summary row of a (loop, limiter) holds the medians over its rounds, the worst peaks,
+and the median over rounds of CPU per request over tokenbucket.Limiter's in that round.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import peers
-from _harness import Loop, Runtime, certain_peak, measured, progress, run_with, window_load
+from _harness import Loop, Runtime, certain_peak, measured, progress, rotated, run_with, window_load
 
 BASELINE = peers.LIMITER
 
@@ -71,10 +74,6 @@ MEDIANS = (
 
 @dataclass
 class Row:
-    """One (loop, limiter) in one round, or (``summarise``) over its rounds: the medians,
-    the worst peaks, and the median over rounds of CPU per request over that of
-    tokenbucket.Limiter in the same round."""
-
     loop: str
     name: str
     request_share: float
@@ -190,17 +189,12 @@ def measure(chosen: list[Loop], cfg: Config) -> list[Row]:
     for loop in chosen:
         found = peers.for_workload("llm", loop)
         for round_index in range(cfg.samples):
-            shift = round_index % len(found)
-            for peer in found[shift:] + found[:shift]:
-                build = peer.llm
-                assert build is not None
-                sample = run_with(
-                    loop,
-                    lambda: build(cfg.requests_per_second, cfg.tokens_per_second),  # noqa: B023
-                    lambda rt, acquire: _workload(rt, acquire, peer.name, round_index, costs, cfg),  # noqa: B023
-                    count="all",
-                    clock=time.monotonic,
+            for peer in rotated(found, round_index):
+                build = peer.build("llm", cfg.requests_per_second, cfg.tokens_per_second)
+                body = partial(
+                    _workload, name=peer.name, round_index=round_index, costs=costs, cfg=cfg
                 )
+                sample = run_with(loop, build, body, count="all", clock=time.monotonic)
                 samples.append(sample)
                 progress(
                     f"llm {loop.name} {peer.name} round {round_index}: "
