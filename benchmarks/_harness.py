@@ -570,6 +570,14 @@ def describe(env: dict[str, Any]) -> str:
     )
 
 
+Columns = list[tuple[str, Callable[[Any], str]]]  # a table's columns: (header, cell of a row)
+
+
+def number(value: float | None, spec: str, unit: str = "") -> str:
+    """``value`` formatted, or n/a when it is unknown (None or NaN)."""
+    return "n/a" if value is None or math.isnan(value) else f"{value:{spec}}{unit}"
+
+
 def markdown_table(headers: list[str], rows: list[list[str]], right: Iterable[int] = ()) -> str:
     right = set(right)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]

@@ -4,13 +4,15 @@ the plots that decide), then one section per workload with its table folded away
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import peers
-from _harness import SLACK_ADMISSIONS, Loop, describe, loops, markdown_table
+from _harness import SLACK_ADMISSIONS, Columns, Loop, describe, loops, markdown_table, number
 from workloads import cancellation, llm, saturation, uncontended, waiters
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 RED = "\N{LARGE RED CIRCLE}"
 NOT_RUN = "not run"
@@ -29,12 +31,12 @@ class Results:
     costs: dict[str, float] = field(default_factory=dict)
 
 
-def _x(value: float, spec: str = ".2f", unit: str = "x") -> str:
-    return "n/a" if math.isnan(value) else f"{value:{spec}}{unit}"
+def _x(value: float) -> str:
+    return number(value, ".2f", "x")
 
 
 def _ms(value: float) -> str:
-    return _x(value, ",.0f" if value >= 100 else ".1f", "")
+    return number(value, ",.0f" if value >= 100 else ".1f")
 
 
 def _span(values: Iterable[float], spec: str, unit: str = "") -> str:
@@ -54,9 +56,6 @@ def _loops(*tables: list[Any]) -> list[Loop]:
 def _find(rows: list[Any], loop: str, name: str, **match: Any) -> Any:
     wanted = {"loop": loop, "name": name, **match}
     return next((r for r in rows if all(getattr(r, k) == v for k, v in wanted.items())), None)
-
-
-Columns = list[tuple[str, Callable[[Any], str]]]
 
 
 def _table(workload: str, columns: Columns, rows: list[Any]) -> str:
@@ -118,7 +117,7 @@ SATURATION: Columns = [
     ("Jain / best", _jain),
     ("starved", lambda r: f"{r.starved:,}"),
     ("out of order", lambda r: f"{r.out_of_order:.1%}"),
-    ("steps / adm", lambda r: _x(r.steps_per_admission, unit="")),
+    ("steps / adm", lambda r: number(r.steps_per_admission, ".2f")),
 ]
 WAITERS: Columns = [
     ("waiters", lambda r: f"{r.waiters:,}"),
@@ -127,7 +126,7 @@ WAITERS: Columns = [
     ("ideal s", lambda r: f"{r.ideal:.3f}"),
     ("wall / ideal", lambda r: _x(r.ratio) if r.ideal >= 0.1 else "n/a: in the burst"),
     ("CPU us / waiter", lambda r: f"{r.cpu_us_per_waiter:,.1f}"),
-    ("CPU load", lambda r: _x(r.cpu_load, ".0%", "")),
+    ("CPU load", lambda r: number(r.cpu_load, ".0%")),
     ("peak MiB", lambda r: _memory(r, 2**20, 1)),
     ("bytes / waiter", lambda r: _memory(r, r.waiters, 0)),
 ]
@@ -380,10 +379,6 @@ def _images(
     ]
 
 
-def _section(title: str, intro: str, workload: str, columns: Columns, rows: list[Any]) -> list[str]:
-    return [title, "", intro, "", *folded("The table", _table(workload, columns, rows))]
-
-
 def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
     sat, wai, can, llm_cfg = cfg.saturation, cfg.waiters, cfg.cancellation, cfg.llm
     llm_rows = llm.summarise(results.llm, llm_cfg)
@@ -397,49 +392,41 @@ def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
     ]
     if cfg.mode == "quick":
         parts += [
-            "**--quick run: sizes far too small to judge anything; it proves the suite runs.**",
-            "",
+            "**--quick run: sizes far too small to judge anything; it proves the suite runs.**"
         ]
+        parts += [""]
     parts += ["## Summary", ""]
     met, checked, table = targets(results)
     if checked:
-        parts += [
-            f"tokenbucket's performance targets: {met} of {checked} met in this run.",
-            "",
-            table,
-            "",
-        ]
+        parts += [f"tokenbucket's performance targets: {met} of {checked} met in this run."]
+        parts += ["", table, ""]
     if results.saturation or results.uncontended:
         parts += [SUMMARY, "", headline_table(results, llm_rows, llm_cfg, max(wai.counts)), ""]
     parts += _images(plots, "cpu", "CPU per admission against waiting tasks", first.__eq__)
     parts += _images(plots, "timeline", "Admissions over time under saturation", first.__eq__)
     parts += _images(plots, "latency", "Wait latency under saturation", first.__eq__)
     parts += ["## The limiters", ""]
-    limiters = [
+    limiters = "\n".join(
         f"- **{p.name}** ({p.distribution}): {p.how}"
         + (f". Note: {p.caveat}" if p.caveat else "")
         + "."
         for p in peers.all_peers()
-    ]
-    parts += folded(
-        "How each limiter is configured and awaited, and how it waits",
-        "\n".join(limiters),
-        "",
-        WAITING,
     )
-    if results.uncontended:
-        parts += _section(
+    title = "How each limiter is configured and awaited, and how it waits"
+    parts += folded(title, limiters, "", WAITING)
+    floors = ", ".join(f"{n} {s * 1e6:.1f} us" for n, s in results.loop_floor.items())
+    isolated = (
+        "each run in a fresh process." if wai.isolate else "all runs in one process (--quick)."
+    )
+    sections = {  # workload: (title, what it measures, its columns)
+        "uncontended": (
             "## 1. Uncontended acquire",
             "ns per `await acquire()` when capacity never runs out. vs floor: median over "
             "interleaved samples of the candidate over the floor (an awaited empty coroutine) "
             "timed just before and after it in the same loop.",
-            "uncontended",
             UNCONTENDED,
-            results.uncontended,
-        )
-    if results.saturation:
-        floors = ", ".join(f"{n} {s * 1e6:.1f} us" for n, s in results.loop_floor.items())
-        parts += _section(
+        ),
+        "saturation": (
             "## 2. Saturation",
             f"N tasks loop on `acquire()` of one limiter at {sat.rate:,.0f} units/s, burst "
             f"{sat.capacity:g}; {sat.duration:g} s measured after {sat.warmup:g} s. Peak: most "
@@ -447,38 +434,33 @@ def report(results: Results, cfg: Any, plots: dict[str, str]) -> str:
             f"than {SLACK_ADMISSIONS} over; window {min(sat.window, sat.duration):g} "
             "s). Wait: call to resumption. Out of order: adjacent grants whose arrival order is "
             f"inverted. Event-loop floor (CPU per wake-up of a task sleeping 1 ms): {floors}.",
-            "saturation",
             SATURATION,
-            results.saturation,
-        )
-        for kind, alt in SATURATION_PLOTS.items():
-            if images := _images(plots, kind, alt, first.__ne__):
-                parts += folded(f"{alt}: the other event loops", *images)
-    if results.waiters:
-        isolated = (
-            "each run in a fresh process." if wai.isolate else "all runs in one process (--quick)."
-        )
-        parts += _section(
+        ),
+        "waiters": (
             "## 3. Waiter scaling",
             f"n tasks each call `acquire()` once at {wai.rate:,.0f} units/s, burst "
             f"{wai.capacity:g}. Ideal: (n - burst) / rate; runs stop at {wai.cap_factor:g} x "
             f"ideal + {wai.cap_slack:g} s (capped). Memory: {waiters.MEMORY_METHOD}; {isolated}",
-            "waiters",
             WAITERS,
-            results.waiters,
-        )
-        parts += folded("Plots", *_images(plots, "waiters", "Waiter scaling"))
-    if results.cancellation:
-        parts += _section(
+        ),
+        "cancellation": (
             "## 4. Cancellation",
             f"{can.waiters:,} single-shot waiters at {can.rate:,.0f} units/s, burst "
             f"{can.capacity:g}; {can.delay * 1e3:g} ms after the last spawn the odd-numbered ones "
             "still waiting are cancelled. Throughput: survivors granted / (last grant - "
             "cancellation) / rate.",
-            "cancellation",
             CANCELLATION,
-            results.cancellation,
-        )
+        ),
+    }
+    for workload, (title, intro, columns) in sections.items():
+        if rows := getattr(results, workload):
+            parts += [title, "", intro, "", *folded("The table", _table(workload, columns, rows))]
+        if rows and workload == "saturation":
+            for kind, alt in SATURATION_PLOTS.items():
+                if images := _images(plots, kind, alt, first.__ne__):
+                    parts += folded(f"{alt}: the other event loops", *images)
+        if rows and workload == "waiters":
+            parts += folded("Plots", *_images(plots, "waiters", "Waiter scaling"))
     if results.llm:
         patterns = "\n".join(f"- {p.name}: {p.llm_how}" for p in peers.all_peers() if p.llm)
         parts += [

@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-from _harness import SLACK_ADMISSIONS, arguments, describe, environment, markdown_table, write_json
+from _harness import (
+    SLACK_ADMISSIONS,
+    Columns,
+    arguments,
+    describe,
+    environment,
+    markdown_table,
+    number,
+    write_json,
+)
 from redis_suite.limiters import FLOOR, KEY_MARK, TB_BUCKET, candidates, text
 from redis_suite.runs import FULL, QUICK, Config, RunResult, bench_run, per
 
@@ -32,10 +41,6 @@ DEFAULT_URL = "redis://127.0.0.1:6379/14"
 REGIMES = ("generous", "binding")
 
 
-def _ratio(value: float, digits: int = 3) -> str:
-    return "n/a" if value != value else f"{value:.{digits}f}"
-
-
 def _peak(r: RunResult) -> str:
     if r.peak is None or r.allowed is None:
         return "n/a"
@@ -43,13 +48,12 @@ def _peak(r: RunResult) -> str:
     return f"{r.peak:,} / {r.allowed:,.0f} (steady {r.steady_peak:,}{grants})"
 
 
-Columns = list[tuple[str, "Callable[[RunResult], str]"]]
 LEADING: Columns = [
     ("limiter", lambda r: r.name),
     ("acquirers", lambda r: f"{r.acquirers:,}"),
     ("adm/s", lambda r: f"{r.per_second:,.0f}"),
 ]
-GENEROUS: Columns = [("vs floor", lambda r: "n/a" if r.vs_floor is None else f"{r.vs_floor:.2f}x")]
+GENEROUS: Columns = [("vs floor", lambda r: number(r.vs_floor, ".2f", "x"))]
 COMMON: Columns = [
     ("round trips / adm (tb)", lambda r: "-" if r.round_trips is None else _per(r, r.round_trips)),
     ("commands / adm (client)", lambda r: _per(r, r.client_commands)),
@@ -61,14 +65,14 @@ COMMON: Columns = [
 
 
 def _per(r: RunResult, value: float, digits: int = 3) -> str:
-    return _ratio(per(value, r.admitted), digits)
+    return number(per(value, r.admitted), f".{digits}f")
 
 
 def binding_columns(cfg: Config) -> Columns:
     return [
-        ("% of limit", lambda r: "n/a" if r.achieved is None else f"{r.achieved:.1%}"),
+        ("% of limit", lambda r: number(r.achieved, ".1%")),
         (f"peak in {cfg.window:g} s / allowed", _peak),
-        ("loop lag max ms", lambda r: _ratio(r.lag_max * 1e3, 1)),
+        ("loop lag max ms", lambda r: number(r.lag_max * 1e3, ".1f")),
     ]
 
 

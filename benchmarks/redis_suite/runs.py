@@ -1,7 +1,19 @@
 """One run of the Redis benchmark: N acquirers loop on one limit kept in Redis, in a
 fresh event loop; the measured interval is bounded by two readings of the local clock,
 the CPU, the admissions, tokenbucket's round trips, the commands the clients sent and
-the server's ``INFO commandstats``."""
+the server's ``INFO commandstats``.
+
+A :class:`RunResult`'s ``server_commands`` are the INFO commandstats deltas of the
+commands the clients sent (the round trips the server saw), ``server_usec`` their server
+time; ``server_all`` also counts the commands run inside scripts. ``agree`` is False when
+the server counted more or fewer than the clients sent beyond the boundary slack (another
+client was busy on the server). Binding regime: ``achieved``, the mean load of the
+rolling windows inside the interval (the plain count when shorter) over the limit, and
+the peaks: whole run, from the interval on (``steady``), of tokenbucket's reserved
+instants (``grant_peak``). ``lateness`` (tokenbucket): seconds from reserved instant to
+admission; ``call_mean``/``call_busy``: mean script call time, share of the interval
+with one in flight.
+"""
 
 from __future__ import annotations
 
@@ -99,17 +111,6 @@ async def _read(subject: Subject, stamps: list[float], stats: Any) -> _Reading:
 
 @dataclass
 class RunResult:
-    """One run. ``server_commands``: INFO commandstats deltas of the commands the clients
-    sent (the round trips the server saw); ``server_usec``: their server time;
-    ``server_all`` also counts the commands run inside scripts. ``agree`` is
-    False when the server counted more or fewer than the clients sent beyond the boundary
-    slack: another client was busy on the same server. Binding regime: ``achieved``, the
-    mean load of the rolling windows inside the interval (the plain count when shorter)
-    over the limit, and the peaks: whole run, from the interval on (``steady``) and of
-    tokenbucket's reserved instants (``grant_peak``). ``lateness`` (tokenbucket): seconds
-    from reserved instant to admission; ``call_mean``/``call_busy``: mean script call time
-    and the share of the interval with one in flight."""
-
     regime: str
     name: str
     acquirers: int
@@ -144,10 +145,6 @@ class RunResult:
 
 def per(value: float, admitted: int) -> float:
     return value / admitted if admitted else math.nan
-
-
-def _peak(stamps: list[float], window: float) -> int:
-    return certain_peak(stamps, stamps, window)
 
 
 async def _one_run(
@@ -212,7 +209,8 @@ async def _one_run(
         if n != "info"  # the harness's own command, on its own connection
     }
     top = {n for n, count in sent.items() if count} | {"evalsha", "eval", "script|load"}
-    server_commands = sum(server.get(n, (0, 0))[0] for n in top)
+    ours = {n: server[n] for n in sorted(top) if server.get(n, (0, 0))[0]}
+    server_commands = sum(calls for calls, _ in ours.values())
     # Commands the server does not know (redis-py 8's CLIENT SETINFO on Redis < 7.2)
     # have no commandstats entry: compare the rest.
     known = sum(count for name, count in sent.items() if name in last.server)
@@ -230,8 +228,8 @@ async def _one_run(
         client_commands=sum(sent.values()),
         client_by_name={n: count for n, count in sent.items() if count},
         server_commands=server_commands,
-        server_by_name={n: server[n][0] for n in sorted(top) if server.get(n, (0, 0))[0]},
-        server_usec=sum(server.get(n, (0, 0))[1] for n in top if server.get(n, (0, 0))[0]),
+        server_by_name={n: calls for n, (calls, _) in ours.items()},
+        server_usec=sum(usec for _, usec in ours.values()),
         server_all=sum(calls for calls, _ in server.values()),
         agree=abs(server_commands - known) <= 2 * min(acquirers, last.connections) + AGREE_SLACK,
         cpu_seconds=last.cpu - first.cpu,
@@ -250,10 +248,12 @@ async def _one_run(
         result.allowed = per_second * cfg.window + (burst if bucket else 0)
         mean = window_load(stamps, first.clock, last.clock, cfg.window)
         result.achieved = (admitted / duration if mean is None else mean / cfg.window) / per_second
-        result.peak = _peak(stamps, cfg.window)
-        result.steady_peak = _peak([t for t in stamps if t >= first.clock], cfg.window)
+        result.peak = certain_peak(stamps, stamps, cfg.window)
+        steady = [t for t in stamps if t >= first.clock]
+        result.steady_peak = certain_peak(steady, steady, cfg.window)
         if schedule is not None and schedule.grants:
-            result.grant_peak = _peak(sorted(schedule.grants), cfg.window)
+            grants = sorted(schedule.grants)
+            result.grant_peak = certain_peak(grants, grants, cfg.window)
     if schedule is not None:
         if spans := [span for end, span in schedule.calls if first.clock <= end <= last.clock]:
             result.call_mean, result.call_busy = sum(spans) / len(spans), sum(spans) / duration
