@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import tokenbucket as tb
@@ -52,6 +53,9 @@ class Peer:
         return self.distribution == "tokenbucket"
 
     def builder(self, workload: str) -> Any:
+        """Uncontended, by default: ``rated`` with a rate and a burst that never run out."""
+        if workload == "uncontended" and self.uncontended is None and self.rated is not None:
+            return partial(self.rated, UNLIMITED, UNLIMITED)
         return {"uncontended": self.uncontended, "llm": self.llm}.get(workload, self.rated)
 
     def build(self, workload: str, *args: float) -> Callable[[], Made]:
@@ -124,9 +128,8 @@ def _gather(requests: Any, tokens: Any) -> Made:
 
 
 def _aiolimiter(rate: float, capacity: float) -> Made:
-    return Made(
-        _mod("aiolimiter").AsyncLimiter(max_rate=capacity, time_period=capacity / rate).acquire
-    )
+    limiter = _mod("aiolimiter").AsyncLimiter(max_rate=capacity, time_period=capacity / rate)
+    return Made(limiter.acquire)
 
 
 def _throttle(rate: float, capacity: float) -> Made:
@@ -244,10 +247,6 @@ def _limits_peer(kind: str, llm_how: str) -> Peer:
     )
 
 
-def _unlimited(rated: Callable[[float, float], Made]) -> Callable[[], Made]:
-    return lambda: rated(UNLIMITED, UNLIMITED)
-
-
 TOKENBUCKET = "tokenbucket.TokenBucket"
 LIMITER = "tokenbucket.Limiter"
 LIMITER_CONCURRENCY = "tokenbucket.Limiter (max_concurrency)"
@@ -264,8 +263,7 @@ def all_peers() -> list[Peer]:
             TOKENBUCKET,
             "tokenbucket",
             "`await TokenBucket(rate=r, capacity=c).acquire()`",
-            _unlimited(lambda r, c: Made(tb.TokenBucket(rate=r, capacity=c).acquire)),
-            lambda r, c: Made(tb.TokenBucket(rate=r, capacity=c).acquire),
+            rated=lambda r, c: Made(tb.TokenBucket(rate=r, capacity=c).acquire),
         ),
         Peer(
             "tokenbucket.SlidingWindow",
@@ -327,8 +325,7 @@ def all_peers() -> list[Peer]:
             "pyrate-limiter",
             "`await Limiter(BucketAsyncWrapper(StateBucket([Rate(r, SECOND, burst=c)], "
             "algorithm=TokenBucket()))).try_acquire_async(name)` (buffer_ms=50)",
-            _unlimited(_pyrate),
-            _pyrate,
+            rated=_pyrate,
             llm=_pyrate_llm,
             llm_how="two Limiters: `await req.try_acquire_async(...)` then `await tok."
             "try_acquire_async(..., weight=c)`, InMemoryBucket([Rate(R, SECOND)]) and (T)",
@@ -338,8 +335,7 @@ def all_peers() -> list[Peer]:
             "throttled-py",
             "`await Throttled(using=TOKEN_BUCKET, quota=per_sec(r, burst=c), "
             "store=MemoryStore(), timeout=600).limit()` (wait-and-retry mode)",
-            _unlimited(_throttled_rated),
-            _throttled_rated,
+            rated=_throttled_rated,
             llm=_throttled_llm,
             llm_how="two GCRA Throttled: `await req.limit(cost=1)` then "
             "`await tok.limit(cost=c)`, per_sec(R) and per_sec(T), timeout=600",
@@ -349,8 +345,7 @@ def all_peers() -> list[Peer]:
             "asyncio_throttle.Throttler",
             "asyncio-throttle",
             "`async with Throttler(rate_limit=c, period=c / r):` (polls every 10 ms)",
-            _unlimited(_throttle),
-            _throttle,
+            rated=_throttle,
             not_applicable={"llm": NO_WEIGHT},
         ),
     ]

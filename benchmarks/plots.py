@@ -132,9 +132,8 @@ def latency(
         for name, colour in colours.items():
             if waits := series.latencies.get((loop, name, tasks)):
                 ordered = sorted(max(w * 1e3, 1e-3) for w in waits)
-                _steps(
-                    ax, ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], colour, name
-                )
+                shares = [(i + 1) / len(ordered) for i in range(len(ordered))]
+                _steps(ax, ordered, shares, colour, name)
         ax.axvline(tasks / rate * 1e3, color=LIMIT, linestyle=":", label="tasks / rate (FIFO)")
         _log(ax, "x")
         ax.set_ylim(0.0, 1.0)
