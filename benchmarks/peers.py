@@ -33,6 +33,7 @@ LIMITS_MIN_POLL = 0.001
 TRIO_NA = "asyncio-only library (trio runs tokenbucket only)"
 NO_WEIGHT = "no cost/weight argument: cannot charge tokens"
 LIMITS_CAVEAT = "periods are whole seconds: configured as r per 1 s, so its burst is r, not c"
+_mod = importlib.import_module  # a peer's module, imported when its limiter is built
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,6 @@ class Peer:
         if loop is not None and loop.is_trio and (not self.ours or "gather" in self.name):
             return TRIO_NA
         return self.not_applicable.get(workload)
-
-
-def _mod(name: str) -> Any:
-    return importlib.import_module(name)
 
 
 def _entered(context: Callable[[], Any]) -> Made:
