@@ -18,11 +18,14 @@ async def main() -> None:
     def stamp(text: str) -> None:
         print(f"  t={anyio.current_time() - start:5.2f}s  {text}")
 
+    async def admit(limiter: tb.TokenBucket | tb.SlidingWindow, count: int, label: str) -> None:
+        for i in range(count):
+            await limiter.acquire()
+            stamp(f"{label} {i} admitted")
+
     print("TokenBucket(rate=10, capacity=5): a burst of 5, then one every 0.1 s")
     bucket = tb.TokenBucket(rate=10, capacity=5)
-    for i in range(8):
-        await bucket.acquire()
-        stamp(f"request {i} admitted")
+    await admit(bucket, 8, "request")
     print(f"  {bucket!r}")
 
     print("\nFIFO: a request for 5 units is not overtaken by the small ones behind it")
@@ -48,9 +51,7 @@ async def main() -> None:
 
     print("\nSlidingWindow(limit=3, window=1): at most 3 in any 1-second window")
     window = tb.SlidingWindow(limit=3, window=1)
-    for i in range(7):
-        await window.acquire()
-        stamp(f"window request {i} admitted")
+    await admit(window, 7, "window request")
 
     print("\nReadable rates: TokenBucket(rate=tb.per_minute(600), capacity=2)")
     per_minute = tb.TokenBucket(rate=tb.per_minute(600), capacity=2)

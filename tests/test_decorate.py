@@ -14,19 +14,14 @@ import pytest
 
 import tokenbucket as tb
 from tests.conftest import backend_params
+from tests.virtual._support import TOL, now
 
 pytestmark = pytest.mark.anyio
-
-TOL = 1e-5
 
 
 @pytest.fixture(params=["trio-mockclock", "asyncio-looptime"])
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     return backend_params(request.param)
-
-
-def now() -> float:
-    return anyio.current_time()
 
 
 # --- fakes shaped like the SDKs' objects ------------------------------------------------

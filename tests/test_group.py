@@ -10,22 +10,17 @@ import pytest
 
 import tokenbucket as tb
 from tests.conftest import backend_params
+from tests.virtual._support import TOL, now, settle_while_one_waits
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
-TOL = 1e-5
-
 
 @pytest.fixture(params=["trio-mockclock", "asyncio-looptime"])
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     return backend_params(request.param)
-
-
-def now() -> float:
-    return anyio.current_time()
 
 
 DOCSTRING_EXAMPLE = {
@@ -294,41 +289,22 @@ async def test_a_shared_limit_holds_across_its_members() -> None:
 
 async def test_a_refund_on_one_member_lets_the_other_in_at_once() -> None:
     limits = shared_group()
-    start = now()
-    granted: list[float] = []
-
-    async def b_call() -> None:
-        async with limits.acquire("b", tokens=5):
-            granted.append(now() - start)
-
-    async with limits.acquire("a", tokens=10) as lease, anyio.create_task_group() as tg:
-        tg.start_soon(b_call)
-        await anyio.sleep(0.25)
-        assert granted == []
-        lease.settle(tokens=2)
-        await anyio.wait_all_tasks_blocked()
-        assert granted == [pytest.approx(0.25, abs=TOL)]
+    await settle_while_one_waits(
+        limits.acquire("a", tokens=10), limits.acquire("b", tokens=5), 0.25, tokens=2
+    )
     # a's own limit is untouched by b's call; the pool holds 2 + 5.
     assert limits["a"].statistics().available == {"requests": 99, "tokens": 3}
     assert limits["b"].statistics().available == {"requests": 99, "tokens": 3}
 
 
-async def test_a_shared_limit_frees_on_time_for_a_member_used_later() -> None:
-    # Both members used from the start: the pool frees at 1 s, for either of them.
+@pytest.mark.parametrize("b_used_first", [True, False], ids=["b-used-first", "b-unused"])
+async def test_a_shared_limit_frees_on_time_for_a_member_used_later(b_used_first: bool) -> None:
+    # Whether or not b was used before a drained the pool, it frees at 1 s, for b too.
     limits = shared_group()
     start = now()
-    async with limits.acquire("b", tokens=0):
-        pass
-    async with limits.acquire("a", tokens=10):
-        pass
-    await anyio.sleep(0.5)
-    async with limits.acquire("b", tokens=5):
-        assert now() - start == pytest.approx(1, abs=TOL)
-
-
-async def test_a_shared_limit_frees_on_time_for_a_member_first_used_later() -> None:
-    limits = shared_group()
-    start = now()
+    if b_used_first:
+        async with limits.acquire("b", tokens=0):
+            pass
     async with limits.acquire("a", tokens=10):
         pass
     await anyio.sleep(0.5)

@@ -136,19 +136,19 @@ def test_per_unit_amount(make: Callable[[float], tb.Rate], bad: Bad) -> None:
     check(info, bad.error, "amount")
 
 
-def test_positional_arguments_are_named_too() -> None:
+POSITIONAL: dict[str, Callable[[], object]] = {
+    "capacity": lambda: tb.TokenBucket(1, 0),
+    "rate": lambda: tb.TokenBucket(0, 1),
+    "limit": lambda: tb.SlidingWindow(0, 1),
+    "window": lambda: tb.SlidingWindow(1, 0),
+}
+
+
+@pytest.mark.parametrize("name", POSITIONAL)
+def test_positional_arguments_are_named_too(name: str) -> None:
     with pytest.raises(tb.InvalidArgumentError) as info:
-        tb.TokenBucket(1, 0)
-    assert info.value.argument == "capacity"
-    with pytest.raises(tb.InvalidArgumentError) as info:
-        tb.TokenBucket(0, 1)
-    assert info.value.argument == "rate"
-    with pytest.raises(tb.InvalidArgumentError) as info:
-        tb.SlidingWindow(0, 1)
-    assert info.value.argument == "limit"
-    with pytest.raises(tb.InvalidArgumentError) as info:
-        tb.SlidingWindow(1, 0)
-    assert info.value.argument == "window"
+        POSITIONAL[name]()
+    assert info.value.argument == name
 
 
 GOOD_REALS = [Fraction(1, 2), Fraction(7, 3), 3, 2.5]
@@ -201,21 +201,28 @@ def test_an_enormous_int_is_a_named_error(name: str, value: int) -> None:
 CAPACITY = 5.0
 
 
-def make(kind: str) -> tb.TokenBucket | tb.SlidingWindow:
+Single = tb.TokenBucket | tb.SlidingWindow
+
+
+def make(kind: str) -> Single:
     if kind == "bucket":
         # A slow refill: a test's run time adds at most ~1e-6 units.
         return tb.TokenBucket(rate=1e-6, capacity=CAPACITY)
     return tb.SlidingWindow(limit=CAPACITY, window=1e6)
 
 
-KINDS = ["bucket", "window"]
-
 BAD_AMOUNT = NOT_NUMBERS + NEGATIVE + NAN + INFINITE
 # None (wait forever), 0 and every non-negative number, infinity included, are valid.
 BAD_TIMEOUT = [p for p in NOT_NUMBERS if p.id != "None"] + NEGATIVE + NAN
 
 
-async def started(kind: str) -> tb.TokenBucket | tb.SlidingWindow:
+@pytest.fixture(params=["bucket", "window"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def limiter(kind: str) -> Single:
     """A limiter bound to the running loop, with 2 of its 5 units taken."""
     limiter = make(kind)
     assert limiter.try_acquire(2)
@@ -223,8 +230,8 @@ async def started(kind: str) -> tb.TokenBucket | tb.SlidingWindow:
     return limiter
 
 
-async def assert_untouched(limiter: tb.TokenBucket | tb.SlidingWindow) -> None:
-    """Exactly the 3 units left by ``started`` remain, and the limiter works normally."""
+async def assert_untouched(limiter: Single) -> None:
+    """Exactly the 3 units the ``limiter`` fixture left remain; the limiter works normally."""
     stats = limiter.statistics()
     assert stats.available == pytest.approx(3.0, abs=1e-3)
     assert stats.waiters == 0
@@ -235,46 +242,31 @@ async def assert_untouched(limiter: tb.TokenBucket | tb.SlidingWindow) -> None:
         await limiter.acquire(0.5, timeout=0)
 
 
+async def take(limiter: Single, call: str, amount: object) -> None:
+    """``amount`` asked for by ``call``: acquire, acquire with a timeout, or try_acquire."""
+    if call == "try_acquire":
+        limiter.try_acquire(anything(amount))
+    elif call == "acquire-with-timeout":
+        await limiter.acquire(anything(amount), timeout=1)
+    else:
+        await limiter.acquire(anything(amount))
+
+
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("bad", BAD_AMOUNT)
-async def test_acquire_amount(kind: str, bad: Bad) -> None:
-    limiter = await started(kind)
+@pytest.mark.parametrize("call", ["acquire", "acquire-with-timeout", "try_acquire"])
+async def test_acquire_and_try_acquire_amount(limiter: Single, bad: Bad, call: str) -> None:
     with anyio.fail_after(10), pytest.raises(tb.TokenBucketError) as info:
-        await limiter.acquire(anything(bad.value))
+        await take(limiter, call, bad.value)
     check(info, bad.error, "amount")
     await assert_untouched(limiter)
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("bad", BAD_AMOUNT)
-async def test_acquire_amount_with_timeout(kind: str, bad: Bad) -> None:
-    limiter = await started(kind)
-    with anyio.fail_after(10), pytest.raises(tb.TokenBucketError) as info:
-        await limiter.acquire(anything(bad.value), timeout=1)
-    check(info, bad.error, "amount")
-    await assert_untouched(limiter)
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("bad", BAD_AMOUNT)
-async def test_try_acquire_amount(kind: str, bad: Bad) -> None:
-    limiter = await started(kind)
-    with pytest.raises(tb.TokenBucketError) as info:
-        limiter.try_acquire(anything(bad.value))
-    check(info, bad.error, "amount")
-    await assert_untouched(limiter)
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("amount", [1, 0, 3, 4])
 @pytest.mark.parametrize("bad", BAD_TIMEOUT)
-async def test_acquire_timeout(kind: str, amount: float, bad: Bad) -> None:
+async def test_acquire_timeout(limiter: Single, amount: float, bad: Bad) -> None:
     """A bad timeout is reported whether or not the amount is available (or zero)."""
-    limiter = await started(kind)
     with anyio.fail_after(10), pytest.raises(tb.TokenBucketError) as info:
         await limiter.acquire(amount, timeout=anything(bad.value))
     check(info, bad.error, "timeout")
@@ -282,15 +274,13 @@ async def test_acquire_timeout(kind: str, amount: float, bad: Bad) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     "amount", [6, 5.000001, math.nextafter(CAPACITY, math.inf), Fraction(11, 2), 1e300]
 )
 @pytest.mark.parametrize("timeout", [None, 0, 1, math.inf])
 async def test_acquire_more_than_the_limit_fails_at_once(
-    kind: str, amount: float, timeout: float | None
+    limiter: Single, amount: float, timeout: float | None
 ) -> None:
-    limiter = await started(kind)
     with anyio.fail_after(10), pytest.raises(tb.AmountExceedsLimitError) as info:
         await limiter.acquire(amount, timeout=timeout)
     assert info.value.argument == "amount"
@@ -303,10 +293,10 @@ async def test_acquire_more_than_the_limit_fails_at_once(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("amount", [6, 5.000001, Fraction(11, 2), 1e300])
-async def test_try_acquire_more_than_the_limit_fails_at_once(kind: str, amount: float) -> None:
-    limiter = await started(kind)
+async def test_try_acquire_more_than_the_limit_fails_at_once(
+    limiter: Single, amount: float
+) -> None:
     with pytest.raises(tb.AmountExceedsLimitError) as info:
         limiter.try_acquire(amount)
     assert info.value.argument == "amount"
@@ -314,9 +304,7 @@ async def test_try_acquire_more_than_the_limit_fails_at_once(kind: str, amount: 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
-async def test_more_than_the_limit_fails_at_once_even_while_others_wait(kind: str) -> None:
-    limiter = await started(kind)
+async def test_more_than_the_limit_fails_at_once_even_while_others_wait(limiter: Single) -> None:
     await limiter.acquire(3)
     async with anyio.create_task_group() as tg:
         tg.start_soon(limiter.acquire, 1)
@@ -335,10 +323,8 @@ async def test_more_than_the_limit_fails_at_once_even_while_others_wait(kind: st
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("amount", [0, 0.0, Fraction(0)])
-async def test_zero_amount_is_accepted_and_takes_nothing(kind: str, amount: float) -> None:
-    limiter = await started(kind)
+async def test_zero_amount_is_accepted_and_takes_nothing(limiter: Single, amount: float) -> None:
     await limiter.acquire(amount)
     await limiter.acquire(amount, timeout=0)
     assert limiter.try_acquire(amount)
@@ -346,9 +332,7 @@ async def test_zero_amount_is_accepted_and_takes_nothing(kind: str, amount: floa
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
-async def test_zero_amount_is_granted_even_when_empty(kind: str) -> None:
-    limiter = await started(kind)
+async def test_zero_amount_is_granted_even_when_empty(limiter: Single) -> None:
     await limiter.acquire(3)
     assert limiter.try_acquire(0)
     with anyio.fail_after(10):
@@ -357,10 +341,8 @@ async def test_zero_amount_is_granted_even_when_empty(kind: str) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("timeout", [0, 0.0, None, math.inf, 1, 0.5, Fraction(1, 10), HUGE])
-async def test_valid_timeouts_are_accepted(kind: str, timeout: float | None) -> None:
-    limiter = await started(kind)
+async def test_valid_timeouts_are_accepted(limiter: Single, timeout: float | None) -> None:
     with anyio.fail_after(10):
         await limiter.acquire(1, timeout=timeout)
         await limiter.acquire(2, timeout=timeout)
@@ -368,19 +350,15 @@ async def test_valid_timeouts_are_accepted(kind: str, timeout: float | None) -> 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("timeout", [0, 0.0])
-async def test_zero_timeout_takes_only_what_is_available(kind: str, timeout: float) -> None:
-    limiter = await started(kind)
+async def test_zero_timeout_takes_only_what_is_available(limiter: Single, timeout: float) -> None:
     with pytest.raises(tb.AcquireTimeoutError):
         await limiter.acquire(4, timeout=timeout)
     await assert_untouched(limiter)
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
-async def test_fractional_amounts_are_accepted(kind: str) -> None:
-    limiter = await started(kind)
+async def test_fractional_amounts_are_accepted(limiter: Single) -> None:
     await limiter.acquire(anything(Fraction(1, 2)))
     assert limiter.try_acquire(anything(Fraction(1, 2)))
     assert limiter.statistics().available == pytest.approx(2.0, abs=1e-3)
@@ -389,7 +367,6 @@ async def test_fractional_amounts_are_accepted(kind: str) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
 async def test_the_whole_limit_is_a_valid_amount(kind: str) -> None:
     limiter = make(kind)
     with anyio.fail_after(10):
@@ -398,9 +375,7 @@ async def test_the_whole_limit_is_a_valid_amount(kind: str) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
-async def test_async_with_takes_one_unit(kind: str) -> None:
-    limiter = await started(kind)
+async def test_async_with_takes_one_unit(limiter: Single) -> None:
     async with limiter:
         pass
     assert limiter.statistics().available == pytest.approx(2.0, abs=1e-3)
@@ -417,9 +392,7 @@ def test_try_acquire_needs_a_running_event_loop() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
-async def test_an_enormous_int_amount_is_a_named_error(kind: str) -> None:
-    limiter = await started(kind)
+async def test_an_enormous_int_amount_is_a_named_error(limiter: Single) -> None:
     for value in (ENORMOUS, -ENORMOUS):
         with pytest.raises(tb.InvalidArgumentError) as info:
             await limiter.acquire(value)

@@ -8,17 +8,25 @@ import contextlib
 import pytest
 
 import tokenbucket as tb
-from tests.contract._support import EPS, HANG, Backend, MakeSubject, clock, limitation
+from tests.contract._support import EPS, HANG, Backend, MakeSubject, Subject, clock, limitation
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+
+async def first_taken(
+    make_subject: MakeSubject, *, bucket: tuple[float, float], window: tuple[float, float]
+) -> tuple[Subject, float]:
+    """The subject of those limits, with its first unit taken, and the clock before that."""
+    subject = make_subject(bucket=bucket, window=window)
+    start = clock()
+    await subject.acquire()
+    return subject, start
 
 
 async def test_cancelled_waiter_gives_its_turn_to_the_next_arrival(
     make_subject: MakeSubject, backend: Backend
 ) -> None:
-    subject = make_subject(bucket=(4, 1), window=(1, 0.25))
-    start = clock()
-    await subject.acquire()
+    subject, start = await first_taken(make_subject, bucket=(4, 1), window=(1, 0.25))
     granted = clock()
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(subject.acquire(), 0.03)  # due at 0.25 s; leaves at 0.03 s
@@ -44,9 +52,7 @@ async def test_cancelled_waiter_gives_its_turn_to_the_next_arrival(
 async def test_cancelled_waiter_does_not_delay_the_waiter_behind(
     make_subject: MakeSubject, backend: Backend
 ) -> None:
-    subject = make_subject(bucket=(4, 1), window=(1, 0.25))
-    start = clock()
-    await subject.acquire()
+    subject, start = await first_taken(make_subject, bucket=(4, 1), window=(1, 0.25))
     first = asyncio.create_task(subject.acquire())  # due at 0.25 s
     await asyncio.sleep(0.01)
     second_at: list[float] = []
@@ -90,9 +96,8 @@ async def test_cancelled_in_flight_does_not_delay_the_next_caller(
         # Send at once: a request held back (batch_delay) often finds the give-backs
         # done, which would hide what this test is about.
         backend.batch_delay = 0
-    subject = make_subject(bucket=(20, 1), window=(1, 0.05))
-    start = clock()
-    await subject.acquire()  # the next unit is due at 0.05 s
+    subject, start = await first_taken(make_subject, bucket=(20, 1), window=(1, 0.05))
+    # The next unit is due at 0.05 s.
     sent = backend.round_trips if backend is not None else 0
     tasks = [asyncio.create_task(subject.acquire()) for _ in range(20)]
     await asyncio.sleep(0)  # they have asked
@@ -116,9 +121,7 @@ async def test_cancelled_before_sending_takes_nothing(
     On Redis, requests to a limiter whose next free instant is ahead are held for a
     moment (``batch_delay``) to share a round trip; cancelled then, they are never sent.
     """
-    subject = make_subject(bucket=(20, 1), window=(1, 0.05))
-    start = clock()
-    await subject.acquire()
+    subject, start = await first_taken(make_subject, bucket=(20, 1), window=(1, 0.05))
     ahead = asyncio.create_task(subject.acquire())  # due at 0.05 s
     while backend is not None and len(backend.granted) < 2:
         await asyncio.sleep(0.001)

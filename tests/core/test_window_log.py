@@ -6,11 +6,14 @@ import copy
 import itertools
 import math
 import random
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 
 from tokenbucket._core import WindowLog
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 INSTANTS = [0.0, 0.1, 1e5, 1e5 + 0.1, 1e9, 1e9 + 0.3]
 WINDOWS = [1.0, 0.1, 0.3, 7.0, 60.0]
@@ -137,6 +140,13 @@ class Stress(NamedTuple):
     start: float
     seed: int
 
+    def begin(self) -> tuple[random.Random, WindowLog, Iterator[tuple[int, float]]]:
+        """The case's random source, a fresh log, and its 300 steps with their amounts
+        (each drawn from the source as its step begins)."""
+        rnd = random.Random(self.seed)
+        steps = ((step, self.limit * rnd.choice(SHARES)) for step in range(300))
+        return rnd, WindowLog(self.limit, self.window, self.start), steps
+
 
 STRESS = [
     Stress(limit, window, start, seed)
@@ -151,11 +161,9 @@ SHARES = [0.1, 0.3, 1 / 3, 0.7, 0.01, 1.0]
 @pytest.mark.parametrize("case", STRESS)
 def test_ready_at_is_the_earliest_instant_try_take_succeeds(case: Stress) -> None:
     """A scheduler that waits for ready_at, then takes, always succeeds at once."""
-    rnd = random.Random(case.seed)
-    log = WindowLog(case.limit, case.window, case.start)
+    rnd, log, steps = case.begin()
     now = case.start
-    for step in range(300):
-        amount = case.limit * rnd.choice(SHARES)
+    for step, amount in steps:
         ready = copy.deepcopy(log).ready_at(amount, now)
         assert ready >= now
         context = (step, amount, now, ready, log)
@@ -169,11 +177,9 @@ def test_ready_at_is_the_earliest_instant_try_take_succeeds(case: Stress) -> Non
 @pytest.mark.parametrize("case", STRESS[:15])
 def test_level_and_try_take_agree(case: Stress) -> None:
     """``level(now) >= amount`` exactly when ``try_take(amount, now)`` would succeed."""
-    rnd = random.Random(case.seed)
-    log = WindowLog(case.limit, case.window, case.start)
+    rnd, log, steps = case.begin()
     now = case.start
-    for step in range(300):
-        amount = case.limit * rnd.choice(SHARES)
+    for step, amount in steps:
         level = copy.deepcopy(log).level(now)
         assert (level >= amount) == can_take(log, amount, now), (step, amount, level, log)
         log.try_take(amount, now)

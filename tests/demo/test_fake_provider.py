@@ -10,16 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import FrozenInstanceError
 
+import fake_provider
 import pytest
-from fake_provider import (
-    Admitted,
-    ChatRequest,
-    Provider,
-    Refused,
-    ServerStats,
-    estimate_prompt_tokens,
-    format_duration,
-)
+from fake_provider.provider import Admitted, ChatRequest, Provider, Refused, ServerStats
 
 
 def request(max_tokens: int = 100) -> ChatRequest:
@@ -126,7 +119,7 @@ def test_retry_after_headers_round_up(wait: float, retry_after: str, retry_after
     assert refused.limit == "requests"
     headers = dict(refused.headers)
     assert (headers["retry-after"], headers["retry-after-ms"]) == (retry_after, retry_after_ms)
-    assert f"Please try again in {format_duration(wait)}." in refused.message
+    assert f"Please try again in {fake_provider.format_duration(wait)}." in refused.message
 
 
 def test_refusal_messages_name_the_limit_like_openai() -> None:
@@ -242,7 +235,7 @@ def test_invalid_limits_are_rejected(limits: dict[str, float], match: str) -> No
     ],
 )
 def test_durations_are_formatted_like_go(seconds: float, text: str) -> None:
-    assert format_duration(seconds) == text
+    assert fake_provider.format_duration(seconds) == text
 
 
 @pytest.mark.parametrize(
@@ -261,4 +254,4 @@ def test_durations_are_formatted_like_go(seconds: float, text: str) -> None:
 )
 def test_prompt_token_estimate(contents: list[object], tokens: int) -> None:
     messages = [{"role": "user", "content": content} for content in contents]
-    assert estimate_prompt_tokens(messages) == tokens
+    assert fake_provider.estimate_prompt_tokens(messages) == tokens

@@ -151,10 +151,14 @@ class FakeProviders:
 # -- fake modules -------------------------------------------------------------------------
 
 
-def _anthropic_module(providers: FakeProviders) -> types.ModuleType:
-    module = types.ModuleType("anthropic")
-    module.__doc__ = "A fake of the anthropic SDK for the documentation's examples."
+def _module(name: str, doc: str | None = None, **attributes: object) -> types.ModuleType:
+    """A module ``name`` that holds ``attributes``."""
+    module = types.ModuleType(name, doc)
+    module.__dict__.update(attributes)
+    return module
 
+
+def _anthropic_module(providers: FakeProviders) -> types.ModuleType:
     class APIError(Exception):
         pass
 
@@ -193,18 +197,17 @@ def _anthropic_module(providers: FakeProviders) -> types.ModuleType:
             self.options = options
             self.messages = _Messages()
 
-    module.APIError = APIError  # type: ignore[attr-defined]
-    module.APIStatusError = APIStatusError  # type: ignore[attr-defined]
-    module.RateLimitError = RateLimitError  # type: ignore[attr-defined]
-    module.AsyncAnthropic = AsyncAnthropic  # type: ignore[attr-defined]
-    return module
+    return _module(
+        "anthropic",
+        "A fake of the anthropic SDK for the documentation's examples.",
+        APIError=APIError,
+        APIStatusError=APIStatusError,
+        RateLimitError=RateLimitError,
+        AsyncAnthropic=AsyncAnthropic,
+    )
 
 
 def _genai_modules(providers: FakeProviders) -> dict[str, types.ModuleType]:
-    genai = types.ModuleType("google.genai")
-    errors = types.ModuleType("google.genai.errors")
-    gtypes = types.ModuleType("google.genai.types")
-
     class APIError(Exception):
         def __init__(self, code: int, response_json: Any, response: Any = None) -> None:
             self.code = code
@@ -246,13 +249,11 @@ def _genai_modules(providers: FakeProviders) -> dict[str, types.ModuleType]:
             self.options = options
             self.aio = _Aio()
 
-    errors.APIError = APIError  # type: ignore[attr-defined]
-    errors.ClientError = ClientError  # type: ignore[attr-defined]
-    errors.ServerError = ServerError  # type: ignore[attr-defined]
-    gtypes.GenerateContentConfig = GenerateContentConfig  # type: ignore[attr-defined]
-    genai.Client = Client  # type: ignore[attr-defined]
-    genai.errors = errors  # type: ignore[attr-defined]
-    genai.types = gtypes  # type: ignore[attr-defined]
+    errors = _module(
+        "google.genai.errors", APIError=APIError, ClientError=ClientError, ServerError=ServerError
+    )
+    gtypes = _module("google.genai.types", GenerateContentConfig=GenerateContentConfig)
+    genai = _module("google.genai", Client=Client, errors=errors, types=gtypes)
     return {"google.genai": genai, "google.genai.errors": errors, "google.genai.types": gtypes}
 
 

@@ -1,13 +1,32 @@
-"""Find the fenced code blocks of a Markdown file (no Markdown library needed)."""
+"""Find the fenced code blocks of a Markdown file (no Markdown library needed), and run
+Python on what the documents hold."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_python(*args: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Run this interpreter with ``args`` (at most five minutes): its exit code, and its
+    stdout followed by its stderr."""
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
 
 # ```python title="limits.toml"   (backticks or tildes, three or more, maybe indented)
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*)$")

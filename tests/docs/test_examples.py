@@ -51,7 +51,6 @@ import contextlib
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,7 +61,7 @@ import trio
 from trio.testing import MockClock
 
 from tests.docs import _fakes
-from tests.docs._markdown import PYTHON_ALIASES, ROOT, Block, blocks, documents
+from tests.docs._markdown import PYTHON_ALIASES, ROOT, Block, blocks, documents, run_python
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator
@@ -269,18 +268,11 @@ def _run_test_module(block: Block, workdir: Path) -> None:
     assert block.title is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", block.title],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    returncode, output = run_python(
+        *("-m", "pytest", "-q", "-p", "no:cacheprovider", block.title), cwd=workdir, env=env
     )
-    output = result.stdout + result.stderr
     message = f"{block.where}: the test module {block.title} did not pass:\n{output}"
-    assert result.returncode == 0, message
+    assert returncode == 0, message
     assert " passed" in output, message
 
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import subprocess
-import sys
 import types
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.docs._markdown import ROOT
+from tests.docs._markdown import ROOT, run_python
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -51,27 +49,13 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     _require_docs_tools()
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mkdocs",
-            "build",
-            "--strict",
-            "--config-file",
-            str(ROOT / "mkdocs.yml"),
-            "--site-dir",
-            str(site),
-        ],
+    returncode, output = run_python(
+        *("-m", "mkdocs", "build", "--strict"),
+        *("--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(site)),
         cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"mkdocs build --strict failed:\n{output}"
+    assert returncode == 0, f"mkdocs build --strict failed:\n{output}"
     assert "WARNING" not in output, output
     reference = (site / "reference" / "index.html").read_text(encoding="utf-8")
     for anchor in (
@@ -157,36 +141,19 @@ def test_benchmark_tables_are_taken_with_their_headings() -> None:
         "| a | b |\n|---|---|\n| [x](other.md) | ![2](p.png) |\n\n"
         "### Detail\n\n| c |\n|---|\n| 3 |\n\n```\n| not | a table |\n```\n\n## Other\n\n| d |\n"
     )
+    # The Results section: its own table, then its subsection's, under a heading.
+    results = ["| a | b |", "|---|---|", "| x | 2 |", ""]
+    results += ["### Detail", "", "| c |", "|---|", "| 3 |", ""]
     assert hook._tables_of(text, None) == [
         "### Results",
         "",
-        "| a | b |",
-        "|---|---|",
-        "| x | 2 |",
-        "",
-        "### Detail",
-        "",
-        "| c |",
-        "|---|",
-        "| 3 |",
-        "",
+        *results,
         "### Other",
         "",
         "| d |",
         "",
     ]
-    assert hook._tables_of(text, "Results") == [
-        "| a | b |",
-        "|---|---|",
-        "| x | 2 |",
-        "",
-        "### Detail",
-        "",
-        "| c |",
-        "|---|",
-        "| 3 |",
-        "",
-    ]
+    assert hook._tables_of(text, "Results") == results
 
 
 def test_the_benchmarks_page_leads_with_a_summary_and_folds_the_tables() -> None:

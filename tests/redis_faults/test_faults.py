@@ -305,14 +305,22 @@ async def test_killed_local_policy_limits_locally_at_the_share(
     assert await admin.keys(f"{{{PREFIX}:{kind}}}:*")
 
 
-async def test_killed_wait_policy_keeps_the_callers_timeout(
+async def killed_under_a_window(
     redis_server: RedisServer, make_backend: MakeBackend, caplog: pytest.LogCaptureFixture
-) -> None:
+) -> tuple[RedisBackend, tb.SlidingWindow]:
+    """A window on a backend with the wait policy, one unit taken, then Redis killed."""
     caplog.set_level(logging.ERROR, logger=LOGGER)
     backend = make_backend(on_error="wait", max_backoff=0.1)
     window = tb.SlidingWindow(limit=5, window=1.0, backend=backend, key="w")
     await window.acquire()
     redis_server.kill()
+    return backend, window
+
+
+async def test_killed_wait_policy_keeps_the_callers_timeout(
+    redis_server: RedisServer, make_backend: MakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, window = await killed_under_a_window(redis_server, make_backend, caplog)
     loop = asyncio.get_running_loop()
     start = loop.time()
     with pytest.raises(tb.AcquireTimeoutError):
@@ -323,11 +331,7 @@ async def test_killed_wait_policy_keeps_the_callers_timeout(
 async def test_killed_wait_policy_aclose_does_not_hang(
     redis_server: RedisServer, make_backend: MakeBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger=LOGGER)
-    backend = make_backend(on_error="wait", max_backoff=0.1)
-    window = tb.SlidingWindow(limit=5, window=1.0, backend=backend, key="w")
-    await window.acquire()
-    redis_server.kill()
+    backend, window = await killed_under_a_window(redis_server, make_backend, caplog)
     task = asyncio.create_task(window.acquire())
     await asyncio.sleep(0.2)
     task.cancel()

@@ -70,6 +70,27 @@ async def start_in_order(tg: TaskGroup, *tasks: Callable[[], Coroutine[Any, Any,
         await anyio.wait_all_tasks_blocked()
 
 
+async def settle_while_one_waits(
+    held: tb.LeaseContext, waiting: tb.LeaseContext, after: float, **settle: float
+) -> None:
+    """Hold ``held`` while ``waiting`` queues behind it; ``after`` seconds on, settle the
+    lease with ``settle``: the waiter is granted at that same instant, not before."""
+    start = now()
+    granted: list[float] = []
+
+    async def waiter() -> None:
+        async with waiting:
+            granted.append(now() - start)
+
+    async with held as lease, anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(after)
+        assert granted == []
+        lease.settle(**settle)
+        await anyio.wait_all_tasks_blocked()
+        assert granted == [pytest.approx(after, abs=TOL)]
+
+
 async def enter(context: tb.LeaseContext) -> None:
     async with context:
         pass

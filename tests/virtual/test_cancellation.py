@@ -4,6 +4,7 @@ a grant cancelled before it runs is handed on."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import anyio
 import looptime
@@ -120,6 +121,19 @@ async def test_cancelled_at_the_grant_keeps_the_lease_or_gives_it_back() -> None
         assert snapshot.available["tokens"] == 4 - 1 - took
 
 
+async def cancel_the_head_then_the_granted(
+    head: asyncio.Task[Any], second: asyncio.Task[Any]
+) -> None:
+    """Cancel ``head``: its removal grants ``second`` in the next loop iteration, and
+    ``second`` is cancelled right after that, before it can run. Both end cancelled."""
+    head.cancel()
+    asyncio.get_running_loop().call_soon(second.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    with pytest.raises(asyncio.CancelledError):
+        await head
+
+
 def test_asyncio_granted_then_cancelled_before_running_gives_the_grant_back() -> None:
     """asyncio: the head leaves, which grants `second`; `second` is cancelled before it
     runs; its tokens and its slot go to `third` in the same instant."""
@@ -146,12 +160,7 @@ def test_asyncio_granted_then_cancelled_before_running_gives_the_grant_back() ->
         await asyncio.sleep(0)
         third = asyncio.create_task(take(1))
         await asyncio.sleep(0.5)
-        head.cancel()
-        loop.call_soon(second.cancel)
-        with pytest.raises(asyncio.CancelledError):
-            await second
-        with pytest.raises(asyncio.CancelledError):
-            await head
+        await cancel_the_head_then_the_granted(head, second)
         while len(times) < 2:
             await asyncio.sleep(0)
         # Without the hand-back, `third` would wait for tokens until 1 s, and forever
@@ -224,14 +233,7 @@ def test_grant_then_cancel_before_running_gives_the_grant_back() -> None:
         await asyncio.sleep(0)
         third = asyncio.create_task(bucket.acquire(1))
         await asyncio.sleep(1.5)  # level 1.5: second and third fit, the head does not
-        # Cancel the head; its removal grants `second` in the next loop iteration, and
-        # `second` is cancelled right after that, before it can run.
-        head.cancel()
-        loop.call_soon(second.cancel)
-        with pytest.raises(asyncio.CancelledError):
-            await second
-        with pytest.raises(asyncio.CancelledError):
-            await head
+        await cancel_the_head_then_the_granted(head, second)
         start = loop.time()
         await third
         # `second` gave its unit back, so `third` had one at t=1.5 (not at t=2.5).

@@ -115,11 +115,19 @@ async def test_feedback_openai_headers_lower_the_limit_until_the_reset() -> None
         assert now() - start == pytest.approx(60, abs=TOL)
 
 
-async def test_feedback_after_traffic_holds_only_until_the_reset() -> None:
+async def after_a_call_of_100_tokens(remaining_tokens: str) -> tuple[tb.Limiter, float]:
+    """A limiter of 100 requests and 1 000 tokens a minute, and the instant it started,
+    after a call of 100 tokens whose response reported ``remaining_tokens``, reset in 2 s."""
     limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=1_000)
     start = now()
+    headers = {"x-ratelimit-remaining-tokens": remaining_tokens, "x-ratelimit-reset-tokens": "2s"}
     async with limiter.acquire(tokens=100) as lease:
-        lease.feedback({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "2s"})
+        lease.feedback(headers)
+    return limiter, start
+
+
+async def test_feedback_after_traffic_holds_only_until_the_reset() -> None:
+    limiter, start = await after_a_call_of_100_tokens("0")
     async with limiter.acquire(tokens=1):
         assert now() - start == pytest.approx(2, abs=TOL)
 
@@ -138,10 +146,7 @@ async def test_feedback_requests_remaining_zero_holds_until_the_reset() -> None:
 
 async def test_feedback_holds_at_least_until_the_reset() -> None:
     # What does hold today: nothing more than the server's remaining before its reset.
-    limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=1_000)
-    start = now()
-    async with limiter.acquire(tokens=100) as lease:
-        lease.feedback({"x-ratelimit-remaining-tokens": "50", "x-ratelimit-reset-tokens": "2s"})
+    limiter, start = await after_a_call_of_100_tokens("50")
     assert limiter.statistics().available["tokens"] == 50
     async with limiter.acquire(tokens=50):
         assert now() == start

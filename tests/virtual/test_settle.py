@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from tests.virtual._support import KINDS, TOL, now, token_limiter
+from tests.virtual._support import KINDS, TOL, now, settle_while_one_waits, token_limiter
 
 pytestmark = pytest.mark.anyio
 
@@ -14,20 +14,9 @@ pytestmark = pytest.mark.anyio
 @KINDS
 async def test_settle_less_refunds_and_wakes_a_waiter_at_once(kind: str) -> None:
     limiter = token_limiter(kind)
-    start = now()
-    granted: list[float] = []
-
-    async def waiter() -> None:
-        async with limiter.acquire(tokens=50):
-            granted.append(now() - start)
-
-    async with limiter.acquire(tokens=100) as lease, anyio.create_task_group() as tg:
-        tg.start_soon(waiter)
-        await anyio.sleep(6)
-        assert granted == []
-        lease.settle(tokens=30)
-        await anyio.wait_all_tasks_blocked()
-        assert granted == [pytest.approx(6, abs=TOL)]
+    await settle_while_one_waits(
+        limiter.acquire(tokens=100), limiter.acquire(tokens=50), 6, tokens=30
+    )
     left = limiter.statistics().available["tokens"]
     # Window: 100 - 30 - 50. Bucket: 0 + 10 refilled + 70 refunded - 50.
     assert left == pytest.approx(20 if kind == "window" else 30, abs=TOL)
