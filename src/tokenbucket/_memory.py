@@ -35,6 +35,7 @@ __all__ = ["MemoryStore"]
 _INF: Final = math.inf
 _MONOTONIC: Final = object()
 _ARRIVALS: Final = itertools.count()
+_monotonic: Final = time.monotonic
 
 
 class _Pool:
@@ -91,9 +92,14 @@ class MemoryStore:
 
     def try_take(self, request: Request) -> Ticket | None:
         waiters = self._waiters
-        now = waiters.clock() if LOOP_HINT.get() is waiters.loop else waiters.now()
+        if waiters.fast is LOOP_HINT.get():  # nobody waits; the clock is time.monotonic
+            now = _monotonic()
+        elif waiters.live:
+            return None
+        else:
+            now = waiters.now()
         multi = self._multi
-        if waiters.live or not multi.try_take(request, now):
+        if not multi.try_take(request, now):
             return None
         if multi.freed:
             self._kick_freed()

@@ -125,19 +125,24 @@ def _unbound_clock() -> float:
 class WaiterQueue:
     """The FIFO queue, its one timer and its binding to an event loop.
 
-    The owner's hot paths read ``live`` (waiters), ``loop`` (the asyncio loop served, or
-    a value no loop equals) and ``clock`` directly.
+    The owner's hot paths read ``fast`` directly: the asyncio loop whose tasks may take
+    without queueing and read ``time.monotonic`` as the clock (the loop served, while
+    nobody waits and its clock is that one), or a value no loop equals. They compare it
+    with ``LOOP_HINT``, which names the running loop once the task has been through
+    :meth:`now`.
     """
 
     __slots__ = (
         "_early",
         "_hinted",
+        "_open",
         "_queue",
         "_step",
         "_timer",
         "_timer_at",
         "aio",
         "clock",
+        "fast",
         "key",
         "live",
         "loop",
@@ -155,6 +160,8 @@ class WaiterQueue:
         self.key: object | None = None
         # The asyncio loop this queue serves, or NOT_ASYNCIO when unbound or on trio.
         self.loop: object = NOT_ASYNCIO
+        self.fast: object = NOT_ASYNCIO
+        self._open: object = NOT_ASYNCIO  # what `fast` is while nobody waits
         self.aio: asyncio.AbstractEventLoop | None = None
         self.clock: Callable[[], float] = _unbound_clock
         self._timer: asyncio.TimerHandle | None = None
@@ -180,6 +187,7 @@ class WaiterQueue:
         self._queue.append(waiter)
         self.live += 1
         self.queued += waiter.amount
+        self.fast = NOT_ASYNCIO
         if self.live == 1:  # the head: time it
             when = self.state.ready_at(waiter.request, now)
             if self.aio is not None:
@@ -227,6 +235,7 @@ class WaiterQueue:
             if later > now:
                 now = later
         self.queued = 0.0
+        self.fast = self._open
         self._disarm()
         self.owner.after_dispatch(None, now)
 
@@ -234,6 +243,8 @@ class WaiterQueue:
         waiter.state = _GONE
         self.live -= 1
         self.queued -= waiter.amount
+        if not self.live:
+            self.fast = self._open
         self.owner.on_leave(waiter.request)
 
     def remove(self, waiter: _Waiter, now: float) -> None:
@@ -374,4 +385,5 @@ class WaiterQueue:
         self.clock = clock.read
         self._step = clock.step
         self._hinted = clock.hinted
+        self.fast = self._open = clock.loop if clock.hinted else NOT_ASYNCIO
         self.owner.on_bind(clock.read(), not same_clock)

@@ -10,13 +10,14 @@ every acquisition goes through the backend's store (see ``_backend``).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from . import _validate
 from ._backend import open_store
 from ._core import Meter, Request
 from ._errors import AcquireTimeoutError, AmountExceedsLimitError, ArgumentTypeError
-from ._loop import LOOP_HINT, get_running_loop
+from ._loop import LOOP_HINT
 from ._queue import WaiterQueue, _Waiter
 from ._statistics import LimitStatistics
 
@@ -30,12 +31,13 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 _INF = float("inf")
+_monotonic = time.monotonic
 
 
 class SingleLimiter:
     """Base of the single limiters: acquire/try_acquire of an amount over a FIFO queue."""
 
-    __slots__ = ("__weakref__", "_max", "_remote", "_state", "_waiters")
+    __slots__ = ("__weakref__", "_max", "_remote", "_state", "_take", "_waiters")
 
     _LIMIT_NAME = "limit"
 
@@ -47,6 +49,7 @@ class SingleLimiter:
         key: str | None,
     ) -> None:
         self._state = state
+        self._take = state.try_take
         self._max = state.maximum
         self._waiters = WaiterQueue(state, self)
         # Where the state lives when it is not in memory (Redis), or None.
@@ -57,7 +60,7 @@ class SingleLimiter:
 
     # -- public API ------------------------------------------------------------------
 
-    async def acquire(self, amount: float = 1, *, timeout: float | None = None) -> None:
+    async def acquire(self, amount: float = 1.0, *, timeout: float | None = None) -> None:
         """Wait until ``amount`` units are granted, in FIFO order.
 
         Returns without yielding to the event loop when the amount is available and
@@ -77,22 +80,16 @@ class SingleLimiter:
         Cancellation: a cancelled (or timed-out) caller consumes nothing and delays no
         one; if it had just been granted, the grant goes back to the next waiter.
         """
-        waiters = self._waiters
-        if (
-            not waiters.live
-            and timeout is None
-            and (LOOP_HINT.get() is waiters.loop or get_running_loop() is waiters.loop)
-        ):
+        if self._waiters.fast is LOOP_HINT.get() and timeout is None:
+            # Nobody waits, this task's loop is the one served and its clock is
+            # time.monotonic. An amount above the limit never fits, so it falls through
+            # to the checks below with NaN and every other value the state refuses.
             cls = amount.__class__
-            if (
-                (cls is int or cls is float)
-                and 0 < amount <= self._max
-                and self._state.try_take(amount, waiters.clock())
-            ):
+            if (cls is int or cls is float) and amount > 0 and self._take(amount, _monotonic()):
                 return
         await self._acquire(amount, timeout)
 
-    def try_acquire(self, amount: float = 1) -> bool:
+    def try_acquire(self, amount: float = 1.0) -> bool:
         """Take ``amount`` units if available right now; never waits, never queues.
 
         Returns ``False`` while any task is queued in :meth:`acquire`, so it never
