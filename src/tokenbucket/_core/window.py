@@ -131,12 +131,7 @@ class WindowLog:
         its limit: later callers then wait until enough has left it). Returns the grant's
         ticket."""
         expires = self._expiry_of(self._expire(self._inside(now) if self._offset else now))
-        total = self._total
-        if self._head < len(total) and self._expiry[-1] == expires:
-            total[-1] += amount
-        else:
-            self._expiry.append(expires)
-            total.append((total[-1] if total else self._base) + amount)
+        self._append(expires, amount)
         return expires
 
     def take(self, amount: float, need: float, now: float) -> float | None:
