@@ -337,6 +337,8 @@ class WaiterQueue:
 
     def now(self) -> float:
         """Bind to the running event loop if needed and return its time."""
+        if self.aio is None and self.key is not None and trio_root() is self.key:
+            return self.clock()  # still in the trio run it serves (no getpid() call)
         loop = get_running_loop()
         if loop is not None:
             if loop is not self.loop:

@@ -172,9 +172,13 @@ class SingleLimiter:
             raise AmountExceedsLimitError(value, self._max, self._LIMIT_NAME)
         return value
 
-    async def _acquire(self, amount: object, timeout: object) -> None:
-        value = self._check_amount(amount)
-        seconds = _validate.timeout(timeout)
+    async def _acquire(self, amount: float, timeout: float | None) -> None:
+        cls = amount.__class__  # what the caller passed, whatever the annotations say
+        if (cls is float or cls is int) and 0 < amount <= self._max:
+            value = float(amount)
+        else:
+            value = self._check_amount(amount)
+        seconds = None if timeout is None else _validate.timeout(timeout)
         waiters = self._waiters
         if self._remote is not None:
             if value:
