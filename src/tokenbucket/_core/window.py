@@ -149,26 +149,34 @@ class WindowLog:
         else:
             now = self._last
         expiry = self._expiry
-        if self._head < len(expiry) and expiry[self._head] <= now:
+        head = self._head
+        if head < len(expiry) and expiry[head] <= now:
             self._drop(now)
+            head = self._head
         total = self._total
-        if self._head < len(expiry):
-            if need > self.limit - (total[-1] - self._base):
+        if head < len(expiry):
+            last = total[-1]
+            if need > self.limit - (last - self._base):
                 return None
-            expires = now + self.window
-            if expires - self.window < now or expires <= now:  # _expiry_of, inlined
+            window = self.window
+            expires = now + window
+            if expires - window < now or expires <= now:  # _expiry_of, inlined
                 expires = math.nextafter(expires, math.inf)
             if expiry[-1] == expires:
-                self._was = total[-1]
-                total[-1] += amount
+                self._was = last
+                total[-1] = last + amount
                 return expires
-        elif need > self.limit:
+            self._was = None
+            expiry.append(expires)
+            total.append(last + amount)
+            return expires
+        if need > self.limit:
             return None
-        else:
-            expires = self._expiry_of(now)
+        # An empty window: every entry has left it, and the base is the last total.
+        expires = self._expiry_of(now)
         self._was = None
         expiry.append(expires)
-        total.append((total[-1] if total else self._base) + amount)
+        total.append(self._base + amount)
         return expires
 
     def undo(self) -> None:
