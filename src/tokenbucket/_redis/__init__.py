@@ -44,11 +44,12 @@ Modules
 
 from __future__ import annotations
 
-from .._errors import BackendError, BackendUnavailableError
+from .._errors import BackendConfigurationError, BackendError, BackendUnavailableError
 from ._backend import RedisBackend, default_url
 from ._protocol import MeterSpec, Reservation
 
 __all__ = [
+    "BackendConfigurationError",
     "BackendError",
     "BackendUnavailableError",
     "MeterSpec",

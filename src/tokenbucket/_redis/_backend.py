@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -13,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from .. import _validate
 from .._errors import (
     ArgumentTypeError,
+    BackendConfigurationError,
     BackendError,
-    BackendUnavailableError,
     InvalidArgumentError,
 )
 from . import _protocol, _scripts
@@ -142,13 +141,15 @@ class RedisBackend:
         return ":".join([f"{{{self.prefix}:{tag}}}", *rest])
 
     async def ping(self) -> None:
-        """Check that Redis answers; raise :class:`BackendUnavailableError` if not."""
+        """Check that Redis answers; raise :class:`BackendUnavailableError` if not, and
+        :class:`BackendConfigurationError` if it refuses the credentials or the database
+        index."""
         from redis.exceptions import RedisError
 
         try:
             await self.client.ping()
         except (RedisError, OSError) as exc:
-            raise BackendUnavailableError(f"Redis is unreachable: {exc}") from exc
+            raise _scripts.translate(exc, self.prefix) from exc
 
     async def aclose(self, *, grace: float = 0.5) -> None:
         """Wait up to ``grace`` seconds for give-backs and releases in flight (they may be
@@ -175,7 +176,13 @@ class RedisBackend:
     async def _with_policy(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script under the failure policy ("local" is handled by the caller)."""
         return await _scripts.with_policy(
-            self._script, name, keys, args, on_error=self.on_error, max_backoff=self.max_backoff
+            self._script,
+            name,
+            keys,
+            args,
+            on_error=self.on_error,
+            max_backoff=self.max_backoff,
+            prefix=self.prefix,
         )
 
     async def _reserve_batch(
@@ -257,8 +264,14 @@ class RedisBackend:
     async def wait_for_slot(self, slots_key: str, seconds: float) -> None:
         """Block (without polling) until a slot is released, or ``seconds`` pass."""
         timeout = max(0.001, min(seconds, 60.0))
-        with contextlib.suppress(Exception):
+        try:
             await self.client.blpop([_protocol.wake_key(slots_key)], timeout=timeout)
+        except Exception as exc:
+            # Not waiting is harmless once (the caller asks for a slot again), but a
+            # refusal would be the same every time: the caller would spin.
+            error = _scripts.translate(exc, self.prefix)
+            if isinstance(error, BackendConfigurationError):
+                raise error from exc
 
     async def adjust(self, reservation: Reservation, new_amounts: Sequence[float]) -> None:
         """Settle a grant: replace its amounts by ``new_amounts``."""
