@@ -62,6 +62,7 @@ class RedisStore:
         self._fallback = spec.fallback
         self._local: Store | None = None
         self._slot_lock: asyncio.Lock | None = None
+        self._slot_loop: asyncio.AbstractEventLoop | None = None  # the lock's loop
         # What this process knows: a pause a server asked for (loop clock), its waiters,
         # the instants they are due, its slots held, and the last grant's wait.
         self.paused_until = -math.inf
@@ -80,8 +81,8 @@ class RedisStore:
         """Wait until ``request`` is granted; the reservation, or ``None`` when the local
         stand-in granted it (Redis unreachable under the ``"local"`` policy)."""
         backend = self.backend
+        loop = backend.running_loop()  # raises on trio
         vector = [request.amounts[i] for i in self.indexes]
-        loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = None if timeout is None else start + timeout  # the one deadline
         self.waiters += 1
@@ -126,8 +127,8 @@ class RedisStore:
                 # No concurrency slot: block until one is released (or the first expires).
                 if deadline is not None and loop.time() >= deadline:
                     raise AcquireTimeoutError(f"{self.label!r}: no slot within {timeout} s")
-                if self._slot_lock is None:
-                    self._slot_lock = asyncio.Lock()
+                if self._slot_lock is None or self._slot_loop is not loop:
+                    self._slot_lock, self._slot_loop = asyncio.Lock(), loop
                 async with self._slot_lock:
                     bound = wait if deadline is None else min(wait, deadline - loop.time())
                     await backend.wait_for_slot(self.slots_key, max(0.0, bound))
@@ -186,7 +187,7 @@ class RedisStore:
     def feedback(self, plan: FeedbackPlan) -> None:
         clamps = [(self.meters[c.meter], c.remaining, c.reset) for c in plan.clamps]
         if plan.pause is not None:
-            until = asyncio.get_running_loop().time() + plan.pause
+            until = self.backend.running_loop().time() + plan.pause
             self.paused_until = max(self.paused_until, until)
         if clamps or plan.pause is not None:
             self.backend.spawn(self.backend.feedback(self.pause_key, plan.pause, clamps))
