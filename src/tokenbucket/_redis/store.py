@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .._feedback import FeedbackPlan
     from ._backend import RedisBackend
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "escape"]
 
 log = logging.getLogger("tokenbucket.redis")
 
@@ -33,13 +33,24 @@ _ANSWER_GRACE: Final = 0.5
 _WARN_EVERY: Final = 10.0
 
 
+def escape(name: str) -> str:
+    """A user's name as one part of a Redis key: ``%``, ``:``, ``{`` and ``}`` written as
+    ``%25``, ``%3A``, ``%7B`` and ``%7D``, so that no part can end the hash tag or pass
+    for two parts, and distinct names stay distinct. Other names are unchanged."""
+    if not any(c in name for c in "%:{}"):
+        return name
+    for char in "%:{}":
+        name = name.replace(char, f"%{ord(char):02X}")
+    return name
+
+
 class RedisStore:
     """The meters of one limiter in Redis, and what this process knows of them."""
 
     def __init__(self, backend: RedisBackend, spec: StoreSpec) -> None:
         self.backend = backend
-        tag = spec.key
-        self.label = ":".join(tag)  # for messages
+        self.label = ":".join(spec.key)  # for messages
+        tag = [escape(part) for part in spec.key]
         self.dims = spec.dims
         self.max_concurrency = spec.max_concurrency
         self.meters: list[MeterSpec] = []
@@ -52,7 +63,7 @@ class RedisStore:
             else:
                 kind, p1, p2 = "b", rate.amount / rate.period, rate.burst
                 label += f":b{rate.burst!r}"
-            pool = spec.pools.get(meter)
+            pool = [escape(part) for part in spec.pools.get(meter, ())]
             # Every key of one limiter (and of one group) under one hash tag: tag[0].
             key = backend.key(tag[0], *pool) if pool else backend.key(*tag, f"{i}", label)
             self.meters.append(MeterSpec(kind, key, p1, p2))  # type: ignore[arg-type]
