@@ -113,6 +113,7 @@ HIERARCHY = [
     (AcquireTimeoutError, TokenBucketError, TimeoutError),
     (tokenbucket.LeaseError, TokenBucketError, RuntimeError),
     (tokenbucket.BackendError, TokenBucketError, None),
+    (tokenbucket.BackendConfigurationError, tokenbucket.BackendError, None),
     (tokenbucket.BackendUnavailableError, tokenbucket.BackendError, ConnectionError),
 ]
 

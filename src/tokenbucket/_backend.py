@@ -55,8 +55,9 @@ class Store(Protocol):
 class StoreSpec:
     """What a backend needs to open a store.
 
-    ``key`` names the limiter in the backend (its first part groups the keys of one
-    group together); ``pools`` names the meters shared by several limiters (a group's
+    ``key`` names the limiter in the backend, in parts that a backend must keep apart
+    (two distinct keys never share state; its first part groups the keys of one group
+    together); ``pools`` names the meters shared by several limiters (a group's
     shared limits), relative to ``key[0]``. ``fallback`` makes an in-memory store of the
     same limits at a share of their rates, for a backend that limits locally while it
     is unreachable.
@@ -87,8 +88,9 @@ def open_store(
 ) -> Store:
     """Check ``backend`` and ``key`` as a limiter's arguments and open its store there.
 
-    ``key`` (or else ``name``) names the limiter in the backend; a group joins its own
-    key and a member's name with ``"\\x00"``.
+    ``key`` (or else ``name``) names the limiter in the backend; a group's member is
+    named by the parts ``(group key, member name)``, a tuple (every str is a name of its
+    own, whatever characters it holds).
     """
     if backend is None:
         if key is not None:
@@ -102,7 +104,8 @@ def open_store(
             f"backend must be a backend such as RedisBackend, not {type(backend).__name__}",
         )
     key = key if key is not None else name
-    if not isinstance(key, str) or not key:
+    parts = key if isinstance(key, tuple) else (key,)
+    if not all(isinstance(part, str) and part for part in parts):
         raise InvalidArgumentError(
             "key", "a limiter with a backend needs key=: the name its state has there"
         )
@@ -118,5 +121,5 @@ def open_store(
         ]
         return MemoryStore(MultiState(dims, local, None), lambda: f"local stand-in for {key!r}")
 
-    spec = StoreSpec(tuple(key.split("\x00")), dims, meters, max_concurrency, pools or {}, fallback)
+    spec = StoreSpec(parts, dims, meters, max_concurrency, pools or {}, fallback)
     return cast("Backend", backend).open(spec)

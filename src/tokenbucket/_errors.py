@@ -12,6 +12,7 @@ ValueError`` or ``except TimeoutError`` keep working::
      ├── LeaseError                  (also RuntimeError)
      ├── UnknownNameError            (also KeyError)
      └── BackendError
+          ├── BackendConfigurationError
           └── BackendUnavailableError  (also ConnectionError)
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "AcquireTimeoutError",
     "AmountExceedsLimitError",
     "ArgumentTypeError",
+    "BackendConfigurationError",
     "BackendError",
     "BackendUnavailableError",
     "InvalidArgumentError",
@@ -104,3 +106,11 @@ class BackendError(TokenBucketError):
 
 class BackendUnavailableError(BackendError, ConnectionError):
     """The backend cannot be reached (and its failure policy says to raise)."""
+
+
+class BackendConfigurationError(BackendError):
+    """The backend is reachable but set up so that the limiter cannot use it: a wrong
+    password or user name, a user without a permission the limiter needs, a database
+    index the server does not have, or a backend used on an event loop it does not
+    support. Raised at once whatever the failure policy (retrying cannot help); the
+    message says what to fix and the backend's own exception is the ``__cause__``."""

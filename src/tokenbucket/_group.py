@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import weakref
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._config import UNITS, split_key, to_rate
 from ._core import Meter
@@ -365,8 +365,10 @@ def _config_rate(value: object, unit: str, where: str) -> Rate:
 
 
 def _member_key(key: str | None, name: str) -> str | None:
-    # One hash tag (the group's key) for every member, so shared limits work on a cluster.
-    return None if key is None else f"{key}\x00{name}"
+    # One hash tag (the group's key) for every member, so shared limits work on a cluster:
+    # the key's parts, kept apart (a backend names each part on its own).
+    parts = None if key is None else (key, name)
+    return cast("str | None", parts)
 
 
 def _limiter_from_config(

@@ -102,3 +102,39 @@ async def test_each_script_call_stays_in_one_hash_slot(
     assert calls
     spanning = [keys for keys in calls if len({key_slot(k.encode()) for k in keys}) > 1]
     assert not spanning, f"script calls over several hash slots: {spanning}"
+
+
+# Pairs of distinct (group key, member) names, or (limiter key, None), that a naive
+# joining of the parts with "\x00" or ":" would map to the same Redis keys.
+CLASHES = [
+    (("iso\x00b", "m"), ("iso", "b\x00m")),  # a group's key and its member's name
+    (("iso\x00b", None), ("iso", "b")),  # a limiter's key and a group's member
+    (("iso}:b", None), ("iso", "b}")),  # the end of the hash tag
+    (("g", "a:0"), ("g:a", "0")),  # the parts' separator
+    (("g", "m%3A"), ("g", "m:")),  # the escape itself
+]
+
+
+def named(backend: RecordingBackend, key: str, member: str | None) -> tb.Limiter:
+    if member is None:
+        return tb.Limiter(requests_per_second=1, backend=backend, key=key)
+    group = tb.BucketGroup.from_dict({member: {"requests_per_second": 1}}, backend=backend, key=key)
+    return group[member]
+
+
+@pytest.mark.parametrize(("first", "second"), CLASHES)
+async def test_distinct_names_never_share_keys(
+    redis_backend: RecordingBackend,
+    admin: aioredis.Redis,
+    prefix: str,
+    first: tuple[str, str | None],
+    second: tuple[str, str | None],
+) -> None:
+    """Two limiters with distinct names never share state: the second's first unit is
+    not held back by the first's, and their keys differ."""
+    one, two = named(redis_backend, *first), named(redis_backend, *second)
+    await asyncio.wait_for(one.acquire().__aenter__(), 5.0)
+    seen = {key async for key in admin.scan_iter(match=f"*{prefix}*")}
+    await asyncio.wait_for(two.acquire(timeout=0).__aenter__(), 5.0)  # not limited by one
+    after = {key async for key in admin.scan_iter(match=f"*{prefix}*")}
+    assert len(after - seen) == len(seen), (seen, after)

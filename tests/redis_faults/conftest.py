@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
 
 def _free_port() -> int:
@@ -30,7 +30,8 @@ def _answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            # A server with a password answers, though it refuses the PING.
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -38,8 +39,9 @@ def _answers(port: int) -> bool:
 class RedisServer:
     """One ``redis-server`` subprocess on a fixed port: start, kill, start again."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, args: Sequence[str] = ()) -> None:
         self.port = port
+        self.args = tuple(args)  # more options (such as ``--requirepass``)
         self.url = f"redis://127.0.0.1:{port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -63,6 +65,7 @@ class RedisServer:
                 "no",
                 "--daemonize",
                 "no",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -85,9 +88,7 @@ class RedisServer:
             self._process = None
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A running private Redis; killed when the test ends, whatever happened."""
+def _need_redis_server() -> None:
     if shutil.which("redis-server") is None:
         message = (
             "the Redis fault tests need redis-server on PATH; install Redis "
@@ -96,9 +97,55 @@ def redis_server() -> Iterator[RedisServer]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A running private Redis; killed when the test ends, whatever happened."""
+    _need_redis_server()
     server = RedisServer(_free_port())
     server.start()
     try:
+        yield server
+    finally:
+        server.kill()
+
+
+PASSWORD = "secret"  # the default user's password on ``secured_server``
+USER_PASSWORD = "pw"  # every ACL user's password there
+
+# ACL users of ``secured_server`` and their rules (besides ``on``, a password and ``~*``).
+ACL_USERS = {
+    "full": ("+@all",),
+    "noscripts": ("+@all", "-evalsha", "-eval", "-script"),  # may not load or run scripts
+    "noevalsha": ("+@all", "-evalsha"),  # may load scripts but not run them
+    "nowrites": ("+@all", "-@write"),  # runs scripts, but they may not write
+    "noblpop": ("+@all", "-blpop"),  # may not wait for a concurrency slot
+}
+
+
+@pytest.fixture
+def secured_server() -> Iterator[RedisServer]:
+    """A private Redis that wants ``PASSWORD`` for the default user and has the users of
+    ``ACL_USERS`` (password ``USER_PASSWORD``)."""
+    from redis import Redis
+
+    _need_redis_server()
+    server = RedisServer(_free_port(), ["--requirepass", PASSWORD])
+    server.start()
+    try:
+        admin = Redis(port=server.port, password=PASSWORD)
+        try:
+            for user, rules in ACL_USERS.items():
+                admin.acl_setuser(
+                    user,
+                    enabled=True,
+                    passwords=[f"+{USER_PASSWORD}"],
+                    keys=["*"],
+                    commands=list(rules),
+                )
+        finally:
+            admin.close()
         yield server
     finally:
         server.kill()

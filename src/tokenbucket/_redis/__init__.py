@@ -29,7 +29,10 @@ When Redis cannot be reached, the backend follows its ``on_error`` policy: ``"wa
 (:class:`BackendUnavailableError`), or ``"local"`` (fail open: limit with an in-memory
 limiter at ``local_share`` of the rates until Redis answers again).
 
-The Redis backend runs on asyncio (redis-py's asyncio client).
+The Redis backend runs on asyncio (redis-py's asyncio client); elsewhere (trio) the first
+use raises :class:`BackendConfigurationError`. Its connections, queued requests and
+background tasks belong to one loop: on another (successive ``asyncio.run()`` calls) they
+are dropped and made anew, and ``asyncio.run`` closes the connections as it ends a loop.
 
 Modules
 -------
@@ -44,11 +47,12 @@ Modules
 
 from __future__ import annotations
 
-from .._errors import BackendError, BackendUnavailableError
+from .._errors import BackendConfigurationError, BackendError, BackendUnavailableError
 from ._backend import RedisBackend, default_url
 from ._protocol import MeterSpec, Reservation
 
 __all__ = [
+    "BackendConfigurationError",
     "BackendError",
     "BackendUnavailableError",
     "MeterSpec",

@@ -8,13 +8,13 @@ import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from .. import _validate
 from .._errors import (
     ArgumentTypeError,
+    BackendConfigurationError,
     BackendError,
-    BackendUnavailableError,
     InvalidArgumentError,
 )
 from . import _protocol, _scripts
@@ -24,7 +24,7 @@ from ._tasks import Background
 from .store import RedisStore
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Sequence
+    from collections.abc import AsyncGenerator, Coroutine, Sequence
 
     import redis.asyncio as aioredis
 
@@ -117,6 +117,11 @@ class RedisBackend:
         self._scripts = _scripts.Scripts(client, prefix)
         self._background = Background()
         self._batch = Batcher(self._reserve_batch, float(batch_delay), self._background)
+        # The asyncio loop the client's connections belong to, whether they may hold
+        # some of an earlier loop, and what closes them when asyncio.run ends the loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stale = False
+        self._closer: AsyncGenerator[None, None] | None = None
 
     @property
     def batch_delay(self) -> float:
@@ -132,6 +137,41 @@ class RedisBackend:
         """Script calls made (for benchmarks and tests)."""
         return self._scripts.round_trips
 
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The running asyncio loop. On a loop other than the last one (successive
+        ``asyncio.run()`` calls), what belonged to the last one is dropped first: its
+        requests and background tasks here, and (at the next call) its connections.
+        Anywhere else (trio) raises :class:`BackendConfigurationError`."""
+        loop = _get_running_loop()
+        if loop is None:
+            raise BackendConfigurationError(_NOT_ASYNCIO)
+        if loop is not self._loop:
+            self._move_to(loop)
+        return loop
+
+    def _move_to(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._stale = self._loop is not None
+        self._loop = loop
+        self._background = Background()
+        self._batch = Batcher(self._reserve_batch, self._batch.delay, self._background)
+        # asyncio.run closes the loop's async generators while the loop still runs
+        # (shutdown_asyncgens): this one closes the connections then. It is started
+        # here, and the loop only holds it weakly.
+        self._closer = _close_at_shutdown(self.client)
+        with contextlib.suppress(StopIteration):
+            self._closer.asend(None).send(None)
+
+    async def _connections(self) -> aioredis.Redis:
+        """The client, once it holds no connection of an earlier loop."""
+        self.running_loop()
+        if self._stale:
+            self._stale = False
+            # A loop that ended without closing them (not by asyncio.run): their
+            # sockets cannot be closed any more, only dropped.
+            with contextlib.suppress(Exception):
+                await self.client.connection_pool.disconnect()
+        return self.client
+
     def open(self, spec: StoreSpec) -> RedisStore:
         """The store of one limiter's state here (see ``tokenbucket._backend``)."""
         return RedisStore(self, spec)
@@ -142,21 +182,24 @@ class RedisBackend:
         return ":".join([f"{{{self.prefix}:{tag}}}", *rest])
 
     async def ping(self) -> None:
-        """Check that Redis answers; raise :class:`BackendUnavailableError` if not."""
+        """Check that Redis answers; raise :class:`BackendUnavailableError` if not, and
+        :class:`BackendConfigurationError` if it refuses the credentials or the database
+        index."""
         from redis.exceptions import RedisError
 
+        client = await self._connections()
         try:
-            await self.client.ping()
+            await client.ping()
         except (RedisError, OSError) as exc:
-            raise BackendUnavailableError(f"Redis is unreachable: {exc}") from exc
+            raise _scripts.translate(exc, self.prefix) from exc
 
     async def aclose(self, *, grace: float = 0.5) -> None:
         """Wait up to ``grace`` seconds for give-backs and releases in flight (they may be
         retrying while Redis is down), cancel what is left, then close the client."""
-        end = asyncio.get_running_loop().time() + grace
+        end = self.running_loop().time() + grace
         self._batch.flush_all()
         await self._background.drain(end)
-        await self.client.aclose()
+        await (await self._connections()).aclose()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a give-back or release in the background, keeping a reference to it (at
@@ -170,12 +213,20 @@ class RedisBackend:
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA ``name``, loading it on first use and again after NOSCRIPT."""
+        if self._stale or _get_running_loop() is not self._loop:
+            await self._connections()
         return await self._scripts.call(name, keys, args)
 
     async def _with_policy(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script under the failure policy ("local" is handled by the caller)."""
         return await _scripts.with_policy(
-            self._script, name, keys, args, on_error=self.on_error, max_backoff=self.max_backoff
+            self._script,
+            name,
+            keys,
+            args,
+            on_error=self.on_error,
+            max_backoff=self.max_backoff,
+            prefix=self.prefix,
         )
 
     async def _reserve_batch(
@@ -233,7 +284,7 @@ class RedisBackend:
         if reply.status != RESERVED:
             return reply.status, reply.wait, reserved(reply)
         # What is left of the wait now, on the local clock.
-        left = reply.wait - (asyncio.get_running_loop().time() - arrived)
+        left = reply.wait - (self.running_loop().time() - arrived)
         return reply.status, max(0.0, left), reserved(reply)
 
     async def give_back(self, reservation: Reservation) -> None:
@@ -257,8 +308,15 @@ class RedisBackend:
     async def wait_for_slot(self, slots_key: str, seconds: float) -> None:
         """Block (without polling) until a slot is released, or ``seconds`` pass."""
         timeout = max(0.001, min(seconds, 60.0))
-        with contextlib.suppress(Exception):
-            await self.client.blpop([_protocol.wake_key(slots_key)], timeout=timeout)
+        try:
+            client = await self._connections()
+            await client.blpop([_protocol.wake_key(slots_key)], timeout=timeout)
+        except Exception as exc:
+            # Not waiting is harmless once (the caller asks for a slot again), but a
+            # refusal would be the same every time: the caller would spin.
+            error = _scripts.translate(exc, self.prefix)
+            if isinstance(error, BackendConfigurationError):
+                raise error from exc
 
     async def adjust(self, reservation: Reservation, new_amounts: Sequence[float]) -> None:
         """Settle a grant: replace its amounts by ``new_amounts``."""
@@ -280,6 +338,25 @@ class RedisBackend:
             f"<RedisBackend prefix={self.prefix!r} time={self.time_source} "
             f"on_error={self.on_error}>"
         )
+
+
+_get_running_loop: Final = asyncio.events._get_running_loop  # None, not an error
+
+_NOT_ASYNCIO: Final = (
+    "the Redis backend runs on asyncio only (redis-py's asyncio client), and no asyncio "
+    "event loop is running here (trio?): run the limiters that use a RedisBackend under "
+    "asyncio (asyncio.run, or anyio with its asyncio backend), or use in-memory limiters"
+)
+
+
+async def _close_at_shutdown(client: aioredis.Redis) -> AsyncGenerator[None, None]:
+    """Started in a loop, closed by the loop's ``shutdown_asyncgens``: then close the
+    client's connections, while the loop can still close their sockets."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await client.connection_pool.disconnect()
 
 
 def default_url() -> str:

@@ -5,7 +5,9 @@ A script's source is its file under ``lua/`` after the preludes it uses: ``clock
 loaded once (``SCRIPT LOAD``) and called by SHA (``EVALSHA``); a server that lost it
 (restarted, ``SCRIPT FLUSH``) answers NOSCRIPT and it is loaded again. Redis refusing a
 script becomes :class:`BackendError`; Redis out of reach is retried or becomes
-:class:`BackendUnavailableError`, as the backend's ``on_error`` says.
+:class:`BackendUnavailableError`, as the backend's ``on_error`` says; a Redis the limiter
+cannot use as configured (credentials, ACL permissions, database index) becomes
+:class:`BackendConfigurationError` at once, whatever the policy.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
-from .._errors import BackendError, BackendUnavailableError
+from .._errors import BackendConfigurationError, BackendError, BackendUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 
     ScriptCall = Callable[[str, Sequence[str], Sequence[Any]], Awaitable[Any]]
 
-__all__ = ["PRELUDES", "Scripts", "source", "with_policy"]
+__all__ = ["PRELUDES", "Scripts", "is_outage", "source", "translate", "with_policy"]
 
 log = logging.getLogger("tokenbucket.redis")
 
@@ -61,27 +63,74 @@ class Scripts:
         self._sha: dict[str, str] = {}
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """EVALSHA ``name``, loading it on first use and again after NOSCRIPT."""
-        from redis.exceptions import NoScriptError, ResponseError
+        """EVALSHA ``name``, loading it on first use and again after NOSCRIPT. Redis's
+        errors are raised as redis-py raises them (:func:`translate` names them)."""
+        from redis.exceptions import NoScriptError
 
         sha = self._sha.get(name)
         self.round_trips += 1
-        try:
-            if sha is None:
-                raise NoScriptError("not loaded yet")
-            return await self.client.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:
-            sha = await self.client.script_load(source(name))
-            self._sha[name] = sha
-            self.round_trips += 1
-            return await self.client.evalsha(sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            if "WRONGTYPE" in str(exc):
-                raise BackendError(
-                    f"a key under {self.prefix!r} holds a value of the wrong type ({exc}); "
-                    "is another program using this prefix?"
-                ) from exc
-            raise BackendError(f"Redis refused the limiter's script: {exc}") from exc
+        if sha is not None:
+            try:
+                return await self.client.evalsha(sha, len(keys), *keys, *args)
+            except NoScriptError:
+                pass
+        sha = await self.client.script_load(source(name))
+        self._sha[name] = sha
+        self.round_trips += 1
+        return await self.client.evalsha(sha, len(keys), *keys, *args)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis is out of reach for now (worth retrying), rather than
+    refusing what the limiter asks (a wrong password or a missing permission)."""
+    from redis.exceptions import AuthenticationError, AuthorizationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(exc, AuthenticationError | AuthorizationError):
+        return False  # redis-py makes them ConnectionErrors
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError)
+
+
+def translate(exc: BaseException, prefix: str) -> BackendError:
+    """The library's error for Redis's (or the connection's) ``exc``; the caller raises
+    it ``from exc``. Outages become :class:`BackendUnavailableError`, a Redis that the
+    limiter cannot use as configured :class:`BackendConfigurationError`, anything else
+    Redis refused :class:`BackendError`."""
+    from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
+
+    text = str(exc)
+    if isinstance(exc, AuthenticationError | AuthorizationError):
+        return BackendConfigurationError(
+            f"Redis refused the credentials ({text}): check the password (and the user "
+            "name, for an ACL user) in the URL, redis://user:password@host:port/db, or "
+            "in the client given to RedisBackend"
+        )
+    if isinstance(exc, NoPermissionError) or _NOPERM_IN_SCRIPT in text:
+        return BackendConfigurationError(
+            f"the Redis user lacks a permission the limiter needs ({text}): grant it "
+            f'the commands and keys the limiter uses: ACL SETUSER <user> "~{{{prefix}:*" '
+            "+evalsha +script|load +blpop +ping +time +@read +@write"
+        )
+    if _DB_OUT_OF_RANGE in text:
+        return BackendConfigurationError(
+            f"Redis has no such database ({text}): the database index in the URL "
+            "(redis://host:port/<index>) must be below the server's 'databases' setting "
+            "(16 by default)"
+        )
+    if is_outage(exc):
+        return BackendUnavailableError(f"Redis is unreachable: {text}")
+    if "WRONGTYPE" in text:
+        return BackendError(
+            f"a key under {prefix!r} holds a value of the wrong type ({text}); "
+            "is another program using this prefix?"
+        )
+    return BackendError(f"Redis refused the limiter's script: {text}")
+
+
+# Redis's words for a command a script may not run, and for SELECT out of range.
+_NOPERM_IN_SCRIPT: Final = "The user executing the script can't"
+_DB_OUT_OF_RANGE: Final = "DB index is out of range"
 
 
 async def with_policy(
@@ -92,20 +141,21 @@ async def with_policy(
     *,
     on_error: str,
     max_backoff: float,
+    prefix: str,
 ) -> Any:
     """``call(name, keys, args)`` under the failure policy: while Redis is out of reach,
     retry with exponential backoff (``"wait"``) or raise :class:`BackendUnavailableError`
-    (``"raise"``, and ``"local"``: its caller limits locally)."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    (``"raise"``, and ``"local"``: its caller limits locally). Any other error of Redis
+    is raised at once as the library's (see :func:`translate`)."""
+    from redis.exceptions import RedisError
 
     delay = 0.05
     while True:
         try:
             return await call(name, keys, args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # noqa: PERF203
-            if on_error != "wait":
-                raise BackendUnavailableError(f"Redis is unreachable: {exc}") from exc
+        except (RedisError, OSError) as exc:  # noqa: PERF203
+            if on_error != "wait" or not is_outage(exc):
+                raise translate(exc, prefix) from exc
             log.warning("Redis unreachable (%s); retrying in %.2f s", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff)

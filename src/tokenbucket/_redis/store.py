@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .._feedback import FeedbackPlan
     from ._backend import RedisBackend
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "escape"]
 
 log = logging.getLogger("tokenbucket.redis")
 
@@ -33,13 +33,24 @@ _ANSWER_GRACE: Final = 0.5
 _WARN_EVERY: Final = 10.0
 
 
+def escape(name: str) -> str:
+    """A user's name as one part of a Redis key: ``%``, ``:``, ``{`` and ``}`` written as
+    ``%25``, ``%3A``, ``%7B`` and ``%7D``, so that no part can end the hash tag or pass
+    for two parts, and distinct names stay distinct. Other names are unchanged."""
+    if not any(c in name for c in "%:{}"):
+        return name
+    for char in "%:{}":
+        name = name.replace(char, f"%{ord(char):02X}")
+    return name
+
+
 class RedisStore:
     """The meters of one limiter in Redis, and what this process knows of them."""
 
     def __init__(self, backend: RedisBackend, spec: StoreSpec) -> None:
         self.backend = backend
-        tag = spec.key
-        self.label = ":".join(tag)  # for messages
+        self.label = ":".join(spec.key)  # for messages
+        tag = [escape(part) for part in spec.key]
         self.dims = spec.dims
         self.max_concurrency = spec.max_concurrency
         self.meters: list[MeterSpec] = []
@@ -52,7 +63,7 @@ class RedisStore:
             else:
                 kind, p1, p2 = "b", rate.amount / rate.period, rate.burst
                 label += f":b{rate.burst!r}"
-            pool = spec.pools.get(meter)
+            pool = [escape(part) for part in spec.pools.get(meter, ())]
             # Every key of one limiter (and of one group) under one hash tag: tag[0].
             key = backend.key(tag[0], *pool) if pool else backend.key(*tag, f"{i}", label)
             self.meters.append(MeterSpec(kind, key, p1, p2))  # type: ignore[arg-type]
@@ -62,6 +73,7 @@ class RedisStore:
         self._fallback = spec.fallback
         self._local: Store | None = None
         self._slot_lock: asyncio.Lock | None = None
+        self._slot_loop: asyncio.AbstractEventLoop | None = None  # the lock's loop
         # What this process knows: a pause a server asked for (loop clock), its waiters,
         # the instants they are due, its slots held, and the last grant's wait.
         self.paused_until = -math.inf
@@ -80,8 +92,8 @@ class RedisStore:
         """Wait until ``request`` is granted; the reservation, or ``None`` when the local
         stand-in granted it (Redis unreachable under the ``"local"`` policy)."""
         backend = self.backend
+        loop = backend.running_loop()  # raises on trio
         vector = [request.amounts[i] for i in self.indexes]
-        loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = None if timeout is None else start + timeout  # the one deadline
         self.waiters += 1
@@ -126,8 +138,8 @@ class RedisStore:
                 # No concurrency slot: block until one is released (or the first expires).
                 if deadline is not None and loop.time() >= deadline:
                     raise AcquireTimeoutError(f"{self.label!r}: no slot within {timeout} s")
-                if self._slot_lock is None:
-                    self._slot_lock = asyncio.Lock()
+                if self._slot_lock is None or self._slot_loop is not loop:
+                    self._slot_lock, self._slot_loop = asyncio.Lock(), loop
                 async with self._slot_lock:
                     bound = wait if deadline is None else min(wait, deadline - loop.time())
                     await backend.wait_for_slot(self.slots_key, max(0.0, bound))
@@ -186,7 +198,7 @@ class RedisStore:
     def feedback(self, plan: FeedbackPlan) -> None:
         clamps = [(self.meters[c.meter], c.remaining, c.reset) for c in plan.clamps]
         if plan.pause is not None:
-            until = asyncio.get_running_loop().time() + plan.pause
+            until = self.backend.running_loop().time() + plan.pause
             self.paused_until = max(self.paused_until, until)
         if clamps or plan.pause is not None:
             self.backend.spawn(self.backend.feedback(self.pause_key, plan.pause, clamps))
