@@ -524,6 +524,8 @@ async def test_cancel_replies_with_the_meters_given_back(
     keys, args = _protocol.encode_give_back(SERVER_TIME, reservation)
     assert await _call(redis_backend, "cancel", keys, args) == 2
     assert await admin.zcard(slots) == 0
+    # Sent again (its reply lost), it gives nothing back twice.
+    assert await _call(redis_backend, "cancel", keys, args) == 0
 
 
 @pytest.mark.asyncio

@@ -152,3 +152,43 @@ async def test_lost_reply_under_raise_leaves_nothing_reserved(
     start = loop.time()
     await asyncio.wait_for(asyncio.gather(*(recorder.take() for _ in range(LIMIT))), 5.0)
     assert max(recorder.grants) - start < 0.3  # the whole limit, at once
+
+
+# -- slow round trips and the caller's timeout ---------------------------------------------
+
+DELAY = 0.2  # added to each round trip
+TIMEOUT = 0.5
+SPACING = 0.6  # one unit per SPACING seconds: the next is free just after TIMEOUT
+
+
+@pytest.mark.parametrize("kind", ["window", "bucket", "full window"])
+async def test_timeout_ends_at_its_time_whatever_the_round_trip(
+    proxy: Proxy, backends: list[RedisBackend], kind: str
+) -> None:
+    backend = through(proxy, backends, "raise")
+    await warm(backend)
+    if kind == "bucket":
+        limit: tb.SlidingWindow | tb.TokenBucket = tb.TokenBucket(
+            rate=1 / SPACING, capacity=1, backend=backend, key=kind
+        )
+    else:
+        window = SPACING if kind == "window" else 10 * SPACING
+        limit = tb.SlidingWindow(limit=1, window=window, backend=backend, key="w" + kind[:4])
+    loop = asyncio.get_running_loop()
+    await limit.acquire()
+    taken = loop.time()
+    # Reserved (on Redis's clock) for SPACING after the first grant: within TIMEOUT of
+    # when the script runs, DELAY after the call, but not of the call.
+    proxy.delay = DELAY
+    start = loop.time()
+    with pytest.raises(tb.AcquireTimeoutError):
+        await asyncio.wait_for(limit.acquire(timeout=TIMEOUT), 5.0)
+    ended = loop.time() - start
+    assert TIMEOUT - 0.01 <= ended <= TIMEOUT + 0.05, ended
+    if kind != "full window":
+        # What it had reserved was given back (once that call is through the proxy):
+        # the next caller gets that instant, not the one after it (2 * SPACING).
+        await asyncio.sleep(DELAY + 0.05)
+        proxy.delay = 0.0
+        await asyncio.wait_for(limit.acquire(), 5.0)
+        assert loop.time() - taken < SPACING + DELAY + 0.15
