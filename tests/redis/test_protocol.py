@@ -11,6 +11,7 @@ shape the decoders expect.
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from tests.redis._support import RecordingBackend
 
 SCRIPTS = sorted(_protocol.LAYOUTS)
-PRELUDES = ("clock", "log")
+PRELUDES = ("clock", "log", "give")
 
 
 def lua(name: str) -> str:
@@ -155,7 +156,7 @@ def test_script_reads_argv_as_the_layout_says(name: str) -> None:
 
 def test_the_clock_is_written_once() -> None:
     assert "redis.call('TIME')" in lua("clock")
-    for name in (*SCRIPTS, "log"):
+    for name in (*SCRIPTS, "log", "give"):
         assert "TIME" not in _body(name), name
     for name in SCRIPTS:
         sent = _scripts.source(name)
@@ -270,9 +271,17 @@ def test_a_batch_reads_back_as_encoded(requests: list[dict[str, Any]], now: str)
         )
         assert len(keys) == len(set(keys))  # each key once per request
         encoded.append((keys, args, r["left"]))
-    keys, args = _protocol.encode_batch(now, encoded)
+    keys, args = _protocol.encode_batch(now, "{p:a}:call:c1", encoded)
     got = read("reserve", keys, args)
     assert (got["now"], got["slack"], got["count"]) == (now, SLACK_MS, len(requests))
+    assert (got["call_key"], got["record_ttl"], got["undo"]) == (
+        "{p:a}:call:c1",
+        _protocol.RECORD_TTL_MS,
+        0,
+    )
+    # Undoing is the same call, with the undo flag set.
+    undone = read("reserve", keys, _protocol.undo(args))
+    assert undone == {**got, "undo": 1}
     for request, r in zip(got["request[]"], requests, strict=True):
         assert request.pop("meters") == len(r["meters"])
         assert request.pop("deadline") == (-1 if r["left"] is None else r["left"])
@@ -316,15 +325,17 @@ def test_the_batch_renumbers_each_requests_keys() -> None:
         ["{p:a}:pause", "{p:a}:0"],
         [1, -1, 1, 0, 0, "", 300.0, "b", 2, "2.0", "5.0", "1.0", "m1"],
     )
-    keys, args = _protocol.encode_batch(SERVER_TIME, [(*first, None), (*second, 0.25)])
-    assert keys == ["{p:a}:pause", "{p:a}:0", "{p:b}:slots", "{p:b}:0", "{p:a}:0"]
+    record = _protocol.call_key(first[0], "c1")
+    assert record == "{p:a}:call:c1"
+    keys, args = _protocol.encode_batch(SERVER_TIME, record, [(*first, None), (*second, 0.25)])
+    assert keys == [record, "{p:a}:pause", "{p:a}:0", "{p:b}:slots", "{p:b}:0", "{p:a}:0"]
     assert args == [
-        "", SLACK_MS, 2,
-        1, -1, 1, 0, 0, "", 300.0,
-        "b", 2, "2.0", "5.0", "1.0", "m1",
-        2, 0.25, 0, 3, 3, "l2", 300.0,
-        "w", 4, "10.0", "1.0", "1.0", "m2",
-        "b", 5, "2.0", "5.0", "2.0", "m2",
+        "", SLACK_MS, _protocol.RECORD_TTL_MS, 0, 2,
+        1, -1, 2, 0, 0, "", 300.0,
+        "b", 3, "2.0", "5.0", "1.0", "m1",
+        2, 0.25, 0, 4, 3, "l2", 300.0,
+        "w", 5, "10.0", "1.0", "1.0", "m2",
+        "b", 6, "2.0", "5.0", "2.0", "m2",
     ]  # fmt: skip
     # The requests as encoded are left as they were (a retry sends them again).
     assert first[1][2] == 1
@@ -420,7 +431,8 @@ async def _call(backend: RecordingBackend, name: str, keys: list[str], args: lis
 async def _reserve(
     backend: RecordingBackend, requests: list[tuple[list[str], list[Any], float | None]]
 ) -> list[Any]:
-    keys, args = _protocol.encode_batch(SERVER_TIME, requests)
+    record = _protocol.call_key(requests[0][0], uuid.uuid4().hex)
+    keys, args = _protocol.encode_batch(SERVER_TIME, record, requests)
     raw = await _call(backend, "reserve", keys, args)
     # A list with one {status, t - now, now} per request.
     assert isinstance(raw, list)
@@ -512,6 +524,8 @@ async def test_cancel_replies_with_the_meters_given_back(
     keys, args = _protocol.encode_give_back(SERVER_TIME, reservation)
     assert await _call(redis_backend, "cancel", keys, args) == 2
     assert await admin.zcard(slots) == 0
+    # Sent again (its reply lost), it gives nothing back twice.
+    assert await _call(redis_backend, "cancel", keys, args) == 0
 
 
 @pytest.mark.asyncio

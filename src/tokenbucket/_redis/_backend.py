@@ -15,6 +15,7 @@ from .._errors import (
     ArgumentTypeError,
     BackendConfigurationError,
     BackendError,
+    BackendUnavailableError,
     InvalidArgumentError,
 )
 from . import _protocol, _scripts
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 __all__ = ["RedisBackend", "default_url"]
 
 log = logging.getLogger("tokenbucket.redis")
+
+# Reserve calls undone at a time, at most: while Redis is down, every call fails (most
+# never reached it) and is undone once it is back; beyond this many, the rest are not.
+_MAX_UNDOING: Final = 256
 
 
 class RedisBackend:
@@ -122,6 +127,8 @@ class RedisBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stale = False
         self._closer: AsyncGenerator[None, None] | None = None
+        self._undoing = 0  # reserve calls being undone (see _reserve_batch)
+        self._undo_warned = False
 
     @property
     def batch_delay(self) -> float:
@@ -232,8 +239,69 @@ class RedisBackend:
     async def _reserve_batch(
         self, requests: Sequence[tuple[list[str], list[Any], float | None]]
     ) -> list[Reply]:
-        keys, args = _protocol.encode_batch(self._now_arg(), requests)
-        return _protocol.decode_replies(await self._with_policy("reserve", keys, args))
+        # A retry sends the same call (its key names it): charged once if it had run.
+        record = _protocol.call_key(requests[0][0], uuid.uuid4().hex)
+        keys, args = _protocol.encode_batch(self._now_arg(), record, requests)
+        try:
+            replies = await self._with_policy("reserve", keys, args)
+        except BackendUnavailableError:
+            # The call may have run and its reply been lost: its callers get the error,
+            # so what it reserved must not count.
+            self._undo_later(keys, args)
+            raise
+        return _protocol.decode_replies(replies)
+
+    def _undo_later(self, keys: list[str], args: list[Any]) -> None:
+        if self._undoing >= _MAX_UNDOING:
+            if not self._undo_warned:
+                self._undo_warned = True
+                log.warning(
+                    "more than %d reserve calls failed while Redis was unreachable; what "
+                    "the next ones reserved (if they ran) counts until it expires",
+                    _MAX_UNDOING,
+                )
+            return
+        self._undoing += 1
+        self._background.start(self._undo(keys, _protocol.undo(args)))
+
+    async def _undo(self, keys: list[str], args: list[Any]) -> None:
+        """Undo a reserve call whose caller got an error: retried (quietly, with backoff)
+        while Redis is unreachable, for as long as Redis remembers the call."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + _protocol.RECORD_TTL_MS / 1000
+        delay = 0.05
+        unreachable = (RedisConnectionError, RedisTimeoutError, OSError)
+        try:
+            while not await self._try_script("reserve", keys, args, unreachable):
+                if loop.time() + delay >= end:
+                    log.warning("could not undo a reserve call whose reply was lost")
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+        except Exception as exc:  # best effort, as a give-back
+            log.warning("could not undo a reserve call whose reply was lost: %s", exc)
+        finally:
+            self._undoing -= 1
+            if not self._undoing:
+                self._undo_warned = False
+
+    async def _try_script(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        unreachable: tuple[type[BaseException], ...],
+    ) -> bool:
+        """Call a script once; whether Redis answered (``unreachable`` errors: not)."""
+        try:
+            await self._script(name, keys, args)
+        except unreachable as exc:
+            log.debug("Redis unreachable (%s); will retry %s", exc, name)
+            return False
+        return True
 
     async def reserve(
         self,

@@ -31,6 +31,7 @@ __all__ = [
     "LAYOUTS",
     "NO_SLOT",
     "PAST_DEADLINE",
+    "RECORD_TTL_MS",
     "RELEASE",
     "RESERVE",
     "RESERVED",
@@ -42,6 +43,7 @@ __all__ = [
     "MeterSpec",
     "Reply",
     "Reservation",
+    "call_key",
     "decode_replies",
     "encode_adjust",
     "encode_batch",
@@ -49,11 +51,16 @@ __all__ = [
     "encode_give_back",
     "encode_release",
     "encode_request",
+    "undo",
     "wake_key",
 ]
 
 SERVER_TIME: Final = ""  # the `now` argument that asks for the Redis server's TIME
 SLACK_MS: Final = 1000  # keys outlive what they hold by this much
+# The longest a reserve call is remembered (so that sending it again charges nothing
+# again, and undoing it works): the calls a backend retries or undoes are those whose
+# reply was lost, sent again within this time.
+RECORD_TTL_MS: Final = 60_000
 
 # reserve.lua's statuses, per request.
 PAST_DEADLINE: Final = 0  # nothing taken: the instant would pass the deadline
@@ -89,8 +96,8 @@ class Layout:
 _METER: Final = ("kind", "key", "p1", "p2")  # every script's meter starts so
 
 RESERVE: Final = Layout(
-    keys=("...",),
-    head=("now", "slack", "count"),
+    keys=("call_key", "..."),
+    head=("now", "slack", "record_ttl", "undo", "count"),
     groups=(
         Group(
             "request",
@@ -131,6 +138,7 @@ LAYOUTS: Final = {
 }
 
 # Where encode_batch finds what it fills in and renumbers in an encoded request.
+_UNDO: Final = RESERVE.head.index("undo")
 _REQUEST: Final = RESERVE.groups[0]
 _DEADLINE: Final = _REQUEST.fields.index("deadline")
 _PAUSE: Final = _REQUEST.fields.index("pause")
@@ -210,14 +218,25 @@ def encode_request(
     return keys, args
 
 
+def call_key(request_keys: Sequence[str], call: str) -> str:
+    """The key that records the reserve call ``call`` (an id unique to the call) whose
+    first request has ``request_keys``: under their hash tag, as every key of a call is."""
+    tag = request_keys[0].partition("}")[0]
+    return f"{tag}}}:call:{call}"
+
+
 def encode_batch(
-    now: str, requests: Sequence[tuple[Sequence[str], Sequence[Any], float | None]]
+    now: str,
+    record: str,
+    requests: Sequence[tuple[Sequence[str], Sequence[Any], float | None]],
 ) -> tuple[list[str], list[Any]]:
     """The KEYS and ARGV of one reserve call for ``requests``: ``(keys, args, left)``
     as :func:`encode_request` made them, with ``left`` the seconds until the request's
-    deadline (``None``: none). ``now`` is ``SERVER_TIME`` or the client's clock."""
-    keys: list[str] = []
-    args: list[Any] = [now, SLACK_MS, len(requests)]
+    deadline (``None``: none). ``now`` is ``SERVER_TIME`` or the client's clock;
+    ``record`` the call's key (:func:`call_key`). The same KEYS and ARGV sent again
+    are the same call: it is charged once."""
+    keys: list[str] = [record]
+    args: list[Any] = [now, SLACK_MS, RECORD_TTL_MS, 0, len(requests)]
     for request_keys, request_args, left in requests:
         offset = len(keys)
         keys.extend(request_keys)
@@ -231,6 +250,14 @@ def encode_batch(
             request[i] += offset
         args.extend(request)
     return keys, args
+
+
+def undo(args: Sequence[Any]) -> list[Any]:
+    """The ARGV that undoes the reserve call ``args`` (its KEYS stay the same): what it
+    reserved is given back, or, if it has not run, it never will."""
+    undone = list(args)
+    undone[_UNDO] = 1
+    return undone
 
 
 def decode_replies(replies: Sequence[Any]) -> list[Reply]:

@@ -1,7 +1,8 @@
 """The Lua scripts: their sources, calling them by SHA, and what an outage does.
 
 A script's source is its file under ``lua/`` after the preludes it uses: ``clock.lua``
-(``now`` from ARGV[1], or the server's ``TIME``) and ``log.lua`` (window logs). Each is
+(``now`` from ARGV[1], or the server's ``TIME``), ``log.lua`` (window logs) and
+``give.lua`` (giving a reservation back). Each is
 loaded once (``SCRIPT LOAD``) and called by SHA (``EVALSHA``); a server that lost it
 (restarted, ``SCRIPT FLUSH``) answers NOSCRIPT and it is loaded again. Redis refusing a
 script becomes :class:`BackendError`; Redis out of reach is retried or becomes
@@ -33,8 +34,8 @@ log = logging.getLogger("tokenbucket.redis")
 
 # Each script, and the files that go before it (in this order).
 PRELUDES: Final[Mapping[str, tuple[str, ...]]] = {
-    "reserve": ("clock", "log"),
-    "cancel": ("clock", "log"),
+    "reserve": ("clock", "log", "give"),
+    "cancel": ("clock", "log", "give"),
     "release": (),
     "adjust": ("clock", "log"),
     "feedback": ("clock", "log"),

@@ -126,7 +126,14 @@ class RedisStore:
                     self.last_wait = loop.time() - start
                     return None
                 if status == 1:
-                    await self._sleep_until(loop.time() + wait, reservation, loop)
+                    due = loop.time() + wait  # `wait` is what is left of it now
+                    if deadline is not None and wait > 0 and due > deadline:
+                        # Within the deadline when the script ran, but the round trip
+                        # took the difference: the caller's deadline holds.
+                        backend.spawn(backend.give_back(reservation))
+                        await asyncio.sleep(max(0.0, deadline - loop.time()))
+                        raise AcquireTimeoutError(f"{self.label!r}: not granted within {timeout} s")
+                    await self._sleep_until(due, reservation, loop)
                     self.last_wait = loop.time() - start
                     if request.slot:
                         self.in_flight += 1

@@ -16,43 +16,18 @@
 --   amount     what the reservation took
 --   member     the reservation's id
 --   lease      the lease id ('' for none: then there is no slots key)
--- A window entry is removed (that can only lower every window's sum). A bucket's
--- reservation is given back only while it is the latest one on that bucket, so no
--- one reserved after it counted on it. Returns the number of meters given back.
+-- Each meter is given back as give.lua says; giving the same reservation back twice
+-- gives it once. Returns the number of meters given back.
 local t = tonumber(ARGV[2])
 local meters = tonumber(ARGV[3])
 local pos = 4
 local given = 0
 for _ = 1, meters do
   local kind, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
-  local p1, amount, member = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 4]), ARGV[pos + 5]
-  local span = tonumber(ARGV[pos + 3])
+  local p1, span = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
+  local amount, member = tonumber(ARGV[pos + 4]), ARGV[pos + 5]
   pos = pos + 6
-  if amount > 0 then
-    if kind == 'b' then
-      local tat = tonumber(redis.call('GET', key) or '0') or 0
-      if redis.call('GET', key .. ':last') == member then
-        local back = math.max(tat - amount / p1, t)
-        if back > now then
-          redis.call('SET', key, string.format('%.17g', back), 'KEEPTTL')
-        else
-          redis.call('DEL', key)
-        end
-        given = given + 1
-      end
-    else
-      local entry = member .. ':' .. string.format('%.17g', amount)
-      local score = tonumber(redis.call('ZSCORE', key, entry))
-      if score then
-        local st = log_open(key, now, span)
-        if redis.call('ZREM', key, entry) == 1 then
-          log_change(st, score, -amount)
-          given = given + 1
-        end
-        log_save(key, st)
-      end
-    end
-  end
+  given = given + give_back(kind, key, p1, span, amount, member, t)
 end
 local lease = ARGV[pos]
 if lease ~= '' and KEYS[#KEYS] then

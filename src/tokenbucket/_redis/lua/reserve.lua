@@ -1,4 +1,4 @@
--- Reserve a batch of requests, in order, atomically.
+-- Reserve a batch of requests, in order, atomically (or undo a call whose reply was lost).
 --
 -- Every request is a list of meters that must all admit it at one instant t >= now. A
 -- request gets the earliest such t (never earlier than any reservation already made on
@@ -6,13 +6,23 @@
 -- and the caller sleeps until t. Nothing is charged for a request whose t would come
 -- after its deadline.
 --
--- KEYS: ...
--- ARGV: now, slack, count
+-- A call that reserves something is recorded under call_key (each request's status and
+-- instant) for as long as what it reserved counts, at most record_ttl ms: the same call
+-- sent again (a retry after its reply was lost on the way back) is answered from the
+-- record and charges nothing again. With undo = 1, the call gives back what it
+-- reserved if it ran, and its record then says 'undone' (for record_ttl ms) so that it
+-- can never run later: for a caller that got an error instead of the reply.
+--
+-- KEYS: call_key, ...
+-- ARGV: now, slack, record_ttl, undo, count
 -- ARGV per request (count): meters, deadline, pause, slots, slot_max, lease, lease_ttl
 -- ARGV per meter (meters): kind, key, p1, p2, amount, member
+--   call_key   the record of this call (its id, under the hash tag of its keys)
 --   ...        the keys that the key, pause and slots fields name
 --   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
 --   slack      ms that keys outlive what they hold
+--   record_ttl  ms a call's record lasts at most
+--   undo       1: give back what this call reserved, or keep it from ever running
 --   count      the number of requests
 --   meters     the number of the request's meters
 --   deadline   seconds from now, or -1 for none
@@ -27,7 +37,8 @@
 --   p2         bucket: capacity          window: window (s)
 --   amount     what the request takes
 --   member     the reservation's id
--- Returns per request: {status, t - now (string), now (string)}
+-- Returns per request: {status, t - now (string), now (string)} (a call answered from
+-- its record: t as recorded, now as of this run; an undone call: status 0)
 --   status 1: reserved at t; 0: t is past the deadline (nothing taken);
 --   2: no concurrency slot free (nothing taken; t - now is when the first lease expires);
 --   3: a key of the request holds something else (nothing taken; the third field names it)
@@ -36,8 +47,10 @@
 -- '<key>:sum' (see log.lua).
 
 local slack = tonumber(ARGV[2])
-local count = tonumber(ARGV[3])
-local pos = 4
+local record_ttl = tonumber(ARGV[3])
+local undo = ARGV[4] == '1'
+local count = tonumber(ARGV[5])
+local pos = 6
 local out = {}
 
 local function later(base, step)
@@ -51,22 +64,68 @@ local function later(base, step)
   return sum
 end
 
-for _ = 1, count do
-  local meters = tonumber(ARGV[pos])
-  local deadline = tonumber(ARGV[pos + 1])
-  local pause_index = tonumber(ARGV[pos + 2])
-  local slot_index = tonumber(ARGV[pos + 3])
-  local slot_max = tonumber(ARGV[pos + 4])
-  local lease = ARGV[pos + 5]
-  local lease_ttl = tonumber(ARGV[pos + 6])
+local requests = {}
+for r = 1, count do
+  local request = {
+    meters = tonumber(ARGV[pos]),
+    deadline = tonumber(ARGV[pos + 1]),
+    pause_index = tonumber(ARGV[pos + 2]),
+    slot_index = tonumber(ARGV[pos + 3]),
+    slot_max = tonumber(ARGV[pos + 4]),
+    lease = ARGV[pos + 5],
+    lease_ttl = tonumber(ARGV[pos + 6]),
+    specs = {},
+  }
   pos = pos + 7
-  local specs = {}
-  for m = 1, meters do
-    specs[m] = {ARGV[pos], KEYS[tonumber(ARGV[pos + 1])], tonumber(ARGV[pos + 2]),
-                tonumber(ARGV[pos + 3]), tonumber(ARGV[pos + 4]), ARGV[pos + 5]}
+  for m = 1, request.meters do
+    request.specs[m] = {ARGV[pos], KEYS[tonumber(ARGV[pos + 1])], tonumber(ARGV[pos + 2]),
+                        tonumber(ARGV[pos + 3]), tonumber(ARGV[pos + 4]), ARGV[pos + 5]}
     pos = pos + 6
   end
+  requests[r] = request
+end
 
+-- A call seen before: answered from its record, or undone.
+local record = redis.call('GET', KEYS[1])
+if record == 'undone' or (undo and not record) then
+  if undo then redis.call('SET', KEYS[1], 'undone', 'PX', record_ttl) end
+  for r = 1, count do out[r] = {0, '0', log_num(now)} end
+  return out
+end
+if record then
+  local saved = cjson.decode(record)
+  for r = 1, count do
+    local status, t, named = saved[r][1], tonumber(saved[r][2]), saved[r][3]
+    if undo and status == 1 then
+      local request = requests[r]
+      for m = 1, request.meters do
+        local s = request.specs[m]
+        give_back(s[1], s[2], s[3], s[4], s[5], s[6], t)
+      end
+      if request.slot_index > 0 then redis.call('ZREM', KEYS[request.slot_index], request.lease) end
+    end
+    if status == 3 then
+      out[r] = {status, '0', named}
+    else
+      out[r] = {status, log_num(t - now), log_num(now)}
+    end
+  end
+  if undo then redis.call('SET', KEYS[1], 'undone', 'PX', record_ttl) end
+  return out
+end
+
+local saved = {}
+local keep = 0  -- ms the longest charge of this call counts
+for r = 1, count do
+  local request = requests[r]
+  local meters = request.meters
+  local deadline = request.deadline
+  local pause_index = request.pause_index
+  local slot_index = request.slot_index
+  local slot_max = request.slot_max
+  local lease = request.lease
+  local lease_ttl = request.lease_ttl
+  local specs = request.specs
   local status = 1
   local t = now
   local bad = nil
@@ -152,18 +211,29 @@ for _ = 1, count do
           local ttl = math.ceil((tat - now) * 1000) + slack
           redis.call('SET', key, string.format('%.17g', tat), 'PX', ttl)
           redis.call('SET', key .. ':last', member, 'PX', ttl)
+          keep = math.max(keep, ttl)
         else
           local st = specs[m][7]
-          redis.call('ZADD', key, t, member .. ':' .. string.format('%.17g', amount))
-          redis.call('PEXPIRE', key, math.ceil((t + p2 - now) * 1000) + slack)
+          local entry = member .. ':' .. string.format('%.17g', amount)
+          -- Already here (a run of this call whose record is gone): moved, not doubled.
+          local before = tonumber(redis.call('ZSCORE', key, entry))
+          if before then
+            redis.call('ZREM', key, entry)
+            log_change(st, before, -amount)
+          end
+          redis.call('ZADD', key, t, entry)
+          local ttl = math.ceil((t + p2 - now) * 1000) + slack
+          redis.call('PEXPIRE', key, ttl)
           log_change(st, t, amount)
           log_save(key, st)
+          keep = math.max(keep, ttl)
         end
       end
     end
     if slots_key then
       redis.call('ZADD', slots_key, now + lease_ttl, lease)
       redis.call('PEXPIRE', slots_key, math.ceil(lease_ttl * 1000) + slack)
+      keep = math.max(keep, math.ceil(lease_ttl * 1000) + slack)
     end
   end
   if status == 3 then
@@ -171,5 +241,9 @@ for _ = 1, count do
   else
     out[#out + 1] = {status, string.format('%.17g', t - now), string.format('%.17g', now)}
   end
+  saved[#saved + 1] = {status, log_num(t), bad or ''}
+end
+if keep > 0 then
+  redis.call('SET', KEYS[1], cjson.encode(saved), 'PX', math.min(keep, record_ttl))
 end
 return out

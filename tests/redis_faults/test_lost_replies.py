@@ -1,0 +1,194 @@
+"""Replies lost on the way back, and slow round trips, through a proxy (``_proxy.py``).
+
+A reserve call whose reply is lost has run: its reservations are in Redis. A retry of it
+must be charged once ("wait"), and a caller that got an error instead of its grant
+("raise") must leave nothing behind. A round trip that takes long must not push an
+``acquire(timeout=t)`` past ``t``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+import tokenbucket as tb
+from tests.redis_faults._proxy import Proxy, running_proxy
+from tests.redis_faults.test_faults import Recorder, close, until
+from tokenbucket._redis import BackendUnavailableError, RedisBackend, _scripts
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from tests.redis_faults.conftest import RedisServer
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
+
+PREFIX = "lost"
+LIMIT = 10  # units per WINDOW (a window's limit, a bucket's capacity)
+WINDOW = 1.0
+BATCH = 5  # the requests whose reply is lost
+# The reserve script's SHA: the bytes that mark its EVALSHA on the wire.
+RESERVE = hashlib.sha1(_scripts.source("reserve").encode()).hexdigest().encode()
+
+
+@pytest_asyncio.fixture
+async def proxy(redis_server: RedisServer) -> AsyncIterator[Proxy]:
+    async with running_proxy(redis_server.port) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def backends(proxy: Proxy) -> AsyncIterator[list[RedisBackend]]:
+    made: list[RedisBackend] = []
+    yield made
+    for backend in made:
+        await close(backend)
+
+
+def through(proxy: Proxy, made: list[RedisBackend], on_error: str) -> RedisBackend:
+    backend = RedisBackend(proxy.url, prefix=PREFIX, on_error=on_error, max_backoff=0.1)  # type: ignore[arg-type]
+    made.append(backend)
+    return backend
+
+
+def limiter(kind: str, backend: RedisBackend) -> tb.SlidingWindow | tb.TokenBucket:
+    if kind == "window":
+        return tb.SlidingWindow(limit=LIMIT, window=WINDOW, backend=backend, key=kind)
+    return tb.TokenBucket(rate=LIMIT / WINDOW, capacity=LIMIT, backend=backend, key=kind)
+
+
+async def charged(admin: aioredis.Redis, kind: str) -> float:
+    """What Redis counts against the limiter now: a window's running sum (checked
+    against the entries it sums) or the units a bucket's schedule holds."""
+    keys = [text(k) for k in await admin.keys(f"{{{PREFIX}:{kind}}}:0:*")]
+    found = [k for k in keys if not k.endswith((":last", ":sum"))]
+    key = found[0] if found else ""
+    seconds, micros = await admin.time()
+    now = seconds + micros / 1e6
+    if kind == "window":
+        if not key:
+            return 0.0
+        counted = float(await admin.hget(key + ":sum", "all") or 0)
+        listed: list[Any] = await admin.zrange(key, 0, -1, withscores=True)
+        entries = [(float(text(e).rpartition(":")[2]), float(score)) for e, score in listed]
+        assert counted == pytest.approx(sum(a for a, _ in entries)), (counted, entries)
+        # Those inside the window that ends now (the sums drop older ones lazily).
+        return sum(amount for amount, at in entries if at > now - WINDOW)
+    tat = float(await admin.get(key) or 0) if key else 0.0
+    return max(0.0, tat - now) * LIMIT / WINDOW
+
+
+def text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def warm(backend: RedisBackend) -> None:
+    """Load the scripts through the backend, so the next reserve is one EVALSHA."""
+    await tb.SlidingWindow(limit=100, window=1.0, backend=backend, key="warm").acquire()
+
+
+# -- a reply lost after the script ran ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["window", "bucket"])
+async def test_lost_reply_is_charged_once_on_retry(
+    proxy: Proxy, backends: list[RedisBackend], admin: aioredis.Redis, kind: str
+) -> None:
+    backend = through(proxy, backends, "wait")
+    await warm(backend)
+    recorder = Recorder(limiter(kind, backend))
+    loop = asyncio.get_running_loop()
+    proxy.lose_reply(RESERVE)
+    start = loop.time()
+    await asyncio.wait_for(asyncio.gather(*(recorder.take() for _ in range(BATCH))), 5.0)
+    assert proxy.lost == 1
+    assert max(recorder.grants) - start < 0.3  # retried at once, granted at once
+    # Redis counts what the callers were granted, once.
+    assert await charged(admin, kind) == pytest.approx(BATCH, abs=1.5)
+
+    # The limit admits its full rate afterwards: the rest of the first LIMIT at once,
+    # then LIMIT per WINDOW.
+    more = 2 * LIMIT + (LIMIT - BATCH)
+    await asyncio.wait_for(asyncio.gather(*(recorder.take() for _ in range(more))), 10.0)
+    grants = sorted(recorder.grants)
+    assert grants[LIMIT - 1] - start < 0.3, [round(g - start, 3) for g in grants]
+    assert grants[-1] - start < 2 * WINDOW + 0.3, [round(g - start, 3) for g in grants]
+    await charged(admin, kind)  # a window's running sum is still the sum of its entries
+
+
+@pytest.mark.parametrize("kind", ["window", "bucket"])
+async def test_lost_reply_under_raise_leaves_nothing_reserved(
+    proxy: Proxy, backends: list[RedisBackend], admin: aioredis.Redis, kind: str
+) -> None:
+    backend = through(proxy, backends, "raise")
+    await warm(backend)
+    recorder = Recorder(limiter(kind, backend))
+    proxy.lose_reply(RESERVE)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(recorder.take() for _ in range(BATCH)), return_exceptions=True), 5.0
+    )
+    assert proxy.lost == 1
+    assert all(isinstance(r, BackendUnavailableError) for r in results), results
+    assert not recorder.grants
+
+    # What the call reserved for callers that got an error is given back at once.
+    async def nothing_charged() -> bool:
+        return await charged(admin, kind) < 0.5
+
+    await until(nothing_charged, 1.0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.wait_for(asyncio.gather(*(recorder.take() for _ in range(LIMIT))), 5.0)
+    assert max(recorder.grants) - start < 0.3  # the whole limit, at once
+
+
+# -- slow round trips and the caller's timeout ---------------------------------------------
+
+DELAY = 0.2  # added to each round trip
+TIMEOUT = 0.5
+SPACING = 0.6  # one unit per SPACING seconds: the next is free just after TIMEOUT
+
+
+@pytest.mark.parametrize("kind", ["window", "bucket", "full window"])
+async def test_timeout_ends_at_its_time_whatever_the_round_trip(
+    proxy: Proxy, backends: list[RedisBackend], kind: str
+) -> None:
+    backend = through(proxy, backends, "raise")
+    await warm(backend)
+    if kind == "bucket":
+        limit: tb.SlidingWindow | tb.TokenBucket = tb.TokenBucket(
+            rate=1 / SPACING, capacity=1, backend=backend, key=kind
+        )
+    else:
+        window = SPACING if kind == "window" else 10 * SPACING
+        limit = tb.SlidingWindow(limit=1, window=window, backend=backend, key="w" + kind[:4])
+    loop = asyncio.get_running_loop()
+    await limit.acquire()
+    taken = loop.time()
+    # Reserved (on Redis's clock) for SPACING after the first grant: within TIMEOUT of
+    # when the script runs, DELAY after the call, but not of the call.
+    proxy.delay = DELAY
+    start = loop.time()
+    with pytest.raises(tb.AcquireTimeoutError):
+        await asyncio.wait_for(limit.acquire(timeout=TIMEOUT), 5.0)
+    ended = loop.time() - start
+    assert TIMEOUT - 0.01 <= ended <= TIMEOUT + 0.05, ended
+    if kind != "full window":
+        # What it had reserved was given back (once that call is through the proxy):
+        # the next caller gets that instant, not the one after it (2 * SPACING).
+        await asyncio.sleep(DELAY + 0.05)
+        proxy.delay = 0.0
+        await asyncio.wait_for(limit.acquire(), 5.0)
+        assert loop.time() - taken < SPACING + DELAY + 0.15
