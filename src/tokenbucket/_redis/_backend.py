@@ -8,7 +8,7 @@ import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from .. import _validate
 from .._errors import (
@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 __all__ = ["RedisBackend", "default_url"]
 
 log = logging.getLogger("tokenbucket.redis")
+
+# The timeouts of the clients this backend makes from a URL (see docs/redis.md): a round
+# trip takes a millisecond or so; one that has not answered in READ_TIMEOUT is on a dead
+# connection, which is then dropped and replaced.
+READ_TIMEOUT: Final = 2.0
+CONNECT_TIMEOUT: Final = 2.0
 
 
 class RedisBackend:
@@ -81,7 +87,8 @@ class RedisBackend:
                 "the Redis backend needs redis-py: pip install 'tokenbucket[redis]'"
             ) from exc
         if isinstance(client, str):
-            client = aioredis_module.Redis.from_url(client)
+            # The URL's own options (``?socket_timeout=...``) take precedence.
+            client = aioredis_module.Redis.from_url(client, **_CLIENT_OPTIONS)
         for name, value in (
             ("time_source", time_source),
             ("on_error", on_error),
@@ -115,6 +122,7 @@ class RedisBackend:
         self.local_share = share
         self.lease_ttl = lease_ttl
         self._scripts = _scripts.Scripts(client, prefix)
+        self._block_for = _longest_block(client)
         self._background = Background()
         self._batch = Batcher(self._reserve_batch, float(batch_delay), self._background)
 
@@ -256,7 +264,8 @@ class RedisBackend:
 
     async def wait_for_slot(self, slots_key: str, seconds: float) -> None:
         """Block (without polling) until a slot is released, or ``seconds`` pass."""
-        timeout = max(0.001, min(seconds, 60.0))
+        # Within the client's read timeout, or the read would fail before Redis answers.
+        timeout = max(0.001, min(seconds, self._block_for))
         with contextlib.suppress(Exception):
             await self.client.blpop([_protocol.wake_key(slots_key)], timeout=timeout)
 
@@ -280,6 +289,32 @@ class RedisBackend:
             f"<RedisBackend prefix={self.prefix!r} time={self.time_source} "
             f"on_error={self.on_error}>"
         )
+
+
+_CLIENT_OPTIONS: Final[dict[str, Any]] = {
+    "socket_timeout": READ_TIMEOUT,
+    "socket_connect_timeout": CONNECT_TIMEOUT,
+    "socket_keepalive": True,
+}
+
+
+def _longest_block(client: Any) -> float:
+    """The longest ``BLPOP`` that ``client`` reads the reply of: under its read timeout
+    (with a margin for the round trip), at most a minute."""
+    pool = getattr(client, "connection_pool", None)
+    options = getattr(pool, "connection_kwargs", None)
+    if isinstance(options, dict) and "socket_timeout" in options:
+        read_timeout = options["socket_timeout"]
+    else:  # a client made without one (or a cluster): redis-py's default, if it has one
+        import inspect
+
+        from redis.asyncio.connection import Connection
+
+        default = inspect.signature(Connection.__init__).parameters.get("socket_timeout")
+        read_timeout = None if default is None else default.default
+    if not isinstance(read_timeout, (int, float)) or read_timeout <= 0:
+        return 60.0
+    return max(0.001, min(60.0, read_timeout * 0.75, read_timeout - 0.25))
 
 
 def default_url() -> str:
