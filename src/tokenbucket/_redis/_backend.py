@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -39,6 +38,8 @@ log = logging.getLogger("tokenbucket.redis")
 # connection, which is then dropped and replaced.
 READ_TIMEOUT: Final = 2.0
 CONNECT_TIMEOUT: Final = 2.0
+# How long a slot waiter sleeps between tries when Redis refuses its blocking wait.
+_SLOT_POLL: Final = 0.2
 
 
 class RedisBackend:
@@ -123,6 +124,7 @@ class RedisBackend:
         self.lease_ttl = lease_ttl
         self._scripts = _scripts.Scripts(client, prefix)
         self._block_for = _longest_block(client)
+        self._refused_blocking = False  # warned once that BLPOP is refused
         self._background = Background()
         self._batch = Batcher(self._reserve_batch, float(batch_delay), self._background)
 
@@ -264,10 +266,27 @@ class RedisBackend:
 
     async def wait_for_slot(self, slots_key: str, seconds: float) -> None:
         """Block (without polling) until a slot is released, or ``seconds`` pass."""
+        from redis.exceptions import ResponseError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         # Within the client's read timeout, or the read would fail before Redis answers.
         timeout = max(0.001, min(seconds, self._block_for))
-        with contextlib.suppress(Exception):
+        try:
             await self.client.blpop([_protocol.wake_key(slots_key)], timeout=timeout)
+        except RedisTimeoutError:
+            pass  # a dead connection, dropped; the time was spent waiting anyway
+        except Exception as exc:  # any other failure: wait without blocking
+            if isinstance(exc, ResponseError) and not self._refused_blocking:
+                # Refused (an ACL without blocking commands, the wake key of another
+                # type): a timed wait instead, or every waiter would spin on the script.
+                self._refused_blocking = True
+                log.warning(
+                    "Redis refused the blocking wait for a concurrency slot (%s); waiting "
+                    "for slots with timed waits of %.2f s instead",
+                    exc,
+                    _SLOT_POLL,
+                )
+            await asyncio.sleep(min(seconds, _SLOT_POLL))
 
     async def adjust(self, reservation: Reservation, new_amounts: Sequence[float]) -> None:
         """Settle a grant: replace its amounts by ``new_amounts``."""

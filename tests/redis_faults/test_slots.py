@@ -1,0 +1,116 @@
+"""Waiting for a concurrency slot, and giving slots back, on the Redis backend.
+
+Each test runs its own ``redis-server`` (``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+import tokenbucket as tb
+from tokenbucket._redis import RedisBackend
+from tokenbucket._redis._protocol import wake_key
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from tests.redis_faults.conftest import RedisServer
+
+    MakeBackend = Callable[..., RedisBackend]
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+PREFIX = "slots"
+LOGGER = "tokenbucket.redis"
+SLOTS = f"{{{PREFIX}:s}}:slots"
+
+
+@pytest_asyncio.fixture
+async def make_backend(redis_server: RedisServer) -> AsyncIterator[MakeBackend]:
+    made: list[RedisBackend] = []
+
+    def make(client: aioredis.Redis | str | None = None, **options: Any) -> RedisBackend:
+        backend = RedisBackend(client or redis_server.url, prefix=PREFIX, **options)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        await close(backend)
+
+
+async def close(backend: RedisBackend) -> None:
+    try:
+        await asyncio.wait_for(backend.aclose(), 5.0)
+    except TimeoutError:  # pragma: no cover - only if closing hangs
+        await backend.client.aclose()
+
+
+@pytest_asyncio.fixture
+async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+# -- a blocking wait that Redis refuses ------------------------------------------------------
+
+
+async def refuse_blocking(admin: aioredis.Redis, redis_server: RedisServer, how: str) -> str:
+    """The URL of a client whose ``BLPOP`` on the wake list fails at once."""
+    if how == "acl":
+        await admin.acl_setuser(
+            "noblock",
+            enabled=True,
+            passwords=["+secret"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", "-@blocking"],
+        )
+        return f"redis://noblock:secret@127.0.0.1:{redis_server.port}/0"
+    await admin.set(wake_key(SLOTS), "not a list")
+    return redis_server.url
+
+
+@pytest.mark.parametrize("how", ["acl", "wrong type"])
+async def test_a_refused_blocking_wait_falls_back_to_a_timed_wait(
+    make_backend: MakeBackend,
+    admin: aioredis.Redis,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    holder = tb.Limiter(max_concurrency=1, backend=make_backend(), key="s")
+    lease = holder.acquire()
+    await lease.__aenter__()
+    url = await refuse_blocking(admin, redis_server, how)
+    backend = make_backend(url)
+    waiter = tb.Limiter(max_concurrency=1, backend=backend, key="s")
+    loop = asyncio.get_running_loop()
+    entered: list[float] = []
+
+    async def wait() -> None:
+        async with waiter.acquire():
+            entered.append(loop.time())
+
+    tasks = [asyncio.create_task(wait()) for _ in range(3)]
+    await asyncio.sleep(0.2)
+    before = backend.round_trips
+    await asyncio.sleep(1.0)
+    calls = backend.round_trips - before
+    assert calls <= 20, f"{calls} script calls in 1 s while waiting"
+    released = loop.time()
+    await lease.__aexit__(None, None, None)
+    await asyncio.wait_for(asyncio.gather(*tasks), 5.0)
+    assert entered[0] - released < 0.5  # the timed wait notices the free slot
+    refusals = [r for r in caplog.records if "blocking wait" in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
+    assert refusals[0].levelno == logging.WARNING
+    assert await admin.zcard(SLOTS) == 0
