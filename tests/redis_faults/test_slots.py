@@ -114,3 +114,33 @@ async def test_a_refused_blocking_wait_falls_back_to_a_timed_wait(
     assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
     assert refusals[0].levelno == logging.WARNING
     assert await admin.zcard(SLOTS) == 0
+
+
+# -- releasing many slots at once ------------------------------------------------------------
+
+
+async def test_many_releases_share_round_trips_within_a_small_pool(
+    make_backend: MakeBackend,
+    admin: aioredis.Redis,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    client = aioredis.Redis.from_url(redis_server.url, max_connections=100)
+    backend = make_backend(client, on_error="raise")
+    limiter = tb.Limiter(max_concurrency=300, backend=backend, key="s")
+    errors: list[BaseException] = []
+
+    async def cycle() -> None:
+        try:
+            for _ in range(10):
+                async with limiter.acquire():
+                    await asyncio.sleep(0)
+        except tb.TokenBucketError as exc:
+            errors.append(exc)
+
+    await asyncio.wait_for(asyncio.gather(*(cycle() for _ in range(300))), 30.0)
+    assert errors == []
+    assert [r.getMessage() for r in caplog.records] == []
+    assert limiter.statistics().in_flight == 0
+    assert await admin.zcard(SLOTS) == 0  # every slot is back, none left to expire

@@ -19,6 +19,7 @@ from .._errors import (
 from . import _protocol, _scripts
 from ._batch import Batcher
 from ._protocol import RESERVED, WRONG_TYPE, MeterSpec, Reply, Reservation
+from ._releases import Releases
 from ._tasks import Background
 from .store import RedisStore
 
@@ -127,6 +128,7 @@ class RedisBackend:
         self._refused_blocking = False  # warned once that BLPOP is refused
         self._background = Background()
         self._batch = Batcher(self._reserve_batch, float(batch_delay), self._background)
+        self._releases = Releases(self._release_batch, self._background)
 
     @property
     def batch_delay(self) -> float:
@@ -255,14 +257,18 @@ class RedisBackend:
             log.warning("could not give a reservation back: %s", exc)
 
     async def release(self, reservation: Reservation) -> None:
-        """Release a concurrency slot and wake one process waiting for one."""
+        """Release a concurrency slot and wake one process waiting for one (sharing a
+        round trip with the other releases of this process; never raises)."""
         if not reservation.lease:
             return
-        keys, args = _protocol.encode_release(reservation, self.lease_ttl)
+        await asyncio.shield(self._releases.submit(reservation.slots_key, reservation.lease))
+
+    async def _release_batch(self, slots_key: str, leases: list[str]) -> None:
+        keys, args = _protocol.encode_release(slots_key, leases, self.lease_ttl)
         try:
             await self._with_policy("release", keys, args)
-        except Exception as exc:  # the lease expires on its own
-            log.warning("could not release a concurrency slot: %s", exc)
+        except Exception as exc:  # the leases expire on their own
+            log.warning("could not release %d concurrency slot(s): %s", len(leases), exc)
 
     async def wait_for_slot(self, slots_key: str, seconds: float) -> None:
         """Block (without polling) until a slot is released, or ``seconds`` pass."""
