@@ -144,3 +144,42 @@ async def test_many_releases_share_round_trips_within_a_small_pool(
     assert [r.getMessage() for r in caplog.records] == []
     assert limiter.statistics().in_flight == 0
     assert await admin.zcard(SLOTS) == 0  # every slot is back, none left to expire
+
+
+# -- the slots of a dead holder ----------------------------------------------------------------
+
+
+async def test_expired_slots_of_a_dead_holder_all_come_back_at_once(
+    make_backend: MakeBackend, admin: aioredis.Redis
+) -> None:
+    lease_ttl = 1.0
+    dead = make_backend(lease_ttl=lease_ttl)
+    holder = tb.Limiter(max_concurrency=4, backend=dead, key="s")
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    for _ in range(4):
+        await holder.acquire().__aenter__()  # never released: the holder died
+    await dead.client.aclose()
+    assert await admin.zcard(SLOTS) == 4
+    waiter = tb.Limiter(max_concurrency=4, backend=make_backend(lease_ttl=lease_ttl), key="s")
+    entered: list[float] = []
+    done = asyncio.Event()
+
+    async def wait() -> None:
+        async with waiter.acquire():
+            entered.append(loop.time() - asked)
+            await done.wait()  # each keeps its slot
+
+    tasks = [asyncio.create_task(wait()) for _ in range(4)]
+    await until_all(entered, 4, 4 * lease_ttl + 2.0)
+    done.set()
+    await asyncio.gather(*tasks)
+    assert min(entered) >= lease_ttl - 0.05, entered
+    assert max(entered) < lease_ttl + 0.3, entered
+
+
+async def until_all(entered: list[float], count: int, seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while len(entered) < count and loop.time() < deadline:  # a test polls
+        await asyncio.sleep(0.01)
