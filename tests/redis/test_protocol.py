@@ -398,10 +398,11 @@ def test_feedback_reads_back_as_encoded(pause: float | None) -> None:
 
 
 def test_a_release_reads_back_as_encoded() -> None:
-    keys, args = _protocol.encode_release(_RESERVATION, 300.0)
+    keys, args = _protocol.encode_release("{p:a}:slots", ["lease-1", "lease-2"], 300.0)
     got = read("release", keys, args)
     assert got == {
-        "lease": "lease-1",
+        "count": 2,
+        "lease[]": [{"lease": "lease-1"}, {"lease": "lease-2"}],
         "wake_ttl": 300000,
         "slots_key": "{p:a}:slots",
         "wake_key": _protocol.wake_key("{p:a}:slots"),
@@ -561,8 +562,17 @@ async def test_release_replies_with_the_lease_removed(
     meters = _meters(redis_backend)
     slots = redis_backend.key("proto", "slots")
     reservation = await _reserved(redis_backend, meters[:1], "m1", slots, "lease-1")
-    keys, args = _protocol.encode_release(reservation, 300.0)
-    assert await _call(redis_backend, "release", keys, args) == 1
+    await admin.zadd(slots, {"lease-2": await server_time(admin) + 300})  # another holder
+    keys, args = _protocol.encode_release(slots, [reservation.lease, "lease-2"], 300.0)
+    assert await _call(redis_backend, "release", keys, args) == 2
     assert await _call(redis_backend, "release", keys, args) == 0
-    assert await admin.llen(_protocol.wake_key(slots)) == 2
+    assert await admin.zcard(slots) == 0
+    assert await admin.llen(_protocol.wake_key(slots)) == 4  # a wake per lease sent
     assert 0 < await admin.pttl(_protocol.wake_key(slots)) <= 300_000
+    # A wake key holding something else is left alone; the slots are still released.
+    await admin.zadd(slots, {"lease-3": await server_time(admin) + 300})
+    await admin.delete(_protocol.wake_key(slots))
+    await admin.set(_protocol.wake_key(slots), "not a list")
+    keys, args = _protocol.encode_release(slots, ["lease-3"], 300.0)
+    assert await _call(redis_backend, "release", keys, args) == 1
+    assert await admin.get(_protocol.wake_key(slots)) in ("not a list", b"not a list")

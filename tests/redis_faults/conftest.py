@@ -120,7 +120,6 @@ ACL_USERS = {
     "noscripts": ("+@all", "-evalsha", "-eval", "-script"),  # may not load or run scripts
     "noevalsha": ("+@all", "-evalsha"),  # may load scripts but not run them
     "nowrites": ("+@all", "-@write"),  # runs scripts, but they may not write
-    "noblpop": ("+@all", "-blpop"),  # may not wait for a concurrency slot
 }
 
 

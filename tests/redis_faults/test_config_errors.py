@@ -107,22 +107,6 @@ async def test_scripts_refused_a_command_inside(secured_server: RedisServer, kin
     assert "permission" in str(error)
 
 
-async def test_user_without_blpop_waiting_for_a_slot(secured_server: RedisServer) -> None:
-    """A user that may run the scripts but not block for a slot: the waiter for a slot
-    raises instead of asking again and again without waiting."""
-    backend = RedisBackend(url(secured_server, f"noblpop:{USER_PASSWORD}"), prefix="cfg")
-    limiter = tb.Limiter(requests_per_second=1000, max_concurrency=1, backend=backend, key="l")
-    try:
-        async with limiter.acquire():
-            before = backend.round_trips
-            with pytest.raises(tb.BackendConfigurationError, match="blpop") as caught:
-                await asyncio.wait_for(limiter.acquire().__aenter__(), PATIENCE)
-            assert backend.round_trips - before <= 2
-            assert isinstance(caught.value.__cause__, redis.exceptions.RedisError)
-    finally:
-        await asyncio.wait_for(backend.aclose(), 5.0)
-
-
 @pytest.mark.parametrize("policy", POLICIES)
 async def test_database_index_out_of_range(secured_server: RedisServer, policy: str) -> None:
     error = await configuration_error(url(secured_server, db=99), policy)

@@ -21,6 +21,7 @@ from .._errors import (
 from . import _protocol, _scripts
 from ._batch import Batcher
 from ._protocol import RESERVED, WRONG_TYPE, MeterSpec, Reply, Reservation
+from ._releases import Releases
 from ._tasks import Background
 from .store import RedisStore
 
@@ -38,6 +39,13 @@ log = logging.getLogger("tokenbucket.redis")
 # Reserve calls undone at a time, at most: while Redis is down, every call fails (most
 # never reached it) and is undone once it is back; beyond this many, the rest are not.
 _MAX_UNDOING: Final = 256
+# The timeouts of the clients this backend makes from a URL (see docs/redis.md): a round
+# trip takes a millisecond or so; one that has not answered in READ_TIMEOUT is on a dead
+# connection, which is then dropped and replaced.
+READ_TIMEOUT: Final = 2.0
+CONNECT_TIMEOUT: Final = 2.0
+# How long a slot waiter sleeps between tries when Redis refuses its blocking wait.
+_SLOT_POLL: Final = 0.2
 
 
 class RedisBackend:
@@ -86,7 +94,8 @@ class RedisBackend:
                 "the Redis backend needs redis-py: pip install 'tokenbucket[redis]'"
             ) from exc
         if isinstance(client, str):
-            client = aioredis_module.Redis.from_url(client)
+            # The URL's own options (``?socket_timeout=...``) take precedence.
+            client = aioredis_module.Redis.from_url(client, **_CLIENT_OPTIONS)
         for name, value in (
             ("time_source", time_source),
             ("on_error", on_error),
@@ -120,6 +129,8 @@ class RedisBackend:
         self.local_share = share
         self.lease_ttl = lease_ttl
         self._scripts = _scripts.Scripts(client, prefix)
+        self._block_for = _longest_block(client)
+        self._refused_blocking = False  # warned once that BLPOP is refused
         self._background = Background()
         self._batch = Batcher(self._reserve_batch, float(batch_delay), self._background)
         # The asyncio loop the client's connections belong to, whether they may hold
@@ -129,6 +140,7 @@ class RedisBackend:
         self._closer: AsyncGenerator[None, None] | None = None
         self._undoing = 0  # reserve calls being undone (see _reserve_batch)
         self._undo_warned = False
+        self._releases = Releases(self._release_batch, self._background)
 
     @property
     def batch_delay(self) -> float:
@@ -161,6 +173,7 @@ class RedisBackend:
         self._loop = loop
         self._background = Background()
         self._batch = Batcher(self._reserve_batch, self._batch.delay, self._background)
+        self._releases = Releases(self._release_batch, self._background)
         # asyncio.run closes the loop's async generators while the loop still runs
         # (shutdown_asyncgens): this one closes the connections then. It is started
         # here, and the loop only holds it weakly.
@@ -364,27 +377,48 @@ class RedisBackend:
             log.warning("could not give a reservation back: %s", exc)
 
     async def release(self, reservation: Reservation) -> None:
-        """Release a concurrency slot and wake one process waiting for one."""
+        """Release a concurrency slot and wake one process waiting for one (sharing a
+        round trip with the other releases of this process; never raises)."""
         if not reservation.lease:
             return
-        keys, args = _protocol.encode_release(reservation, self.lease_ttl)
+        self.running_loop()  # a new loop gets its own queue of releases
+        await asyncio.shield(self._releases.submit(reservation.slots_key, reservation.lease))
+
+    async def _release_batch(self, slots_key: str, leases: list[str]) -> None:
+        keys, args = _protocol.encode_release(slots_key, leases, self.lease_ttl)
         try:
             await self._with_policy("release", keys, args)
-        except Exception as exc:  # the lease expires on its own
-            log.warning("could not release a concurrency slot: %s", exc)
+        except Exception as exc:  # the leases expire on their own
+            log.warning("could not release %d concurrency slot(s): %s", len(leases), exc)
 
     async def wait_for_slot(self, slots_key: str, seconds: float) -> None:
         """Block (without polling) until a slot is released, or ``seconds`` pass."""
-        timeout = max(0.001, min(seconds, 60.0))
+        from redis.exceptions import ResponseError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        # Within the client's read timeout, or the read would fail before Redis answers.
+        timeout = max(0.001, min(seconds, self._block_for))
         try:
             client = await self._connections()
             await client.blpop([_protocol.wake_key(slots_key)], timeout=timeout)
-        except Exception as exc:
-            # Not waiting is harmless once (the caller asks for a slot again), but a
-            # refusal would be the same every time: the caller would spin.
+        except RedisTimeoutError:
+            pass  # a dead connection, dropped; the time was spent waiting anyway
+        except Exception as exc:  # any other failure: wait without blocking
+            # Refused (an ACL without blocking commands, the wake key of another type):
+            # a timed wait instead, or every waiter would spin on the script.
+            refused = isinstance(exc, ResponseError)
             error = _scripts.translate(exc, self.prefix)
-            if isinstance(error, BackendConfigurationError):
+            if isinstance(error, BackendConfigurationError) and not refused:
                 raise error from exc
+            if refused and not self._refused_blocking:
+                self._refused_blocking = True
+                log.warning(
+                    "Redis refused the blocking wait for a concurrency slot (%s); waiting "
+                    "for slots with timed waits of %.2f s instead",
+                    exc,
+                    _SLOT_POLL,
+                )
+            await asyncio.sleep(min(seconds, _SLOT_POLL))
 
     async def adjust(self, reservation: Reservation, new_amounts: Sequence[float]) -> None:
         """Settle a grant: replace its amounts by ``new_amounts``."""
@@ -425,6 +459,32 @@ async def _close_at_shutdown(client: aioredis.Redis) -> AsyncGenerator[None, Non
     finally:
         with contextlib.suppress(Exception):
             await client.connection_pool.disconnect()
+
+
+_CLIENT_OPTIONS: Final[dict[str, Any]] = {
+    "socket_timeout": READ_TIMEOUT,
+    "socket_connect_timeout": CONNECT_TIMEOUT,
+    "socket_keepalive": True,
+}
+
+
+def _longest_block(client: Any) -> float:
+    """The longest ``BLPOP`` that ``client`` reads the reply of: under its read timeout
+    (with a margin for the round trip), at most a minute."""
+    pool = getattr(client, "connection_pool", None)
+    options = getattr(pool, "connection_kwargs", None)
+    if isinstance(options, dict) and "socket_timeout" in options:
+        read_timeout = options["socket_timeout"]
+    else:  # a client made without one (or a cluster): redis-py's default, if it has one
+        import inspect
+
+        from redis.asyncio.connection import Connection
+
+        default = inspect.signature(Connection.__init__).parameters.get("socket_timeout")
+        read_timeout = None if default is None else default.default
+    if not isinstance(read_timeout, (int, float)) or read_timeout <= 0:
+        return 60.0
+    return max(0.001, min(60.0, read_timeout * 0.75, read_timeout - 0.25))
 
 
 def default_url() -> str:

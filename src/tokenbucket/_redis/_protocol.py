@@ -127,7 +127,11 @@ FEEDBACK: Final = Layout(
     groups=(Group("meter", "meters", (*_METER, "remaining", "reset")),),
     indexes=("key",),
 )
-RELEASE: Final = Layout(keys=("slots_key", "wake_key"), head=("lease", "wake_ttl"))
+RELEASE: Final = Layout(
+    keys=("slots_key", "wake_key"),
+    head=("wake_ttl", "count"),
+    groups=(Group("lease", "count", ("lease",)),),
+)
 
 LAYOUTS: Final = {
     "reserve": RESERVE,
@@ -319,10 +323,12 @@ def encode_feedback(
     return keys, args
 
 
-def encode_release(reservation: Reservation, lease_ttl: float) -> tuple[list[str], list[Any]]:
-    """release.lua's KEYS and ARGV: free ``reservation``'s slot and wake one waiter."""
-    slots_key = reservation.slots_key
-    return [slots_key, wake_key(slots_key)], [reservation.lease, int(lease_ttl * 1000)]
+def encode_release(
+    slots_key: str, leases: Sequence[str], lease_ttl: float
+) -> tuple[list[str], list[Any]]:
+    """release.lua's KEYS and ARGV: free the slots of ``leases`` (all held on
+    ``slots_key``) and wake as many waiters."""
+    return [slots_key, wake_key(slots_key)], [int(lease_ttl * 1000), len(leases), *leases]
 
 
 def wake_key(slots_key: str) -> str:

@@ -143,13 +143,18 @@ class RedisStore:
                     await asyncio.sleep(max(0.0, deadline - loop.time()))
                     raise AcquireTimeoutError(f"{self.label!r}: not granted within {timeout} s")
                 # No concurrency slot: block until one is released (or the first expires).
+                # One waiter of this store blocks at a time; the others queue here. The
+                # bound is an instant, so a waiter that queued past the first lease's
+                # expiry asks again at once: expired slots come back together.
+                expires = loop.time() + wait
                 if deadline is not None and loop.time() >= deadline:
                     raise AcquireTimeoutError(f"{self.label!r}: no slot within {timeout} s")
                 if self._slot_lock is None or self._slot_loop is not loop:
                     self._slot_lock, self._slot_loop = asyncio.Lock(), loop
                 async with self._slot_lock:
-                    bound = wait if deadline is None else min(wait, deadline - loop.time())
-                    await backend.wait_for_slot(self.slots_key, max(0.0, bound))
+                    until = expires if deadline is None else min(expires, deadline)
+                    if until > loop.time():
+                        await backend.wait_for_slot(self.slots_key, until - loop.time())
         finally:
             self.waiters -= 1
 
