@@ -1,12 +1,15 @@
-"""A loopback TCP proxy in front of a test's ``redis-server``: it can lose replies and
-slow round trips down.
+"""A loopback TCP proxy in front of a test's ``redis-server``: it can lose replies, slow
+round trips down and make connections half-dead.
 
 Each client connection gets its own connection to Redis and two pumps (client to Redis,
 Redis to client). :meth:`Proxy.lose_reply` arms it: the next request whose bytes contain
 a marker is forwarded to Redis (so the command runs), and when the reply comes back the
 proxy drops it and closes both sides, as a network failure on the way back would.
 ``delay`` holds each request that long before forwarding it (every round trip takes at
-least that long).
+least that long). :meth:`Proxy.swallow` turns every connection open at that moment into
+one a crashed router or a silent partition leaves behind: still open, but whatever
+either side sends is read and dropped; connections made afterwards are forwarded
+normally, as a replacement connection would be.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ _CHUNK = 65536
 class _Link:
     """One client connection and its connection to Redis."""
 
-    __slots__ = ("doomed", "writers")
+    __slots__ = ("doomed", "swallowed", "writers")
 
     def __init__(self, client: asyncio.StreamWriter, server: asyncio.StreamWriter) -> None:
         self.writers = (client, server)
         self.doomed = False  # a request was forwarded whose reply is to be lost
+        self.swallowed = False  # half-dead: traffic both ways is read and dropped
 
     def close(self) -> None:
         for writer in self.writers:
@@ -45,6 +49,7 @@ class Proxy:
         self.port = 0
         self.delay = 0.0  # seconds each request is held before it is forwarded
         self.lost = 0  # replies dropped so far
+        self.accepted = 0  # client connections made through the proxy
         self._marker = b""
         self._to_lose = 0
         self._server: asyncio.Server | None = None
@@ -59,6 +64,11 @@ class Proxy:
         """Lose the reply of the next ``times`` requests that contain ``marker``."""
         self._marker = marker
         self._to_lose = times
+
+    def swallow(self) -> None:
+        """From now on, drop all traffic of the connections open now (both ways)."""
+        for link in self._links:
+            link.swallowed = True
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -76,6 +86,7 @@ class Proxy:
             await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -93,6 +104,8 @@ class Proxy:
     ) -> None:
         try:
             while data := await reader.read(_CHUNK):
+                if link.swallowed:
+                    continue
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 if self._to_lose and self._marker in data:
@@ -109,6 +122,8 @@ class Proxy:
         client = link.writers[0]
         try:
             while data := await reader.read(_CHUNK):
+                if link.swallowed:
+                    continue
                 if link.doomed:  # the command ran; its reply never reaches the client
                     self.lost += 1
                     break
@@ -120,6 +135,8 @@ class Proxy:
             self._drop(link)
 
     def _drop(self, link: _Link) -> None:
+        if link.swallowed:  # a half-dead connection stays open until the proxy closes
+            return
         link.close()
         self._links.discard(link)
 

@@ -6,17 +6,26 @@ The fault tests kill Redis, so they never touch a shared server (such as the one
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from tokenbucket._redis import RedisBackend
+
+from ._proxy import Proxy, running_proxy
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+
+    MakeBackend = Callable[..., RedisBackend]
 
 
 def _free_port() -> int:
@@ -154,3 +163,48 @@ def secured_server() -> Iterator[RedisServer]:
 def dead_port() -> int:
     """A port where nothing listens."""
     return _free_port()
+
+
+async def close(backend: RedisBackend) -> None:
+    """Close a backend, whatever state its test left Redis in."""
+    try:
+        await asyncio.wait_for(backend.aclose(), 5.0)
+    except TimeoutError:  # pragma: no cover - only if closing hangs
+        await backend.client.aclose()
+
+
+@pytest_asyncio.fixture
+async def make_backend(
+    redis_server: RedisServer, request: pytest.FixtureRequest
+) -> AsyncIterator[MakeBackend]:
+    """Backends on the test's server (key prefix: the test module's ``PREFIX``); all
+    closed at the end, the server restarted first if the test left it dead, so closing
+    cannot wait on an outage."""
+    made: list[RedisBackend] = []
+    prefix = getattr(request.module, "PREFIX", "faults")
+
+    def make(client: aioredis.Redis | str | None = None, **options: Any) -> RedisBackend:
+        backend = RedisBackend(client or redis_server.url, prefix=prefix, **options)
+        made.append(backend)
+        return backend
+
+    yield make
+    if not redis_server.running:
+        await asyncio.to_thread(redis_server.start)
+    for backend in made:
+        await close(backend)
+
+
+@pytest_asyncio.fixture
+async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain client on the test's server, to look at and damage the limiter's keys."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def proxy(redis_server: RedisServer) -> AsyncIterator[Proxy]:
+    """A loopback proxy in front of the test's server (see ``_proxy``)."""
+    async with running_proxy(redis_server.port) as running:
+        yield running

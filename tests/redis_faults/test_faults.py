@@ -17,14 +17,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import pytest_asyncio
-import redis.asyncio as aioredis
 
 import tokenbucket as tb
 from tokenbucket._redis import BackendError, BackendUnavailableError, RedisBackend
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import Awaitable, Callable
+
+    import redis.asyncio as aioredis
 
     from tests.redis_faults.conftest import RedisServer
 
@@ -39,39 +39,6 @@ LOGGER = "tokenbucket.redis"
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-@pytest_asyncio.fixture
-async def make_backend(redis_server: RedisServer) -> AsyncIterator[MakeBackend]:
-    """Backends on the test's server; all closed at the end (the server restarted first
-    if the test left it dead, so closing cannot wait on an outage)."""
-    made: list[RedisBackend] = []
-
-    def make(**options: Any) -> RedisBackend:
-        backend = RedisBackend(redis_server.url, prefix=PREFIX, **options)
-        made.append(backend)
-        return backend
-
-    yield make
-    if not redis_server.running:
-        await asyncio.to_thread(redis_server.start)
-    for backend in made:
-        await close(backend)
-
-
-async def close(backend: RedisBackend) -> None:
-    try:
-        await asyncio.wait_for(backend.aclose(), 5.0)
-    except TimeoutError:  # pragma: no cover - only if closing hangs
-        await backend.client.aclose()
-
-
-@pytest_asyncio.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A plain client on the test's server, to look at and damage the limiter's keys."""
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 async def meter_key(admin: aioredis.Redis, tag: str) -> str:

@@ -14,17 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
-import redis.asyncio as aioredis
 
 import tokenbucket as tb
-from tests.redis_faults._proxy import Proxy, running_proxy
-from tests.redis_faults.test_faults import Recorder, close, until
+from tests.redis_faults.conftest import close
+from tests.redis_faults.test_faults import Recorder, until
 from tokenbucket._redis import BackendUnavailableError, RedisBackend, _scripts
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from tests.redis_faults.conftest import RedisServer
+    import redis.asyncio as aioredis
+
+    from tests.redis_faults._proxy import Proxy
+
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -34,19 +36,6 @@ WINDOW = 1.0
 BATCH = 5  # the requests whose reply is lost
 # The reserve script's SHA: the bytes that mark its EVALSHA on the wire.
 RESERVE = hashlib.sha1(_scripts.source("reserve").encode()).hexdigest().encode()
-
-
-@pytest_asyncio.fixture
-async def proxy(redis_server: RedisServer) -> AsyncIterator[Proxy]:
-    async with running_proxy(redis_server.port) as running:
-        yield running
-
-
-@pytest_asyncio.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 @pytest_asyncio.fixture

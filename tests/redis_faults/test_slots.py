@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 
 import tokenbucket as tb
-from tokenbucket._redis import RedisBackend
 from tokenbucket._redis._protocol import wake_key
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
 
     from tests.redis_faults.conftest import RedisServer
+    from tokenbucket._redis import RedisBackend
 
     MakeBackend = Callable[..., RedisBackend]
 
@@ -29,34 +28,6 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 PREFIX = "slots"
 LOGGER = "tokenbucket.redis"
 SLOTS = f"{{{PREFIX}:s}}:slots"
-
-
-@pytest_asyncio.fixture
-async def make_backend(redis_server: RedisServer) -> AsyncIterator[MakeBackend]:
-    made: list[RedisBackend] = []
-
-    def make(client: aioredis.Redis | str | None = None, **options: Any) -> RedisBackend:
-        backend = RedisBackend(client or redis_server.url, prefix=PREFIX, **options)
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        await close(backend)
-
-
-async def close(backend: RedisBackend) -> None:
-    try:
-        await asyncio.wait_for(backend.aclose(), 5.0)
-    except TimeoutError:  # pragma: no cover - only if closing hangs
-        await backend.client.aclose()
-
-
-@pytest_asyncio.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 # -- a blocking wait that Redis refuses ------------------------------------------------------

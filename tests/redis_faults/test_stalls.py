@@ -11,38 +11,22 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
-import pytest_asyncio
 
 import tokenbucket as tb
 from tokenbucket._redis import RedisBackend
 from tokenbucket._redis._backend import CONNECT_TIMEOUT, READ_TIMEOUT
 
-from .proxy import SwallowingProxy
+from .conftest import close
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from tests.redis_faults.conftest import RedisServer
+
+    from ._proxy import Proxy
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
 PREFIX = "stalls"
 TOL = 0.5  # a reconnect and a round trip, on a loaded test machine
-
-
-@pytest_asyncio.fixture
-async def proxy(redis_server: RedisServer) -> AsyncIterator[SwallowingProxy]:
-    proxy = SwallowingProxy(redis_server.port)
-    await proxy.start()
-    yield proxy
-    await proxy.aclose()
-
-
-async def close(backend: RedisBackend) -> None:
-    try:
-        await asyncio.wait_for(backend.aclose(), 5.0)
-    except TimeoutError:  # pragma: no cover - only if closing hangs
-        await backend.client.aclose()
 
 
 async def test_the_backends_own_client_has_timeouts() -> None:
@@ -60,7 +44,7 @@ async def test_the_backends_own_client_has_timeouts() -> None:
 
 @pytest.mark.parametrize("policy", ["wait", "raise"])
 async def test_a_swallowed_round_trip_times_out_and_admissions_resume(
-    proxy: SwallowingProxy, policy: str
+    proxy: Proxy, policy: str
 ) -> None:
     backend = RedisBackend(proxy.url, prefix=PREFIX, on_error=policy)  # type: ignore[arg-type]
     try:
@@ -87,7 +71,7 @@ async def test_a_swallowed_round_trip_times_out_and_admissions_resume(
 
 
 async def test_a_slot_waiter_on_a_swallowed_connection_still_gets_the_slot(
-    proxy: SwallowingProxy, redis_server: RedisServer
+    proxy: Proxy, redis_server: RedisServer
 ) -> None:
     backend = RedisBackend(proxy.url, prefix=PREFIX)
     holder_backend = RedisBackend(redis_server.url, prefix=PREFIX)
