@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from ._core import Meter, Request
     from ._feedback import FeedbackPlan
+    from ._memory import MemoryStore
     from ._statistics import LimiterStatistics
 
 __all__ = ["Backend", "Store", "StoreSpec", "open_store"]
@@ -59,7 +60,7 @@ class StoreSpec:
     (two distinct keys never share state; its first part groups the keys of one group
     together); ``pools`` names the meters shared by several limiters (a group's
     shared limits), relative to ``key[0]``. ``fallback`` makes an in-memory store of the
-    same limits at a share of their rates, for a backend that limits locally while it
+    same limits at a share of their rates and bursts, for a backend that limits locally while it
     is unreachable.
     """
 
@@ -68,7 +69,7 @@ class StoreSpec:
     meters: Sequence[Meter]
     max_concurrency: int | None
     pools: Mapping[Meter, tuple[str, ...]] = field(default_factory=dict)
-    fallback: Callable[[float], Store] | None = None
+    fallback: Callable[[float], MemoryStore] | None = None
 
 
 class Backend(Protocol):
@@ -110,13 +111,22 @@ def open_store(
             "key", "a limiter with a backend needs key=: the name its state has there"
         )
 
-    def fallback(share: float) -> Store:
+    def fallback(share: float) -> MemoryStore:
         from ._core import Meter, MultiState
         from ._memory import MemoryStore
         from ._rate import Rate
 
+        # Every rate at its share, and every burst too: N processes at a share of at
+        # most 1/N then admit together at most one burst and the rate.
         local = [
-            Meter(m.dim, Rate(m.rate.amount * share, m.rate.period, burst=m.rate.burst))
+            Meter(
+                m.dim,
+                Rate(
+                    m.rate.amount * share,
+                    m.rate.period,
+                    burst=None if m.rate.burst is None else m.rate.burst * share,
+                ),
+            )
             for m in meters
         ]
         return MemoryStore(MultiState(dims, local, None), lambda: f"local stand-in for {key!r}")

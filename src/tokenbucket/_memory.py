@@ -25,7 +25,7 @@ from ._queue import WaiterQueue, _Waiter
 from ._statistics import LimiterStatistics
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from ._core import Meter, MultiState, Request
     from ._feedback import FeedbackPlan
@@ -82,6 +82,16 @@ class MemoryStore:
                 pool = _POOLS[meter] = _Pool()
             pool.users.append(weakref.ref(self))
             self._pools[meter] = pool
+
+    def prime(self, since: float, grants: Iterable[tuple[float, Sequence[float]]]) -> None:
+        """Start as a stand-in for a limit shared elsewhere (see ``MultiState.prime``);
+        instants are on the running event loop's clock."""
+        self._waiters.now()  # bind to the running loop first, so no rebase moves them
+        self._multi.prime(since, grants)
+
+    def limit(self, dim: str) -> float:
+        """The most one request may take of ``dim``."""
+        return self._multi.limit(dim)
 
     @property
     def in_use(self) -> bool:

@@ -168,6 +168,12 @@ class BucketState:
         """Continue on a clock with another origin, as if no time had passed."""
         self._stamp = now
 
+    def empty(self, now: float) -> None:
+        """Start over empty at ``now`` (a stand-in that must earn what it grants)."""
+        self._level = 0.0
+        self._stamp = now
+        self._was = (0.0, now, self._taken)
+
     def __repr__(self) -> str:
         return (
             f"BucketState(rate={self.rate!r}, capacity={self.capacity!r}, "

@@ -299,6 +299,22 @@ class MultiState:
             and all(m.core.at_rest(now) for m in self.meters)
         )
 
+    def prime(self, since: float, grants: Iterable[tuple[float, Sequence[float]]]) -> None:
+        """Start as a stand-in for a limit shared elsewhere: every bucket empty at
+        ``since``, and ``grants`` made elsewhere (instant, amount per dimension, in order
+        of instant, none later than now) charged at their instants (to a bucket, those
+        after ``since``; to a window, all)."""
+        grants = list(grants)
+        for _meter, core, index in self._pairs:
+            bucket = isinstance(core, BucketState)
+            if isinstance(core, BucketState):
+                core.empty(since)
+            for at, amounts in grants:
+                if amounts[index] > 0 and not (bucket and at <= since):
+                    core.charge(amounts[index], at)
+                    if at > self.seen:
+                        self.seen = at
+
     def rebase(self, now: float, meters: Iterable[Meter] | None = None) -> None:
         """Continue on a clock with another origin, as if no time had passed: the pause
         keeps what was left of it, and ``meters`` (default: all) move too."""

@@ -8,8 +8,10 @@ or a single limiter given a backend).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from .._core import Request
@@ -20,8 +22,9 @@ from ._protocol import MeterSpec, Reservation
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping
 
-    from .._backend import Store, StoreSpec
+    from .._backend import StoreSpec
     from .._feedback import FeedbackPlan
+    from .._memory import MemoryStore
     from ._backend import RedisBackend
 
 __all__ = ["RedisStore", "escape"]
@@ -31,6 +34,8 @@ log = logging.getLogger("tokenbucket.redis")
 # How long a call with a (short or zero) timeout still waits for Redis to answer.
 _ANSWER_GRACE: Final = 0.5
 _WARN_EVERY: Final = 10.0
+# While the local stand-in is in use, how often Redis is asked whether it answers again.
+_PROBE_EVERY: Final = 0.1
 
 
 def escape(name: str) -> str:
@@ -71,7 +76,18 @@ class RedisStore:
         self.pause_key = backend.key(*tag, "pause")
         self.slots_key = backend.key(*tag, "slots") if spec.max_concurrency else ""
         self._fallback = spec.fallback
-        self._local: Store | None = None
+        self._local: MemoryStore | None = None
+        # The grants Redis made this process (loop instant, amounts), for as long as a
+        # window reaches back, to charge a stand-in with; when this process first met the
+        # outage; the tasks waiting in the stand-in; the task asking whether Redis is back.
+        self._horizon = max(
+            (m.rate.period for m in spec.meters if m.rate.burst is None), default=0.0
+        )
+        self._granted: deque[tuple[float, tuple[float, ...]]] = deque()
+        self._down_since: float | None = None
+        self._local_tasks: set[asyncio.Task[object]] = set()
+        self._handed_back: set[asyncio.Task[object]] = set()
+        self._probe: asyncio.Task[None] | None = None
         self._slot_lock: asyncio.Lock | None = None
         self._slot_loop: asyncio.AbstractEventLoop | None = None  # the lock's loop
         # What this process knows: a pause a server asked for (loop clock), its waiters,
@@ -122,9 +138,12 @@ class RedisStore:
                 except BackendUnavailableError:
                     if backend.on_error != "local":
                         raise
-                    await self._take_locally(request, deadline, loop)
+                    if not await self._take_locally(request, deadline, loop):
+                        continue  # Redis answers again: ask it
                     self.last_wait = loop.time() - start
                     return None
+                if self._local is not None or self._down_since is not None:
+                    self._hand_back()  # Redis answers again: the stand-in is done
                 if status == 1:
                     due = loop.time() + wait  # `wait` is what is left of it now
                     if deadline is not None and wait > 0 and due > deadline:
@@ -134,6 +153,7 @@ class RedisStore:
                         await asyncio.sleep(max(0.0, deadline - loop.time()))
                         raise AcquireTimeoutError(f"{self.label!r}: not granted within {timeout} s")
                     await self._sleep_until(due, reservation, loop)
+                    self._record(due, request.amounts)
                     self.last_wait = loop.time() - start
                     if request.slot:
                         self.in_flight += 1
@@ -174,21 +194,100 @@ class RedisStore:
         finally:
             self.queued.remove(due)
 
+    def _record(self, at: float, amounts: tuple[float, ...]) -> None:
+        """Remember a grant Redis made this process, for a stand-in to be charged with."""
+        granted = self._granted
+        granted.append((at, amounts))
+        if self._down_since is None:  # during an outage, keep them all (see _stand_in)
+            while granted and granted[0][0] <= at - self._horizon:
+                granted.popleft()
+
     async def _take_locally(
         self, request: Request, deadline: float | None, loop: asyncio.AbstractEventLoop
-    ) -> None:
+    ) -> bool:
+        """Wait in the local stand-in; whether it granted ``request`` (``False``: Redis
+        answers again, ask it)."""
         now = loop.time()
         if now >= self._warned + _WARN_EVERY:
             self._warned = now
             log.warning("Redis unreachable: limiting locally at a reduced share (%r)", self.label)
-        if self._local is None:
-            assert self._fallback is not None
-            self._local = self._fallback(self.backend.local_share)
-        local = self._local
-        alone = Request(request.amounts, False, request.seq)  # the cap stays in Redis
-        left = None if deadline is None else max(0.0, deadline - now)
-        ticket = await local.take(alone, left)
+        if self._down_since is None:
+            self._down_since = now
+        task = asyncio.current_task()
+        assert task is not None
+        self._local_tasks.add(task)
+        if self._probe is None or self._probe.done():
+            self._probe = loop.create_task(self._wait_for_redis(loop))
+        try:
+            local = self._local
+            if local is None:
+                # What Redis reserved this process before the outage is still being
+                # admitted: the stand-in starts once it all has been, charged with it.
+                until = max(self.queued, default=now)
+                if deadline is not None and until > deadline:
+                    await asyncio.sleep(max(0.0, deadline - now))
+                    raise AcquireTimeoutError(f"{self.label!r}: not granted in time (Redis down)")
+                if until > now:
+                    await asyncio.sleep(until - now)
+                local = self._local
+                if local is None:
+                    local = self._local = self._stand_in()
+            for dim, amount in zip(self.dims, request.amounts, strict=True):
+                if amount > local.limit(dim):
+                    raise BackendUnavailableError(
+                        f"{self.label!r}: {amount!r} of {dim!r} exceeds what the local "
+                        f"stand-in (local_share={self.backend.local_share!r}) can grant"
+                    )
+            alone = Request(request.amounts, False, request.seq)  # the cap stays in Redis
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            ticket = await local.take(alone, left)
+        except asyncio.CancelledError:
+            if task not in self._handed_back:
+                raise
+            self._handed_back.discard(task)
+            cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+            if cancelling is not None:
+                if cancelling() > 1:  # cancelled by its caller too
+                    raise
+                getattr(task, "uncancel")()  # noqa: B009 - Python 3.11+, as cancelling
+            return False
+        finally:
+            self._local_tasks.discard(task)
         local.release(alone, ticket)
+        return True
+
+    def _stand_in(self) -> MemoryStore:
+        """The local stand-in, charged with the grants Redis made this process: its
+        buckets start empty when the outage began, its windows hold what this process
+        was granted in them."""
+        assert self._fallback is not None
+        assert self._down_since is not None
+        local = self._fallback(self.backend.local_share)
+        local.prime(self._down_since, self._granted)
+        return local
+
+    async def _wait_for_redis(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Ask Redis whether it answers again while callers wait in the stand-in."""
+        while self._local_tasks:
+            await asyncio.sleep(_PROBE_EVERY)
+            with contextlib.suppress(BackendUnavailableError):
+                await self.backend.ping()
+                self._hand_back()
+                return
+
+    def _hand_back(self) -> None:
+        """Redis answers again: new requests go there, and the callers waiting in the
+        stand-in leave it to ask Redis."""
+        self._local = None
+        self._down_since = None
+        for task in self._local_tasks:
+            if task not in self._handed_back:
+                self._handed_back.add(task)
+                task.cancel()
+        self._local_tasks.clear()
+        probe, self._probe = self._probe, None
+        if probe is not None and probe is not asyncio.current_task():
+            probe.cancel()
 
     def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None:
         if ticket is None:  # granted by the local stand-in: nothing in Redis to correct
