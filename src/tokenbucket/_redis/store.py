@@ -199,7 +199,7 @@ class RedisStore:
         granted = self._granted
         granted.append((at, amounts))
         if self._down_since is None:  # during an outage, keep them all (see _stand_in)
-            while granted and granted[0][0] <= at - self._horizon:
+            while granted and granted[0][0] < at - self._horizon:
                 granted.popleft()
 
     async def _take_locally(
