@@ -65,7 +65,10 @@ class RedisBackend:
         on_error: what to do when Redis cannot be reached: ``"wait"`` (retry with
             exponential backoff up to ``max_backoff`` seconds, logging each failure),
             ``"raise"`` (:class:`BackendUnavailableError`) or ``"local"`` (limit with an
-            in-memory limiter at ``local_share`` of the rates until Redis is back).
+            in-memory limiter at ``local_share`` of the rates and bursts, charged with
+            what Redis granted this process, until Redis answers again; with N
+            processes and ``local_share <= 1/N`` the shared limit holds across the
+            outage: see "When Redis fails" in the Redis guide).
         lease_ttl: seconds a concurrency slot stays held if its process dies.
         batch_delay: the longest a request is held back to share a round trip with
             others, and only when the limiter's last reply showed that the request
