@@ -89,6 +89,10 @@ class MemoryStore:
         self._waiters.now()  # bind to the running loop first, so no rebase moves them
         self._multi.prime(since, grants)
 
+    def record(self, at: float, amounts: Sequence[float]) -> None:
+        """Charge a grant made elsewhere at ``at`` (a stand-in's, see ``prime``)."""
+        self._multi.record(at, amounts)
+
     def limit(self, dim: str) -> float:
         """The most one request may take of ``dim``."""
         return self._multi.limit(dim)

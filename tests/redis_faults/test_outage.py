@@ -13,6 +13,12 @@ those the stand-ins made: the bound docs/redis.md states. The one slack is ``LAG
 instant is recorded when the task resumes, after its grant by the wake-up (a window of
 recorded instants shortened by ``LAG`` holds no more than a window of true ones).
 
+For a sliding window the design allows one more thing (docs/redis.md, "the bound"): a
+stand-in knows only its own process's Redis grants, so a window may hold, on top of the
+limit, what processes were granted by Redis in it above their share (Redis grants in
+batches, so shares are uneven from one window to the next). The test computes that
+allowance per window from the records.
+
 After the restart, the stand-ins hand back: no local grant more than ``HAND_BACK``
 seconds after Redis answers again. (Redis restarted empty, so the windows across the
 return are not checked: see "When Redis fails" in docs/redis.md.)
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.redis._support import bucket_excess, window_peak
+from tests.redis._support import ROUNDING, bucket_excess, window_peak
 
 if TYPE_CHECKING:
     from tests.redis_faults.conftest import RedisServer
@@ -51,6 +58,26 @@ SHAPES: dict[str, tuple[float, float]] = {
     "SlidingWindow": (50, 1.0),  # 50 in any 1 s
     "TokenBucket": (100, 50),  # 100/s, bursts of 50: 50 + 100 T
 }
+
+
+def window_excess(
+    records: list[tuple[float, int, bool]], limit: float, window: float, share: float
+) -> tuple[int, float]:
+    """The most grants in any window ``[s, s + window)`` above ``limit`` plus what the
+    processes' Redis grants in it exceed their shares (``share * limit`` each), and the
+    count of that window."""
+    ordered = sorted(records)
+    worst, count = -math.inf, 0
+    for first, (start, _, _) in enumerate(ordered):
+        inside = [r for r in ordered[first:] if r[0] < start + window - ROUNDING]
+        by_process: dict[int, int] = {}
+        for _, process, remote in inside:
+            if remote:
+                by_process[process] = by_process.get(process, 0) + 1
+        allowed = limit + sum(max(0.0, n - share * limit) for n in by_process.values())
+        if len(inside) - allowed > worst:
+            worst, count = len(inside) - allowed, len(inside)
+    return count, worst
 
 
 async def run_outage(config: dict[str, Any], server: RedisServer) -> list[dict[str, Any]]:
@@ -100,14 +127,23 @@ async def test_failing_open_keeps_the_shared_limit(shape: str, redis_server: Red
     start, restarting, restarted = config["start_at"], config["restarting"], config["restarted"]
     killed = start + UP
     records = [(at, remote) for result in results for at, remote in result["records"]]
+    tagged = [
+        (at, process, remote)
+        for process, result in enumerate(results)
+        for at, remote in result["records"]
+        if at < restarting
+    ]
     before = sorted(at for at, _ in records if at < restarting)
     local = [at for at, remote in records if not remote]
     if shape == "SlidingWindow":
-        worst, bound = window_peak(before, p2 - LAG), p1
-        measure = f"most in any {p2 - LAG:g} s window: {worst} (limit {p1:g})"
+        worst = window_peak(before, p2 - LAG)
+        count, over = window_excess(tagged, p1, p2 - LAG, SHARE)
+        measure = (
+            f"most in any {p2 - LAG:g} s window: {worst} (limit {p1:g}); "
+            f"over the limit and the uneven shares' allowance: {over:g} (window of {count})"
+        )
     else:
         excess = bucket_excess(before, p1, p2 + p1 * LAG)
-        worst, bound = round(excess + p2 + p1 * LAG), p2 + p1 * LAG
         measure = f"worst excess over {p2:g} + {p1:g} T (+{p1 * LAG:g}): {excess:g}"
     print(
         f"\n{shape}: {len(records)} grants, {len(local)} local, by {PROCESSES} processes "
@@ -118,7 +154,7 @@ async def test_failing_open_keeps_the_shared_limit(shape: str, redis_server: Red
 
     # The limit holds over every window up to the restart, across the failure.
     if shape == "SlidingWindow":
-        assert worst <= bound
+        assert over <= 0
     else:
         assert excess <= 0
 

@@ -304,16 +304,21 @@ class MultiState:
         ``since``, and ``grants`` made elsewhere (instant, amount per dimension, in order
         of instant, none later than now) charged at their instants (to a bucket, those
         after ``since``; to a window, all)."""
-        grants = list(grants)
-        for _meter, core, index in self._pairs:
-            bucket = isinstance(core, BucketState)
+        for _meter, core, _index in self._pairs:
             if isinstance(core, BucketState):
                 core.empty(since)
-            for at, amounts in grants:
-                if amounts[index] > 0 and not (bucket and at <= since):
-                    core.charge(amounts[index], at)
-                    if at > self.seen:
-                        self.seen = at
+        for at, amounts in grants:
+            self.record(at, amounts, since)
+
+    def record(self, at: float, amounts: Sequence[float], since: float = -_INF) -> None:
+        """Charge a grant made elsewhere at ``at`` (to a bucket only if after ``since``;
+        a window that has seen a later instant counts it from there)."""
+        for _meter, core, index in self._pairs:
+            amount = amounts[index]
+            if amount > 0 and not (isinstance(core, BucketState) and at <= since):
+                core.charge(amount, at)
+        if at > self.seen:
+            self.seen = at
 
     def rebase(self, now: float, meters: Iterable[Meter] | None = None) -> None:
         """Continue on a clock with another origin, as if no time had passed: the pause

@@ -194,10 +194,14 @@ class RedisStore:
         finally:
             self.queued.remove(due)
 
-    def _record(self, at: float, amounts: tuple[float, ...]) -> None:
-        """Remember a grant Redis made this process, for a stand-in to be charged with."""
+    def _record(self, at: float, amounts: tuple[float, ...], *, local: bool = False) -> None:
+        """Remember a grant this process admitted (Redis's, or with ``local`` the
+        stand-in's), for a stand-in to be charged with: a stand-in made again after a
+        short return of Redis still counts what the one before it granted."""
         granted = self._granted
         granted.append((at, amounts))
+        if not local and self._local is not None:  # after the stand-in was made
+            self._local.record(at, amounts)
         if self._down_since is None:  # during an outage, keep them all (see _stand_in)
             while granted and granted[0][0] < at - self._horizon:
                 granted.popleft()
@@ -254,6 +258,7 @@ class RedisStore:
         finally:
             self._local_tasks.discard(task)
         local.release(alone, ticket)
+        self._record(loop.time(), request.amounts, local=True)
         return True
 
     def _stand_in(self) -> MemoryStore:
