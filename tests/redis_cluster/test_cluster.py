@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
@@ -32,8 +32,8 @@ def client_for(cluster: Cluster) -> RedisCluster:
     return RedisCluster(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
 
 
-async def backend_on(cluster: Cluster, **options: object) -> tb.RedisBackend:
-    backend = tb.RedisBackend(client_for(cluster), prefix=PREFIX, **options)  # type: ignore[arg-type]
+async def backend_on(cluster: Cluster, **options: Any) -> tb.RedisBackend:
+    backend = tb.RedisBackend(client_for(cluster), prefix=PREFIX, **options)
     await backend.ping()
     return backend
 
