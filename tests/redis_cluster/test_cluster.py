@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from .conftest import Cluster
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.timeout(120)]
 
 PREFIX = "clustered"
 
@@ -82,6 +82,7 @@ async def admit_all(acquire: object, count: int) -> list[float]:
     return times
 
 
+@pytest.mark.asyncio
 async def test_a_token_bucket_admits_at_its_rate(
     backend: tb.RedisBackend, cluster: Cluster
 ) -> None:
@@ -96,6 +97,7 @@ async def test_a_token_bucket_admits_at_its_rate(
     assert len(slots_of(cluster, "bucket")) == 1
 
 
+@pytest.mark.asyncio
 async def test_a_sliding_window_admits_its_limit_per_window(
     backend: tb.RedisBackend, cluster: Cluster
 ) -> None:
@@ -109,6 +111,7 @@ async def test_a_sliding_window_admits_its_limit_per_window(
     assert len(slots_of(cluster, "window")) == 1
 
 
+@pytest.mark.asyncio
 async def test_a_limiter_with_every_limit_and_settle(
     backend: tb.RedisBackend, cluster: Cluster
 ) -> None:
@@ -144,6 +147,7 @@ async def test_a_limiter_with_every_limit_and_settle(
     assert len(slots_of(cluster, "limiter")) == 1
 
 
+@pytest.mark.asyncio
 async def test_a_group_with_shared_limits_keeps_one_slot(
     backend: tb.RedisBackend, cluster: Cluster
 ) -> None:
@@ -164,6 +168,7 @@ async def test_a_group_with_shared_limits_keeps_one_slot(
     assert len(cluster.all_keys()) > 0
 
 
+@pytest.mark.asyncio
 async def test_a_failover_of_the_limiters_master_is_survived(
     fresh_cluster: Cluster,
 ) -> None:
@@ -217,3 +222,42 @@ async def test_a_failover_of_the_limiters_master_is_survived(
     assert cluster.master_of(slot) != victim  # its replica took over
     # docs/redis.md: the state may be lost with the master; up to one more burst.
     assert worst_after <= 2 * capacity + rate * 1.0 + 1
+
+
+def test_one_backend_serves_successive_event_loops(cluster: Cluster) -> None:
+    backend = tb.RedisBackend(client_for(cluster), prefix=PREFIX)
+    bucket = tb.TokenBucket(rate=100, capacity=10, backend=backend, key="loops")
+
+    async def use() -> None:
+        for _ in range(3):
+            await bucket.acquire(1)
+
+    for _ in range(3):  # each loop's connections closed when asyncio.run ends it
+        asyncio.run(use())
+
+    async def finish() -> None:
+        await close(backend)
+
+    asyncio.run(finish())
+
+
+@pytest.mark.asyncio
+async def test_slot_waits_stay_under_the_cluster_clients_read_timeout(
+    backend: tb.RedisBackend,
+) -> None:
+    # The client has a 2 s read timeout: a BLPOP must come back before it.
+    assert 0 < backend._block_for < 2.0
+
+
+@pytest.mark.parametrize(
+    "error",
+    ["ClusterDownError", "MasterDownError", "TryAgainError", "SlotNotCoveredError"],
+)
+def test_a_failover_in_progress_is_an_outage(error: str) -> None:
+    import redis.exceptions
+
+    from tokenbucket._redis import _scripts
+
+    exc = getattr(redis.exceptions, error)("failing over")
+    assert _scripts.is_outage(exc)
+    assert isinstance(_scripts.translate(exc, PREFIX), tb.BackendUnavailableError)
