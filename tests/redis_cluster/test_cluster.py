@@ -169,20 +169,37 @@ async def test_a_group_with_shared_limits_keeps_one_slot(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["bucket", "limiter"])
 async def test_a_failover_of_the_limiters_master_is_survived(
-    fresh_cluster: Cluster,
+    fresh_cluster: Cluster, kind: str
 ) -> None:
     cluster = fresh_cluster
     rate, capacity = 20.0, 5
     backend = await backend_on(cluster, on_error="wait", max_backoff=0.5)
-    bucket = tb.TokenBucket(rate=rate, capacity=capacity, backend=backend, key="fail")
     loop = asyncio.get_running_loop()
     times: list[float] = []
     stop = False
+    if kind == "bucket":
+        bucket = tb.TokenBucket(rate=rate, capacity=capacity, backend=backend, key="fail")
+
+        async def admit() -> None:
+            await bucket.acquire(1)
+    else:
+        # A burst of ``capacity`` requests, at ``rate`` a second, two at a time.
+        limiter = tb.Limiter(
+            requests_per_second=tb.Rate(rate, 1.0, burst=capacity),
+            max_concurrency=2,
+            backend=backend,
+            key="fail",
+        )
+
+        async def admit() -> None:
+            async with limiter.acquire() as lease:
+                lease.settle(requests=1)
 
     async def worker() -> None:
         while not stop:
-            await bucket.acquire(1)
+            await admit()
             times.append(loop.time())
 
     workers = [asyncio.create_task(worker()) for _ in range(4)]
