@@ -11,6 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
+import redis.asyncio as aioredis
 
 import tokenbucket as tb
 from tokenbucket._redis import RedisBackend
@@ -31,6 +32,7 @@ TOL = 0.5  # a reconnect and a round trip, on a loaded test machine
 
 async def test_the_backends_own_client_has_timeouts() -> None:
     backend = RedisBackend("redis://127.0.0.1:1/0")
+    assert isinstance(backend.client, aioredis.Redis)
     options = backend.client.connection_pool.connection_kwargs
     assert options["socket_timeout"] == READ_TIMEOUT
     assert options["socket_connect_timeout"] == CONNECT_TIMEOUT
@@ -38,6 +40,7 @@ async def test_the_backends_own_client_has_timeouts() -> None:
     await backend.aclose()
     # The URL's own settings win.
     backend = RedisBackend("redis://127.0.0.1:1/0?socket_timeout=0.5")
+    assert isinstance(backend.client, aioredis.Redis)
     assert backend.client.connection_pool.connection_kwargs["socket_timeout"] == 0.5
     await backend.aclose()
 

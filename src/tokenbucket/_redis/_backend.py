@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Coroutine, Sequence
 
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
 
     from .._backend import StoreSpec
+    from ._scripts import Client
 
 __all__ = ["RedisBackend", "default_url"]
 
@@ -80,7 +82,7 @@ class RedisBackend:
 
     def __init__(
         self,
-        client: aioredis.Redis | str,
+        client: aioredis.Redis | RedisCluster | str,
         *,
         prefix: str = "tokenbucket",
         time_source: Literal["server", "client"] = "server",
@@ -184,7 +186,7 @@ class RedisBackend:
         with contextlib.suppress(StopIteration):
             self._closer.asend(None).send(None)
 
-    async def _connections(self) -> aioredis.Redis:
+    async def _connections(self) -> Client:
         """The client, once it holds no connection of an earlier loop."""
         self.running_loop()
         if self._stale:
@@ -192,7 +194,7 @@ class RedisBackend:
             # A loop that ended without closing them (not by asyncio.run): their
             # sockets cannot be closed any more, only dropped.
             with contextlib.suppress(Exception):
-                await self.client.connection_pool.disconnect()
+                await _disconnect(self.client)
         return self.client
 
     def open(self, spec: StoreSpec) -> RedisStore:
@@ -208,12 +210,10 @@ class RedisBackend:
         """Check that Redis answers; raise :class:`BackendUnavailableError` if not, and
         :class:`BackendConfigurationError` if it refuses the credentials or the database
         index."""
-        from redis.exceptions import RedisError
-
         client = await self._connections()
         try:
             await client.ping()
-        except (RedisError, OSError) as exc:
+        except _scripts.errors() as exc:
             raise _scripts.translate(exc, self.prefix) from exc
 
     async def aclose(self, *, grace: float = 0.5) -> None:
@@ -454,14 +454,25 @@ _NOT_ASYNCIO: Final = (
 )
 
 
-async def _close_at_shutdown(client: aioredis.Redis) -> AsyncGenerator[None, None]:
+async def _close_at_shutdown(client: Client) -> AsyncGenerator[None, None]:
     """Started in a loop, closed by the loop's ``shutdown_asyncgens``: then close the
     client's connections, while the loop can still close their sockets."""
     try:
         yield
     finally:
         with contextlib.suppress(Exception):
-            await client.connection_pool.disconnect()
+            await _disconnect(client)
+
+
+async def _disconnect(client: Client) -> None:
+    """Close the client's connections; it opens new ones when next used. A cluster
+    client has no pool: closing it closes every node's connections, and it finds the
+    cluster's nodes again at its next command."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        await pool.disconnect()
+    else:
+        await client.aclose()
 
 
 _CLIENT_OPTIONS: Final[dict[str, Any]] = {
@@ -475,10 +486,11 @@ def _longest_block(client: Any) -> float:
     """The longest ``BLPOP`` that ``client`` reads the reply of: under its read timeout
     (with a margin for the round trip), at most a minute."""
     pool = getattr(client, "connection_pool", None)
-    options = getattr(pool, "connection_kwargs", None)
+    # A cluster client has no pool: its nodes' connections take its connection_kwargs.
+    options = getattr(pool or client, "connection_kwargs", None)
     if isinstance(options, dict) and "socket_timeout" in options:
         read_timeout = options["socket_timeout"]
-    else:  # a client made without one (or a cluster): redis-py's default, if it has one
+    else:  # a client made without one: redis-py's default, if it has one
         import inspect
 
         from redis.asyncio.connection import Connection

@@ -25,10 +25,21 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
 
+    # A client of one Redis, or of a Redis Cluster.
+    Client = aioredis.Redis | RedisCluster
     ScriptCall = Callable[[str, Sequence[str], Sequence[Any]], Awaitable[Any]]
 
-__all__ = ["PRELUDES", "Scripts", "is_outage", "source", "translate", "with_policy"]
+__all__ = [
+    "PRELUDES",
+    "Scripts",
+    "errors",
+    "is_outage",
+    "source",
+    "translate",
+    "with_policy",
+]
 
 log = logging.getLogger("tokenbucket.redis")
 
@@ -57,7 +68,7 @@ class Scripts:
 
     __slots__ = ("_sha", "client", "prefix", "round_trips")
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: Client, prefix: str) -> None:
         self.client = client
         self.prefix = prefix  # for messages
         self.round_trips = 0  # EVALSHA and SCRIPT LOAD calls made
@@ -81,16 +92,44 @@ class Scripts:
         return await self.client.evalsha(sha, len(keys), *keys, *args)
 
 
+def errors() -> tuple[type[BaseException], ...]:
+    """What redis-py raises when Redis (or a Redis Cluster) fails or refuses a call: a
+    cluster client's own errors (no node serves a slot, none answers) are not
+    ``RedisError``s."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    return (RedisError, RedisClusterException, OSError)
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` means Redis is out of reach for now (worth retrying), rather than
-    refusing what the limiter asks (a wrong password or a missing permission)."""
-    from redis.exceptions import AuthenticationError, AuthorizationError
+    refusing what the limiter asks (a wrong password or a missing permission). On a
+    Redis Cluster, a failover in progress is an outage too: the cluster is down
+    (``CLUSTERDOWN``, ``MASTERDOWN``), asks to try again (``TRYAGAIN``), or the client
+    finds no node for a slot or none that answers."""
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthorizationError,
+        ClusterDownError,
+        RedisClusterUnreachableError,
+        SlotNotCoveredError,
+        TryAgainError,
+    )
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     if isinstance(exc, AuthenticationError | AuthorizationError):
         return False  # redis-py makes them ConnectionErrors
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError)
+    return isinstance(
+        exc,
+        RedisConnectionError
+        | RedisTimeoutError
+        | OSError
+        | ClusterDownError
+        | TryAgainError
+        | SlotNotCoveredError
+        | RedisClusterUnreachableError,
+    )
 
 
 def translate(exc: BaseException, prefix: str) -> BackendError:
@@ -148,13 +187,12 @@ async def with_policy(
     retry with exponential backoff (``"wait"``) or raise :class:`BackendUnavailableError`
     (``"raise"``, and ``"local"``: its caller limits locally). Any other error of Redis
     is raised at once as the library's (see :func:`translate`)."""
-    from redis.exceptions import RedisError
-
+    failures = errors()
     delay = 0.05
     while True:
         try:
             return await call(name, keys, args)
-        except (RedisError, OSError) as exc:  # noqa: PERF203
+        except failures as exc:  # noqa: PERF203
             if on_error != "wait" or not is_outage(exc):
                 raise translate(exc, prefix) from exc
             log.warning("Redis unreachable (%s); retrying in %.2f s", exc, delay)

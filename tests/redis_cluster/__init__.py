@@ -1,0 +1,1 @@
+"""Tests against a real Redis Cluster that the tests start (see ``conftest.py``)."""
