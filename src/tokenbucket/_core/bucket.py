@@ -168,11 +168,18 @@ class BucketState:
         """Continue on a clock with another origin, as if no time had passed."""
         self._stamp = now
 
-    def empty(self, now: float) -> None:
-        """Start over empty at ``now`` (a stand-in that must earn what it grants)."""
+    def stand_in(self, since: float) -> None:
+        """Start as a stand-in for a limit shared elsewhere: empty at ``since``, as if
+        everything up to then had been granted there (it must earn what it grants)."""
         self._level = 0.0
-        self._stamp = now
-        self._was = (0.0, now, self._taken)
+        self._stamp = since
+        self._was = (0.0, since, self._taken)
+
+    def charge_elsewhere(self, amount: float, at: float, since: float) -> None:
+        """Charge a grant made elsewhere at ``at``; one not after ``since`` is already in
+        the empty start (see :meth:`stand_in`)."""
+        if at > since:
+            self.charge(amount, at)
 
     def __repr__(self) -> str:
         return (

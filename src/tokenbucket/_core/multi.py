@@ -305,8 +305,7 @@ class MultiState:
         of instant, none later than now) charged at their instants (to a bucket, those
         after ``since``; to a window, all)."""
         for _meter, core, _index in self._pairs:
-            if isinstance(core, BucketState):
-                core.empty(since)
+            core.stand_in(since)
         for at, amounts in grants:
             self.record(at, amounts, since)
 
@@ -315,8 +314,8 @@ class MultiState:
         a window that has seen a later instant counts it from there)."""
         for _meter, core, index in self._pairs:
             amount = amounts[index]
-            if amount > 0 and not (isinstance(core, BucketState) and at <= since):
-                core.charge(amount, at)
+            if amount > 0:
+                core.charge_elsewhere(amount, at, since)
         if at > self.seen:
             self.seen = at
 

@@ -299,6 +299,15 @@ class WindowLog:
             total[j] -= amount
         return amount
 
+    def stand_in(self, since: float) -> None:
+        """Start as a stand-in for a limit shared elsewhere: nothing to change, since a
+        window is charged with the grants made there themselves (:meth:`charge_elsewhere`)."""
+
+    def charge_elsewhere(self, amount: float, at: float, since: float) -> None:
+        """Charge a grant made elsewhere at ``at`` (whenever it was: a window counts it
+        for as long as it is inside)."""
+        self.charge(amount, at)
+
     def rebase(self, now: float) -> None:
         """Continue on a clock with another origin, as if no time had passed.
 
