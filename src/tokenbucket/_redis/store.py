@@ -153,7 +153,8 @@ class RedisStore:
                         await asyncio.sleep(max(0.0, deadline - loop.time()))
                         raise AcquireTimeoutError(f"{self.label!r}: not granted within {timeout} s")
                     await self._sleep_until(due, reservation, loop)
-                    self._record(due, request.amounts)
+                    if backend.on_error == "local":  # only a stand-in needs them
+                        self._record(due, request.amounts)
                     self.last_wait = loop.time() - start
                     if request.slot:
                         self.in_flight += 1
