@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     import redis.asyncio as aioredis
 
-    from tokenbucket._redis import MeterSpec
+    from tokenbucket._redis._protocol import Shape
 
 DEFAULT_URL = "redis://127.0.0.1:6379/15"
 START_HINT = "redis-server --daemonize yes --port 6379 --save '' --appendonly no"
@@ -57,23 +57,9 @@ class RecordingBackend(RedisBackend):
         )
 
     async def reserve(
-        self,
-        meters: Sequence[MeterSpec],
-        amounts: Sequence[float],
-        *,
-        deadline: float | None,
-        pause_key: str = "",
-        slots_key: str = "",
-        slot_max: int = 0,
+        self, shape: Shape, amounts: Sequence[float], *, deadline: float | None
     ) -> tuple[int, float, Reservation]:
-        result = await super().reserve(
-            meters,
-            amounts,
-            deadline=deadline,
-            pause_key=pause_key,
-            slots_key=slots_key,
-            slot_max=slot_max,
-        )
+        result = await super().reserve(shape, amounts, deadline=deadline)
         status, wait, reservation = result
         if status == 1:
             grant = Grant(reservation.at, reservation.at - wait, reservation)

@@ -24,8 +24,13 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.timeout(60)]
 
 HANG = 10.0
-# Where the first request's deadline is in a reserve call's ARGV.
-DEADLINE = len(RESERVE.head) + RESERVE.groups[0].fields.index("deadline")
+# Where the first request's deadline is in a reserve call's ARGV (one shape, one meter).
+DEADLINE = (
+    len(RESERVE.head)
+    + RESERVE.groups[0].stride
+    + RESERVE.groups[1].stride
+    + RESERVE.groups[2].fields.index("deadline")
+)
 
 
 async def saturate(bucket: tb.TokenBucket, tasks: int, seconds: float) -> tuple[int, list[float]]:

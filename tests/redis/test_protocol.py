@@ -34,6 +34,7 @@ from tokenbucket._redis._protocol import (
     MeterSpec,
     Reply,
     Reservation,
+    Shape,
 )
 
 if TYPE_CHECKING:
@@ -199,8 +200,9 @@ def read(name: str, keys: list[str], args: list[Any]) -> dict[str, Any]:
         return items
 
     out = fields(layout.head)
-    if layout.groups:
-        out[layout.groups[0].unit + "[]"] = groups(0, int(out[layout.groups[0].count]))
+    for level, group in enumerate(layout.groups):
+        if group.count in layout.head:  # not nested: counted by the head
+            out[group.unit + "[]"] = groups(level, int(out[group.count]))
     out.update(fields(layout.tail))
     assert pos == len(args), "ARGV has more than the layout"
     # Fixed keys, by name; every other key is named by an index field.
@@ -217,129 +219,103 @@ def read(name: str, keys: list[str], args: list[Any]) -> dict[str, Any]:
     return out
 
 
+def _spec(meter: MeterSpec) -> dict[str, Any]:
+    return {"kind": meter.kind, "key": meter.key, "p1": repr(meter.p1), "p2": repr(meter.p2)}
+
+
 def _meter(meter: MeterSpec, amount: float, member: str) -> dict[str, Any]:
-    return {
-        "kind": meter.kind,
-        "key": meter.key,
-        "p1": repr(meter.p1),
-        "p2": repr(meter.p2),
-        "amount": repr(amount),
-        "member": member,
-    }
+    return {**_spec(meter), "amount": repr(amount), "member": member}
 
 
 _numbers = st.floats(min_value=0.001, max_value=1e6, allow_nan=False)
 _meter_specs = st.builds(
     MeterSpec,
     kind=st.sampled_from(["b", "w"]),
-    key=st.sampled_from(["{p:a}:0", "{p:a}:1", "{p:b}:0", "{p:a}:pause"]),
+    key=st.sampled_from(["{p:a}:0", "{p:a}:1", "{p:a}:2", "{p:a}:pause"]),
     p1=_numbers,
     p2=_numbers,
+)
+_shapes = st.builds(
+    Shape,
+    meters=st.lists(_meter_specs, min_size=1, max_size=4).map(tuple),
+    pause_key=st.sampled_from(["", "{p:a}:pause"]),
+    slots_key=st.sampled_from(["", "{p:a}:slots", "{p:a}:0"]),
+    slot_max=st.integers(0, 5),
 )
 
 
 @st.composite
-def _requests(draw: st.DrawFn) -> dict[str, Any]:
-    meters = draw(st.lists(_meter_specs, min_size=1, max_size=4))
-    return {
-        "meters": meters,
-        "amounts": draw(st.lists(_numbers, min_size=len(meters), max_size=len(meters))),
-        "member": draw(st.sampled_from(["m1", "m2", "m3"])),
-        "pause_key": draw(st.sampled_from(["", "{p:a}:pause"])),
-        "slots_key": draw(st.sampled_from(["", "{p:a}:slots", "{p:a}:0"])),
-        "slot_max": draw(st.integers(0, 5)),
-        "lease": draw(st.sampled_from(["", "lease-1"])),
-        "lease_ttl": draw(st.sampled_from([300.0, 0.5])),
-        "left": draw(st.none() | st.floats(min_value=0, max_value=100)),
-    }
+def _requests(draw: st.DrawFn, shapes: list[Shape]) -> tuple[Shape, list[float], float | None]:
+    shape = draw(st.sampled_from(shapes))
+    size = len(shape.meters)
+    amounts = draw(st.lists(_numbers, min_size=size, max_size=size))
+    return shape, amounts, draw(st.none() | st.floats(min_value=0, max_value=100))
+
+
+@st.composite
+def _batches(draw: st.DrawFn) -> list[tuple[Shape, list[float], float | None]]:
+    shapes = draw(st.lists(_shapes, min_size=1, max_size=3))
+    return draw(st.lists(_requests(shapes), min_size=1, max_size=6))
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_requests(), min_size=1, max_size=5), st.sampled_from([SERVER_TIME, "12.5"]))
-def test_a_batch_reads_back_as_encoded(requests: list[dict[str, Any]], now: str) -> None:
-    encoded = []
-    for r in requests:
-        keys, args = _protocol.encode_request(
-            r["meters"],
-            r["amounts"],
-            r["member"],
-            pause_key=r["pause_key"],
-            slots_key=r["slots_key"],
-            slot_max=r["slot_max"],
-            lease=r["lease"],
-            lease_ttl=r["lease_ttl"],
-        )
-        assert len(keys) == len(set(keys))  # each key once per request
-        encoded.append((keys, args, r["left"]))
-    keys, args = _protocol.encode_batch(now, "{p:a}:call:c1", encoded)
+@given(_batches(), st.sampled_from([SERVER_TIME, "12.5"]), st.sampled_from([300.0, 0.5]))
+def test_a_batch_reads_back_as_encoded(
+    requests: list[tuple[Shape, list[float], float | None]], now: str, lease_ttl: float
+) -> None:
+    keys, args = _protocol.encode_batch(now, "c1", requests, lease_ttl)
+    assert len(keys) == len(set(keys))  # each key once
     got = read("reserve", keys, args)
     assert (got["now"], got["slack"], got["count"]) == (now, SLACK_MS, len(requests))
-    assert (got["call_key"], got["record_ttl"], got["undo"]) == (
+    assert (got["call_key"], got["call"], got["record_ttl"], got["undo"]) == (
         "{p:a}:call:c1",
+        "c1",
         _protocol.RECORD_TTL_MS,
         0,
     )
     # Undoing is the same call, with the undo flag set.
     undone = read("reserve", keys, _protocol.undo(args))
     assert undone == {**got, "undo": 1}
-    for request, r in zip(got["request[]"], requests, strict=True):
-        assert request.pop("meters") == len(r["meters"])
-        assert request.pop("deadline") == (-1 if r["left"] is None else r["left"])
-        assert request.pop("pause") == r["pause_key"]
-        assert request.pop("slots") == r["slots_key"]
-        assert request.pop("slot_max") == r["slot_max"]
-        assert request.pop("lease") == r["lease"]
-        assert request.pop("lease_ttl") == r["lease_ttl"]
-        meters = request.pop("meter[]")
-        assert not request
-        assert meters == [
-            _meter(m, a, r["member"]) for m, a in zip(r["meters"], r["amounts"], strict=True)
-        ]
+    # Each shape once, in the order of first use; the requests name theirs.
+    shapes = list({id(shape): shape for shape, _, _ in requests}.values())
+    assert got["shapes"] == len(shapes)
+    for sent, shape in zip(got["shape[]"], shapes, strict=True):
+        assert sent == {
+            "meters": len(shape.meters),
+            "pause": shape.pause_key,
+            "slots": shape.slots_key,
+            "slot_max": shape.slot_max,
+            "lease_ttl": lease_ttl,
+            "meter[]": [_spec(m) for m in shape.meters],
+        }
+    for sent, (shape, amounts, left) in zip(got["request[]"], requests, strict=True):
+        assert shapes[sent["shape"] - 1] is shape
+        assert sent["deadline"] == (-1 if left is None else left)
+        assert [float(a) for a in sent["amounts"].split(" ")] == amounts
 
 
-def test_the_batch_renumbers_each_requests_keys() -> None:
+def test_each_shape_and_key_is_sent_once() -> None:
     a = MeterSpec("b", "{p:a}:0", 2.0, 5.0)
-    b = MeterSpec("w", "{p:b}:0", 10.0, 1.0)
-    first = _protocol.encode_request(
-        [a],
-        [1.0],
-        "m1",
-        pause_key="{p:a}:pause",
-        slots_key="",
-        slot_max=0,
-        lease="",
-        lease_ttl=300.0,
-    )
-    second = _protocol.encode_request(
-        [b, a],
-        [1.0, 2.0],
-        "m2",
-        pause_key="",
-        slots_key="{p:b}:slots",
-        slot_max=3,
-        lease="l2",
-        lease_ttl=300.0,
-    )
-    # Within a request, indexes count from 1 in its own keys; the deadline comes later.
-    assert first == (
-        ["{p:a}:pause", "{p:a}:0"],
-        [1, -1, 1, 0, 0, "", 300.0, "b", 2, "2.0", "5.0", "1.0", "m1"],
-    )
-    record = _protocol.call_key(first[0], "c1")
-    assert record == "{p:a}:call:c1"
-    keys, args = _protocol.encode_batch(SERVER_TIME, record, [(*first, None), (*second, 0.25)])
-    assert keys == [record, "{p:a}:pause", "{p:a}:0", "{p:b}:slots", "{p:b}:0", "{p:a}:0"]
+    b = MeterSpec("w", "{p:a}:1", 10.0, 1.0)
+    first = Shape((a,), "{p:a}:pause")
+    second = Shape((b, a), "", "{p:a}:slots", 3)
+    requests = [(first, [1.0], None), (second, [1.0, 2.0], 0.25), (first, [0.5], None)]
+    keys, args = _protocol.encode_batch(SERVER_TIME, "c1", requests, 300.0)
+    assert _protocol.call_key(first.tag, "c1") == "{p:a}:call:c1"
+    assert keys == ["{p:a}:call:c1", "{p:a}:pause", "{p:a}:0", "{p:a}:slots", "{p:a}:1"]
     assert args == [
-        "", SLACK_MS, _protocol.RECORD_TTL_MS, 0, 2,
-        1, -1, 2, 0, 0, "", 300.0,
-        "b", 3, "2.0", "5.0", "1.0", "m1",
-        2, 0.25, 0, 4, 3, "l2", 300.0,
-        "w", 5, "10.0", "1.0", "1.0", "m2",
-        "b", 6, "2.0", "5.0", "2.0", "m2",
+        "", SLACK_MS, _protocol.RECORD_TTL_MS, 0, "c1", 2, 3,
+        1, 2, 0, 0, 300.0,
+        "b", 3, "2.0", "5.0",
+        2, 0, 4, 3, 300.0,
+        "w", 5, "10.0", "1.0",
+        "b", 3, "2.0", "5.0",
+        1, -1, "1.0",
+        2, 0.25, "1.0 2.0",
+        1, -1, "0.5",
     ]  # fmt: skip
-    # The requests as encoded are left as they were (a retry sends them again).
-    assert first[1][2] == 1
-    assert second[1][1] == -1
+    # Request r of the call is named so, in Redis and here.
+    assert [_protocol.member("c1", i) for i in range(3)] == ["c1.1", "c1.2", "c1.3"]
 
 
 _RESERVATION = Reservation(
@@ -354,7 +330,7 @@ _RESERVATION = Reservation(
 
 @pytest.mark.parametrize("lease", ["lease-1", ""])
 def test_a_give_back_reads_back_as_encoded(lease: str) -> None:
-    reservation = Reservation(**{**_RESERVATION.__dict__, "lease": lease})
+    reservation = _RESERVATION._replace(lease=lease)
     keys, args = _protocol.encode_give_back(SERVER_TIME, reservation)
     got = read("cancel", keys, args)
     assert got.pop("meter[]") == [
@@ -410,12 +386,14 @@ def test_a_release_reads_back_as_encoded() -> None:
 
 
 def test_replies_decode() -> None:
-    replies = [[1, b"0.5", b"1700000000.25"], [0, "2", "1700000000.25"], [3, b"0", b"{p:a}:0"]]
-    assert _protocol.decode_replies(replies) == [
+    keys = ["{p:a}:call:c1", "{p:a}:pause", "{p:a}:0"]
+    reply = b"1700000000.25 1 0.5 0 2 3 3"
+    assert _protocol.decode_replies(reply, keys) == [
         Reply(RESERVED, 0.5, 1700000000.25),
         Reply(PAST_DEADLINE, 2.0, 1700000000.25),
         Reply(WRONG_TYPE, 0.0, 0.0, "{p:a}:0"),
     ]
+    assert _protocol.decode_replies(reply.decode(), keys) == _protocol.decode_replies(reply, keys)
 
 
 # -- each script on Redis, through the encoders ----------------------------------------------
@@ -430,21 +408,16 @@ async def _call(backend: RecordingBackend, name: str, keys: list[str], args: lis
 
 
 async def _reserve(
-    backend: RecordingBackend, requests: list[tuple[list[str], list[Any], float | None]]
-) -> list[Any]:
-    record = _protocol.call_key(requests[0][0], uuid.uuid4().hex)
-    keys, args = _protocol.encode_batch(SERVER_TIME, record, requests)
+    backend: RecordingBackend, requests: list[tuple[Shape, list[float], float | None]]
+) -> tuple[str, list[Reply]]:
+    """The call's id and its replies."""
+    call = uuid.uuid4().hex
+    keys, args = _protocol.encode_batch(SERVER_TIME, call, requests, 300.0)
     raw = await _call(backend, "reserve", keys, args)
-    # A list with one {status, t - now, now} per request.
-    assert isinstance(raw, list)
-    assert len(raw) == len(requests)
-    for reply in raw:
-        assert isinstance(reply, list)
-        assert len(reply) == 3
-        assert isinstance(reply[0], int)
-        assert isinstance(reply[1], bytes)
-        assert isinstance(reply[2], bytes)
-    return raw
+    # One string: now, then a status and a number per request.
+    assert isinstance(raw, bytes)
+    assert len(raw.split()) == 1 + 2 * len(requests)
+    return call, _protocol.decode_replies(raw, keys)
 
 
 def _meters(backend: RecordingBackend) -> tuple[MeterSpec, MeterSpec]:
@@ -454,32 +427,20 @@ def _meters(backend: RecordingBackend) -> tuple[MeterSpec, MeterSpec]:
     )
 
 
-def _request(
-    meters: tuple[MeterSpec, ...], member: str, slots_key: str = "", lease: str = ""
-) -> tuple[list[str], list[Any]]:
-    return _protocol.encode_request(
-        meters,
-        [1.0] * len(meters),
-        member,
-        pause_key=meters[0].key + ":pause",
-        slots_key=slots_key,
-        slot_max=1,
-        lease=lease,
-        lease_ttl=300.0,
-    )
+def _shape(meters: tuple[MeterSpec, ...], slots_key: str = "") -> Shape:
+    return Shape(meters, meters[0].key + ":pause", slots_key, 1)
 
 
 async def _reserved(
-    backend: RecordingBackend,
-    meters: tuple[MeterSpec, ...],
-    member: str,
-    slots_key: str = "",
-    lease: str = "",
+    backend: RecordingBackend, meters: tuple[MeterSpec, ...], slots_key: str = ""
 ) -> Reservation:
     """A reservation made now of 1 on each of ``meters``."""
-    request = (*_request(meters, member, slots_key, lease), None)
-    (reply,) = _protocol.decode_replies(await _reserve(backend, [request]))
+    call, (reply,) = await _reserve(
+        backend, [(_shape(meters, slots_key), [1.0] * len(meters), None)]
+    )
     assert reply.status == RESERVED
+    member = _protocol.member(call, 0)
+    lease = member if slots_key else ""
     return Reservation(meters, (1.0,) * len(meters), member, reply.now, lease, slots_key)
 
 
@@ -490,15 +451,15 @@ async def test_reserve_replies_per_request(
     meters = _meters(redis_backend)
     slots = redis_backend.key("proto", "slots")
     before = await server_time(admin)
-    raw = await _reserve(
+    with_slot = _shape(meters, slots)
+    call, (first, second, third) = await _reserve(
         redis_backend,
         [
-            (*_request(meters, "m1", slots, "lease-1"), None),  # reserved now
-            (*_request(meters, "m2"), 0.5),  # not within 0.5 s: the window is full
-            (*_request(meters[:1], "m3", slots, "lease-2"), None),  # the one slot is taken
+            (with_slot, [1.0, 1.0], None),  # reserved now
+            (_shape(meters), [1.0, 1.0], 0.5),  # not within 0.5 s: the window is full
+            (_shape(meters[:1], slots), [1.0], None),  # the one slot is taken
         ],
     )
-    first, second, third = _protocol.decode_replies(raw)
     assert first.status == RESERVED
     assert first.wait == 0
     assert before - ROUNDING <= first.now <= await server_time(admin) + ROUNDING
@@ -506,12 +467,15 @@ async def test_reserve_replies_per_request(
     assert second.wait == pytest.approx(60.0, abs=ROUNDING)
     assert third.status == NO_SLOT
     assert third.now + third.wait == pytest.approx(first.now + 300.0, abs=ROUNDING)
+    # The first request's id names its window entry, its bucket's latest and its lease.
+    member = _protocol.member(call, 0)
+    assert await admin.zrange(slots, 0, -1) == [member]
+    assert await admin.get(meters[0].key + ":last") == member
+    assert await admin.zrange(meters[1].key, 0, -1) == [f"{member}:1"]
     # A key holding something else is named, and nothing is taken.
     await admin.rpush(redis_backend.key("proto", "list"), "x")
     other = MeterSpec("b", redis_backend.key("proto", "list"), 1.0, 1.0)
-    (wrong,) = _protocol.decode_replies(
-        await _reserve(redis_backend, [(*_request((other,), "m4"), None)])
-    )
+    _, (wrong,) = await _reserve(redis_backend, [(_shape((other,)), [1.0], None)])
     assert wrong == Reply(WRONG_TYPE, 0.0, 0.0, other.key)
 
 
@@ -521,7 +485,7 @@ async def test_cancel_replies_with_the_meters_given_back(
 ) -> None:
     meters = _meters(redis_backend)
     slots = redis_backend.key("proto", "slots")
-    reservation = await _reserved(redis_backend, meters, "m1", slots, "lease-1")
+    reservation = await _reserved(redis_backend, meters, slots)
     keys, args = _protocol.encode_give_back(SERVER_TIME, reservation)
     assert await _call(redis_backend, "cancel", keys, args) == 2
     assert await admin.zcard(slots) == 0
@@ -532,7 +496,7 @@ async def test_cancel_replies_with_the_meters_given_back(
 @pytest.mark.asyncio
 async def test_adjust_replies_1(redis_backend: RecordingBackend, admin: aioredis.Redis) -> None:
     meters = _meters(redis_backend)
-    reservation = await _reserved(redis_backend, meters, "m1")
+    reservation = await _reserved(redis_backend, meters)
     keys, args = _protocol.encode_adjust(SERVER_TIME, reservation, [1.0, 0.25])
     assert await _call(redis_backend, "adjust", keys, args) == 1
     entries = await admin.zrange(meters[1].key, 0, -1)
@@ -561,7 +525,7 @@ async def test_release_replies_with_the_lease_removed(
 ) -> None:
     meters = _meters(redis_backend)
     slots = redis_backend.key("proto", "slots")
-    reservation = await _reserved(redis_backend, meters[:1], "m1", slots, "lease-1")
+    reservation = await _reserved(redis_backend, meters[:1], slots)
     await admin.zadd(slots, {"lease-2": await server_time(admin) + 300})  # another holder
     keys, args = _protocol.encode_release(slots, [reservation.lease, "lease-2"], 300.0)
     assert await _call(redis_backend, "release", keys, args) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ from .._errors import (
 )
 from . import _protocol, _scripts
 from ._batch import Batcher
-from ._protocol import RESERVED, WRONG_TYPE, MeterSpec, Reply, Reservation
+from ._protocol import RESERVED, WRONG_TYPE, MeterSpec, Reply, Reservation, Shape
 from ._releases import Releases
 from ._tasks import Background
 from .store import RedisStore
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
 
     from .._backend import StoreSpec
+    from ._batch import Pending
     from ._scripts import Client
 
 __all__ = ["RedisBackend", "default_url"]
@@ -137,13 +139,18 @@ class RedisBackend:
         self._block_for = _longest_block(client)
         self._refused_blocking = False  # warned once that BLPOP is refused
         self._background = Background()
-        self._batch = Batcher(self._reserve_batch, float(batch_delay), self._background)
+        self._batch = Batcher(
+            self._reserve_batch, self._lost_reply, float(batch_delay), self._background
+        )
         # The asyncio loop the client's connections belong to, whether they may hold
         # some of an earlier loop, and what closes them when asyncio.run ends the loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stale = False
         self._closer: AsyncGenerator[None, None] | None = None
         self._undoing = 0  # reserve calls being undone (see _reserve_batch)
+        # Reserve calls are named by this backend's id and a count (see reserve.lua).
+        self._id = uuid.uuid4().hex + "-"
+        self._calls = itertools.count()
         self._undo_warned = False
         self._releases = Releases(self._release_batch, self._background)
 
@@ -177,7 +184,9 @@ class RedisBackend:
         self._stale = self._loop is not None
         self._loop = loop
         self._background = Background()
-        self._batch = Batcher(self._reserve_batch, self._batch.delay, self._background)
+        self._batch = Batcher(
+            self._reserve_batch, self._lost_reply, self._batch.delay, self._background
+        )
         self._releases = Releases(self._release_batch, self._background)
         # asyncio.run closes the loop's async generators while the loop still runs
         # (shutdown_asyncgens): this one closes the connections then. It is started
@@ -253,11 +262,11 @@ class RedisBackend:
         )
 
     async def _reserve_batch(
-        self, requests: Sequence[tuple[list[str], list[Any], float | None]]
-    ) -> list[Reply]:
-        # A retry sends the same call (its key names it): charged once if it had run.
-        record = _protocol.call_key(requests[0][0], uuid.uuid4().hex)
-        keys, args = _protocol.encode_batch(self._now_arg(), record, requests)
+        self, requests: Sequence[tuple[Shape, Sequence[float], float | None]]
+    ) -> tuple[str, list[Reply]]:
+        # A retry sends the same call (its id names it): charged once if it had run.
+        call = f"{self._id}{next(self._calls)}"
+        keys, args = _protocol.encode_batch(self._now_arg(), call, requests, self.lease_ttl)
         try:
             replies = await self._with_policy("reserve", keys, args)
         except BackendUnavailableError:
@@ -265,7 +274,12 @@ class RedisBackend:
             # so what it reserved must not count.
             self._undo_later(keys, args)
             raise
-        return _protocol.decode_replies(replies)
+        return call, _protocol.decode_replies(replies, keys)
+
+    def _lost_reply(self, pending: Pending, member: str, reply: Reply) -> None:
+        """A reservation whose caller left while its call was out: given back."""
+        if reply.status == RESERVED:
+            self.spawn(self.give_back(_reservation(pending.shape, pending.amounts, member, reply)))
 
     def _undo_later(self, keys: list[str], args: list[Any]) -> None:
         if self._undoing >= _MAX_UNDOING:
@@ -320,16 +334,9 @@ class RedisBackend:
         return True
 
     async def reserve(
-        self,
-        meters: Sequence[MeterSpec],
-        amounts: Sequence[float],
-        *,
-        deadline: float | None,
-        pause_key: str = "",
-        slots_key: str = "",
-        slot_max: int = 0,
+        self, shape: Shape, amounts: Sequence[float], *, deadline: float | None
     ) -> tuple[int, float, Reservation]:
-        """Reserve ``amounts`` on ``meters`` at their earliest common instant.
+        """Reserve ``amounts`` on ``shape``'s meters at their earliest common instant.
 
         ``deadline`` is an instant on the running loop's clock, or ``None``. Returns
         ``(status, wait, reservation)``: status 1 reserved (sleep ``wait`` seconds, then
@@ -337,39 +344,24 @@ class RedisBackend:
         (nothing taken; ``wait`` is when the first lease expires). Requests of this
         process share round trips.
         """
-        member = uuid.uuid4().hex
-        lease = uuid.uuid4().hex if slots_key else ""
-        keys, args = _protocol.encode_request(
-            meters,
-            amounts,
-            member,
-            pause_key=pause_key,
-            slots_key=slots_key,
-            slot_max=slot_max,
-            lease=lease,
-            lease_ttl=self.lease_ttl,
-        )
-
-        def reserved(reply: Reply) -> Reservation:
-            at = reply.now + reply.wait
-            return Reservation(tuple(meters), tuple(amounts), member, at, lease, slots_key)
-
-        def lost(reply: Reply) -> None:
-            # Cancelled while the round trip was in flight: give back what it reserved.
-            if reply.status == RESERVED:
-                self.spawn(self.give_back(reserved(reply)))
-
-        reply, arrived = await self._batch.submit(keys, args, deadline, lost)
+        batch = self._batch
+        pending = batch.submit(shape, amounts, deadline)
+        try:
+            reply, arrived, member = await pending.future
+        except asyncio.CancelledError:
+            batch.withdraw(pending)  # what it reserved, if anything, is given back
+            raise
         if reply.status == WRONG_TYPE:
             raise BackendError(
                 f"the key {reply.key!r} holds a value of the wrong type; is another "
                 f"program using the prefix {self.prefix!r}?"
             )
+        reservation = _reservation(shape, amounts, member, reply)
         if reply.status != RESERVED:
-            return reply.status, reply.wait, reserved(reply)
+            return reply.status, reply.wait, reservation
         # What is left of the wait now, on the local clock.
-        left = reply.wait - (self.running_loop().time() - arrived)
-        return reply.status, max(0.0, left), reserved(reply)
+        left = reply.wait - (asyncio.get_running_loop().time() - arrived)
+        return reply.status, left if left > 0.0 else 0.0, reservation
 
     async def give_back(self, reservation: Reservation) -> None:
         """Return a reservation whose caller left before its instant (best effort)."""
@@ -443,6 +435,12 @@ class RedisBackend:
             f"<RedisBackend prefix={self.prefix!r} time={self.time_source} "
             f"on_error={self.on_error}>"
         )
+
+
+def _reservation(shape: Shape, amounts: Sequence[float], member: str, reply: Reply) -> Reservation:
+    lease = member if shape.slots_key else ""
+    at = reply.now + reply.wait
+    return Reservation(shape.meters, tuple(amounts), member, at, lease, shape.slots_key)
 
 
 _get_running_loop: Final = asyncio.events._get_running_loop  # None, not an error

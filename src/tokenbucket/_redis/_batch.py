@@ -8,24 +8,31 @@ time left until that instant) before they are sent: they could not be admitted e
 anyway, and requests arriving one by one at the admission rate then share a call too.
 
 A request taken back before it is sent was never reserved; one taken back while its call
-is in flight is reported (``on_lost``) once the reply comes, to be given back.
+is in flight is reported (``on_lost``) once the reply comes, to be given back. Callers
+await the request's future itself (no task, no shield per request): cancelling the
+caller cancels the future, and :meth:`Batcher.withdraw` says what that left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
-from ._protocol import RESERVED, Reply
+from ._protocol import RESERVED, Reply, Shape, member
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from ._tasks import Background
 
-    # One call for the requests ``(keys, args, seconds left until the deadline)``.
-    Send = Callable[[Sequence[tuple[list[str], list[Any], float | None]]], Awaitable[list[Reply]]]
+    # One call for the requests ``(shape, amounts, seconds left until the deadline)``:
+    # the call's id and its replies.
+    Send = Callable[
+        [Sequence[tuple[Shape, Sequence[float], float | None]]], Awaitable[tuple[str, list[Reply]]]
+    ]
+    # A reply that reached no one: (the request, its reservation's id, the reply).
+    Lost = Callable[["Pending", str, Reply], None]
 
 __all__ = ["Batcher"]
 
@@ -33,21 +40,25 @@ _MIN_HOLD: Final = 0.001  # shorter holds are not worth a timer
 _REMEMBERED: Final = 1024  # tags whose next free instant is kept before past ones go
 
 
-class _Pending:
-    __slots__ = ("args", "deadline", "future", "keys", "tag")
+class Pending:
+    """One request: queued, held, or in a call. ``future`` gets ``(reply, the loop's
+    clock when it arrived, the reservation's id)``."""
+
+    __slots__ = ("amounts", "deadline", "future", "sent", "shape", "tag")
 
     def __init__(
         self,
-        keys: list[str],
-        args: list[Any],
-        future: asyncio.Future[tuple[Reply, float]],
+        shape: Shape,
+        amounts: Sequence[float],
+        future: asyncio.Future[tuple[Reply, float, str]],
         deadline: float | None,
     ) -> None:
-        self.keys = keys
-        self.args = args
+        self.shape = shape
+        self.amounts = amounts
         self.future = future
         self.deadline = deadline  # on the loop's clock; sent as the time left then
-        self.tag = keys[0].partition("}")[0]
+        self.tag = shape.tag
+        self.sent = False
 
 
 class Batcher:
@@ -57,6 +68,7 @@ class Batcher:
         "_background",
         "_free_at",
         "_in_flight",
+        "_lost",
         "_pending",
         "_send",
         "delay",
@@ -64,52 +76,54 @@ class Batcher:
         "hold_timers",
     )
 
-    def __init__(self, send: Send, delay: float, background: Background) -> None:
+    def __init__(self, send: Send, lost: Lost, delay: float, background: Background) -> None:
         self._send = send
+        self._lost = lost
         self.delay = delay  # the longest a request is held (0: never)
         self._background = background
-        self._pending: list[_Pending] = []
+        self._pending: list[Pending] = []
         self._in_flight = False
         # Per hash tag: the latest instant a reply reserved (loop clock), and the
         # requests held until a timer sends them together.
         self._free_at: dict[str, float] = {}
-        self.held: dict[str, list[_Pending]] = {}
+        self.held: dict[str, list[Pending]] = {}
         self.hold_timers: dict[str, asyncio.TimerHandle] = {}
 
-    async def submit(
-        self,
-        keys: list[str],
-        args: list[Any],
-        deadline: float | None,
-        on_lost: Callable[[Reply], None],
-    ) -> tuple[Reply, float]:
-        """Send one request (as ``encode_request`` made it) with others; its reply and
-        the loop's clock when the reply arrived. ``deadline`` is on the loop's clock.
-
-        If cancelled after the request was sent, ``on_lost`` gets the reply when it
-        comes (it may have reserved something)."""
+    def submit(self, shape: Shape, amounts: Sequence[float], deadline: float | None) -> Pending:
+        """Queue one request to be sent with others; await its ``future`` for the reply.
+        ``deadline`` is on the loop's clock. A caller that stops waiting (cancelled)
+        calls :meth:`withdraw`."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        pending = _Pending(keys, args, loop.create_future(), deadline)
+        pending = Pending(shape, amounts, loop.create_future(), deadline)
         hold = 0.0
-        if self.delay and (deadline is None or deadline - now > self.delay):
-            hold = min(self.delay, (self._free_at.get(pending.tag, now) - now) / 2)
+        if self.delay:
+            now = loop.time()
+            if deadline is None or deadline - now > self.delay:
+                hold = min(self.delay, (self._free_at.get(pending.tag, now) - now) / 2)
         if hold >= _MIN_HOLD:
             self._hold(pending, hold, loop)
         else:
-            if pending.tag in self.held:
+            if self.held and pending.tag in self.held:
                 self.flush(pending.tag)  # earlier requests go first (FIFO)
             self._pending.append(pending)
             if not self._in_flight:
                 self._start()
-        try:
-            return await asyncio.shield(pending.future)
-        except asyncio.CancelledError:
-            if self._unsent(pending):
-                pending.future.cancel()  # never sent: nothing was reserved
-            else:
-                pending.future.add_done_callback(lambda f: _report_lost(f, on_lost))
-            raise
+        return pending
+
+    def withdraw(self, pending: Pending) -> None:
+        """The caller of ``pending`` stopped waiting: never sent, it is taken out (nothing
+        was reserved); in a call, its reply goes to ``lost`` when it comes (it may have
+        reserved something); answered already, its reply goes to ``lost`` now."""
+        future = pending.future
+        if future.done() and not future.cancelled():
+            if future.exception() is None:
+                reply, _, name = future.result()
+                self._lost(pending, name, reply)
+            return
+        future.cancel()
+        if not pending.sent:
+            self._unsend(pending)
+        # else: _run_group reports it when the reply comes.
 
     def flush(self, tag: str) -> None:
         """Send the requests held for ``tag`` (in the next call)."""
@@ -126,7 +140,7 @@ class Batcher:
         for tag in list(self.held):
             self.flush(tag)
 
-    def _hold(self, pending: _Pending, hold: float, loop: asyncio.AbstractEventLoop) -> None:
+    def _hold(self, pending: Pending, hold: float, loop: asyncio.AbstractEventLoop) -> None:
         """Keep ``pending`` back for up to ``hold`` seconds, with the others of its tag."""
         held = self.held.get(pending.tag)
         if held is None:
@@ -135,15 +149,14 @@ class Batcher:
         else:
             held.append(pending)
 
-    def _unsent(self, pending: _Pending) -> bool:
-        """Take ``pending`` out if it has not been sent yet; whether it was."""
+    def _unsend(self, pending: Pending) -> None:
+        """Take ``pending``, not sent yet, out of its queue."""
         for queue in (self.held.get(pending.tag), self._pending):
             if queue is not None and pending in queue:
                 queue.remove(pending)
                 if not queue and queue is not self._pending:
                     self.flush(pending.tag)  # drops the empty list and its timer
-                return True
-        return False
+                return
 
     def _start(self) -> None:
         self._in_flight = True
@@ -153,9 +166,10 @@ class Batcher:
         # The batch is taken when this task first runs, after every task that was ready
         # in the same loop iteration has queued its request. One call per hash tag.
         pending, self._pending = self._pending, []
-        groups: dict[str, list[_Pending]] = {}
+        groups: dict[str, list[Pending]] = {}
         for request in pending:
             if not request.future.cancelled():
+                request.sent = True
                 groups.setdefault(request.tag, []).append(request)
         try:
             for batch in groups.values():
@@ -165,16 +179,16 @@ class Batcher:
             if self._pending:
                 self._start()
 
-    async def _run_group(self, batch: list[_Pending]) -> None:
+    async def _run_group(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()
         sent = loop.time()
         requests = [
             # The time left now, not when the request queued.
-            (p.keys, p.args, None if p.deadline is None else max(0.0, p.deadline - sent))
+            (p.shape, p.amounts, None if p.deadline is None else max(0.0, p.deadline - sent))
             for p in batch
         ]
         try:
-            replies = await self._send(requests)
+            call, replies = await self._send(requests)
             arrived = loop.time()
         except BaseException as exc:
             for pending in batch:
@@ -183,14 +197,19 @@ class Batcher:
             if not isinstance(exc, Exception):
                 raise
         else:
-            for pending, reply in zip(batch, replies, strict=True):
-                if pending.future.done():
+            free = -math.inf
+            for i, (pending, reply) in enumerate(zip(batch, replies, strict=True)):
+                if reply.status == RESERVED and reply.wait > free:
+                    free = reply.wait
+                if pending.future.done():  # its caller left while the call was out
+                    if reply.status == RESERVED:
+                        self._lost(pending, member(call, i), reply)
                     continue
                 # The wait counts from the reply's arrival here, not from when each
                 # task resumes: tasks of one batch resume one after another.
-                pending.future.set_result((reply, arrived))
-                if reply.status == RESERVED:
-                    self._note_free(pending.tag, arrived + reply.wait, arrived)
+                pending.future.set_result((reply, arrived, member(call, i)))
+            if free > -math.inf:
+                self._note_free(batch[0].tag, arrived + free, arrived)
 
     def _note_free(self, tag: str, instant: float, now: float) -> None:
         """Remember the latest instant reserved on ``tag``'s limits (forgetting past
@@ -201,11 +220,3 @@ class Batcher:
             if len(free_at) > _REMEMBERED:
                 for old in [t for t, at in free_at.items() if at <= now]:
                     del free_at[old]
-
-
-def _report_lost(
-    future: asyncio.Future[tuple[Reply, float]], on_lost: Callable[[Reply], None]
-) -> None:
-    if future.cancelled() or future.exception() is not None:
-        return  # the call failed: nothing was reserved
-    on_lost(future.result()[0])

@@ -4,22 +4,20 @@ Pure: no I/O, no clock, no event loop. Each script's layout is a :class:`Layout`
 same names as the KEYS/ARGV header comment at the top of its ``.lua`` file; a test
 checks that they agree, and that each script reads ARGV with the strides given here).
 The encoders build KEYS and ARGV in that order; :func:`encode_batch` joins the requests
-of one reserve call, renumbering their key indexes into the batch's KEYS.
+of one reserve call, each shape and each key sent once.
 
 ARGV is a flat list: a *head* of fixed fields, then *groups* repeated as many times as
 a count field says (a group whose count field is in the group before it is nested in
-it: the meters of each request), then a *tail* of fixed fields. KEYS holds the fixed
+it: the meters of each shape), then a *tail* of fixed fields. KEYS holds the fixed
 keys a layout names and, at ``...``, the keys that ARGV's index fields point at (1-based,
 as Lua counts; 0 means none).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
-
-from .._errors import BackendError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -43,6 +41,7 @@ __all__ = [
     "MeterSpec",
     "Reply",
     "Reservation",
+    "Shape",
     "call_key",
     "decode_replies",
     "encode_adjust",
@@ -50,7 +49,7 @@ __all__ = [
     "encode_feedback",
     "encode_give_back",
     "encode_release",
-    "encode_request",
+    "member",
     "undo",
     "wake_key",
 ]
@@ -97,14 +96,11 @@ _METER: Final = ("kind", "key", "p1", "p2")  # every script's meter starts so
 
 RESERVE: Final = Layout(
     keys=("call_key", "..."),
-    head=("now", "slack", "record_ttl", "undo", "count"),
+    head=("now", "slack", "record_ttl", "undo", "call", "shapes", "count"),
     groups=(
-        Group(
-            "request",
-            "count",
-            ("meters", "deadline", "pause", "slots", "slot_max", "lease", "lease_ttl"),
-        ),
-        Group("meter", "meters", (*_METER, "amount", "member")),
+        Group("shape", "shapes", ("meters", "pause", "slots", "slot_max", "lease_ttl")),
+        Group("meter", "meters", _METER),
+        Group("request", "count", ("shape", "deadline", "amounts")),
     ),
     indexes=("pause", "slots", "key"),
 )
@@ -133,6 +129,8 @@ RELEASE: Final = Layout(
     groups=(Group("lease", "count", ("lease",)),),
 )
 
+_UNDO: Final = RESERVE.head.index("undo")
+
 LAYOUTS: Final = {
     "reserve": RESERVE,
     "cancel": CANCEL,
@@ -140,15 +138,6 @@ LAYOUTS: Final = {
     "feedback": FEEDBACK,
     "release": RELEASE,
 }
-
-# Where encode_batch finds what it fills in and renumbers in an encoded request.
-_UNDO: Final = RESERVE.head.index("undo")
-_REQUEST: Final = RESERVE.groups[0]
-_DEADLINE: Final = _REQUEST.fields.index("deadline")
-_PAUSE: Final = _REQUEST.fields.index("pause")
-_SLOTS: Final = _REQUEST.fields.index("slots")
-_METER_KEY: Final = _REQUEST.stride + RESERVE.groups[1].fields.index("key")
-_METER_STRIDE: Final = RESERVE.groups[1].stride
 
 
 @dataclass(frozen=True)
@@ -162,13 +151,30 @@ class MeterSpec:
     p2: float
 
 
-@dataclass(frozen=True)
-class Reservation:
+@dataclass(frozen=True, eq=False)
+class Shape:
+    """What every request of one limiter sends alike: its meters, the key of its pause,
+    and its concurrency slots (``slots_key`` ``""``: none). A reserve call sends each
+    shape once; its requests name it (compared by identity: make one per limiter)."""
+
+    meters: tuple[MeterSpec, ...]
+    pause_key: str = ""
+    slots_key: str = ""
+    slot_max: int = 0
+
+    @cached_property
+    def tag(self) -> str:
+        """The hash tag every key of the shape is under (``"{prefix:name"``)."""
+        key = self.pause_key or self.slots_key or self.meters[0].key
+        return key.partition("}")[0]
+
+
+class Reservation(NamedTuple):
     """What a caller holds after ``reserve``: enough to give it back or settle it."""
 
     meters: tuple[MeterSpec, ...]
     amounts: tuple[float, ...]
-    member: str
+    member: str  # the reservation's id: its window entries, its bucket's latest, its lease
     at: float  # the instant reserved, on the backend's clock
     lease: str  # concurrency lease id, or ""
     slots_key: str
@@ -186,74 +192,58 @@ class Reply(NamedTuple):
 # -- reserve.lua ----------------------------------------------------------------------------
 
 
-def encode_request(
-    meters: Sequence[MeterSpec],
-    amounts: Sequence[float],
-    member: str,
-    *,
-    pause_key: str,
-    slots_key: str,
-    slot_max: int,
-    lease: str,
-    lease_ttl: float,
-) -> tuple[list[str], list[Any]]:
-    """One request's KEYS (each once) and its ARGV group, its indexes counted from 1 in
-    its own KEYS and its deadline not yet known (:func:`encode_batch` fills both in)."""
-    keys: list[str] = []
-    index: dict[str, int] = {}
-
-    def at(key: str) -> int:
-        if key not in index:
-            keys.append(key)
-            index[key] = len(keys)
-        return index[key]
-
-    args: list[Any] = [
-        len(meters),
-        -1,  # the time left until the deadline, filled in when sent
-        at(pause_key) if pause_key else 0,
-        at(slots_key) if slots_key else 0,
-        slot_max,
-        lease,
-        lease_ttl,
-    ]
-    for meter, amount in zip(meters, amounts, strict=True):
-        args += [meter.kind, at(meter.key), repr(meter.p1), repr(meter.p2), repr(amount), member]
-    return keys, args
-
-
-def call_key(request_keys: Sequence[str], call: str) -> str:
+def call_key(tag: str, call: str) -> str:
     """The key that records the reserve call ``call`` (an id unique to the call) whose
-    first request has ``request_keys``: under their hash tag, as every key of a call is."""
-    tag = request_keys[0].partition("}")[0]
+    requests are under the hash tag ``tag`` (:attr:`Shape.tag`)."""
     return f"{tag}}}:call:{call}"
+
+
+def member(call: str, index: int) -> str:
+    """The id reserve.lua gives the ``index``-th request (from 0) of the call ``call``."""
+    return f"{call}.{index + 1}"
 
 
 def encode_batch(
     now: str,
-    record: str,
-    requests: Sequence[tuple[Sequence[str], Sequence[Any], float | None]],
+    call: str,
+    requests: Sequence[tuple[Shape, Sequence[float], float | None]],
+    lease_ttl: float,
 ) -> tuple[list[str], list[Any]]:
-    """The KEYS and ARGV of one reserve call for ``requests``: ``(keys, args, left)``
-    as :func:`encode_request` made them, with ``left`` the seconds until the request's
-    deadline (``None``: none). ``now`` is ``SERVER_TIME`` or the client's clock;
-    ``record`` the call's key (:func:`call_key`). The same KEYS and ARGV sent again
-    are the same call: it is charged once."""
-    keys: list[str] = [record]
-    args: list[Any] = [now, SLACK_MS, RECORD_TTL_MS, 0, len(requests)]
-    for request_keys, request_args, left in requests:
-        offset = len(keys)
-        keys.extend(request_keys)
-        request = list(request_args)
-        if left is not None:
-            request[_DEADLINE] = left
-        # Re-number this request's key indexes into the batch's KEYS.
-        request[_PAUSE] = request[_PAUSE] + offset if request[_PAUSE] else 0
-        request[_SLOTS] = request[_SLOTS] + offset if request[_SLOTS] else 0
-        for i in range(_METER_KEY, len(request), _METER_STRIDE):
-            request[i] += offset
-        args.extend(request)
-    return keys, args
+    """The KEYS and ARGV of the reserve call ``call`` (an id unique to it) for
+    ``requests``: ``(shape, amounts, left)``, with ``left`` the seconds until the
+    request's deadline (``None``: none). ``now`` is ``SERVER_TIME`` or the client's
+    clock. Each shape and each key is sent once. The same KEYS and ARGV sent again are
+    the same call: it is charged once."""
+    keys: list[str] = [call_key(requests[0][0].tag, call)]
+    index: dict[str, int] = {}
+
+    def at(key: str) -> int:
+        found = index.get(key)
+        if found is None:
+            keys.append(key)
+            found = index[key] = len(keys)
+        return found
+
+    numbers: dict[int, int] = {}  # id(shape) -> its number, from 1
+    shaped: list[Any] = []
+    asked: list[Any] = []
+    for shape, amounts, left in requests:
+        number = numbers.get(id(shape))
+        if number is None:
+            number = numbers[id(shape)] = len(numbers) + 1
+            shaped += [
+                len(shape.meters),
+                at(shape.pause_key) if shape.pause_key else 0,
+                at(shape.slots_key) if shape.slots_key else 0,
+                shape.slot_max,
+                lease_ttl,
+            ]
+            for meter in shape.meters:
+                shaped += [meter.kind, at(meter.key), repr(meter.p1), repr(meter.p2)]
+        text = repr(amounts[0]) if len(amounts) == 1 else " ".join(map(repr, amounts))
+        asked += [number, -1 if left is None else left, text]
+    head = [now, SLACK_MS, RECORD_TTL_MS, 0, call, len(numbers), len(requests)]
+    return keys, [*head, *shaped, *asked]
 
 
 def undo(args: Sequence[Any]) -> list[Any]:
@@ -264,15 +254,18 @@ def undo(args: Sequence[Any]) -> list[Any]:
     return undone
 
 
-def decode_replies(replies: Sequence[Any]) -> list[Reply]:
-    """reserve.lua's answers, one per request of the call, in order."""
+def decode_replies(reply: str | bytes, keys: Sequence[str]) -> list[Reply]:
+    """reserve.lua's answers to the call whose KEYS are ``keys``, one per request, in
+    order."""
+    parts = reply.split()
+    now = float(parts[0])
     decoded: list[Reply] = []
-    for reply in replies:
-        status = int(reply[0])
+    for i in range(1, len(parts), 2):
+        status = int(parts[i])
         if status == WRONG_TYPE:
-            decoded.append(Reply(status, 0.0, 0.0, _text(reply[2])))
+            decoded.append(Reply(status, 0.0, 0.0, keys[int(parts[i + 1]) - 1]))
         else:
-            decoded.append(Reply(status, _num(reply[1]), _num(reply[2])))
+            decoded.append(Reply(status, float(parts[i + 1]), now))
     return decoded
 
 
@@ -334,14 +327,3 @@ def encode_release(
 def wake_key(slots_key: str) -> str:
     """The list a process waiting for a slot blocks on (``BLPOP``)."""
     return slots_key + ":wake"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _num(value: Any) -> float:
-    number = float(_text(value))
-    if math.isnan(number):  # pragma: no cover - the scripts never return NaN
-        raise BackendError(f"unexpected reply {value!r}")
-    return number

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 from .._core import Request
 from .._errors import AcquireTimeoutError, BackendUnavailableError
 from .._statistics import LimiterStatistics
-from ._protocol import MeterSpec, Reservation
+from ._protocol import MeterSpec, Reservation, Shape
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping
@@ -75,6 +75,10 @@ class RedisStore:
             self.indexes.append(spec.dims.index(meter.dim))
         self.pause_key = backend.key(*tag, "pause")
         self.slots_key = backend.key(*tag, "slots") if spec.max_concurrency else ""
+        self.shape = Shape(
+            tuple(self.meters), self.pause_key, self.slots_key, spec.max_concurrency or 0
+        )
+        self._one = len(self.indexes) == 1
         self._fallback = spec.fallback
         self._local: MemoryStore | None = None
         # The grants Redis made this process (loop instant, amounts), for as long as a
@@ -109,20 +113,14 @@ class RedisStore:
         stand-in granted it (Redis unreachable under the ``"local"`` policy)."""
         backend = self.backend
         loop = backend.running_loop()  # raises on trio
-        vector = [request.amounts[i] for i in self.indexes]
+        amounts = request.amounts
+        vector = (amounts[self.indexes[0]],) if self._one else [amounts[i] for i in self.indexes]
         start = loop.time()
         deadline = None if timeout is None else start + timeout  # the one deadline
         self.waiters += 1
         try:
             while True:
-                call = backend.reserve(
-                    self.meters,
-                    vector,
-                    deadline=deadline,
-                    pause_key=self.pause_key,
-                    slots_key=self.slots_key,
-                    slot_max=self.max_concurrency or 0,
-                )
+                call = backend.reserve(self.shape, vector, deadline=deadline)
                 try:
                     if deadline is None:
                         status, wait, reservation = await call
@@ -152,7 +150,8 @@ class RedisStore:
                         backend.spawn(backend.give_back(reservation))
                         await asyncio.sleep(max(0.0, deadline - loop.time()))
                         raise AcquireTimeoutError(f"{self.label!r}: not granted within {timeout} s")
-                    await self._sleep_until(due, reservation, loop)
+                    if wait > 0.0 or self.paused_until > due:
+                        await self._sleep_until(due, reservation, loop)
                     if backend.on_error == "local":  # only a stand-in needs them
                         self._record(due, request.amounts)
                     self.last_wait = loop.time() - start

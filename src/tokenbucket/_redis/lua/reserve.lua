@@ -6,6 +6,11 @@
 -- and the caller sleeps until t. Nothing is charged for a request whose t would come
 -- after its deadline.
 --
+-- The requests of one limiter share a shape (its meters, its pause key, its concurrency
+-- slots), sent once per call; a request sends only its shape's number, its deadline and
+-- its amounts. Request r's reservation is named '<call>.<r>' (its window entries, its
+-- bucket's latest, its lease).
+--
 -- A call that reserves something is recorded under call_key (each request's status and
 -- instant) for as long as what it reserved counts, at most record_ttl ms: the same call
 -- sent again (a retry after its reply was lost on the way back) is answered from the
@@ -14,44 +19,48 @@
 -- can never run later: for a caller that got an error instead of the reply.
 --
 -- KEYS: call_key, ...
--- ARGV: now, slack, record_ttl, undo, count
--- ARGV per request (count): meters, deadline, pause, slots, slot_max, lease, lease_ttl
--- ARGV per meter (meters): kind, key, p1, p2, amount, member
---   call_key   the record of this call (its id, under the hash tag of its keys)
+-- ARGV: now, slack, record_ttl, undo, call, shapes, count
+-- ARGV per shape (shapes): meters, pause, slots, slot_max, lease_ttl
+-- ARGV per meter (meters): kind, key, p1, p2
+-- ARGV per request (count): shape, deadline, amounts
+--   call_key   the record of this call (under the hash tag of its keys)
 --   ...        the keys that the key, pause and slots fields name
 --   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
 --   slack      ms that keys outlive what they hold
 --   record_ttl  ms a call's record lasts at most
 --   undo       1: give back what this call reserved, or keep it from ever running
+--   call       the call's id, unique to it
+--   shapes     the number of shapes
 --   count      the number of requests
---   meters     the number of the request's meters
---   deadline   seconds from now, or -1 for none
+--   meters     the number of the shape's meters
 --   pause      index in KEYS of the pause key (0: none)
 --   slots      index in KEYS of the slots key (0: none)
 --   slot_max   the number of concurrency slots
---   lease      the lease id ('' for none)
 --   lease_ttl  seconds a lease lasts
 --   kind       'b' bucket | 'w' window
 --   key        index in KEYS of the meter's key
 --   p1         bucket: rate (units/s)    window: limit
 --   p2         bucket: capacity          window: window (s)
---   amount     what the request takes
---   member     the reservation's id
--- Returns per request: {status, t - now (string), now (string)} (a call answered from
--- its record: t as recorded, now as of this run; an undone call: status 0)
---   status 1: reserved at t; 0: t is past the deadline (nothing taken);
---   2: no concurrency slot free (nothing taken; t - now is when the first lease expires);
---   3: a key of the request holds something else (nothing taken; the third field names it)
+--   shape      the request's shape (1 for the first)
+--   deadline   seconds from now, or -1 for none
+--   amounts    what the request takes of each of its shape's meters, space-separated
+-- Returns one string: now, then per request its status and t - now, space-separated (a
+-- call answered from its record: t as recorded, now as of this run; an undone call:
+-- status 0). Status 1: reserved at t; 0: t is past the deadline (nothing taken); 2: no
+-- concurrency slot free (nothing taken; t is when the first lease expires); 3: a key of
+-- the request holds something else (nothing taken; instead of t - now, its index in KEYS).
 -- A bucket remembers the member of its latest reservation in '<key>:last', so a
 -- give-back knows whether anyone reserved behind it. A window keeps its sums in
--- '<key>:sum' (see log.lua).
+-- '<key>:sum' (see log.lua). Within a call, each key is read once and written once
+-- (a window's entries are added one by one), whatever the number of requests.
 
 local slack = tonumber(ARGV[2])
 local record_ttl = tonumber(ARGV[3])
 local undo = ARGV[4] == '1'
-local count = tonumber(ARGV[5])
-local pos = 6
-local out = {}
+local call = ARGV[5]
+local shape_count = tonumber(ARGV[6])
+local count = tonumber(ARGV[7])
+local pos = 8
 
 local function later(base, step)
   -- base + step, rounded up: epoch seconds in a double are ~2e-7 apart, and a schedule
@@ -64,113 +73,168 @@ local function later(base, step)
   return sum
 end
 
-local requests = {}
-for r = 1, count do
-  local request = {
+local shapes = {}
+for s = 1, shape_count do
+  local shape = {
     meters = tonumber(ARGV[pos]),
-    deadline = tonumber(ARGV[pos + 1]),
-    pause_index = tonumber(ARGV[pos + 2]),
-    slot_index = tonumber(ARGV[pos + 3]),
-    slot_max = tonumber(ARGV[pos + 4]),
-    lease = ARGV[pos + 5],
-    lease_ttl = tonumber(ARGV[pos + 6]),
+    pause_index = tonumber(ARGV[pos + 1]),
+    slot_index = tonumber(ARGV[pos + 2]),
+    slot_max = tonumber(ARGV[pos + 3]),
+    lease_ttl = tonumber(ARGV[pos + 4]),
     specs = {},
   }
-  pos = pos + 7
-  for m = 1, request.meters do
-    request.specs[m] = {ARGV[pos], KEYS[tonumber(ARGV[pos + 1])], tonumber(ARGV[pos + 2]),
-                        tonumber(ARGV[pos + 3]), tonumber(ARGV[pos + 4]), ARGV[pos + 5]}
-    pos = pos + 6
+  pos = pos + 5
+  for m = 1, shape.meters do
+    local index = tonumber(ARGV[pos + 1])
+    shape.specs[m] = {kind = ARGV[pos], key = KEYS[index], index = index,
+                      p1 = tonumber(ARGV[pos + 2]), p2 = tonumber(ARGV[pos + 3])}
+    pos = pos + 4
   end
-  requests[r] = request
+  shapes[s] = shape
+end
+
+local requests = {}
+for r = 1, count do
+  local amounts = {}
+  for amount in string.gmatch(ARGV[pos + 2], '%S+') do amounts[#amounts + 1] = tonumber(amount) end
+  requests[r] = {shape = shapes[tonumber(ARGV[pos])], deadline = tonumber(ARGV[pos + 1]),
+                 amounts = amounts, member = call .. '.' .. r}
+  pos = pos + 3
 end
 
 -- A call seen before: answered from its record, or undone.
 local record = redis.call('GET', KEYS[1])
 if record == 'undone' or (undo and not record) then
   if undo then redis.call('SET', KEYS[1], 'undone', 'PX', record_ttl) end
-  for r = 1, count do out[r] = {0, '0', log_num(now)} end
-  return out
+  return log_num(now) .. string.rep(' 0 0', count)
 end
 if record then
-  local saved = cjson.decode(record)
-  for r = 1, count do
-    local status, t, named = saved[r][1], tonumber(saved[r][2]), saved[r][3]
+  local out = {log_num(now)}
+  local r = 0
+  for status, t in string.gmatch(record, '(%d) (%S+)') do
+    r = r + 1
+    status = tonumber(status)
     if undo and status == 1 then
       local request = requests[r]
-      for m = 1, request.meters do
-        local s = request.specs[m]
-        give_back(s[1], s[2], s[3], s[4], s[5], s[6], t)
+      local shape = request.shape
+      for m = 1, shape.meters do
+        local s = shape.specs[m]
+        give_back(s.kind, s.key, s.p1, s.p2, request.amounts[m], request.member, tonumber(t))
       end
-      if request.slot_index > 0 then redis.call('ZREM', KEYS[request.slot_index], request.lease) end
+      if shape.slot_index > 0 then redis.call('ZREM', KEYS[shape.slot_index], request.member) end
     end
     if status == 3 then
-      out[r] = {status, '0', named}
+      out[r + 1] = '3 ' .. t
     else
-      out[r] = {status, log_num(t - now), log_num(now)}
+      out[r + 1] = status .. ' ' .. log_num(tonumber(t) - now)
     end
   end
   if undo then redis.call('SET', KEYS[1], 'undone', 'PX', record_ttl) end
-  return out
+  return table.concat(out, ' ')
 end
 
+-- What this call has read of each key, and charged to it; written back at the end.
+local fits = {}    -- kind .. key: whether the key holds what its kind needs
+local pauses = {}  -- pause key: the instant the pause ends
+local slots = {}   -- slots key: {card = leases held, first = when the first expires}
+local tats = {}    -- bucket key: its theoretical arrival time
+local logs = {}    -- window key: its log's sums (log.lua)
+local ends = {}    -- window key: the latest instant in its log
+local charged = {} -- keys charged, in order; bucket key: the member of its latest
+local latest = {}
+local ttls = {}    -- window or slots key: the ms it must live at least
+local function charge(key, ttl)
+  local before = ttls[key]
+  if not before then
+    charged[#charged + 1] = key
+    ttls[key] = ttl
+  elseif ttl > before then
+    ttls[key] = ttl
+  end
+end
+
+local function fit(kind, key)
+  local id = kind .. key
+  local ok = fits[id]
+  if ok == nil then
+    local found = redis.call('TYPE', key)['ok']
+    if kind == 'b' then
+      ok = found == 'none' or (found == 'string' and tonumber(redis.call('GET', key)) ~= nil)
+    else
+      ok = found == 'none' or found == 'zset'
+    end
+    fits[id] = ok
+  end
+  return ok
+end
+
+local out = {log_num(now)}
 local saved = {}
 local keep = 0  -- ms the longest charge of this call counts
 for r = 1, count do
   local request = requests[r]
-  local meters = request.meters
-  local deadline = request.deadline
-  local pause_index = request.pause_index
-  local slot_index = request.slot_index
-  local slot_max = request.slot_max
-  local lease = request.lease
-  local lease_ttl = request.lease_ttl
-  local specs = request.specs
+  local shape = request.shape
+  local specs = shape.specs
+  local amounts = request.amounts
   local status = 1
   local t = now
   local bad = nil
-  for m = 1, meters do
-    local kind, key = specs[m][1], specs[m][2]
-    local found = redis.call('TYPE', key)['ok']
-    if kind == 'b' then
-      if found ~= 'none' and (found ~= 'string' or tonumber(redis.call('GET', key)) == nil) then
-        bad = key
-      end
-    elseif found ~= 'none' and found ~= 'zset' then
-      bad = key
-    end
+  for m = 1, shape.meters do
+    if not fit(specs[m].kind, specs[m].key) then bad = specs[m].index end
   end
   if bad then status = 3 end
-  if pause_index > 0 then
-    local paused = tonumber(redis.call('GET', KEYS[pause_index]) or '0')
+  if shape.pause_index > 0 then
+    local key = KEYS[shape.pause_index]
+    local paused = pauses[key]
+    if not paused then
+      paused = tonumber(redis.call('GET', key) or '0')
+      pauses[key] = paused
+    end
     if paused > t then t = paused end
   end
-  local slots_key = nil
-  if slot_index > 0 and status == 1 then
-    slots_key = KEYS[slot_index]
-    redis.call('ZREMRANGEBYSCORE', slots_key, '-inf', now)
-    if redis.call('ZCARD', slots_key) >= slot_max then
-      local first = redis.call('ZRANGE', slots_key, 0, 0, 'WITHSCORES')
+  local lease = nil
+  if shape.slot_index > 0 and status == 1 then
+    local key = KEYS[shape.slot_index]
+    lease = slots[key]
+    if not lease then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+      lease = {key = key, card = redis.call('ZCARD', key)}
+      slots[key] = lease
+    end
+    if lease.card >= shape.slot_max then
+      if not lease.first then
+        lease.first = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
+      end
       status = 2
-      t = tonumber(first[2])
+      t = lease.first
     end
   end
 
   if status == 1 then
     -- The earliest instant every meter admits the request.
-    for m = 1, meters do
-      local kind, key, p1, p2, amount = specs[m][1], specs[m][2], specs[m][3], specs[m][4], specs[m][5]
+    for m = 1, shape.meters do
+      local spec, amount = specs[m], amounts[m]
+      local key, p1, p2 = spec.key, spec.p1, spec.p2
       if amount > 0 then
-        if kind == 'b' then
-          local tat = tonumber(redis.call('GET', key) or '0')
+        if spec.kind == 'b' then
+          local tat = tats[key]
+          if not tat then
+            tat = tonumber(redis.call('GET', key) or '0')
+            tats[key] = tat
+          end
           local at = tat + (amount - p2) / p1
           if at > t then t = at end
         else
-          local st = log_open(key, now, p2)
-          specs[m][7] = st
-          local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+          local st = logs[key]
+          if not st then
+            st = log_open(key, now, p2)
+            logs[key] = st
+            local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+            ends[key] = last[2] and tonumber(last[2]) or -math.huge
+            charge(key, 0)  -- its sums are saved even if nothing is charged
+          end
           local start = t
-          if last[2] and tonumber(last[2]) > start then start = tonumber(last[2]) end
+          if ends[key] > start then start = ends[key] end
           log_move(key, st, start - p2)
           local inside = st.all - st.below
           local at = start
@@ -191,30 +255,25 @@ for r = 1, count do
         end
       end
     end
-    if deadline >= 0 and t - now > deadline then
-      status = 0
-      -- Nothing is charged; keep what opening the logs dropped (charging saves it).
-      for m = 1, meters do
-        if specs[m][7] then log_save(specs[m][2], specs[m][7]) end
-      end
-    end
+    if request.deadline >= 0 and t - now > request.deadline then status = 0 end
   end
 
   if status == 1 then
-    for m = 1, meters do
-      local kind, key, p1, p2, amount, member = specs[m][1], specs[m][2], specs[m][3], specs[m][4], specs[m][5], specs[m][6]
+    local member = request.member
+    for m = 1, shape.meters do
+      local spec, amount = specs[m], amounts[m]
+      local key, p1, p2 = spec.key, spec.p1, spec.p2
       if amount > 0 then
-        if kind == 'b' then
-          local tat = tonumber(redis.call('GET', key) or '0')
+        if spec.kind == 'b' then
+          local tat = tats[key]
           if t > tat then tat = t end
           tat = later(tat, amount / p1)
-          local ttl = math.ceil((tat - now) * 1000) + slack
-          redis.call('SET', key, string.format('%.17g', tat), 'PX', ttl)
-          redis.call('SET', key .. ':last', member, 'PX', ttl)
-          keep = math.max(keep, ttl)
+          tats[key] = tat
+          if not latest[key] then charged[#charged + 1] = key end
+          latest[key] = member
         else
-          local st = specs[m][7]
-          local entry = member .. ':' .. string.format('%.17g', amount)
+          local st = logs[key]
+          local entry = member .. ':' .. log_num(amount)
           -- Already here (a run of this call whose record is gone): moved, not doubled.
           local before = tonumber(redis.call('ZSCORE', key, entry))
           if before then
@@ -222,28 +281,46 @@ for r = 1, count do
             log_change(st, before, -amount)
           end
           redis.call('ZADD', key, t, entry)
-          local ttl = math.ceil((t + p2 - now) * 1000) + slack
-          redis.call('PEXPIRE', key, ttl)
+          if t > ends[key] then ends[key] = t end
           log_change(st, t, amount)
-          log_save(key, st)
-          keep = math.max(keep, ttl)
+          charge(key, math.ceil((t + p2 - now) * 1000) + slack)
         end
       end
     end
-    if slots_key then
-      redis.call('ZADD', slots_key, now + lease_ttl, lease)
-      redis.call('PEXPIRE', slots_key, math.ceil(lease_ttl * 1000) + slack)
-      keep = math.max(keep, math.ceil(lease_ttl * 1000) + slack)
+    if lease then
+      redis.call('ZADD', lease.key, now + shape.lease_ttl, member)
+      lease.card = lease.card + 1
+      lease.first = nil
+      charge(lease.key, math.ceil(shape.lease_ttl * 1000) + slack)
     end
   end
   if status == 3 then
-    out[#out + 1] = {status, '0', bad}
+    out[r + 1] = '3 ' .. bad
+    saved[r] = '3 ' .. bad
   else
-    out[#out + 1] = {status, string.format('%.17g', t - now), string.format('%.17g', now)}
+    out[r + 1] = status .. ' ' .. log_num(t - now)
+    saved[r] = status .. ' ' .. log_num(t)
   end
-  saved[#saved + 1] = {status, log_num(t), bad or ''}
+end
+
+-- Write back what the call charged: each bucket once, each log's expiry and sums once.
+for _, key in ipairs(charged) do
+  local tat = latest[key] and tats[key]
+  if tat then
+    local ttl = math.ceil((tat - now) * 1000) + slack
+    redis.call('SET', key, log_num(tat), 'PX', ttl)
+    redis.call('SET', key .. ':last', latest[key], 'PX', ttl)
+    keep = math.max(keep, ttl)
+  else
+    local ttl = ttls[key]
+    if ttl > 0 then
+      redis.call('PEXPIRE', key, ttl)
+      keep = math.max(keep, ttl)
+    end
+    if logs[key] then log_save(key, logs[key]) end
+  end
 end
 if keep > 0 then
-  redis.call('SET', KEYS[1], cjson.encode(saved), 'PX', math.min(keep, record_ttl))
+  redis.call('SET', KEYS[1], table.concat(saved, ' '), 'PX', math.min(keep, record_ttl))
 end
-return out
+return table.concat(out, ' ')
