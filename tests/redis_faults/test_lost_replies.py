@@ -16,8 +16,8 @@ import pytest
 import pytest_asyncio
 
 import tokenbucket as tb
+from tests.redis_faults._support import Recorder, until
 from tests.redis_faults.conftest import close
-from tests.redis_faults.test_faults import Recorder, until
 from tokenbucket._redis import BackendUnavailableError, RedisBackend, _scripts
 
 if TYPE_CHECKING:
