@@ -425,7 +425,11 @@ class RedisBackend:
 
     async def adjust(self, reservation: Reservation, new_amounts: Sequence[float]) -> None:
         """Settle a grant: replace its amounts by ``new_amounts``."""
-        keys, args = _protocol.encode_adjust(self._now_arg(), reservation, new_amounts)
+        if tuple(new_amounts) == reservation.amounts:
+            return  # nothing to change (or no meter)
+        # A retry sends the same call (its key names it): settled once if it had run.
+        call = uuid.uuid4().hex
+        keys, args = _protocol.encode_adjust(self._now_arg(), call, reservation, new_amounts)
         await self._with_policy("adjust", keys, args)
 
     async def feedback(

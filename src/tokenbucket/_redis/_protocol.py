@@ -116,8 +116,8 @@ CANCEL: Final = Layout(
     indexes=("key",),
 )
 ADJUST: Final = Layout(
-    keys=("...",),
-    head=("now", "slack", "meters"),
+    keys=("call_key", "..."),
+    head=("now", "slack", "record_ttl", "meters"),
     groups=(Group("meter", "meters", (*_METER, "amount", "member", "new", "t")),),
     indexes=("key",),
 )
@@ -294,11 +294,13 @@ def encode_give_back(now: str, reservation: Reservation) -> tuple[list[str], lis
 
 
 def encode_adjust(
-    now: str, reservation: Reservation, new_amounts: Sequence[float]
+    now: str, call: str, reservation: Reservation, new_amounts: Sequence[float]
 ) -> tuple[list[str], list[Any]]:
-    """adjust.lua's KEYS and ARGV: ``reservation`` takes ``new_amounts`` instead."""
-    keys: list[str] = []
-    args: list[Any] = [now, SLACK_MS, len(reservation.meters)]
+    """adjust.lua's KEYS and ARGV: ``reservation`` (with at least one meter) takes
+    ``new_amounts`` instead, in the call ``call`` (an id unique to the call). The same
+    KEYS and ARGV sent again are the same call: it settles once."""
+    keys: list[str] = [call_key([m.key for m in reservation.meters], call)]
+    args: list[Any] = [now, SLACK_MS, RECORD_TTL_MS, len(reservation.meters)]
     for meter, old, new in zip(reservation.meters, reservation.amounts, new_amounts, strict=True):
         keys.append(meter.key)
         args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2), repr(old)]
