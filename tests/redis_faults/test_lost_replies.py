@@ -2,9 +2,9 @@
 
 A reserve call whose reply is lost has run: its reservations are in Redis. A retry of it
 must be charged once ("wait"), and a caller that got an error instead of its grant
-("raise") must leave nothing behind. A settle whose reply is lost is retried, and
-settles once. A round trip that takes long must not push an
-``acquire(timeout=t)`` past ``t``.
+("raise") must leave nothing behind. A settle whose reply is lost is retried and
+settles once. A round trip that takes long must not push an ``acquire(timeout=t)`` past
+``t``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ PREFIX = "lost"
 LIMIT = 10  # units per WINDOW (a window's limit, a bucket's capacity)
 WINDOW = 1.0
 BATCH = 5  # the requests whose reply is lost
-# The reserve script's SHA: the bytes that mark its EVALSHA on the wire.
+# The reserve and adjust scripts' SHAs: the bytes that mark their EVALSHAs on the wire.
 RESERVE = hashlib.sha1(_scripts.source("reserve").encode()).hexdigest().encode()
 ADJUST = hashlib.sha1(_scripts.source("adjust").encode()).hexdigest().encode()
 
@@ -147,7 +147,7 @@ async def test_lost_reply_under_raise_leaves_nothing_reserved(
 
 # -- a settle whose reply is lost -----------------------------------------------------------
 
-GRANTED = 10.0  # tokens a lease is granted, then settled at SETTLED
+GRANTED = 10.0  # the tokens a lease is granted (then settled at more, or fewer)
 
 
 async def schedule(admin: aioredis.Redis, key: str) -> tuple[float, float]:
