@@ -343,13 +343,19 @@ def test_a_give_back_reads_back_as_encoded(lease: str) -> None:
 
 
 def test_a_settle_reads_back_as_encoded() -> None:
-    keys, args = _protocol.encode_adjust("12.5", _RESERVATION, [0.5, 7.0])
+    keys, args = _protocol.encode_adjust("12.5", "c1", _RESERVATION, [0.5, 7.0])
     got = read("adjust", keys, args)
     assert got.pop("meter[]") == [
         {**_meter(m, a, "m1"), "new": repr(new), "t": repr(_RESERVATION.at)}
         for m, a, new in zip(_RESERVATION.meters, _RESERVATION.amounts, [0.5, 7.0], strict=True)
     ]
-    assert got == {"now": "12.5", "slack": SLACK_MS, "meters": 2}
+    assert got == {
+        "now": "12.5",
+        "slack": SLACK_MS,
+        "record_ttl": _protocol.RECORD_TTL_MS,
+        "meters": 2,
+        "call_key": "{p:a}:call:c1",
+    }
 
 
 @pytest.mark.parametrize("pause", [None, 1.5])
@@ -497,10 +503,16 @@ async def test_cancel_replies_with_the_meters_given_back(
 async def test_adjust_replies_1(redis_backend: RecordingBackend, admin: aioredis.Redis) -> None:
     meters = _meters(redis_backend)
     reservation = await _reserved(redis_backend, meters)
-    keys, args = _protocol.encode_adjust(SERVER_TIME, reservation, [1.0, 0.25])
+    keys, args = _protocol.encode_adjust(SERVER_TIME, "c1", reservation, [3.0, 0.25])
     assert await _call(redis_backend, "adjust", keys, args) == 1
     entries = await admin.zrange(meters[1].key, 0, -1)
     assert [str(entry).rpartition(":")[2] for entry in entries] == ["0.25"]
+    tat = await admin.get(meters[0].key)
+    assert 0 < await admin.pttl(keys[0]) <= _protocol.RECORD_TTL_MS
+    # Sent again (its reply lost), it replies 0 and changes nothing again.
+    assert await _call(redis_backend, "adjust", keys, args) == 0
+    assert await admin.zrange(meters[1].key, 0, -1) == entries
+    assert await admin.get(meters[0].key) == tat
 
 
 @pytest.mark.asyncio

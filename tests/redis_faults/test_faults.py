@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import tokenbucket as tb
+from tests.redis_faults._support import Recorder, until
 from tokenbucket._redis import BackendError, BackendUnavailableError, RedisBackend
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
 
     import redis.asyncio as aioredis
 
@@ -52,15 +53,6 @@ async def meter_key(admin: aioredis.Redis, tag: str) -> str:
     return keys[0]
 
 
-async def until(check: Callable[[], Awaitable[bool]], seconds: float = 2.0) -> None:
-    """Wait (polling; tests only) until ``check()`` is true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not await check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 def most_in_window(stamps: list[float], window: float) -> int:
     """The most grants in any window ``[s, s + window)`` (shortened by ``TOL``)."""
     ordered = sorted(stamps)
@@ -68,21 +60,6 @@ def most_in_window(stamps: list[float], window: float) -> int:
         (sum(1 for t in ordered if s <= t < s + window - TOL) for s in ordered),
         default=0,
     )
-
-
-class Recorder:
-    """Acquire through a limiter and note each grant's instant."""
-
-    def __init__(self, limiter: tb.TokenBucket | tb.SlidingWindow) -> None:
-        self.limiter = limiter
-        self.loop = asyncio.get_running_loop()
-        self.grants: list[float] = []
-
-    async def take(self) -> float:
-        await self.limiter.acquire()
-        now = self.loop.time()
-        self.grants.append(now)
-        return now
 
 
 async def reserved_caller(backend: RedisBackend) -> tuple[asyncio.Task[float], float]:

@@ -2,8 +2,9 @@
 
 A reserve call whose reply is lost has run: its reservations are in Redis. A retry of it
 must be charged once ("wait"), and a caller that got an error instead of its grant
-("raise") must leave nothing behind. A round trip that takes long must not push an
-``acquire(timeout=t)`` past ``t``.
+("raise") must leave nothing behind. A settle whose reply is lost is retried and
+settles once. A round trip that takes long must not push an ``acquire(timeout=t)`` past
+``t``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pytest
 import pytest_asyncio
 
 import tokenbucket as tb
+from tests.redis_faults._support import Recorder, until
 from tests.redis_faults.conftest import close
-from tests.redis_faults.test_faults import Recorder, until
 from tokenbucket._redis import BackendUnavailableError, RedisBackend, _scripts
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ PREFIX = "lost"
 LIMIT = 10  # units per WINDOW (a window's limit, a bucket's capacity)
 WINDOW = 1.0
 BATCH = 5  # the requests whose reply is lost
-# The reserve script's SHA: the bytes that mark its EVALSHA on the wire.
+# The reserve and adjust scripts' SHAs: the bytes that mark their EVALSHAs on the wire.
 RESERVE = hashlib.sha1(_scripts.source("reserve").encode()).hexdigest().encode()
+ADJUST = hashlib.sha1(_scripts.source("adjust").encode()).hexdigest().encode()
 
 
 @pytest_asyncio.fixture
@@ -141,6 +143,61 @@ async def test_lost_reply_under_raise_leaves_nothing_reserved(
     start = loop.time()
     await asyncio.wait_for(asyncio.gather(*(recorder.take() for _ in range(LIMIT))), 5.0)
     assert max(recorder.grants) - start < 0.3  # the whole limit, at once
+
+
+# -- a settle whose reply is lost -----------------------------------------------------------
+
+GRANTED = 10.0  # the tokens a lease is granted (then settled at more, or fewer)
+
+
+async def schedule(admin: aioredis.Redis, key: str) -> tuple[float, float]:
+    """A limiter's meter in Redis: a window's running sum and the sum of its entries, or
+    a bucket's schedule (epoch seconds; Redis's clock when it has none: full) twice."""
+    found = [text(k) for k in await admin.keys(f"{{{PREFIX}:{key}}}:0:*")]
+    meters = [k for k in found if not k.endswith((":last", ":sum"))]
+    if not meters:  # a bucket given everything back
+        seconds, micros = await admin.time()
+        return seconds + micros / 1e6, seconds + micros / 1e6
+    (meter,) = meters
+    if await admin.type(meter) in (b"zset", "zset"):
+        counted = float(await admin.hget(meter + ":sum", "all") or 0)
+        listed: list[Any] = await admin.zrange(meter, 0, -1, withscores=True)
+        entries = [float(text(e).rpartition(":")[2]) for e, _ in listed]
+        return counted, sum(entries)
+    tat = float(await admin.get(meter) or 0)
+    return tat, tat
+
+
+@pytest.mark.parametrize(
+    ("kind", "settled"),
+    [("bucket", 30.0), ("bucket", 2.0), ("window", 30.0), ("window", 2.0)],
+)
+async def test_lost_settle_reply_settles_once_on_retry(
+    proxy: Proxy, backends: list[RedisBackend], admin: aioredis.Redis, kind: str, settled: float
+) -> None:
+    backend = through(proxy, backends, "wait")
+    # A bucket of 1 token a second (its schedule moves 1 s per token), or a window of a
+    # minute: nothing refills or leaves during the test.
+    rate = tb.Rate(1, 1.0, burst=100) if kind == "bucket" else tb.Rate(100, 60.0)
+    warmed = tb.Limiter({"tokens": rate}, backend=backend, key="warm-settle")
+    async with warmed.acquire(tokens=GRANTED) as lease:  # loads both scripts
+        lease.settle(tokens=0)
+    await backend._background.drain(asyncio.get_running_loop().time() + 5.0)
+    limiter = tb.Limiter({"tokens": rate}, backend=backend, key=f"settle-{kind}")
+    async with limiter.acquire(tokens=GRANTED) as lease:
+        before, _ = await schedule(admin, f"settle-{kind}")
+        proxy.lose_reply(ADJUST)
+        lease.settle(tokens=settled)
+    await backend._background.drain(asyncio.get_running_loop().time() + 5.0)
+    assert proxy.lost == 1
+    after, listed = await schedule(admin, f"settle-{kind}")
+    if kind == "bucket":
+        # Charged the overrun, or given the unused part back, once: the schedule moves
+        # by (settled - granted) / rate.
+        assert after - before == pytest.approx(settled - GRANTED, abs=0.1)
+    else:
+        # The grant's entry holds the settled amount, once; the running sum agrees.
+        assert (before, after, listed) == (GRANTED, settled, settled)
 
 
 # -- slow round trips and the caller's timeout ---------------------------------------------

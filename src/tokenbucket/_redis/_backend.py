@@ -148,7 +148,7 @@ class RedisBackend:
         self._stale = False
         self._closer: AsyncGenerator[None, None] | None = None
         self._undoing = 0  # reserve calls being undone (see _reserve_batch)
-        # Reserve calls are named by this backend's id and a count (see reserve.lua).
+        # Reserve and settle calls are named by this backend's id and a count.
         self._id = uuid.uuid4().hex + "-"
         self._calls = itertools.count()
         self._undo_warned = False
@@ -417,7 +417,11 @@ class RedisBackend:
 
     async def adjust(self, reservation: Reservation, new_amounts: Sequence[float]) -> None:
         """Settle a grant: replace its amounts by ``new_amounts``."""
-        keys, args = _protocol.encode_adjust(self._now_arg(), reservation, new_amounts)
+        if tuple(new_amounts) == reservation.amounts:
+            return  # nothing to change (or no meter)
+        # A retry sends the same call (its key names it): settled once if it had run.
+        call = f"{self._id}{next(self._calls)}"
+        keys, args = _protocol.encode_adjust(self._now_arg(), call, reservation, new_amounts)
         await self._with_policy("adjust", keys, args)
 
     async def feedback(

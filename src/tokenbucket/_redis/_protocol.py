@@ -56,9 +56,9 @@ __all__ = [
 
 SERVER_TIME: Final = ""  # the `now` argument that asks for the Redis server's TIME
 SLACK_MS: Final = 1000  # keys outlive what they hold by this much
-# The longest a reserve call is remembered (so that sending it again charges nothing
-# again, and undoing it works): the calls a backend retries or undoes are those whose
-# reply was lost, sent again within this time.
+# The longest a reserve or settle call is remembered (so that sending it again charges
+# nothing again, and undoing a reserve call works): the calls a backend retries or undoes
+# are those whose reply was lost, sent again within this time.
 RECORD_TTL_MS: Final = 60_000
 
 # reserve.lua's statuses, per request.
@@ -112,8 +112,8 @@ CANCEL: Final = Layout(
     indexes=("key",),
 )
 ADJUST: Final = Layout(
-    keys=("...",),
-    head=("now", "slack", "meters"),
+    keys=("call_key", "..."),
+    head=("now", "slack", "record_ttl", "meters"),
     groups=(Group("meter", "meters", (*_METER, "amount", "member", "new", "t")),),
     indexes=("key",),
 )
@@ -193,8 +193,8 @@ class Reply(NamedTuple):
 
 
 def call_key(tag: str, call: str) -> str:
-    """The key that records the reserve call ``call`` (an id unique to the call) whose
-    requests are under the hash tag ``tag`` (:attr:`Shape.tag`)."""
+    """The key that records the reserve or settle call ``call`` (an id unique to the
+    call) whose keys are under the hash tag ``tag`` (:attr:`Shape.tag`)."""
     return f"{tag}}}:call:{call}"
 
 
@@ -287,11 +287,13 @@ def encode_give_back(now: str, reservation: Reservation) -> tuple[list[str], lis
 
 
 def encode_adjust(
-    now: str, reservation: Reservation, new_amounts: Sequence[float]
+    now: str, call: str, reservation: Reservation, new_amounts: Sequence[float]
 ) -> tuple[list[str], list[Any]]:
-    """adjust.lua's KEYS and ARGV: ``reservation`` takes ``new_amounts`` instead."""
-    keys: list[str] = []
-    args: list[Any] = [now, SLACK_MS, len(reservation.meters)]
+    """adjust.lua's KEYS and ARGV: ``reservation`` (with at least one meter) takes
+    ``new_amounts`` instead, in the call ``call`` (an id unique to the call). The same
+    KEYS and ARGV sent again are the same call: it settles once."""
+    keys: list[str] = [call_key(reservation.meters[0].key.partition("}")[0], call)]
+    args: list[Any] = [now, SLACK_MS, RECORD_TTL_MS, len(reservation.meters)]
     for meter, old, new in zip(reservation.meters, reservation.amounts, new_amounts, strict=True):
         keys.append(meter.key)
         args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2), repr(old)]

@@ -1,11 +1,16 @@
 -- Settle a grant: charge an overrun or give back an unused part, per meter.
 --
--- KEYS: ...
--- ARGV: now, slack, meters
+-- A call is recorded under call_key for record_ttl ms: the same call sent again (a retry
+-- after its reply was lost on the way back) finds its record and changes nothing again.
+--
+-- KEYS: call_key, ...
+-- ARGV: now, slack, record_ttl, meters
 -- ARGV per meter (meters): kind, key, p1, p2, amount, member, new, t
+--   call_key   the record of this call (its id, under the hash tag of its keys)
 --   ...        the meters' keys (by the key fields)
 --   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
 --   slack      ms that keys outlive what they hold
+--   record_ttl  ms a call's record lasts
 --   meters     the number of meters
 --   kind       'b' bucket | 'w' window
 --   key        index in KEYS of the meter's key
@@ -15,13 +20,16 @@
 --   member     the grant's id
 --   new        what the grant takes instead
 --   t          the grant's instant
+-- Returns 1, or 0 for a call found in its record (nothing changed).
 -- A window entry keeps its instant and takes the new amount (a smaller one lowers every
 -- window's sum; a larger one is debt later callers wait off). A bucket is charged an
 -- overrun (its schedule moves later); an unused part goes back only while the grant is
 -- the latest on that bucket.
 local slack = tonumber(ARGV[2])
-local meters = tonumber(ARGV[3])
-local pos = 4
+local record_ttl = tonumber(ARGV[3])
+local meters = tonumber(ARGV[4])
+local pos = 5
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', record_ttl) == false then return 0 end
 for _ = 1, meters do
   local kind, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
   local p1, p2 = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
