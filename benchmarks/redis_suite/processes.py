@@ -1,0 +1,326 @@
+"""The multi-process workload: P processes x T asyncio tasks each loop on "acquire 1 unit"
+against ONE limit kept in Redis (``--workload processes``).
+
+The processes are started once (``spawn``) and serve every run of the workload, each run
+in a fresh event loop with its own pool and limiter. A run: every process builds its
+limiter and says it is ready; the parent then hands all of them the same instants of
+``time.monotonic()`` (CLOCK_MONOTONIC, one clock for every process of a host): when
+their tasks start, when the measured interval starts (after the warm-up) and when it
+stops. Each process stamps every admission with ``time.monotonic()`` when ``acquire``
+returns and reports the stamps from one window before the interval to its end, its CPU
+(``time.process_time()``) and admissions between its own readings at the two instants,
+and (binding regime) the instants its backend reserved (Redis server clock, the same for
+every process) and how late each admission came after its reserved instant. The parent
+reads ``INFO commandstats`` at the two instants.
+
+The runs: TokenBucket and SlidingWindow, generous (never binds) and binding, and the
+SlidingWindow binding again with its window widened by a margin (the guard
+docs/guarantees.md gives users whose server counts arrivals strictly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import dataclasses
+import logging
+import math
+import multiprocessing
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from redis.client import Redis
+
+from _harness import Loop, Runtime, certain_peak, jain, percentile, progress, run, window_load
+from redis_suite.limiters import KEY_MARK, TALLY, TB_BUCKET, TB_WINDOW, _tokenbucket
+from redis_suite.runs import Config, _Warnings
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+READY_TIMEOUT = 60.0  # for every process to build its limiter (and to start, at first)
+CLOSE_TIMEOUT = 30.0  # for every process to end its tasks and close its limiter
+START_AHEAD = 0.05  # the tasks start this long after the parent hands out the instants
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One run, as every process builds it: ``window`` is the limiter's (margin included)."""
+
+    url: str
+    cfg: Config
+    kind: str  # "bucket" or "window"
+    regime: str
+    rate: int
+    burst: int
+    window: float
+    tasks: int
+
+
+@dataclass
+class Share:
+    """What one process reports of a run (its clock is CLOCK_MONOTONIC, like everyone's)."""
+
+    admitted: int  # between its own readings at the two instants
+    cpu_seconds: float  # time.process_time() between the same readings
+    stamps: list[float]  # admissions from one window before the interval to its end
+    round_trips: int | None
+    connections: int
+    reconnects: int
+    warnings: int
+    grants: list[float] = field(default_factory=list)  # Redis clock (binding, logged)
+    lateness: list[float] = field(default_factory=list)  # s after reserved, in the interval
+    late_max: float = math.nan  # the same, whole run
+
+
+@dataclass
+class ProcResult:
+    regime: str
+    name: str
+    window: float
+    margin: float
+    processes: int
+    tasks: int
+    duration: float
+    admitted: int  # merged stamps inside the common interval
+    per_second: float
+    cpu_seconds: float  # the processes' CPU over the interval, summed
+    cpu_admitted: int  # the admissions between the processes' own readings, summed
+    per_process: list[int]
+    fairness: float
+    round_trips: int | None
+    server_commands: int
+    server_usec: int
+    connections: int
+    reconnects: int
+    warnings: int
+    allowed: float | None = None
+    achieved: float | None = None
+    peak: int | None = None
+    steady_peak: int | None = None
+    grant_peak: int | None = None
+    lateness: dict[str, float] | None = None
+
+    @property
+    def cpu_per_admission(self) -> float:
+        return self.cpu_seconds / self.cpu_admitted if self.cpu_admitted else math.nan
+
+
+# -- in each process ---------------------------------------------------------------------
+
+
+async def _share(rt: Runtime, spec: Spec, conn: Connection) -> Share:
+    warnings = _Warnings()
+    logger = logging.getLogger("tokenbucket.redis")
+    logger.addHandler(warnings)
+    TALLY.reset()
+    cfg = dataclasses.replace(spec.cfg, window=spec.window)
+    binding = spec.regime == "binding"
+    subject = await _tokenbucket(
+        spec.url, cfg, spec.rate, spec.burst, window=spec.kind == "window", logged=binding
+    )
+    clock, stamps, running = time.monotonic, [], True
+
+    async def worker() -> None:
+        while running:
+            await subject.acquire()
+            stamps.append(clock())
+
+    def read() -> tuple[float, int, int | None]:
+        trips = subject.round_trips() if subject.round_trips else None
+        return time.process_time(), len(stamps), trips
+
+    workers: list[Any] = []
+    try:
+        conn.send("ready")
+        start, t0, t1, keep_from = conn.recv()  # blocks the loop: nothing runs in it yet
+        await asyncio.sleep(max(start - clock(), 0.0))
+        workers = [rt.spawn(worker) for _ in range(spec.tasks)]
+        await asyncio.sleep(max(t0 - clock(), 0.0))
+        cpu0, first, trips0 = read()
+        warned = warnings.count
+        await asyncio.sleep(max(t1 - clock(), 0.0))
+        cpu1, last, trips1 = read()
+        warned = warnings.count - warned
+        running = False
+        kept = stamps[bisect.bisect_left(stamps, keep_from) :]  # appended in clock order
+        share = Share(
+            admitted=last - first,
+            cpu_seconds=cpu1 - cpu0,
+            stamps=kept,
+            round_trips=None if trips0 is None or trips1 is None else trips1 - trips0,
+            connections=TALLY.connections,
+            reconnects=TALLY.reconnects,
+            warnings=warned,
+        )
+        if (schedule := subject.schedule) is not None:
+            share.grants = [at for at in schedule.grants if at + schedule.offset >= keep_from]
+            late = schedule.lateness()
+            share.late_max = max((lag for _, lag in late), default=math.nan)
+            share.lateness = [lag for at, lag in late if t0 <= at <= t1]
+        conn.send(share)  # before the clean-up: what follows is not measured
+        await asyncio.wait(workers, timeout=spec.cfg.grace)
+    finally:
+        await rt.cancel(workers)
+        logger.removeHandler(warnings)
+    await subject.close()
+    await rt.cancel_others()
+    return share
+
+
+def child(conn: Connection) -> None:
+    """A process's life: a fresh event loop per run until the parent sends None."""
+    try:
+        while (spec := conn.recv()) is not None:
+            run(Loop("asyncio", asyncio.new_event_loop), lambda rt: _share(rt, spec, conn))
+            conn.send("closed")
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        raise
+
+
+# -- in the parent -----------------------------------------------------------------------
+
+
+def _clear(client: Any) -> None:
+    """Delete this benchmark's keys (every key it writes contains the mark)."""
+    keys = list(client.scan_iter(match=f"*{KEY_MARK}*", count=1000))
+    if keys:
+        client.unlink(*keys)
+
+
+def _commandstats(client: Any) -> tuple[int, int]:
+    """Calls and usec of the script commands tokenbucket sends (server-wide)."""
+    info = client.info("commandstats")
+    entries = [info.get(f"cmdstat_{name}", {}) for name in ("evalsha", "eval", "script|load")]
+    return sum(int(e.get("calls", 0)) for e in entries), sum(int(e.get("usec", 0)) for e in entries)
+
+
+def _receive(conns: list[Connection], timeout: float, what: str) -> list[Any]:
+    replies = []
+    for index, conn in enumerate(conns):
+        if not conn.poll(timeout):
+            raise RuntimeError(f"process {index} did not report {what} within {timeout:g} s")
+        reply = conn.recv()
+        if isinstance(reply, tuple) and reply[0] == "error":
+            raise RuntimeError(f"process {index} failed:\n{reply[1]}")
+        replies.append(reply)
+    return replies
+
+
+def _one_run(
+    conns: list[Connection], client: Any, spec: Spec, name: str, margin: float
+) -> ProcResult:
+    cfg = spec.cfg
+    _clear(client)
+    for conn in conns:
+        conn.send(spec)
+    _receive(conns, READY_TIMEOUT, "ready")
+    warmup, duration = cfg.proc_warmup, cfg.proc_duration
+    measure = cfg.window  # the rolling windows the peaks are counted in (no margin)
+    start = time.monotonic() + START_AHEAD
+    t0 = start + warmup
+    t1 = t0 + duration
+    for conn in conns:
+        conn.send((start, t0, t1, t0 - measure))
+    time.sleep(max(t0 - time.monotonic(), 0.0))
+    calls0, usec0 = _commandstats(client)
+    time.sleep(max(t1 - time.monotonic(), 0.0))
+    calls1, usec1 = _commandstats(client)
+    shares: list[Share] = _receive(conns, duration + READY_TIMEOUT, "its admissions")
+    _receive(conns, CLOSE_TIMEOUT, "closing")
+    _clear(client)
+    stamps = sorted(t for share in shares for t in share.stamps)
+    inside = [t for t in stamps if t0 <= t <= t1]
+    trips = [s.round_trips for s in shares]
+    result = ProcResult(
+        regime=spec.regime,
+        name=name,
+        window=spec.window,
+        margin=margin,
+        processes=len(shares),
+        tasks=spec.tasks,
+        duration=duration,
+        admitted=len(inside),
+        per_second=len(inside) / duration,
+        cpu_seconds=sum(s.cpu_seconds for s in shares),
+        cpu_admitted=sum(s.admitted for s in shares),
+        per_process=[s.admitted for s in shares],
+        fairness=jain([s.admitted for s in shares]),
+        round_trips=None if None in trips else sum(t or 0 for t in trips),
+        server_commands=calls1 - calls0,
+        server_usec=usec1 - usec0,
+        connections=sum(s.connections for s in shares),
+        reconnects=sum(s.reconnects for s in shares),
+        warnings=sum(s.warnings for s in shares),
+    )
+    if spec.regime == "binding":
+        bucket = spec.kind == "bucket"
+        nominal = spec.rate if bucket else spec.rate / (spec.window - margin)
+        result.allowed = nominal * measure + (spec.burst if bucket else 0)
+        mean = window_load(stamps, t0, t1, measure)
+        achieved = len(inside) / duration if mean is None else mean / measure
+        result.achieved = achieved / nominal
+        result.peak = certain_peak(stamps, stamps, measure)
+        result.steady_peak = certain_peak(inside, inside, measure)
+        if grants := sorted(g for s in shares for g in s.grants):
+            result.grant_peak = certain_peak(grants, grants, measure)
+        if late := [lag for s in shares for lag in s.lateness]:
+            result.lateness = {
+                "max": max(s.late_max for s in shares),
+                "interval_max": max(late),
+                "interval_p99": percentile(late, 0.99),
+            }
+    progress(
+        f"processes {spec.regime} {name}{f' +{margin:g} s' if margin else ''} "
+        f"{len(shares)}x{spec.tasks}: {result.per_second:,.0f}/s, "
+        f"{result.cpu_per_admission * 1e6:.1f} us CPU/adm"
+    )
+    return result
+
+
+def plan(cfg: Config, regimes: tuple[str, ...], only: list[str] | None) -> list[tuple[str, str]]:
+    """(limiter, regime) of each run, a margin run after the window's binding one."""
+    runs = [(regime, name) for regime in regimes for name in (TB_BUCKET, TB_WINDOW)]
+    return [(n, r) for r, n in runs if not only or any(t in n for t in only)]
+
+
+def bench_processes(
+    url: str, cfg: Config, regimes: tuple[str, ...], only: list[str] | None
+) -> list[ProcResult]:
+    """Every run of the workload on the same ``cfg.processes`` processes."""
+    runs = plan(cfg, regimes, only)
+    if not runs:
+        return []
+    context = multiprocessing.get_context("spawn")
+    pipes = [context.Pipe() for _ in range(cfg.processes)]
+    procs = [context.Process(target=child, args=(theirs,), daemon=True) for _, theirs in pipes]
+    conns = [ours for ours, _ in pipes]
+    client: Any = Redis.from_url(url)
+    results = []
+    try:
+        for proc in procs:
+            proc.start()
+        for name, regime in runs:
+            kind = "bucket" if name == TB_BUCKET else "window"
+            rate, burst = cfg.limit(regime)
+            margins = [0.0, cfg.margin] if kind == "window" and regime == "binding" else [0.0]
+            for margin in margins:
+                window = cfg.window + margin
+                spec = Spec(url, cfg, kind, regime, rate, burst, window, cfg.tasks)
+                results.append(_one_run(conns, client, spec, name, margin))
+    finally:
+        for conn in conns:
+            with contextlib.suppress(OSError):  # a process that failed has gone
+                conn.send(None)
+        for proc in procs:
+            proc.join(CLOSE_TIMEOUT)
+            if proc.is_alive():  # pragma: no cover - a process stuck in its clean-up
+                proc.terminate()
+                proc.join()
+        _clear(client)
+        client.close()
+    return results
