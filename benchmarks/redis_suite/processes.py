@@ -294,6 +294,12 @@ def _one_run(
     return result
 
 
+def auto_margin(bare: ProcResult) -> float:
+    """The latest admission of a run after its reserved instant, up to the next 10 ms."""
+    late = (bare.lateness or {}).get("max", math.nan)
+    return 0.0 if math.isnan(late) else math.ceil(late * 100) / 100
+
+
 def plan(cfg: Config, regimes: tuple[str, ...], only: list[str] | None) -> list[tuple[str, str]]:
     """(limiter, regime) of each run, a margin run after the window's binding one."""
     runs = [(regime, name) for regime in regimes for name in (TB_BUCKET, TB_WINDOW)]
@@ -323,7 +329,10 @@ def bench_processes(
             for margin in margins:
                 window = cfg.window + margin
                 spec = Spec(url, cfg, kind, regime, rate, burst, window, cfg.tasks)
-                results.append(_one_run(conns, client, spec, name, margin))
+                result = _one_run(conns, client, spec, name, margin)
+                results.append(result)
+                if len(margins) > 1 and not margin and (late := auto_margin(result)) > cfg.margin:
+                    margins.append(late)  # the guard the docs advise: the worst delay seen
     finally:
         for conn in conns:
             with contextlib.suppress(OSError):  # a process that failed has gone
@@ -407,26 +416,34 @@ def _find(results: list[ProcResult], name: str, regime: str, margin: bool) -> Pr
     )
 
 
-def guard(results: list[ProcResult], cfg: Config) -> str | None:
-    """The margin guard's reading: arrivals in any window W with and without the margin."""
-    bare, wide = (_find(results, TB_WINDOW, "binding", m) for m in (False, True))
-    if bare is None or wide is None or bare.peak is None or wide.peak is None:
-        return None
-    if not bare.per_second:  # --quick: the opening burst can fill the whole interval
-        return f"- Margin guard: no admission inside the interval ({cfg.mode} run)."
-    cost = 1 - wide.per_second / bare.per_second
-    expected = wide.margin / wide.window
-    late = max((r.lateness or {}).get("max", math.nan) for r in (bare, wide))
-    return (
+def guard(results: list[ProcResult], cfg: Config) -> list[str]:
+    """The margin guard's reading: arrivals in any window W with and without a margin."""
+    bare = _find(results, TB_WINDOW, "binding", False)
+    wide = [r for r in results if r.name == TB_WINDOW and r.regime == "binding" and r.margin]
+    if bare is None or bare.peak is None or not wide:
+        return []
+    if not bare.admitted or not bare.achieved:  # --quick: the opening burst may fill it all
+        return [f"- Margin guard: no admission inside the interval ({cfg.mode} run)."]
+    runs = [
+        f"`window={r.window:g}` (margin {r.margin * 1e3:.0f} ms): {r.peak:,} (steady "
+        f"{r.steady_peak:,}), {number(r.achieved, '.1%')} of the limit, a cost of "
+        f"{1 - (r.achieved or math.nan) / bare.achieved:.1%} (margin / window "
+        f"{r.margin / r.window:.1%}); latest admission "
+        f"{(r.lateness or {}).get('max', math.nan) * 1e3:.0f} ms after its reserved instant"
+        for r in wide
+    ]
+    late = (bare.lateness or {}).get("max", math.nan) * 1e3
+    return [
         f"- Margin guard ({TB_WINDOW}, {bare.processes} processes x {bare.tasks:,} tasks, "
-        f"limit {bare.allowed:,.0f}): the most arrivals in any {cfg.window:g} s were "
-        f"{bare.peak:,} (steady {bare.steady_peak:,}) with `window={bare.window:g}` and "
-        f"{wide.peak:,} (steady {wide.steady_peak:,}) with `window={wide.window:g}` (a "
-        f"margin of {wide.margin:g} s); the latest admission came {late * 1e3:.0f} ms after "
-        f"its reserved instant. Throughput {bare.per_second:,.0f} -> {wide.per_second:,.0f} "
-        f"adm/s: a cost of {cost:.1%} (margin / window: {expected:.1%}). The cost is only "
-        "the margin's when both runs reach the limit; below it, it is noise."
-    )
+        f"limit {bare.allowed:,.0f} per {cfg.window:g} s): the most arrivals in any "
+        f"{cfg.window:g} s with `window={bare.window:g}`: {bare.peak:,} (steady "
+        f"{bare.steady_peak:,}), {number(bare.achieved, '.1%')} of the limit, latest "
+        f"admission {late:.0f} ms after its reserved instant; with {'; with '.join(runs)}. "
+        "A margin covers the delay only if it is at least the latest admission's delay in "
+        "its own run; the last margin is the worst delay of the run without one, rounded up "
+        "to 10 ms. The costs compare the mean rolling-second loads (% of limit); grants "
+        "come in bursts once per window, so the plain counts (adm/s) are quantised."
+    ]
 
 
 def section(results: list[ProcResult], cfg: Config) -> list[str]:
@@ -444,8 +461,8 @@ def section(results: list[ProcResult], cfg: Config) -> list[str]:
         EXPLAINED,
         "",
     ]
-    if line := guard(results, cfg):
-        parts += [line, ""]
+    if lines := guard(results, cfg):
+        parts += [*lines, ""]
     if dropped := [r for r in results if r.reconnects or r.warnings]:
         which = ", ".join(
             f"{_name(r)} {r.regime}: {r.reconnects} re-connections, {r.warnings} warnings"
@@ -453,6 +470,12 @@ def section(results: list[ProcResult], cfg: Config) -> list[str]:
         )
         parts += [f"Note: {which} (in the processes, over the interval).", ""]
     return parts
+
+
+def _opening(r: ProcResult) -> bool:
+    """A window's interval shorter than the window (--quick): its grants come in bursts
+    once per window, so the interval may hold one, or none."""
+    return r.name == TB_WINDOW and r.duration < r.window
 
 
 def targets(results: list[ProcResult], cfg: Config) -> list[list[str]]:
@@ -463,7 +486,7 @@ def targets(results: list[ProcResult], cfg: Config) -> list[list[str]]:
             cpu = r.cpu_per_admission * 1e6
             target = f"{who}, generous: < 30 us of client CPU per admission"
             checks.append([target, f"{'yes' if cpu < 30 else 'NO'} ({cpu:.1f} us)"])
-        elif r.achieved is not None and not r.margin:
+        elif r.achieved is not None and not r.margin and not _opening(r):
             target = f"{who}, binding: >= 95% of the limit"
             checks.append([target, f"{'yes' if r.achieved >= 0.95 else 'NO'} ({r.achieved:.1%})"])
         if r.grant_peak is not None and r.allowed is not None:

@@ -57,7 +57,7 @@ class Config:
     processes: int = 8
     tasks: int = 1_000
     proc_warmup: float = 1.5
-    proc_duration: float = 3.0
+    proc_duration: float = 4.0  # 8 x 1,000 acquirers at 2,000/s: one turn each
     margin: float = 0.05
 
     def limit(self, regime: str) -> tuple[int, int]:
