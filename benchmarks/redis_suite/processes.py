@@ -403,7 +403,7 @@ EXPLAINED = (
     "processes' backends reserved (Redis clock), including reservations still ahead at the "
     "end. late: seconds from reserved instant to admission, in the interval (run: whole "
     "run). client CPU: the processes' `time.process_time()` over the interval, summed, per "
-    "admission they counted; CPU busy: that sum / the interval (2 cores here). commands "
+    "admission they counted; CPU busy: that sum / the interval, in cores. commands "
     "(server): `INFO commandstats` calls of evalsha, eval and script|load, server-wide. "
     "Binding rows log the reservations by wrapping `backend.reserve` (two coroutine layers "
     "per script call, one per admission); generous rows call `limiter.acquire` bare."
