@@ -13,6 +13,7 @@ module writes the report; see benchmarks/README.md for the method.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import os
@@ -268,6 +269,12 @@ async def _prepare(url: str, allow_flush: bool) -> str:
         await client.aclose()
 
 
+def _positive(value: str) -> int:
+    if (number := int(value)) < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {value}")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = arguments(__doc__)
@@ -284,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         help="tasks: N tasks in this process (a, b); processes: P processes x T tasks on one "
         "limit (c); repeatable, default both",
     )
-    parser.add_argument("--processes", type=int, metavar="P", help="for (c): 8, --quick 2")
-    parser.add_argument("--tasks", type=int, metavar="T", help="per process (c): 1000, --quick 50")
+    parser.add_argument("--processes", type=_positive, metavar="P", help="for (c): 8, --quick 2")
+    parser.add_argument(
+        "--tasks", type=_positive, metavar="T", help="per process (c): 1000, --quick 50"
+    )
     parser.add_argument("--margin", type=float, metavar="S", help="the window's guard (c): 0.05")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
