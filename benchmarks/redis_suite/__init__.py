@@ -6,12 +6,14 @@ every run), (a) generous (never binds; next to a floor, an EVALSHA of ``return 1
 (b) binding at 2,000 per second. Peers: ``limits`` (async ``RedisStorage``, polled) and
 ``pyrate-limiter`` (``RedisBucket``, ``StateBucket`` on a ``RedisStateStore``). Round
 trips are counted three ways: ``backend.round_trips``, the commands the clients send, and
-the server's ``INFO commandstats``. This module writes the report; see
-benchmarks/README.md for the method.
+the server's ``INFO commandstats``. Then (c) the same limit shared by 8 processes x 1,000
+tasks (``--workload processes``, ``--processes``, ``--tasks``): tokenbucket only. This
+module writes the report; see benchmarks/README.md for the method.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import os
@@ -31,6 +33,7 @@ from _harness import (
     number,
     write_json,
 )
+from redis_suite import processes
 from redis_suite.limiters import FLOOR, KEY_MARK, TB_BUCKET, candidates, text
 from redis_suite.runs import FULL, QUICK, Config, RunResult, bench_run, per
 
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 
 DEFAULT_URL = "redis://127.0.0.1:6379/14"
 REGIMES = ("generous", "binding")
+WORKLOADS = ("tasks", "processes")
 
 
 def _peak(r: RunResult) -> str:
@@ -198,7 +202,13 @@ PEAKS = (
 )
 
 
-def report(env: dict[str, Any], runs: list[RunResult], notes: list[str], cfg: Config) -> str:
+def report(
+    env: dict[str, Any],
+    runs: list[RunResult],
+    notes: list[str],
+    cfg: Config,
+    shared: list[processes.ProcResult] | None = None,
+) -> str:
     parts = [
         f"# Redis benchmarks ({cfg.mode})",
         "",
@@ -224,8 +234,12 @@ def report(env: dict[str, Any], runs: list[RunResult], notes: list[str], cfg: Co
             PEAKS,
             "",
         ]
-    parts += [COUNTED, "", *(f"Note: {note}" for note in notes), ""]
-    if checks := targets(runs, cfg):
+    if runs:
+        parts += [COUNTED, ""]
+    if shared:
+        parts += processes.section(shared, cfg)
+    parts += [*(f"Note: {note}" for note in notes), ""]
+    if checks := targets(runs, cfg) + processes.targets(shared or [], cfg):
         parts += ["## Targets (tokenbucket)", ""]
         if cfg.mode == "quick":
             parts += ["--quick sizes are too small to judge the targets: indicative only.", ""]
@@ -255,6 +269,12 @@ async def _prepare(url: str, allow_flush: bool) -> str:
         await client.aclose()
 
 
+def _positive(value: str) -> int:
+    if (number := int(value)) < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {value}")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = arguments(__doc__)
@@ -264,10 +284,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="TEXT", help="limiters named with TEXT")
     parser.add_argument("--regime", action="append", choices=REGIMES, help="repeatable")
     parser.add_argument("--acquirers", metavar="N,N,...", help="acquirer counts (1,10,100,1000)")
+    parser.add_argument(
+        "--workload",
+        action="append",
+        choices=WORKLOADS,
+        help="tasks: N tasks in this process (a, b); processes: P processes x T tasks on one "
+        "limit (c); repeatable, default both",
+    )
+    parser.add_argument("--processes", type=_positive, metavar="P", help="for (c): 8, --quick 2")
+    parser.add_argument(
+        "--tasks", type=_positive, metavar="T", help="per process (c): 1000, --quick 50"
+    )
+    parser.add_argument("--margin", type=float, metavar="S", help="the window's guard (c): 0.05")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.acquirers:
         cfg = dataclasses.replace(cfg, acquirers=tuple(int(n) for n in args.acquirers.split(",")))
+    for option in ("processes", "tasks", "margin"):
+        if (value := getattr(args, option)) is not None:
+            cfg = dataclasses.replace(cfg, **{option: value})
+    workloads = args.workload or WORKLOADS
+    regimes = tuple(r for r in REGIMES if r in (args.regime or REGIMES))
     try:
         server = asyncio.run(_prepare(args.url, args.allow_flush))
     except (OSError, aioredis.RedisError) as exc:
@@ -281,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(cfg.mode, command, ["redis", "limits", "pyrate-limiter"])
     env |= {"redis server": server, "url": args.url, "redis-py": env["versions"]["redis"]}
     runs: list[RunResult] = []
-    for regime in (r for r in REGIMES if r in (args.regime or REGIMES)):
+    for regime in regimes if "tasks" in workloads else ():
         for n in cfg.acquirers:  # acquirer counts outermost: one count's runs close in time
             floor = None
             for candidate in (c for c in found if regime in c.regimes):
@@ -300,9 +337,15 @@ def main(argv: list[str] | None = None) -> int:
             for r in warned
         )
         notes.append("tokenbucket logged warnings: " + ", ".join(which))
-    print(report(env, runs, notes, cfg))
+    shared = []
+    if "processes" in workloads:
+        shared = processes.bench_processes(args.url, cfg, regimes, args.only)
+    print(report(env, runs, notes, cfg, shared))
     if args.json:
         runs_json = [asdict(r) for r in runs]
+        shared_json = [asdict(r) | {"cpu_per_admission": r.cpu_per_admission} for r in shared]
         data = {"environment": env, "config": asdict(cfg), "runs": runs_json, "notes": notes}
-        write_json(args.json, data | {"targets": targets(runs, cfg), "reading": reading(runs, cfg)})
+        checks = targets(runs, cfg) + processes.targets(shared, cfg)
+        data |= {"processes": shared_json, "targets": checks, "reading": reading(runs, cfg)}
+        write_json(args.json, data)
     return 0

@@ -173,7 +173,11 @@ class Schedule:
         return [(stamp, stamp - (at + self.offset)) for stamp, at in self.admissions]
 
 
-async def _tokenbucket(url: str, cfg: Config, rate: int, burst: int, *, window: bool) -> Subject:
+async def _tokenbucket(
+    url: str, cfg: Config, rate: int, burst: int, *, window: bool, logged: bool = True
+) -> Subject:
+    """``logged=False``: no :class:`Schedule` (no grants, no lateness) and ``acquire`` is
+    the limiter's own: nothing of the harness's between the task and the library."""
     pool = cfg.pool(url)
     backend_class: Any = tb.RedisBackend  # public, imported on first use
     backend = backend_class(aioredis.Redis(connection_pool=pool), prefix=KEY_MARK)
@@ -183,12 +187,14 @@ async def _tokenbucket(url: str, cfg: Config, rate: int, burst: int, *, window: 
     else:
         limiter = tb.TokenBucket(rate=rate, capacity=burst, backend=backend, key="bench")
     # The schedule reads the backend's seam (reserve, client); without it, no grants column.
-    schedule = Schedule(backend) if hasattr(backend, "reserve") else None
+    schedule = Schedule(backend) if logged and hasattr(backend, "reserve") else None
 
-    async def acquire() -> None:
+    async def logged_acquire() -> None:
         await limiter.acquire()
         if schedule is not None:
             schedule.admitted()
+
+    acquire = limiter.acquire if schedule is None else logged_acquire
 
     async def close() -> None:
         await backend.aclose()  # waits for the give-backs of cancelled reservations

@@ -52,6 +52,13 @@ class Config:
     pool_size: int = 100
     limits_min_poll: float = 0.001
     pyrate_buffer_ms: int = 50
+    # The multi-process workload (processes.py): processes x tasks, its warm-up and
+    # interval, and the margin of the window's guarded run.
+    processes: int = 8
+    tasks: int = 1_000
+    proc_warmup: float = 1.5
+    proc_duration: float = 4.0  # 8 x 1,000 acquirers at 2,000/s: one turn each
+    margin: float = 0.05
 
     def limit(self, regime: str) -> tuple[int, int]:
         """The rate and the burst of ``regime``."""
@@ -66,7 +73,20 @@ class Config:
 
 
 FULL = Config("full", (1, 10, 100, 1_000), 0.3, 1.2, 1.0, 2.0, 1.0, 1.0)
-QUICK = Config("quick", (1, 10, 100), 0.05, 0.12, 0.08, 0.15, 0.1, 0.05)
+QUICK = Config(
+    "quick",
+    (1, 10, 100),
+    0.05,
+    0.12,
+    0.08,
+    0.15,
+    0.1,
+    0.05,
+    processes=2,
+    tasks=50,
+    proc_warmup=0.2,
+    proc_duration=0.3,
+)
 
 
 class _Warnings(logging.Handler):
