@@ -37,8 +37,11 @@ class Background:
     async def _bounded(self, coro: Coroutine[Any, Any, Any]) -> Any:
         if self._slots is None:
             self._slots = asyncio.Semaphore(_AT_ONCE)
-        async with self._slots:
-            return await coro
+        try:
+            async with self._slots:
+                return await coro
+        finally:
+            coro.close()  # cancelled before it started (drain): closed, not left unawaited
 
     async def drain(self, end: float) -> None:
         """Wait for every task (those started meanwhile too) until the loop's clock
