@@ -7,6 +7,7 @@ import asyncio
 import collections
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 # key already in it does too (or with --allow-flush).
 KEY_MARK = "tbbench"
 FLOOR = "floor: EVALSHA `return 1`"
+BATCHED = "floor: batched reserve.lua"
 TB_BUCKET = "tokenbucket.TokenBucket"
 TB_WINDOW = "tokenbucket.SlidingWindow"
 # Commands the server reports as "container|subcommand" in INFO commandstats.
@@ -112,6 +114,57 @@ async def _floor(url: str, cfg: Config, rate: int, burst: int) -> Subject:
         await client.evalsha(sha, 0)
 
     return Subject(acquire, close)
+
+
+async def _batched(url: str, cfg: Config, rate: int, burst: int) -> Subject:
+    """tokenbucket's own reserve script on a bucket, called bare: every acquirer queues a
+    future, one sender sends whatever queued as one call (as tokenbucket's backend does)
+    and sets the futures; no limiter, no store, no waiting for the reserved instant."""
+    from tokenbucket._redis import _protocol, _scripts
+
+    client, close_client = _client(url, cfg)
+    sha = await client.script_load(_scripts.source("reserve"))
+    meter = _protocol.MeterSpec("b", f"{{{KEY_MARK}:floor}}:0", float(rate), float(burst))
+    shape = _protocol.Shape((meter,), f"{{{KEY_MARK}:floor}}:pause")
+    loop = asyncio.get_running_loop()
+    queued: list[asyncio.Future[None]] = []
+    calls = 0
+    name = uuid.uuid4().hex  # the calls' ids: recorded in Redis, unique
+    wake = asyncio.Event()
+
+    async def sender() -> None:
+        nonlocal queued, calls
+        while True:
+            await wake.wait()
+            wake.clear()
+            batch, queued = queued, []
+            calls += 1
+            keys, args = _protocol.encode_batch(
+                "", f"{name}-{calls}", [(shape, (1.0,), None)] * len(batch), 300.0
+            )
+            replies = _protocol.decode_replies(
+                await client.evalsha(sha, len(keys), *keys, *args), keys
+            )
+            for future, reply in zip(batch, replies, strict=True):
+                if reply.status != _protocol.RESERVED:
+                    raise RuntimeError(f"the generous bucket refused a unit: {reply}")
+                if not future.done():  # its worker may have been cancelled
+                    future.set_result(None)
+
+    task = loop.create_task(sender())
+
+    async def acquire() -> None:
+        future = loop.create_future()
+        queued.append(future)
+        wake.set()
+        await future
+
+    async def close() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await close_client()
+
+    return Subject(acquire, close, lambda: calls)
 
 
 def _client(url: str, cfg: Config) -> tuple[Any, Callable[[], Awaitable[None]]]:
@@ -262,6 +315,7 @@ def candidates() -> tuple[list[Candidate], list[str]]:
     """The limiters to run, and a note for each peer left out."""
     found = [
         Candidate(FLOOR, "none", _floor, ("generous",)),
+        Candidate(BATCHED, "none", _batched, ("generous",)),
         Candidate(TB_BUCKET, "bucket", partial(_tokenbucket, window=False)),
         Candidate(TB_WINDOW, "window", partial(_tokenbucket, window=True)),
     ]
