@@ -358,6 +358,25 @@ def test_a_settle_reads_back_as_encoded() -> None:
     }
 
 
+def test_a_charge_reads_back_as_encoded() -> None:
+    meters = _RESERVATION.meters
+    keys, args = _protocol.encode_charge("12.5", "c1", meters, [4.0, 0.0], [(0.25, (1.0, 2.0))])
+    got = read("charge", keys, args)
+    assert got.pop("meter[]") == [
+        {**_spec(m), "owed": repr(owed)} for m, owed in zip(meters, [4.0, 0.0], strict=True)
+    ]
+    assert got.pop("grant[]") == [{"age": "0.25", "amounts": "1.0 2.0"}]
+    assert got == {
+        "now": "12.5",
+        "slack": SLACK_MS,
+        "record_ttl": _protocol.RECORD_TTL_MS,
+        "call": "c1",
+        "call_key": "{p:a}:call:c1",
+        "meters": 2,
+        "grants": 1,
+    }
+
+
 @pytest.mark.parametrize("pause", [None, 1.5])
 def test_feedback_reads_back_as_encoded(pause: float | None) -> None:
     clamps = [(m, 4.0, 30.0) for m in _RESERVATION.meters]
@@ -513,6 +532,28 @@ async def test_adjust_replies_1(redis_backend: RecordingBackend, admin: aioredis
     assert await _call(redis_backend, "adjust", keys, args) == 0
     assert await admin.zrange(meters[1].key, 0, -1) == entries
     assert await admin.get(meters[0].key) == tat
+
+
+@pytest.mark.asyncio
+async def test_charge_replies_1_once(
+    redis_backend: RecordingBackend, admin: aioredis.Redis
+) -> None:
+    bucket, window = _meters(redis_backend)  # 1/s, burst 1; 1 in 60 s
+    before = await server_time(admin)
+    grants = [(0.5, (0.0, 1.0)), (120.0, (0.0, 1.0))]  # the second has left the window
+    keys, args = _protocol.encode_charge(SERVER_TIME, "c1", (bucket, window), [2.0, 0.0], grants)
+    assert await _call(redis_backend, "charge", keys, args) == 1
+    after = await server_time(admin)
+    # The bucket owes 2 at 1/s: its schedule is 2 s from now; the window holds one grant.
+    tat = float(str(await admin.get(bucket.key)))
+    assert before + 2.0 - ROUNDING <= tat <= after + 2.0 + ROUNDING
+    entries = await admin.zrange(window.key, 0, -1, withscores=True)
+    assert [name for name, _ in entries] == ["c1.1:1"]
+    assert before - 0.5 - ROUNDING <= entries[0][1] <= after - 0.5 + ROUNDING
+    # Sent again (its reply lost), it charges nothing.
+    assert await _call(redis_backend, "charge", keys, args) == 0
+    assert float(str(await admin.get(bucket.key))) == tat
+    assert await admin.zcard(window.key) == 1
 
 
 @pytest.mark.asyncio

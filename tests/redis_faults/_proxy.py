@@ -9,7 +9,9 @@ proxy drops it and closes both sides, as a network failure on the way back would
 least that long). :meth:`Proxy.swallow` turns every connection open at that moment into
 one a crashed router or a silent partition leaves behind: still open, but whatever
 either side sends is read and dropped; connections made afterwards are forwarded
-normally, as a replacement connection would be.
+normally, as a replacement connection would be. :meth:`Proxy.cut` closes every
+connection and refuses new ones until :meth:`Proxy.mend`: Redis out of reach, its data
+kept.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Proxy:
         self.delay = 0.0  # seconds each request is held before it is forwarded
         self.lost = 0  # replies dropped so far
         self.accepted = 0  # client connections made through the proxy
+        self.cut_off = False  # connections are closed and refused
         self._marker = b""
         self._to_lose = 0
         self._server: asyncio.Server | None = None
@@ -70,6 +73,17 @@ class Proxy:
         for link in self._links:
             link.swallowed = True
 
+    def cut(self) -> None:
+        """Close every connection, and refuse new ones until :meth:`mend`."""
+        self.cut_off = True
+        for link in list(self._links):
+            link.close()
+        self._links.clear()
+
+    def mend(self) -> None:
+        """Forward new connections again."""
+        self.cut_off = False
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -87,6 +101,9 @@ class Proxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        if self.cut_off:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:

@@ -12,17 +12,20 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import tokenbucket as tb
-from tests.redis._support import RecordingBackend
+from tests.redis._support import RecordingBackend, bucket_excess, window_peak
 from tokenbucket import Rate
 from tokenbucket._backend import StoreSpec, open_store
 from tokenbucket._core import BucketState, Meter, MultiState, WindowLog
 
 if TYPE_CHECKING:
+    from tests.redis_faults._proxy import Proxy
     from tests.redis_faults.conftest import RedisServer
     from tokenbucket._memory import MemoryStore
     from tokenbucket._redis.store import RedisStore
 
 pytestmark = pytest.mark.timeout(30)
+
+LAG = 0.05  # a task resumes this long after its grant at most (a loaded machine)
 
 
 class _Capture:
@@ -187,3 +190,51 @@ async def test_callers_waiting_in_the_stand_in_go_back_to_redis(
         if not redis_server.running:
             redis_server.start()
         await backend.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["bucket", "window"])
+async def test_the_limit_holds_across_the_return_of_redis(kind: str, proxy: Proxy) -> None:
+    """Redis out of reach (its data kept) and back: what the stand-in admitted is
+    charged to Redis before anything else goes there, so no window (bucket interval)
+    across the return holds more than the limit."""
+    backend = RecordingBackend(proxy.url, on_error="local", local_share=1.0)  # N = 1
+    limiter: tb.TokenBucket | tb.SlidingWindow
+    if kind == "bucket":  # 20/s, bursts of 10
+        limiter = tb.TokenBucket(20, 10, backend=backend, key=f"return-{kind}")
+    else:  # 20 in any 1 s
+        limiter = tb.SlidingWindow(20, 1.0, backend=backend, key=f"return-{kind}")
+    loop = asyncio.get_running_loop()
+    grants: list[tuple[float, bool]] = []  # (instant, granted by Redis)
+
+    async def worker() -> None:
+        while True:
+            backend.last.set(None)
+            await limiter.acquire()
+            grants.append((loop.time(), backend.last.get() is not None))
+
+    workers = [asyncio.create_task(worker()) for _ in range(10)]
+    try:
+        await asyncio.sleep(1.2)
+        proxy.cut()
+        # (A window's stand-in first waits until this process's last window of Redis
+        # grants, those reserved before the cut included, has left it.)
+        await asyncio.sleep(1.5 if kind == "bucket" else 2.5)
+        proxy.mend()
+        back = loop.time()
+        await asyncio.sleep(1.5)
+    finally:
+        proxy.mend()
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await backend.aclose()
+    local = [at for at, remote in grants if not remote]
+    assert local, "the stand-in never granted"
+    assert max(local) < back + 0.5, "the stand-in did not hand back"
+    assert any(remote and at > back for at, remote in grants)
+    instants = [at for at, _ in grants]
+    if kind == "bucket":
+        assert bucket_excess(instants, 20, 10 + 20 * LAG) <= 0
+    else:
+        assert window_peak(instants, 1.0 - LAG) <= 20

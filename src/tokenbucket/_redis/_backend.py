@@ -48,6 +48,8 @@ _MAX_UNDOING: Final = 256
 # connection, which is then dropped and replaced.
 READ_TIMEOUT: Final = 2.0
 CONNECT_TIMEOUT: Final = 2.0
+# Grants of a local stand-in charged to Redis per call, at most.
+_CHARGED_AT_ONCE: Final = 1000
 # How long a slot waiter sleeps between tries when Redis refuses its blocking wait.
 _SLOT_POLL: Final = 0.2
 
@@ -233,10 +235,10 @@ class RedisBackend:
         await self._background.drain(end)
         await (await self._connections()).aclose()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a give-back or release in the background, keeping a reference to it (at
         most a few at a time, so a burst of them does not exhaust the connection pool)."""
-        self._background.spawn(coro)
+        return self._background.spawn(coro)
 
     # -- script calls -------------------------------------------------------------------
 
@@ -423,6 +425,30 @@ class RedisBackend:
         call = f"{self._id}{next(self._calls)}"
         keys, args = _protocol.encode_adjust(self._now_arg(), call, reservation, new_amounts)
         await self._with_policy("adjust", keys, args)
+
+    async def charge(
+        self,
+        meters: Sequence[MeterSpec],
+        owed: Sequence[float],
+        grants: Sequence[tuple[float, Sequence[float]]],
+    ) -> None:
+        """Charge what a local stand-in admitted: each bucket what it is ``owed``, each
+        window the ``grants`` ``(seconds ago, amount per meter)``, in calls of at most
+        ``_CHARGED_AT_ONCE`` grants (best effort: never raises)."""
+        first = 0
+        while True:
+            part = grants[first : first + _CHARGED_AT_ONCE]
+            call = f"{self._id}{next(self._calls)}"
+            keys, args = _protocol.encode_charge(self._now_arg(), call, meters, owed, part)
+            try:
+                await self._with_policy("charge", keys, args)
+            except Exception as exc:  # the limit may be exceeded by as much, once
+                log.warning("could not charge Redis with the local stand-in's grants: %s", exc)
+                return
+            first += _CHARGED_AT_ONCE
+            if first >= len(grants):
+                return
+            owed = [0.0] * len(meters)  # charged with the first part
 
     async def feedback(
         self,

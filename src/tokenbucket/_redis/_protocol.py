@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADJUST",
     "CANCEL",
+    "CHARGE",
     "FEEDBACK",
     "LAYOUTS",
     "NO_SLOT",
@@ -46,6 +47,7 @@ __all__ = [
     "decode_replies",
     "encode_adjust",
     "encode_batch",
+    "encode_charge",
     "encode_feedback",
     "encode_give_back",
     "encode_release",
@@ -129,6 +131,16 @@ RELEASE: Final = Layout(
     groups=(Group("lease", "count", ("lease",)),),
 )
 
+CHARGE: Final = Layout(
+    keys=("call_key", "..."),
+    head=("now", "slack", "record_ttl", "call", "meters", "grants"),
+    groups=(
+        Group("meter", "meters", (*_METER, "owed")),
+        Group("grant", "grants", ("age", "amounts")),
+    ),
+    indexes=("key",),
+)
+
 _UNDO: Final = RESERVE.head.index("undo")
 
 LAYOUTS: Final = {
@@ -137,6 +149,7 @@ LAYOUTS: Final = {
     "adjust": ADJUST,
     "feedback": FEEDBACK,
     "release": RELEASE,
+    "charge": CHARGE,
 }
 
 
@@ -298,6 +311,27 @@ def encode_adjust(
         keys.append(meter.key)
         args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2), repr(old)]
         args += [reservation.member, repr(new), repr(reservation.at)]
+    return keys, args
+
+
+def encode_charge(
+    now: str,
+    call: str,
+    meters: Sequence[MeterSpec],
+    owed: Sequence[float],
+    grants: Sequence[tuple[float, Sequence[float]]],
+) -> tuple[list[str], list[Any]]:
+    """charge.lua's KEYS and ARGV, for the call ``call`` (an id unique to it): each bucket
+    of ``meters`` is charged what it is ``owed``, each window the ``grants``
+    ``(seconds ago, amount per meter)`` still inside it. The same KEYS and ARGV sent
+    again are the same call: it charges once."""
+    keys: list[str] = [call_key(meters[0].key.partition("}")[0], call)]
+    args: list[Any] = [now, SLACK_MS, RECORD_TTL_MS, call, len(meters), len(grants)]
+    for meter, debt in zip(meters, owed, strict=True):
+        keys.append(meter.key)
+        args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2), repr(debt)]
+    for age, amounts in grants:
+        args += [repr(age), " ".join(map(repr, amounts))]
     return keys, args
 
 

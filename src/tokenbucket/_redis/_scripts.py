@@ -50,6 +50,7 @@ PRELUDES: Final[Mapping[str, tuple[str, ...]]] = {
     "release": (),
     "adjust": ("clock", "log"),
     "feedback": ("clock", "log"),
+    "charge": ("clock", "log"),
 }
 
 

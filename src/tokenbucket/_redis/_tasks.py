@@ -23,16 +23,17 @@ class Background:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._slots: asyncio.Semaphore | None = None
 
-    def start(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` now."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` when one of a few places is free (so that a burst of give-backs
         does not exhaust the connection pool)."""
-        self.start(self._bounded(coro))
+        return self.start(self._bounded(coro))
 
     async def _bounded(self, coro: Coroutine[Any, Any, Any]) -> Any:
         if self._slots is None:

@@ -36,6 +36,12 @@ _ANSWER_GRACE: Final = 0.5
 _WARN_EVERY: Final = 10.0
 # While the local stand-in is in use, how often Redis is asked whether it answers again.
 _PROBE_EVERY: Final = 0.1
+# How long the probe goes on after the stand-in's last grant (so that a process in use
+# learns of Redis's return from the probe, not from a request Redis grants at once).
+_PROBE_LINGER: Final = 1.0
+# After Redis answers again, how long this process sends nothing new there: long enough
+# for every other process in use to find out too and charge its stand-in's grants first.
+_RETURN_HOLD: Final = _PROBE_EVERY + 0.05
 
 
 def escape(name: str) -> str:
@@ -88,10 +94,14 @@ class RedisStore:
             (m.rate.period for m in spec.meters if m.rate.burst is None), default=0.0
         )
         self._granted: deque[tuple[float, tuple[float, ...]]] = deque()
+        # The stand-in's grants for as long as a window reaches back (see _charge_back).
+        self._lent: deque[tuple[float, tuple[float, ...]]] = deque()
         self._down_since: float | None = None
         self._local_tasks: set[asyncio.Task[object]] = set()
         self._handed_back: set[asyncio.Task[object]] = set()
         self._probe: asyncio.Task[None] | None = None
+        self._lent_until = -math.inf  # the probe goes on until then (loop clock)
+        self._charging: asyncio.Task[None] | None = None  # see _charge_back
         self._slot_lock: asyncio.Lock | None = None
         self._slot_loop: asyncio.AbstractEventLoop | None = None  # the lock's loop
         # What this process knows: a pause a server asked for (loop clock), its waiters,
@@ -120,6 +130,16 @@ class RedisStore:
         self.waiters += 1
         try:
             while True:
+                if self._charging is not None:
+                    await self._charged()
+                probe = self._probe
+                if probe is not None and not probe.done() and probe.get_loop() is loop:
+                    # Redis was out of reach a moment ago: the probe finds out when it
+                    # answers again; until then, the stand-in.
+                    if await self._take_locally(request, deadline, loop):
+                        self.last_wait = loop.time() - start
+                        return None
+                    continue
                 call = backend.reserve(self.shape, vector, deadline=deadline)
                 try:
                     if deadline is None:
@@ -200,6 +220,11 @@ class RedisStore:
         short return of Redis still counts what the one before it granted."""
         granted = self._granted
         granted.append((at, amounts))
+        if local:
+            lent = self._lent
+            lent.append((at, amounts))
+            while lent[0][0] < at - self._horizon:
+                lent.popleft()
         if not local and self._local is not None:  # after the stand-in was made
             self._local.record(at, amounts)
         if self._down_since is None:  # during an outage, keep them all (see _stand_in)
@@ -258,7 +283,9 @@ class RedisStore:
         finally:
             self._local_tasks.discard(task)
         local.release(alone, ticket)
-        self._record(loop.time(), request.amounts, local=True)
+        now = loop.time()
+        self._record(now, request.amounts, local=True)
+        self._lent_until = now + _PROBE_LINGER
         return True
 
     def _stand_in(self) -> MemoryStore:
@@ -272,8 +299,9 @@ class RedisStore:
         return local
 
     async def _wait_for_redis(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Ask Redis whether it answers again while callers wait in the stand-in."""
-        while self._local_tasks:
+        """Ask Redis whether it answers again while callers wait in the stand-in, or
+        until ``_PROBE_LINGER`` after its last grant."""
+        while self._local_tasks or loop.time() < self._lent_until:
             await asyncio.sleep(_PROBE_EVERY)
             with contextlib.suppress(BackendUnavailableError):
                 await self.backend.ping()
@@ -281,8 +309,12 @@ class RedisStore:
                 return
 
     def _hand_back(self) -> None:
-        """Redis answers again: new requests go there, and the callers waiting in the
-        stand-in leave it to ask Redis."""
+        """Redis answers again: it is charged with what the stand-in admitted, new
+        requests go there, and the callers waiting in the stand-in leave it to ask
+        Redis."""
+        if self._local is not None and self.meters:
+            self._charge_back(self._local)
+        self._lent.clear()
         self._local = None
         self._down_since = None
         for task in self._local_tasks:
@@ -293,6 +325,41 @@ class RedisStore:
         probe, self._probe = self._probe, None
         if probe is not None and probe is not asyncio.current_task():
             probe.cancel()
+
+    async def _charged(self) -> None:
+        """Wait until Redis has been charged with the stand-in's grants (no request goes
+        there before: it would be admitted as if the stand-in had granted nothing)."""
+        charging = self._charging
+        if charging is not None:
+            if not charging.done() and charging.get_loop() is asyncio.get_running_loop():
+                await asyncio.shield(charging)
+            if self._charging is charging:
+                self._charging = None
+
+    def _charge_back(self, local: MemoryStore) -> None:
+        """Charge Redis with what ``local`` admitted (a limit must hold across Redis's
+        return too): each bucket what the stand-in owes it now (its burst less its
+        level), each window the stand-in's grants still inside it."""
+        now = self.backend.running_loop().time()
+        share = self.backend.local_share
+        owed = [
+            max(0.0, share * meter.p2 - level) if meter.kind == "b" else 0.0
+            for meter, level in zip(self.meters, local.levels(), strict=True)
+        ]
+        grants = [
+            (now - at, tuple(amounts[i] for i in self.indexes))
+            for at, amounts in self._lent
+            if now - at < self._horizon
+        ]
+        until = now + _RETURN_HOLD
+        self._charging = self.backend.spawn(self._charge(owed, grants, until))
+
+    async def _charge(
+        self, owed: list[float], grants: list[tuple[float, tuple[float, ...]]], until: float
+    ) -> None:
+        if grants or any(owed):
+            await self.backend.charge(self.meters, owed, grants)
+        await asyncio.sleep(max(0.0, until - self.backend.running_loop().time()))
 
     def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None:
         if ticket is None:  # granted by the local stand-in: nothing in Redis to correct

@@ -62,17 +62,6 @@ local shape_count = tonumber(ARGV[6])
 local count = tonumber(ARGV[7])
 local pos = 8
 
-local function later(base, step)
-  -- base + step, rounded up: epoch seconds in a double are ~2e-7 apart, and a schedule
-  -- that rounds to nearest on every grant would drift early.
-  local sum = base + step
-  if sum - base < step then
-    local m, e = math.frexp(sum)
-    sum = sum + 2 ^ (e - 53)
-  end
-  return sum
-end
-
 local shapes = {}
 for s = 1, shape_count do
   local shape = {
