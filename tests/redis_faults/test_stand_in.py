@@ -238,3 +238,34 @@ async def test_the_limit_holds_across_the_return_of_redis(kind: str, proxy: Prox
         assert bucket_excess(instants, 20, 10 + 20 * LAG) <= 0
     else:
         assert window_peak(instants, 1.0 - LAG) <= 20
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cancel_first", [True, False])
+async def test_a_caller_cancelled_as_redis_returns_is_cancelled(
+    dead_port: int, cancel_first: bool
+) -> None:
+    """Redis's return stops the stand-in's waits without cancelling their callers: a
+    caller cancelled in the same moment ends cancelled, whichever came first."""
+    backend = tb.RedisBackend(
+        f"redis://127.0.0.1:{dead_port}/0", on_error="local", local_share=0.25
+    )
+    limiter = tb.SlidingWindow(4, 10.0, backend=backend, key="k")  # locally: 1 in 10 s
+    store = _store(limiter)
+    try:
+        await limiter.acquire()  # the stand-in's one
+        waiter = asyncio.create_task(limiter.acquire())
+        while not store._local_tasks:
+            await asyncio.sleep(0.01)
+        if cancel_first:
+            waiter.cancel()
+            store._hand_back()
+        else:
+            store._hand_back()
+            waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await asyncio.sleep(0)
+        assert not store._stopped  # the stand-in's wait it left has ended too
+    finally:
+        await backend.aclose()

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._core import Request
 from .._errors import AcquireTimeoutError, BackendUnavailableError
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from ._backend import RedisBackend
 
 __all__ = ["RedisStore", "escape"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("tokenbucket.redis")
 
@@ -98,7 +100,8 @@ class RedisStore:
         self._lent: deque[tuple[float, tuple[float, ...]]] = deque()
         self._down_since: float | None = None
         self._local_tasks: set[asyncio.Task[object]] = set()
-        self._handed_back: set[asyncio.Task[object]] = set()
+        self._returned: asyncio.Future[None] | None = None  # done when Redis answers again
+        self._stopped: set[asyncio.Future[Any]] = set()  # stand-in waits being cancelled
         self._probe: asyncio.Task[None] | None = None
         self._lent_until = -math.inf  # the probe goes on until then (loop clock)
         self._charging: asyncio.Task[None] | None = None  # see _charge_back
@@ -244,6 +247,9 @@ class RedisStore:
             self._down_since = now
         task = asyncio.current_task()
         assert task is not None
+        returned = self._returned
+        if returned is None or returned.get_loop() is not loop:
+            returned = self._returned = loop.create_future()
         self._local_tasks.add(task)
         if self._probe is None or self._probe.done():
             self._probe = loop.create_task(self._wait_for_redis(loop))
@@ -254,10 +260,13 @@ class RedisStore:
                 # admitted: the stand-in starts once it all has been, charged with it.
                 until = max(self.queued, default=now)
                 if deadline is not None and until > deadline:
-                    await asyncio.sleep(max(0.0, deadline - now))
+                    late = asyncio.sleep(max(0.0, deadline - now))
+                    if not (await self._unless_returned(late, returned))[0]:
+                        return False
                     raise AcquireTimeoutError(f"{self.label!r}: not granted in time (Redis down)")
-                if until > now:
-                    await asyncio.sleep(until - now)
+                wait = asyncio.sleep(until - now) if until > now else None
+                if wait is not None and not (await self._unless_returned(wait, returned))[0]:
+                    return False
                 local = self._local
                 if local is None:
                     local = self._local = self._stand_in()
@@ -269,17 +278,9 @@ class RedisStore:
                     )
             alone = Request(request.amounts, False, request.seq)  # the cap stays in Redis
             left = None if deadline is None else max(0.0, deadline - loop.time())
-            ticket = await local.take(alone, left)
-        except asyncio.CancelledError:
-            if task not in self._handed_back:
-                raise
-            self._handed_back.discard(task)
-            cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-            if cancelling is not None:
-                if cancelling() > 1:  # cancelled by its caller too
-                    raise
-                getattr(task, "uncancel")()  # noqa: B009 - Python 3.11+, as cancelling
-            return False
+            granted, ticket = await self._unless_returned(local.take(alone, left), returned)
+            if not granted:
+                return False
         finally:
             self._local_tasks.discard(task)
         local.release(alone, ticket)
@@ -287,6 +288,25 @@ class RedisStore:
         self._record(now, request.amounts, local=True)
         self._lent_until = now + _PROBE_LINGER
         return True
+
+    async def _unless_returned(
+        self, work: Awaitable[_T], returned: asyncio.Future[None]
+    ) -> tuple[bool, _T | None]:
+        """Wait for ``work`` unless Redis answers again first (``returned``): whether
+        ``work`` ended, and its result. ``work`` runs in a task of its own, so that Redis's
+        return can stop it without cancelling the caller (whose own cancellation goes on
+        as it came)."""
+        job = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait((job, returned), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not job.done():
+                job.cancel()  # the caller left, or Redis answers again
+                self._stopped.add(job)
+                job.add_done_callback(self._stopped.discard)
+        if not job.done() or job.cancelled():
+            return False, None
+        return True, job.result()
 
     def _stand_in(self) -> MemoryStore:
         """The local stand-in, charged with the grants Redis made this process: its
@@ -317,10 +337,9 @@ class RedisStore:
         self._lent.clear()
         self._local = None
         self._down_since = None
-        for task in self._local_tasks:
-            if task not in self._handed_back:
-                self._handed_back.add(task)
-                task.cancel()
+        returned, self._returned = self._returned, None
+        if returned is not None and not returned.done():
+            returned.set_result(None)  # the callers waiting in the stand-in ask Redis
         self._local_tasks.clear()
         probe, self._probe = self._probe, None
         if probe is not None and probe is not asyncio.current_task():
