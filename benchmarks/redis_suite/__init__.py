@@ -34,7 +34,15 @@ from _harness import (
     write_json,
 )
 from redis_suite import processes
-from redis_suite.limiters import FLOOR, KEY_MARK, TB_BUCKET, candidates, text
+from redis_suite.limiters import (
+    BATCHED,
+    FLOOR,
+    KEY_MARK,
+    TB_BUCKET,
+    TB_WINDOW,
+    candidates,
+    text,
+)
 from redis_suite.runs import FULL, QUICK, Config, RunResult, bench_run, per
 
 if TYPE_CHECKING:
@@ -119,6 +127,21 @@ def targets(runs: list[RunResult], cfg: Config) -> list[list[str]]:
     counts("lone acquirer: exactly 1 round trip per admission", lone, lambda v: abs(v - 1) < 0.005)
     crowded = f"{most:,} acquirers, generous limit: < 0.2 round trips per admission"
     counts(crowded, crowd, lambda v: v < 0.2)
+    floor = _find(runs, "generous", BATCHED, most)
+    for name in (TB_BUCKET, TB_WINDOW):
+        r = _find(runs, "generous", name, most)
+        if r is None or not r.admitted:
+            continue
+        cpu = r.cpu_seconds * 1e6 / r.admitted
+        beside = ""
+        if floor is not None and floor.admitted:
+            bare = floor.cpu_seconds * 1e6 / floor.admitted
+            beside = f"; the bare batched script {bare:.1f} us, {cpu / bare:.1f}x"
+        check(
+            f"{name} x{most:,}, generous limit: < 30 us of client CPU per admission",
+            cpu < 30,
+            f"{cpu:.1f} us{beside}",
+        )
     bound = _find(runs, "binding", TB_BUCKET, most)
     if bound is not None and bound.round_trips is not None:
         trips = per(bound.round_trips, bound.admitted)
