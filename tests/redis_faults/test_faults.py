@@ -244,7 +244,7 @@ async def test_killed_local_policy_limits_locally_at_the_share(
     # Back on Redis once it answers: the limiter's state is written there again.
     await asyncio.to_thread(redis_server.start)
     await admin.connection_pool.disconnect()  # its connection died with the old server
-    assert not await admin.keys(f"{{{PREFIX}:{kind}}}:*")
+    # (The restarted server is empty; the stand-in's grants may already be charged to it.)
     await asyncio.wait_for(recorder.take(), 5.0)
     assert await admin.keys(f"{{{PREFIX}:{kind}}}:*")
 
