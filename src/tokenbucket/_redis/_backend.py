@@ -9,7 +9,7 @@ import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from .. import _validate
 from .._errors import (
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from ._scripts import Client
 
 __all__ = ["RedisBackend", "default_url"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("tokenbucket.redis")
 
@@ -233,6 +235,10 @@ class RedisBackend:
         await self._background.drain(end)
         await (await self._connections()).aclose()
 
+    def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` now, as a task that ``aclose`` waits for (then cancels)."""
+        return self._background.start(coro)
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a give-back or release in the background, keeping a reference to it (at
         most a few at a time, so a burst of them does not exhaust the connection pool)."""
@@ -386,8 +392,10 @@ class RedisBackend:
         except Exception as exc:  # the leases expire on their own
             log.warning("could not release %d concurrency slot(s): %s", len(leases), exc)
 
-    async def wait_for_slot(self, slots_key: str, seconds: float) -> None:
-        """Block (without polling) until a slot is released, or ``seconds`` pass."""
+    async def wait_for_slot(self, slots_key: str, seconds: float) -> bool:
+        """Block (without polling) until a slot is released, or ``seconds`` pass (as
+        Redis counts them: its reply comes a round trip later); whether a release woke
+        this process."""
         from redis.exceptions import ResponseError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -395,9 +403,9 @@ class RedisBackend:
         timeout = max(0.001, min(seconds, self._block_for))
         try:
             client = await self._connections()
-            await client.blpop([_protocol.wake_key(slots_key)], timeout=timeout)
+            woken = await client.blpop([_protocol.wake_key(slots_key)], timeout=timeout)
         except RedisTimeoutError:
-            pass  # a dead connection, dropped; the time was spent waiting anyway
+            return False  # a dead connection, dropped; the time was spent waiting anyway
         except Exception as exc:  # any other failure: wait without blocking
             # Refused (an ACL without blocking commands, the wake key of another type):
             # a timed wait instead, or every waiter would spin on the script.
@@ -414,6 +422,8 @@ class RedisBackend:
                     _SLOT_POLL,
                 )
             await asyncio.sleep(min(seconds, _SLOT_POLL))
+            return False
+        return woken is not None
 
     async def adjust(self, reservation: Reservation, new_amounts: Sequence[float]) -> None:
         """Settle a grant: replace its amounts by ``new_amounts``."""
