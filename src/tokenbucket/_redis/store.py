@@ -153,7 +153,7 @@ class RedisStore:
                     if deadline is not None and wait > 0 and due > deadline:
                         # Within the deadline when the script ran, but the round trip
                         # took the difference: the caller's deadline holds.
-                        backend.spawn(backend.give_back(reservation))
+                        backend.give_back(reservation)
                         await asyncio.sleep(max(0.0, deadline - loop.time()))
                         raise AcquireTimeoutError(f"{self.label!r}: not granted within {timeout} s")
                     if wait > 0.0 or self.paused_until > due:
@@ -242,7 +242,7 @@ class RedisStore:
             while loop.time() < self.paused_until:  # noqa: ASYNC110 - sleeps to its end
                 await asyncio.sleep(self.paused_until - loop.time())
         except BaseException:
-            self.backend.spawn(self.backend.give_back(reservation))
+            self.backend.give_back(reservation)
             raise
         finally:
             self.queued.remove(due)
