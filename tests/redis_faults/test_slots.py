@@ -239,3 +239,30 @@ async def test_a_slot_granted_after_the_deadline_is_given_back(
 
 async def _no_lease(admin: aioredis.Redis) -> bool:
     return await admin.zcard(SLOTS) == 0
+
+
+async def test_closing_does_not_wait_for_a_caller_blocked_on_a_slot(
+    make_backend: MakeBackend, admin: aioredis.Redis
+) -> None:
+    holder = tb.Limiter(max_concurrency=1, backend=make_backend(), key="s")
+    lease = holder.acquire()
+    await lease.__aenter__()
+    backend = make_backend()
+    waiter = tb.Limiter(max_concurrency=1, backend=backend, key="s")
+    loop = asyncio.get_running_loop()
+
+    async def wait(timeout: float | None) -> None:
+        async with waiter.acquire(timeout=timeout):
+            pass
+
+    tasks = [asyncio.create_task(wait(timeout)) for timeout in (None, 5.0)]
+    await asyncio.sleep(0.2)  # one blocks on the wake list, the other queues behind it
+    start = loop.time()
+    await backend.aclose()
+    assert loop.time() - start < 0.1
+    # The callers still wait (the client reconnects), and get the slot once it is free.
+    await asyncio.sleep(0.1)
+    assert not any(task.done() for task in tasks)
+    await lease.__aexit__(None, None, None)
+    await asyncio.wait_for(asyncio.gather(*tasks), 5.0)
+    assert await admin.zcard(SLOTS) == 0

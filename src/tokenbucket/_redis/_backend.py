@@ -9,7 +9,7 @@ import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from .. import _validate
 from .._errors import (
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from ._scripts import Client
 
 __all__ = ["RedisBackend", "default_url"]
-
-T = TypeVar("T")
 
 log = logging.getLogger("tokenbucket.redis")
 
@@ -244,10 +242,6 @@ class RedisBackend:
         self._batch.flush_all()
         await self._background.drain(end)
         await (await self._connections()).aclose()
-
-    def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """Run ``coro`` now, as a task that ``aclose`` waits for (then cancels)."""
-        return self._background.start(coro)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a give-back or release in the background, keeping a reference to it (at

@@ -4,14 +4,12 @@ releases, settles and feedback that no caller waits for. ``aclose`` waits for th
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
 __all__ = ["Background"]
-
-T = TypeVar("T")
 
 _AT_ONCE: Final = 16  # spawned tasks running at a time (they share the connection pool)
 
@@ -25,12 +23,11 @@ class Background:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._slots: asyncio.Semaphore | None = None
 
-    def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    def start(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` now."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return task
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` when one of a few places is free (so that a burst of give-backs

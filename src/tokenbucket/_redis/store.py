@@ -95,6 +95,7 @@ class RedisStore:
         self._slot_lock: asyncio.Lock | None = None
         self._slot_loop: asyncio.AbstractEventLoop | None = None  # the lock's loop
         self._woken = False  # a release woke this process, and no waiter asked since
+        self._blocking: set[asyncio.Task[bool]] = set()  # the blocking wait (kept referenced)
         # What this process knows: a pause a server asked for (loop clock), its waiters,
         # the instants they are due, its slots held, and the last grant's wait.
         self.paused_until = -math.inf
@@ -136,6 +137,10 @@ class RedisStore:
                             left = max(left, _ANSWER_GRACE)
                         status, wait, reservation = await asyncio.wait_for(call, left)
                 except asyncio.TimeoutError:
+                    if asked:  # a slot granted now would be granted late
+                        raise AcquireTimeoutError(
+                            f"{self.label!r}: no slot within {timeout} s"
+                        ) from None
                     raise AcquireTimeoutError(
                         f"{self.label!r}: not granted within {timeout} s (Redis did not answer)"
                     ) from None
@@ -206,9 +211,11 @@ class RedisStore:
             self._woken = False  # a wake passed on: ask at once
             lock.release()
             return
-        blocking = self.backend.start(
-            self.backend.wait_for_slot(self.slots_key, until - loop.time())
-        )
+        # Its own task, which the store keeps (and ``aclose`` does not wait for: a
+        # closed client ends it, or it ends by itself within the read timeout).
+        blocking = loop.create_task(self.backend.wait_for_slot(self.slots_key, until - loop.time()))
+        self._blocking.add(blocking)
+        blocking.add_done_callback(self._blocking.discard)
         left: list[bool] = []  # the waiter left before the wait ended
 
         def ended(task: asyncio.Task[bool]) -> None:
