@@ -328,18 +328,33 @@ _RESERVATION = Reservation(
 )
 
 
-@pytest.mark.parametrize("lease", ["lease-1", ""])
-def test_a_give_back_reads_back_as_encoded(lease: str) -> None:
-    reservation = _RESERVATION._replace(lease=lease)
-    keys, args = _protocol.encode_give_back(SERVER_TIME, reservation)
-    got = read("cancel", keys, args)
-    assert got.pop("meter[]") == [
-        _meter(m, a, "m1") for m, a in zip(reservation.meters, reservation.amounts, strict=True)
+def test_give_backs_read_back_as_encoded() -> None:
+    other = MeterSpec("w", "{p:a}:2", 5.0, 1.0)
+    reservations = [
+        _RESERVATION,
+        _RESERVATION._replace(member="m2", lease="", at=1700000001.5),
+        Reservation((_RESERVATION.meters[1], other), (2.0, 0.5), "m3", 1.25, "m3", "{p:a}:slots"),
+        Reservation((), (), "m4", 2.5, "m4", "{p:a}:slots"),  # a lease alone
     ]
-    expected = {"now": "", "t": repr(reservation.at), "meters": 2, "lease": lease}
-    if lease:
-        expected["slots_key"] = "{p:a}:slots"
-    assert got == expected
+    keys, args = _protocol.encode_give_backs(SERVER_TIME, reservations, 300.0)
+    assert len(keys) == len(set(keys))  # each key once
+    got = read("cancel", keys, args)
+    sent = got.pop("reservation[]")
+    assert got == {"now": "", "wake_ttl": 300_000, "count": 4}
+    wake = _protocol.wake_key("{p:a}:slots")
+    for item, reservation in zip(sent, reservations, strict=True):
+        assert item.pop("meter[]") == [
+            _meter(m, a, reservation.member)
+            for m, a in zip(reservation.meters, reservation.amounts, strict=True)
+        ]
+        held = bool(reservation.lease)
+        assert item == {
+            "t": repr(reservation.at),
+            "meters": len(reservation.meters),
+            "slots": "{p:a}:slots" if held else "",
+            "wake": wake if held else "",
+            "lease": reservation.lease,
+        }
 
 
 def test_a_settle_reads_back_as_encoded() -> None:
@@ -510,12 +525,28 @@ async def test_cancel_replies_with_the_meters_given_back(
 ) -> None:
     meters = _meters(redis_backend)
     slots = redis_backend.key("proto", "slots")
-    reservation = await _reserved(redis_backend, meters, slots)
-    keys, args = _protocol.encode_give_back(SERVER_TIME, reservation)
-    assert await _call(redis_backend, "cancel", keys, args) == 2
-    assert await admin.zcard(slots) == 0
-    # Sent again (its reply lost), it gives nothing back twice.
+    first = await _reserved(redis_backend, meters, slots)
+    await admin.zadd(slots, {"lease-2": await server_time(admin) + 300})  # another holder
+    second = await _reserved(redis_backend, meters[1:])  # the window's, without a lease
+    keys, args = _protocol.encode_give_backs(SERVER_TIME, [first, second], 300.0)
+    # The bucket's (its latest) and both window entries.
+    assert await _call(redis_backend, "cancel", keys, args) == 3
+    assert await admin.zrange(slots, 0, -1) == ["lease-2"]
+    assert await admin.zcard(meters[1].key) == 0
+    assert await admin.llen(_protocol.wake_key(slots)) == 1  # a wake per lease removed
+    assert 0 < await admin.pttl(_protocol.wake_key(slots)) <= 300_000
+    # Sent again (its reply lost), it gives nothing back twice, and wakes no one.
     assert await _call(redis_backend, "cancel", keys, args) == 0
+    assert await admin.llen(_protocol.wake_key(slots)) == 1
+    # A wake key holding something else is left alone; the lease is still removed.
+    await admin.zrem(slots, "lease-2")
+    third = await _reserved(redis_backend, meters[1:], slots)
+    await admin.delete(_protocol.wake_key(slots))
+    await admin.set(_protocol.wake_key(slots), "not a list")
+    keys, args = _protocol.encode_give_backs(SERVER_TIME, [third], 300.0)
+    assert await _call(redis_backend, "cancel", keys, args) == 1
+    assert await admin.zcard(slots) == 0
+    assert await admin.get(_protocol.wake_key(slots)) in ("not a list", b"not a list")
 
 
 @pytest.mark.asyncio

@@ -38,6 +38,7 @@ BATCH = 5  # the requests whose reply is lost
 # The reserve and adjust scripts' SHAs: the bytes that mark their EVALSHAs on the wire.
 RESERVE = hashlib.sha1(_scripts.source("reserve").encode()).hexdigest().encode()
 ADJUST = hashlib.sha1(_scripts.source("adjust").encode()).hexdigest().encode()
+CANCEL = hashlib.sha1(_scripts.source("cancel").encode()).hexdigest().encode()
 
 
 @pytest_asyncio.fixture
@@ -238,3 +239,81 @@ async def test_timeout_ends_at_its_time_whatever_the_round_trip(
         proxy.delay = 0.0
         await asyncio.wait_for(limit.acquire(), 5.0)
         assert loop.time() - taken < SPACING + DELAY + 0.15
+
+
+# -- many waiters cancelled at once --------------------------------------------------------
+
+STORM = 1000  # waiters cancelled together
+ROUND_TRIP = 0.01  # a Redis a few network hops away
+
+
+@pytest.mark.parametrize("kind", ["window", "bucket"])
+async def test_a_storm_of_cancellations_is_given_back_within_the_close(
+    proxy: Proxy, backends: list[RedisBackend], admin: aioredis.Redis, kind: str
+) -> None:
+    # A timeout storm, or a shutdown: STORM waiters on a binding limit, cancelled
+    # together, then the backend closed. Their give-backs share calls (one per hash tag,
+    # a bounded number of reservations each), so all of them land within the close's
+    # grace even when each round trip takes ROUND_TRIP, and nothing keeps counting.
+    backend = through(proxy, backends, "wait")
+    await warm(backend)
+    if kind == "window":
+        limit: tb.SlidingWindow | tb.TokenBucket = tb.SlidingWindow(
+            limit=1, window=1.0, backend=backend, key="storm"
+        )
+    else:
+        limit = tb.TokenBucket(rate=10, capacity=1, backend=backend, key="storm")
+    await limit.acquire()
+    tasks = [asyncio.create_task(limit.acquire()) for _ in range(STORM)]
+    key, tat = "", 0.0
+
+    async def all_reserved() -> bool:
+        nonlocal key, tat
+        keys = [text(k) for k in await admin.keys(f"{{{PREFIX}:storm}}:0:*")]
+        key = next(k for k in keys if not k.endswith((":last", ":sum")))
+        if kind == "window":
+            return int(await admin.zcard(key)) == STORM + 1
+        tat = float(await admin.get(key) or 0)
+        seconds, micros = await admin.time()
+        return tat - (seconds + micros / 1e6) > (STORM - 1) / 10
+
+    await until(all_reserved, 10.0)
+    proxy.delay = ROUND_TRIP
+    calls = backend.round_trips
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await backend.aclose()  # grace: 0.5 s
+    assert backend.round_trips - calls <= 2 * (STORM // 128 + 1)
+    if kind == "window":
+        assert await admin.zcard(key) == 1  # the first grant's entry, nothing else
+    else:
+        # The latest reservation went back (the only one a bucket can give back).
+        assert float(await admin.get(key) or 0) == pytest.approx(tat - 0.1, abs=1e-6)
+
+
+async def test_a_batch_of_give_backs_whose_reply_is_lost_gives_back_once(
+    proxy: Proxy, backends: list[RedisBackend], admin: aioredis.Redis
+) -> None:
+    backend = through(proxy, backends, "wait")
+    await warm(backend)
+    window = tb.SlidingWindow(limit=1, window=WINDOW, backend=backend, key="lost-cancel")
+    await window.acquire()
+    tasks = [asyncio.create_task(window.acquire()) for _ in range(BATCH)]
+    key = ""
+
+    async def all_reserved() -> bool:
+        nonlocal key
+        keys = [text(k) for k in await admin.keys(f"{{{PREFIX}:lost-cancel}}:0:*")]
+        key = next(k for k in keys if not k.endswith(":sum"))
+        return bool(await admin.zcard(key) == BATCH + 1)
+
+    await until(all_reserved, 5.0)
+    proxy.lose_reply(CANCEL)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await backend._background.drain(asyncio.get_running_loop().time() + 5.0)
+    assert proxy.lost == 1  # the call ran, its reply was lost, and it was sent again
+    assert await admin.zcard(key) == 1
+    assert float(await admin.hget(key + ":sum", "all") or 0) == pytest.approx(1.0)

@@ -13,11 +13,13 @@ import pytest
 import redis.asyncio as aioredis
 
 import tokenbucket as tb
+from tests.redis_faults._support import until
 from tokenbucket._redis._protocol import wake_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from tests.redis_faults._proxy import Proxy
     from tests.redis_faults.conftest import RedisServer
     from tokenbucket._redis import RedisBackend
 
@@ -154,3 +156,113 @@ async def until_all(entered: list[float], count: int, seconds: float) -> None:
     deadline = loop.time() + seconds
     while len(entered) < count and loop.time() < deadline:  # a test polls
         await asyncio.sleep(0.01)
+
+
+# -- a timed wait for a slot ends at its deadline ------------------------------------------------
+
+TIMEOUT = 0.5
+LATE = 0.025  # how late a timed acquire may end (loopback, a loaded machine)
+
+
+async def warm(backend: RedisBackend) -> None:
+    """Load the scripts through ``backend`` (the delay of a proxy not yet set)."""
+    warmed = tb.Limiter(max_concurrency=1, backend=backend, key="warm")
+    async with warmed.acquire():
+        pass
+
+
+@pytest.mark.parametrize("waiters", [1, 3])
+@pytest.mark.parametrize("delay", [0.0, 0.2])
+async def test_a_timed_wait_for_a_slot_ends_at_its_time_whatever_the_round_trip(
+    make_backend: MakeBackend, admin: aioredis.Redis, proxy: Proxy, delay: float, waiters: int
+) -> None:
+    holder = tb.Limiter(max_concurrency=1, backend=make_backend(), key="s")
+    lease = holder.acquire()
+    await lease.__aenter__()
+    backend = make_backend(proxy.url, on_error="raise")
+    await warm(backend)
+    waiter = tb.Limiter(max_concurrency=1, backend=backend, key="s")
+    loop = asyncio.get_running_loop()
+    proxy.delay = delay
+
+    async def timed() -> float:
+        start = loop.time()
+        with pytest.raises(tb.AcquireTimeoutError):
+            async with waiter.acquire(timeout=TIMEOUT):
+                pass
+        return loop.time() - start - TIMEOUT
+
+    late = await asyncio.wait_for(asyncio.gather(*(timed() for _ in range(waiters))), 5.0)
+    assert all(-0.01 <= t <= LATE for t in late), late
+    assert waiter.statistics().waiters == 0
+    await lease.__aexit__(None, None, None)
+    assert await admin.zcard(SLOTS) == 0
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.3])
+async def test_a_slot_granted_after_the_deadline_is_given_back(
+    make_backend: MakeBackend, admin: aioredis.Redis, proxy: Proxy, delay: float
+) -> None:
+    # The slot is released just before the waiter's deadline: woken, it asks again, and
+    # that round trip ends after the deadline. The caller leaves at its deadline, and
+    # the slot that Redis granted it then comes back.
+    holder = tb.Limiter(max_concurrency=1, backend=make_backend(), key="s")
+    lease = holder.acquire()
+    await lease.__aenter__()
+    backend = make_backend(proxy.url, on_error="raise")
+    await warm(backend)
+    waiter = tb.Limiter(max_concurrency=1, backend=backend, key="s")
+    loop = asyncio.get_running_loop()
+    proxy.delay = delay
+    start = loop.time()
+
+    async def timed() -> None:
+        async with waiter.acquire(timeout=TIMEOUT + delay):
+            pass
+
+    task = asyncio.create_task(timed())
+    await asyncio.sleep(TIMEOUT)
+    await lease.__aexit__(None, None, None)  # woken before its deadline: it asks again
+    with pytest.raises(tb.AcquireTimeoutError):
+        await asyncio.wait_for(task, 5.0)
+    late = loop.time() - start - (TIMEOUT + delay)
+    assert -0.01 <= late <= LATE, late
+    # Nothing leaked: the slot it was granted late is free again, and taken at once.
+    await until(lambda: _no_lease(admin), 2.0)
+    proxy.delay = 0.0
+    other = tb.Limiter(max_concurrency=1, backend=make_backend(), key="s")
+    entered = loop.time()
+    async with other.acquire(timeout=1.0):
+        assert loop.time() - entered < 0.1
+    assert waiter.statistics().in_flight == 0
+
+
+async def _no_lease(admin: aioredis.Redis) -> bool:
+    return await admin.zcard(SLOTS) == 0
+
+
+async def test_closing_does_not_wait_for_a_caller_blocked_on_a_slot(
+    make_backend: MakeBackend, admin: aioredis.Redis
+) -> None:
+    holder = tb.Limiter(max_concurrency=1, backend=make_backend(), key="s")
+    lease = holder.acquire()
+    await lease.__aenter__()
+    backend = make_backend()
+    waiter = tb.Limiter(max_concurrency=1, backend=backend, key="s")
+    loop = asyncio.get_running_loop()
+
+    async def wait(timeout: float | None) -> None:
+        async with waiter.acquire(timeout=timeout):
+            pass
+
+    tasks = [asyncio.create_task(wait(timeout)) for timeout in (None, 5.0)]
+    await asyncio.sleep(0.2)  # one blocks on the wake list, the other queues behind it
+    start = loop.time()
+    await backend.aclose()
+    assert loop.time() - start < 0.1
+    # The callers still wait (the client reconnects), and get the slot once it is free.
+    await asyncio.sleep(0.1)
+    assert not any(task.done() for task in tasks)
+    await lease.__aexit__(None, None, None)
+    await asyncio.wait_for(asyncio.gather(*tasks), 5.0)
+    assert await admin.zcard(SLOTS) == 0

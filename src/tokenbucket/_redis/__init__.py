@@ -41,7 +41,7 @@ Modules
 ``_scripts``  the scripts' sources (``lua/``, with the ``clock.lua`` and ``log.lua``
               preludes), EVALSHA with reload, and the failure policy.
 ``_batch``    reserve requests sharing calls: queued, held, one call per hash tag.
-``_releases`` releases of concurrency slots sharing calls: one in flight at a time.
+``_releases`` releases of slots and give-backs sharing calls: one in flight at a time.
 ``_tasks``    the background tasks ``aclose`` waits for.
 ``store``     :class:`RedisStore`, one limiter's side (``tokenbucket._backend.Store``).
 """

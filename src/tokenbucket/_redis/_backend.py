@@ -22,7 +22,7 @@ from .._errors import (
 from . import _protocol, _scripts
 from ._batch import Batcher
 from ._protocol import RESERVED, WRONG_TYPE, MeterSpec, Reply, Reservation, Shape
-from ._releases import Releases
+from ._releases import Returns
 from ._tasks import Background
 from .store import RedisStore
 
@@ -52,6 +52,10 @@ CONNECT_TIMEOUT: Final = 2.0
 _CHARGED_AT_ONCE: Final = 1000
 # How long a slot waiter sleeps between tries when Redis refuses its blocking wait.
 _SLOT_POLL: Final = 0.2
+# Leases released, and reservations given back, in one script call at most (so that no
+# one call runs long).
+_MOST_RELEASED: Final = 512
+_MOST_GIVEN_BACK: Final = 128
 
 
 class RedisBackend:
@@ -154,7 +158,12 @@ class RedisBackend:
         self._id = uuid.uuid4().hex + "-"
         self._calls = itertools.count()
         self._undo_warned = False
-        self._releases = Releases(self._release_batch, self._background)
+        self._releases: Returns[str] = Returns(
+            self._release_batch, self._background, _MOST_RELEASED
+        )
+        self._give_backs: Returns[Reservation] = Returns(
+            self._give_back_batch, self._background, _MOST_GIVEN_BACK
+        )
 
     @property
     def batch_delay(self) -> float:
@@ -189,7 +198,8 @@ class RedisBackend:
         self._batch = Batcher(
             self._reserve_batch, self._lost_reply, self._batch.delay, self._background
         )
-        self._releases = Releases(self._release_batch, self._background)
+        self._releases = Returns(self._release_batch, self._background, _MOST_RELEASED)
+        self._give_backs = Returns(self._give_back_batch, self._background, _MOST_GIVEN_BACK)
         # asyncio.run closes the loop's async generators while the loop still runs
         # (shutdown_asyncgens): this one closes the connections then. It is started
         # here, and the loop only holds it weakly.
@@ -278,10 +288,13 @@ class RedisBackend:
             raise
         return call, _protocol.decode_replies(replies, keys)
 
-    def _lost_reply(self, pending: Pending, member: str, reply: Reply) -> None:
+    def _lost_reply(
+        self, pending: Pending, member: str, reply: Reply
+    ) -> asyncio.Future[None] | None:
         """A reservation whose caller left while its call was out: given back."""
-        if reply.status == RESERVED:
-            self.spawn(self.give_back(_reservation(pending.shape, pending.amounts, member, reply)))
+        if reply.status != RESERVED:
+            return None
+        return self.give_back(_reservation(pending.shape, pending.amounts, member, reply))
 
     def _undo_later(self, keys: list[str], args: list[Any]) -> None:
         if self._undoing >= _MAX_UNDOING:
@@ -365,13 +378,23 @@ class RedisBackend:
         left = reply.wait - (asyncio.get_running_loop().time() - arrived)
         return reply.status, left if left > 0.0 else 0.0, reservation
 
-    async def give_back(self, reservation: Reservation) -> None:
-        """Return a reservation whose caller left before its instant (best effort)."""
-        keys, args = _protocol.encode_give_back(self._now_arg(), reservation)
+    def give_back(self, reservation: Reservation) -> asyncio.Future[None]:
+        """Return a reservation whose caller left before its instant, in the background
+        (best effort): the give-backs of this process share calls, one call per hash
+        tag. Done when its call has been made (or failed)."""
+        self.running_loop()  # a new loop gets its own queue of give-backs
+        if not reservation.meters and not reservation.lease:  # nothing held in Redis
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+            return future
+        return self._give_backs.submit(reservation.tag, reservation)
+
+    async def _give_back_batch(self, tag: str, reservations: list[Reservation]) -> None:
+        keys, args = _protocol.encode_give_backs(self._now_arg(), reservations, self.lease_ttl)
         try:
             await self._with_policy("cancel", keys, args)
         except Exception as exc:  # a give-back is best effort
-            log.warning("could not give a reservation back: %s", exc)
+            log.warning("could not give %d reservation(s) back: %s", len(reservations), exc)
 
     async def release(self, reservation: Reservation) -> None:
         """Release a concurrency slot and wake one process waiting for one (sharing a
@@ -388,8 +411,10 @@ class RedisBackend:
         except Exception as exc:  # the leases expire on their own
             log.warning("could not release %d concurrency slot(s): %s", len(leases), exc)
 
-    async def wait_for_slot(self, slots_key: str, seconds: float) -> None:
-        """Block (without polling) until a slot is released, or ``seconds`` pass."""
+    async def wait_for_slot(self, slots_key: str, seconds: float) -> bool:
+        """Block (without polling) until a slot is released, or ``seconds`` pass (as
+        Redis counts them: its reply comes a round trip later); whether a release woke
+        this process."""
         from redis.exceptions import ResponseError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -397,9 +422,9 @@ class RedisBackend:
         timeout = max(0.001, min(seconds, self._block_for))
         try:
             client = await self._connections()
-            await client.blpop([_protocol.wake_key(slots_key)], timeout=timeout)
+            woken = await client.blpop([_protocol.wake_key(slots_key)], timeout=timeout)
         except RedisTimeoutError:
-            pass  # a dead connection, dropped; the time was spent waiting anyway
+            return False  # a dead connection, dropped; the time was spent waiting anyway
         except Exception as exc:  # any other failure: wait without blocking
             # Refused (an ACL without blocking commands, the wake key of another type):
             # a timed wait instead, or every waiter would spin on the script.
@@ -416,6 +441,8 @@ class RedisBackend:
                     _SLOT_POLL,
                 )
             await asyncio.sleep(min(seconds, _SLOT_POLL))
+            return False
+        return woken is not None
 
     async def adjust(self, reservation: Reservation, new_amounts: Sequence[float]) -> None:
         """Settle a grant: replace its amounts by ``new_amounts``."""

@@ -8,7 +8,8 @@ time left until that instant) before they are sent: they could not be admitted e
 anyway, and requests arriving one by one at the admission rate then share a call too.
 
 A request taken back before it is sent was never reserved; one taken back while its call
-is in flight is reported (``on_lost``) once the reply comes, to be given back. Callers
+is in flight is reported (``on_lost``) once the reply comes, to be given back before
+the next call is sent (what it frees is then free for the requests in that one). Callers
 await the request's future itself (no task, no shield per request): cancelling the
 caller cancels the future, and :meth:`Batcher.withdraw` says what that left behind.
 """
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
     Send = Callable[
         [Sequence[tuple[Shape, Sequence[float], float | None]]], Awaitable[tuple[str, list[Reply]]]
     ]
-    # A reply that reached no one: (the request, its reservation's id, the reply).
-    Lost = Callable[["Pending", str, Reply], None]
+    # A reply that reached no one: (the request, its reservation's id, the reply); what
+    # is done when what it reserved has been given back (None: nothing to give back).
+    Lost = Callable[["Pending", str, Reply], "asyncio.Future[None] | None"]
 
 __all__ = ["Batcher"]
 
@@ -171,15 +173,21 @@ class Batcher:
             if not request.future.cancelled():
                 request.sent = True
                 groups.setdefault(request.tag, []).append(request)
+        giving: list[asyncio.Future[None]] = []
         try:
             for batch in groups.values():
-                await self._run_group(batch)
+                await self._run_group(batch, giving)
+            if giving:
+                # What callers that left while the call was out reserved is given back
+                # before the next call is sent: the requests in it (often sent by the
+                # callers that stay) find it free.
+                await asyncio.wait(giving)
         finally:
             self._in_flight = False
             if self._pending:
                 self._start()
 
-    async def _run_group(self, batch: list[Pending]) -> None:
+    async def _run_group(self, batch: list[Pending], giving: list[asyncio.Future[None]]) -> None:
         loop = asyncio.get_running_loop()
         sent = loop.time()
         requests = [
@@ -203,7 +211,9 @@ class Batcher:
                     free = reply.wait
                 if pending.future.done():  # its caller left while the call was out
                     if reply.status == RESERVED:
-                        self._lost(pending, member(call, i), reply)
+                        given = self._lost(pending, member(call, i), reply)
+                        if given is not None:
+                            giving.append(given)
                     continue
                 # The wait counts from the reply's arrival here, not from when each
                 # task resumes: tasks of one batch resume one after another.

@@ -49,7 +49,7 @@ __all__ = [
     "encode_batch",
     "encode_charge",
     "encode_feedback",
-    "encode_give_back",
+    "encode_give_backs",
     "encode_release",
     "member",
     "undo",
@@ -107,11 +107,13 @@ RESERVE: Final = Layout(
     indexes=("pause", "slots", "key"),
 )
 CANCEL: Final = Layout(
-    keys=("...", "slots_key"),
-    head=("now", "t", "meters"),
-    groups=(Group("meter", "meters", (*_METER, "amount", "member")),),
-    tail=("lease",),
-    indexes=("key",),
+    keys=("...",),
+    head=("now", "wake_ttl", "count"),
+    groups=(
+        Group("reservation", "count", ("t", "meters", "slots", "wake", "lease")),
+        Group("meter", "meters", (*_METER, "amount", "member")),
+    ),
+    indexes=("slots", "wake", "key"),
 )
 ADJUST: Final = Layout(
     keys=("call_key", "..."),
@@ -191,6 +193,12 @@ class Reservation(NamedTuple):
     at: float  # the instant reserved, on the backend's clock
     lease: str  # concurrency lease id, or ""
     slots_key: str
+
+    @property
+    def tag(self) -> str:
+        """The hash tag its keys are under (``""``: it holds nothing in Redis)."""
+        key = self.meters[0].key if self.meters else self.slots_key
+        return key.partition("}")[0]
 
 
 class Reply(NamedTuple):
@@ -285,17 +293,33 @@ def decode_replies(reply: str | bytes, keys: Sequence[str]) -> list[Reply]:
 # -- cancel.lua, adjust.lua, feedback.lua, release.lua ------------------------------------------
 
 
-def encode_give_back(now: str, reservation: Reservation) -> tuple[list[str], list[Any]]:
-    """cancel.lua's KEYS and ARGV: give ``reservation`` back."""
+def encode_give_backs(
+    now: str, reservations: Sequence[Reservation], lease_ttl: float
+) -> tuple[list[str], list[Any]]:
+    """cancel.lua's KEYS and ARGV: give ``reservations`` back (their keys all under one
+    hash tag), and wake a waiting process per lease removed. Each key is sent once. The
+    same KEYS and ARGV sent again give nothing back twice."""
     keys: list[str] = []
-    args: list[Any] = [now, repr(reservation.at), len(reservation.meters)]
-    for meter, amount in zip(reservation.meters, reservation.amounts, strict=True):
-        keys.append(meter.key)
-        args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2), repr(amount)]
-        args.append(reservation.member)
-    args.append(reservation.lease)
-    if reservation.lease:
-        keys.append(reservation.slots_key)
+    index: dict[str, int] = {}
+
+    def at(key: str) -> int:
+        found = index.get(key)
+        if found is None:
+            keys.append(key)
+            found = index[key] = len(keys)
+        return found
+
+    args: list[Any] = [now, int(lease_ttl * 1000), len(reservations)]
+    for reservation in reservations:
+        lease = reservation.lease
+        args += [repr(reservation.at), len(reservation.meters)]
+        if lease:
+            args += [at(reservation.slots_key), at(wake_key(reservation.slots_key)), lease]
+        else:
+            args += [0, 0, ""]
+        for meter, amount in zip(reservation.meters, reservation.amounts, strict=True):
+            args += [meter.kind, at(meter.key), repr(meter.p1), repr(meter.p2), repr(amount)]
+            args.append(reservation.member)
     return keys, args
 
 

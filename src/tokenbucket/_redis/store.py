@@ -107,6 +107,8 @@ class RedisStore:
         self._charging: asyncio.Task[None] | None = None  # see _charge_back
         self._slot_lock: asyncio.Lock | None = None
         self._slot_loop: asyncio.AbstractEventLoop | None = None  # the lock's loop
+        self._woken = False  # a release woke this process, and no waiter asked since
+        self._blocking: set[asyncio.Task[bool]] = set()  # the blocking wait (kept referenced)
         # What this process knows: a pause a server asked for (loop clock), its waiters,
         # the instants they are due, its slots held, and the last grant's wait.
         self.paused_until = -math.inf
@@ -131,6 +133,7 @@ class RedisStore:
         start = loop.time()
         deadline = None if timeout is None else start + timeout  # the one deadline
         self.waiters += 1
+        asked = False  # asked Redis once already (then waited for a slot)
         try:
             while True:
                 if self._charging is not None:
@@ -149,10 +152,18 @@ class RedisStore:
                         status, wait, reservation = await call
                     else:
                         # Waiting for Redis itself (an outage under the "wait" policy) is
-                        # bounded too, with a moment for it to answer a timeout of 0.
-                        left = max(deadline - loop.time(), _ANSWER_GRACE)
+                        # bounded too, with a moment for it to answer a timeout of 0. Asked
+                        # again after a wait for a slot, the deadline holds: a reply that
+                        # comes later is given back (see Batcher.withdraw).
+                        left = deadline - loop.time()
+                        if not asked:
+                            left = max(left, _ANSWER_GRACE)
                         status, wait, reservation = await asyncio.wait_for(call, left)
                 except asyncio.TimeoutError:
+                    if asked:  # a slot granted now would be granted late
+                        raise AcquireTimeoutError(
+                            f"{self.label!r}: no slot within {timeout} s"
+                        ) from None
                     raise AcquireTimeoutError(
                         f"{self.label!r}: not granted within {timeout} s (Redis did not answer)"
                     ) from None
@@ -170,7 +181,7 @@ class RedisStore:
                     if deadline is not None and wait > 0 and due > deadline:
                         # Within the deadline when the script ran, but the round trip
                         # took the difference: the caller's deadline holds.
-                        backend.spawn(backend.give_back(reservation))
+                        backend.give_back(reservation)
                         await asyncio.sleep(max(0.0, deadline - loop.time()))
                         raise AcquireTimeoutError(f"{self.label!r}: not granted within {timeout} s")
                     if wait > 0.0 or self.paused_until > due:
@@ -185,21 +196,70 @@ class RedisStore:
                     assert deadline is not None
                     await asyncio.sleep(max(0.0, deadline - loop.time()))
                     raise AcquireTimeoutError(f"{self.label!r}: not granted within {timeout} s")
-                # No concurrency slot: block until one is released (or the first expires).
-                # One waiter of this store blocks at a time; the others queue here. The
-                # bound is an instant, so a waiter that queued past the first lease's
-                # expiry asks again at once: expired slots come back together.
-                expires = loop.time() + wait
+                # No concurrency slot: block until one is released (or the first
+                # expires), then ask again; with a deadline, not past it.
+                asked = True
+                if deadline is None or loop.time() < deadline:
+                    await self._wait_for_slot(loop.time() + wait, deadline, loop)
                 if deadline is not None and loop.time() >= deadline:
                     raise AcquireTimeoutError(f"{self.label!r}: no slot within {timeout} s")
-                if self._slot_lock is None or self._slot_loop is not loop:
-                    self._slot_lock, self._slot_loop = asyncio.Lock(), loop
-                async with self._slot_lock:
-                    until = expires if deadline is None else min(expires, deadline)
-                    if until > loop.time():
-                        await backend.wait_for_slot(self.slots_key, until - loop.time())
         finally:
             self.waiters -= 1
+
+    async def _wait_for_slot(
+        self, expires: float, deadline: float | None, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Block until a slot may be free (a release woke this process, or the first
+        lease expires at ``expires``), or until ``deadline``.
+
+        One waiter of this store blocks at a time; the others queue here. The bound is an
+        instant, so a waiter that queued past the first lease's expiry asks again at once:
+        expired slots come back together. A waiter leaves at its deadline whatever the
+        round trip: its blocking wait goes on without it (the connection stays usable,
+        and the lock held) until Redis answers, and a wake it brings is passed on to the
+        next waiter, which then asks at once."""
+        if self._slot_lock is None or self._slot_loop is not loop:
+            self._slot_lock, self._slot_loop = asyncio.Lock(), loop
+            self._woken = False
+        lock = self._slot_lock
+        if deadline is None:
+            await lock.acquire()
+        else:
+            try:
+                await asyncio.wait_for(lock.acquire(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                return
+        until = expires if deadline is None else min(expires, deadline)
+        if self._woken or until <= loop.time():
+            self._woken = False  # a wake passed on: ask at once
+            lock.release()
+            return
+        # Its own task, which the store keeps (and ``aclose`` does not wait for: a
+        # closed client ends it, or it ends by itself within the read timeout).
+        blocking = loop.create_task(self.backend.wait_for_slot(self.slots_key, until - loop.time()))
+        self._blocking.add(blocking)
+        blocking.add_done_callback(self._blocking.discard)
+        left: list[bool] = []  # the waiter left before the wait ended
+
+        def ended(task: asyncio.Task[bool]) -> None:
+            lock.release()
+            if not task.cancelled() and task.exception() is None and task.result() and left:
+                self._woken = True
+
+        blocking.add_done_callback(ended)
+        try:
+            done, _ = await asyncio.wait(
+                {blocking}, timeout=None if deadline is None else deadline - loop.time()
+            )
+        except BaseException:
+            left.append(True)
+            raise
+        if not done:
+            left.append(True)
+            return
+        woken = blocking.result()  # raises what the wait raised (a configuration error)
+        if woken and deadline is not None and loop.time() >= deadline:
+            self._woken = True  # not used by this waiter: the next one asks
 
     async def _sleep_until(
         self, due: float, reservation: Reservation, loop: asyncio.AbstractEventLoop
@@ -212,7 +272,7 @@ class RedisStore:
             while loop.time() < self.paused_until:  # noqa: ASYNC110 - sleeps to its end
                 await asyncio.sleep(self.paused_until - loop.time())
         except BaseException:
-            self.backend.spawn(self.backend.give_back(reservation))
+            self.backend.give_back(reservation)
             raise
         finally:
             self.queued.remove(due)
