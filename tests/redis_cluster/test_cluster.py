@@ -1,7 +1,9 @@
 """Every limiter on a real Redis Cluster: the rate holds, one limiter's keys share one
-slot, and a failover of the master holding them is survived under ``on_error="wait"``.
+slot, and a failover of the master holding them is survived under each ``on_error``
+policy ("wait", "raise", "local"); a failover onto a replica that lagged loses the
+grants it had not received.
 
-Each module gets its own cluster (``conftest.py``); the failover test starts another.
+Each module gets its own cluster (``conftest.py``); each failover test starts another.
 """
 
 from __future__ import annotations
@@ -369,7 +371,7 @@ async def test_a_failover_of_the_limiters_master_is_survived(
 # drop a release that fails, so the limiter's callers wait for slots long after Redis
 # answers again. With lease_ttl=2 the same run passes.
 SLOTS_LEAK = pytest.mark.xfail(
-    raises=TimeoutError,
+    raises=asyncio.TimeoutError,
     strict=True,
     reason="slots released during the outage are held until their leases expire",
 )
