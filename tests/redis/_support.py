@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
 
     from tokenbucket._redis._protocol import Shape
 
@@ -49,7 +50,7 @@ class RecordingBackend(RedisBackend):
     ``acquire`` returns: the reservation is made in that task's context).
     """
 
-    def __init__(self, client: aioredis.Redis | str, **options: Any) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster | str, **options: Any) -> None:
         super().__init__(client, **options)
         self.granted: list[Grant] = []
         self.last: contextvars.ContextVar[Grant | None] = contextvars.ContextVar(
