@@ -366,18 +366,9 @@ async def test_a_failover_of_the_limiters_master_is_survived(
     assert most_in(after, 1.0) <= 2 * CAPACITY + RATE * 1.0 + 1
 
 
-# A limiter's slots released during the outage stay held where the state survives (the
-# promoted replica) until their leases expire (lease_ttl, 300 s): "raise" and "local"
-# drop a release that fails, so the limiter's callers wait for slots long after Redis
-# answers again. With lease_ttl=2 the same run passes.
-SLOTS_LEAK = pytest.mark.xfail(
-    raises=asyncio.TimeoutError,
-    strict=True,
-    reason="slots released during the outage are held until their leases expire",
-)
 POLICY_CASES = [
     ("bucket", "none"),
-    pytest.param("limiter", "none", marks=SLOTS_LEAK),
+    ("limiter", "none"),
     ("bucket", "client"),
 ]
 

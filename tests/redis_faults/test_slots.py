@@ -266,3 +266,23 @@ async def test_closing_does_not_wait_for_a_caller_blocked_on_a_slot(
     await lease.__aexit__(None, None, None)
     await asyncio.wait_for(asyncio.gather(*tasks), 5.0)
     assert await admin.zcard(SLOTS) == 0
+
+
+@pytest.mark.parametrize("policy", ["raise", "local"])
+async def test_a_slot_released_while_redis_is_out_of_reach_is_released_once_it_answers(
+    proxy: Proxy, make_backend: Callable[..., RedisBackend], admin: aioredis.Redis, policy: str
+) -> None:
+    """Under "raise" and "local" a release that fails is made again once Redis answers:
+    the slot does not stay held until its lease expires (300 s)."""
+    backend = make_backend(proxy.url, on_error=policy, max_backoff=0.1)
+    limiter = tb.Limiter(max_concurrency=1, backend=backend, key="s")
+    async with limiter.acquire():
+        proxy.cut()  # the release below cannot reach Redis
+    proxy.mend()
+    await until(lambda: _no_slot_held(admin), 5.0)
+    async with limiter.acquire(timeout=2.0):
+        pass
+
+
+async def _no_slot_held(admin: aioredis.Redis) -> bool:
+    return await admin.zcard(SLOTS) == 0

@@ -158,6 +158,7 @@ class RedisBackend:
         self._id = uuid.uuid4().hex + "-"
         self._calls = itertools.count()
         self._undo_warned = False
+        self._retrying = 0  # releases and give-backs waiting for Redis to answer
         self._releases: Returns[str] = Returns(
             self._release_batch, self._background, _MOST_RELEASED
         )
@@ -310,28 +311,61 @@ class RedisBackend:
         self._background.start(self._undo(keys, _protocol.undo(args)))
 
     async def _undo(self, keys: list[str], args: list[Any]) -> None:
-        """Undo a reserve call whose caller got an error: retried (quietly, with backoff)
-        while Redis is unreachable, for as long as Redis remembers the call."""
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        loop = asyncio.get_running_loop()
-        end = loop.time() + _protocol.RECORD_TTL_MS / 1000
-        delay = 0.05
-        unreachable = (RedisConnectionError, RedisTimeoutError, OSError)
+        """Undo a reserve call whose caller got an error, for as long as Redis
+        remembers the call."""
         try:
-            while not await self._try_script("reserve", keys, args, unreachable):
-                if loop.time() + delay >= end:
-                    log.warning("could not undo a reserve call whose reply was lost")
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
-        except Exception as exc:  # best effort, as a give-back
-            log.warning("could not undo a reserve call whose reply was lost: %s", exc)
+            await self._when_answered(
+                "reserve",
+                keys,
+                args,
+                _protocol.RECORD_TTL_MS / 1000,
+                "undo a reserve call whose reply was lost",
+            )
         finally:
             self._undoing -= 1
             if not self._undoing:
                 self._undo_warned = False
+
+    def _retry_later(
+        self, name: str, keys: list[str], args: list[Any], within: float, what: str
+    ) -> None:
+        """Make a call (a release, a give-back) that failed with Redis out of reach
+        once it answers again, in the background, for ``within`` seconds at most."""
+        if self._retrying >= _MAX_UNDOING:
+            log.warning("could not %s: Redis unreachable, and too many calls to retry", what)
+            return
+        self._retrying += 1
+        self._background.start(self._retry(name, keys, args, within, what))
+
+    async def _retry(
+        self, name: str, keys: list[str], args: list[Any], within: float, what: str
+    ) -> None:
+        try:
+            await self._when_answered(name, keys, args, within, what)
+        finally:
+            self._retrying -= 1
+
+    async def _when_answered(
+        self, name: str, keys: list[str], args: list[Any], within: float, what: str
+    ) -> None:
+        """Call a script once Redis answers: retried (quietly, with backoff) while it
+        is unreachable, for ``within`` seconds at most; never raises."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        delay = 0.05
+        unreachable = (RedisConnectionError, RedisTimeoutError, OSError)
+        try:
+            while not await self._try_script(name, keys, args, unreachable):
+                if loop.time() + delay >= end:
+                    log.warning("could not %s: Redis unreachable", what)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+        except Exception as exc:  # best effort
+            log.warning("could not %s: %s", what, exc)
 
     async def _try_script(
         self,
@@ -393,6 +427,10 @@ class RedisBackend:
         keys, args = _protocol.encode_give_backs(self._now_arg(), reservations, self.lease_ttl)
         try:
             await self._with_policy("cancel", keys, args)
+        except BackendUnavailableError:
+            # Out of reach (under "raise" or "local"): given back once Redis answers.
+            what = f"give {len(reservations)} reservation(s) back"
+            self._retry_later("cancel", keys, args, _protocol.RECORD_TTL_MS / 1000, what)
         except Exception as exc:  # a give-back is best effort
             log.warning("could not give %d reservation(s) back: %s", len(reservations), exc)
 
@@ -408,6 +446,11 @@ class RedisBackend:
         keys, args = _protocol.encode_release(slots_key, leases, self.lease_ttl)
         try:
             await self._with_policy("release", keys, args)
+        except BackendUnavailableError:
+            # Out of reach (under "raise" or "local"): released once Redis answers, or
+            # the slots would stay held until their leases expire.
+            what = f"release {len(leases)} concurrency slot(s)"
+            self._retry_later("release", keys, args, self.lease_ttl, what)
         except Exception as exc:  # the leases expire on their own
             log.warning("could not release %d concurrency slot(s): %s", len(leases), exc)
 
