@@ -213,6 +213,22 @@ class Reply(NamedTuple):
 # -- reserve.lua ----------------------------------------------------------------------------
 
 
+class _Keys(list[str]):
+    """The KEYS of a call being encoded: each key once, named by its index from 1."""
+
+    def __init__(self, *fixed: str) -> None:
+        super().__init__(fixed)
+        self._index = {key: i for i, key in enumerate(fixed, start=1)}
+
+    def at(self, key: str) -> int:
+        """``key``'s index, added at the end the first time."""
+        found = self._index.get(key)
+        if found is None:
+            self.append(key)
+            found = self._index[key] = len(self)
+        return found
+
+
 def call_key(tag: str, call: str) -> str:
     """The key that records the reserve or settle call ``call`` (an id unique to the
     call) whose keys are under the hash tag ``tag`` (:attr:`Shape.tag`)."""
@@ -235,16 +251,8 @@ def encode_batch(
     request's deadline (``None``: none). ``now`` is ``SERVER_TIME`` or the client's
     clock. Each shape and each key is sent once. The same KEYS and ARGV sent again are
     the same call: it is charged once."""
-    keys: list[str] = [call_key(requests[0][0].tag, call)]
-    index: dict[str, int] = {}
-
-    def at(key: str) -> int:
-        found = index.get(key)
-        if found is None:
-            keys.append(key)
-            found = index[key] = len(keys)
-        return found
-
+    keys = _Keys(call_key(requests[0][0].tag, call))
+    at = keys.at
     numbers: dict[int, int] = {}  # id(shape) -> its number, from 1
     shaped: list[Any] = []
     asked: list[Any] = []
@@ -299,16 +307,8 @@ def encode_give_backs(
     """cancel.lua's KEYS and ARGV: give ``reservations`` back (their keys all under one
     hash tag), and wake a waiting process per lease removed. Each key is sent once. The
     same KEYS and ARGV sent again give nothing back twice."""
-    keys: list[str] = []
-    index: dict[str, int] = {}
-
-    def at(key: str) -> int:
-        found = index.get(key)
-        if found is None:
-            keys.append(key)
-            found = index[key] = len(keys)
-        return found
-
+    keys = _Keys()
+    at = keys.at
     args: list[Any] = [now, int(lease_ttl * 1000), len(reservations)]
     for reservation in reservations:
         lease = reservation.lease
