@@ -93,11 +93,6 @@ class MemoryStore:
         """Charge a grant made elsewhere at ``at`` (a stand-in's, see ``prime``)."""
         self._multi.record(at, amounts)
 
-    def levels(self) -> list[float]:
-        """Each meter's level now, in the order of its meters (negative: in debt)."""
-        now = self._waiters.now()
-        return [meter.core.level(now) for meter in self._multi.meters]
-
     def limit(self, dim: str) -> float:
         """The most one request may take of ``dim``."""
         return self._multi.limit(dim)

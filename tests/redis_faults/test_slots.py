@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -286,3 +286,32 @@ async def test_a_slot_released_while_redis_is_out_of_reach_is_released_once_it_a
 
 async def _no_slot_held(admin: aioredis.Redis) -> bool:
     return await admin.zcard(SLOTS) == 0
+
+
+async def test_a_call_retried_in_the_background_outlasts_a_cluster_failover(
+    make_backend: Callable[..., RedisBackend], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failover in progress (CLUSTERDOWN, TRYAGAIN) is an outage for the calls made
+    again in the background too: they keep trying, they do not give up at the first."""
+    from redis.exceptions import ClusterDownError, TryAgainError
+
+    caplog.set_level(logging.WARNING)
+    backend = make_backend(on_error="raise", max_backoff=0.05)
+    errors: list[Exception] = [ClusterDownError("CLUSTERDOWN"), TryAgainError("TRYAGAIN")]
+    calls = 0
+
+    async def failing_over(name: str, keys: Any, args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if errors:
+            raise errors.pop(0)
+        return 1
+
+    backend._script = failing_over  # type: ignore[method-assign]
+    backend._retry_later("release", [SLOTS, wake_key(SLOTS)], [1000, 1, "lease"], 5.0, "release")
+    await until(lambda: _called(calls, 3), 5.0)
+    assert not [r for r in caplog.records if "could not" in r.getMessage()]
+
+
+async def _called(calls: int, times: int) -> bool:
+    return calls >= times

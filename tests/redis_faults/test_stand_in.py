@@ -269,3 +269,31 @@ async def test_a_caller_cancelled_as_redis_returns_is_cancelled(
         assert not store._stopped  # the stand-in's wait it left has ended too
     finally:
         await backend.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_short_outage_charges_redis_only_with_what_the_stand_in_granted(
+    proxy: Proxy,
+) -> None:
+    """A stand-in bucket starts empty; Redis is charged with its grants, not with the
+    burst it never had: after a blip in which it granted nothing, the burst is there."""
+    backend = tb.RedisBackend(proxy.url, on_error="local", local_share=1.0)
+    bucket = tb.TokenBucket(1, 100, backend=backend, key="blip")  # 1/s, bursts of 100
+    try:
+        await bucket.acquire()  # through Redis: 99 left
+        proxy.cut()
+        waiter = asyncio.create_task(bucket.acquire())  # waits in the empty stand-in
+        await asyncio.sleep(0.3)
+        proxy.mend()
+        await asyncio.wait_for(waiter, 5.0)  # granted by Redis once it answers
+        admitted = 0
+        for _ in range(100):
+            try:
+                await bucket.acquire(timeout=0)
+            except tb.AcquireTimeoutError:
+                break
+            admitted += 1
+        assert admitted >= 95  # 98 left, less what a second of refill rounds away
+    finally:
+        proxy.mend()
+        await backend.aclose()

@@ -228,13 +228,14 @@ class RedisBackend:
         tag, *rest = parts
         return ":".join([f"{{{self.prefix}:{tag}}}", *rest])
 
-    async def ping(self) -> None:
-        """Check that Redis answers; raise :class:`BackendUnavailableError` if not, and
+    async def ping(self, key: str | None = None) -> None:
+        """Check that Redis answers (with ``key``: the node that holds ``key``, on a
+        cluster); raise :class:`BackendUnavailableError` if not, and
         :class:`BackendConfigurationError` if it refuses the credentials or the database
         index."""
         client = await self._connections()
         try:
-            await client.ping()
+            await (client.ping() if key is None else client.exists(key))
         except _scripts.errors() as exc:
             raise _scripts.translate(exc, self.prefix) from exc
 
@@ -350,15 +351,11 @@ class RedisBackend:
     ) -> None:
         """Call a script once Redis answers: retried (quietly, with backoff) while it
         is unreachable, for ``within`` seconds at most; never raises."""
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         loop = asyncio.get_running_loop()
         end = loop.time() + within
         delay = 0.05
-        unreachable = (RedisConnectionError, RedisTimeoutError, OSError)
         try:
-            while not await self._try_script(name, keys, args, unreachable):
+            while not await self._try_script(name, keys, args):
                 if loop.time() + delay >= end:
                     log.warning("could not %s: Redis unreachable", what)
                     return
@@ -367,17 +364,14 @@ class RedisBackend:
         except Exception as exc:  # best effort
             log.warning("could not %s: %s", what, exc)
 
-    async def _try_script(
-        self,
-        name: str,
-        keys: Sequence[str],
-        args: Sequence[Any],
-        unreachable: tuple[type[BaseException], ...],
-    ) -> bool:
-        """Call a script once; whether Redis answered (``unreachable`` errors: not)."""
+    async def _try_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> bool:
+        """Call a script once; whether Redis answered (an outage, on a cluster a failover
+        in progress too: not; any other error is raised)."""
         try:
             await self._script(name, keys, args)
-        except unreachable as exc:
+        except Exception as exc:
+            if not _scripts.is_outage(exc):
+                raise
             log.debug("Redis unreachable (%s); will retry %s", exc, name)
             return False
         return True

@@ -38,6 +38,8 @@ _ANSWER_GRACE: Final = 0.5
 _WARN_EVERY: Final = 10.0
 # While the local stand-in is in use, how often Redis is asked whether it answers again.
 _PROBE_EVERY: Final = 0.1
+# The longest the probe waits for Redis to answer.
+_PROBE_TIMEOUT: Final = 1.0
 # How long the probe goes on after the stand-in's last grant (so that a process in use
 # learns of Redis's return from the probe, not from a request Redis grants at once).
 _PROBE_LINGER: Final = 1.0
@@ -92,8 +94,12 @@ class RedisStore:
         # The grants Redis made this process (loop instant, amounts), for as long as a
         # window reaches back, to charge a stand-in with; when this process first met the
         # outage; the tasks waiting in the stand-in; the task asking whether Redis is back.
-        self._horizon = max(
+        self._windows = max(
             (m.rate.period for m in spec.meters if m.rate.burst is None), default=0.0
+        )
+        # How far back a grant still counts: a window's span, or a bucket's B/r.
+        self._horizon = max(
+            [self._windows] + [meter.p2 / meter.p1 for meter in self.meters if meter.kind == "b"]
         )
         self._granted: deque[tuple[float, tuple[float, ...]]] = deque()
         # The stand-in's grants for as long as a window reaches back (see _charge_back).
@@ -339,7 +345,7 @@ class RedisStore:
             alone = Request(request.amounts, False, request.seq)  # the cap stays in Redis
             left = None if deadline is None else max(0.0, deadline - loop.time())
             granted, ticket = await self._unless_returned(local.take(alone, left), returned)
-            if not granted:
+            if not granted or returned.done():  # Redis answered meanwhile: ask it
                 return False
         finally:
             self._local_tasks.discard(task)
@@ -383,8 +389,10 @@ class RedisStore:
         until ``_PROBE_LINGER`` after its last grant."""
         while self._local_tasks or loop.time() < self._lent_until:
             await asyncio.sleep(_PROBE_EVERY)
-            with contextlib.suppress(BackendUnavailableError):
-                await self.backend.ping()
+            with contextlib.suppress(BackendUnavailableError, asyncio.TimeoutError):
+                # On a cluster, the node that holds this limiter's keys; bounded, as a
+                # client without a read timeout could wait forever on a dead connection.
+                await asyncio.wait_for(self.backend.ping(self.pause_key), _PROBE_TIMEOUT)
                 self._hand_back()
                 return
 
@@ -393,7 +401,7 @@ class RedisStore:
         requests go there, and the callers waiting in the stand-in leave it to ask
         Redis."""
         if self._local is not None and self.meters:
-            self._charge_back(self._local)
+            self._charge_back()
         self._lent.clear()
         self._local = None
         self._down_since = None
@@ -411,25 +419,29 @@ class RedisStore:
         charging = self._charging
         if charging is not None:
             if not charging.done() and charging.get_loop() is asyncio.get_running_loop():
-                await asyncio.shield(charging)
+                await asyncio.wait((charging,))  # ends if it is cancelled (aclose) too
             if self._charging is charging:
                 self._charging = None
 
-    def _charge_back(self, local: MemoryStore) -> None:
-        """Charge Redis with what ``local`` admitted (a limit must hold across Redis's
-        return too): each bucket what the stand-in owes it now (its burst less its
-        level), each window the stand-in's grants still inside it."""
+    def _charge_back(self) -> None:
+        """Charge Redis with what the stand-in admitted (a limit must hold across
+        Redis's return too): each bucket the stand-in's grants of its last ``B/r``
+        seconds (older ones it has earned back), at most its share of the burst; each
+        window the stand-in's grants still inside it, at their instants."""
         now = self.backend.running_loop().time()
         share = self.backend.local_share
-        owed = [
-            max(0.0, share * meter.p2 - level) if meter.kind == "b" else 0.0
-            for meter, level in zip(self.meters, local.levels(), strict=True)
-        ]
-        grants = [
-            (now - at, tuple(amounts[i] for i in self.indexes))
-            for at, amounts in self._lent
-            if now - at < self._horizon
-        ]
+        owed = [0.0] * len(self.meters)
+        grants = []
+        for at, amounts in self._lent:
+            vector = tuple(amounts[i] for i in self.indexes)
+            age = now - at
+            for m, meter in enumerate(self.meters):
+                if meter.kind == "b" and age < meter.p2 / meter.p1:
+                    owed[m] += vector[m]
+            if age < self._windows:
+                grants.append((age, vector))
+        for m, meter in enumerate(self.meters):
+            owed[m] = min(owed[m], share * meter.p2)
         until = now + _RETURN_HOLD
         self._charging = self.backend.spawn(self._charge(owed, grants, until))
 
