@@ -10,6 +10,8 @@ import importlib.resources
 import inspect
 import pickle
 import re
+import subprocess
+import sys
 import types
 
 import pytest
@@ -33,6 +35,7 @@ PRIVATE_MODULES = [
     "_queue",
     "_rate",
     "_statistics",
+    "_transport",
     "_window",
 ]
 
@@ -89,8 +92,20 @@ def test_star_import_gives_exactly_all() -> None:
 
 def test_fixed_names_are_public() -> None:
     """The names the product contract fixes (the ones built so far)."""
-    for name in ["TokenBucket", "SlidingWindow", "TokenBucketError", "AcquireTimeoutError"]:
+    for name in [
+        "TokenBucket",
+        "SlidingWindow",
+        "TokenBucketError",
+        "AcquireTimeoutError",
+        "AsyncLimitedTransport",
+    ]:
         assert name in tokenbucket.__all__
+
+
+def test_importing_the_package_imports_no_http_library() -> None:
+    code = "import sys, tokenbucket; print(sorted({'httpx', 'httpx2'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_version() -> None:

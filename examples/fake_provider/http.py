@@ -1,7 +1,9 @@
 """The HTTP layer around the provider: OpenAI's chat completions route over HTTP/1.1.
 
-Keep-alive connections, ``content-length`` or chunked request bodies, JSON responses. It
-does not stream: ``"stream": true`` gets a 400.
+Keep-alive connections, ``content-length`` or chunked request bodies, JSON responses;
+``"stream": true`` gets OpenAI's server-sent events (``chat.completion.chunk`` objects, a
+last chunk with the usage when ``stream_options.include_usage`` is set, then ``[DONE]``),
+sent chunked. ``GET /v1/models`` lists the one model ``gpt-test``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Reply:
     payload: object  # sent as JSON
     headers: Headers = field(default_factory=list)
     delay: float = 0.0
+    events: tuple[object, ...] | None = None  # sent as server-sent events instead
 
 
 def error(status: int, message: str, headers: Headers | None = None, **fields: str | None) -> Reply:
@@ -71,8 +74,6 @@ def parse_chat_request(body: bytes, default_max_tokens: int) -> ChatRequest:
     messages = payload.get("messages")
     if not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
         raise HTTPError(400, "'messages' must be a non-empty array of message objects", "messages")
-    if payload.get("stream"):
-        raise HTTPError(400, "This server does not support streaming.", "stream")
     for name in ("max_completion_tokens", "max_tokens"):
         value = payload.get(name)
         if value is None:
@@ -100,6 +101,35 @@ def completion(request: ChatRequest, admitted: Admitted, delay: float) -> Reply:
         "usage": usage,
     }
     return Reply(200, payload, [*admitted.headers, ("x-request-id", f"req_{digest[18:50]}")], delay)
+
+
+def stream_mode(body: bytes) -> tuple[bool, bool]:
+    """``(stream, include_usage)`` of a chat request body that already parsed."""
+    payload = json.loads(body)
+    options = payload.get("stream_options")
+    usage = isinstance(options, dict) and options.get("include_usage") is True
+    return payload.get("stream") is True, usage
+
+
+def chunks(reply: Reply, include_usage: bool) -> Reply:
+    """The completion ``reply`` as the events of a stream."""
+    payload = reply.payload
+    assert isinstance(payload, dict)
+    content = payload["choices"][0]["message"]["content"]
+    base = {k: payload[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    empty = {"usage": None} if include_usage else {}
+    words = content.split(" ")
+    deltas = [{"role": "assistant", "content": ""}] + [
+        {"content": w if i == 0 else f" {w}"} for i, w in enumerate(words)
+    ]
+    events: list[object] = [
+        base | {"choices": [{"index": 0, "delta": d, "finish_reason": None}]} | empty
+        for d in deltas
+    ]
+    events.append(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]} | empty)
+    if include_usage:
+        events.append(base | {"choices": [], "usage": payload["usage"]})
+    return Reply(reply.status, None, reply.headers, reply.delay, (*events, "[DONE]"))
 
 
 async def read_request(reader: asyncio.StreamReader) -> HTTPRequest | None:
@@ -160,6 +190,23 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     return bytes(body)
 
 
+def encode_event_head(reply: Reply, keep_alive: bool) -> bytes:
+    lines = [
+        f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}",
+        "content-type: text/event-stream; charset=utf-8",
+        *(f"{name}: {value}" for name, value in reply.headers),
+        "transfer-encoding: chunked",
+        f"connection: {'keep-alive' if keep_alive else 'close'}",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def encode_event(event: object) -> bytes:
+    data = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
+    payload = f"data: {data}\n\n".encode()
+    return f"{len(payload):x}\r\n".encode() + payload + b"\r\n"
+
+
 def encode_response(reply: Reply, keep_alive: bool) -> bytes:
     body = json.dumps(reply.payload, separators=(",", ":")).encode("utf-8")
     lines = [
@@ -178,13 +225,17 @@ class ChatAPI:
 
     ``answer`` is the provider's decision on a request. An admitted request's reply waits a
     delay drawn from ``rng`` in the ``(low, high)`` range ``latency``. Requests that set no
-    ``max_tokens`` are charged ``default_max_tokens``.
+    ``max_tokens`` are charged ``default_max_tokens``. A stream waits ``event_delay``
+    seconds before each event after the first; with ``drop_after``, the connection is
+    dropped after that many events, as a server failing mid-stream does.
     """
 
     answer: Callable[[ChatRequest], Admitted | Refused]
     latency: tuple[float, float]
     rng: random.Random
     default_max_tokens: int
+    event_delay: float = 0.0
+    drop_after: int | None = None
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer one connection's requests until it closes or a request asks to."""
@@ -201,6 +252,10 @@ class ChatAPI:
                     reply, keep_alive = self.dispatch(request), request.keep_alive
                 if reply.delay > 0:
                     await asyncio.sleep(reply.delay)
+                if reply.events is not None:
+                    if not await self._stream(writer, reply, keep_alive):
+                        break
+                    continue
                 writer.write(encode_response(reply, keep_alive))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -210,16 +265,37 @@ class ChatAPI:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
+    async def _stream(self, writer: asyncio.StreamWriter, reply: Reply, keep_alive: bool) -> bool:
+        """Send ``reply``'s events; ``False`` if the connection was dropped on purpose."""
+        assert reply.events is not None
+        writer.write(encode_event_head(reply, keep_alive))
+        for sent, event in enumerate(reply.events):
+            if sent == self.drop_after:
+                writer.transport.abort()
+                return False
+            if sent and self.event_delay > 0:
+                await asyncio.sleep(self.event_delay)
+            writer.write(encode_event(event))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
     def dispatch(self, request: HTTPRequest) -> Reply:
         path = request.path.rstrip("/")
         try:
             if path == "/health":
                 return Reply(200, {"status": "ok"})
+            if path == "/v1/models" and request.method == "GET":
+                model = {"id": "gpt-test", "object": "model", "created": 0, "owned_by": "fake"}
+                return Reply(200, {"object": "list", "data": [model]})
             if path != "/v1/chat/completions":
                 return error(404, f"Unknown path {request.path!r}.")
             if request.method != "POST":
                 return error(405, "Use POST.")
-            return self.chat(parse_chat_request(request.body, self.default_max_tokens))
+            reply = self.chat(parse_chat_request(request.body, self.default_max_tokens))
+            stream, include_usage = stream_mode(request.body)
+            return chunks(reply, include_usage) if stream and reply.status == 200 else reply
         except HTTPError as exc:
             return error(exc.status, exc.message, param=exc.param)
         except Exception as exc:  # pragma: no cover - a bug here must not kill the connection

@@ -40,7 +40,8 @@ class LLMServer:
     """An OpenAI-compatible chat server on 127.0.0.1 that enforces request and token limits.
 
     ``rpm``, ``tpm``, ``period`` and ``count_usage`` are the ``Provider``'s. ``latency`` is a
-    ``(low, high)`` range in seconds, or one number, for admitted requests. ``clock`` is the
+    ``(low, high)`` range in seconds, or one number, for admitted requests; ``event_delay``
+    and ``drop_after`` shape streams (see ``ChatAPI``). ``clock`` is the
     monotonic clock the limits and statistics use; tests can pass a fake one.
 
     Use it as a context manager (or call ``start()`` and ``close()``); the server runs on
@@ -60,6 +61,8 @@ class LLMServer:
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
         count_usage: bool = False,
+        event_delay: float = 0.0,
+        drop_after: int | None = None,
     ) -> None:
         self._provider = Provider(
             rpm=rpm, tpm=tpm, period=period, now=clock(), count_usage=count_usage
@@ -73,7 +76,14 @@ class LLMServer:
         self.latency = (float(low), float(high))
         self._clock = clock
         self._lock = threading.Lock()  # the provider is used from the server thread and others
-        self._api = ChatAPI(self._answer, self.latency, random.Random(seed), default_max_tokens)
+        self._api = ChatAPI(
+            self._answer,
+            self.latency,
+            random.Random(seed),
+            default_max_tokens,
+            event_delay,
+            drop_after,
+        )
         self._requested_port = port
         self._port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -33,6 +33,7 @@ from ._limiter import Limiter
 from ._rate import Rate, per_day, per_hour, per_minute, per_second
 from ._redis import RedisBackend
 from ._statistics import LimiterStatistics, LimitStatistics
+from ._transport import AsyncLimitedTransport
 from ._window import SlidingWindow
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "AcquireTimeoutError",
     "AmountExceedsLimitError",
     "ArgumentTypeError",
+    "AsyncLimitedTransport",
     "BackendConfigurationError",
     "BackendError",
     "BackendUnavailableError",

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 from ._errors import ArgumentTypeError
 from ._group import BucketGroup
-from ._headers import RateLimitHeaderWarning, ServerFeedback, parse_rate_limit_headers
 from ._limiter import Limiter
+from ._report import report, warn
+from ._usage import read_usage
 
 __all__ = ["chat_cost", "estimate_tokens", "rate_limited", "usage_of"]
 
@@ -74,27 +73,12 @@ def usage_of(result: object) -> Mapping[str, float] | None:
     Returns ``tokens``, ``input_tokens`` and ``output_tokens``, or ``None`` when the
     result carries no usage.
     """
-    usage = getattr(result, "usage", None)
-    if usage is None:
-        return None
-    prompt = getattr(usage, "prompt_tokens", None)
-    completion = getattr(usage, "completion_tokens", None)
-    if isinstance(prompt, int) and isinstance(completion, int):  # OpenAI
-        total = getattr(usage, "total_tokens", None)
-        return {
-            "tokens": float(total if isinstance(total, int) else prompt + completion),
-            "input_tokens": float(prompt),
-            "output_tokens": float(completion),
-        }
-    given = getattr(usage, "input_tokens", None)
-    produced = getattr(usage, "output_tokens", None)
-    if isinstance(given, int) and isinstance(produced, int):  # Anthropic
-        return {
-            "tokens": float(given + produced),
-            "input_tokens": float(given),
-            "output_tokens": float(produced),
-        }
-    return None
+    found = read_usage(getattr(result, "usage", None), _attribute)
+    return found if "input_tokens" in found and "output_tokens" in found else None
+
+
+def _attribute(value: object, name: str) -> object:
+    return getattr(value, name, None)
 
 
 def rate_limited(
@@ -177,6 +161,7 @@ def _report_429(limiter: Limiter, exc: Exception) -> None:
     Whatever goes wrong while reading the response or reporting it becomes a
     :class:`RateLimitHeaderWarning`, so that the caller's ``exc`` is what propagates.
     """
+    what = type(exc).__name__
     try:
         response = getattr(exc, "response", None)
         status = getattr(response, "status_code", None) or getattr(exc, "status_code", None)
@@ -184,24 +169,7 @@ def _report_429(limiter: Limiter, exc: Exception) -> None:
             return
         headers = getattr(response, "headers", None)
     except Exception as error:
-        _warn(f"could not read the response of {type(exc).__name__}", error)
+        warn(f"could not read the response of {what}", error, stacklevel=3)
         return
-    try:
-        info = parse_rate_limit_headers({} if headers is None else headers)
-    except Exception as error:  # not headers, or a warning the filters made an error
-        _warn(f"ignored the rate-limit headers of {type(exc).__name__}", error)
-        info = ServerFeedback(limits=(), retry_after=None)
-    try:
-        limiter.feedback(info, status=429)
-    except Exception as error:
-        _warn(f"could not report {type(exc).__name__} (HTTP 429) to the limiter", error)
-
-
-def _warn(what: str, error: Exception) -> None:
-    """Warn that ``what`` happened because of ``error``, from the decorated call's caller."""
-    with contextlib.suppress(RateLimitHeaderWarning):  # the caller's exception wins
-        warnings.warn(
-            f"{what}: {type(error).__name__}: {error}",
-            RateLimitHeaderWarning,
-            stacklevel=4,  # _warn, _report_429, the wrapper, the caller
-        )
+    # stacklevel: report, _report_429, the wrapper, the caller
+    report(limiter, headers, 429, f"{what} (HTTP 429)", stacklevel=3)

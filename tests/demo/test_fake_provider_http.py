@@ -336,7 +336,7 @@ def test_health_bad_requests_and_unknown_paths() -> None:
             "/v1/chat/completions",
             json={"model": "m", "messages": [{"content": "x"}], "max_tokens": 0},
         )
-        missing = client.get("/v1/models")
+        missing = client.get("/v1/files")
         stats = server.stats()
         chunked = client.post(  # an iterator body is sent with transfer-encoding: chunked
             "/v1/chat/completions",

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import openai
 
+import tokenbucket
+
 if TYPE_CHECKING:
     import pytest
 
@@ -95,7 +97,11 @@ class FakeProviders:
         """A real ``openai.AsyncOpenAI`` whose HTTP requests go to :meth:`openai_handler`."""
         options.setdefault("api_key", "sk-docs-test")
         options["base_url"] = FAKE_OPENAI_URL
-        transport = httpx2.MockTransport(self.openai_handler)
+        transport: Any = httpx2.MockTransport(self.openai_handler)
+        # An example's AsyncLimitedTransport is kept, over the fake server.
+        limited = getattr(options.get("http_client"), "_transport", None)
+        if isinstance(limited, tokenbucket.AsyncLimitedTransport):
+            transport = tokenbucket.AsyncLimitedTransport(limited.limits, transport)
         options["http_client"] = httpx2.AsyncClient(transport=transport)
         return _REAL_ASYNC_OPENAI(**options)
 

@@ -1,0 +1,56 @@
+"""Telling a limiter what a server answered, without ever breaking the caller's call.
+
+Shared by the decorator (a 429 carried by an exception) and the transport (every
+response): headers that do not parse, or a limiter that cannot take the report, become a
+:class:`RateLimitHeaderWarning`, and a warning that the filters turn into an error is
+dropped, so the caller's own result or exception is what they see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import TYPE_CHECKING
+
+from ._headers import RateLimitHeaderWarning, ServerFeedback, parse_rate_limit_headers
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from ._limiter import Limiter
+
+__all__ = ["report", "warn"]
+
+
+def report(
+    limiter: Limiter,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+    status: int | None,
+    what: str,
+    *,
+    stacklevel: int,
+) -> None:
+    """Fold ``headers`` and ``status`` of the response ``what`` names into ``limiter``.
+
+    Never raises. ``stacklevel`` counts from the caller of ``report``.
+    """
+    try:
+        info = parse_rate_limit_headers({} if headers is None else headers)
+    except Exception as error:  # not headers, or a warning the filters made an error
+        warn(f"ignored the rate-limit headers of {what}", error, stacklevel=stacklevel + 1)
+        info = ServerFeedback(limits=(), retry_after=None)
+    try:
+        limiter.feedback(info, status=status)
+    except Exception as error:
+        warn(f"could not report {what} to the limiter", error, stacklevel=stacklevel + 1)
+
+
+def warn(what: str, error: Exception, *, stacklevel: int) -> None:
+    """Warn that ``what`` happened because of ``error``; ``stacklevel`` counts from the
+    caller of ``warn``."""
+    with contextlib.suppress(RateLimitHeaderWarning):  # the caller's result or error wins
+        warnings.warn(
+            f"{what}: {type(error).__name__}: {error}",
+            RateLimitHeaderWarning,
+            stacklevel=stacklevel + 1,
+        )

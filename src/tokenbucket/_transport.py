@@ -1,0 +1,476 @@
+"""AsyncLimitedTransport: an httpx-style transport that limits every model call through it.
+
+Theory of operation
+-------------------
+The official LLM SDKs send every call, retry and stream through an ``httpx2`` (or
+``httpx``) client, and a client sends every request through its transport. This one
+wraps the real transport. For each request it decides whether it is a model call (see
+:func:`model_call`), prices it from the request alone, acquires the lease from the
+limiter of its model, and sends it. The response's headers and status go to the limiter
+at once; the response's body stream is wrapped so that the usage it carries (a JSON body's
+``usage``, or the usage in a server-sent event stream) settles the lease, and so that the
+lease (and its concurrency slot) ends when the body is read to the end or closed, once.
+
+Neither ``httpx`` nor ``httpx2`` is imported when tokenbucket is: the library is that of
+the requests the transport sees (``type(request).__module__``), and classes that must
+derive from the library's own (the body stream) are made for it on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import re
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, overload
+
+from ._decorate import estimate_tokens
+from ._errors import ArgumentTypeError, TokenBucketError
+from ._group import BucketGroup
+from ._limiter import Limiter
+from ._report import report, warn
+from ._usage import item, read_usage
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    import httpx
+    import httpx2
+    from typing_extensions import Self
+
+    from ._lease import LeaseContext
+
+    class _Transports(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport):  # type: ignore[misc]
+        """For type checkers: usable wherever either library wants a transport."""
+
+else:
+    _Transports = object
+
+__all__ = ["AsyncLimitedTransport"]
+
+DEFAULT_MAX_TOKENS: Final = 1024
+_MAX_BODY: Final = 4 * 1024 * 1024  # the most of a JSON response kept to read its usage
+_MAX_LINE: Final = 1024 * 1024  # the longest server-sent event line read for usage
+
+_OPENAI_PATHS: Final = ("/chat/completions", "/completions", "/responses", "/messages")
+_EMBEDDINGS: Final = "/embeddings"
+_GEMINI: Final = re.compile(
+    r"/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent"
+    r"|embedContent|batchEmbedContents)$"
+)
+
+Cost = Callable[[Mapping[str, Any]], Mapping[str, float]]
+TokenCounter = Callable[[object], float]
+
+
+def model_call(method: str, path: str) -> tuple[bool, str | None, bool]:
+    """Whether a request is a model call: ``(limited, model in the path, embedding)``.
+
+    A model call is a ``POST`` to a path ending in ``/chat/completions``,
+    ``/completions``, ``/responses``, ``/messages`` or ``/embeddings`` (OpenAI,
+    Anthropic and the many servers that copy their APIs), or to a Gemini
+    ``/models/{model}:generateContent`` (also ``streamGenerateContent``, ``embedContent``,
+    ``batchEmbedContents``). Everything else (listing models, files, batches, token
+    counting, ...) passes through unlimited.
+    """
+    if method != "POST":
+        return False, None, False
+    path = path.rstrip("/")
+    match = _GEMINI.search(path)
+    if match is not None:
+        return True, match["model"], match["method"] in ("embedContent", "batchEmbedContents")
+    if path.endswith(_EMBEDDINGS):
+        return True, None, True
+    return path.endswith(_OPENAI_PATHS), None, False
+
+
+class AsyncLimitedTransport(_Transports):
+    """An async ``httpx2``/``httpx`` transport that limits, settles and paces model calls.
+
+    ::
+
+        limits = tb.BucketGroup.from_toml("limits.toml")  # or one tb.Limiter
+        client = openai.AsyncOpenAI(
+            http_client=httpx2.AsyncClient(transport=tb.AsyncLimitedTransport(limits))
+        )
+
+    Every model call (see below) acquires its cost before it is sent and holds the lease,
+    concurrency slot included, until its response body is read to the end or closed (a
+    stream until the caller closes or finishes it). The usage the response reports
+    settles the lease; every response's rate-limit headers and status go to the limiter
+    (a 429 pauses it), so the SDK's own retries wait their turn. Keep the SDK's retries.
+
+    Args:
+        limits: a :class:`Limiter`, or a :class:`BucketGroup` whose limiter is picked by
+            the model: the JSON body's ``model``, or the one in a Gemini URL
+            (``/v1beta/models/gemini-2.5-flash:generateContent``). A call that names no
+            model goes to ``default_model``. A model the group does not know (and no
+            default covers) raises :class:`UnknownNameError` from the send.
+        transport: the transport that really sends: ``None`` makes the default one
+            (``AsyncHTTPTransport()``) of the library of the first request, ``httpx2``
+            or ``httpx``; pass your own to configure it (HTTP/2, proxies, retries).
+        cost: the amounts of a model call, from its parsed JSON body, replacing the
+            estimate below. Dimensions the limiter does not have are left out.
+        token_counter: counts the tokens of one part of a prompt (a string, a message,
+            a list of them); default :func:`estimate_tokens`.
+        default_max_tokens: the output assumed for a call that sets no
+            ``max_tokens``-like field.
+        default_model: the name used with a group for calls that name no model.
+        timeout: seconds to wait for the limiter at most, then
+            :class:`AcquireTimeoutError` from the send.
+
+    The cost of a model call: one request, and ``tokens`` = the estimate of its input
+    (``messages``, ``system``, ``input``, ``instructions``, ``prompt``, Gemini's
+    ``contents`` and ``systemInstruction``) plus the most it may generate
+    (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``,
+    ``generationConfig.maxOutputTokens``, else ``default_max_tokens``; 0 for
+    embeddings), also given apart as ``input_tokens`` and ``output_tokens`` for limiters
+    that have those dimensions. A model call whose body is not a JSON object costs one
+    request and no tokens.
+
+    Settlement: from the ``usage`` of a JSON body (OpenAI, Anthropic) or its
+    ``usageMetadata`` (Gemini); in a ``text/event-stream``, from the usage events as they
+    pass (OpenAI's last chunk with ``stream_options={"include_usage": True}``, the
+    Responses API's ``response.completed``, Anthropic's ``message_start`` and
+    ``message_delta``, Gemini's ``usageMetadata``), without buffering the stream. A
+    response that reports no usage keeps the estimate; an error response (4xx, 5xx)
+    without usage gives its tokens back and keeps the request.
+    """
+
+    def __init__(
+        self,
+        limits: Limiter | BucketGroup,
+        transport: httpx2.AsyncBaseTransport | httpx.AsyncBaseTransport | None = None,
+        *,
+        cost: Cost | None = None,
+        token_counter: TokenCounter = estimate_tokens,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        default_model: str = "default",
+        timeout: float | None = None,
+    ) -> None:
+        if not isinstance(limits, (Limiter, BucketGroup)):
+            raise ArgumentTypeError(
+                "limits", f"limits must be a Limiter or a BucketGroup, not {type(limits).__name__}"
+            )
+        if transport is not None and not hasattr(transport, "handle_async_request"):
+            raise ArgumentTypeError(
+                "transport", f"transport must be an async transport, not {type(transport)}"
+            )
+        if isinstance(default_max_tokens, bool) or not isinstance(default_max_tokens, int):
+            raise ArgumentTypeError("default_max_tokens", "default_max_tokens must be an int")
+        self._limits = limits
+        self._inner: Any = transport
+        self._cost = cost
+        self._counter = token_counter
+        self._max_tokens = default_max_tokens
+        self._default_model = default_model
+        self._timeout = timeout
+
+    @property
+    def limits(self) -> Limiter | BucketGroup:
+        """The limiter or group the transport acquires from."""
+        return self._limits
+
+    @overload
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response: ...
+
+    @overload
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response: ...
+
+    async def handle_async_request(self, request: Any) -> Any:
+        """Send ``request``: acquire first if it is a model call, then pass it on.
+
+        Waits (in FIFO order) for the limiter; cancelled or timed out there, nothing is
+        taken and nothing is sent. If sending fails or is cancelled, the lease ends at
+        once. Otherwise the response comes back with its body wrapped: the lease ends when
+        the body is read to the end or closed.
+        """
+        inner = self._inner
+        if inner is None:
+            library = importlib.import_module(type(request).__module__.partition(".")[0])
+            inner = self._inner = library.AsyncHTTPTransport()
+        limited, path_model, embedding = model_call(request.method, request.url.path)
+        if not limited:
+            return await inner.handle_async_request(request)
+        body = _json_body(request)
+        limiter = self._pick(body, path_model)
+        context = limiter.acquire(timeout=self._timeout, **self._amounts(body, limiter, embedding))
+        await context.__aenter__()
+        try:
+            response = await inner.handle_async_request(request)
+        except BaseException as exc:
+            await context.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        report(
+            limiter,
+            response.headers.multi_items(),
+            response.status_code,
+            "a response",
+            stacklevel=2,
+        )
+        settle = _Settlement(limiter, context, response.status_code, response.headers)
+        stream_type = _stream_type(type(response.stream).__mro__)
+        response.stream = stream_type(response.stream, settle)
+        return response
+
+    async def aclose(self) -> None:
+        """Close the inner transport."""
+        if self._inner is not None:
+            await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        if self._inner is not None:
+            await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        if self._inner is not None:
+            await self._inner.__aexit__(exc_type, exc_value, traceback)
+
+    def __repr__(self) -> str:
+        return f"<AsyncLimitedTransport {self._limits!r} over {self._inner!r}>"
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _pick(self, body: Mapping[str, Any] | None, path_model: str | None) -> Limiter:
+        limits = self._limits
+        if isinstance(limits, Limiter):
+            return limits
+        model = path_model or (body or {}).get("model")
+        return limits[model if isinstance(model, str) and model else self._default_model]
+
+    def _amounts(
+        self, body: Mapping[str, Any] | None, limiter: Limiter, embedding: bool
+    ) -> dict[str, float]:
+        dims = limiter.dimensions
+        if body is None:
+            return {}
+        if self._cost is not None:
+            amounts = dict(self._cost(body))
+        else:
+            count = self._counter
+            prompt = sum(float(count(body.get(key))) for key in _PROMPT_KEYS)
+            prompt += sum(float(count(_gemini_parts(body.get(k)))) for k in _GEMINI_KEYS)
+            output = 0.0 if embedding else _max_output(body, self._max_tokens)
+            amounts = {"tokens": prompt + output, "input_tokens": prompt, "output_tokens": output}
+        return {k: v for k, v in amounts.items() if k in dims}
+
+
+_PROMPT_KEYS: Final = ("messages", "system", "input", "instructions", "prompt")
+_GEMINI_KEYS: Final = ("contents", "systemInstruction", "requests")
+
+
+def _gemini_parts(value: object) -> object:
+    """Gemini ``contents`` (``[{"role": ..., "parts": [{"text": ...}]}]``, or one of
+    them, or the ``requests`` of a batch embedding) as text parts for a token counter."""
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list):
+        return None
+    parts: list[object] = []
+    for entry in value:
+        if isinstance(entry, Mapping):
+            inner = entry.get("parts")
+            if inner is None:
+                inner = _gemini_parts(entry.get("content"))
+            if isinstance(inner, list):
+                parts.extend(inner)
+    return parts
+
+
+def _max_output(body: Mapping[str, Any], default: int) -> float:
+    config = body.get("generationConfig")
+    for value in (
+        body.get("max_tokens"),
+        body.get("max_completion_tokens"),
+        body.get("max_output_tokens"),
+        item(config, "maxOutputTokens"),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+    return float(default)
+
+
+def _json_body(request: Any) -> Mapping[str, Any] | None:
+    """The request's body as a JSON object, or ``None`` (not JSON, not an object, or a
+    streamed body not read yet)."""
+    try:
+        content = request.content
+    except Exception:  # a streaming request body: httpx's RequestNotRead
+        return None
+    try:
+        body = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class _Settlement:
+    """One response's usage, read from its body as it passes, and the end of its lease."""
+
+    __slots__ = (
+        "_buffer",
+        "_context",
+        "_decoder",
+        "_ended",
+        "_event",
+        "_limiter",
+        "_line",
+        "_status",
+        "_usage",
+    )
+
+    def __init__(self, limiter: Limiter, context: LeaseContext, status: int, headers: Any) -> None:
+        self._limiter = limiter
+        self._context = context
+        self._status = status
+        self._ended = False
+        self._usage: dict[str, float] = {}
+        kind = str(headers.get("content-type", "")).partition(";")[0].strip().lower()
+        self._event = kind == "text/event-stream"
+        self._buffer: bytearray | None = None if self._event else bytearray()
+        self._line = bytearray()
+        encoding = str(headers.get("content-encoding", "")).strip().lower()
+        self._decoder: Any = None
+        if encoding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
+        elif encoding not in ("", "identity"):
+            self._buffer = None  # an encoding we cannot read: keep the estimate
+            self._event = False
+
+    def feed(self, chunk: bytes) -> None:
+        """Read what ``chunk`` says about usage; never raises."""
+        if self._ended or not chunk or (self._buffer is None and not self._event):
+            return
+        try:
+            data = chunk if self._decoder is None else self._decoder.decompress(chunk)
+        except zlib.error:
+            self._buffer, self._event = None, False
+            return
+        if self._event:
+            self._lines(data)
+        elif self._buffer is not None:
+            if len(self._buffer) + len(data) > _MAX_BODY:
+                self._buffer = None
+            else:
+                self._buffer += data
+
+    def _lines(self, data: bytes) -> None:
+        line = self._line
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                if len(line) + len(data) - start <= _MAX_LINE:
+                    line += data[start:]
+                else:
+                    line.clear()  # too long to be a usage event
+                return
+            line += data[start:end]
+            if line.startswith(b"data:") and b"sage" in line:
+                self._event_data(bytes(line[5:]))
+            line.clear()
+            start = end + 1
+
+    def _event_data(self, data: bytes) -> None:
+        try:
+            event = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return
+        self._read(event)
+
+    def _read(self, payload: object) -> None:
+        if isinstance(payload, list):  # Gemini's streamGenerateContent without alt=sse
+            for entry in payload:
+                self._read(entry)
+            return
+        for usage in (
+            item(payload, "usage"),  # OpenAI, Anthropic's message_delta
+            item(item(payload, "message"), "usage"),  # Anthropic's message_start
+            item(item(payload, "response"), "usage"),  # Responses API's response.completed
+            item(payload, "usageMetadata"),  # Gemini
+        ):
+            found = read_usage(usage, item)
+            if found:
+                self._usage.update(found)
+                if "tokens" not in found and "tokens" in self._usage:
+                    del self._usage["tokens"]
+                if "input_tokens" in self._usage and "output_tokens" in self._usage:
+                    self._usage.setdefault(
+                        "tokens", self._usage["input_tokens"] + self._usage["output_tokens"]
+                    )
+
+    async def end(self) -> None:
+        """Settle the lease and end it; the second and later calls do nothing."""
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self._settle()
+        finally:
+            await self._context.__aexit__(None, None, None)
+
+    def _settle(self) -> None:
+        if self._buffer:
+            try:
+                if self._decoder is not None:
+                    self._buffer += self._decoder.flush()
+                self._read(json.loads(self._buffer))
+            except (ValueError, UnicodeDecodeError, zlib.error):
+                pass
+            self._buffer = None
+        dims = self._limiter.dimensions
+        usage = {k: v for k, v in self._usage.items() if k in dims}
+        if not usage and self._status >= 400:  # refused or failed: no tokens were used
+            usage = {k: 0.0 for k in ("tokens", "input_tokens", "output_tokens") if k in dims}
+        if usage:
+            try:
+                self._context.settle(**usage)
+            except TokenBucketError as error:
+                warn("could not settle a response's usage", error, stacklevel=3)
+
+
+class _LeaseStream:
+    """A response body that settles and ends its lease when read to the end or closed."""
+
+    def __init__(self, inner: Any, settlement: _Settlement) -> None:
+        self._inner = inner
+        self._settlement = settlement
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        settlement = self._settlement
+        try:
+            async for chunk in self._inner:
+                settlement.feed(chunk)
+                yield chunk
+        except BaseException:
+            await settlement.end()
+            raise
+        await settlement.end()
+
+    async def aclose(self) -> None:
+        try:
+            await self._settlement.end()
+        finally:
+            await self._inner.aclose()
+
+
+@functools.cache
+def _stream_type(mro: tuple[type, ...]) -> Callable[[Any, _Settlement], Any]:
+    """The body stream class for the library whose stream has this MRO: ours, derived
+    from that library's ``AsyncByteStream`` (which its client checks for)."""
+    base = next(
+        (cls for cls in mro if cls.__name__ == "AsyncByteStream"),
+        None,
+    )
+    bases: tuple[type, ...] = (_LeaseStream,) if base is None else (_LeaseStream, base)
+    return type("LimitedByteStream", bases, {"__module__": __name__})

@@ -1,0 +1,59 @@
+"""Token usage as the LLM providers report it, read from objects and from JSON alike.
+
+One reader for the ``usage`` of an OpenAI chat completion (``prompt_tokens``,
+``completion_tokens``, ``total_tokens``), of the OpenAI Responses API and Anthropic
+(``input_tokens``, ``output_tokens``) and of Gemini's ``usageMetadata``
+(``promptTokenCount``, ``candidatesTokenCount``, ``thoughtsTokenCount``,
+``totalTokenCount``). The decorator reads SDK objects (attributes), the transport reads
+parsed JSON (keys): both go through :func:`read_usage` with their own getter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+__all__ = ["Getter", "item", "read_usage"]
+
+Getter = Callable[[object, str], object]
+
+
+def item(value: object, key: str) -> object:
+    """``value[key]`` for a JSON object, else ``None``."""
+    return value.get(key) if isinstance(value, Mapping) else None
+
+
+def _count(value: object) -> float | None:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def read_usage(usage: object, get: Getter) -> dict[str, float]:
+    """What ``usage`` says, as ``input_tokens``, ``output_tokens`` and ``tokens``.
+
+    Only what is reported is returned (an Anthropic ``message_start`` event reports input
+    tokens before the output is known); an empty dict when nothing is.
+    """
+    if usage is None:
+        return {}
+    found: dict[str, float] = {}
+    total: float | None = None
+    for given, produced, whole in (
+        ("prompt_tokens", "completion_tokens", "total_tokens"),  # OpenAI chat
+        ("input_tokens", "output_tokens", "total_tokens"),  # Responses API, Anthropic
+        ("promptTokenCount", "candidatesTokenCount", "totalTokenCount"),  # Gemini
+    ):
+        prompt = _count(get(usage, given))
+        completion = _count(get(usage, produced))
+        if prompt is None and completion is None:
+            continue
+        if prompt is not None:
+            found["input_tokens"] = prompt
+        if completion is not None:
+            thoughts = _count(get(usage, "thoughtsTokenCount"))  # Gemini's reasoning
+            found["output_tokens"] = completion + (thoughts or 0.0)
+        total = _count(get(usage, whole))
+        break
+    if total is not None:
+        found["tokens"] = total
+    elif "input_tokens" in found and "output_tokens" in found:
+        found["tokens"] = found["input_tokens"] + found["output_tokens"]
+    return found
