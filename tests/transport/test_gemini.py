@@ -6,7 +6,10 @@ and 429s whose delay is a ``RetryInfo`` in the body."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import http.server
 import json
+import threading
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -18,7 +21,7 @@ import tokenbucket as tb
 from tokenbucket._transport import retry_info_delay
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(10)]
 
@@ -212,3 +215,52 @@ async def test_a_retry_after_header_wins_over_the_body() -> None:
     paused = limiter.statistics().paused_until
     assert paused is not None
     assert paused <= asyncio.get_running_loop().time() + 2
+
+
+class _Exhausted(http.server.BaseHTTPRequestHandler):
+    """A real server's 429: gzip-encoded JSON with a RetryInfo, no Retry-After."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        body = gzip.compress(rate_limited("20s").content)
+        self.send_response(429)
+        self.send_header("content-type", "application/json; charset=UTF-8")
+        self.send_header("content-encoding", "gzip")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def exhausted_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exhausted)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_the_retry_info_of_a_real_gzip_429_is_read_and_the_sdk_gets_it(
+    exhausted_url: str,
+) -> None:
+    limiter = tb.Limiter(requests_per_minute=1000, max_concurrency=1)
+    transport = tb.AsyncLimitedTransport(limiter)  # the default httpx2 transport, real sockets
+    client = genai.Client(
+        api_key="local",
+        http_options=types.HttpOptions(
+            base_url=exhausted_url, httpx_async_client=httpx2.AsyncClient(transport=transport)
+        ),
+    )
+    with pytest.raises(errors.ClientError) as caught:
+        await generate(client)
+    assert caught.value.status == "RESOURCE_EXHAUSTED"
+    paused = limiter.statistics().paused_until
+    assert paused is not None
+    assert paused > asyncio.get_running_loop().time() + 15
+    assert limiter.statistics().in_flight == 0
