@@ -481,3 +481,81 @@ async def test_a_limiter_that_fails_to_take_the_report_warns_and_propagates_unch
     limiter = tb.Limiter(requests_per_minute=100)
     original = FakeAPIError(429, {"retry-after": "7"})
     await raise_through_decorator(limiter, original, match="LeaseError: the backend is gone")
+
+
+# --- retries= ---------------------------------------------------------------------------
+
+
+async def test_retries_reacquire_after_each_429_s_pause() -> None:
+    limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=10_000)
+    start = now()
+    calls: list[float] = []
+
+    @tb.rate_limited(limiter, cost=tb.chat_cost(), retries=3)
+    async def create(**kwargs: Any) -> OpenAIResult:
+        calls.append(now() - start)
+        if len(calls) <= 2:
+            raise FakeAPIError(429, {"retry-after": "5"})
+        return OpenAIResult(OpenAIUsage(1, 1, 2))
+
+    result = await create(messages=MESSAGES, max_tokens=10)
+    assert result.usage == OpenAIUsage(1, 1, 2)
+    assert calls == [0.0, pytest.approx(5, abs=TOL), pytest.approx(10, abs=TOL)]
+    snapshot = limiter.statistics()
+    assert snapshot.in_flight == 0
+    assert snapshot.available["requests"] == 97.0  # one request taken per attempt
+
+
+async def test_retries_give_up_with_the_last_429() -> None:
+    limiter = tb.Limiter(requests_per_minute=100)
+    start = now()
+    errors: list[FakeAPIError] = []
+
+    @tb.rate_limited(limiter, retries=2)
+    async def create() -> None:
+        errors.append(FakeAPIError(429, {"retry-after": "1"}))
+        raise errors[-1]
+
+    with pytest.raises(FakeAPIError) as info:
+        await create()
+    assert len(errors) == 3
+    assert info.value is errors[-1]
+    assert now() - start == pytest.approx(2, abs=TOL)
+    assert limiter.statistics().in_flight == 0
+
+
+async def test_retries_leave_other_errors_alone() -> None:
+    limiter = tb.Limiter(requests_per_minute=100)
+    calls: list[int] = []
+
+    @tb.rate_limited(limiter, retries=5)
+    async def create() -> None:
+        calls.append(1)
+        raise FakeAPIError(500)
+
+    with pytest.raises(FakeAPIError):
+        await create()
+    assert calls == [1]
+
+
+async def test_no_retries_by_default() -> None:
+    limiter = tb.Limiter(requests_per_minute=100)
+    calls: list[int] = []
+
+    @tb.rate_limited(limiter)
+    async def create() -> None:
+        calls.append(1)
+        raise FakeAPIError(429, {"retry-after": "1"})
+
+    with pytest.raises(FakeAPIError):
+        await create()
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("retries", "error"),
+    [(-1, tb.InvalidArgumentError), (1.5, tb.ArgumentTypeError), (True, tb.ArgumentTypeError)],
+)
+def test_retries_is_checked(retries: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        tb.rate_limited(tb.Limiter(requests_per_minute=1), retries=retries)

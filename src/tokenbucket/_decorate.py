@@ -7,7 +7,7 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ParamSpec, TypeVar
 
-from ._errors import ArgumentTypeError
+from ._errors import ArgumentTypeError, InvalidArgumentError
 from ._group import BucketGroup
 from ._limiter import Limiter
 from ._report import report, warn
@@ -88,6 +88,7 @@ def rate_limited(
     model: str | Callable[..., str] | None = None,
     usage: Usage | None = usage_of,
     timeout: float | None = None,
+    retries: int = 0,
 ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
     """Limit every call of an async function.
 
@@ -107,6 +108,13 @@ def rate_limited(
     and ``httpx`` errors do) is reported to the limiter (``Retry-After`` and headers)
     before it propagates.
 
+    With ``retries=N``, a call that raised such a 429 is made again, up to ``N`` more
+    times: its lease ends (as for any exception), the 429 has paused the limiter, and the
+    new call acquires its cost again, so it waits out the pause and its turn. When the
+    retries are used up, the last 429 propagates. Other exceptions are never retried.
+    Turn off the client's own retries when you use this (``max_retries=0``), or each of
+    its retries happens inside one lease, unseen by the limiter.
+
     The function's own exception always propagates unchanged (the same object, with its
     traceback). Reporting it never replaces it: a response or headers that cannot be
     read give a :class:`RateLimitHeaderWarning` instead (a 429 whose headers cannot be
@@ -117,6 +125,11 @@ def rate_limited(
         raise ArgumentTypeError(
             "limiter", f"limiter must be a Limiter or a BucketGroup, not {type(limiter).__name__}"
         )
+
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise ArgumentTypeError("retries", f"retries must be an int, not {type(retries).__name__}")
+    if retries < 0:
+        raise InvalidArgumentError("retries", f"retries must be >= 0, not {retries}")
 
     def pick(args: tuple[object, ...], kwargs: Mapping[str, object]) -> Limiter:
         if isinstance(limiter, Limiter):
@@ -137,26 +150,37 @@ def rate_limited(
             dims = target.dimensions
             amounts = {} if cost is None else dict(cost(*args, **kwargs))
             wanted = {k: v for k, v in amounts.items() if k in dims}
-            async with target.acquire(timeout=timeout, **wanted) as lease:
+            attempt = 0
+            while True:
+                limited = False
                 try:
-                    result = await function(*args, **kwargs)
-                except Exception as exc:
-                    _report_429(target, exc)
-                    raise
-                actual = usage(result) if usage is not None else None
-                if actual:
-                    known = {k: v for k, v in actual.items() if k in dims}
-                    if known:
-                        lease.settle(**known)
-                return result
+                    async with target.acquire(timeout=timeout, **wanted) as lease:
+                        try:
+                            result = await function(*args, **kwargs)
+                        except Exception as exc:
+                            limited = _report_429(target, exc)
+                            raise
+                        actual = usage(result) if usage is not None else None
+                        if actual:
+                            known = {k: v for k, v in actual.items() if k in dims}
+                            if known:
+                                lease.settle(**known)
+                        return result
+                except Exception:
+                    if not limited or attempt >= retries:
+                        raise
+                attempt += 1
 
         return wrapper
 
     return decorate
 
 
-def _report_429(limiter: Limiter, exc: Exception) -> None:
+def _report_429(limiter: Limiter, exc: Exception) -> bool:
     """Report the HTTP 429 response ``exc`` carries, if any, to ``limiter``; never raise.
+
+    Returns whether ``exc`` carried a 429 (reported, or warned about when its headers
+    could not be read).
 
     Whatever goes wrong while reading the response or reporting it becomes a
     :class:`RateLimitHeaderWarning`, so that the caller's ``exc`` is what propagates.
@@ -166,10 +190,11 @@ def _report_429(limiter: Limiter, exc: Exception) -> None:
         response = getattr(exc, "response", None)
         status = getattr(response, "status_code", None) or getattr(exc, "status_code", None)
         if status != 429:
-            return
+            return False
         headers = getattr(response, "headers", None)
     except Exception as error:
         warn(f"could not read the response of {what}", error, stacklevel=3)
-        return
+        return False
     # stacklevel: report, _report_429, the wrapper, the caller
     report(limiter, headers, 429, f"{what} (HTTP 429)", stacklevel=3)
+    return True

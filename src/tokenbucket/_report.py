@@ -9,6 +9,7 @@ dropped, so the caller's own result or exception is what they see.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from typing import TYPE_CHECKING
 
@@ -29,16 +30,21 @@ def report(
     what: str,
     *,
     stacklevel: int,
+    retry_after: float | None = None,
 ) -> None:
     """Fold ``headers`` and ``status`` of the response ``what`` names into ``limiter``.
 
-    Never raises. ``stacklevel`` counts from the caller of ``report``.
+    ``retry_after`` is a delay the response gave elsewhere than in its headers (Gemini's
+    ``RetryInfo`` in a 429 body): used when the headers give none. Never raises.
+    ``stacklevel`` counts from the caller of ``report``.
     """
     try:
         info = parse_rate_limit_headers({} if headers is None else headers)
     except Exception as error:  # not headers, or a warning the filters made an error
         warn(f"ignored the rate-limit headers of {what}", error, stacklevel=stacklevel + 1)
         info = ServerFeedback(limits=(), retry_after=None)
+    if retry_after is not None and info.retry_after is None:
+        info = dataclasses.replace(info, retry_after=retry_after)
     try:
         limiter.feedback(info, status=status)
     except Exception as error:

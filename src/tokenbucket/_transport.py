@@ -7,9 +7,11 @@ The official LLM SDKs send every call, retry and stream through an ``httpx2`` (o
 wraps the real transport. For each request it decides whether it is a model call (see
 :func:`model_call`), prices it from the request alone, acquires the lease from the
 limiter of its model, and sends it. The response's headers and status go to the limiter
-at once; the response's body stream is wrapped so that the usage it carries (a JSON body's
-``usage``, or the usage in a server-sent event stream) settles the lease, and so that the
-lease (and its concurrency slot) ends when the body is read to the end or closed, once.
+at once (for a 429 without ``Retry-After``, after reading its small JSON body for
+Gemini's ``RetryInfo``); the response's body stream is wrapped so that the usage it
+carries (a JSON body's ``usage``, or the usage in a server-sent event stream) settles the
+lease, and so that the lease (and its concurrency slot) ends when the body is read to the
+end or closed, once. A body read already settles and ends the lease at once.
 
 Neither ``httpx`` nor ``httpx2`` is imported when tokenbucket is: the library is that of
 the requests the transport sees (``type(request).__module__``), and classes that must
@@ -136,7 +138,16 @@ class AsyncLimitedTransport(_Transports):
     Responses API's ``response.completed``, Anthropic's ``message_start`` and
     ``message_delta``, Gemini's ``usageMetadata``), without buffering the stream. A
     response that reports no usage keeps the estimate; an error response (4xx, 5xx)
-    without usage gives its tokens back and keeps the request.
+    without usage gives its tokens back and keeps the request. A response whose body the
+    inner transport has read already (``httpx2.MockTransport``, caching transports) is
+    settled, and its lease ended, before it is returned.
+
+    A 429 pauses the limiter for its ``Retry-After`` (or ``retry-after-ms``). Without
+    either header, a JSON 429 body (of no more than 4 MiB) is read at once, before the
+    response is returned, and a ``google.rpc.RetryInfo`` in its ``error.details``
+    (Gemini's ``"retryDelay": "7s"``) gives the pause: read eagerly, because an SDK about
+    to retry may close the error response unread. The caller still gets the whole body.
+    Without a delay anywhere, a 429 pauses the limiter for one second.
     """
 
     def __init__(
@@ -203,14 +214,30 @@ class AsyncLimitedTransport(_Transports):
         except BaseException as exc:
             await context.__aexit__(type(exc), exc, exc.__traceback__)
             raise
+        retry_after = None
+        if response.status_code == 429 and _retry_info_wanted(response.headers):
+            try:  # an error body is small: read it now, the SDK may close it unread
+                await response.aread()
+            except BaseException as exc:
+                await context.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            retry_after = retry_info_delay(response.content)
         report(
             limiter,
             response.headers.multi_items(),
             response.status_code,
             "a response",
             stacklevel=2,
+            retry_after=retry_after,
         )
-        settle = _Settlement(limiter, context, response.status_code, response.headers)
+        content = _content(response)
+        settle = _Settlement(
+            limiter, context, response.status_code, response.headers, decoded=content is not None
+        )
+        if content is not None:  # read already (above, or by the inner transport)
+            settle.feed(content)
+            await settle.end()
+            return response
         stream_type = _stream_type(type(response.stream).__mro__)
         response.stream = stream_type(response.stream, settle)
         return response
@@ -312,6 +339,55 @@ def _json_body(request: Any) -> Mapping[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+_DURATION: Final = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)s\s*")
+
+
+def retry_info_delay(content: bytes) -> float | None:
+    """The delay of a ``google.rpc.RetryInfo`` in a JSON error body, in seconds, or
+    ``None``.
+
+    Gemini (and other Google APIs) answer a 429 with ``{"error": {..., "details": [...]}}``
+    where one entry of ``details`` has an ``@type`` ending in ``google.rpc.RetryInfo`` and a
+    ``retryDelay`` such as ``"7s"`` or ``"0.5s"`` (a protobuf ``Duration`` in JSON). A
+    body that is a list of such objects (``streamGenerateContent`` without ``alt=sse``) is
+    read too. Anything else gives ``None``.
+    """
+    try:
+        payload = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    for entry in payload if isinstance(payload, list) else [payload]:
+        details = item(item(entry, "error"), "details")
+        for detail in details if isinstance(details, list) else []:
+            kind = item(detail, "@type")
+            if isinstance(kind, str) and kind.endswith("google.rpc.RetryInfo"):
+                delay = item(detail, "retryDelay")
+                match = _DURATION.fullmatch(delay) if isinstance(delay, str) else None
+                if match is not None:
+                    return float(match[1])
+    return None
+
+
+def _retry_info_wanted(headers: Any) -> bool:
+    """Whether a 429's body is read for a ``RetryInfo``: JSON, of a known size no larger
+    than ``_MAX_BODY`` or of none given, and no ``Retry-After`` header."""
+    if "retry-after" in headers or "retry-after-ms" in headers:
+        return False
+    if "json" not in str(headers.get("content-type", "")).lower():
+        return False
+    length = str(headers.get("content-length", "0")).strip()
+    return not length.isdigit() or int(length) <= _MAX_BODY
+
+
+def _content(response: Any) -> bytes | None:
+    """The response's body if it was read already (decoded), else ``None``."""
+    try:
+        content = response.content
+    except Exception:  # ResponseNotRead: the usual case, a body still to stream
+        return None
+    return content if isinstance(content, bytes) else None
+
+
 class _Settlement:
     """One response's usage, read from its body as it passes, and the end of its lease."""
 
@@ -327,7 +403,15 @@ class _Settlement:
         "_usage",
     )
 
-    def __init__(self, limiter: Limiter, context: LeaseContext, status: int, headers: Any) -> None:
+    def __init__(
+        self,
+        limiter: Limiter,
+        context: LeaseContext,
+        status: int,
+        headers: Any,
+        *,
+        decoded: bool = False,
+    ) -> None:
         self._limiter = limiter
         self._context = context
         self._status = status
@@ -337,7 +421,7 @@ class _Settlement:
         self._event = kind == "text/event-stream"
         self._buffer: bytearray | None = None if self._event else bytearray()
         self._line = bytearray()
-        encoding = str(headers.get("content-encoding", "")).strip().lower()
+        encoding = "" if decoded else str(headers.get("content-encoding", "")).strip().lower()
         self._decoder: Any = None
         if encoding in ("gzip", "x-gzip"):
             self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)

@@ -258,7 +258,11 @@ def _genai_modules(providers: FakeProviders) -> dict[str, types.ModuleType]:
     errors = _module(
         "google.genai.errors", APIError=APIError, ClientError=ClientError, ServerError=ServerError
     )
-    gtypes = _module("google.genai.types", GenerateContentConfig=GenerateContentConfig)
+    gtypes = _module(
+        "google.genai.types",
+        GenerateContentConfig=GenerateContentConfig,
+        HttpOptions=GenerateContentConfig,  # the same shape: fields given, None for others
+    )
     genai = _module("google.genai", Client=Client, errors=errors, types=gtypes)
     return {"google.genai": genai, "google.genai.errors": errors, "google.genai.types": gtypes}
 

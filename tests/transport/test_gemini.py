@@ -1,0 +1,266 @@
+"""AsyncLimitedTransport under the real ``google-genai`` SDK, with a small in-test provider
+speaking Gemini's wire format behind ``httpx2.MockTransport``: settle from
+``usageMetadata``, ``streamGenerateContent?alt=sse``, routing by the model in the URL,
+and 429s whose delay is a ``RetryInfo`` in the body."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import http.server
+import json
+import threading
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+import pytest
+from google import genai
+from google.genai import errors, types
+
+import tokenbucket as tb
+from tokenbucket._transport import retry_info_delay
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(10)]
+
+MODEL = "gemini-test"
+
+
+def chunk(text: str, usage: Mapping[str, int] | None = None) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}],
+        "modelVersion": MODEL,
+    }
+    if usage is not None:
+        payload["usageMetadata"] = dict(usage)
+    return payload
+
+
+def usage(prompt: int, output: int) -> dict[str, int]:
+    return {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": output,
+        "totalTokenCount": prompt + output,
+    }
+
+
+async def events() -> AsyncIterator[bytes]:
+    """Gemini's SSE stream: each chunk carries the usage so far."""
+    for text, output in (("Hello", 1), (" there", 2), ("!", 4)):
+        yield f"data: {json.dumps(chunk(text, usage(7, output)))}\r\n\r\n".encode()
+
+
+def rate_limited(delay: str) -> httpx2.Response:
+    """Gemini's 429: no Retry-After header, the delay in a RetryInfo of the body."""
+    return httpx2.Response(
+        429,
+        json={
+            "error": {
+                "code": 429,
+                "message": "Resource has been exhausted (e.g. check quota).",
+                "status": "RESOURCE_EXHAUSTED",
+                "details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+                ],
+            }
+        },
+    )
+
+
+def provider(request: httpx2.Request) -> httpx2.Response:
+    if request.url.path.endswith(":streamGenerateContent"):
+        assert request.url.params["alt"] == "sse"
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=events())
+    assert request.url.path.endswith(":generateContent")
+    return httpx2.Response(200, json=chunk("Hello!", usage(7, 3)))
+
+
+def client_for(
+    limits: tb.Limiter | tb.BucketGroup,
+    handler: Callable[[httpx2.Request], httpx2.Response] = provider,
+    retry: types.HttpRetryOptions | None = None,
+    **options: Any,
+) -> genai.Client:
+    transport = tb.AsyncLimitedTransport(limits, transport=httpx2.MockTransport(handler), **options)
+    return genai.Client(
+        api_key="local",
+        http_options=types.HttpOptions(
+            base_url="http://gemini.test",
+            httpx_async_client=httpx2.AsyncClient(transport=transport),
+            retry_options=retry,
+        ),
+    )
+
+
+async def generate(client: genai.Client, model: str = MODEL) -> types.GenerateContentResponse:
+    return await client.aio.models.generate_content(
+        model=model, contents="Say hello.", config={"max_output_tokens": 100}
+    )
+
+
+async def test_a_response_settles_from_its_usage_metadata() -> None:
+    limiter = tb.Limiter(
+        requests_per_minute=100, input_tokens_per_minute=1_000, tokens_per_minute=1_000
+    )
+    reply = await generate(client_for(limiter))
+    assert reply.text == "Hello!"
+    assert limiter.statistics().available == {
+        "requests": 99.0,
+        "tokens": 990.0,
+        "input_tokens": 993.0,
+    }
+    assert limiter.statistics().in_flight == 0
+
+
+async def test_a_stream_settles_from_its_last_usage_metadata() -> None:
+    limiter = tb.Limiter(tokens_per_minute=1_000, max_concurrency=1)
+    client = client_for(limiter)
+    held, text = [], []
+    async for piece in await client.aio.models.generate_content_stream(
+        model=MODEL, contents="Say hello.", config={"max_output_tokens": 100}
+    ):
+        text.append(piece.text or "")
+        held.append(limiter.statistics().in_flight)
+    assert "".join(text) == "Hello there!"
+    assert held == [1, 1, 1]
+    assert limiter.statistics().in_flight == 0
+    assert limiter.statistics().available == {"tokens": 1_000.0 - 11}
+
+
+async def test_a_group_routes_by_the_model_in_the_url() -> None:
+    group = tb.BucketGroup(
+        {"gemini-pro": tb.Limiter(tokens_per_minute=1_000)},
+        default={"tokens_per_minute": 5_000},
+    )
+    client = client_for(group)
+    await generate(client, "gemini-pro")
+    await generate(client, "gemini-flash")
+    assert group["gemini-pro"].statistics().available == {"tokens": 990.0}
+    assert group["gemini-flash"].statistics().available == {"tokens": 4_990.0}
+
+
+async def test_a_429_pauses_the_limiter_for_the_retry_info_in_its_body() -> None:
+    limiter = tb.Limiter(requests_per_minute=1000, tokens_per_minute=10_000)
+    with pytest.raises(errors.ClientError) as caught:
+        await generate(client_for(limiter, lambda _: rate_limited("30s")))
+    assert caught.value.code == 429
+    assert caught.value.status == "RESOURCE_EXHAUSTED"  # the SDK still read the body
+    stats = limiter.statistics()
+    assert stats.paused_until is not None
+    now = asyncio.get_running_loop().time()
+    assert now + 25 < stats.paused_until <= now + 30
+    assert stats.available["tokens"] == 10_000.0
+    assert stats.in_flight == 0
+
+
+async def test_each_sdk_retry_acquires_again_after_the_retry_delay() -> None:
+    acquisitions: list[Mapping[str, Any]] = []
+
+    def cost(body: Mapping[str, Any]) -> Mapping[str, float]:
+        acquisitions.append(body)
+        return {"requests": 1}
+
+    answers = iter([lambda _: rate_limited("0.2s"), provider])
+    limiter = tb.Limiter(requests_per_minute=100)
+    retry = types.HttpRetryOptions(attempts=3, initial_delay=0.01, max_delay=0.01, jitter=0)
+    client = client_for(limiter, lambda request: next(answers)(request), retry, cost=cost)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    reply = await generate(client)
+    assert reply.text == "Hello!"
+    assert len(acquisitions) == 2
+    # the retry waited out the RetryInfo's 0.2 s (not the SDK's 0.01 s, nor the 1 s a 429
+    # without a delay pauses for)
+    assert 0.2 <= loop.time() - start < 0.9
+    assert limiter.statistics().available == {"requests": 98.0}
+
+
+@pytest.mark.parametrize(
+    ("body", "delay"),
+    [
+        (
+            b'{"error": {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", '
+            b'"retryDelay": "7s"}]}}',
+            7.0,
+        ),
+        (
+            b'[{"error": {"details": [{"@type": "google.rpc.RetryInfo", "retryDelay": "0.5s"}]}}]',
+            0.5,
+        ),
+        (
+            b'{"error": {"details": [{"@type": "google.rpc.RetryInfo", "retryDelay": "soon"}]}}',
+            None,
+        ),
+        (b'{"error": {"details": [{"@type": "google.rpc.QuotaFailure"}]}}', None),
+        (b'{"error": "busy"}', None),
+        (b"not json", None),
+    ],
+)
+async def test_only_a_retry_info_gives_a_delay(body: bytes, delay: float | None) -> None:
+    assert retry_info_delay(body) == delay
+
+
+async def test_a_retry_after_header_wins_over_the_body() -> None:
+    def handler(_: httpx2.Request) -> httpx2.Response:
+        response = rate_limited("30s")
+        response.headers["retry-after"] = "2"
+        return response
+
+    limiter = tb.Limiter(requests_per_minute=1000)
+    with pytest.raises(errors.ClientError):
+        await generate(client_for(limiter, handler))
+    paused = limiter.statistics().paused_until
+    assert paused is not None
+    assert paused <= asyncio.get_running_loop().time() + 2
+
+
+class _Exhausted(http.server.BaseHTTPRequestHandler):
+    """A real server's 429: gzip-encoded JSON with a RetryInfo, no Retry-After."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        body = gzip.compress(rate_limited("20s").content)
+        self.send_response(429)
+        self.send_header("content-type", "application/json; charset=UTF-8")
+        self.send_header("content-encoding", "gzip")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def exhausted_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exhausted)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_the_retry_info_of_a_real_gzip_429_is_read_and_the_sdk_gets_it(
+    exhausted_url: str,
+) -> None:
+    limiter = tb.Limiter(requests_per_minute=1000, max_concurrency=1)
+    transport = tb.AsyncLimitedTransport(limiter)  # the default httpx2 transport, real sockets
+    client = genai.Client(
+        api_key="local",
+        http_options=types.HttpOptions(
+            base_url=exhausted_url, httpx_async_client=httpx2.AsyncClient(transport=transport)
+        ),
+    )
+    with pytest.raises(errors.ClientError) as caught:
+        await generate(client)
+    assert caught.value.status == "RESOURCE_EXHAUSTED"
+    paused = limiter.statistics().paused_until
+    assert paused is not None
+    assert paused > asyncio.get_running_loop().time() + 15
+    assert limiter.statistics().in_flight == 0
