@@ -171,19 +171,27 @@ async def warm(backend: RedisBackend) -> None:
         pass
 
 
-@pytest.mark.parametrize("waiters", [1, 3])
-@pytest.mark.parametrize("delay", [0.0, 0.2])
-async def test_a_timed_wait_for_a_slot_ends_at_its_time_whatever_the_round_trip(
-    make_backend: MakeBackend, admin: aioredis.Redis, proxy: Proxy, delay: float, waiters: int
-) -> None:
+async def _held_elsewhere(
+    make_backend: MakeBackend, proxy: Proxy, delay: float
+) -> tuple[tb.LeaseContext, tb.Limiter]:
+    """The one slot of limiter "s", held by another backend, and a limiter of it whose
+    round trips through the proxy take ``delay`` more."""
     holder = tb.Limiter(max_concurrency=1, backend=make_backend(), key="s")
     lease = holder.acquire()
     await lease.__aenter__()
     backend = make_backend(proxy.url, on_error="raise")
     await warm(backend)
-    waiter = tb.Limiter(max_concurrency=1, backend=backend, key="s")
-    loop = asyncio.get_running_loop()
     proxy.delay = delay
+    return lease, tb.Limiter(max_concurrency=1, backend=backend, key="s")
+
+
+@pytest.mark.parametrize("waiters", [1, 3])
+@pytest.mark.parametrize("delay", [0.0, 0.2])
+async def test_a_timed_wait_for_a_slot_ends_at_its_time_whatever_the_round_trip(
+    make_backend: MakeBackend, admin: aioredis.Redis, proxy: Proxy, delay: float, waiters: int
+) -> None:
+    lease, waiter = await _held_elsewhere(make_backend, proxy, delay)
+    loop = asyncio.get_running_loop()
 
     async def timed() -> float:
         start = loop.time()
@@ -206,14 +214,8 @@ async def test_a_slot_granted_after_the_deadline_is_given_back(
     # The slot is released just before the waiter's deadline: woken, it asks again, and
     # that round trip ends after the deadline. The caller leaves at its deadline, and
     # the slot that Redis granted it then comes back.
-    holder = tb.Limiter(max_concurrency=1, backend=make_backend(), key="s")
-    lease = holder.acquire()
-    await lease.__aenter__()
-    backend = make_backend(proxy.url, on_error="raise")
-    await warm(backend)
-    waiter = tb.Limiter(max_concurrency=1, backend=backend, key="s")
+    lease, waiter = await _held_elsewhere(make_backend, proxy, delay)
     loop = asyncio.get_running_loop()
-    proxy.delay = delay
     start = loop.time()
 
     async def timed() -> None:
