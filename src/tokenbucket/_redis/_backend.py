@@ -40,9 +40,10 @@ __all__ = ["RedisBackend", "default_url"]
 
 log = logging.getLogger("tokenbucket.redis")
 
-# Reserve calls undone at a time, at most: while Redis is down, every call fails (most
-# never reached it) and is undone once it is back; beyond this many, the rest are not.
-_MAX_UNDOING: Final = 256
+# Calls made again once Redis answers, at most at a time: while Redis is down, every
+# reserve call fails (most never reached it) and is undone once it is back, and releases
+# and give-backs wait to be made; beyond this many, the rest are not.
+_MAX_RETRYING: Final = 256
 # The timeouts of the clients this backend makes from a URL (see docs/redis.md): a round
 # trip takes a millisecond or so; one that has not answered in READ_TIMEOUT is on a dead
 # connection, which is then dropped and replaced.
@@ -153,12 +154,11 @@ class RedisBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stale = False
         self._closer: AsyncGenerator[None, None] | None = None
-        self._undoing = 0  # reserve calls being undone (see _reserve_batch)
         # Reserve and settle calls are named by this backend's id and a count.
         self._id = uuid.uuid4().hex + "-"
         self._calls = itertools.count()
-        self._undo_warned = False
-        self._retrying = 0  # releases and give-backs waiting for Redis to answer
+        self._retrying = 0  # undos, releases and give-backs waiting for Redis to answer
+        self._retry_warned = False
         self._releases: Returns[str] = Returns(
             self._release_batch, self._background, _MOST_RELEASED
         )
@@ -299,41 +299,27 @@ class RedisBackend:
         return self.give_back(_reservation(pending.shape, pending.amounts, member, reply))
 
     def _undo_later(self, keys: list[str], args: list[Any]) -> None:
-        if self._undoing >= _MAX_UNDOING:
-            if not self._undo_warned:
-                self._undo_warned = True
-                log.warning(
-                    "more than %d reserve calls failed while Redis was unreachable; what "
-                    "the next ones reserved (if they ran) counts until it expires",
-                    _MAX_UNDOING,
-                )
-            return
-        self._undoing += 1
-        self._background.start(self._undo(keys, _protocol.undo(args)))
-
-    async def _undo(self, keys: list[str], args: list[Any]) -> None:
-        """Undo a reserve call whose caller got an error, for as long as Redis
-        remembers the call."""
-        try:
-            await self._when_answered(
-                "reserve",
-                keys,
-                args,
-                _protocol.RECORD_TTL_MS / 1000,
-                "undo a reserve call whose reply was lost",
-            )
-        finally:
-            self._undoing -= 1
-            if not self._undoing:
-                self._undo_warned = False
+        """Undo a reserve call whose caller got an error, for as long as Redis remembers
+        the call."""
+        what = "undo a reserve call whose reply was lost"
+        within = _protocol.RECORD_TTL_MS / 1000
+        self._retry_later("reserve", keys, _protocol.undo(args), within, what)
 
     def _retry_later(
         self, name: str, keys: list[str], args: list[Any], within: float, what: str
     ) -> None:
-        """Make a call (a release, a give-back) that failed with Redis out of reach
-        once it answers again, in the background, for ``within`` seconds at most."""
-        if self._retrying >= _MAX_UNDOING:
-            log.warning("could not %s: Redis unreachable, and too many calls to retry", what)
+        """Make a call that failed with Redis out of reach (an undo, a release, a
+        give-back) once it answers again, in the background, for ``within`` seconds at
+        most; beyond ``_MAX_RETRYING`` such calls at a time, the next ones are dropped
+        (with one warning until the backlog is gone)."""
+        if self._retrying >= _MAX_RETRYING:
+            if not self._retry_warned:
+                self._retry_warned = True
+                log.warning(
+                    "more than %d calls wait for Redis to answer again; the next ones are "
+                    "not made again (what they reserve or hold counts until it expires)",
+                    _MAX_RETRYING,
+                )
             return
         self._retrying += 1
         self._background.start(self._retry(name, keys, args, within, what))
@@ -345,6 +331,8 @@ class RedisBackend:
             await self._when_answered(name, keys, args, within, what)
         finally:
             self._retrying -= 1
+            if not self._retrying:
+                self._retry_warned = False
 
     async def _when_answered(
         self, name: str, keys: list[str], args: list[Any], within: float, what: str
