@@ -105,7 +105,7 @@ class RedisBackend:
             import redis.asyncio as aioredis_module
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise ImportError(
-                "the Redis backend needs redis-py: pip install 'tokenbucket[redis]'"
+                "the Redis backend needs redis-py: pip install 'tokenbucket-async[redis]'"
             ) from exc
         if isinstance(client, str):
             # The URL's own options (``?socket_timeout=...``) take precedence.
