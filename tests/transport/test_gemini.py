@@ -6,6 +6,7 @@ and 429s whose delay is a ``RetryInfo`` in the body."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import http.server
 import json
@@ -264,3 +265,94 @@ async def test_the_retry_info_of_a_real_gzip_429_is_read_and_the_sdk_gets_it(
     assert paused is not None
     assert paused > asyncio.get_running_loop().time() + 15
     assert limiter.statistics().in_flight == 0
+
+
+def _sse(payload: Mapping[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload)}\r\n\r\n".encode()
+
+
+def prompt_estimate() -> float:
+    """What the transport estimates for the input of :func:`generate`'s prompt."""
+    return tb.estimate_tokens([{"text": "Say hello."}])
+
+
+class _Stalled:
+    """A Gemini SSE provider whose streams send one event (with its usage so far), then
+    stall until the test lets them finish."""
+
+    def __init__(self) -> None:
+        self.sent = asyncio.Event()
+        self.finish = asyncio.Event()
+        self.streams = 0
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        yield _sse(chunk("Hel", usage(7, 1)))
+        self.sent.set()
+        await self.finish.wait()
+        yield _sse(chunk("lo", usage(7, 2)))
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.endswith(":streamGenerateContent"):
+            self.streams += 1
+            return httpx2.Response(
+                200, headers={"content-type": "text/event-stream"}, content=self._events()
+            )
+        return provider(request)
+
+
+def stream(client: genai.Client) -> Any:
+    return client.aio.models.generate_content_stream(
+        model=MODEL, contents="Say hello.", config={"max_output_tokens": 100}
+    )
+
+
+async def test_a_stream_holds_its_slot_until_it_is_read_to_its_end() -> None:
+    limiter = tb.Limiter(max_concurrency=1, tokens_per_minute=1_000)
+    server = _Stalled()
+    client = client_for(limiter, server)
+    pieces = await stream(client)
+    assert (await pieces.__anext__()).text == "Hel"
+    second = asyncio.create_task(generate(client))
+    await let_run()
+    assert not second.done()
+    assert limiter.statistics().waiters == 1
+    assert limiter.statistics().in_flight == 1
+    server.finish.set()
+    assert [piece.text async for piece in pieces] == ["lo"]
+    reply = await asyncio.wait_for(second, 5)
+    assert reply.text == "Hello!"
+    stats = limiter.statistics()
+    assert (stats.in_flight, stats.waiters) == (0, 0)
+    # the stream settled from its last usage (7 + 2), the call from its own (7 + 3)
+    assert stats.available == {"tokens": 1_000.0 - 9 - 10}
+
+
+async def test_a_stream_closed_early_frees_its_slot_once_the_sdk_closes_its_body() -> None:
+    limiter = tb.Limiter(max_concurrency=1, tokens_per_minute=1_000)
+    client = client_for(limiter, _Stalled())
+    pieces = await stream(client)
+    assert (await pieces.__anext__()).text == "Hel"
+    second = asyncio.create_task(generate(client))
+    await pieces.aclose()
+    # google-genai closes the HTTP response in a `finally` of a generator that its
+    # HttpResponse refers to (and that refers to it): only the garbage collector finalizes
+    # it, a few loop turns later as each of the SDK's generators around it is finalized.
+    # Until then the body is open, and the slot taken.
+    del pieces
+    for _ in range(100):
+        if second.done():
+            break
+        gc.collect()
+        await asyncio.sleep(0)
+    reply = await asyncio.wait_for(second, 5)
+    assert reply.text == "Hello!"
+    stats = limiter.statistics()
+    assert (stats.in_flight, stats.waiters) == (0, 0)
+    # the closed stream settled from the usage it had seen (7 + 1)
+    assert stats.available == {"tokens": 1_000.0 - 8 - 10}
+
+
+async def let_run() -> None:
+    """Let every ready task run as far as it can without the test's help."""
+    for _ in range(20):
+        await asyncio.sleep(0)
