@@ -356,3 +356,93 @@ async def let_run() -> None:
     """Let every ready task run as far as it can without the test's help."""
     for _ in range(20):
         await asyncio.sleep(0)
+
+
+async def test_cancelling_a_call_mid_stream_releases_its_slot_and_settles() -> None:
+    limiter = tb.Limiter(max_concurrency=1, tokens_per_minute=1_000)
+    server = _Stalled()
+    client = client_for(limiter, server)
+    texts: list[str | None] = []
+    received = asyncio.Event()
+
+    async def consume() -> None:
+        async for piece in await stream(client):  # then waits for the stalled second event
+            texts.append(piece.text)
+            received.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(received.wait(), 5)
+    assert texts == ["Hel"]
+    assert limiter.statistics().in_flight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stats = limiter.statistics()
+    assert (stats.in_flight, stats.waiters) == (0, 0)
+    # settled from the usage seen before the cancel (7 + 1), not the estimate of 103
+    assert stats.available == {"tokens": 1_000.0 - 8}
+    # the slot is really free: the next call is served
+    assert (await asyncio.wait_for(generate(client), 5)).text == "Hello!"
+    assert limiter.statistics().available == {"tokens": 1_000.0 - 8 - 10}
+    assert limiter.statistics().in_flight == 0
+
+
+def catalogue(request: httpx2.Request) -> httpx2.Response:
+    """Gemini's calls that are not model calls, and a model call that is not JSON."""
+    path = request.url.path
+    if request.method == "GET" and path.endswith("/models"):
+        return httpx2.Response(
+            200, json={"models": [{"name": f"models/{MODEL}", "displayName": "Test"}]}
+        )
+    if request.method == "GET" and path.endswith("/files"):
+        return httpx2.Response(
+            200, json={"files": [{"name": "files/abc", "mimeType": "text/plain"}]}
+        )
+    if path.endswith(":countTokens"):
+        return httpx2.Response(200, json={"totalTokens": 3})
+    try:
+        json.loads(request.content)
+    except ValueError:
+        return httpx2.Response(
+            400,
+            json={"error": {"code": 400, "message": "Invalid JSON", "status": "INVALID_ARGUMENT"}},
+        )
+    return provider(request)
+
+
+async def test_listing_models_and_files_and_counting_tokens_pass_unlimited() -> None:
+    limiter = tb.Limiter(requests_per_minute=1, tokens_per_minute=10, max_concurrency=1)
+    # every call through a limited path would wait (a minute for its request, forever for
+    # its tokens) and time out after 0.1 s
+    client = client_for(limiter, catalogue, timeout=0.1)
+    for _ in range(3):
+        models = [model.name async for model in await client.aio.models.list()]
+        assert models == [f"models/{MODEL}"]
+        files = [file.name async for file in await client.aio.files.list()]
+        assert files == ["files/abc"]
+        counted = await client.aio.models.count_tokens(model=MODEL, contents="Say hello." * 50)
+        assert counted.total_tokens == 3
+    stats = limiter.statistics()
+    assert stats.available == {"requests": 1.0, "tokens": 10.0}
+    assert stats.in_flight == 0
+
+
+async def test_a_model_call_whose_body_is_not_json_costs_one_request_of_its_model() -> None:
+    group = tb.BucketGroup(
+        {"gemini-pro": tb.Limiter(requests_per_minute=10, tokens_per_minute=1_000)},
+        default={"requests_per_minute": 10, "tokens_per_minute": 1_000},
+    )
+    transport = tb.AsyncLimitedTransport(group, transport=httpx2.MockTransport(catalogue))
+    # the SDK only sends JSON: the same transport, through a plain client
+    async with httpx2.AsyncClient(base_url="http://gemini.test", transport=transport) as client:
+        response = await client.post(
+            "/v1beta/models/gemini-pro:generateContent",
+            content=b"{nope",
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
+    stats = group["gemini-pro"].statistics()
+    assert stats.available == {"requests": 9.0, "tokens": 1_000.0}
+    assert stats.in_flight == 0
+    assert group["default"].statistics().available == {"requests": 10.0, "tokens": 1_000.0}
