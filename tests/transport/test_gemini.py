@@ -281,19 +281,15 @@ class _Stalled:
     stall until the test lets them finish."""
 
     def __init__(self) -> None:
-        self.sent = asyncio.Event()
         self.finish = asyncio.Event()
-        self.streams = 0
 
     async def _events(self) -> AsyncIterator[bytes]:
         yield _sse(chunk("Hel", usage(7, 1)))
-        self.sent.set()
         await self.finish.wait()
         yield _sse(chunk("lo", usage(7, 2)))
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         if request.url.path.endswith(":streamGenerateContent"):
-            self.streams += 1
             return httpx2.Response(
                 200, headers={"content-type": "text/event-stream"}, content=self._events()
             )
@@ -446,3 +442,39 @@ async def test_a_model_call_whose_body_is_not_json_costs_one_request_of_its_mode
     assert stats.available == {"requests": 9.0, "tokens": 1_000.0}
     assert stats.in_flight == 0
     assert group["default"].statistics().available == {"requests": 10.0, "tokens": 1_000.0}
+
+
+async def plain_events() -> AsyncIterator[bytes]:
+    """Gemini's SSE stream from a server that reports no usage."""
+    for text in ("Hello", " there", "!"):
+        yield _sse(chunk(text))
+
+
+def without_usage(request: httpx2.Request) -> httpx2.Response:
+    if request.url.path.endswith(":streamGenerateContent"):
+        return httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, content=plain_events()
+        )
+    return httpx2.Response(200, json=chunk("Hello!"))
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "sse"])
+async def test_a_response_without_usage_metadata_keeps_the_estimate(streamed: bool) -> None:
+    limiter = tb.Limiter(
+        tokens_per_minute=1_000, input_tokens_per_minute=1_000, output_tokens_per_minute=1_000
+    )
+    client = client_for(limiter, without_usage)
+    if streamed:
+        text = "".join([piece.text or "" async for piece in await stream(client)])
+        assert text == "Hello there!"
+    else:
+        reply = await generate(client)
+        assert reply.text == "Hello!"
+        assert reply.usage_metadata is None
+    stats = limiter.statistics()
+    assert stats.in_flight == 0
+    assert stats.available == {
+        "tokens": 1_000.0 - prompt_estimate() - 100,
+        "input_tokens": 1_000.0 - prompt_estimate(),
+        "output_tokens": 1_000.0 - 100,  # the config's max_output_tokens
+    }
