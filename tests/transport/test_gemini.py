@@ -11,6 +11,7 @@ import gzip
 import http.server
 import json
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -478,3 +479,44 @@ async def test_a_response_without_usage_metadata_keeps_the_estimate(streamed: bo
         "input_tokens": 1_000.0 - prompt_estimate(),
         "output_tokens": 1_000.0 - 100,  # the config's max_output_tokens
     }
+
+
+MALFORMED = {"x-ratelimit-remaining-tokens": "lots", "x-ratelimit-remaining-requests": "5"}
+
+
+def with_malformed_headers(request: httpx2.Request) -> httpx2.Response:
+    response = provider(request)
+    response.headers.update(MALFORMED)
+    return response
+
+
+async def call(client: genai.Client, streamed: bool) -> str:
+    if streamed:
+        return "".join([piece.text or "" async for piece in await stream(client)])
+    return (await generate(client)).text or ""
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "sse"])
+async def test_malformed_rate_limit_headers_warn_and_lose_nothing(streamed: bool) -> None:
+    limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=1_000)
+    client = client_for(limiter, with_malformed_headers)
+    with pytest.warns(tb.RateLimitHeaderWarning, match="x-ratelimit-remaining-tokens") as caught:
+        text = await call(client, streamed)
+    assert text == ("Hello there!" if streamed else "Hello!")
+    assert len(caught) == 1
+    stats = limiter.statistics()
+    assert stats.in_flight == 0
+    # the well-formed header still lowered requests to what the server said was left;
+    # the tokens were settled from the usage (7 + 4 streamed, 7 + 3 not)
+    assert stats.available == {"requests": 5.0, "tokens": 1_000.0 - (11 if streamed else 10)}
+
+
+async def test_malformed_rate_limit_headers_never_fail_a_call_even_as_errors() -> None:
+    limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=1_000)
+    client = client_for(limiter, with_malformed_headers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tb.RateLimitHeaderWarning)
+        assert await call(client, streamed=False) == "Hello!"
+        assert await call(client, streamed=True) == "Hello there!"
+    assert limiter.statistics().in_flight == 0
+    assert limiter.statistics().available["tokens"] == 1_000.0 - 10 - 11
