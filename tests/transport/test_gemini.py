@@ -520,3 +520,70 @@ async def test_malformed_rate_limit_headers_never_fail_a_call_even_as_errors() -
         assert await call(client, streamed=True) == "Hello there!"
     assert limiter.statistics().in_flight == 0
     assert limiter.statistics().available["tokens"] == 1_000.0 - 10 - 11
+
+
+class _Dropping(http.server.BaseHTTPRequestHandler):
+    """A real server that promises a long SSE body, sends one event and hangs up."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", "100000")
+        self.end_headers()
+        self.wfile.write(_sse(chunk("Hel", usage(7, 1))))
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def dropping_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dropping)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def real_client(url: str, transport: Any = None) -> genai.Client:
+    return genai.Client(
+        api_key="local",
+        http_options=types.HttpOptions(
+            base_url=url, httpx_async_client=httpx2.AsyncClient(transport=transport)
+        ),
+    )
+
+
+async def test_a_server_that_drops_a_stream_gives_the_sdk_error_and_leaks_nothing(
+    dropping_url: str,
+) -> None:
+    texts: list[str | None] = []
+
+    async def consume(client: genai.Client) -> None:
+        async for piece in await stream(client):
+            texts.append(piece.text)  # noqa: PERF401 (kept when the stream fails)
+
+    # what google-genai raises without the transport: it does not wrap an error of the
+    # body's transfer, the caller gets httpx2's
+    with pytest.raises(httpx2.TransportError) as unlimited:
+        await consume(real_client(dropping_url))
+    assert type(unlimited.value) is httpx2.RemoteProtocolError
+    texts.clear()
+
+    limiter = tb.Limiter(max_concurrency=1, tokens_per_minute=1_000)
+    # the default httpx2 transport, real sockets
+    client = real_client(dropping_url, tb.AsyncLimitedTransport(limiter))
+    with pytest.raises(httpx2.RemoteProtocolError):
+        await consume(client)
+    assert texts == ["Hel"]
+    stats = limiter.statistics()
+    assert (stats.in_flight, stats.waiters) == (0, 0)
+    assert stats.available == {"tokens": 1_000.0 - 8}  # the usage seen before the drop
