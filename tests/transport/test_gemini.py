@@ -587,3 +587,40 @@ async def test_a_server_that_drops_a_stream_gives_the_sdk_error_and_leaks_nothin
     stats = limiter.statistics()
     assert (stats.in_flight, stats.waiters) == (0, 0)
     assert stats.available == {"tokens": 1_000.0 - 8}  # the usage seen before the drop
+
+
+QUOTA_FAILURE = {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []}
+BAD_RETRY_INFO = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "later"}
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        pytest.param([QUOTA_FAILURE], id="no-retry-info"),
+        pytest.param([QUOTA_FAILURE, BAD_RETRY_INFO], id="malformed-retry-delay"),
+        pytest.param(None, id="not-json"),
+    ],
+)
+async def test_a_429_without_a_delay_pauses_the_limiter_for_one_second(
+    details: list[dict[str, Any]] | None,
+) -> None:
+    def exhausted(_: httpx2.Request) -> httpx2.Response:
+        if details is None:
+            return httpx2.Response(429, text="Too Many Requests")
+        error = {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": details}
+        return httpx2.Response(429, json={"error": error})
+
+    limiter = tb.Limiter(requests_per_minute=1000, tokens_per_minute=10_000)
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    with pytest.raises(errors.ClientError) as caught:
+        await generate(client_for(limiter, exhausted))
+    after = loop.time()
+    assert caught.value.code == 429
+    if details is not None:
+        assert caught.value.status == "RESOURCE_EXHAUSTED"  # the SDK still read the body
+    stats = limiter.statistics()
+    assert stats.paused_until is not None
+    assert before + 1 <= stats.paused_until <= after + 1
+    assert stats.available == {"requests": 999.0, "tokens": 10_000.0}  # tokens given back
+    assert stats.in_flight == 0
