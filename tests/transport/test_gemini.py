@@ -6,10 +6,12 @@ and 429s whose delay is a ``RetryInfo`` in the body."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import http.server
 import json
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -264,3 +266,360 @@ async def test_the_retry_info_of_a_real_gzip_429_is_read_and_the_sdk_gets_it(
     assert paused is not None
     assert paused > asyncio.get_running_loop().time() + 15
     assert limiter.statistics().in_flight == 0
+
+
+def _sse(payload: Mapping[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload)}\r\n\r\n".encode()
+
+
+def prompt_estimate() -> float:
+    """What the transport estimates for the input of :func:`generate`'s prompt."""
+    return tb.estimate_tokens([{"text": "Say hello."}])
+
+
+class _Stalled:
+    """A Gemini SSE provider whose streams send one event (with its usage so far), then
+    stall until the test lets them finish."""
+
+    def __init__(self) -> None:
+        self.finish = asyncio.Event()
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        yield _sse(chunk("Hel", usage(7, 1)))
+        await self.finish.wait()
+        yield _sse(chunk("lo", usage(7, 2)))
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.endswith(":streamGenerateContent"):
+            return httpx2.Response(
+                200, headers={"content-type": "text/event-stream"}, content=self._events()
+            )
+        return provider(request)
+
+
+def stream(client: genai.Client) -> Any:
+    return client.aio.models.generate_content_stream(
+        model=MODEL, contents="Say hello.", config={"max_output_tokens": 100}
+    )
+
+
+async def let_run() -> None:
+    """Let every ready task run as far as it can without the test's help."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_stream_holds_its_slot_until_it_is_read_to_its_end() -> None:
+    limiter = tb.Limiter(max_concurrency=1, tokens_per_minute=1_000)
+    server = _Stalled()
+    client = client_for(limiter, server)
+    pieces = await stream(client)
+    assert (await pieces.__anext__()).text == "Hel"
+    second = asyncio.create_task(generate(client))
+    await let_run()
+    assert not second.done()
+    assert limiter.statistics().waiters == 1
+    assert limiter.statistics().in_flight == 1
+    server.finish.set()
+    assert [piece.text async for piece in pieces] == ["lo"]
+    reply = await asyncio.wait_for(second, 5)
+    assert reply.text == "Hello!"
+    stats = limiter.statistics()
+    assert (stats.in_flight, stats.waiters) == (0, 0)
+    # the stream settled from its last usage (7 + 2), the call from its own (7 + 3)
+    assert stats.available == {"tokens": 1_000.0 - 9 - 10}
+
+
+async def test_a_stream_closed_early_frees_its_slot_once_the_sdk_closes_its_body() -> None:
+    limiter = tb.Limiter(max_concurrency=1, tokens_per_minute=1_000)
+    client = client_for(limiter, _Stalled())
+    pieces = await stream(client)
+    assert (await pieces.__anext__()).text == "Hel"
+    second = asyncio.create_task(generate(client))
+    await pieces.aclose()
+    # google-genai closes the HTTP response in a `finally` of a generator that its
+    # HttpResponse refers to (and that refers to it): only the garbage collector finalizes
+    # it, a few loop turns later as each of the SDK's generators around it is finalized.
+    # Until then the body is open, and the slot taken.
+    del pieces
+    for _ in range(100):
+        if second.done():
+            break
+        gc.collect()
+        await asyncio.sleep(0)
+    reply = await asyncio.wait_for(second, 5)
+    assert reply.text == "Hello!"
+    stats = limiter.statistics()
+    assert (stats.in_flight, stats.waiters) == (0, 0)
+    # the closed stream settled from the usage it had seen (7 + 1)
+    assert stats.available == {"tokens": 1_000.0 - 8 - 10}
+
+
+async def test_cancelling_a_call_mid_stream_releases_its_slot_and_settles() -> None:
+    limiter = tb.Limiter(max_concurrency=1, tokens_per_minute=1_000)
+    server = _Stalled()
+    client = client_for(limiter, server)
+    texts: list[str | None] = []
+    received = asyncio.Event()
+
+    async def consume() -> None:
+        async for piece in await stream(client):  # then waits for the stalled second event
+            texts.append(piece.text)
+            received.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(received.wait(), 5)
+    assert texts == ["Hel"]
+    assert limiter.statistics().in_flight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stats = limiter.statistics()
+    assert (stats.in_flight, stats.waiters) == (0, 0)
+    # settled from the usage seen before the cancel (7 + 1), not the estimate of 103
+    assert stats.available == {"tokens": 1_000.0 - 8}
+    # the slot is really free: the next call is served
+    assert (await asyncio.wait_for(generate(client), 5)).text == "Hello!"
+    assert limiter.statistics().available == {"tokens": 1_000.0 - 8 - 10}
+    assert limiter.statistics().in_flight == 0
+
+
+def catalogue(request: httpx2.Request) -> httpx2.Response:
+    """Gemini's calls that are not model calls, and a model call that is not JSON."""
+    path = request.url.path
+    if request.method == "GET" and path.endswith("/models"):
+        return httpx2.Response(
+            200, json={"models": [{"name": f"models/{MODEL}", "displayName": "Test"}]}
+        )
+    if request.method == "GET" and path.endswith("/files"):
+        return httpx2.Response(
+            200, json={"files": [{"name": "files/abc", "mimeType": "text/plain"}]}
+        )
+    if path.endswith(":countTokens"):
+        return httpx2.Response(200, json={"totalTokens": 3})
+    try:
+        json.loads(request.content)
+    except ValueError:
+        return httpx2.Response(
+            400,
+            json={"error": {"code": 400, "message": "Invalid JSON", "status": "INVALID_ARGUMENT"}},
+        )
+    return provider(request)
+
+
+async def test_listing_models_and_files_and_counting_tokens_pass_unlimited() -> None:
+    limiter = tb.Limiter(requests_per_minute=1, tokens_per_minute=10, max_concurrency=1)
+    # every call through a limited path would wait (a minute for its request, forever for
+    # its tokens) and time out after 0.1 s
+    client = client_for(limiter, catalogue, timeout=0.1)
+    for _ in range(3):
+        models = [model.name async for model in await client.aio.models.list()]
+        assert models == [f"models/{MODEL}"]
+        files = [file.name async for file in await client.aio.files.list()]
+        assert files == ["files/abc"]
+        counted = await client.aio.models.count_tokens(model=MODEL, contents="Say hello." * 50)
+        assert counted.total_tokens == 3
+    stats = limiter.statistics()
+    assert stats.available == {"requests": 1.0, "tokens": 10.0}
+    assert stats.in_flight == 0
+
+
+async def test_a_model_call_whose_body_is_not_json_costs_one_request_of_its_model() -> None:
+    group = tb.BucketGroup(
+        {"gemini-pro": tb.Limiter(requests_per_minute=10, tokens_per_minute=1_000)},
+        default={"requests_per_minute": 10, "tokens_per_minute": 1_000},
+    )
+    transport = tb.AsyncLimitedTransport(group, transport=httpx2.MockTransport(catalogue))
+    # the SDK only sends JSON: the same transport, through a plain client
+    async with httpx2.AsyncClient(base_url="http://gemini.test", transport=transport) as client:
+        response = await client.post(
+            "/v1beta/models/gemini-pro:generateContent",
+            content=b"{nope",
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
+    stats = group["gemini-pro"].statistics()
+    assert stats.available == {"requests": 9.0, "tokens": 1_000.0}
+    assert stats.in_flight == 0
+
+
+async def plain_events() -> AsyncIterator[bytes]:
+    """Gemini's SSE stream from a server that reports no usage."""
+    for text in ("Hello", " there", "!"):
+        yield _sse(chunk(text))
+
+
+def without_usage(request: httpx2.Request) -> httpx2.Response:
+    if request.url.path.endswith(":streamGenerateContent"):
+        return httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, content=plain_events()
+        )
+    return httpx2.Response(200, json=chunk("Hello!"))
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "sse"])
+async def test_a_response_without_usage_metadata_keeps_the_estimate(streamed: bool) -> None:
+    limiter = tb.Limiter(
+        tokens_per_minute=1_000, input_tokens_per_minute=1_000, output_tokens_per_minute=1_000
+    )
+    client = client_for(limiter, without_usage)
+    if streamed:
+        text = "".join([piece.text or "" async for piece in await stream(client)])
+        assert text == "Hello there!"
+    else:
+        reply = await generate(client)
+        assert reply.text == "Hello!"
+        assert reply.usage_metadata is None
+    stats = limiter.statistics()
+    assert stats.in_flight == 0
+    assert stats.available == {
+        "tokens": 1_000.0 - prompt_estimate() - 100,
+        "input_tokens": 1_000.0 - prompt_estimate(),
+        "output_tokens": 1_000.0 - 100,  # the config's max_output_tokens
+    }
+
+
+MALFORMED = {"x-ratelimit-remaining-tokens": "lots", "x-ratelimit-remaining-requests": "5"}
+
+
+def with_malformed_headers(request: httpx2.Request) -> httpx2.Response:
+    response = provider(request)
+    response.headers.update(MALFORMED)
+    return response
+
+
+async def call(client: genai.Client, streamed: bool) -> str:
+    if streamed:
+        return "".join([piece.text or "" async for piece in await stream(client)])
+    return (await generate(client)).text or ""
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "sse"])
+async def test_malformed_rate_limit_headers_warn_and_lose_nothing(streamed: bool) -> None:
+    limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=1_000)
+    client = client_for(limiter, with_malformed_headers)
+    with pytest.warns(tb.RateLimitHeaderWarning, match="x-ratelimit-remaining-tokens") as caught:
+        text = await call(client, streamed)
+    assert text == ("Hello there!" if streamed else "Hello!")
+    assert len(caught) == 1
+    stats = limiter.statistics()
+    assert stats.in_flight == 0
+    # the well-formed header still lowered requests to what the server said was left;
+    # the tokens were settled from the usage (7 + 4 streamed, 7 + 3 not)
+    assert stats.available == {"requests": 5.0, "tokens": 1_000.0 - (11 if streamed else 10)}
+
+
+async def test_malformed_rate_limit_headers_never_fail_a_call_even_as_errors() -> None:
+    limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=1_000)
+    client = client_for(limiter, with_malformed_headers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tb.RateLimitHeaderWarning)
+        assert await call(client, streamed=False) == "Hello!"
+        assert await call(client, streamed=True) == "Hello there!"
+    assert limiter.statistics().in_flight == 0
+    assert limiter.statistics().available["tokens"] == 1_000.0 - 10 - 11
+
+
+class _Dropping(http.server.BaseHTTPRequestHandler):
+    """A real server that promises a long SSE body, sends one event and hangs up."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", "100000")
+        self.end_headers()
+        self.wfile.write(_sse(chunk("Hel", usage(7, 1))))
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def dropping_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dropping)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def real_client(url: str, transport: Any = None) -> genai.Client:
+    return genai.Client(
+        api_key="local",
+        http_options=types.HttpOptions(
+            base_url=url, httpx_async_client=httpx2.AsyncClient(transport=transport)
+        ),
+    )
+
+
+async def test_a_server_that_drops_a_stream_gives_the_sdk_error_and_leaks_nothing(
+    dropping_url: str,
+) -> None:
+    texts: list[str | None] = []
+
+    async def consume(client: genai.Client) -> None:
+        async for piece in await stream(client):
+            texts.append(piece.text)  # noqa: PERF401 (kept when the stream fails)
+
+    # what google-genai raises without the transport: it does not wrap an error of the
+    # body's transfer, the caller gets httpx2's
+    with pytest.raises(httpx2.TransportError) as unlimited:
+        await consume(real_client(dropping_url))
+    assert type(unlimited.value) is httpx2.RemoteProtocolError
+    texts.clear()
+
+    limiter = tb.Limiter(max_concurrency=1, tokens_per_minute=1_000)
+    # the default httpx2 transport, real sockets
+    client = real_client(dropping_url, tb.AsyncLimitedTransport(limiter))
+    with pytest.raises(httpx2.RemoteProtocolError):
+        await consume(client)
+    assert texts == ["Hel"]
+    stats = limiter.statistics()
+    assert (stats.in_flight, stats.waiters) == (0, 0)
+    assert stats.available == {"tokens": 1_000.0 - 8}  # the usage seen before the drop
+
+
+QUOTA_FAILURE = {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []}
+BAD_RETRY_INFO = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "later"}
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        pytest.param([QUOTA_FAILURE], id="no-retry-info"),
+        pytest.param([QUOTA_FAILURE, BAD_RETRY_INFO], id="malformed-retry-delay"),
+        pytest.param(None, id="not-json"),
+    ],
+)
+async def test_a_429_without_a_delay_pauses_the_limiter_for_one_second(
+    details: list[dict[str, Any]] | None,
+) -> None:
+    def exhausted(_: httpx2.Request) -> httpx2.Response:
+        if details is None:
+            return httpx2.Response(429, text="Too Many Requests")
+        error = {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": details}
+        return httpx2.Response(429, json={"error": error})
+
+    limiter = tb.Limiter(requests_per_minute=1000, tokens_per_minute=10_000)
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    with pytest.raises(errors.ClientError) as caught:
+        await generate(client_for(limiter, exhausted))
+    after = loop.time()
+    assert caught.value.code == 429
+    if details is not None:
+        assert caught.value.status == "RESOURCE_EXHAUSTED"  # the SDK still read the body
+    stats = limiter.statistics()
+    assert stats.paused_until is not None
+    assert before + 1 <= stats.paused_until <= after + 1
+    assert stats.available == {"requests": 999.0, "tokens": 10_000.0}  # tokens given back
+    assert stats.in_flight == 0
