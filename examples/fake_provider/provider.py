@@ -91,7 +91,7 @@ def format_rfc3339(unix: float) -> str:
     with a fraction only when the time is not a whole second (``...:26.6Z``). Rounding up
     means the bucket is full by then, never just after.
     """
-    ms = math.ceil(unix * 1000 - 1e-6)
+    ms = math.ceil(unix * 1000 - 1e-3)  # within a microsecond: a Unix time's float error
     whole, frac = divmod(ms, 1000)
     text = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{text}.{frac:03d}".rstrip("0") + "Z" if frac else f"{text}Z"
