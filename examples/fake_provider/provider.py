@@ -27,6 +27,11 @@ tokens}-{limit,remaining,reset}`` headers, whose reset is the RFC 3339 time at w
 bucket is full again (``format_rfc3339``), and on a refusal ``retry-after`` in whole
 seconds only. That time needs the wall clock, which this module never reads: the caller
 passes ``wall``, the Unix time at the instant ``now``.
+
+Anthropic also limits input and output tokens apart: with ``itpm`` and ``otpm``, two more
+buckets take a request's prompt and its ``max_tokens`` (``count_usage`` gives the unused
+output back to both output-counting buckets), and Anthropic's answers add
+``anthropic-ratelimit-{input,output}-tokens-*``. OpenAI's headers never show them.
 """
 
 from __future__ import annotations
@@ -43,7 +48,13 @@ DEFAULT_MAX_TOKENS: Final = 256
 """Completion budget charged when a request sets neither ``max_tokens`` nor
 ``max_completion_tokens``."""
 
-Limit = Literal["requests", "tokens"]
+Limit = Literal["requests", "tokens", "input_tokens", "output_tokens"]
+_ACRONYMS: Final[dict[Limit, str]] = {
+    "requests": "RPM",
+    "tokens": "TPM",
+    "input_tokens": "ITPM",
+    "output_tokens": "OTPM",
+}
 Headers = list[tuple[str, str]]
 
 
@@ -200,9 +211,20 @@ class Provider:
     """
 
     def __init__(
-        self, *, rpm: int, tpm: int, period: float, now: float, count_usage: bool = False
+        self,
+        *,
+        rpm: int,
+        tpm: int,
+        period: float,
+        now: float,
+        count_usage: bool = False,
+        itpm: int | None = None,
+        otpm: int | None = None,
     ) -> None:
-        for name, value in (("rpm", rpm), ("tpm", tpm)):
+        limits = {"rpm": rpm, "tpm": tpm, "itpm": itpm, "otpm": otpm}
+        for name, value in limits.items():
+            if value is None and name in ("itpm", "otpm"):
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (math.isfinite(period) and period > 0):
@@ -213,6 +235,10 @@ class Provider:
             "requests": Bucket(rpm, self.period, now),
             "tokens": Bucket(tpm, self.period, now),
         }
+        if itpm is not None:
+            self.buckets["input_tokens"] = Bucket(itpm, self.period, now)
+        if otpm is not None:
+            self.buckets["output_tokens"] = Bucket(otpm, self.period, now)
         self.stats = ServerStats()
         self._served = 0
 
@@ -220,7 +246,7 @@ class Provider:
         self.stats = ServerStats()
 
     def refill(self, now: float) -> None:
-        """Fill both buckets, as if the provider had been idle for a whole period."""
+        """Fill every bucket, as if the provider had been idle for a whole period."""
         for bucket in self.buckets.values():
             bucket.add(bucket.capacity, now)
 
@@ -229,6 +255,7 @@ class Provider:
         return [
             (f"x-ratelimit-{name}-{kind}", value)
             for kind, b in self.buckets.items()
+            if kind in ("requests", "tokens")
             for name, value in (
                 ("limit", str(b.capacity)),
                 ("remaining", str(b.remaining(now))),
@@ -240,7 +267,7 @@ class Provider:
         """Anthropic's ``anthropic-ratelimit-*`` headers for the state at ``now``, whose
         Unix time is ``wall``: each reset is the RFC 3339 time the bucket is full again."""
         return [
-            (f"anthropic-ratelimit-{kind}-{name}", value)
+            (f"anthropic-ratelimit-{kind.replace('_', '-')}-{name}", value)
             for kind, b in self.buckets.items()
             for name, value in (
                 ("limit", str(b.capacity)),
@@ -265,7 +292,7 @@ class Provider:
             return replace(outcome, headers=headers)
         limit, requested, wait = outcome
         bucket = self.buckets[limit]
-        rate = f"{bucket.capacity} {limit} per {self.period:g}s"
+        rate = f"{bucket.capacity} {limit.replace('_', ' ')} per {self.period:g}s"
         if math.isinf(wait):
             message = (
                 f"This request would exceed the rate limit for {request.model} of {rate}: "
@@ -286,6 +313,10 @@ class Provider:
         ``(limit, requested, wait)`` of the limit that forces the longer wait."""
         prompt = estimate_prompt_tokens(request.messages)
         amounts: dict[Limit, int] = {"requests": 1, "tokens": prompt + request.max_tokens}
+        if "input_tokens" in self.buckets:
+            amounts["input_tokens"] = prompt
+        if "output_tokens" in self.buckets:
+            amounts["output_tokens"] = request.max_tokens
         waits = {kind: self.buckets[kind].wait_for(n, now) for kind, n in amounts.items()}
         first = now if self.stats.first_request_at is None else self.stats.first_request_at
         stats = replace(self.stats, first_request_at=first, last_request_at=now)
@@ -297,7 +328,9 @@ class Provider:
             self.buckets[kind].add(-amount, now)
         completion = request.completion_tokens()
         if self.count_usage:
-            self.buckets["tokens"].add(request.max_tokens - completion, now)
+            for kind in ("tokens", "output_tokens"):
+                if kind in self.buckets:
+                    self.buckets[kind].add(request.max_tokens - completion, now)
         self.stats = replace(
             stats,
             requests_ok=stats.requests_ok + 1,
@@ -311,7 +344,7 @@ class Provider:
         self, model: str, limit: Limit, requested: int, wait: float, now: float
     ) -> Refused:
         bucket = self.buckets[limit]
-        where = f"{model} on {limit} per {self.period:g}s ({'TPM' if limit == 'tokens' else 'RPM'})"
+        where = f"{model} on {limit} per {self.period:g}s ({_ACRONYMS[limit]})"
         headers = self.headers(now)
         if math.isinf(wait):
             message = (

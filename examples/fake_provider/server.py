@@ -40,8 +40,10 @@ class LLMServer:
     """An OpenAI- and Anthropic-compatible chat server on 127.0.0.1 that enforces request
     and token limits.
 
-    ``rpm``, ``tpm``, ``period`` and ``count_usage`` are the ``Provider``'s. ``latency`` is a
-    ``(low, high)`` range in seconds, or one number, for admitted requests; ``event_delay``
+    ``rpm``, ``tpm``, ``period``, ``count_usage`` and Anthropic's separate input and
+    output limits ``itpm`` and ``otpm`` (none by default) are the ``Provider``'s.
+    ``latency`` is a ``(low, high)`` range in seconds, or one number, for admitted
+    requests; ``event_delay``
     and ``drop_after`` shape streams, ``usage=False`` leaves usage out of every answer and
     ``headers`` replace or add headers on every answer to a model call (see ``ChatAPI``).
     ``clock`` is the monotonic clock the limits and statistics use; tests can pass a fake
@@ -76,10 +78,18 @@ class LLMServer:
         usage: bool = True,
         headers: Mapping[str, str] | None = None,
         epoch: float | None = None,
+        itpm: int | None = None,
+        otpm: int | None = None,
     ) -> None:
         start = clock()
         self._provider = Provider(
-            rpm=rpm, tpm=tpm, period=period, now=start, count_usage=count_usage
+            rpm=rpm,
+            tpm=tpm,
+            period=period,
+            now=start,
+            count_usage=count_usage,
+            itpm=itpm,
+            otpm=otpm,
         )
         self._wall_offset = (time.time() if epoch is None else epoch) - start
         low, high = (latency, latency) if isinstance(latency, (int, float)) else latency
@@ -212,10 +222,13 @@ class LLMServer:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Serve an OpenAI-compatible chat API with provider-style rate limits."
+        description="Serve OpenAI- and Anthropic-compatible chat APIs with provider-style "
+        "rate limits."
     )
     parser.add_argument("--rpm", type=int, default=600, help="requests per period")
     parser.add_argument("--tpm", type=int, default=60_000, help="tokens per period")
+    parser.add_argument("--itpm", type=int, help="input tokens per period (Anthropic's ITPM)")
+    parser.add_argument("--otpm", type=int, help="output tokens per period (Anthropic's OTPM)")
     parser.add_argument("--period", type=float, default=60.0, help="period in seconds")
     parser.add_argument(
         "--latency",

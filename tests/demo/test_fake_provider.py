@@ -317,3 +317,52 @@ def test_anthropic_refusals_carry_retry_after_in_whole_seconds_only() -> None:
 )
 def test_rfc_3339_times_round_up_to_milliseconds(unix: float, text: str) -> None:
     assert fake_provider.format_rfc3339(unix) == text
+
+
+def test_anthropic_input_and_output_token_limits_are_buckets_of_their_own() -> None:
+    provider = Provider(rpm=10, tpm=10_000, period=60, now=0.0, itpm=100, otpm=300)
+    first = provider.messages(request(100), 0.0, EPOCH)  # 10 input, 100 output tokens
+    assert isinstance(first, Admitted)
+    headers = dict(first.headers)
+    assert headers["anthropic-ratelimit-input-tokens-limit"] == "100"
+    assert headers["anthropic-ratelimit-input-tokens-remaining"] == "90"
+    assert headers["anthropic-ratelimit-input-tokens-reset"] == "2023-11-14T22:13:26Z"
+    assert headers["anthropic-ratelimit-output-tokens-limit"] == "300"
+    assert headers["anthropic-ratelimit-output-tokens-remaining"] == "200"
+    assert headers["anthropic-ratelimit-output-tokens-reset"] == "2023-11-14T22:13:40Z"
+    assert headers["anthropic-ratelimit-tokens-remaining"] == "9890"
+
+    long_output = provider.messages(request(250), 0.0, EPOCH)  # 50 output tokens short
+    long_prompt = ChatRequest("gpt-test", [{"role": "user", "content": "x" * 400}], 10)
+    refused_prompt = provider.messages(long_prompt, 0.0, EPOCH)  # 10 input tokens short
+    assert isinstance(long_output, Refused)
+    assert (long_output.limit, long_output.retry_after) == ("output_tokens", 10.0)
+    assert "of 300 output tokens per 60s" in long_output.message
+    assert isinstance(refused_prompt, Refused)
+    assert refused_prompt.limit == "input_tokens"
+    assert refused_prompt.retry_after == pytest.approx(6.0)
+    assert dict(refused_prompt.headers)["retry-after"] == "6"
+
+    openai_headers = dict(provider.chat(request(10), 0.0).headers)
+    assert not any("input" in name or "output" in name for name in openai_headers)
+    assert remaining(openai_headers) == ("8", str(9890 - 20))
+
+
+def test_count_usage_gives_unused_output_back_to_the_output_limit_too() -> None:
+    provider = Provider(rpm=10, tpm=10_000, period=60, now=0.0, otpm=300, count_usage=True)
+    answer = provider.messages(request(100), 0.0, EPOCH)
+    assert isinstance(answer, Admitted)
+    headers = dict(answer.headers)
+    assert headers["anthropic-ratelimit-output-tokens-remaining"] == str(
+        300 - answer.completion_tokens
+    )
+    assert headers["anthropic-ratelimit-tokens-remaining"] == str(
+        10_000 - 10 - answer.completion_tokens
+    )
+
+
+def test_invalid_input_and_output_limits_are_rejected() -> None:
+    with pytest.raises(ValueError, match="itpm"):
+        Provider(rpm=1, tpm=1, period=1, now=0.0, itpm=0)
+    with pytest.raises(ValueError, match="otpm"):
+        Provider(rpm=1, tpm=1, period=1, now=0.0, otpm=1.5)  # type: ignore[arg-type]

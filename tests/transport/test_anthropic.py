@@ -401,3 +401,21 @@ async def test_malformed_anthropic_headers_warn_and_lose_nothing_else() -> None:
     # the requests headers still lowered the limiter; the usage still settled the tokens
     assert limiter.statistics().available == {"requests": 4.0, "tokens": 10_000.0 - used}
     assert limiter.statistics().in_flight == 0
+
+
+async def test_anthropic_input_and_output_token_headers_reach_the_limiter() -> None:
+    limiter = tb.Limiter(input_tokens_per_minute=10_000, output_tokens_per_minute=10_000)
+    with LLMServer(rpm=1000, tpm=1_000_000, itpm=1_000, otpm=2_000, latency=0) as server:
+        async with socket_client(server, limiter) as client:
+            raw = await client.messages.with_raw_response.create(
+                model=MODEL, max_tokens=100, messages=MESSAGES
+            )
+    left_in = float(raw.headers["anthropic-ratelimit-input-tokens-remaining"])
+    left_out = float(raw.headers["anthropic-ratelimit-output-tokens-remaining"])
+    assert (left_in, left_out) == (1_000 - PROMPT, 2_000 - 100)
+    usage = (await raw.parse()).usage
+    # each lowered to what the server said was left, then given back the unused estimate
+    assert limiter.statistics().available == {
+        "input_tokens": left_in + tb.estimate_tokens(MESSAGES) - usage.input_tokens,
+        "output_tokens": left_out + 100 - usage.output_tokens,
+    }
