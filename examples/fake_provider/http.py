@@ -408,7 +408,7 @@ class ChatAPI:
     def dispatch(self, request: HTTPRequest) -> Reply:
         path = request.path.rstrip("/")
         if path == "/v1/messages" and self.answer_messages is not None:
-            return self._override(self.dispatch_messages(request, self.answer_messages))
+            return self.dispatch_messages(request, self.answer_messages)
         try:
             if path == "/health":
                 return Reply(200, {"status": "ok"})
@@ -457,13 +457,12 @@ class ChatAPI:
         try:
             decision = answer(chat)
             if isinstance(decision, Refused):
-                return anthropic_error(429, decision.message, decision.headers)
+                return self._override(anthropic_error(429, decision.message, decision.headers))
             low, high = self.latency
             delay = self.rng.uniform(low, high) if high > 0 else 0.0
             reply = message(chat, decision, delay, self.usage)
-            return (
-                message_events(reply) if json.loads(request.body).get("stream") is True else reply
-            )
+            stream = json.loads(request.body).get("stream") is True
+            return self._override(message_events(reply) if stream else reply)
         except Exception as exc:  # pragma: no cover - a bug here must not kill the connection
             return anthropic_error(500, f"{type(exc).__name__}: {exc}")
 

@@ -547,6 +547,7 @@ def test_usage_can_be_left_out_and_headers_replaced() -> None:
         with client.stream("POST", "/v1/messages", json=chat_body | {"stream": True}) as stream:
             events = [line for line in stream.iter_lines() if line.startswith("data: ")]
         completion = client.post("/v1/chat/completions", json=chat_body)
+        bad = client.post("/v1/messages", json={"model": "m", "messages": [{"content": "x"}]})
         stats = server.stats()
 
     assert message.status_code == 200
@@ -557,4 +558,6 @@ def test_usage_can_be_left_out_and_headers_replaced() -> None:
     assert message.headers.get_list("anthropic-ratelimit-tokens-reset") == ["soon"]
     assert message.headers["anthropic-ratelimit-tokens-remaining"] == "991"  # 1 + 8 charged
     assert message.headers["x-extra"] == completion.headers["x-extra"] == "1"
+    assert bad.status_code == 400
+    assert "x-extra" not in bad.headers, "only answers to model calls the provider accounted"
     assert stats.requests_ok == 3
