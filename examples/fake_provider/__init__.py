@@ -2,8 +2,10 @@
 
 It plays the provider in ``examples/llm_demo.py``: the ``openai`` SDK talks to it through
 ``AsyncOpenAI(base_url=server.base_url)``, and it answers with 200s, 429s and the rate-limit
-headers OpenAI sends. It deliberately does not use ``tokenbucket``: it is an independent
-implementation of the provider's side, standard library only. ``provider`` is the pure
+headers OpenAI sends. It also speaks Anthropic's Messages API, with Anthropic's headers,
+errors and stream events, on the same limits: ``AsyncAnthropic(base_url=server.url)``.
+It deliberately does not use ``tokenbucket``: it is an independent implementation of the
+provider's side, standard library only. ``provider`` is the pure
 accounting (see its docstring), ``http`` the protocol, ``server`` runs it::
 
     with LLMServer(rpm=600, tpm=60_000, period=6.0, latency=(0.05, 0.2), seed=0) as server:
@@ -21,6 +23,7 @@ from .provider import (
     ServerStats,
     estimate_prompt_tokens,
     format_duration,
+    format_rfc3339,
 )
 from .server import LLMServer
 
@@ -34,4 +37,5 @@ __all__ = [
     "ServerStats",
     "estimate_prompt_tokens",
     "format_duration",
+    "format_rfc3339",
 ]

@@ -1,9 +1,16 @@
-"""The HTTP layer around the provider: OpenAI's chat completions route over HTTP/1.1.
+"""The HTTP layer around the provider: OpenAI's chat completions and Anthropic's messages
+routes over HTTP/1.1.
 
 Keep-alive connections, ``content-length`` or chunked request bodies, JSON responses;
 ``"stream": true`` gets OpenAI's server-sent events (``chat.completion.chunk`` objects, a
 last chunk with the usage when ``stream_options.include_usage`` is set, then ``[DONE]``),
 sent chunked. ``GET /v1/models`` lists the one model ``gpt-test``.
+
+``POST /v1/messages`` is Anthropic's Messages API: ``max_tokens`` is required (a 400
+without it), ``system`` counts as prompt, the answer is a ``message`` object, errors are
+``{"type": "error", "error": {...}}`` and a stream is Anthropic's named events
+(``message_start`` with the input tokens, ``content_block_*``, ``message_delta`` with the
+output tokens, ``message_stop``).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import contextlib
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 
@@ -21,7 +28,7 @@ from .provider import Admitted, ChatRequest, Headers, Refused
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 MAX_BODY: Final = 8 * 1024 * 1024
 MAX_HEAD: Final = 64 * 1024
@@ -52,6 +59,7 @@ class Reply:
     headers: Headers = field(default_factory=list)
     delay: float = 0.0
     events: tuple[object, ...] | None = None  # sent as server-sent events instead
+    # (an event is its data, or a pair (name, data) for a named event)
 
 
 def error(status: int, message: str, headers: Headers | None = None, **fields: str | None) -> Reply:
@@ -132,6 +140,110 @@ def chunks(reply: Reply, include_usage: bool) -> Reply:
     return Reply(reply.status, None, reply.headers, reply.delay, (*events, "[DONE]"))
 
 
+ANTHROPIC_ERRORS: Final = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+
+
+def anthropic_error(status: int, message: str, headers: Headers | None = None) -> Reply:
+    """Anthropic's error body, its ``type`` by the status."""
+    kind = ANTHROPIC_ERRORS.get(status, "api_error")
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return Reply(status, body, headers or [])
+
+
+def parse_messages_request(body: bytes) -> ChatRequest:
+    """The ``POST /v1/messages`` body as a ``ChatRequest`` (``system`` first among its
+    messages, for the prompt estimate); ``HTTPError`` (400) if bad."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPError(400, f"There was an issue with your request body: {exc}") from None
+    if not isinstance(payload, dict):
+        raise HTTPError(400, "The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise HTTPError(400, "model: Field required", "model")
+    messages = payload.get("messages")
+    if not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
+        raise HTTPError(400, "messages: Field required, a non-empty list of messages", "messages")
+    max_tokens = payload.get("max_tokens")
+    if max_tokens is None:
+        raise HTTPError(400, "max_tokens: Field required", "max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise HTTPError(400, "max_tokens: Input should be a positive integer", "max_tokens")
+    system = payload.get("system")
+    if system is not None and not isinstance(system, (str, list)):
+        raise HTTPError(400, "system: Input should be a string or a list of blocks", "system")
+    prompt = messages if system is None else [{"role": "system", "content": system}, *messages]
+    return ChatRequest(model, prompt, max_tokens)
+
+
+def message(request: ChatRequest, admitted: Admitted, delay: float, usage: bool = True) -> Reply:
+    """Anthropic's ``message`` for an admitted request (without ``usage`` if not ``usage``)."""
+    serial, prompt, used = admitted.serial, admitted.prompt_tokens, admitted.completion_tokens
+    digest = hashlib.sha256(f"{serial}:{request.model}:{prompt}".encode()).hexdigest()
+    payload: dict[str, object] = {
+        "id": f"msg_{serial:06d}{digest[:18]}",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": f"Simulated reply #{serial}: {used} tokens."}],
+        "model": request.model,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+    }
+    if usage:
+        payload["usage"] = {"input_tokens": prompt, "output_tokens": used}
+    return Reply(200, payload, [*admitted.headers, ("request-id", f"req_{digest[18:50]}")], delay)
+
+
+def message_events(reply: Reply) -> Reply:
+    """The ``message`` ``reply`` as the named events of Anthropic's stream."""
+    payload = reply.payload
+    assert isinstance(payload, dict)
+    usage = payload.get("usage")
+    start = {k: v for k, v in payload.items() if k != "usage"} | {
+        "content": [],
+        "stop_reason": None,
+    }
+    delta: dict[str, object] = {"stop_reason": payload["stop_reason"], "stop_sequence": None}
+    end: dict[str, object] = {"type": "message_delta", "delta": delta}
+    if isinstance(usage, dict):
+        start["usage"] = {"input_tokens": usage["input_tokens"], "output_tokens": 1}
+        end["usage"] = {"output_tokens": usage["output_tokens"]}
+    words = payload["content"][0]["text"].split(" ")
+    block = {"type": "text", "text": ""}
+    events: list[tuple[str, object]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": block},
+        ),
+        ("ping", {"type": "ping"}),
+    ]
+    events += [
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": w if i == 0 else f" {w}"},
+            },
+        )
+        for i, w in enumerate(words)
+    ]
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", end),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return Reply(reply.status, None, reply.headers, reply.delay, tuple(events))
+
+
 async def read_request(reader: asyncio.StreamReader) -> HTTPRequest | None:
     """Read one request; ``None`` when the peer closed the connection between requests."""
     try:
@@ -202,8 +314,12 @@ def encode_event_head(reply: Reply, keep_alive: bool) -> bytes:
 
 
 def encode_event(event: object) -> bytes:
+    name = ""
+    if isinstance(event, tuple):
+        name, event = event
+        name = f"event: {name}\n"
     data = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
-    payload = f"data: {data}\n\n".encode()
+    payload = f"{name}data: {data}\n\n".encode()
     return f"{len(payload):x}\r\n".encode() + payload + b"\r\n"
 
 
@@ -221,13 +337,18 @@ def encode_response(reply: Reply, keep_alive: bool) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ChatAPI:
-    """The routes (``POST /v1/chat/completions``, ``GET /health``) over HTTP/1.1.
+    """The routes (``POST /v1/chat/completions``, ``POST /v1/messages``, ``GET /health``)
+    over HTTP/1.1.
 
-    ``answer`` is the provider's decision on a request. An admitted request's reply waits a
-    delay drawn from ``rng`` in the ``(low, high)`` range ``latency``. Requests that set no
-    ``max_tokens`` are charged ``default_max_tokens``. A stream waits ``event_delay``
-    seconds before each event after the first; with ``drop_after``, the connection is
-    dropped after that many events, as a server failing mid-stream does.
+    ``answer`` is the provider's decision on a chat completion, ``answer_messages`` on an
+    Anthropic message (without it, ``/v1/messages`` is not found). An admitted request's
+    reply waits a delay drawn from ``rng`` in the ``(low, high)`` range ``latency``. Chat
+    requests that set no ``max_tokens`` are charged ``default_max_tokens``. A stream waits
+    ``event_delay`` seconds before each event after the first; with ``drop_after``, the
+    connection is dropped after that many events, as a server failing mid-stream does.
+    With ``usage=False`` no answer reports its usage, as some compatible servers do not;
+    ``headers`` are set on every answer to a model call, replacing the provider's headers
+    of the same name (to send malformed ones).
     """
 
     answer: Callable[[ChatRequest], Admitted | Refused]
@@ -236,6 +357,9 @@ class ChatAPI:
     default_max_tokens: int
     event_delay: float = 0.0
     drop_after: int | None = None
+    answer_messages: Callable[[ChatRequest], Admitted | Refused] | None = None
+    usage: bool = True
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer one connection's requests until it closes or a request asks to."""
@@ -283,6 +407,8 @@ class ChatAPI:
 
     def dispatch(self, request: HTTPRequest) -> Reply:
         path = request.path.rstrip("/")
+        if path == "/v1/messages" and self.answer_messages is not None:
+            return self.dispatch_messages(request, self.answer_messages)
         try:
             if path == "/health":
                 return Reply(200, {"status": "ok"})
@@ -295,7 +421,8 @@ class ChatAPI:
                 return error(405, "Use POST.")
             reply = self.chat(parse_chat_request(request.body, self.default_max_tokens))
             stream, include_usage = stream_mode(request.body)
-            return chunks(reply, include_usage) if stream and reply.status == 200 else reply
+            reply = chunks(reply, include_usage) if stream and reply.status == 200 else reply
+            return self._override(reply)
         except HTTPError as exc:
             return error(exc.status, exc.message, param=exc.param)
         except Exception as exc:  # pragma: no cover - a bug here must not kill the connection
@@ -312,4 +439,36 @@ class ChatAPI:
                 code="rate_limit_exceeded",
             )
         low, high = self.latency
-        return completion(request, decision, self.rng.uniform(low, high) if high > 0 else 0.0)
+        reply = completion(request, decision, self.rng.uniform(low, high) if high > 0 else 0.0)
+        if not self.usage and isinstance(reply.payload, dict):
+            reply = replace(reply, payload={**reply.payload, "usage": None})
+        return reply
+
+    def dispatch_messages(
+        self, request: HTTPRequest, answer: Callable[[ChatRequest], Admitted | Refused]
+    ) -> Reply:
+        """Anthropic's ``POST /v1/messages``: its errors in Anthropic's shape."""
+        if request.method != "POST":
+            return anthropic_error(405, "Use POST.")
+        try:
+            chat = parse_messages_request(request.body)
+        except HTTPError as exc:
+            return anthropic_error(exc.status, exc.message)
+        try:
+            decision = answer(chat)
+            if isinstance(decision, Refused):
+                return self._override(anthropic_error(429, decision.message, decision.headers))
+            low, high = self.latency
+            delay = self.rng.uniform(low, high) if high > 0 else 0.0
+            reply = message(chat, decision, delay, self.usage)
+            stream = json.loads(request.body).get("stream") is True
+            return self._override(message_events(reply) if stream else reply)
+        except Exception as exc:  # pragma: no cover - a bug here must not kill the connection
+            return anthropic_error(500, f"{type(exc).__name__}: {exc}")
+
+    def _override(self, reply: Reply) -> Reply:
+        if not self.headers:
+            return reply
+        names = {name.lower() for name in self.headers}
+        kept = [(name, value) for name, value in reply.headers if name.lower() not in names]
+        return replace(reply, headers=[*kept, *self.headers.items()])

@@ -20,6 +20,18 @@ same usage. With ``count_usage=True``, the unused part of its ``max_tokens`` goe
 the token bucket at once: the token limit counts what requests really use, as providers
 bill it. Every answer carries ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``;
 the reset values are Go-style durations (``120ms``, ``1.5s``, ``6m0s``) until full.
+
+``Provider.messages`` accounts a request to Anthropic's Messages API the same way, on
+the same buckets, and answers in Anthropic's terms: ``anthropic-ratelimit-{requests,
+tokens}-{limit,remaining,reset}`` headers, whose reset is the RFC 3339 time at which the
+bucket is full again (``format_rfc3339``), and on a refusal ``retry-after`` in whole
+seconds only. That time needs the wall clock, which this module never reads: the caller
+passes ``wall``, the Unix time at the instant ``now``.
+
+Anthropic also limits input and output tokens apart: with ``itpm`` and ``otpm``, two more
+buckets take a request's prompt and its ``max_tokens`` (``count_usage`` gives the unused
+output back to both output-counting buckets), and Anthropic's answers add
+``anthropic-ratelimit-{input,output}-tokens-*``. OpenAI's headers never show them.
 """
 
 from __future__ import annotations
@@ -29,13 +41,20 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Final, Literal
 
 DEFAULT_MAX_TOKENS: Final = 256
 """Completion budget charged when a request sets neither ``max_tokens`` nor
 ``max_completion_tokens``."""
 
-Limit = Literal["requests", "tokens"]
+Limit = Literal["requests", "tokens", "input_tokens", "output_tokens"]
+_ACRONYMS: Final[dict[Limit, str]] = {
+    "requests": "RPM",
+    "tokens": "TPM",
+    "input_tokens": "ITPM",
+    "output_tokens": "OTPM",
+}
 Headers = list[tuple[str, str]]
 
 
@@ -74,6 +93,19 @@ def format_duration(seconds: float) -> str:
     if hours:
         return f"{hours}h{minutes}m{secs}s"
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def format_rfc3339(unix: float) -> str:
+    """A Unix time as an RFC 3339 UTC date-time, rounded up to whole milliseconds.
+
+    The format of Anthropic's ``anthropic-ratelimit-*-reset`` headers: ``2023-11-14T22:13:20Z``,
+    with a fraction only when the time is not a whole second (``...:26.6Z``). Rounding up
+    means the bucket is full by then, never just after.
+    """
+    ms = math.ceil(unix * 1000 - 1e-3)  # within a microsecond: a Unix time's float error
+    whole, frac = divmod(ms, 1000)
+    text = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{frac:03d}".rstrip("0") + "Z" if frac else f"{text}Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +211,20 @@ class Provider:
     """
 
     def __init__(
-        self, *, rpm: int, tpm: int, period: float, now: float, count_usage: bool = False
+        self,
+        *,
+        rpm: int,
+        tpm: int,
+        period: float,
+        now: float,
+        count_usage: bool = False,
+        itpm: int | None = None,
+        otpm: int | None = None,
     ) -> None:
-        for name, value in (("rpm", rpm), ("tpm", tpm)):
+        limits = {"rpm": rpm, "tpm": tpm, "itpm": itpm, "otpm": otpm}
+        for name, value in limits.items():
+            if value is None and name in ("itpm", "otpm"):
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (math.isfinite(period) and period > 0):
@@ -192,6 +235,10 @@ class Provider:
             "requests": Bucket(rpm, self.period, now),
             "tokens": Bucket(tpm, self.period, now),
         }
+        if itpm is not None:
+            self.buckets["input_tokens"] = Bucket(itpm, self.period, now)
+        if otpm is not None:
+            self.buckets["output_tokens"] = Bucket(otpm, self.period, now)
         self.stats = ServerStats()
         self._served = 0
 
@@ -199,7 +246,7 @@ class Provider:
         self.stats = ServerStats()
 
     def refill(self, now: float) -> None:
-        """Fill both buckets, as if the provider had been idle for a whole period."""
+        """Fill every bucket, as if the provider had been idle for a whole period."""
         for bucket in self.buckets.values():
             bucket.add(bucket.capacity, now)
 
@@ -208,6 +255,7 @@ class Provider:
         return [
             (f"x-ratelimit-{name}-{kind}", value)
             for kind, b in self.buckets.items()
+            if kind in ("requests", "tokens")
             for name, value in (
                 ("limit", str(b.capacity)),
                 ("remaining", str(b.remaining(now))),
@@ -215,22 +263,74 @@ class Provider:
             )
         ]
 
+    def anthropic_headers(self, now: float, wall: float) -> Headers:
+        """Anthropic's ``anthropic-ratelimit-*`` headers for the state at ``now``, whose
+        Unix time is ``wall``: each reset is the RFC 3339 time the bucket is full again."""
+        return [
+            (f"anthropic-ratelimit-{kind.replace('_', '-')}-{name}", value)
+            for kind, b in self.buckets.items()
+            for name, value in (
+                ("limit", str(b.capacity)),
+                ("remaining", str(b.remaining(now))),
+                ("reset", format_rfc3339(wall + b.wait_for(b.capacity, now))),
+            )
+        ]
+
     def chat(self, request: ChatRequest, now: float) -> Admitted | Refused:
         """Account ``request`` arriving at ``now``: charge and admit it, or refuse it."""
+        outcome = self._account(request, now)
+        if isinstance(outcome, Admitted):
+            return replace(outcome, headers=self.headers(now))
+        return self._refusal(request.model, *outcome, now)
+
+    def messages(self, request: ChatRequest, now: float, wall: float) -> Admitted | Refused:
+        """Account a request to Anthropic's Messages API as ``chat`` does, answering with
+        Anthropic's headers (``wall`` is the Unix time at ``now``) and wording."""
+        outcome = self._account(request, now)
+        headers = self.anthropic_headers(now, wall)
+        if isinstance(outcome, Admitted):
+            return replace(outcome, headers=headers)
+        limit, requested, wait = outcome
+        bucket = self.buckets[limit]
+        rate = f"{bucket.capacity} {limit.replace('_', ' ')} per {self.period:g}s"
+        if math.isinf(wait):
+            message = (
+                f"This request would exceed the rate limit for {request.model} of {rate}: "
+                f"it requests {requested}, more than the limit, and can never be admitted. "
+                "Please reduce the prompt length or the maximum tokens requested."
+            )
+        else:
+            message = (
+                f"This request would exceed the rate limit for {request.model} of {rate}. "
+                "You can see the response headers for current usage. "
+                f"Please try again in {format_duration(wait)}."
+            )
+            headers.append(("retry-after", str(max(1, math.ceil(wait)))))
+        return Refused(limit, wait, message, headers)
+
+    def _account(self, request: ChatRequest, now: float) -> Admitted | tuple[Limit, int, float]:
+        """Charge and admit ``request`` (an ``Admitted`` without headers), or refuse it:
+        ``(limit, requested, wait)`` of the limit that forces the longer wait."""
         prompt = estimate_prompt_tokens(request.messages)
         amounts: dict[Limit, int] = {"requests": 1, "tokens": prompt + request.max_tokens}
+        if "input_tokens" in self.buckets:
+            amounts["input_tokens"] = prompt
+        if "output_tokens" in self.buckets:
+            amounts["output_tokens"] = request.max_tokens
         waits = {kind: self.buckets[kind].wait_for(n, now) for kind, n in amounts.items()}
         first = now if self.stats.first_request_at is None else self.stats.first_request_at
         stats = replace(self.stats, first_request_at=first, last_request_at=now)
         limit = max(waits, key=waits.__getitem__)  # on a tie, "requests"
         if waits[limit] > 0:
             self.stats = replace(stats, requests_429=stats.requests_429 + 1)
-            return self._refusal(request.model, limit, amounts[limit], waits[limit], now)
+            return limit, amounts[limit], waits[limit]
         for kind, amount in amounts.items():
             self.buckets[kind].add(-amount, now)
         completion = request.completion_tokens()
         if self.count_usage:
-            self.buckets["tokens"].add(request.max_tokens - completion, now)
+            for kind in ("tokens", "output_tokens"):
+                if kind in self.buckets:
+                    self.buckets[kind].add(request.max_tokens - completion, now)
         self.stats = replace(
             stats,
             requests_ok=stats.requests_ok + 1,
@@ -238,13 +338,13 @@ class Provider:
             tokens_used=stats.tokens_used + prompt + completion,
         )
         self._served += 1
-        return Admitted(self._served, prompt, completion, self.headers(now))
+        return Admitted(self._served, prompt, completion, [])
 
     def _refusal(
         self, model: str, limit: Limit, requested: int, wait: float, now: float
     ) -> Refused:
         bucket = self.buckets[limit]
-        where = f"{model} on {limit} per {self.period:g}s ({'TPM' if limit == 'tokens' else 'RPM'})"
+        where = f"{model} on {limit} per {self.period:g}s ({_ACRONYMS[limit]})"
         headers = self.headers(now)
         if math.isinf(wait):
             message = (

@@ -31,18 +31,30 @@ from .http import MAX_HEAD, ChatAPI
 from .provider import DEFAULT_MAX_TOKENS, Admitted, ChatRequest, Provider, Refused, ServerStats
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 _BACKLOG: Final = 2048
 
 
 class LLMServer:
-    """An OpenAI-compatible chat server on 127.0.0.1 that enforces request and token limits.
+    """An OpenAI- and Anthropic-compatible chat server on 127.0.0.1 that enforces request
+    and token limits.
 
-    ``rpm``, ``tpm``, ``period`` and ``count_usage`` are the ``Provider``'s. ``latency`` is a
-    ``(low, high)`` range in seconds, or one number, for admitted requests; ``event_delay``
-    and ``drop_after`` shape streams (see ``ChatAPI``). ``clock`` is the
-    monotonic clock the limits and statistics use; tests can pass a fake one.
+    ``rpm``, ``tpm``, ``period``, ``count_usage`` and Anthropic's separate input and
+    output limits ``itpm`` and ``otpm`` (none by default) are the ``Provider``'s.
+    ``latency`` is a ``(low, high)`` range in seconds, or one number, for admitted
+    requests; ``event_delay``
+    and ``drop_after`` shape streams, ``usage=False`` leaves usage out of every answer and
+    ``headers`` replace or add headers on every answer to a model call (see ``ChatAPI``).
+    ``clock`` is the monotonic clock the limits and statistics use; tests can pass a fake
+    one. ``epoch`` is the Unix time at the clock's reading when the server is made
+    (default: now): Anthropic's reset headers are wall-clock times, ``epoch`` plus the
+    clock's advance since.
+
+    The OpenAI SDK takes ``base_url`` (``.../v1``), the Anthropic SDK ``url`` (it adds
+    ``/v1/messages`` itself)::
+
+        anthropic.AsyncAnthropic(base_url=server.url, api_key="local")
 
     Use it as a context manager (or call ``start()`` and ``close()``); the server runs on
     its own event loop in a daemon thread. ``stats()``, ``reset_stats()`` and ``refill()``
@@ -63,10 +75,23 @@ class LLMServer:
         count_usage: bool = False,
         event_delay: float = 0.0,
         drop_after: int | None = None,
+        usage: bool = True,
+        headers: Mapping[str, str] | None = None,
+        epoch: float | None = None,
+        itpm: int | None = None,
+        otpm: int | None = None,
     ) -> None:
+        start = clock()
         self._provider = Provider(
-            rpm=rpm, tpm=tpm, period=period, now=clock(), count_usage=count_usage
+            rpm=rpm,
+            tpm=tpm,
+            period=period,
+            now=start,
+            count_usage=count_usage,
+            itpm=itpm,
+            otpm=otpm,
         )
+        self._wall_offset = (time.time() if epoch is None else epoch) - start
         low, high = (latency, latency) if isinstance(latency, (int, float)) else latency
         if not (math.isfinite(high) and 0 <= low <= high):
             raise ValueError(f"latency must be 0 <= low <= high, got {latency!r}")
@@ -83,6 +108,9 @@ class LLMServer:
             default_max_tokens,
             event_delay,
             drop_after,
+            self._answer_messages,
+            usage,
+            dict(headers or {}),
         )
         self._requested_port = port
         self._port: int | None = None
@@ -134,7 +162,7 @@ class LLMServer:
 
     @property
     def url(self) -> str:
-        """The server's root, e.g. ``http://127.0.0.1:8123``."""
+        """The server's root, e.g. ``http://127.0.0.1:8123``: the Anthropic SDK's base URL."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
@@ -165,6 +193,11 @@ class LLMServer:
         with self._lock:
             return self._provider.chat(request, self._clock())
 
+    def _answer_messages(self, request: ChatRequest) -> Admitted | Refused:
+        with self._lock:
+            now = self._clock()
+            return self._provider.messages(request, now, now + self._wall_offset)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -189,10 +222,13 @@ class LLMServer:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Serve an OpenAI-compatible chat API with provider-style rate limits."
+        description="Serve OpenAI- and Anthropic-compatible chat APIs with provider-style "
+        "rate limits."
     )
     parser.add_argument("--rpm", type=int, default=600, help="requests per period")
     parser.add_argument("--tpm", type=int, default=60_000, help="tokens per period")
+    parser.add_argument("--itpm", type=int, help="input tokens per period (Anthropic's ITPM)")
+    parser.add_argument("--otpm", type=int, help="output tokens per period (Anthropic's OTPM)")
     parser.add_argument("--period", type=float, default=60.0, help="period in seconds")
     parser.add_argument(
         "--latency",

@@ -255,3 +255,114 @@ def test_durations_are_formatted_like_go(seconds: float, text: str) -> None:
 def test_prompt_token_estimate(contents: list[object], tokens: int) -> None:
     messages = [{"role": "user", "content": content} for content in contents]
     assert fake_provider.estimate_prompt_tokens(messages) == tokens
+
+
+EPOCH = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+
+
+def test_anthropic_headers_are_the_same_buckets_with_rfc_3339_resets() -> None:
+    provider = Provider(rpm=10, tpm=1000, period=60, now=0.0)
+    provider.chat(request(), 0.0)  # the OpenAI route charges the same buckets
+    answer = provider.messages(request(), 3.0, EPOCH + 3.0)
+    assert isinstance(answer, Admitted)
+    assert answer.headers == [
+        ("anthropic-ratelimit-requests-limit", "10"),
+        ("anthropic-ratelimit-requests-remaining", "8"),  # 9.5 - 1
+        ("anthropic-ratelimit-requests-reset", "2023-11-14T22:13:32Z"),  # 9 s after 3.0
+        ("anthropic-ratelimit-tokens-limit", "1000"),
+        ("anthropic-ratelimit-tokens-remaining", "830"),  # 940 - 110
+        ("anthropic-ratelimit-tokens-reset", "2023-11-14T22:13:33.2Z"),  # 10.2 s after 3.0
+    ]
+    full = dict(Provider(rpm=1, tpm=1, period=60, now=0.0).anthropic_headers(5.0, EPOCH))
+    assert full["anthropic-ratelimit-requests-reset"] == "2023-11-14T22:13:20Z", "full: now"
+    assert provider.stats.requests_ok == 2
+
+
+def test_anthropic_refusals_carry_retry_after_in_whole_seconds_only() -> None:
+    provider = Provider(rpm=1, tpm=1000, period=10, now=0.0)
+    too_large = provider.messages(request(5000), 0.0, EPOCH)
+    assert isinstance(provider.messages(request(), 0.0, EPOCH), Admitted)
+    refused = provider.messages(request(), 7.5, EPOCH + 7.5)
+
+    assert isinstance(refused, Refused)
+    assert refused.limit == "requests"
+    assert refused.retry_after == pytest.approx(2.5)
+    headers = dict(refused.headers)
+    assert headers["retry-after"] == "3"
+    assert "retry-after-ms" not in headers
+    assert not any(name.startswith("x-ratelimit") for name in headers)
+    assert headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert headers["anthropic-ratelimit-requests-reset"] == "2023-11-14T22:13:30Z"
+    assert "exceed the rate limit for gpt-test of 1 requests per 10s" in refused.message
+    assert "Please try again in 2.5s." in refused.message
+
+    assert isinstance(too_large, Refused)
+    assert (too_large.limit, too_large.retry_after) == ("tokens", math.inf)
+    assert "retry-after" not in dict(too_large.headers), "it will never fit"
+    assert "can never be admitted" in too_large.message
+    assert (provider.stats.requests_ok, provider.stats.requests_429) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("unix", "text"),
+    [
+        (0, "1970-01-01T00:00:00Z"),
+        (EPOCH, "2023-11-14T22:13:20Z"),
+        (EPOCH + 0.5, "2023-11-14T22:13:20.5Z"),
+        (EPOCH + 0.33, "2023-11-14T22:13:20.33Z"),  # not .331: a float's error is no excess
+        (EPOCH + 0.0101, "2023-11-14T22:13:20.011Z"),  # rounded up
+        (EPOCH + 0.9999, "2023-11-14T22:13:21Z"),
+        (EPOCH + 110 * 60 / 1000, "2023-11-14T22:13:26.6Z"),
+    ],
+)
+def test_rfc_3339_times_round_up_to_milliseconds(unix: float, text: str) -> None:
+    assert fake_provider.format_rfc3339(unix) == text
+
+
+def test_anthropic_input_and_output_token_limits_are_buckets_of_their_own() -> None:
+    provider = Provider(rpm=10, tpm=10_000, period=60, now=0.0, itpm=100, otpm=300)
+    first = provider.messages(request(100), 0.0, EPOCH)  # 10 input, 100 output tokens
+    assert isinstance(first, Admitted)
+    headers = dict(first.headers)
+    assert headers["anthropic-ratelimit-input-tokens-limit"] == "100"
+    assert headers["anthropic-ratelimit-input-tokens-remaining"] == "90"
+    assert headers["anthropic-ratelimit-input-tokens-reset"] == "2023-11-14T22:13:26Z"
+    assert headers["anthropic-ratelimit-output-tokens-limit"] == "300"
+    assert headers["anthropic-ratelimit-output-tokens-remaining"] == "200"
+    assert headers["anthropic-ratelimit-output-tokens-reset"] == "2023-11-14T22:13:40Z"
+    assert headers["anthropic-ratelimit-tokens-remaining"] == "9890"
+
+    long_output = provider.messages(request(250), 0.0, EPOCH)  # 50 output tokens short
+    long_prompt = ChatRequest("gpt-test", [{"role": "user", "content": "x" * 400}], 10)
+    refused_prompt = provider.messages(long_prompt, 0.0, EPOCH)  # 10 input tokens short
+    assert isinstance(long_output, Refused)
+    assert (long_output.limit, long_output.retry_after) == ("output_tokens", 10.0)
+    assert "of 300 output tokens per 60s" in long_output.message
+    assert isinstance(refused_prompt, Refused)
+    assert refused_prompt.limit == "input_tokens"
+    assert refused_prompt.retry_after == pytest.approx(6.0)
+    assert dict(refused_prompt.headers)["retry-after"] == "6"
+
+    openai_headers = dict(provider.chat(request(10), 0.0).headers)
+    assert not any("input" in name or "output" in name for name in openai_headers)
+    assert remaining(openai_headers) == ("8", str(9890 - 20))
+
+
+def test_count_usage_gives_unused_output_back_to_the_output_limit_too() -> None:
+    provider = Provider(rpm=10, tpm=10_000, period=60, now=0.0, otpm=300, count_usage=True)
+    answer = provider.messages(request(100), 0.0, EPOCH)
+    assert isinstance(answer, Admitted)
+    headers = dict(answer.headers)
+    assert headers["anthropic-ratelimit-output-tokens-remaining"] == str(
+        300 - answer.completion_tokens
+    )
+    assert headers["anthropic-ratelimit-tokens-remaining"] == str(
+        10_000 - 10 - answer.completion_tokens
+    )
+
+
+def test_invalid_input_and_output_limits_are_rejected() -> None:
+    with pytest.raises(ValueError, match="itpm"):
+        Provider(rpm=1, tpm=1, period=1, now=0.0, itpm=0)
+    with pytest.raises(ValueError, match="otpm"):
+        Provider(rpm=1, tpm=1, period=1, now=0.0, otpm=1.5)  # type: ignore[arg-type]

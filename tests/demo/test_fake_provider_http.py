@@ -16,6 +16,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -389,3 +390,174 @@ def test_count_usage_reaches_the_provider() -> None:
 
     used = first.json()["usage"]["total_tokens"]
     assert first.headers["x-ratelimit-remaining-tokens"] == str(1000 - used)
+
+
+EPOCH = 1_700_000_000.0  # 2023-11-14T22:13:20Z, the Unix time at FakeClock()'s start
+ANTHROPIC_HEADERS = tuple(
+    f"anthropic-ratelimit-{kind}-{name}"
+    for kind in ("requests", "tokens")
+    for name in ("limit", "remaining", "reset")
+)
+
+
+def test_the_anthropic_sdk_gets_messages_headers_and_rate_limit_error() -> None:
+    clock = FakeClock()
+    with (
+        LLMServer(rpm=2, tpm=10_000, period=60, latency=0, clock=clock, epoch=EPOCH) as server,
+        anthropic.Anthropic(base_url=server.url, api_key="test", max_retries=0) as client,
+    ):
+        raw = client.messages.with_raw_response.create(
+            model="claude-test",
+            max_tokens=20,
+            system="Be brief.",
+            messages=[{"role": "user", "content": [{"type": "text", "text": "Hello there!"}]}],
+        )
+        clock.advance(3.0)
+        plain = client.messages.create(
+            model="claude-test", max_tokens=20, messages=[{"role": "user", "content": "Hello!"}]
+        )
+        with pytest.raises(anthropic.RateLimitError) as caught:
+            client.messages.create(
+                model="claude-test", max_tokens=20, messages=[{"role": "user", "content": "x"}]
+            )
+        stats = server.stats()
+
+    reply = raw.parse()
+    assert reply.type == "message"
+    assert reply.id.startswith("msg_")
+    assert reply.role == "assistant"
+    assert reply.model == "claude-test"
+    assert reply.stop_reason == "end_turn"
+    assert reply.content[0].type == "text"
+    assert reply.content[0].text
+    prompt = math.ceil((len("Be brief.") + len("Hello there!")) / 4)  # the system counts
+    assert reply.usage.input_tokens == prompt == 6
+    assert 10 <= reply.usage.output_tokens <= 20
+    assert {name: raw.headers[name] for name in ANTHROPIC_HEADERS} == {
+        "anthropic-ratelimit-requests-limit": "2",
+        "anthropic-ratelimit-requests-remaining": "1",
+        "anthropic-ratelimit-requests-reset": "2023-11-14T22:13:50Z",  # 1 request at 2 per 60 s
+        "anthropic-ratelimit-tokens-limit": "10000",
+        "anthropic-ratelimit-tokens-remaining": "9974",  # charged 6 + 20
+        "anthropic-ratelimit-tokens-reset": "2023-11-14T22:13:20.156Z",  # 26 at 10,000 per 60 s
+    }
+    assert not any(name.startswith("x-ratelimit") for name in raw.headers)
+    assert raw.headers["request-id"].startswith("req_")
+    assert raw.request_id == raw.headers["request-id"]
+    assert plain.usage.input_tokens == 2
+    assert plain.id != reply.id
+
+    error = caught.value
+    assert error.status_code == 429
+    assert isinstance(error.body, dict)
+    assert error.body["type"] == "error"
+    assert error.body["error"]["type"] == "rate_limit_error"
+    assert "2 requests per 60s" in str(error)
+    assert error.response.headers["retry-after"] == "27"  # 0.1 request left after 3 s
+    assert error.response.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert (stats.requests_ok, stats.requests_429) == (2, 1)
+
+
+def test_an_anthropic_stream_is_anthropic_s_named_events() -> None:
+    messages: list[Any] = [{"role": "user", "content": "x" * 40}]
+    body = {"model": "claude-test", "max_tokens": 40, "messages": messages, "stream": True}
+    with (
+        LLMServer(rpm=10, tpm=10_000, latency=0, clock=FakeClock(), epoch=EPOCH) as server,
+        httpx.Client(base_url=server.url) as client,
+        anthropic.Anthropic(base_url=server.url, api_key="test", max_retries=0) as sdk,
+    ):
+        with client.stream("POST", "/v1/messages", json=body) as response:
+            lines = [line for line in response.iter_lines() if line]
+            headers = response.headers
+        with sdk.messages.stream(model="claude-test", max_tokens=40, messages=messages) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+
+    assert headers["content-type"].startswith("text/event-stream")
+    assert headers["anthropic-ratelimit-requests-remaining"] == "9"
+    names = [line.removeprefix("event: ") for line in lines[::2]]
+    data = [json.loads(line.removeprefix("data: ")) for line in lines[1::2]]
+    assert [event["type"] for event in data] == names
+    words = len([n for n in names if n == "content_block_delta"])
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * words,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert data[0]["message"]["usage"] == {"input_tokens": 10, "output_tokens": 1}
+    output = data[-2]["usage"]["output_tokens"]
+    assert 20 <= output <= 40
+    assert data[-2]["delta"]["stop_reason"] == "end_turn"
+    assert final.content[0].type == "text"
+    assert final.content[0].text == text
+    assert text.startswith("Simulated reply #2")
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (10, output), "deterministic"
+
+
+def test_anthropic_bad_requests_get_anthropic_s_400_and_are_not_charged() -> None:
+    message = {"role": "user", "content": "x"}
+    with (
+        LLMServer(rpm=5, tpm=1000, latency=0, clock=FakeClock()) as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        no_max = client.post("/v1/messages", json={"model": "m", "messages": [message]})
+        zero_max = client.post(
+            "/v1/messages", json={"model": "m", "messages": [message], "max_tokens": 0}
+        )
+        no_messages = client.post("/v1/messages", json={"model": "m", "max_tokens": 5})
+        no_model = client.post("/v1/messages", json={"messages": [message], "max_tokens": 5})
+        bad_json = client.post(
+            "/v1/messages", content=b"{nope", headers={"content-type": "application/json"}
+        )
+        bad_system = client.post(
+            "/v1/messages",
+            json={"model": "m", "messages": [message], "max_tokens": 5, "system": 3},
+        )
+        wrong_method = client.get("/v1/messages")
+        stats = server.stats()
+
+    for response in (no_max, zero_max, no_messages, no_model, bad_json, bad_system):
+        assert response.status_code == 400
+        assert response.json()["type"] == "error"
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    assert no_max.json()["error"]["message"] == "max_tokens: Field required"
+    assert "max_tokens" in zero_max.json()["error"]["message"]
+    assert wrong_method.status_code == 405
+    assert stats == ServerStats(), "invalid requests are neither charged nor counted"
+
+
+def test_usage_can_be_left_out_and_headers_replaced() -> None:
+    chat_body = {"model": "m", "messages": [{"content": "abcd"}], "max_tokens": 8}
+    with (
+        LLMServer(
+            rpm=5,
+            tpm=1000,
+            latency=0,
+            clock=FakeClock(),
+            usage=False,
+            headers={"anthropic-ratelimit-tokens-reset": "soon", "x-extra": "1"},
+        ) as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        message = client.post("/v1/messages", json=chat_body)
+        with client.stream("POST", "/v1/messages", json=chat_body | {"stream": True}) as stream:
+            events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+        completion = client.post("/v1/chat/completions", json=chat_body)
+        bad = client.post("/v1/messages", json={"model": "m", "messages": [{"content": "x"}]})
+        stats = server.stats()
+
+    assert message.status_code == 200
+    assert "usage" not in message.json()
+    assert not any("usage" in line for line in events)
+    assert completion.json()["usage"] is None
+    assert message.headers["anthropic-ratelimit-tokens-reset"] == "soon"
+    assert message.headers.get_list("anthropic-ratelimit-tokens-reset") == ["soon"]
+    assert message.headers["anthropic-ratelimit-tokens-remaining"] == "991"  # 1 + 8 charged
+    assert message.headers["x-extra"] == completion.headers["x-extra"] == "1"
+    assert bad.status_code == 400
+    assert "x-extra" not in bad.headers, "only answers to model calls the provider accounted"
+    assert stats.requests_ok == 3
