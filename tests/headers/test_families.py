@@ -66,7 +66,11 @@ SAMPLES = {
         None,
         feedback(
             ServerLimit("requests", remaining=59, limit=60, reset_after=1.0),
-            ServerLimit("tokens", remaining=149984, limit=150000, reset_after=360.0),
+            # 16 tokens back in 6 minutes: what the sample says (a 15-16 token slip
+            # in the rounding of remaining is within the 10 % the rate is told to).
+            ServerLimit(
+                "tokens", remaining=149984, limit=150000, reset_after=360.0, refill_rate=15 / 361
+            ),
         ),
     ),
     "openai-forum-ignores-unknown-variants": (
@@ -359,3 +363,68 @@ def test_one_malformed_value_is_dropped_with_one_warning(
     # The sample's own spelling of the header is replaced, whatever its case.
     headers = {key: text for key, text in sample.items() if key.lower() != name}
     assert parse_with_one_warning({**headers, name: value}, name, now=now) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "rate"),
+    [
+        # A bucket of 100 per second, 60 taken: back to full in 0.6 s.
+        (
+            {
+                "x-ratelimit-limit-requests": "100",
+                "x-ratelimit-remaining-requests": "40",
+                "x-ratelimit-reset-requests": "600ms",
+            },
+            59 / 0.601,
+        ),
+        # Too little taken to tell the rate within 10 %: 1 of 60, back in 1 s.
+        (
+            {
+                "x-ratelimit-limit-requests": "60",
+                "x-ratelimit-remaining-requests": "59",
+                "x-ratelimit-reset-requests": "1s",
+            },
+            None,
+        ),
+        # A reset written in whole seconds that is a few seconds long: too coarse.
+        (
+            {
+                "x-ratelimit-limit-tokens": "1000",
+                "x-ratelimit-remaining-tokens": "0",
+                "x-ratelimit-reset-tokens": "3s",
+            },
+            None,
+        ),
+        # The same in milliseconds is fine.
+        (
+            {
+                "x-ratelimit-limit-tokens": "1000",
+                "x-ratelimit-remaining-tokens": "0",
+                "x-ratelimit-reset-tokens": "3.000s",
+            },
+            999 / 3.001,
+        ),
+        # Anthropic: an RFC 3339 time with a fraction of a second.
+        (
+            {
+                "anthropic-ratelimit-requests-limit": "50",
+                "anthropic-ratelimit-requests-remaining": "10",
+                "anthropic-ratelimit-requests-reset": "2026-01-01T00:00:48.00Z",
+            },
+            39 / 48.01,
+        ),
+        # Without a limit there is nothing to tell the rate from.
+        ({"x-ratelimit-remaining-requests": "40", "x-ratelimit-reset-requests": "600ms"}, None),
+        # The IETF fields reset all at once: no refill rate.
+        ({"ratelimit-limit": "100", "ratelimit-remaining": "0", "ratelimit-reset": "30"}, None),
+    ],
+)
+def test_a_reset_until_full_gives_the_lowest_refill_rate_the_rounding_allows(
+    headers: Mapping[str, str], rate: float | None
+) -> None:
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    (limit,) = parse(headers, now=now).limits
+    if rate is None:
+        assert limit.refill_rate is None
+    else:
+        assert limit.refill_rate == pytest.approx(rate, rel=1e-9)

@@ -86,12 +86,20 @@ class ServerLimit:
         limit: The server's limit for this dimension, if it sent one.
         reset_after: Seconds from ``now`` until this limit is fully replenished or
             resets (>= 0), if the server sent it.
+        refill_rate: For OpenAI's and Anthropic's headers, whose reset is the time until
+            the limit is *full* again (capacity comes back gradually, not all at the
+            reset): the rate in units per second at which it comes back, as the lowest
+            value the headers allow given their rounding; ``None`` for the other
+            families (their capacity all comes back at the reset), and when the values
+            are too coarse to tell within 10 % (little used, or a reset of a few
+            rounding units).
     """
 
     dimension: str
     remaining: float
     limit: float | None
     reset_after: float | None
+    refill_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -130,11 +138,14 @@ def parse_rate_limit_headers(
 
     >>> feedback = parse_rate_limit_headers({
     ...     "x-ratelimit-limit-tokens": "150000",
-    ...     "x-ratelimit-remaining-tokens": "149984",
-    ...     "x-ratelimit-reset-tokens": "6m0s",
+    ...     "x-ratelimit-remaining-tokens": "90000",
+    ...     "x-ratelimit-reset-tokens": "24.000s",
     ... })
-    >>> feedback.limits
-    (ServerLimit(dimension='tokens', remaining=149984.0, limit=150000.0, reset_after=360.0),)
+    >>> tokens, = feedback.limits
+    >>> tokens.remaining, tokens.limit, tokens.reset_after
+    (90000.0, 150000.0, 24.0)
+    >>> round(tokens.refill_rate)  # 150,000 per minute, from the 24 s to refill 60,000
+    2500
     >>> feedback.retry_after is None
     True
 

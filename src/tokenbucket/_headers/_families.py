@@ -30,6 +30,7 @@ class Reported(NamedTuple):
     remaining: float
     limit: float | None
     reset_after: float | None
+    refill_rate: float | None
 
 
 class _Kind(NamedTuple):
@@ -37,6 +38,10 @@ class _Kind(NamedTuple):
 
     read: Callable[[str, datetime], float | None]
     expected: str  # what the warning says the value is not
+    # For a reset that is the time until the limit is full again: the unit of its last
+    # digit (how far the written value may be from the true one). None: a reset at which
+    # the whole limit comes back at once.
+    resolution: Callable[[str], float] | None = None
 
 
 def _is_count(value: object) -> TypeGuard[int | float]:
@@ -71,9 +76,12 @@ _COUNT: Final = _Kind(lambda text, now: _syntax.decimal(text), "not a non-negati
 _GO_DURATION: Final = _Kind(
     lambda text, now: _syntax.go_duration(text),
     "not a Go duration such as '1s', '6m0s' or '20ms'",
+    _syntax.go_duration_resolution,
 )
 _RFC3339: Final = _Kind(
-    _syntax.seconds_until_rfc3339, "not an RFC 3339 date-time with a UTC offset"
+    _syntax.seconds_until_rfc3339,
+    "not an RFC 3339 date-time with a UTC offset",
+    _syntax.rfc3339_resolution,
 )
 _DELTA_OR_EPOCH: Final = _Kind(_delta_or_epoch, "not delta-seconds or a Unix time")
 _LEADING_NUMBER: Final = _Kind(
@@ -116,6 +124,23 @@ _IETF_TRIPLES: Final = (
 )
 # The structured fields: each item is a named policy with a number parameter.
 _POLICY_FIELDS: Final = {"ratelimit": ("r", "remaining"), "ratelimit-policy": ("q", "quota")}
+
+
+# How far apart the lowest and the highest refill rate the headers allow may be.
+_REFILL_PRECISION: Final = 1.1
+
+
+def refill_rate(limit: float, remaining: float, reset: float, resolution: float) -> float | None:
+    """The rate at which a server's capacity comes back, when ``reset`` is the time until
+    ``limit`` is full again from ``remaining``: the lowest rate the values allow (the
+    server may have rounded ``remaining`` down by up to one, and ``reset`` by up to
+    ``resolution``), or None if they allow rates more than 10 % apart."""
+    gone = limit - remaining
+    if gone <= 1 or reset <= resolution:
+        return None
+    low = (gone - 1) / (reset + resolution)
+    high = gone / (reset - resolution)
+    return low if high <= _REFILL_PRECISION * low else None
 
 
 class Reader:
@@ -162,9 +187,17 @@ class Reader:
     def _triple(self, triple: _Triple, ietf_dimension: str) -> Iterator[Reported]:
         remaining = self._value(triple.names.format("remaining"), _COUNT)
         limit = self._value(triple.names.format("limit"), triple.limit)
-        reset = self._value(triple.names.format("reset"), triple.reset)
-        if remaining is not None:
-            yield Reported(triple.dimension or ietf_dimension, remaining, limit, reset)
+        reset_name = triple.names.format("reset")
+        reset = self._value(reset_name, triple.reset)
+        if remaining is None:
+            return
+        refill = None
+        resolution = triple.reset.resolution
+        if resolution is not None and limit is not None and reset is not None:
+            text = self._get(reset_name)
+            assert text is not None
+            refill = refill_rate(limit, remaining, reset, resolution(text))
+        yield Reported(triple.dimension or ietf_dimension, remaining, limit, reset, refill)
 
     def _structured(self, dimension: str) -> Iterator[Reported]:
         """``RateLimit: "name";r=<remaining>;t=<reset>`` with ``RateLimit-Policy`` quotas."""
@@ -181,7 +214,7 @@ class Reader:
             self._bad("ratelimit", "t must be a non-negative number of seconds")
             reset = None
         reset_after = None if reset is None else float(reset)
-        yield Reported(dimension, remaining, quotas.get(name), reset_after)
+        yield Reported(dimension, remaining, quotas.get(name), reset_after, None)
 
     def _policies(self, field: str) -> list[tuple[str, float, dict[str, _sf.BareItem]]]:
         """A structured field's policies: (name, its number parameter, all parameters).

@@ -90,6 +90,33 @@ def go_duration(text: str) -> float | None:
     return seconds if math.isfinite(seconds) else None
 
 
+def go_duration_resolution(text: str) -> float:
+    """The unit of the last digit of a Go duration, in seconds: how far the written value
+    may be from the one it was rounded from.
+
+    >>> go_duration_resolution("6m0s"), go_duration_resolution("59.25s")
+    (1.0, 0.01)
+    """
+    parts = _DURATION_PARTS.findall(text)
+    if not parts:
+        return 0.0
+    amount, unit = parts[-1]
+    _, _, decimals = str(amount).partition(".")
+    scale: float = _NANOSECONDS[str(unit)] / 1e9
+    return scale / 10.0 ** len(decimals)
+
+
+def rfc3339_resolution(text: str) -> float:
+    """The unit of the last digit of an RFC 3339 date-time, in seconds.
+
+    >>> rfc3339_resolution("2026-01-01T00:00:30Z"), rfc3339_resolution("2026-01-01T00:00:30.5Z")
+    (1.0, 0.1)
+    """
+    match = _RFC3339.fullmatch(text)
+    fraction = match.group(7) if match else None
+    return 10.0 ** -(len(fraction) - 1) if fraction else 1.0
+
+
 def seconds_until_rfc3339(text: str, now: datetime) -> float | None:
     """Seconds from ``now`` until an RFC 3339 date-time (0 if past), or None if invalid.
 
