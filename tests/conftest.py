@@ -8,9 +8,16 @@ override it with virtual clocks.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+# examples/ is not a package: put it on sys.path, as running a script in it does (the
+# tests of the fake provider, the demonstration and the transport import from it).
+EXAMPLES = str(Path(__file__).resolve().parents[1] / "examples")
+if EXAMPLES not in sys.path:
+    sys.path.insert(0, EXAMPLES)
 
 REAL_BACKENDS = ["asyncio", "uvloop", "trio"]
 

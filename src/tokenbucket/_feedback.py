@@ -1,12 +1,25 @@
 """What a server's response means for a limiter: one policy for every backend.
 
-A response can say two things. ``Retry-After`` (or a 429 without it, read as one second)
-pauses the whole limiter. A rate-limit header family reports, per dimension, how much
-is left until the server's window resets: that lowers the one meter of the dimension
+A response can say three things. ``Retry-After`` (or a 429 without it, read as one
+second) pauses the whole limiter. A rate-limit header family reports, per dimension, how
+much is left until the server's limit resets: that lowers the one meter of the dimension
 the report describes (the limiter's own rate whose amount is nearest the server's limit,
-else its shortest period, since providers report per-minute limits), never raises it,
+else its shortest period, since providers report per-minute limits) to what is left,
 and never touches a pool shared with other limiters (one member's report says nothing
-about the others' use of it). Backends apply the plan; none decides it.
+about the others' use of it).
+
+OpenAI's and Anthropic's reset is the time until the limit is *full* again: their
+capacity comes back gradually, at a rate the headers imply
+(:attr:`ServerLimit.refill_rate`). What is held back from a window then comes back at
+that rate, not all at the reset. And when that rate, with the server's limit, describes a
+limit over about the meter's own period (within 25 %), the meter is *fitted* to the
+server, modelled as the bucket it is: a bucket meter's rate and burst become the lesser
+of its own and the server's; a window meter keeps its limit and gains that bucket beside
+it, which every later grant of its dimension takes from too. Either way the report's
+``remaining`` then lowers that bucket, which refills at the server's rate. A limiter
+configured too high thus runs at the server's limit from the first report on, and goes
+back up (never past its configuration) when a later report shows the server allows more.
+Backends apply the plan; none decides it.
 """
 
 from __future__ import annotations
@@ -17,22 +30,32 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ._core import Meter
-    from ._headers import ServerFeedback
+    from ._core import Meter, RateSpec
+    from ._headers import ServerFeedback, ServerLimit
 
-__all__ = ["Clamp", "FeedbackPlan", "plan_feedback"]
+__all__ = ["Clamp", "FeedbackPlan", "fitted", "plan_feedback"]
 
 _PAUSE_ON_429 = 1.0
+# A server's limit describes a meter's period when its own is within this factor of it.
+_SAME_PERIOD = 1.25
 
 
 @dataclass(frozen=True, slots=True)
 class Clamp:
     """Lower ``meter`` (its index among the limiter's meters) to ``remaining`` for the
-    next ``reset`` seconds."""
+    next ``reset`` seconds.
+
+    ``refill``: the rate (units/s) at which the server's capacity comes back, when its
+    reset is the time until full; what a window holds back then leaves it at that rate.
+    ``fit``: the server as a bucket ``(rate, capacity)`` to fit the meter to first; the
+    clamp then applies to that bucket (see :func:`fitted`).
+    """
 
     meter: int
     remaining: float
     reset: float
+    refill: float | None = None
+    fit: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +80,33 @@ def plan_feedback(
             )
         else:
             index = min(own, key=lambda i: meters[i].rate.period)
-        reset = meters[index].rate.period if limit.reset_after is None else limit.reset_after
-        clamps.append(Clamp(index, limit.remaining, reset))
+        rate = meters[index].rate
+        reset = rate.period if limit.reset_after is None else limit.reset_after
+        fit = _fit(rate, limit)
+        clamps.append(Clamp(index, limit.remaining, reset, limit.refill_rate, fit))
     pause = info.retry_after
     if pause is None and status == 429:
         pause = _PAUSE_ON_429
     return FeedbackPlan(pause, tuple(clamps))
+
+
+def _fit(rate: RateSpec, limit: ServerLimit) -> tuple[float, float] | None:
+    """The parameters that fit ``rate``'s meter to the server's ``limit``, if it gives a
+    refill rate that, with its limit, describes a limit over about ``rate``'s period."""
+    refill, most = limit.refill_rate, limit.limit
+    if refill is None or most is None:
+        return None
+    period = most / refill  # how long the server takes to fill from empty
+    if not rate.period / _SAME_PERIOD <= period <= rate.period * _SAME_PERIOD:
+        return None
+    return fitted(rate, refill, most)
+
+
+def fitted(rate: RateSpec, refill: float, most: float) -> tuple[float, float]:
+    """The bucket ``(rate, capacity)`` that models a server which holds ``most`` and
+    refills at ``refill`` units/s, for a meter of ``rate``: for a bucket meter, never more
+    than its own (it is retuned to it); for a window, the server's own (a bucket beside
+    the window, which keeps its limit)."""
+    if rate.burst is None:
+        return refill, most
+    return min(rate.amount / rate.period, refill), min(rate.burst, most)

@@ -8,6 +8,7 @@ entering it makes it the :class:`Lease` the caller holds. The uncontended path o
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Final
 
 from ._core import Request
@@ -48,6 +49,7 @@ class Lease(Request):
         self.amounts = amounts
         self.slot = slot
         self.seq = _LATE
+        self.at = -math.inf
         self._limiter = limiter
         self._timeout = timeout
         self._stage = _NEW
@@ -95,8 +97,13 @@ class Lease(Request):
         *,
         status: int | None = None,
     ) -> ServerFeedback:
-        """Pass a response's headers (and status) to the limiter: see :meth:`Limiter.feedback`."""
-        return self._limiter.feedback(headers, status=status)
+        """Pass the headers (and status) of this lease's response to the limiter: see
+        :meth:`Limiter.feedback`. What the server says is left is read as of when this
+        request reached it: what the limiter granted since is taken off it."""
+        granted = self._stage in (_OPEN, _SETTLED)
+        return self._limiter._feedback(
+            headers, status, self if granted else None, self._ticket if granted else None
+        )
 
     def __repr__(self) -> str:
         state = ("not granted", "open", "open, settled", "ended", "ended, settled")[self._stage]

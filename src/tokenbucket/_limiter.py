@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final, cast
 from . import _validate
 from ._backend import open_store
 from ._config import RateLike, concurrency, parse_limits
-from ._core import Meter, MultiState
+from ._core import Meter, MultiState, Request
 from ._errors import AmountExceedsLimitError, ArgumentTypeError, InvalidArgumentError
 from ._feedback import FeedbackPlan, plan_feedback
 from ._headers import ServerFeedback, parse_rate_limit_headers
@@ -245,8 +245,17 @@ class Limiter:
 
         Returns what was read, for logging.
         """
+        return self._feedback(headers, status, None, None)
+
+    def _feedback(
+        self,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | ServerFeedback,
+        status: int | None,
+        lease: Request | None,
+        ticket: object,
+    ) -> ServerFeedback:
         info = headers if isinstance(headers, ServerFeedback) else parse_rate_limit_headers(headers)
-        self._store.feedback(plan_feedback(info, status, self._multi.meters))
+        self._store.feedback(plan_feedback(info, status, self._multi.meters), lease, ticket)
         return info
 
     def statistics(self) -> LimiterStatistics:

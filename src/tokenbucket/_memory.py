@@ -152,12 +152,20 @@ class MemoryStore:
             self._multi.release(request)
             self._waiters.kick()
 
-    def feedback(self, plan: FeedbackPlan) -> None:
+    def feedback(
+        self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
+    ) -> None:
         now = self._waiters.now()
         multi = self._multi
+        seen = None if lease is None or not isinstance(ticket, list) else (lease, ticket)
         for clamp in plan.clamps:
             meter = multi.meters[clamp.meter]
-            multi.clamp(meter, clamp.remaining, now + clamp.reset, now)
+            until = now + clamp.reset
+            if clamp.fit is None:
+                multi.clamp(meter, clamp.remaining, until, now, clamp.refill, seen)
+            else:
+                model = multi.fit(meter, *clamp.fit, now)
+                multi.clamp(model, clamp.remaining, until, now, clamp.fit[0], seen)
         if plan.pause is not None:
             multi.pause(now + plan.pause, now)
         self._waiters.kick()

@@ -18,6 +18,7 @@ from ._headers import RateLimitHeaderWarning, ServerFeedback, parse_rate_limit_h
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from ._lease import Lease
     from ._limiter import Limiter
 
 __all__ = ["report", "warn"]
@@ -31,11 +32,13 @@ def report(
     *,
     stacklevel: int,
     retry_after: float | None = None,
+    lease: Lease | None = None,
 ) -> None:
     """Fold ``headers`` and ``status`` of the response ``what`` names into ``limiter``.
 
     ``retry_after`` is a delay the response gave elsewhere than in its headers (Gemini's
-    ``RetryInfo`` in a 429 body): used when the headers give none. Never raises.
+    ``RetryInfo`` in a 429 body): used when the headers give none. ``lease``: the one
+    the response answers, if known (see :meth:`Lease.feedback`). Never raises.
     ``stacklevel`` counts from the caller of ``report``.
     """
     try:
@@ -46,7 +49,10 @@ def report(
     if retry_after is not None and info.retry_after is None:
         info = dataclasses.replace(info, retry_after=retry_after)
     try:
-        limiter.feedback(info, status=status)
+        if lease is None:
+            limiter.feedback(info, status=status)
+        else:
+            lease.feedback(info, status=status)
     except Exception as error:
         warn(f"could not report {what} to the limiter", error, stacklevel=stacklevel + 1)
 

@@ -229,6 +229,7 @@ class AsyncLimitedTransport(_Transports):
             "a response",
             stacklevel=2,
             retry_after=retry_after,
+            lease=context,
         )
         content = _content(response)
         settle = _Settlement(

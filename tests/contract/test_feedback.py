@@ -122,8 +122,11 @@ ZERO_FOR_30S = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-reques
         pytest.param(
             {**ZERO_FOR_30S, "x-ratelimit-limit-requests": "40"}, "long", id="nearest-long"
         ),
+        # (In the IETF form: OpenAI's would say the server's 1,000 come back at 32/s.)
         pytest.param(
-            {**ZERO_FOR_30S, "x-ratelimit-limit-requests": "1000"}, "long", id="above-both"
+            {"RateLimit-Limit": "1000", "RateLimit-Remaining": "0", "RateLimit-Reset": "30"},
+            "long",
+            id="above-both",
         ),
         # No limit reported: the shortest period (providers report per-minute limits),
         # until the server's reset or, without one, for that period.
@@ -223,3 +226,55 @@ async def test_feedback_malformed_headers_only_warn_and_change_nothing(
     assert limiter.statistics().paused_until is None
     await settled_in(backend)
     assert await fits(limiter, tokens=100)
+
+
+@pytest.mark.parametrize("burst", [None, 1000], ids=["window", "bucket"])
+async def test_a_report_covers_the_grants_before_it_which_give_nothing_back(
+    backend: Backend, burst: int | None
+) -> None:
+    # The server's count covers every call it has seen (what each used, or all of it if
+    # it gives nothing back): settling a call made before the report must not add to
+    # what the report says is left.
+    limiter = tb.Limiter(
+        {"tokens": tb.Rate(1000, 3600.0, burst=burst)},
+        backend=backend,
+        key="covered" if backend is not None else None,
+    )
+    async with limiter.acquire(tokens=500, timeout=HANG) as early:
+        limiter.feedback({"x-ratelimit-remaining-tokens": "100", "x-ratelimit-reset-tokens": "30s"})
+        early.settle(tokens=10)  # 490 unused: not given back
+    await settled_in(backend)
+    assert not await fits(limiter, tokens=150)
+    async with limiter.acquire(tokens=100, timeout=HANG) as later:
+        later.settle(tokens=50)  # after the report: its unused part goes back
+    await settled_in(backend)
+    assert await fits(limiter, tokens=50)
+    assert not await fits(limiter, tokens=1)
+
+
+@pytest.mark.parametrize("burst", [None, 100], ids=["window", "bucket"])
+async def test_a_limiter_set_too_high_is_fitted_to_the_servers_bucket(
+    backend: Backend, burst: int | None
+) -> None:
+    # 100 a second configured; the server allows 20 a second (a bucket, empty now, full
+    # again in 1 s): from this report on, about 19 a second get through, not 100.
+    limiter = tb.Limiter(
+        {"requests": tb.Rate(100, 1.0, burst=burst)},
+        backend=backend,
+        key="fitted" if backend is not None else None,
+    )
+    info = limiter.feedback(
+        {
+            "x-ratelimit-limit-requests": "20",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1.000s",
+        }
+    )
+    assert info.limits[0].refill_rate == pytest.approx(19 / 1.001)
+    await settled_in(backend)
+    start = clock()
+    granted = 0
+    while clock() - start < 1.0:
+        if await fits(limiter, timeout=0.2):
+            granted += 1
+    assert 1 <= granted <= 21

@@ -321,3 +321,63 @@ def test_grants_at_one_instant_never_exceed_the_limit(now: float, window: float)
     log = WindowLog(1.0, window, now)
     granted = sum(1 for _ in range(5) if log.try_take(1.0, now))
     assert granted == 1
+
+
+# -- a server's report ------------------------------------------------------------------
+
+
+def used_over_time(log: WindowLog, start: float, window: float) -> list[float]:
+    """``used`` at 97 instants across the next window (on copies: the log is unchanged)."""
+    return [used_at(log, start + window * k / 96) for k in range(97)]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_gradual_clamp_holds_back_what_is_missing_in_parts_that_leave_at_the_rate(
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    window, limit = rng.choice([1.0, 7.0, 60.0]), rng.choice([10.0, 100.0, 30_000.0])
+    log = WindowLog(limit, window)
+    now = 0.0
+    for _ in range(rng.randint(0, 40)):  # grants spread over the last window
+        now += rng.uniform(0, window / 20)
+        log.charge(rng.uniform(0, limit / 40), now)
+    most = rng.uniform(0, limit / 2)
+    refill = rng.uniform(limit / window / 4, 4 * limit / window)
+    until = now + rng.uniform(0, window)
+    before_clamp = used_over_time(log, now, window)
+    clamped = copy.deepcopy(log)
+    clamped.clamp(most, until, now, refill)
+    after = used_over_time(clamped, now, window)
+    excess = max(0.0, limit - before_clamp[0] - most)
+    assert limit - after[0] == pytest.approx(min(most, limit - before_clamp[0]), abs=1e-6 * limit)
+    # The reference: parts of at most 1/64 of the limit, the k-th leaving once k parts
+    # have come back at `refill`, none after `until`.
+    count = min(64, math.ceil(excess * 64 / limit)) if excess > 0 else 0
+    part = excess / count if count else 0.0
+    leave = [min(now + k * part / refill, until) for k in range(1, count + 1)]
+    for k, (old, new) in enumerate(zip(before_clamp, after, strict=True)):
+        t = now + window * k / 96
+        held = sum(part for at in leave if at > t)
+        assert new - old == pytest.approx(held, abs=1e-6 * limit)
+        assert held <= max(0.0, excess - refill * (t - now)) + limit / 64 + 1e-6 * limit
+
+
+def test_a_grant_before_a_clamp_gets_nothing_back() -> None:
+    log = WindowLog(100, 10.0)
+    early = log.charge(40, 0.0)
+    log.clamp(10, 5.0, 1.0)  # the server says 10 left: 50 held back
+    assert log.refund(30, early, 1.5) == 0.0  # its count covers the early grant
+    late = log.charge(5, 2.0)
+    assert log.refund(5, late, 2.5) == 5.0
+
+
+def test_since_is_what_was_granted_after_a_grant() -> None:
+    log = WindowLog(100, 10.0)
+    first = log.charge(10, 0.0)
+    log.charge(20, 1.0)
+    log.charge(5, 2.0)
+    assert log.since(first, 10) == 25
+    assert log.since(log.ticket, 5) == 0
+    log.charge(7, 2.0)  # at the same instant: merged, and counted
+    assert log.since(first, 10) == 32

@@ -394,15 +394,16 @@ def test_a_charge_reads_back_as_encoded() -> None:
 
 @pytest.mark.parametrize("pause", [None, 1.5])
 def test_feedback_reads_back_as_encoded(pause: float | None) -> None:
-    clamps = [(m, 4.0, 30.0) for m in _RESERVATION.meters]
+    clamps = [
+        (m, 4.0, 30.0, refill) for m, refill in zip(_RESERVATION.meters, [None, 2.5], strict=True)
+    ]
     keys, args = _protocol.encode_feedback(SERVER_TIME, "{p:a}:pause", pause, clamps)
     got = read("feedback", keys, args)
     meters = got.pop("meter[]")
-    assert [
-        {k: v for k, v in m.items() if k in ("kind", "key", "remaining", "reset")} for m in meters
-    ] == [
-        {"kind": m.kind, "key": m.key, "remaining": "4.0", "reset": "30.0"}
-        for m in _RESERVATION.meters
+    fields = ("kind", "key", "remaining", "reset", "refill")
+    assert [{k: v for k, v in m.items() if k in fields} for m in meters] == [
+        {"kind": m.kind, "key": m.key, "remaining": "4.0", "reset": "30.0", "refill": refill}
+        for m, refill in zip(_RESERVATION.meters, [0, "2.5"], strict=True)
     ]
     assert got == {
         "now": "",
@@ -592,7 +593,7 @@ async def test_feedback_replies_1(redis_backend: RecordingBackend, admin: aiored
     meters = _meters(redis_backend)
     pause_key = redis_backend.key("proto", "pause")
     keys, args = _protocol.encode_feedback(
-        SERVER_TIME, pause_key, 2.0, [(meters[0], 0.0, 5.0), (meters[1], 0.0, 5.0)]
+        SERVER_TIME, pause_key, 2.0, [(meters[0], 0.0, 5.0, None), (meters[1], 0.0, 5.0, None)]
     )
     before = await server_time(admin)
     assert await _call(redis_backend, "feedback", keys, args) == 1

@@ -188,10 +188,12 @@ async def test_rate_limit_headers_reach_the_limiter() -> None:
     assert remaining < 1_000
     usage = raw.parse().usage
     assert usage is not None
-    # lowered to what the server said was left; the settlement then gave back the unused
-    # part of the estimate
-    refund = estimate(100) - usage.total_tokens
-    assert limiter.statistics().available["tokens"] == remaining + refund
+    # Lowered to what the server said was left (which then comes back at the rate its
+    # headers imply: a few tokens in the time the test takes). The settlement gives
+    # nothing back: the server's count covers the call already.
+    assert usage.total_tokens < estimate(100)
+    available = limiter.statistics().available["tokens"]
+    assert remaining <= available < remaining + 10
 
 
 async def test_a_group_routes_each_call_by_its_model(server: LLMServer) -> None:

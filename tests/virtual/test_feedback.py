@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from fake_provider.provider import Admitted, Provider
+from fake_provider.provider import ChatRequest as ServerRequest
 
 import tokenbucket as tb
 from tests.virtual._support import TOL, now, start_in_order
@@ -182,3 +184,78 @@ async def test_feedback_accepts_parsed_feedback_and_ignores_other_dimensions() -
     )
     assert limiter.feedback(parsed) is parsed
     assert dict(limiter.statistics().available) == {"requests": 50}
+
+
+async def serve(
+    limiter: tb.Limiter, provider: Provider, count: int, *, latency: float, attempts: int = 3
+) -> tuple[list[float], int]:
+    """``count`` requests at once, each through ``limiter`` to ``provider`` (which sees it
+    when granted and answers ``latency`` later), retried through the limiter after a 429
+    like an SDK does; the instants the server admitted them, and its 429s."""
+    admitted: list[float] = []
+    refused = 0
+
+    async def call(index: int) -> None:
+        nonlocal refused
+        request = ServerRequest("m", [{"role": "user", "content": f"request {index}"}], 1)
+        for _ in range(attempts):
+            async with limiter.acquire() as lease:
+                answer = provider.chat(request, now())
+                await anyio.sleep(latency)
+                status = 200 if isinstance(answer, Admitted) else 429
+                lease.feedback(answer.headers, status=status)
+            if status == 200:
+                admitted.append(now())
+                return
+            refused += 1
+
+    async with anyio.create_task_group() as tg:
+        for index in range(count):
+            tg.start_soon(call, index)
+    return admitted, refused
+
+
+async def test_openai_capacity_comes_back_at_the_rate_the_headers_imply() -> None:
+    # 75 requests, a limiter set to 500 a minute, a server allowing 60 a minute (a bucket
+    # refilling at 1/s, reporting the time until full as its reset): 15 are refused in
+    # the first burst, and then come through one a second, not after the whole minute.
+    limiter = tb.Limiter(requests_per_minute=500)
+    start = now()
+    provider = Provider(rpm=60, tpm=10**9, period=60, now=start)
+    admitted, refused = await serve(limiter, provider, 75, latency=0.5)
+    assert len(admitted) == 75
+    assert refused == 15  # only the first burst, before any report came back
+    assert max(admitted) - start <= 18  # 15 s to refill 15, and the round trips
+
+
+async def test_a_limiter_set_5x_too_high_runs_at_the_servers_limit() -> None:
+    # A limiter of 300 a minute against a server of 60 a minute, kept busy for ten
+    # minutes: after the first report it admits at the server's rate, and the server
+    # refuses nothing more.
+    limiter = tb.Limiter(requests_per_minute=300, max_concurrency=8)
+    start = now()
+    provider = Provider(rpm=60, tpm=10**9, period=60, now=start)
+    admitted, refused = await serve(limiter, provider, 660, latency=0.3)
+    assert len(admitted) == 660
+    assert refused <= 8  # the calls in flight before the first report
+    after_first_minute = [t for t in admitted if t - start >= 60]
+    rate = len(after_first_minute) / (max(admitted) - start - 60)
+    assert rate >= 0.9  # of the server's 1 request/s
+
+
+@pytest.mark.parametrize("burst", [None, 1_000], ids=["window", "bucket"])
+async def test_a_report_on_a_lease_counts_the_grants_made_since_it(burst: int | None) -> None:
+    # The server counted `remaining` when the lease's request reached it: the 300 granted
+    # here after it are not in that count yet.
+    limiter = tb.Limiter({"tokens": tb.Rate(1_000, 60.0, burst=burst)})
+    report = {"x-ratelimit-remaining-tokens": "500", "x-ratelimit-reset-tokens": "30s"}
+    async with limiter.acquire(tokens=100) as first:
+        async with limiter.acquire(tokens=300):
+            pass
+        first.feedback(report)
+        assert limiter.statistics().available["tokens"] == 200
+    # Told by no lease, the same report is read as of now.
+    other = tb.Limiter({"tokens": tb.Rate(1_000, 60.0, burst=burst)})
+    async with other.acquire(tokens=100), other.acquire(tokens=300):
+        other.feedback(report)
+    assert other.statistics().available["tokens"] == 500

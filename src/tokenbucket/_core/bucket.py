@@ -19,7 +19,7 @@ class BucketState:
     restore.
     """
 
-    __slots__ = ("_level", "_stamp", "_taken", "_was", "capacity", "rate")
+    __slots__ = ("_level", "_mark", "_stamp", "_taken", "_was", "capacity", "rate")
 
     def __init__(self, rate: float, capacity: float, now: float = 0.0) -> None:
         self.rate = rate
@@ -28,6 +28,7 @@ class BucketState:
         self._stamp = now
         self._taken = 0.0
         self._was = (capacity, now, 0.0)  # (level, stamp, taken) before the latest take
+        self._mark = -math.inf  # the ticket of the last grant before a clamp lowered it
 
     def level(self, now: float) -> float:
         """The level at ``now`` (pure: changes nothing)."""
@@ -114,17 +115,42 @@ class BucketState:
         """Take back the latest :meth:`take` exactly, as if it had never happened."""
         self._level, self._stamp, self._taken = self._was
 
-    def clamp(self, most: float, until: float, now: float) -> None:
+    def clamp(self, most: float, until: float, now: float, refill: float | None = None) -> None:
         """Lower the level at ``now`` to at most ``most`` (never raises it).
 
-        ``until`` (when the server's own count resets) is not needed: the level refills
-        at the bucket's rate from ``now``, which is never faster than the server allows.
+        A grant made before a clamp that lowered the level gets nothing back from
+        :meth:`refund`: the server's count already covers it (what it used, or all of it
+        if the server gives nothing back), or it never reached the server, which the
+        clamp, made from the server's count alone, did not charge for either.
+
+        ``until`` (when the server's own count resets) and ``refill`` are not needed: the
+        level refills at the bucket's rate from ``now``, which is never faster than the
+        server allows once it is fitted to it (:meth:`retune`).
         """
-        del until
+        del until, refill
         level = self.level(now)
         if now > self._stamp:
             self._stamp = now
-        self._level = min(level, most)
+        if most < level:
+            self._level = most
+            self._mark = self._taken  # the server's count covers every grant so far
+        else:
+            self._level = level
+
+    def since(self, ticket: float, amount: float) -> float:
+        """How much was granted after the grant (of ``amount``) whose ticket is ``ticket``."""
+        del amount
+        return max(0.0, self._taken - ticket)
+
+    def retune(self, rate: float, capacity: float, now: float) -> None:
+        """Refill at ``rate`` up to ``capacity`` from ``now`` on (the level so far is
+        kept, down to the new capacity)."""
+        level = self.level(now)
+        if now > self._stamp:
+            self._stamp = now
+        self.rate = rate
+        self.capacity = capacity
+        self._level = min(level, capacity)
 
     def ready_at(self, amount: float, now: float) -> float:
         """The earliest instant ``t >= now`` with ``level(t) >= amount``.
@@ -150,8 +176,11 @@ class BucketState:
 
         What a refund may restore is bounded so that the guarantee holds as if the grant
         had never been made: at most ``amount``, and never more than ``capacity`` minus what
-        was granted after it. Returns the amount actually restored.
+        was granted after it; nothing for a grant made before a clamp (see :meth:`clamp`).
+        Returns the amount actually restored.
         """
+        if ticket <= self._mark:
+            return 0.0
         level = self.level(now)
         if now > self._stamp:
             self._stamp = now

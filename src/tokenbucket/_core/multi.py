@@ -17,6 +17,7 @@ Like every state in ``_core``, this one takes ``now`` as an argument and does no
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from .bucket import BucketState
@@ -48,7 +49,7 @@ class Meter:
     pool, which a server's report on one member never lowers.
     """
 
-    __slots__ = ("__weakref__", "claim", "core", "dim", "maximum", "rate", "sharers")
+    __slots__ = ("__weakref__", "claim", "core", "dim", "maximum", "most", "rate", "sharers")
 
     core: BucketState | WindowLog
 
@@ -59,7 +60,8 @@ class Meter:
             self.core = WindowLog(rate.amount, rate.period)
         else:
             self.core = BucketState(rate.amount / rate.period, rate.burst)
-        self.maximum = self.core.maximum
+        self.maximum = self.core.maximum  # as configured: what a request may ask for
+        self.most = self.maximum  # as fitted to a server (see fit): what a grant needs
         self.sharers = 0
         self.claim: Request | None = None
 
@@ -75,20 +77,44 @@ class Meter:
         return f"<Meter {self.describe()}>"
 
 
+@dataclass(frozen=True, slots=True)
+class _ServerRate:
+    """A server's limit as a bucket (the rate of a window meter's shadow)."""
+
+    per_second: float
+    capacity: float
+
+    @property
+    def amount(self) -> float:
+        return self.per_second
+
+    @property
+    def period(self) -> float:
+        return 1.0
+
+    @property
+    def burst(self) -> float:
+        return self.capacity
+
+    def __str__(self) -> str:
+        return f"{self.per_second:g}/s as the server refills"
+
+
 class Request:
     """What one acquisition asks for: an amount per dimension, and a slot or not.
 
     ``seq`` is its arrival order across every state sharing a meter. Only a request that
     waits needs one (see :meth:`MultiState.claim`); until it is given one it counts as
-    later than every request that has.
+    later than every request that has. ``at`` is the instant a state granted it.
     """
 
-    __slots__ = ("amounts", "seq", "slot")
+    __slots__ = ("amounts", "at", "seq", "slot")
 
     def __init__(self, amounts: tuple[float, ...], slot: bool, seq: float = _INF) -> None:
         self.amounts = amounts
         self.slot = slot
         self.seq = seq
+        self.at = -_INF  # the instant it was granted
 
     def __repr__(self) -> str:
         return f"Request({self.amounts!r}, slot={self.slot!r}, seq={self.seq!r})"
@@ -111,6 +137,7 @@ class MultiState:
         "meters",
         "paused_until",
         "seen",
+        "shadows",
         "ticket",
     )
 
@@ -127,6 +154,10 @@ class MultiState:
         self.seen = -_INF  # the latest instant this state has been asked about
         self.freed: list[Meter] = []  # shared meters whose claim a grant just released
         self.ticket: list[float | None] = []  # of the most recent grant
+        # Per index of a window meter, the bucket that models the server behind it (see
+        # fit); after the meters in the pairs, so a grant made before it has a shorter
+        # ticket.
+        self.shadows: dict[int, Meter] = {}
         self.add(dims, meters)
 
     def add(self, dims: Iterable[str], meters: Iterable[Meter]) -> None:
@@ -174,7 +205,7 @@ class MultiState:
                     self._undo(tickets)
                     return False
                 claimed = claimed or claim is request
-            most = meter.maximum  # a request in debt waits for a full meter
+            most = meter.most  # a request in debt waits for a full meter
             ticket = core.take(amount, amount if amount < most else most, now)
             if ticket is None:
                 self._undo(tickets)
@@ -183,6 +214,7 @@ class MultiState:
         if request.slot:
             self.in_flight += 1
         self.ticket = tickets
+        request.at = now
         if claimed:
             self.freed.extend(self.unclaim(request))
         return True
@@ -207,7 +239,7 @@ class MultiState:
                 claim = meter.claim
                 if claim is not None and claim.seq < request.seq:
                     return _INF
-                when = max(when, core.ready_at(min(amount, meter.maximum), now))
+                when = max(when, core.ready_at(min(amount, meter.most), now))
         return when
 
     def claim(self, request: Request, now: float) -> None:
@@ -219,7 +251,7 @@ class MultiState:
                 amount
                 and meter.sharers > 1
                 and (meter.claim is None or request.seq < meter.claim.seq)
-                and not core.fits(min(amount, meter.maximum), now)
+                and not core.fits(min(amount, meter.most), now)
             ):
                 meter.claim = request
 
@@ -236,7 +268,7 @@ class MultiState:
         """Undo a grant whose holder left before using it (as far as each meter safely
         can), and free its slot."""
         amounts = request.amounts
-        for (_, core, index), entry in zip(self._pairs, ticket, strict=True):
+        for (_, core, index), entry in zip(self._pairs, ticket, strict=False):
             amount = amounts[index]
             if amount and entry is not None:
                 core.refund(amount, entry, now)
@@ -258,7 +290,7 @@ class MultiState:
         """Replace a grant's amounts (by dimension index) with ``actual``: an overrun is
         charged as debt, an unused part is refunded. Returns the meters refunded."""
         refunded: list[Meter] = []
-        for (meter, core, index), entry in zip(self._pairs, ticket, strict=True):
+        for (meter, core, index), entry in zip(self._pairs, ticket, strict=False):
             if index not in actual:
                 continue
             difference = actual[index] - request.amounts[index]
@@ -269,9 +301,58 @@ class MultiState:
                 refunded.append(meter)
         return refunded
 
-    def clamp(self, meter: Meter, remaining: float, until: float, now: float) -> None:
-        """Make ``meter`` grant at most ``remaining`` until ``until`` (a server's view)."""
-        meter.core.clamp(remaining, until, now)
+    def clamp(
+        self,
+        meter: Meter,
+        remaining: float,
+        until: float,
+        now: float,
+        refill: float | None = None,
+        seen: tuple[Request, Sequence[float | None]] | None = None,
+    ) -> None:
+        """Make ``meter`` grant at most ``remaining`` until ``until`` (a server's view),
+        what it holds back coming back at ``refill`` units/s if given.
+
+        ``seen``: the grant (request and ticket) whose response reported it. The server
+        counted ``remaining`` when that request reached it, before the grants made here
+        since, which it may not have seen yet: they are taken off it, and what the server
+        refilled since (at ``refill``) is added.
+        """
+        if seen is not None:
+            request, ticket = seen
+            position = next(i for i, (m, _, _) in enumerate(self._pairs) if m is meter)
+            entry = ticket[position] if position < len(ticket) else None
+            if entry is not None and request.at <= now:
+                own = request.amounts[self._pairs[position][2]]
+                remaining -= meter.core.since(entry, own)
+                remaining += (refill or 0.0) * (now - request.at)
+        meter.core.clamp(remaining, until, now, refill)
+
+    def fit(self, meter: Meter, rate: float, capacity: float, now: float) -> Meter:
+        """Model the server behind ``meter`` as a bucket that refills at ``rate`` up to
+        ``capacity``; return the meter that models it.
+
+        A bucket meter is retuned to it (``_feedback.fitted`` gives the lesser of its own
+        parameters and the server's). A window meter keeps its own limit and gets such a
+        bucket beside it, its *shadow*, which every later grant of its dimension takes
+        from too. A request larger than ``capacity`` waits for a full bucket and goes
+        into debt, as with ``allow_debt``, instead of waiting forever.
+        """
+        if isinstance(meter.core, BucketState):
+            meter.core.retune(rate, capacity, now)
+            meter.most = min(meter.maximum, capacity)
+            return meter
+        index = self.meters.index(meter)
+        shadow = self.shadows.get(index)
+        if shadow is None:
+            shadow = Meter(meter.dim, _ServerRate(rate, capacity))
+            self.shadows[index] = shadow
+            self._pairs.append((shadow, shadow.core, self.dims.index(meter.dim)))
+        else:
+            assert isinstance(shadow.core, BucketState)
+            shadow.core.retune(rate, capacity, now)
+            shadow.maximum = shadow.most = capacity
+        return shadow
 
     def pause(self, until: float, now: float) -> None:
         """Grant nothing before ``until``; a pause already longer stays."""
@@ -285,7 +366,7 @@ class MultiState:
     def available(self, now: float) -> dict[str, float]:
         """Per dimension, the most one request could take at ``now`` (negative in debt)."""
         available: dict[str, float] = {}
-        for meter in self.meters:
+        for meter, _, _ in self._pairs:
             level = meter.core.level(now)
             if level < available.get(meter.dim, _INF):
                 available[meter.dim] = level
@@ -296,7 +377,7 @@ class MultiState:
         return (
             self.in_flight == 0
             and self.paused_until <= now
-            and all(m.core.at_rest(now) for m in self.meters)
+            and all(core.at_rest(now) for _, core, _ in self._pairs)
         )
 
     def prime(self, since: float, grants: Iterable[tuple[float, Sequence[float]]]) -> None:
@@ -327,5 +408,5 @@ class MultiState:
         else:
             self.paused_until = -_INF
         self.seen = now
-        for meter in self.meters if meters is None else meters:
+        for meter in [m for m, _, _ in self._pairs] if meters is None else meters:
             meter.core.rebase(now)

@@ -8,6 +8,9 @@ from bisect import bisect_left, bisect_right
 __all__ = ["WindowLog"]
 
 _COMPACT_AT = 64
+# What a clamp holds back from a window, when it comes back gradually, leaves it in equal
+# parts of about 1/_PIECES of the limit (at most _PIECES of them; one if it is less).
+_PIECES = 64
 
 
 class WindowLog:
@@ -27,6 +30,7 @@ class WindowLog:
         "_expiry",
         "_head",
         "_last",
+        "_mark",
         "_offset",
         "_total",
         "_was",
@@ -47,6 +51,7 @@ class WindowLog:
         # never the entries or the tickets already given out.
         self._offset = 0.0
         self._was: float | None = None  # the last total before the latest take, if merged
+        self._mark = -math.inf  # the ticket of a grant made when a clamp last lowered it
 
     def _expire(self, now: float) -> float:
         if now > self._last:
@@ -187,13 +192,15 @@ class WindowLog:
         else:
             self._total[-1] = self._was
 
-    def clamp(self, most: float, until: float, now: float) -> None:
+    def clamp(self, most: float, until: float, now: float, refill: float | None = None) -> None:
         """Make at most ``most`` grantable from ``now`` until ``until`` (at most one window
-        from now).
+        from now); with ``refill`` (units/s: the server's capacity comes back gradually),
+        let it come back at that rate instead of all at ``until``.
 
-        Records the missing usage as one grant that leaves the window at ``until``,
-        inserted in order among the grants already logged. Costs O(entries) when it
-        lowers anything, nothing otherwise.
+        Records the missing usage as grants that leave the window then: one at ``until``,
+        or, with ``refill``, equal parts of about 1/64 of the limit, each leaving as soon
+        as that much has come back (never after ``until``), merged in order among the
+        grants already logged. Costs O(entries) when it lowers anything, nothing otherwise.
         """
         now = self._expire(self._inside(now) if self._offset else now)
         if self._offset:
@@ -201,22 +208,73 @@ class WindowLog:
         excess = self.limit - self._used() - most
         if excess <= 0:
             return
-        expires = max(min(until, now + self.window), math.nextafter(now, math.inf))
-        expiry = self._expiry
-        if self._head == len(expiry) or expiry[-1] <= expires:
-            self._append(expires, excess)
+        self._mark = self._expiry_of(now)  # see refund
+        earliest = math.nextafter(now, math.inf)
+        until = max(min(until, now + self.window), earliest)
+        if refill is None or refill <= 0:
+            self._hold([(until, excess)])
             return
-        total = self._total
-        i = bisect_left(expiry, expires, self._head)
-        if expiry[i] == expires:
-            start = i
-        else:
-            previous = total[i - 1] if i > self._head else self._base
-            expiry.insert(i, expires)
-            total.insert(i, previous)
-            start = i
-        for j in range(start, len(total)):
-            total[j] += excess
+        count = min(_PIECES, math.ceil(excess * _PIECES / self.limit))
+        part = excess / count
+        self._hold(
+            [
+                (max(min(now + k * part / refill, until), earliest), part)
+                for k in range(1, count + 1)
+            ]
+        )
+
+    def since(self, ticket: float, amount: float) -> float:
+        """How much still in the window was granted after the grant of ``amount`` whose
+        ticket is ``ticket`` (grants at the same instant, merged with it, count too)."""
+        expiry = self._expiry
+        i = bisect_left(expiry, ticket, self._head)
+        if i >= len(expiry):
+            return 0.0
+        before = self._total[i - 1] if i > self._head else self._base
+        return max(0.0, self._total[-1] - before - amount)
+
+    def _hold(self, pieces: list[tuple[float, float]]) -> None:
+        """Log ``pieces`` (``(expiry, amount)``, in order, all after the last expiry seen)
+        among the entries: one pass over the entries that expire after the first."""
+        expiry, total = self._expiry, self._total
+        head = self._head
+        first = pieces[0][0]
+        if head == len(expiry) or expiry[-1] <= first:
+            for expires, amount in pieces:
+                self._append(expires, amount)
+            return
+        i = bisect_left(expiry, first, head)
+        before = total[i - 1] if i > head else self._base  # the running total so far
+        added = 0.0
+        merged_expiry: list[float] = []
+        merged_total: list[float] = []
+        j, count = 0, len(pieces)
+        for k in range(i, len(expiry)):
+            expires = expiry[k]
+            while j < count and pieces[j][0] < expires:
+                added += pieces[j][1]
+                if merged_expiry and merged_expiry[-1] == pieces[j][0]:
+                    merged_total[-1] = before + added
+                else:
+                    merged_expiry.append(pieces[j][0])
+                    merged_total.append(before + added)
+                j += 1
+            while j < count and pieces[j][0] == expires:
+                added += pieces[j][1]
+                j += 1
+            before = total[k]
+            merged_expiry.append(expires)
+            merged_total.append(before + added)
+        while j < count:
+            added += pieces[j][1]
+            if merged_expiry[-1] == pieces[j][0]:
+                merged_total[-1] = before + added
+            else:
+                merged_expiry.append(pieces[j][0])
+                merged_total.append(before + added)
+            j += 1
+        expiry[i:] = merged_expiry
+        total[i:] = merged_total
 
     def _append(self, expires: float, amount: float) -> None:
         total = self._total
@@ -285,8 +343,13 @@ class WindowLog:
 
         Removing a grant from the log can only lower every window's sum, so this is always
         safe. A grant that has already left the window needs no refund. Returns the amount
-        removed.
+        removed. A grant made before a clamp that lowered the window gets nothing back:
+        the server's count already covers it (what it used, or all of it if the server
+        gives nothing back), or it never reached the server, which the clamp, made from
+        the server's count alone, did not charge for either.
         """
+        if ticket <= self._mark:
+            return 0.0
         self._expire(self._inside(now) if self._offset else now)
         expiry = self._expiry
         i = bisect_left(expiry, ticket, self._head)

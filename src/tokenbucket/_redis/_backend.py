@@ -506,7 +506,7 @@ class RedisBackend:
         self,
         pause_key: str,
         pause: float | None,
-        clamps: Sequence[tuple[MeterSpec, float, float]],
+        clamps: Sequence[tuple[MeterSpec, float, float, float | None]],
     ) -> None:
         """Pause for ``pause`` seconds and lower meters to ``(remaining, reset)``."""
         keys, args = _protocol.encode_feedback(self._now_arg(), pause_key, pause, clamps)

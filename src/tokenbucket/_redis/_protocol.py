@@ -124,7 +124,7 @@ ADJUST: Final = Layout(
 FEEDBACK: Final = Layout(
     keys=("pause_key", "..."),
     head=("now", "slack", "pause", "meters"),
-    groups=(Group("meter", "meters", (*_METER, "remaining", "reset")),),
+    groups=(Group("meter", "meters", (*_METER, "remaining", "reset", "refill")),),
     indexes=("key",),
 )
 RELEASE: Final = Layout(
@@ -363,16 +363,17 @@ def encode_feedback(
     now: str,
     pause_key: str,
     pause: float | None,
-    clamps: Sequence[tuple[MeterSpec, float, float]],
+    clamps: Sequence[tuple[MeterSpec, float, float, float | None]],
 ) -> tuple[list[str], list[Any]]:
     """feedback.lua's KEYS and ARGV: pause ``pause`` seconds (``None``: no pause) and
-    lower each meter to ``(remaining, reset)``."""
+    lower each meter to ``(remaining, reset, refill)`` (``refill``: the rate at which
+    the server's capacity comes back, or ``None``)."""
     keys: list[str] = [pause_key]
     args: list[Any] = [now, SLACK_MS, -1 if pause is None else pause, len(clamps)]
-    for meter, remaining, reset in clamps:
+    for meter, remaining, reset, refill in clamps:
         keys.append(meter.key)
         args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2)]
-        args += [repr(remaining), repr(reset)]
+        args += [repr(remaining), repr(reset), 0 if refill is None else repr(refill)]
     return keys, args
 
 

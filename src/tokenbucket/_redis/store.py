@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._core import Request
@@ -89,6 +90,9 @@ class RedisStore:
             tuple(self.meters), self.pause_key, self.slots_key, spec.max_concurrency or 0
         )
         self._one = len(self.indexes) == 1
+        # Per index of a window meter, where among the meters the bucket that models the
+        # server behind it is (see _fit).
+        self._shadows: dict[int, int] = {}
         self._fallback = spec.fallback
         self._local: MemoryStore | None = None
         # The grants Redis made this process (loop instant, amounts), for as long as a
@@ -459,7 +463,8 @@ class RedisStore:
         new = list(request.amounts)
         for index, value in actual.items():
             new[index] = value
-        vector = [new[i] for i in self.indexes]
+        # A grant made before a meter was fitted (see _fit) has fewer meters.
+        vector = [new[i] for i in self.indexes[: len(ticket.meters)]]
         self.backend.spawn(self.backend.adjust(ticket, vector))
 
     def release(self, request: Request, ticket: object) -> Awaitable[None] | None:
@@ -469,13 +474,49 @@ class RedisStore:
             return self.backend.release(ticket)
         return None
 
-    def feedback(self, plan: FeedbackPlan) -> None:
-        clamps = [(self.meters[c.meter], c.remaining, c.reset) for c in plan.clamps]
+    def feedback(
+        self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
+    ) -> None:
+        # (The grants made since ``lease`` are not taken off what the server reports:
+        # they are in Redis, where other processes' are too.)
+        del lease, ticket
+        clamps: list[tuple[MeterSpec, float, float, float | None]] = []
+        for clamp in plan.clamps:
+            if clamp.fit is None:
+                clamps.append(
+                    (self.meters[clamp.meter], clamp.remaining, clamp.reset, clamp.refill)
+                )
+            else:
+                clamps.append(
+                    (self._fit(clamp.meter, *clamp.fit), clamp.remaining, clamp.reset, None)
+                )
         if plan.pause is not None:
             until = self.backend.running_loop().time() + plan.pause
             self.paused_until = max(self.paused_until, until)
         if clamps or plan.pause is not None:
             self.backend.spawn(self.backend.feedback(self.pause_key, plan.pause, clamps))
+
+    def _fit(self, index: int, rate: float, capacity: float) -> MeterSpec:
+        """Model the server behind meter ``index`` as a bucket of ``rate`` and ``capacity``
+        (see ``MultiState.fit``): a bucket meter is retuned, a window meter gets a bucket
+        beside it in Redis (its key: the window's, ``:server``), which every later call of
+        this process sends too. Returns the meter that models the server."""
+        meter = self.meters[index]
+        if meter.kind == "b":
+            fitted = replace(meter, p1=rate, p2=capacity)
+            self.meters[index] = fitted
+        else:
+            fitted = MeterSpec("b", meter.key + ":server", rate, capacity)
+            shadow = self._shadows.get(index)
+            if shadow is None:
+                self._shadows[index] = len(self.meters)
+                self.meters.append(fitted)
+                self.indexes.append(self.indexes[index])
+                self._one = False
+            else:
+                self.meters[shadow] = fitted
+        self.shape = replace(self.shape, meters=tuple(self.meters))
+        return fitted
 
     def statistics(self) -> LimiterStatistics:
         try:

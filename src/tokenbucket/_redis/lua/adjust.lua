@@ -24,7 +24,8 @@
 -- A window entry keeps its instant and takes the new amount (a smaller one lowers every
 -- window's sum; a larger one is debt later callers wait off). A bucket is charged an
 -- overrun (its schedule moves later); an unused part goes back only while the grant is
--- the latest on that bucket.
+-- the latest on that bucket. Neither gets an unused part back once a server's report has
+-- lowered it since the grant (feedback.lua): the server's count covers the grant.
 local slack = tonumber(ARGV[2])
 local record_ttl = tonumber(ARGV[3])
 local meters = tonumber(ARGV[4])
@@ -54,7 +55,9 @@ for _ = 1, meters do
           end
         end
       end
-    else
+    elseif diff > 0 or t > (tonumber(redis.call('GET', key .. ':mark') or '') or -math.huge) then
+      -- (An unused part goes back unless a server's report lowered the window since the
+      -- grant: its count covers it; see feedback.lua.)
       local st = log_open(key, now, p2)
       local removed = 0
       if old > 0 then

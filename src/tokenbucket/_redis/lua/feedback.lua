@@ -2,7 +2,7 @@
 --
 -- KEYS: pause_key, ...
 -- ARGV: now, slack, pause, meters
--- ARGV per meter (meters): kind, key, p1, p2, remaining, reset
+-- ARGV per meter (meters): kind, key, p1, p2, remaining, reset, refill
 --   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
 --   slack      ms that keys outlive what they hold
 --   pause_key  the limiter's pause key
@@ -15,6 +15,8 @@
 --   p2         bucket: capacity          window: window (s)
 --   remaining  what the server says is left
 --   reset      seconds until the server's reset
+--   refill     units/s at which the server's capacity comes back (0: all at the reset);
+--              what a window holds back leaves it as soon as that much has come back
 local slack = tonumber(ARGV[2])
 local pause = tonumber(ARGV[3])
 if pause >= 0 then
@@ -30,23 +32,40 @@ for _ = 1, meters do
   local kind, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
   local p1, p2 = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
   local remaining, reset = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
-  pos = pos + 6
+  local refill = tonumber(ARGV[pos + 6])
+  pos = pos + 7
   if kind == 'b' then
     local tat = tonumber(redis.call('GET', key) or '0')
     local floor = now + (p2 - remaining) / p1
     if floor > tat then
       redis.call('SET', key, string.format('%.17g', floor), 'PX', math.ceil((floor - now) * 1000) + slack)
+      -- The server's count covers every reservation so far: none is given back.
+      redis.call('DEL', key .. ':last')
     end
   else
     -- After log_open, every entry left is inside the window that ends now (or later).
     local st = log_open(key, now, p2)
     local excess = p1 - st.all - remaining
     if excess > 0 then
+      -- The server's count covers every reservation so far: none is given back (adjust.lua
+      -- and give.lua leave entries reserved at or before the mark alone).
+      redis.call('SET', key .. ':mark', string.format('%.17g', now), 'PX', math.ceil(p2 * 1000) + slack)
       if reset > p2 then reset = p2 end
-      local at = now + reset - p2
-      redis.call('ZADD', key, at, 'fb' .. string.format('%.17g', now) .. ':' .. string.format('%.17g', excess))
+      -- Held back until the reset; or, when the server's capacity comes back at
+      -- `refill`, in equal parts of about 1/64 of the limit (at most 64 of them), each
+      -- until that much has come back.
+      local parts = 1
+      if refill > 0 then parts = math.min(64, math.ceil(excess * 64 / p1)) end
+      local part = excess / parts
+      local stamp = 'fb' .. string.format('%.17g', now) .. '#'
+      for k = 1, parts do
+        local hold = reset
+        if refill > 0 and k * part / refill < hold then hold = k * part / refill end
+        local at = now + hold - p2
+        redis.call('ZADD', key, at, stamp .. k .. ':' .. string.format('%.17g', part))  -- '<id>:<amount>'
+        log_change(st, at, part)
+      end
       redis.call('PEXPIRE', key, math.ceil(p2 * 1000) + slack)
-      log_change(st, at, excess)
     end
     log_save(key, st)
   end

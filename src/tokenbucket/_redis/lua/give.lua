@@ -1,6 +1,7 @@
 -- Giving a reservation back (prepended, after log.lua, to the scripts that do).
 --
--- A window entry is removed (that can only lower every window's sum). A bucket's
+-- A window entry is removed (that can only lower every window's sum), unless a server's
+-- report has lowered the window since it was reserved (feedback.lua). A bucket's
 -- reservation is given back only while it is the latest one on that bucket, so no one
 -- reserved after it counted on it, and only once: the bucket then forgets its latest,
 -- so giving the same reservation back again (a retry whose first reply was lost) finds
@@ -21,6 +22,8 @@ local function give_back(kind, key, p1, span, amount, member, t)
     redis.call('DEL', key .. ':last')
     return 1
   end
+  local mark = tonumber(redis.call('GET', key .. ':mark') or '')
+  if mark and t <= mark then return 0 end  -- covered by a server's count (feedback.lua)
   local entry = member .. ':' .. log_num(amount)
   local score = tonumber(redis.call('ZSCORE', key, entry))
   if not score then return 0 end
