@@ -1,17 +1,22 @@
-"""Thousands of chat requests against a rate-limited server: naive, then through tokenbucket.
+"""Thousands of chat requests through the official SDKs against a rate-limited server:
+naive, then through ``tokenbucket.AsyncLimitedTransport``.
 
-Starts a local, OpenAI-compatible server (the ``fake_provider`` package next to this file)
-that enforces requests and tokens per period the way providers do (429 with
-``Retry-After`` and ``x-ratelimit-*`` headers), then sends the same chat requests to it
-through the official ``openai`` SDK twice:
+Starts a local server (the ``fake_provider`` package next to this file) that enforces
+requests and tokens per period the way OpenAI does (token buckets; 429 with
+``Retry-After``; ``x-ratelimit-*`` headers whose reset is the time until full), then
+sends the same chat requests to it through the official SDKs, with their default
+retries on, in four runs:
 
-1. naively: ``asyncio.gather`` over every request, relying on the SDK's retries;
-2. through a :class:`tokenbucket.BucketGroup`: one ``acquire`` per request covering
-   requests, tokens and a cap on calls in flight, settled with the real usage and fed
-   the server's rate-limit headers.
+1. naively, with the ``openai`` SDK: ``asyncio.gather`` over every request, relying on
+   the SDK's retries;
+2. through the transport, with the server's limits: two lines, and every call, retry and
+   stream of the client is limited, settled from its usage and paced by the headers;
+3. the same with limits set 5x too high, which the server's headers correct;
+4. the ``anthropic`` SDK through the transport (the server speaks its Messages API and
+   ``anthropic-ratelimit-*`` headers too).
 
 Time is compressed: the limits are per second instead of per minute, so it runs in
-well under a minute. Run it with ``python examples/llm_demo.py`` (``--help`` for sizes).
+about a minute. ``python examples/llm_demo.py`` (``--help`` for sizes).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anthropic
+import httpx2
 import openai
 
 import tokenbucket as tb
@@ -35,20 +42,14 @@ from fake_provider import LLMServer, ServerStats, estimate_prompt_tokens
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from openai.types.chat import ChatCompletionMessageParam
-
 MODEL = "gpt-demo"
+RUNS = ("naive", "transport", "transport, limits 5x too high", "transport, anthropic SDK")
 
 
 @dataclass(frozen=True)
 class ChatRequest:
-    messages: list[ChatCompletionMessageParam]
+    text: str
     max_tokens: int
-
-    @property
-    def estimate(self) -> int:
-        """What the server charges on arrival: prompt + max_tokens."""
-        return estimate_prompt_tokens(self.messages) + self.max_tokens
 
 
 @dataclass(frozen=True)
@@ -65,44 +66,54 @@ class Outcome:
     tpm: int
     period: float
 
-    @property
-    def retries(self) -> int:
-        # Every 429 the server sent was either retried by the SDK or ended in a failure.
-        return self.stats.requests_429 - self.failed
-
-    def rates(self) -> tuple[float, float]:
+    def rates(self) -> dict[str, float]:
         """Requests and tokens (prompt + completion) per second the server served, from
         the first request's arrival to the last's."""
         duration = max(self.stats.duration, 1e-9)
-        return self.stats.requests_ok / duration, self.stats.tokens_used / duration
+        return {
+            "requests": self.stats.requests_ok / duration,
+            "tokens": self.stats.tokens_used / duration,
+        }
+
+    def shares(self) -> dict[str, float]:
+        """What the server served as a share of what its limits allowed over the run:
+        the full bucket it started with, and its refill."""
+        allowed = 1 + self.stats.duration / self.period  # limits' worth
+        return {
+            "requests": self.stats.requests_ok / (self.rpm * allowed),
+            "tokens": self.stats.tokens_used / (self.tpm * allowed),
+        }
+
+    @property
+    def binding(self) -> tuple[str, float]:
+        """The limit that bound the run (the one used the most) and its share."""
+        shares = self.shares()
+        name = max(shares, key=shares.__getitem__)
+        return name, shares[name]
 
 
 def make_requests(count: int, seed: int = 7) -> list[ChatRequest]:
     """``count`` chat requests with seeded, varied prompt lengths and ``max_tokens``."""
     rng = random.Random(seed)
-    words = [
-        "rate",
-        "limits",
-        "tokens",
-        "requests",
-        "fair",
-        "exact",
-        "queue",
-        "await",
-        "server",
-        "bucket",
-        "window",
-    ]
+    words = ["rate", "limits", "tokens", "requests", "fair", "exact", "queue", "await"]
+    words += ["server", "bucket", "window"]
     requests = []
     for _ in range(count):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(15, 250)))
-        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": text}]
-        requests.append(ChatRequest(messages, max_tokens=rng.randint(50, 300)))
+        requests.append(ChatRequest(text, max_tokens=rng.randint(50, 300)))
     return requests
 
 
+def count_tokens(value: object) -> float:
+    """The server's own prompt estimate, as the transport's token counter (with a real
+    provider: its tokenizer, e.g. tiktoken)."""
+    if isinstance(value, list):
+        return estimate_prompt_tokens(value)
+    return -(-len(value) // 4) if isinstance(value, str) else 0
+
+
 class Progress:
-    """A one-line progress bar on stderr."""
+    """A one-line progress bar on stderr, shown only when stderr is a terminal."""
 
     def __init__(self, label: str, total: int) -> None:
         self.label = label
@@ -110,19 +121,20 @@ class Progress:
         self.done = 0
         self.errors = 0
         self._shown = -1.0
+        self._on = sys.stderr.isatty()
 
     def step(self, *, error: bool = False) -> None:
         self.done += 1
         self.errors += error
         now = time.monotonic()
-        if now - self._shown >= 0.1 or self.done == self.total:
+        if self._on and (now - self._shown >= 0.1 or self.done == self.total):
             self._shown = now
             width = 30
             filled = width * self.done // self.total
             bar = "#" * filled + "." * (width - filled)
             end = "\n" if self.done == self.total else ""
             print(
-                f"\r  {self.label:<12} [{bar}] {self.done:>5}/{self.total}  errors {self.errors}",
+                f"\r  {self.label:<30} [{bar}] {self.done:>5}/{self.total}  failed {self.errors}",
                 end=end,
                 file=sys.stderr,
                 flush=True,
@@ -138,7 +150,7 @@ async def run_all(
     async def one(request: ChatRequest) -> bool:
         try:
             await send(request)
-        except openai.APIError:
+        except (openai.APIError, anthropic.APIError):
             progress.step(error=True)
             return False
         progress.step()
@@ -148,76 +160,84 @@ async def run_all(
     return sum(results), len(results) - sum(results)
 
 
-async def run_naive(client: openai.AsyncOpenAI, requests: list[ChatRequest]) -> tuple[int, int]:
-    """Everything at once; the SDK retries 429s (honouring Retry-After) up to its limit."""
-
-    async def send(request: ChatRequest) -> object:
-        return await client.chat.completions.create(
-            model=MODEL, messages=request.messages, max_tokens=request.max_tokens
-        )
-
-    return await run_all("naive", requests, send)
-
-
-async def run_limited(
-    client: openai.AsyncOpenAI, requests: list[ChatRequest], limits: tb.BucketGroup
-) -> tuple[int, int]:
-    """The same requests, each in one ``acquire`` of the model's limits."""
-
-    async def send(request: ChatRequest) -> None:
-        try:
-            async with limits.acquire(MODEL, tokens=request.estimate) as lease:
-                raw = await client.chat.completions.with_raw_response.create(
-                    model=MODEL, messages=request.messages, max_tokens=request.max_tokens
-                )
-                lease.feedback(raw.headers)  # the server's view of what is left
-                completion = raw.parse()
-                if completion.usage is not None:
-                    lease.settle(tokens=completion.usage.total_tokens)
-        except openai.RateLimitError as exc:
-            limits[MODEL].feedback(exc.response.headers, status=429)
-            raise
-
-    return await run_all("tokenbucket", requests, send)
-
-
-def limits_for(rpm: int, tpm: int, period: float, margin: float) -> tb.BucketGroup:
-    """The server's limits over the server's period, a margin below them for the
-    jitter between a grant and the request's arrival at the server (a limit's worth
-    admitted at one window's edge can arrive closer together than a period), per model.
-    (With a real provider: ``requests_per_minute=...``.)"""
-    limiter = tb.Limiter(
+def limits_for(rpm: float, tpm: float, period: float) -> tb.Limiter:
+    """The server's limits over its period, as the token buckets they are: a burst of a
+    whole period, then the refill. (With a real provider: ``tb.Limiter(requests_per_minute=
+    tb.per_minute(500, burst=500), ..., max_concurrency=64)``, or a ``tb.BucketGroup``
+    with one per model. A limit without a burst is an exact sliding window: it never
+    admits more than N in any rolling minute, and forgoes the server's initial burst.)"""
+    return tb.Limiter(
         {
-            "requests": tb.Rate(rpm * margin, period),
-            "tokens": tb.Rate(tpm * margin, period),
+            "requests": tb.Rate(rpm, period, burst=rpm),
+            "tokens": tb.Rate(tpm, period, burst=tpm),
         },
         max_concurrency=64,
     )
-    return tb.BucketGroup({MODEL: limiter})
+
+
+def transport_client(limits: tb.Limiter) -> httpx2.AsyncClient:
+    """An HTTP client whose every model call is limited by ``limits``: the two lines."""
+    return httpx2.AsyncClient(
+        transport=tb.AsyncLimitedTransport(limits, token_counter=count_tokens)
+    )
+
+
+def sender(
+    server: LLMServer, label: str, limits: tb.Limiter | None
+) -> tuple[Callable[[ChatRequest], Awaitable[object]], Callable[[], Awaitable[None]]]:
+    """How ``label`` sends a request (with the SDK's default retries), and how it closes."""
+    http = None if limits is None else transport_client(limits)
+    if "anthropic" in label:
+        claude = anthropic.AsyncAnthropic(base_url=server.url, api_key="local", http_client=http)
+
+        async def send_message(request: ChatRequest) -> object:
+            return await claude.messages.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": request.text}],
+                max_tokens=request.max_tokens,
+            )
+
+        return send_message, claude.close
+    client = openai.AsyncOpenAI(base_url=server.base_url, api_key="local", http_client=http)
+
+    async def send_chat(request: ChatRequest) -> object:
+        return await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": request.text}],
+            max_tokens=request.max_tokens,
+        )
+
+    return send_chat, client.close
 
 
 async def demonstrate(
-    *, count: int, rpm: int, tpm: int, period: float, naive: bool = True, margin: float = 0.97
+    *,
+    count: int,
+    rpm: int,
+    tpm: int,
+    period: float,
+    runs: tuple[str, ...] = RUNS,
+    margin: float = 0.97,
 ) -> list[Outcome]:
+    """Each of ``runs`` against one server, refilled between them. ``margin``: the share
+    of the server's limits the limiter is given (a grant reaches the server some
+    milliseconds later, and not all in the same order)."""
     requests = make_requests(count)
     outcomes = []
     with LLMServer(
         rpm=rpm, tpm=tpm, period=period, latency=(0.05, 0.25), seed=1, count_usage=True
     ) as server:
-        phases: list[str] = ["naive", "tokenbucket"] if naive else ["tokenbucket"]
-        for label in phases:
+        for label in runs:
             server.refill()
             server.reset_stats()
-            client = openai.AsyncOpenAI(base_url=server.base_url, api_key="local", max_retries=2)
+            scale = 5 * margin if "5x" in label else margin
+            limits = None if label == "naive" else limits_for(rpm * scale, tpm * scale, period)
+            send, close = sender(server, label, limits)
             start = time.monotonic()
             try:
-                if label == "naive":
-                    ok, failed = await run_naive(client, requests)
-                else:
-                    group = limits_for(rpm, tpm, period, margin)
-                    ok, failed = await run_limited(client, requests, group)
+                ok, failed = await run_all(label, requests, send)
             finally:
-                await client.close()
+                await close()
             wall = time.monotonic() - start
             outcomes.append(
                 Outcome(label, count, ok, failed, server.stats(), wall, rpm, tpm, period)
@@ -227,12 +247,12 @@ async def demonstrate(
 
 def table(outcomes: list[Outcome]) -> str:
     """A Markdown table of the runs."""
-    head = ["run", "sent", "succeeded", "failed", "429s", "retries"]
-    head += ["requests/s (of limit)", "tokens/s (of limit)", "wall s"]
+    head = ["run", "sent", "succeeded", "failed", "429s"]
+    head += ["requests/s", "tokens/s", "binding limit", "wall s"]
     body = []
     for o in outcomes:
-        requests, tokens = o.rates()
-        req_limit, tok_limit = o.rpm / o.period, o.tpm / o.period
+        rates, shares = o.rates(), o.shares()
+        name, share = o.binding
         body.append(
             [
                 o.label,
@@ -240,9 +260,9 @@ def table(outcomes: list[Outcome]) -> str:
                 f"{o.succeeded:,}",
                 f"{o.failed:,}",
                 f"{o.stats.requests_429:,}",
-                f"{o.retries:,}",
-                f"{requests:.1f} ({requests / req_limit:.0%} of {req_limit:g})",
-                f"{tokens:,.0f} ({tokens / tok_limit:.0%} of {tok_limit:,.0f})",
+                f"{rates['requests']:,.1f} ({shares['requests']:.0%})",
+                f"{rates['tokens']:,.0f} ({shares['tokens']:.0%})",
+                f"{name} {share:.0%}",
                 f"{o.wall:.1f}",
             ]
         )
@@ -261,32 +281,29 @@ def table(outcomes: list[Outcome]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=1500, help="chat requests per run")
+    parser.add_argument("--requests", type=int, default=1000, help="chat requests per run")
     parser.add_argument("--rpm", type=int, default=100, help="server: requests per period")
     parser.add_argument("--tpm", type=int, default=30_000, help="server: tokens per period")
     parser.add_argument("--period", type=float, default=1.0, help="server: period in seconds")
-    parser.add_argument("--skip-naive", action="store_true", help="only the limited run")
+    parser.add_argument("--skip-naive", action="store_true", help="only the limited runs")
     args = parser.parse_args(argv)
     print(
         f"Local server: {args.rpm} requests and {args.tpm:,} tokens per {args.period:g} s "
         f"(time compressed: per second instead of per minute); {args.requests:,} chat "
-        "requests through the official openai SDK.",
+        "requests per run through the official openai and anthropic SDKs, default retries on.",
         flush=True,
     )
+    runs = RUNS[1:] if args.skip_naive else RUNS
     outcomes = asyncio.run(
-        demonstrate(
-            count=args.requests,
-            rpm=args.rpm,
-            tpm=args.tpm,
-            period=args.period,
-            naive=not args.skip_naive,
-        )
+        demonstrate(count=args.requests, rpm=args.rpm, tpm=args.tpm, period=args.period, runs=runs)
     )
     print()
     print(table(outcomes))
     print(
-        "\nRates are what the server served, from the first request's arrival to the last's;"
-        "\ntokens are what the requests really used (prompt + completion)."
+        "\nrequests/s and tokens/s: what the server served, from the first request's arrival"
+        "\nto the last's (tokens: what the requests really used, prompt + completion), and in"
+        "\nbrackets as a share of what its limits allowed over that time (the full bucket it"
+        "\nstarted with, and its refill). The binding limit is the one used the most."
     )
 
 
