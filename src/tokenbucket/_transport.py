@@ -393,6 +393,19 @@ def _content(response: Any) -> bytes | None:
     return content if isinstance(content, bytes) else None
 
 
+_NO_USAGE: Final = b'"usage":null'  # in every chunk of an OpenAI stream with usage
+
+
+def _may_hold_usage(line: bytearray) -> bool:
+    """Whether a server-sent event's line may report usage: it names ``usage`` (or
+    ``usageMetadata``, or ``message``, all holding ``sage``), other than as the
+    ``"usage":null`` of OpenAI's chunks before the last. Without a ``\\u`` escape in the
+    line, a key that reads ``usage`` once parsed is written as such, so a line whose
+    every ``sage`` is in a ``"usage":null`` has no usage to read."""
+    seen = line.count(b"sage")
+    return seen > 0 and (seen != line.count(_NO_USAGE) or b"\\u" in line)
+
+
 class _Settlement:
     """One response's usage, read from its body as it passes, and the end of its lease."""
 
@@ -465,7 +478,7 @@ class _Settlement:
                     line.clear()  # too long to be a usage event
                 return
             line += data[start:end]
-            if line.startswith(b"data:") and b"sage" in line:
+            if line.startswith(b"data:") and _may_hold_usage(line):
                 self._event_data(bytes(line[5:]))
             line.clear()
             start = end + 1
