@@ -386,6 +386,8 @@ def _header(headers: list[tuple[str, str]], name: str) -> str:
 
 def _content(response: Any) -> bytes | None:
     """The response's body if it was read already (decoded), else ``None``."""
+    if getattr(response, "is_stream_consumed", True) is False:
+        return None  # the usual case, a body still to stream: no ResponseNotRead to raise
     try:
         content = response.content
     except Exception:  # ResponseNotRead: the usual case, a body still to stream
