@@ -497,7 +497,7 @@ class _Settlement:
             for entry in payload:
                 self._read(entry)
             return
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):
             return
         get = payload.get
         for usage in (
