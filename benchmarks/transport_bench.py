@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import math
 import os
+import random
 import re
 import signal
 import statistics
@@ -37,7 +39,6 @@ from _harness import (
     describe,
     environment,
     markdown_table,
-    number,
     progress,
     rotated,
     write_json,
@@ -49,6 +50,7 @@ GOAL = 0.05  # the transport's overhead, as a share of the bare call's client CP
 NEVER = 10**9  # requests per minute no run reaches (tokens: a thousand times more)
 MODEL = "gpt-bench"
 MAX_TOKENS = 200
+USED = 150.0  # the usage the floors settle
 MESSAGES: list[Any] = [
     {
         "role": "system",
@@ -68,57 +70,74 @@ MESSAGES: list[Any] = [
 @dataclass(frozen=True)
 class Config:
     mode: str
-    calls: int  # sequential calls per measured batch
-    rounds: int  # every batch once per round, in a rotating order
+    calls: int  # calls of each client per round, one client after the other
+    rounds: int  # medians of each round give the spread of the overhead
     warmup: int  # calls per client before the first round (connections, caches)
     floor_factor: int  # the floor batches make this many times more (cheap) calls
 
 
-FULL = Config("full", calls=40, rounds=21, warmup=20, floor_factor=5)
-QUICK = Config("quick", calls=15, rounds=2, warmup=3, floor_factor=2)
+FULL = Config("full", calls=50, rounds=12, warmup=20, floor_factor=20)
+QUICK = Config("quick", calls=10, rounds=2, warmup=3, floor_factor=5)
 
 Call = Callable[[], Awaitable[None]]
+ESTIMATE = float(tb.estimate_tokens(MESSAGES) + MAX_TOKENS)  # as the transport's
+
+
+VARIANTS = ("bare", "limited", "lease", "lease+feedback")  # the last two: httpx2 only
+LOOP = "loop"  # the "library" of the floors measured in a tight loop, without any call
 
 
 @dataclass
-class Row:
-    """One client (library, streaming or not): CPU per call of each round, bare and limited."""
+class Results:
+    """CPU seconds of every call (of every batch, for the tight loops) by round, keyed by
+    (library, variant, streaming)."""
 
-    library: str
-    stream: bool
-    bare: list[float] = field(default_factory=list)
-    limited: list[float] = field(default_factory=list)
+    cpu: dict[str, list[list[float]]] = field(default_factory=dict)
 
-    @property
-    def name(self) -> str:
-        return f"openai + {self.library}, {'stream with usage' if self.stream else 'JSON'}"
+    @staticmethod
+    def key(library: str, variant: str, stream: bool) -> str:
+        return f"{library} {variant} {'stream' if stream else 'json'}"
 
-    @property
-    def bare_us(self) -> float:
-        return statistics.median(self.bare) * 1e6
+    def add(self, key: str, turn: int, seconds: float) -> None:
+        rounds = self.cpu.setdefault(key, [])
+        rounds += [[] for _ in range(turn + 1 - len(rounds))]
+        rounds[turn].append(seconds)
 
-    @property
-    def limited_us(self) -> float:
-        return statistics.median(self.limited) * 1e6
+    def us(self, library: str, variant: str, stream: bool) -> float:
+        """The median over every round, in microseconds (NaN when not measured)."""
+        found = [
+            x for rounds in self.cpu.get(self.key(library, variant, stream), []) for x in rounds
+        ]
+        return statistics.median(found) * 1e6 if found else math.nan
 
-    @property
-    def overhead(self) -> float:
-        return (self.limited_us - self.bare_us) / self.bare_us
-
-    @property
-    def paired(self) -> list[float]:
-        """The overhead of each round, limited against the bare batch of the same round."""
-        return [limited / bare - 1 for bare, limited in zip(self.bare, self.limited, strict=True)]
+    def paired(self, library: str, variant: str, stream: bool) -> list[float]:
+        """The overhead of each round: ``variant``'s median against the bare one's."""
+        bare = self.cpu[self.key(library, "bare", stream)]
+        other = self.cpu[self.key(library, variant, stream)]
+        median = statistics.median
+        return [median(mine) / median(theirs) - 1 for theirs, mine in zip(bare, other, strict=True)]
 
 
-@dataclass
-class Floor:
-    name: str
-    cpu: list[float] = field(default_factory=list)
+class LeaseOnly:
+    """A transport that asks of the limiter what AsyncLimitedTransport does and nothing
+    more: acquire the estimate, send, (``feedback``: fold in the response's headers),
+    settle a fixed usage and release, before the body is read (a floor)."""
 
-    @property
-    def us(self) -> float:
-        return statistics.median(self.cpu) * 1e6
+    def __init__(self, library: Any, limiter: tb.Limiter, *, feedback: bool) -> None:
+        self._inner = library.AsyncHTTPTransport()
+        self._limiter = limiter
+        self._feedback = feedback
+
+    async def handle_async_request(self, request: Any) -> Any:
+        async with self._limiter.acquire(tokens=ESTIMATE) as lease:
+            response = await self._inner.handle_async_request(request)
+            if self._feedback:
+                self._limiter.feedback(response.headers.multi_items(), status=200)
+            lease.settle(tokens=USED)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 @contextlib.contextmanager
@@ -171,116 +190,144 @@ def sdk_call(client: openai.AsyncOpenAI, stream: bool) -> Call:
 
 
 async def batch(call: Call, n: int) -> float:
-    """CPU seconds per call of ``n`` sequential calls, after a garbage collection."""
-    gc.collect()
+    """CPU seconds per call of ``n`` sequential calls."""
     cpu = time.process_time()
     for _ in range(n):
         await call()
     return (time.process_time() - cpu) / n
 
 
-async def measure(url: str, cfg: Config) -> tuple[list[Row], list[Floor], dict[str, Any]]:
+def transport_for(variant: str, library: Any, limiter: tb.Limiter) -> Any:
+    if variant == "limited":
+        return tb.AsyncLimitedTransport(limiter)
+    if variant.startswith("lease"):
+        return LeaseOnly(library, limiter, feedback=variant == "lease+feedback")
+    return None  # bare: the client's own default transport
+
+
+async def measure(url: str, cfg: Config, results: Results) -> dict[str, Any]:
+    """Every batch of every round into ``results``; returns what one reply looked like."""
     libraries: dict[str, Any] = {"httpx2": httpx2, "httpx": httpx}
-    rows = [Row(name, stream) for name in libraries for stream in (False, True)]
     limiters: list[tb.Limiter] = []
     clients: list[openai.AsyncOpenAI] = []
-    calls: dict[tuple[str, bool, bool], Call] = {}
+    calls: dict[str, Call] = {}
     for name, library in libraries.items():
-        for limited in (False, True):
-            if limited:
-                limiters.append(never_binding())
-                http = library.AsyncClient(transport=tb.AsyncLimitedTransport(limiters[-1]))
-            else:
-                http = library.AsyncClient()
+        for variant in VARIANTS if name == "httpx2" else VARIANTS[:2]:
+            limiter = never_binding()
+            limiters.append(limiter)
+            http = library.AsyncClient(transport=transport_for(variant, library, limiter))
             client = openai.AsyncOpenAI(base_url=url, api_key="local", http_client=http)
             clients.append(client)
             for stream in (False, True):
-                calls[name, stream, limited] = sdk_call(client, stream)
+                calls[Results.key(name, variant, stream)] = sdk_call(client, stream)
 
-    # The floor: what the transport asks of the limiter per call, nothing else.
+    # The floors in a tight loop: the limiter's work per call, with nothing around it.
     reply = await clients[0].chat.completions.with_raw_response.create(
         model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS
     )
     headers = reply.headers.multi_items()
     usage = reply.parse().usage
     assert usage is not None
-    estimate = float(tb.estimate_tokens(MESSAGES) + MAX_TOKENS)
-    floor_limiter = never_binding()
+    loop_limiter = never_binding()
 
     async def lease() -> None:
-        async with floor_limiter.acquire(tokens=estimate) as held:
-            held.settle(tokens=usage.total_tokens)
+        async with loop_limiter.acquire(tokens=ESTIMATE) as held:
+            held.settle(tokens=USED)
 
     async def lease_and_feedback() -> None:
-        async with floor_limiter.acquire(tokens=estimate) as held:
-            floor_limiter.feedback(headers, status=200)
-            held.settle(tokens=usage.total_tokens)
+        async with loop_limiter.acquire(tokens=ESTIMATE) as held:
+            loop_limiter.feedback(headers, status=200)
+            held.settle(tokens=USED)
 
-    floors = [
-        Floor("floor: Limiter acquire + settle + release"),
-        Floor("floor + feedback: the same + Limiter.feedback(the response's headers)"),
-    ]
-    floor_calls = {floors[0].name: lease, floors[1].name: lease_and_feedback}
+    loops = {Results.key(LOOP, "lease", False): lease}
+    loops[Results.key(LOOP, "lease+feedback", False)] = lease_and_feedback
 
-    for call in [*calls.values(), lease, lease_and_feedback]:
+    for call in [*calls.values(), *loops.values()]:
         for _ in range(cfg.warmup):
             await call()
-    jobs: list[tuple[str, Any]] = [("sdk", key) for key in calls] + [("floor", f) for f in floors]
+    clock = time.process_time
+    shuffle = random.Random(0).shuffle
     for turn in range(cfg.rounds):
         progress(f"round {turn + 1} of {cfg.rounds}")
-        for kind, job in rotated(jobs, turn * 3):  # rotate by 3: not always bare first
-            if kind == "floor":
-                job.cpu.append(await batch(floor_calls[job.name], cfg.calls * cfg.floor_factor))
-                continue
-            name, stream, limited = job
-            row = next(r for r in rows if (r.library, r.stream) == (name, stream))
-            (row.limited if limited else row.bare).append(await batch(calls[job], cfg.calls))
+        gc.collect()
+        for library in rotated(list(libraries), turn):
+            # One call of each of the library's clients in turn, in a random order: a
+            # call runs faster after one that used the same code (warm caches), so every
+            # client follows every other as often, and never a client of the other library.
+            keys = [key for key in calls if key.startswith(f"{library} ")]
+            for _ in range(cfg.calls):
+                shuffle(keys)
+                for key in keys:
+                    call = calls[key]
+                    cpu = clock()
+                    await call()
+                    results.add(key, turn, clock() - cpu)
+        for key, loop in loops.items():
+            results.add(key, turn, await batch(loop, cfg.calls * cfg.floor_factor))
     for client in clients:
         await client.close()
-    for limiter in limiters:  # every lease ended: the transport released every slot
+    for limiter in limiters:  # every lease ended: every slot was released
         assert limiter.statistics().in_flight == 0, limiter.statistics()
-    return rows, floors, {"headers": dict(headers), "usage": usage.model_dump()}
+    return {"headers": dict(headers), "usage": usage.model_dump()}
 
 
-def report(rows: list[Row], floors: list[Floor], env: dict[str, Any], cfg: Config) -> str:
-    def spread(row: Row) -> str:
+def report(results: Results, env: dict[str, Any], cfg: Config) -> str:
+    def spread(library: str, variant: str, stream: bool) -> str:
         """The middle half of the rounds' overheads (all of them, with fewer than 4)."""
-        paired = sorted(row.paired)
+        paired = sorted(results.paired(library, variant, stream))
         if len(paired) >= 4:
             low, _, high = statistics.quantiles(paired, n=4)
         else:
             low, high = paired[0], paired[-1]
         return f"{low:+.1%} .. {high:+.1%}"
 
-    table = markdown_table(
-        [
-            "calls",
-            "bare us/call",
-            "limited us/call",
-            "overhead us",
-            "overhead",
-            "rounds (IQR)",
-            f"< {GOAL:.0%}",
-        ],
-        [
+    def name(library: str, stream: bool) -> str:
+        return f"openai + {library}, {'stream with usage' if stream else 'JSON'}"
+
+    cases = [(library, stream) for library in ("httpx2", "httpx") for stream in (False, True)]
+    rows = []
+    for library, stream in cases:
+        bare, limited = (results.us(library, v, stream) for v in ("bare", "limited"))
+        overhead = (limited - bare) / bare
+        rows.append(
             [
-                row.name,
-                f"{row.bare_us:,.0f}",
-                f"{row.limited_us:,.0f}",
-                f"{row.limited_us - row.bare_us:+,.1f}",
-                f"{row.overhead:+.1%}",
-                spread(row),
-                "yes" if row.overhead < GOAL else "NO",
+                name(library, stream),
+                f"{bare:,.0f}",
+                f"{limited:,.0f}",
+                f"{limited - bare:+,.0f}",
+                f"{overhead:+.1%}",
+                spread(library, "limited", stream),
+                "yes" if overhead < GOAL else "NO",
             ]
-            for row in rows
-        ],
-        range(1, 6),
-    )
-    reference = rows[0]
+        )
+    headers = ["calls", "bare us/call", "limited us/call", "overhead us", "overhead"]
+    table = markdown_table([*headers, "rounds (IQR)", f"< {GOAL:.0%}"], rows, range(1, 6))
+
+    def over(library: str, variant: str, stream: bool) -> str:
+        bare = results.us(library, "bare", stream)
+        extra = results.us(library, variant, stream) - bare
+        return f"{extra:+,.0f} ({extra / bare:+.1%})"
+
+    floor_rows = [
+        [
+            name("httpx2", stream),
+            over("httpx2", "lease", stream),
+            over("httpx2", "lease+feedback", stream),
+            over("httpx2", "limited", stream),
+        ]
+        for stream in (False, True)
+    ]
+    loop = [results.us(LOOP, variant, False) for variant in ("lease", "lease+feedback")]
+    floor_rows.append(["the same alone, in a tight loop", *(f"{us:,.1f}" for us in loop), ""])
     floor_table = markdown_table(
-        ["limiter alone", "us/call", f"of the bare {reference.name.split(', ')[0]} JSON call"],
-        [[f.name, number(f.us, ".1f"), f"{f.us / reference.bare_us:.1%}"] for f in floors],
-        (1, 2),
+        [
+            "calls (us over bare)",
+            "floor: acquire + settle + release",
+            "floor + feedback of the headers",
+            "AsyncLimitedTransport",
+        ],
+        floor_rows,
+        (1, 2, 3),
     )
     calls = cfg.calls * cfg.rounds
     return "\n".join(
@@ -289,12 +336,19 @@ def report(rows: list[Row], floors: list[Floor], env: dict[str, Any], cfg: Confi
             "",
             describe(env),
             "",
-            f"Client CPU (`time.process_time`) per call: medians over {cfg.rounds} rounds of "
-            f"{cfg.calls} sequential calls per client ({calls:,} calls each), bare and "
-            "limited batches alternating; 'rounds (IQR)' is the middle half of the overheads "
-            "of each round against the bare batch of the same round. The fake provider runs in another process.",
+            f"Client CPU (`time.process_time`) of each call: medians of {calls:,} calls per "
+            f"client, {cfg.rounds} rounds of {cfg.calls} in which the clients of one library "
+            "make one call each after the other (in a random order; then the other library's); "
+            "'rounds (IQR)' is the middle half of the "
+            "overheads of each round (its medians) against the bare client's. The fake "
+            "provider runs in another process.",
             "",
             table,
+            "",
+            "Where the overhead goes: the floors are clients whose transport only does what "
+            "AsyncLimitedTransport asks of the limiter (acquire, settle, release; then also "
+            "`Limiter.feedback` of the response's headers), and the same work alone in a tight "
+            "loop (hot caches: cheaper than inside a call).",
             "",
             floor_table,
             "",
@@ -310,12 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python benchmarks/transport_bench.py", *argv])
     env = environment(cfg.mode, command, ["openai", "httpx", "httpx2"])
     started = time.monotonic()
+    results = Results()
     with provider() as url:
-        rows, floors, seen = asyncio.run(measure(url, cfg))
-    print(report(rows, floors, env, cfg))
+        seen = asyncio.run(measure(url, cfg, results))
+    print(report(results, env, cfg))
     if args.json:
-        results = {"rows": [asdict(r) for r in rows], "floors": [asdict(f) for f in floors]}
-        write_json(args.json, {"environment": env, "config": asdict(cfg), **results, **seen})
+        found = {"environment": env, "config": asdict(cfg), "cpu_per_call": results.cpu}
+        write_json(args.json, found | seen)
     progress(f"done in {time.monotonic() - started:.0f} s")
     return 0
 
