@@ -4,11 +4,12 @@ The same chat completions (non-streaming, and streaming with usage) through the 
 ``openai`` SDK, bare (``http_client=httpx2.AsyncClient()``) and limited
 (``httpx2.AsyncClient(transport=tb.AsyncLimitedTransport(limiter))`` on a ``Limiter``
 that never binds, so only the overhead shows), and the same with ``httpx``, against the
-fake provider (examples/fake_provider) run in a subprocess on this machine: client CPU per
-call (``time.process_time`` of this process, which runs nothing else), in batches of
-sequential calls, bare and limited batches alternating, medians over the rounds. The
-floor rows are the limiter alone (acquire, settle, release; then also the feedback of the
-provider's headers) per call, in the same run. See benchmarks/README.md for the method.
+fake provider (examples/fake_provider) run in a subprocess on this machine: the client
+CPU of each call (``time.process_time`` of this process, which runs nothing else), the
+clients of a library calling one after the other in a random order, medians. The floors:
+clients whose transport does only the limiter's part (acquire, settle, release; then also
+the feedback of the response's headers), and the same work alone in a tight loop, in the
+same run. See benchmarks/README.md for the method.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class LeaseOnly:
         async with self._limiter.acquire(tokens=ESTIMATE) as lease:
             response = await self._inner.handle_async_request(request)
             if self._feedback:
-                self._limiter.feedback(response.headers.multi_items(), status=200)
+                self._limiter.feedback(response.headers.multi_items(), status=response.status_code)
             lease.settle(tokens=USED)
         return response
 
