@@ -25,7 +25,7 @@ import importlib
 import json
 import re
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, overload
 
 from ._decorate import estimate_tokens
@@ -65,6 +65,7 @@ _GEMINI: Final = re.compile(
 
 Cost = Callable[[Mapping[str, Any]], Mapping[str, float]]
 TokenCounter = Callable[[object], float]
+_ESTIMATE: Final[TokenCounter] = estimate_tokens
 
 
 def model_call(method: str, path: str) -> tuple[bool, str | None, bool]:
@@ -222,19 +223,19 @@ class AsyncLimitedTransport(_Transports):
                 await context.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
             retry_after = retry_info_delay(response.content)
+        status = response.status_code
+        headers = response.headers.multi_items()  # decoded once, for the limiter and for us
         report(
             limiter,
-            response.headers.multi_items(),
-            response.status_code,
+            headers,
+            status,
             "a response",
             stacklevel=2,
             retry_after=retry_after,
             lease=context,
         )
         content = _content(response)
-        settle = _Settlement(
-            limiter, context, response.status_code, response.headers, decoded=content is not None
-        )
+        settle = _Settlement(limiter, context, status, headers, decoded=content is not None)
         if content is not None:  # read already (above, or by the inner transport)
             settle.feed(content)
             await settle.end()
@@ -284,8 +285,13 @@ class AsyncLimitedTransport(_Transports):
             amounts = dict(self._cost(body))
         else:
             count = self._counter
-            prompt = sum(float(count(body.get(key))) for key in _PROMPT_KEYS)
-            prompt += sum(float(count(_gemini_parts(body.get(k)))) for k in _GEMINI_KEYS)
+            prompts: Iterable[str] = _PROMPT_KEYS
+            gemini: Iterable[str] = _GEMINI_KEYS
+            if count is _ESTIMATE:  # which counts an absent part (None) as 0
+                prompts = [key for key in _PROMPT_KEYS if key in body]
+                gemini = [key for key in _GEMINI_KEYS if key in body]
+            prompt = sum((float(count(body.get(key))) for key in prompts), 0.0)
+            prompt += sum((float(count(_gemini_parts(body.get(k)))) for k in gemini), 0.0)
             output = 0.0 if embedding else _max_output(body, self._max_tokens)
             amounts = {"tokens": prompt + output, "input_tokens": prompt, "output_tokens": output}
         return {k: v for k, v in amounts.items() if k in dims}
@@ -380,13 +386,34 @@ def _retry_info_wanted(headers: Any) -> bool:
     return not length.isdigit() or int(length) <= _MAX_BODY
 
 
+def _header(headers: list[tuple[str, str]], name: str) -> str:
+    """The field ``name`` of ``multi_items()`` (lower-case names), repeats joined with
+    ``", "`` as ``Headers.get`` does; ``""`` when absent."""
+    return ", ".join([value for key, value in headers if key == name])
+
+
 def _content(response: Any) -> bytes | None:
     """The response's body if it was read already (decoded), else ``None``."""
+    if getattr(response, "is_stream_consumed", True) is False:
+        return None  # the usual case, a body still to stream: no ResponseNotRead to raise
     try:
         content = response.content
     except Exception:  # ResponseNotRead: the usual case, a body still to stream
         return None
     return content if isinstance(content, bytes) else None
+
+
+_NO_USAGE: Final = b'"usage":null'  # in every chunk of an OpenAI stream with usage
+
+
+def _may_hold_usage(line: bytearray) -> bool:
+    """Whether a server-sent event's line may report usage: it names ``usage`` (or
+    ``usageMetadata``, or ``message``, all holding ``sage``), other than as the
+    ``"usage":null`` of OpenAI's chunks before the last. Without a ``\\u`` escape in the
+    line, a key that reads ``usage`` once parsed is written as such, so a line whose
+    every ``sage`` is in a ``"usage":null`` has no usage to read."""
+    seen = line.count(b"sage")
+    return seen > 0 and (seen != line.count(_NO_USAGE) or b"\\u" in line)
 
 
 class _Settlement:
@@ -409,7 +436,7 @@ class _Settlement:
         limiter: Limiter,
         context: LeaseContext,
         status: int,
-        headers: Any,
+        headers: list[tuple[str, str]],
         *,
         decoded: bool = False,
     ) -> None:
@@ -418,11 +445,11 @@ class _Settlement:
         self._status = status
         self._ended = False
         self._usage: dict[str, float] = {}
-        kind = str(headers.get("content-type", "")).partition(";")[0].strip().lower()
+        kind = _header(headers, "content-type").partition(";")[0].strip().lower()
         self._event = kind == "text/event-stream"
         self._buffer: bytearray | None = None if self._event else bytearray()
         self._line = bytearray()
-        encoding = "" if decoded else str(headers.get("content-encoding", "")).strip().lower()
+        encoding = "" if decoded else _header(headers, "content-encoding").strip().lower()
         self._decoder: Any = None
         if encoding in ("gzip", "x-gzip"):
             self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -461,7 +488,7 @@ class _Settlement:
                     line.clear()  # too long to be a usage event
                 return
             line += data[start:end]
-            if line.startswith(b"data:") and b"sage" in line:
+            if line.startswith(b"data:") and _may_hold_usage(line):
                 self._event_data(bytes(line[5:]))
             line.clear()
             start = end + 1
@@ -478,12 +505,17 @@ class _Settlement:
             for entry in payload:
                 self._read(entry)
             return
+        if type(payload) is not dict and not isinstance(payload, Mapping):
+            return
+        get = payload.get
         for usage in (
-            item(payload, "usage"),  # OpenAI, Anthropic's message_delta
-            item(item(payload, "message"), "usage"),  # Anthropic's message_start
-            item(item(payload, "response"), "usage"),  # Responses API's response.completed
-            item(payload, "usageMetadata"),  # Gemini
+            get("usage"),  # OpenAI, Anthropic's message_delta
+            item(get("message"), "usage"),  # Anthropic's message_start
+            item(get("response"), "usage"),  # Responses API's response.completed
+            get("usageMetadata"),  # Gemini
         ):
+            if usage is None:
+                continue
             found = read_usage(usage, item)
             if found:
                 self._usage.update(found)

@@ -19,6 +19,8 @@ Getter = Callable[[object, str], object]
 
 def item(value: object, key: str) -> object:
     """``value[key]`` for a JSON object, else ``None``."""
+    if type(value) is dict:  # what JSON parses to: no ABC check
+        return value.get(key)
     return value.get(key) if isinstance(value, Mapping) else None
 
 

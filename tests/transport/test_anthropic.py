@@ -368,10 +368,13 @@ async def test_anthropic_rate_limit_headers_reach_the_limiter() -> None:
     tokens = float(raw.headers["anthropic-ratelimit-tokens-remaining"])
     assert (requests, tokens) == (4, 1_000 - PROMPT - 100)
     usage = (await raw.parse()).usage
-    # lowered to what the server said was left; the settlement then gave back the unused
-    # part of the estimate
-    refund = estimate() - (usage.input_tokens + usage.output_tokens)
-    assert limiter.statistics().available == {"requests": requests, "tokens": tokens + refund}
+    assert usage.input_tokens + usage.output_tokens < estimate()
+    # Lowered to what the server said was left (which then comes back at the rate its
+    # headers imply: a few tokens in the time the test takes). The settlement gives
+    # nothing back: the server's count covers the call already.
+    available = limiter.statistics().available
+    assert requests <= available["requests"] < requests + 1
+    assert tokens <= available["tokens"] < tokens + 10
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])
@@ -414,8 +417,9 @@ async def test_anthropic_input_and_output_token_headers_reach_the_limiter() -> N
     left_out = float(raw.headers["anthropic-ratelimit-output-tokens-remaining"])
     assert (left_in, left_out) == (1_000 - PROMPT, 2_000 - 100)
     usage = (await raw.parse()).usage
-    # each lowered to what the server said was left, then given back the unused estimate
-    assert limiter.statistics().available == {
-        "input_tokens": left_in + tb.estimate_tokens(MESSAGES) - usage.input_tokens,
-        "output_tokens": left_out + 100 - usage.output_tokens,
-    }
+    assert usage.output_tokens < 100
+    # Each lowered to what the server said was left, and nothing given back of the
+    # estimate: the server's count covers the call already.
+    available = limiter.statistics().available
+    assert left_in <= available["input_tokens"] < left_in + 10
+    assert left_out <= available["output_tokens"] < left_out + 10
