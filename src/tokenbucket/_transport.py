@@ -517,6 +517,11 @@ class _Settlement:
             if usage is None:
                 continue
             found = read_usage(usage, item)
+            if found and usage is not get("usage") and get("type") == "message_start":
+                # Its output count is a placeholder (1) until message_delta: a stream cut
+                # before that keeps the output estimate.
+                found.pop("output_tokens", None)
+                found.pop("tokens", None)
             if found:
                 self._usage.update(found)
                 if "tokens" not in found and "tokens" in self._usage:
