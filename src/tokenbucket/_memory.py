@@ -161,7 +161,11 @@ class MemoryStore:
         for clamp in plan.clamps:
             meter = multi.meters[clamp.meter]
             until = now + clamp.reset
-            if clamp.fit is None:
+            shadow = multi.shadows.get(clamp.meter)
+            if clamp.fit is None and shadow is not None:
+                # A window fitted to its server before: its server's bucket takes the report.
+                multi.clamp(shadow, clamp.remaining, until, now, None, seen)
+            elif clamp.fit is None:
                 multi.clamp(meter, clamp.remaining, until, now, clamp.refill, seen)
             else:
                 model = multi.fit(meter, *clamp.fit, now)
@@ -250,7 +254,8 @@ class MemoryStore:
             multi.seen = max(multi.seen, time.monotonic())
         if moved:
             # Its own meters and the pause move; pools follow their users (below).
-            multi.rebase(now, [m for m in multi.meters if m not in self._pools])
+            own = [m for m in multi.meters if m not in self._pools]
+            multi.rebase(now, own + list(multi.shadows.values()))
         for meter, pool in self._pools.items():
             if pool.origin is not None and pool.origin is not origin:
                 meter.core.rebase(now)  # another user moved it onto another clock

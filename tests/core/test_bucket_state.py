@@ -449,3 +449,25 @@ def test_partial_refunds_of_one_grant_stay_within_capacity() -> None:
     restored = state.refund(5.0, ticket, 5.0)
     assert state.level(5.0) <= 10.0
     assert restored == 0.0
+
+
+def test_since_is_what_was_granted_after_a_grant() -> None:
+    bucket = BucketState(rate=1.0, capacity=100.0)
+    assert bucket.try_take(10, 0.0)
+    first = bucket.ticket
+    assert bucket.try_take(20, 0.0)  # at the same instant: still after it
+    bucket.charge(5, 1.0)
+    assert bucket.since(first) == 25
+    assert bucket.since(bucket.ticket) == 0
+    bucket.refund(20, first + 20, 2.0)  # a refund does not undo the order of grants
+    assert bucket.since(first) == 25
+
+
+def test_a_grant_before_a_clamp_gets_nothing_back() -> None:
+    bucket = BucketState(rate=1.0, capacity=100.0)
+    assert bucket.try_take(40, 0.0)
+    early = bucket.ticket
+    bucket.clamp(10, 30.0, 0.0)  # the server says 10 left
+    assert bucket.refund(30, early, 0.0) == 0.0  # its count covers the early grant
+    assert bucket.try_take(5, 0.0)
+    assert bucket.refund(5, bucket.ticket, 0.0) == 5.0

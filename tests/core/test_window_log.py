@@ -370,14 +370,3 @@ def test_a_grant_before_a_clamp_gets_nothing_back() -> None:
     assert log.refund(30, early, 1.5) == 0.0  # its count covers the early grant
     late = log.charge(5, 2.0)
     assert log.refund(5, late, 2.5) == 5.0
-
-
-def test_since_is_what_was_granted_after_a_grant() -> None:
-    log = WindowLog(100, 10.0)
-    first = log.charge(10, 0.0)
-    log.charge(20, 1.0)
-    log.charge(5, 2.0)
-    assert log.since(first, 10) == 25
-    assert log.since(log.ticket, 5) == 0
-    log.charge(7, 2.0)  # at the same instant: merged, and counted
-    assert log.since(first, 10) == 32

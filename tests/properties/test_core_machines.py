@@ -94,6 +94,7 @@ class NaiveBucket:
         self.last = now  # the latest instant of a call that records something
         self.events: list[tuple[float, float, float]] = []  # (instant, cap, amount)
         self.grants: list[float] = []  # gross amounts granted; a ticket is an index
+        self.mark = -1  # the last grant a lowering clamp covers: it gets nothing back
 
     def _at(self, now: float) -> float:
         return now if now > self.last else self.last
@@ -118,6 +119,8 @@ class NaiveBucket:
 
     def refund(self, amount: float, ticket: int, now: float) -> float:
         self.last = t = self._at(now)
+        if ticket <= self.mark:
+            return 0.0
         level = self.level(t)
         after = sum(self.grants[ticket + 1 :])
         restored = max(0.0, min(level + amount, self.capacity - after) - level)
@@ -126,6 +129,8 @@ class NaiveBucket:
 
     def clamp(self, most: float, now: float) -> None:
         self.last = self._at(now)
+        if most < self.level(self.last):
+            self.mark = len(self.grants) - 1
         self.events.append((self.last, min(self.capacity, most), 0.0))
 
     def ready_at(self, amount: float, now: float) -> float:
@@ -176,6 +181,7 @@ class NaiveWindow:
         self.limit = limit
         self.window = window
         self.last = now  # every call on a window moves its clock
+        self.mark = -INF  # the ticket of a grant made at the last lowering clamp
         self.offset = 0.0
         self.entries: list[list[float]] = []  # [expiry, amount]
 
@@ -231,6 +237,8 @@ class NaiveWindow:
 
     def refund(self, amount: float, ticket: float, now: float) -> float:
         t = self._at(now)
+        if ticket <= self.mark:
+            return 0.0
         for entry in self.entries:
             if entry[0] == ticket and ticket > t:
                 removed = min(amount, entry[1])
@@ -243,6 +251,7 @@ class NaiveWindow:
         until = inside_up(until, self.offset) if self.offset else until
         excess = self.limit - self.used_at(t) - most
         if excess > 0:
+            self.mark = self.expiry(now)  # the grants so far get nothing back
             self._add(max(min(until, t + self.window), math.nextafter(t, INF)), excess)
 
     def ready_at(self, amount: float, now: float, slack: float = 0.0) -> float:
@@ -556,9 +565,11 @@ class WindowMachine(RuleBasedStateMachine):
         removed = self.state.refund(amount, held.ticket, self.now)
         expected = self.model.refund(amount, held.ticket, self.now)
         assert abs(removed - expected) <= self.tol, (removed, expected)
-        # Removed in full while the grant is in the window, nothing once it has left.
-        # (The ticket is on the window's clock, which a re-base does not move.)
-        assert abs(removed - (amount if held.ticket > self.model.last else 0.0)) <= self.tol
+        # Removed in full while the grant is in the window, nothing once it has left, nor
+        # once a server's report (a clamp that lowered the window) covers it. (The ticket
+        # is on the window's clock, which a re-base does not move.)
+        covered = held.ticket <= self.model.last or held.ticket <= self.model.mark
+        assert abs(removed - (0.0 if covered else amount)) <= self.tol
         held.grant.returned += amount
 
     @rule(share=fractions, until=horizons)

@@ -243,10 +243,11 @@ async def test_a_limiter_set_5x_too_high_runs_at_the_servers_limit() -> None:
     assert rate >= 0.9  # of the server's 1 request/s
 
 
-@pytest.mark.parametrize("burst", [None, 1_000], ids=["window", "bucket"])
-async def test_a_report_on_a_lease_counts_the_grants_made_since_it(burst: int | None) -> None:
+@pytest.mark.parametrize("burst", [1_000])
+async def test_a_report_on_a_lease_counts_the_grants_made_since_it(burst: int) -> None:
     # The server counted `remaining` when the lease's request reached it: the 300 granted
-    # here after it are not in that count yet.
+    # here after it are not in that count yet. (A bucket orders its grants exactly; a
+    # window's log merges those of one instant, and takes a report as of now.)
     limiter = tb.Limiter({"tokens": tb.Rate(1_000, 60.0, burst=burst)})
     report = {"x-ratelimit-remaining-tokens": "500", "x-ratelimit-reset-tokens": "30s"}
     async with limiter.acquire(tokens=100) as first:

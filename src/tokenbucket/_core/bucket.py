@@ -137,9 +137,8 @@ class BucketState:
         else:
             self._level = level
 
-    def since(self, ticket: float, amount: float) -> float:
-        """How much was granted after the grant (of ``amount``) whose ticket is ``ticket``."""
-        del amount
+    def since(self, ticket: float) -> float:
+        """How much was granted after the grant whose ticket is ``ticket``."""
         return max(0.0, self._taken - ticket)
 
     def retune(self, rate: float, capacity: float, now: float) -> None:
@@ -179,12 +178,12 @@ class BucketState:
         was granted after it; nothing for a grant made before a clamp (see :meth:`clamp`).
         Returns the amount actually restored.
         """
-        if ticket <= self._mark:
-            return 0.0
         level = self.level(now)
         if now > self._stamp:
             self._stamp = now
         self._level = level
+        if ticket <= self._mark:
+            return 0.0
         # Intervals that contain the refunded grant gain `amount` of slack; those that
         # start after it gain nothing, and hold at most what was granted since.
         target = min(level + amount, self.capacity - (self._taken - ticket))

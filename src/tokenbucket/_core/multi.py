@@ -290,9 +290,11 @@ class MultiState:
         """Replace a grant's amounts (by dimension index) with ``actual``: an overrun is
         charged as debt, an unused part is refunded. Returns the meters refunded."""
         refunded: list[Meter] = []
-        for (meter, core, index), entry in zip(self._pairs, ticket, strict=False):
+        count = len(ticket)  # shorter than the pairs for a grant made before a fit
+        for position, (meter, core, index) in enumerate(self._pairs):
             if index not in actual:
                 continue
+            entry = ticket[position] if position < count else None
             difference = actual[index] - request.amounts[index]
             if difference > 0:
                 core.charge(difference, now)
@@ -315,18 +317,20 @@ class MultiState:
 
         ``seen``: the grant (request and ticket) whose response reported it. The server
         counted ``remaining`` when that request reached it, before the grants made here
-        since, which it may not have seen yet: they are taken off it, and what the server
-        refilled since (at ``refill``) is added.
+        since, which it may not have seen yet: on a bucket, which orders its grants
+        exactly, they are taken off it, and what the server refilled since (at
+        ``refill``) is added. (A window's log merges grants made at one instant: it
+        takes the report as of now.)
         """
-        if seen is not None:
+        core = meter.core
+        if seen is not None and isinstance(core, BucketState):
             request, ticket = seen
             position = next(i for i, (m, _, _) in enumerate(self._pairs) if m is meter)
             entry = ticket[position] if position < len(ticket) else None
             if entry is not None and request.at <= now:
-                own = request.amounts[self._pairs[position][2]]
-                remaining -= meter.core.since(entry, own)
+                remaining -= core.since(entry)
                 remaining += (refill or 0.0) * (now - request.at)
-        meter.core.clamp(remaining, until, now, refill)
+        core.clamp(remaining, until, now, refill)
 
     def fit(self, meter: Meter, rate: float, capacity: float, now: float) -> Meter:
         """Model the server behind ``meter`` as a bucket that refills at ``rate`` up to

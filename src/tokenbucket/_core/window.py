@@ -223,16 +223,6 @@ class WindowLog:
             ]
         )
 
-    def since(self, ticket: float, amount: float) -> float:
-        """How much still in the window was granted after the grant of ``amount`` whose
-        ticket is ``ticket`` (grants at the same instant, merged with it, count too)."""
-        expiry = self._expiry
-        i = bisect_left(expiry, ticket, self._head)
-        if i >= len(expiry):
-            return 0.0
-        before = self._total[i - 1] if i > self._head else self._base
-        return max(0.0, self._total[-1] - before - amount)
-
     def _hold(self, pieces: list[tuple[float, float]]) -> None:
         """Log ``pieces`` (``(expiry, amount)``, in order, all after the last expiry seen)
         among the entries: one pass over the entries that expire after the first."""

@@ -156,7 +156,10 @@ class RedisStore:
                         self.last_wait = loop.time() - start
                         return None
                     continue
-                call = backend.reserve(self.shape, vector, deadline=deadline)
+                shape = self.shape
+                if len(shape.meters) != len(vector):  # a meter was fitted since (see _fit)
+                    vector = [amounts[i] for i in self.indexes]
+                call = backend.reserve(shape, vector, deadline=deadline)
                 try:
                     if deadline is None:
                         status, wait, reservation = await call
@@ -482,7 +485,11 @@ class RedisStore:
         del lease, ticket
         clamps: list[tuple[MeterSpec, float, float, float | None]] = []
         for clamp in plan.clamps:
-            if clamp.fit is None:
+            shadow = self._shadows.get(clamp.meter)
+            if clamp.fit is None and shadow is not None:
+                # A window fitted to its server before: its server's bucket takes the report.
+                clamps.append((self.meters[shadow], clamp.remaining, clamp.reset, None))
+            elif clamp.fit is None:
                 clamps.append(
                     (self.meters[clamp.meter], clamp.remaining, clamp.reset, clamp.refill)
                 )

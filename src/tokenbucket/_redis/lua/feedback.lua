@@ -65,7 +65,9 @@ for _ = 1, meters do
         redis.call('ZADD', key, at, stamp .. k .. ':' .. string.format('%.17g', part))  -- '<id>:<amount>'
         log_change(st, at, part)
       end
-      redis.call('PEXPIRE', key, math.ceil(p2 * 1000) + slack)
+      -- (Never shorter than it was: entries reserved for later keep it alive.)
+      local ttl = math.ceil(p2 * 1000) + slack
+      if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
     end
     log_save(key, st)
   end
