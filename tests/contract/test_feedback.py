@@ -278,3 +278,33 @@ async def test_a_limiter_set_too_high_is_fitted_to_the_servers_bucket(
         if await fits(limiter, timeout=0.2):
             granted += 1
     assert 1 <= granted <= 21
+
+
+async def test_a_request_waiting_while_its_meter_is_fitted_is_granted(backend: Backend) -> None:
+    # On Redis, a request queued before the fit sends the meters of the shape it is
+    # granted with (the fit adds the server's bucket beside a window).
+    limiter = tb.Limiter(
+        requests_per_second=100,
+        max_concurrency=1,
+        backend=backend,
+        key="refit" if backend is not None else None,
+    )
+    granted = asyncio.Event()
+
+    async def second() -> None:
+        async with limiter.acquire(timeout=HANG):
+            granted.set()
+
+    async with limiter.acquire(timeout=HANG) as lease:
+        waiter = asyncio.ensure_future(second())
+        await asyncio.sleep(0.05)  # it waits for the slot
+        lease.feedback(
+            {
+                "x-ratelimit-limit-requests": "20",
+                "x-ratelimit-remaining-requests": "10",
+                "x-ratelimit-reset-requests": "0.500s",
+            }
+        )
+        await settled_in(backend)
+    await asyncio.wait_for(waiter, HANG)
+    assert granted.is_set()
