@@ -301,8 +301,8 @@ async def test_a_request_waiting_while_its_meter_is_fitted_is_granted(backend: B
         lease.feedback(
             {
                 "x-ratelimit-limit-requests": "20",
-                "x-ratelimit-remaining-requests": "10",
-                "x-ratelimit-reset-requests": "0.500s",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "1.000s",
             }
         )
         await settled_in(backend)
