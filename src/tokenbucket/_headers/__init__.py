@@ -56,7 +56,7 @@ from datetime import datetime, timezone
 from typing import Final
 
 from .._errors import ArgumentTypeError, InvalidArgumentError
-from ._families import Reader
+from ._families import NAMES, Reader
 
 __all__ = [
     "RateLimitHeaderWarning",
@@ -216,7 +216,8 @@ def _check_dimension(dimension: object) -> str:
 
 
 def _fields(headers: object) -> dict[str, str]:
-    """Map lower-cased header names to values, joining repeated fields with ``", "``."""
+    """Map the lower-cased names of the headers a :class:`Reader` reads to their values,
+    joining repeated fields with ``", "``; every pair is checked, read or not."""
     if type(headers) is list or type(headers) is tuple:  # e.g. httpx's multi_items()
         pairs: Iterable[object] = headers
     elif isinstance(headers, Mapping):
@@ -241,9 +242,10 @@ def _fields(headers: object) -> dict[str, str]:
         # Header names are ASCII tokens; str.lower() would map some non-ASCII letters
         # (the Kelvin sign, for one) onto ASCII ones and forge a name.
         if name.isascii():
-            name = name.lower()
-            joined = fields.get(name)
-            fields[name] = value if joined is None else f"{joined}, {value}"
+            name = name if name.islower() else name.lower()  # (an ASCII name: the same)
+            if name in NAMES:
+                joined = fields.get(name)
+                fields[name] = value if joined is None else f"{joined}, {value}"
     return fields
 
 

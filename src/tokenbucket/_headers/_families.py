@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
     from datetime import datetime
 
-__all__ = ["Reader", "Reported"]
+__all__ = ["NAMES", "Reader", "Reported"]
 
 # A delta-seconds reset this large is really a Unix time (10**9 seconds is 31 years).
 _EPOCH_THRESHOLD: Final = 1e9
@@ -150,6 +150,9 @@ _FAMILY_NAMES: Final = frozenset(
         *_POLICY_FIELDS,
     }
 )
+_RETRY_AFTER_NAMES: Final = ("retry-after-ms", "retry-after")
+#: Every header name a Reader reads (lower-case): it never looks at any other.
+NAMES: Final = _FAMILY_NAMES.union(_RETRY_AFTER_NAMES)
 
 
 # How far apart the lowest and the highest refill rate the headers allow may be.
