@@ -232,20 +232,30 @@ def _fields(headers: object) -> dict[str, str]:
         )
     fields: dict[str, str] = {}
     for pair in pairs:
-        # The common case, a tuple (or list) of two str, without the checks of _pair.
-        if (type(pair) is tuple or type(pair) is list) and len(pair) == 2:
+        # The usual pair, a tuple (or list) of two str, is checked here, and its name
+        # looked up as it is: a name in NAMES is ASCII and in lower case, and a name in
+        # lower case is its own lower case.
+        if (
+            (type(pair) is tuple or type(pair) is list)
+            and len(pair) == 2
+            and type(pair[0]) is str
+            and type(pair[1]) is str
+        ):
             name, value = pair
-            if type(name) is not str or type(value) is not str:
-                name, value = _pair(pair)
+            if name not in NAMES and name.islower():
+                continue
         else:
             name, value = _pair(pair)
         # Header names are ASCII tokens; str.lower() would map some non-ASCII letters
         # (the Kelvin sign, for one) onto ASCII ones and forge a name.
-        if name.isascii():
-            name = name if name.islower() else name.lower()  # (an ASCII name: the same)
-            if name in NAMES:
-                joined = fields.get(name)
-                fields[name] = value if joined is None else f"{joined}, {value}"
+        if name not in NAMES:
+            if not name.isascii():
+                continue
+            name = name.lower()
+            if name not in NAMES:
+                continue
+        joined = fields.get(name)
+        fields[name] = value if joined is None else f"{joined}, {value}"
     return fields
 
 
