@@ -225,16 +225,30 @@ class Reader:
         return value
 
     def _triple(self, triple: _Triple, ietf_dimension: str) -> Reported | None:
-        remaining = self._value(triple.remaining_name, _COUNT)
-        limit = self._value(triple.limit_name, triple.limit)
-        reset_name = triple.reset_name
-        reset = self._value(reset_name, triple.reset)
+        get = self._fields.get
+        remaining = limit = reset = None
+        # As _value does, inline: each header in turn, so problems keep their order.
+        text = get(triple.remaining_name)
+        if text is not None:
+            remaining = _syntax.decimal(text.strip(" \t"))  # what _COUNT.read does
+            if remaining is None:
+                self._bad(triple.remaining_name, _COUNT.expected)
+        text = get(triple.limit_name)
+        if text is not None:
+            limit = triple.limit.read(text.strip(" \t"), self._now)
+            if limit is None:
+                self._bad(triple.limit_name, triple.limit.expected)
+        text = get(triple.reset_name)
+        if text is not None:
+            text = text.strip(" \t")
+            reset = triple.reset.read(text, self._now)
+            if reset is None:
+                self._bad(triple.reset_name, triple.reset.expected)
         if remaining is None:
             return None
         refill = None
         resolution = triple.reset.resolution
         if resolution is not None and limit is not None and reset is not None:
-            text = self._get(reset_name)
             assert text is not None
             refill = refill_rate(limit, remaining, reset, resolution(text))
         return Reported(triple.dimension or ietf_dimension, remaining, limit, reset, refill)
