@@ -73,7 +73,9 @@ def plan_feedback(
         own = [i for i, m in enumerate(meters) if m.dim == limit.dimension and not m.shared]
         if not own:
             continue
-        if limit.limit is not None:
+        if len(own) == 1:  # the usual case: one meter per dimension
+            index = own[0]
+        elif limit.limit is not None:
             server = limit.limit
             index = min(
                 own, key=lambda i: (abs(meters[i].rate.amount - server), meters[i].rate.period)

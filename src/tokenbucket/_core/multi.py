@@ -130,6 +130,7 @@ class MultiState:
     __slots__ = (
         "_cap",
         "_pairs",
+        "_positions",
         "dims",
         "freed",
         "in_flight",
@@ -147,6 +148,7 @@ class MultiState:
         self.dims: tuple[str, ...] = ()
         self.meters: list[Meter] = []
         self._pairs: list[tuple[Meter, BucketState | WindowLog, int]] = []
+        self._positions: dict[Meter, int] = {}  # each meter's first index in the pairs
         self.max_concurrency = max_concurrency
         self._cap = max_concurrency or 0
         self.in_flight = 0
@@ -171,6 +173,9 @@ class MultiState:
             self.meters.append(meter)
         self.dims = tuple(names)
         self._pairs = [(m, m.core, self.dims.index(m.dim)) for m in self.meters]
+        self._positions = {}
+        for position, meter in enumerate(self.meters):
+            self._positions.setdefault(meter, position)
 
     def limit(self, dim: str) -> float:
         """The most one request may take of ``dim`` (its tightest meter), or inf."""
@@ -325,7 +330,7 @@ class MultiState:
         core = meter.core
         if seen is not None and isinstance(core, BucketState):
             request, ticket = seen
-            position = next(i for i, (m, _, _) in enumerate(self._pairs) if m is meter)
+            position = self._positions[meter]
             entry = ticket[position] if position < len(ticket) else None
             if entry is not None and request.at <= now:
                 remaining -= core.since(entry)
@@ -352,6 +357,7 @@ class MultiState:
             shadow = Meter(meter.dim, _ServerRate(rate, capacity))
             self.shadows[index] = shadow
             self._pairs.append((shadow, shadow.core, self.dims.index(meter.dim)))
+            self._positions[shadow] = len(self._pairs) - 1
         else:
             assert isinstance(shadow.core, BucketState)
             shadow.core.retune(rate, capacity, now)

@@ -56,7 +56,7 @@ from datetime import datetime, timezone
 from typing import Final
 
 from .._errors import ArgumentTypeError, InvalidArgumentError
-from ._families import Reader
+from ._families import NAMES, Reader
 
 __all__ = [
     "RateLimitHeaderWarning",
@@ -175,7 +175,8 @@ def parse_rate_limit_headers(
     reader = Reader(_fields(headers), moment)
     found: dict[str, ServerLimit] = {}
     for reported in reader.limits(dimension):
-        found.setdefault(reported.dimension, ServerLimit(*reported))
+        if reported.dimension not in found:
+            found[reported.dimension] = ServerLimit(*reported)
     retry_after = reader.retry_after()
     for name, (value, reason) in reader.problems.items():
         warnings.warn(
@@ -215,9 +216,12 @@ def _check_dimension(dimension: object) -> str:
 
 
 def _fields(headers: object) -> dict[str, str]:
-    """Map lower-cased header names to values, joining repeated fields with ``", "``."""
-    if isinstance(headers, Mapping):
-        pairs: Iterable[object] = headers.items()
+    """Map the lower-cased names of the headers a :class:`Reader` reads to their values,
+    joining repeated fields with ``", "``; every pair is checked, read or not."""
+    if type(headers) is list or type(headers) is tuple:  # e.g. httpx's multi_items()
+        pairs: Iterable[object] = headers
+    elif isinstance(headers, Mapping):
+        pairs = headers.items()
     elif isinstance(headers, Iterable) and not isinstance(headers, _TEXT):
         pairs = headers
     else:
@@ -226,14 +230,33 @@ def _fields(headers: object) -> dict[str, str]:
             "headers must be a mapping or an iterable of (name, value) pairs, "
             f"not {type(headers).__name__}",
         )
-    fields: dict[str, list[str]] = {}
+    fields: dict[str, str] = {}
     for pair in pairs:
-        name, value = _pair(pair)
+        # The usual pair, a tuple (or list) of two str, is checked here, and its name
+        # looked up as it is: a name in NAMES is ASCII and in lower case, and a name in
+        # lower case is its own lower case.
+        if (
+            (type(pair) is tuple or type(pair) is list)
+            and len(pair) == 2
+            and type(pair[0]) is str
+            and type(pair[1]) is str
+        ):
+            name, value = pair
+            if name not in NAMES and name.islower():
+                continue
+        else:
+            name, value = _pair(pair)
         # Header names are ASCII tokens; str.lower() would map some non-ASCII letters
         # (the Kelvin sign, for one) onto ASCII ones and forge a name.
-        if name.isascii():
-            fields.setdefault(name.lower(), []).append(value)
-    return {name: ", ".join(values) for name, values in fields.items()}
+        if name not in NAMES:
+            if not name.isascii():
+                continue
+            name = name.lower()
+            if name not in NAMES:
+                continue
+        joined = fields.get(name)
+        fields[name] = value if joined is None else f"{joined}, {value}"
+    return fields
 
 
 def _pair(pair: object) -> tuple[str, str]:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
     from datetime import datetime
 
-__all__ = ["Reader", "Reported"]
+__all__ = ["NAMES", "Reader", "Reported"]
 
 # A delta-seconds reset this large is really a Unix time (10**9 seconds is 31 years).
 _EPOCH_THRESHOLD: Final = 1e9
@@ -92,12 +92,31 @@ _RETRY_AFTER_MS: Final = _Kind(_milliseconds, "not a non-negative decimal number
 
 
 class _Triple(NamedTuple):
-    """The three headers of one dimension; ``{}`` in ``names`` is limit/remaining/reset."""
+    """The three headers of one dimension: its remaining, limit and reset."""
 
     dimension: str | None  # None: the dimension the caller says IETF headers describe
-    names: str
+    remaining_name: str
+    limit_name: str
+    reset_name: str
     limit: _Kind
     reset: _Kind
+    names: frozenset[str]  # the three names
+
+
+def _make_triple(dimension: str | None, names: str, limit: _Kind, reset: _Kind) -> _Triple:
+    """The triple whose names are ``names`` with ``{}`` as limit/remaining/reset."""
+    remaining_name, limit_name, reset_name = (
+        names.format(part) for part in ("remaining", "limit", "reset")
+    )
+    return _Triple(
+        dimension,
+        remaining_name,
+        limit_name,
+        reset_name,
+        limit,
+        reset,
+        frozenset((remaining_name, limit_name, reset_name)),
+    )
 
 
 _ANTHROPIC: Final = {
@@ -109,21 +128,31 @@ _ANTHROPIC: Final = {
 # Provider families, best first: they name their dimensions.
 _PROVIDERS: Final = (
     *(
-        _Triple(dimension, f"anthropic-ratelimit-{part}-{{}}", _COUNT, _RFC3339)
+        _make_triple(dimension, f"anthropic-ratelimit-{part}-{{}}", _COUNT, _RFC3339)
         for part, dimension in _ANTHROPIC.items()
     ),
     *(
-        _Triple(dimension, f"x-ratelimit-{{}}-{dimension}", _COUNT, _GO_DURATION)
+        _make_triple(dimension, f"x-ratelimit-{{}}-{dimension}", _COUNT, _GO_DURATION)
         for dimension in ("requests", "tokens")
     ),
 )
 # The IETF draft triple and the de-facto X- triple, after the structured fields.
 _IETF_TRIPLES: Final = (
-    _Triple(None, "ratelimit-{}", _LEADING_NUMBER, _DELTA_OR_EPOCH),
-    _Triple(None, "x-ratelimit-{}", _LEADING_NUMBER, _DELTA_OR_EPOCH),
+    _make_triple(None, "ratelimit-{}", _LEADING_NUMBER, _DELTA_OR_EPOCH),
+    _make_triple(None, "x-ratelimit-{}", _LEADING_NUMBER, _DELTA_OR_EPOCH),
 )
 # The structured fields: each item is a named policy with a number parameter.
 _POLICY_FIELDS: Final = {"ratelimit": ("r", "remaining"), "ratelimit-policy": ("q", "quota")}
+# Every header name a family reads (lower-case): a response without any has no limits.
+_FAMILY_NAMES: Final = frozenset(
+    {
+        *(name for triple in (*_PROVIDERS, *_IETF_TRIPLES) for name in triple.names),
+        *_POLICY_FIELDS,
+    }
+)
+_RETRY_AFTER_NAMES: Final = ("retry-after-ms", "retry-after")
+#: Every header name a Reader reads (lower-case): it never looks at any other.
+NAMES: Final = _FAMILY_NAMES.union(_RETRY_AFTER_NAMES)
 
 
 # How far apart the lowest and the highest refill rate the headers allow may be.
@@ -156,11 +185,22 @@ class Reader:
 
     def limits(self, ietf_dimension: str) -> Iterator[Reported]:
         """Every dimension every family reports, best family first (repeats included)."""
+        # A family none of whose headers is present reports nothing and notes nothing.
+        present = _FAMILY_NAMES.intersection(self._fields)
+        if not present:
+            return
         for triple in _PROVIDERS:
-            yield from self._triple(triple, ietf_dimension)
-        yield from self._structured(ietf_dimension)
+            if not triple.names.isdisjoint(present):
+                reported = self._triple(triple, ietf_dimension)
+                if reported is not None:
+                    yield reported
+        if not present.isdisjoint(_POLICY_FIELDS):
+            yield from self._structured(ietf_dimension)
         for triple in _IETF_TRIPLES:
-            yield from self._triple(triple, ietf_dimension)
+            if not triple.names.isdisjoint(present):
+                reported = self._triple(triple, ietf_dimension)
+                if reported is not None:
+                    yield reported
 
     def retry_after(self) -> float | None:
         """``retry-after-ms`` if valid, else ``Retry-After``, in seconds."""
@@ -176,28 +216,42 @@ class Reader:
         self.problems.setdefault(name, (self._fields[name], reason))
 
     def _value(self, name: str, kind: _Kind) -> float | None:
-        text = self._get(name)
+        text = self._fields.get(name)
         if text is None:
             return None
-        value = kind.read(text, self._now)
+        value = kind.read(text.strip(" \t"), self._now)
         if value is None:
             self._bad(name, kind.expected)
         return value
 
-    def _triple(self, triple: _Triple, ietf_dimension: str) -> Iterator[Reported]:
-        remaining = self._value(triple.names.format("remaining"), _COUNT)
-        limit = self._value(triple.names.format("limit"), triple.limit)
-        reset_name = triple.names.format("reset")
-        reset = self._value(reset_name, triple.reset)
+    def _triple(self, triple: _Triple, ietf_dimension: str) -> Reported | None:
+        get = self._fields.get
+        remaining = limit = reset = None
+        # As _value does, inline: each header in turn, so problems keep their order.
+        text = get(triple.remaining_name)
+        if text is not None:
+            remaining = _syntax.decimal(text.strip(" \t"))  # what _COUNT.read does
+            if remaining is None:
+                self._bad(triple.remaining_name, _COUNT.expected)
+        text = get(triple.limit_name)
+        if text is not None:
+            limit = triple.limit.read(text.strip(" \t"), self._now)
+            if limit is None:
+                self._bad(triple.limit_name, triple.limit.expected)
+        text = get(triple.reset_name)
+        if text is not None:
+            text = text.strip(" \t")
+            reset = triple.reset.read(text, self._now)
+            if reset is None:
+                self._bad(triple.reset_name, triple.reset.expected)
         if remaining is None:
-            return
+            return None
         refill = None
         resolution = triple.reset.resolution
         if resolution is not None and limit is not None and reset is not None:
-            text = self._get(reset_name)
             assert text is not None
             refill = refill_rate(limit, remaining, reset, resolution(text))
-        yield Reported(triple.dimension or ietf_dimension, remaining, limit, reset, refill)
+        return Reported(triple.dimension or ietf_dimension, remaining, limit, reset, refill)
 
     def _structured(self, dimension: str) -> Iterator[Reported]:
         """``RateLimit: "name";r=<remaining>;t=<reset>`` with ``RateLimit-Policy`` quotas."""

@@ -80,12 +80,17 @@ def go_duration(text: str) -> float | None:
     """
     if text == "0":
         return 0.0
-    if not _DURATION.fullmatch(text):
-        return None
     # Summed in nanoseconds, so "9ms" is 0.009 and not 9 * 0.001 = 0.009000000000000001.
-    nanoseconds = sum(
-        float(amount) * _NANOSECONDS[unit] for amount, unit in _DURATION_PARTS.findall(text)
-    )
+    single = _DURATION_PARTS.fullmatch(text)  # the usual form: one number, one unit
+    if single is not None:
+        amount, unit = single.groups()
+        nanoseconds = float(amount) * _NANOSECONDS[unit]
+    elif _DURATION.fullmatch(text):
+        nanoseconds = sum(
+            float(amount) * _NANOSECONDS[unit] for amount, unit in _DURATION_PARTS.findall(text)
+        )
+    else:
+        return None
     seconds = nanoseconds / 1e9
     return seconds if math.isfinite(seconds) else None
 
@@ -97,10 +102,14 @@ def go_duration_resolution(text: str) -> float:
     >>> go_duration_resolution("6m0s"), go_duration_resolution("59.25s")
     (1.0, 0.01)
     """
-    parts = _DURATION_PARTS.findall(text)
-    if not parts:
-        return 0.0
-    amount, unit = parts[-1]
+    single = _DURATION_PARTS.fullmatch(text)  # the usual form: one number, one unit
+    if single is not None:
+        amount, unit = single.groups()
+    else:
+        parts = _DURATION_PARTS.findall(text)
+        if not parts:
+            return 0.0
+        amount, unit = parts[-1]
     _, _, decimals = str(amount).partition(".")
     scale: float = _NANOSECONDS[str(unit)] / 1e9
     return scale / 10.0 ** len(decimals)
