@@ -217,7 +217,7 @@ async def demonstrate(
     tpm: int,
     period: float,
     runs: tuple[str, ...] = RUNS,
-    margin: float = 0.97,
+    margin: float = 0.99,
 ) -> list[Outcome]:
     """Each of ``runs`` against one server, refilled between them. ``margin``: the share
     of the server's limits the limiter is given (a grant reaches the server some
