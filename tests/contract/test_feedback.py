@@ -308,3 +308,30 @@ async def test_a_request_waiting_while_its_meter_is_fitted_is_granted(backend: B
         await settled_in(backend)
     await asyncio.wait_for(waiter, HANG)
     assert granted.is_set()
+
+
+async def test_a_limiter_fitted_to_its_server_is_not_at_rest(backend: Backend) -> None:
+    # A group drops members at rest that it made from its default: one fitted to the
+    # server's limits holds knowledge a new one would not have.
+    limiter = tb.Limiter(
+        requests_per_second=100, backend=backend, key="rest" if backend is not None else None
+    )
+    assert limiter._store.at_rest()
+    limiter.feedback(
+        {
+            "x-ratelimit-limit-requests": "20",
+            "x-ratelimit-remaining-requests": "20",
+            "x-ratelimit-reset-requests": "0s",
+        }
+    )
+    assert limiter._store.at_rest()  # nothing to learn from a full server
+    limiter.feedback(
+        {
+            "x-ratelimit-limit-requests": "20",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1.000s",
+        }
+    )
+    await settled_in(backend)
+    await asyncio.sleep(1.1)  # every meter back at rest, but the fit stays
+    assert not limiter._store.at_rest()

@@ -132,6 +132,7 @@ class MultiState:
         "_pairs",
         "_positions",
         "dims",
+        "fitted",
         "freed",
         "in_flight",
         "max_concurrency",
@@ -160,6 +161,7 @@ class MultiState:
         # fit); after the meters in the pairs, so a grant made before it has a shorter
         # ticket.
         self.shadows: dict[int, Meter] = {}
+        self.fitted = False  # a meter was fitted to a server's limits
         self.add(dims, meters)
 
     def add(self, dims: Iterable[str], meters: Iterable[Meter]) -> None:
@@ -347,6 +349,7 @@ class MultiState:
         from too. A request larger than ``capacity`` waits for a full bucket and goes
         into debt, as with ``allow_debt``, instead of waiting forever.
         """
+        self.fitted = True
         if isinstance(meter.core, BucketState):
             meter.core.retune(rate, capacity, now)
             meter.most = min(meter.maximum, capacity)
@@ -383,10 +386,12 @@ class MultiState:
         return available
 
     def at_rest(self, now: float) -> bool:
-        """Indistinguishable at ``now`` from a new state of the same configuration."""
+        """Indistinguishable at ``now`` from a new state of the same configuration (one
+        fitted to a server's limits is not: see :meth:`fit`)."""
         return (
             self.in_flight == 0
             and self.paused_until <= now
+            and not self.fitted
             and all(core.at_rest(now) for _, core, _ in self._pairs)
         )
 

@@ -89,6 +89,7 @@ class RedisStore:
         self.shape = Shape(
             tuple(self.meters), self.pause_key, self.slots_key, spec.max_concurrency or 0
         )
+        self._configured = self.shape.meters  # before any fit
         self._one = len(self.indexes) == 1
         # Per index of a window meter, where among the meters the bucket that models the
         # server behind it is (see _fit).
@@ -542,5 +543,6 @@ class RedisStore:
         )
 
     def at_rest(self) -> bool:
-        # The state lives in Redis: a new store of the same limits would behave the same.
-        return not self.waiters and not self.in_flight
+        # The state lives in Redis: a new store of the same limits would behave the same,
+        # unless this one was fitted to a server's limits (see _fit).
+        return not self.waiters and not self.in_flight and self.shape.meters == self._configured
