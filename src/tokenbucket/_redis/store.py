@@ -524,6 +524,8 @@ class RedisStore:
             else:
                 self.meters[shadow] = fitted
         self.shape = replace(self.shape, meters=tuple(self.meters))
+        # How far back a grant still counts (see __init__), with the fitted buckets.
+        self._horizon = max([self._windows] + [m.p2 / m.p1 for m in self.meters if m.kind == "b"])
         return fitted
 
     def statistics(self) -> LimiterStatistics:
