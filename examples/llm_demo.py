@@ -287,10 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--period", type=float, default=1.0, help="server: period in seconds")
     parser.add_argument("--skip-naive", action="store_true", help="only the limited runs")
     args = parser.parse_args(argv)
+    compressed = " (time compressed: providers count per minute)" if args.period < 60 else ""
     print(
-        f"Local server: {args.rpm} requests and {args.tpm:,} tokens per {args.period:g} s "
-        f"(time compressed: per second instead of per minute); {args.requests:,} chat "
-        "requests per run through the official openai and anthropic SDKs, default retries on.",
+        f"Local server: {args.rpm} requests and {args.tpm:,} tokens per {args.period:g} s"
+        f"{compressed}; {args.requests:,} chat requests per run through the official openai "
+        "and anthropic SDKs, default retries on.",
         flush=True,
     )
     runs = RUNS[1:] if args.skip_naive else RUNS

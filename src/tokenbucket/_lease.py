@@ -98,8 +98,11 @@ class Lease(Request):
         status: int | None = None,
     ) -> ServerFeedback:
         """Pass the headers (and status) of this lease's response to the limiter: see
-        :meth:`Limiter.feedback`. What the server says is left is read as of when this
-        request reached it: what the limiter granted since is taken off it."""
+        :meth:`Limiter.feedback`. On a token-bucket meter in memory, what the server says
+        is left is read as of when this request reached it: what the bucket granted since
+        is taken off it, and the server's refill since added. (A window's log merges the
+        grants of one instant, and Redis holds other processes' grants: there, as of
+        now.)"""
         granted = self._stage in (_OPEN, _SETTLED)
         return self._limiter._feedback(
             headers, status, self if granted else None, self._ticket if granted else None
