@@ -48,7 +48,10 @@ def read_usage(usage: object, get: Getter) -> dict[str, float]:
         if prompt is None and completion is None:
             continue
         if prompt is not None:
-            found["input_tokens"] = prompt
+            # Anthropic's input_tokens leave out what the call wrote to its prompt cache,
+            # which counts toward its input-tokens-per-minute limit (cache reads do not).
+            written = _count(get(usage, "cache_creation_input_tokens"))
+            found["input_tokens"] = prompt + (written or 0.0)
         if completion is not None:
             thoughts = _count(get(usage, "thoughtsTokenCount"))  # Gemini's reasoning
             found["output_tokens"] = completion + (thoughts or 0.0)

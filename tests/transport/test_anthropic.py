@@ -115,6 +115,24 @@ async def test_a_message_settles_from_its_usage() -> None:
     assert limiter.statistics().in_flight == 0
 
 
+async def test_tokens_written_to_the_prompt_cache_count_as_input() -> None:
+    # Anthropic's input_tokens leave out the cache writes, which its ITPM counts; cache
+    # reads it does not count.
+    usage = {
+        "input_tokens": 12,
+        "output_tokens": 5,
+        "cache_creation_input_tokens": 400,
+        "cache_read_input_tokens": 900,
+    }
+    limiter = tb.Limiter(input_tokens_per_minute=10_000, tokens_per_minute=10_000)
+    async with client_for(limiter, lambda request: message(usage)) as client:
+        await create(client)
+    assert limiter.statistics().available == {
+        "input_tokens": 10_000.0 - 412,
+        "tokens": 10_000.0 - 417,
+    }
+
+
 async def test_input_and_output_tokens_are_settled_apart() -> None:
     limiter = tb.Limiter(input_tokens_per_minute=1_000, output_tokens_per_minute=1_000)
     async with client_for(limiter) as client:
