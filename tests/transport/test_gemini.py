@@ -236,9 +236,10 @@ class _Exhausted(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def exhausted_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exhausted)
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server of ``handler`` in a thread, for as long as the fixture lasts:
+    its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -246,6 +247,11 @@ def exhausted_url() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def exhausted_url() -> Iterator[str]:
+    yield from serving(_Exhausted)
 
 
 async def test_the_retry_info_of_a_real_gzip_429_is_read_and_the_sdk_gets_it(
@@ -542,14 +548,7 @@ class _Dropping(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def dropping_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dropping)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield from serving(_Dropping)
 
 
 def real_client(url: str, transport: Any = None) -> genai.Client:
