@@ -8,7 +8,6 @@ entering it makes it the :class:`Lease` the caller holds. The uncontended path o
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Final
 
 from ._core import Request
@@ -49,7 +48,6 @@ class Lease(Request):
         self.amounts = amounts
         self.slot = slot
         self.seq = _LATE
-        self.at = -math.inf
         self._limiter = limiter
         self._timeout = timeout
         self._stage = _NEW

@@ -334,6 +334,7 @@ class MultiState:
             request, ticket = seen
             position = self._positions[meter]
             entry = ticket[position] if position < len(ticket) else None
+            # (A grant's ticket is given with its instant, in try_take.)
             if entry is not None and request.at <= now:
                 remaining -= core.since(entry)
                 remaining += (refill or 0.0) * (now - request.at)
@@ -354,7 +355,7 @@ class MultiState:
             meter.core.retune(rate, capacity, now)
             meter.most = min(meter.maximum, capacity)
             return meter
-        index = self.meters.index(meter)
+        index = self._positions[meter]
         shadow = self.shadows.get(index)
         if shadow is None:
             shadow = Meter(meter.dim, _ServerRate(rate, capacity))
