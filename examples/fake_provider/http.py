@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .provider import Admitted, ChatRequest, Headers, Refused
 
@@ -68,20 +68,34 @@ def error(status: int, message: str, headers: Headers | None = None, **fields: s
     return Reply(status, {"error": body | fields}, headers or [])
 
 
-def parse_chat_request(body: bytes, default_max_tokens: int) -> ChatRequest:
-    """The ``POST /v1/chat/completions`` body as a ``ChatRequest``; ``HTTPError`` (400) if bad."""
+def _chat_payload(
+    body: bytes, bad_json: str, no_model: str, no_messages: str
+) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
+    """A chat body's JSON object, model and messages, each checked (``HTTPError`` (400)
+    with the API's own wording otherwise)."""
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HTTPError(400, f"We could not parse the JSON body of your request: {exc}") from None
+        raise HTTPError(400, f"{bad_json}: {exc}") from None
     if not isinstance(payload, dict):
         raise HTTPError(400, "The request body must be a JSON object.")
     model = payload.get("model")
     if not isinstance(model, str) or not model:
-        raise HTTPError(400, "you must provide a model parameter", "model")
+        raise HTTPError(400, no_model, "model")
     messages = payload.get("messages")
     if not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
-        raise HTTPError(400, "'messages' must be a non-empty array of message objects", "messages")
+        raise HTTPError(400, no_messages, "messages")
+    return payload, model, messages
+
+
+def parse_chat_request(body: bytes, default_max_tokens: int) -> ChatRequest:
+    """The ``POST /v1/chat/completions`` body as a ``ChatRequest``; ``HTTPError`` (400) if bad."""
+    payload, model, messages = _chat_payload(
+        body,
+        "We could not parse the JSON body of your request",
+        "you must provide a model parameter",
+        "'messages' must be a non-empty array of message objects",
+    )
     for name in ("max_completion_tokens", "max_tokens"):
         value = payload.get(name)
         if value is None:
@@ -159,18 +173,12 @@ def anthropic_error(status: int, message: str, headers: Headers | None = None) -
 def parse_messages_request(body: bytes) -> ChatRequest:
     """The ``POST /v1/messages`` body as a ``ChatRequest`` (``system`` first among its
     messages, for the prompt estimate); ``HTTPError`` (400) if bad."""
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HTTPError(400, f"There was an issue with your request body: {exc}") from None
-    if not isinstance(payload, dict):
-        raise HTTPError(400, "The request body must be a JSON object.")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise HTTPError(400, "model: Field required", "model")
-    messages = payload.get("messages")
-    if not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
-        raise HTTPError(400, "messages: Field required, a non-empty list of messages", "messages")
+    payload, model, messages = _chat_payload(
+        body,
+        "There was an issue with your request body",
+        "model: Field required",
+        "messages: Field required, a non-empty list of messages",
+    )
     max_tokens = payload.get("max_tokens")
     if max_tokens is None:
         raise HTTPError(400, "max_tokens: Field required", "max_tokens")
