@@ -291,12 +291,17 @@ class Limiter:
     def _amounts(self, actual: Mapping[str, object]) -> dict[int, float]:
         """Check a settlement's amounts; by dimension index."""
         checked: dict[int, float] = {}
+        index = self._index
         for dim, value in actual.items():
-            if dim not in self._limits:
+            i = index.get(dim)
+            if i is None:
                 raise InvalidArgumentError(
                     dim, f"unknown dimension {dim!r}; this limiter has {list(self._dims)}"
                 )
-            checked[self._dims.index(dim)] = _validate.real(value, dim, zero=True)
+            if (type(value) is float or type(value) is int) and 0 <= value <= _MOST:
+                checked[i] = float(value)
+            else:  # the generic checks, which raise what is wrong
+                checked[i] = _validate.real(value, dim, zero=True)
         return checked
 
     def _adopt(self, meters: list[Meter], pools: Mapping[Meter, tuple[str, ...]]) -> None:

@@ -143,7 +143,9 @@ class MemoryStore:
 
     def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None:
         assert isinstance(ticket, list)
-        refunded = self._multi.adjust(request, ticket, actual, self._waiters.now())
+        waiters = self._waiters
+        now = waiters.clock() if LOOP_HINT.get() is waiters.loop else waiters.now()
+        refunded = self._multi.adjust(request, ticket, actual, now)
         if refunded:
             self._kick_all(refunded)
 
@@ -155,7 +157,8 @@ class MemoryStore:
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
     ) -> None:
-        now = self._waiters.now()
+        waiters = self._waiters
+        now = waiters.clock() if LOOP_HINT.get() is waiters.loop else waiters.now()
         multi = self._multi
         seen = None if lease is None or not isinstance(ticket, list) else (lease, ticket)
         for clamp in plan.clamps:

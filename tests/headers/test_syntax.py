@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tokenbucket._headers import _syntax
 from tokenbucket._headers._syntax import (
     decimal,
     go_duration,
+    go_duration_resolution,
     seconds_until_http_date,
     seconds_until_rfc3339,
 )
@@ -68,6 +70,22 @@ def test_go_durations_are_summed_without_rounding_error() -> None:
 @pytest.mark.parametrize("text", MALFORMED_DURATIONS)
 def test_malformed_go_durations(text: str) -> None:
     assert go_duration(text) is None
+
+
+@pytest.mark.parametrize("text", ["\u0661\u0662", "\u00b2", "\uff11", "1\u0660"])
+def test_digits_of_other_scripts_are_not_decimal_numbers(text: str) -> None:
+    assert text.isdigit()  # what str.isdigit() and float() accept, HTTP does not
+    assert decimal(text) is None
+
+
+def test_each_go_duration_is_read_once_and_what_is_kept_stays_bounded() -> None:
+    kept = _syntax._GO_DURATIONS_KEPT
+    for i in range(kept + 10):
+        assert go_duration(f"{i}ms") == i / 1000
+    assert 0 < len(_syntax._GO_DURATIONS) <= kept
+    assert _syntax.read_go_duration("59.25s") == (59.25, 0.01)
+    assert go_duration_resolution("1m30s") == 1.0
+    assert _syntax.read_go_duration("6m0sX") == (None, 0.0)
 
 
 @pytest.mark.parametrize(("text", "seconds"), RFC3339_RESETS)

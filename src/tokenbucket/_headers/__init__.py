@@ -52,7 +52,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Final
 
 from .._errors import ArgumentTypeError, InvalidArgumentError
@@ -184,16 +184,21 @@ def parse_rate_limit_headers(
             RateLimitHeaderWarning,
             stacklevel=2,
         )
-    limits = sorted(
-        found.values(), key=lambda x: (_DIMENSION_ORDER.get(x.dimension, 4), x.dimension)
-    )
-    return ServerFeedback(limits=tuple(limits), retry_after=retry_after)
+    limits = tuple(found.values())
+    if len(limits) > 1:
+        limits = tuple(sorted(limits, key=_order))
+    return ServerFeedback(limits=limits, retry_after=retry_after)
 
 
-def _check_now(now: object) -> datetime:
-    """Return ``now`` as an aware datetime (the current UTC time for ``None``)."""
+def _order(limit: ServerLimit) -> tuple[int, str]:
+    return _DIMENSION_ORDER.get(limit.dimension, 4), limit.dimension
+
+
+def _check_now(now: object) -> datetime | None:
+    """Return ``now`` if it is an aware datetime or ``None`` (the current time, which
+    the reader reads only if a value needs it)."""
     if now is None:
-        return datetime.now(timezone.utc)
+        return None
     if not isinstance(now, datetime):
         raise ArgumentTypeError("now", f"now must be a datetime or None, not {type(now).__name__}")
     if now.utcoffset() is None:

@@ -9,13 +9,13 @@ malformed value once in :attr:`Reader.problems`.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Final, NamedTuple, TypeGuard
 
 from . import _sf, _syntax
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
-    from datetime import datetime
 
 __all__ = ["NAMES", "Reader", "Reported"]
 
@@ -36,7 +36,7 @@ class Reported(NamedTuple):
 class _Kind(NamedTuple):
     """How one kind of header value is read: a float (seconds for times) or None."""
 
-    read: Callable[[str, datetime], float | None]
+    read: Callable[[str, Callable[[], datetime]], float | None]  # (text, now)
     expected: str  # what the warning says the value is not
     # For a reset that is the time until the limit is full again: the unit of its last
     # digit (how far the written value may be from the true one). None: a reset at which
@@ -49,37 +49,37 @@ def _is_count(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
-def _delta_or_epoch(text: str, now: datetime) -> float | None:
+def _delta_or_epoch(text: str, now: Callable[[], datetime]) -> float | None:
     number = _syntax.decimal(text)
     if number is not None and number > _EPOCH_THRESHOLD:
-        return max(0.0, number - now.timestamp())
+        return max(0.0, number - now().timestamp())
     return number
 
 
-def _leading_number(text: str, now: datetime) -> float | None:
+def _leading_number(text: str, now: Callable[[], datetime]) -> float | None:
     items = _sf.parse_list(text)
     first = items[0][0] if items else None
     return float(first) if _is_count(first) else None
 
 
-def _delay_or_http_date(text: str, now: datetime) -> float | None:
+def _delay_or_http_date(text: str, now: Callable[[], datetime]) -> float | None:
     seconds = _syntax.decimal(text)
-    return _syntax.seconds_until_http_date(text, now) if seconds is None else seconds
+    return _syntax.seconds_until_http_date(text, now()) if seconds is None else seconds
 
 
-def _milliseconds(text: str, now: datetime) -> float | None:
+def _milliseconds(text: str, now: Callable[[], datetime]) -> float | None:
     number = _syntax.decimal(text)
     return None if number is None else number / 1000
 
 
 _COUNT: Final = _Kind(lambda text, now: _syntax.decimal(text), "not a non-negative decimal number")
 _GO_DURATION: Final = _Kind(
-    lambda text, now: _syntax.go_duration(text),
+    lambda text, now: _syntax.read_go_duration(text)[0],
     "not a Go duration such as '1s', '6m0s' or '20ms'",
-    _syntax.go_duration_resolution,
+    lambda text: _syntax.read_go_duration(text)[1],
 )
 _RFC3339: Final = _Kind(
-    _syntax.seconds_until_rfc3339,
+    lambda text, now: _syntax.seconds_until_rfc3339(text, now()),
     "not an RFC 3339 date-time with a UTC offset",
     _syntax.rfc3339_resolution,
 )
@@ -175,11 +175,11 @@ def refill_rate(limit: float, remaining: float, reset: float, resolution: float)
 class Reader:
     """Reads the families out of lower-cased header fields, noting each malformed value."""
 
-    __slots__ = ("_fields", "_now", "problems")
+    __slots__ = ("_fields", "_moment", "problems")
 
-    def __init__(self, fields: Mapping[str, str], now: datetime) -> None:
+    def __init__(self, fields: Mapping[str, str], now: datetime | None) -> None:
         self._fields = fields
-        self._now = now
+        self._moment = now  # None: the current time, read once if a value needs it
         #: Header name -> (its value, what it is not), in the order they were found.
         self.problems: dict[str, tuple[str, str]] = {}
 
@@ -207,6 +207,12 @@ class Reader:
         milliseconds = self._value("retry-after-ms", _RETRY_AFTER_MS)
         seconds = self._value("retry-after", _RETRY_AFTER)
         return seconds if milliseconds is None else milliseconds
+
+    def _now(self) -> datetime:
+        moment = self._moment
+        if moment is None:
+            moment = self._moment = datetime.now(timezone.utc)
+        return moment
 
     def _get(self, name: str) -> str | None:
         value = self._fields.get(name)

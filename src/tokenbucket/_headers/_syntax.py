@@ -66,8 +66,8 @@ def decimal(text: str) -> float | None:
     >>> decimal("149984"), decimal("0.5"), decimal("-1"), decimal("1e3")
     (149984.0, 0.5, None, None)
     """
-    if not _DECIMAL.fullmatch(text):
-        return None
+    if not (text.isdigit() and text.isascii()) and not _DECIMAL.fullmatch(text):
+        return None  # (an integer, the usual form, needs no pattern)
     number = float(text)
     return number if math.isfinite(number) else None  # a few hundred digits give inf
 
@@ -78,41 +78,53 @@ def go_duration(text: str) -> float | None:
     >>> go_duration("6m0s"), go_duration("20ms"), go_duration("0"), go_duration("6m")
     (360.0, 0.02, 0.0, 360.0)
     """
+    return read_go_duration(text)[0]
+
+
+def go_duration_resolution(text: str) -> float:
+    """The unit of the last digit of a Go duration, in seconds: how far the written value
+    may be from the one it was rounded from (0 for text that is not one).
+
+    >>> go_duration_resolution("6m0s"), go_duration_resolution("59.25s")
+    (1.0, 0.01)
+    """
+    return read_go_duration(text)[1]
+
+
+# Servers send the same few durations over and over: each is read once. Bounded, since
+# the text comes from the network.
+_GO_DURATIONS: Final[dict[str, tuple[float | None, float]]] = {}
+_GO_DURATIONS_KEPT: Final = 4096
+
+
+def read_go_duration(text: str) -> tuple[float | None, float]:
+    """``(go_duration(text), go_duration_resolution(text))``, read once per text."""
+    known = _GO_DURATIONS.get(text)
+    if known is None:
+        if len(_GO_DURATIONS) >= _GO_DURATIONS_KEPT:
+            _GO_DURATIONS.clear()
+        known = _GO_DURATIONS[text] = _read_go_duration(text)
+    return known
+
+
+def _read_go_duration(text: str) -> tuple[float | None, float]:
     if text == "0":
-        return 0.0
+        return 0.0, 0.0
     # Summed in nanoseconds, so "9ms" is 0.009 and not 9 * 0.001 = 0.009000000000000001.
     single = _DURATION_PARTS.fullmatch(text)  # the usual form: one number, one unit
     if single is not None:
         amount, unit = single.groups()
         nanoseconds = float(amount) * _NANOSECONDS[unit]
     elif _DURATION.fullmatch(text):
-        nanoseconds = sum(
-            float(amount) * _NANOSECONDS[unit] for amount, unit in _DURATION_PARTS.findall(text)
-        )
-    else:
-        return None
-    seconds = nanoseconds / 1e9
-    return seconds if math.isfinite(seconds) else None
-
-
-def go_duration_resolution(text: str) -> float:
-    """The unit of the last digit of a Go duration, in seconds: how far the written value
-    may be from the one it was rounded from.
-
-    >>> go_duration_resolution("6m0s"), go_duration_resolution("59.25s")
-    (1.0, 0.01)
-    """
-    single = _DURATION_PARTS.fullmatch(text)  # the usual form: one number, one unit
-    if single is not None:
-        amount, unit = single.groups()
-    else:
         parts = _DURATION_PARTS.findall(text)
-        if not parts:
-            return 0.0
+        nanoseconds = sum(float(amount) * _NANOSECONDS[unit] for amount, unit in parts)
         amount, unit = parts[-1]
-    _, _, decimals = str(amount).partition(".")
-    scale: float = _NANOSECONDS[str(unit)] / 1e9
-    return scale / 10.0 ** len(decimals)
+    else:
+        return None, 0.0
+    seconds = nanoseconds / 1e9
+    _, _, decimals = amount.partition(".")
+    resolution = _NANOSECONDS[unit] / 1e9 / 10.0 ** len(decimals)
+    return (seconds if math.isfinite(seconds) else None), resolution
 
 
 def rfc3339_resolution(text: str) -> float:
