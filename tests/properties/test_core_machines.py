@@ -62,6 +62,7 @@ from hypothesis.stateful import (
 
 from tokenbucket import Rate
 from tokenbucket._core import BucketState, Meter, MultiState, Request, WindowLog
+from tokenbucket._core.bucket import NOISE
 
 INF = math.inf
 SETTINGS = settings(max_examples=120, stateful_step_count=40, deadline=None)
@@ -129,7 +130,7 @@ class NaiveBucket:
 
     def clamp(self, most: float, now: float) -> None:
         self.last = self._at(now)
-        if most < self.level(self.last):
+        if self.level(self.last) - most > NOISE * self.capacity:
             self.mark = len(self.grants) - 1
         self.events.append((self.last, min(self.capacity, most), 0.0))
 
@@ -251,7 +252,8 @@ class NaiveWindow:
         until = inside_up(until, self.offset) if self.offset else until
         excess = self.limit - self.used_at(t) - most
         if excess > 0:
-            self.mark = self.expiry(now)  # the grants so far get nothing back
+            if excess > NOISE * self.limit:
+                self.mark = self.expiry(now)  # the grants so far get nothing back
             self._add(max(min(until, t + self.window), math.nextafter(t, INF)), excess)
 
     def ready_at(self, amount: float, now: float, slack: float = 0.0) -> float:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 
+# A clamp lowers a level by more than this share of its capacity to count as a server's
+# report below it (a smaller difference is rounding: it marks no grant as covered).
+NOISE = 1e-9
+
 __all__ = ["BucketState"]
 
 
@@ -133,7 +137,8 @@ class BucketState:
             self._stamp = now
         if most < level:
             self._level = most
-            self._mark = self._taken  # the server's count covers every grant so far
+            if level - most > NOISE * self.capacity:  # not a rounding difference
+                self._mark = self._taken  # the server's count covers every grant so far
         else:
             self._level = level
 

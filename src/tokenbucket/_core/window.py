@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 
+from .bucket import NOISE
+
 __all__ = ["WindowLog"]
 
 _COMPACT_AT = 64
@@ -208,7 +210,8 @@ class WindowLog:
         excess = self.limit - self._used() - most
         if excess <= 0:
             return
-        self._mark = self._expiry_of(now)  # see refund
+        if excess > NOISE * self.limit:  # not a rounding difference
+            self._mark = self._expiry_of(now)  # see refund
         earliest = math.nextafter(now, math.inf)
         until = max(min(until, now + self.window), earliest)
         if refill is None or refill <= 0:
