@@ -381,14 +381,14 @@ async def test_async_with_takes_one_unit(limiter: Single) -> None:
     assert limiter.statistics().available == pytest.approx(2.0, abs=1e-3)
 
 
-def test_try_acquire_needs_a_running_event_loop() -> None:
+def test_try_acquire_outside_an_event_loop_shares_the_limiter() -> None:
     bucket = tb.TokenBucket(rate=1, capacity=1)
-    with pytest.raises(RuntimeError):
-        bucket.try_acquire(1)
-    # Validation still comes first, and names the argument.
+    # Validation comes first, and names the argument.
     with pytest.raises(tb.InvalidArgumentError) as info:
         bucket.try_acquire(-1)
     assert info.value.argument == "amount"
+    assert bucket.try_acquire(1)  # from a thread without a loop: the limiter is shared
+    assert not bucket.try_acquire(1)
 
 
 @pytest.mark.anyio

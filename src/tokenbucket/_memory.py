@@ -17,6 +17,7 @@ import itertools
 import math
 import time
 import weakref
+from _thread import get_ident
 from typing import TYPE_CHECKING, Final
 
 from ._errors import AcquireTimeoutError
@@ -66,6 +67,8 @@ class MemoryStore:
         "_waiters",
     )
 
+    shareable = False  # by threads and loops: not yet (see _shared)
+
     def __init__(self, multi: MultiState, describe: Callable[[], str]) -> None:
         self._multi = multi
         self._waiters = WaiterQueue(multi, self)
@@ -106,7 +109,7 @@ class MemoryStore:
 
     def try_take(self, request: Request) -> Ticket | None:
         waiters = self._waiters
-        if waiters.fast is LOOP_HINT.get():  # nobody waits; the clock is time.monotonic
+        if waiters.fast == get_ident():  # nobody waits; the clock is time.monotonic
             now = _monotonic()
         elif waiters.live:
             return None

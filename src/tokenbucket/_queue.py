@@ -32,7 +32,9 @@ back, a new clock (:class:`QueueOwner`).
 from __future__ import annotations
 
 import math
+import threading
 import time
+from _thread import get_ident
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -60,6 +62,13 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 _INF: Final = math.inf
+_monotonic: Final = time.monotonic
+_NO_LOCK: Final = threading.Lock()  # a queue's lock until it is shared (never taken)
+# Held while a queue becomes shared, so two threads never switch it at once. Nothing
+# waits for anything else while holding it.
+_SWITCHING: Final = threading.Lock()
+# How often a thread waiting for a loop to switch a queue looks whether it still runs.
+_HANDSHAKE_CHECK: Final = 0.05
 
 
 class QueueState(Protocol):
@@ -92,6 +101,10 @@ class QueueOwner(Protocol):
     def on_bind(self, now: float, moved: bool) -> None:
         """The queue serves a new event loop; ``moved``: its clock has another origin."""
 
+    @property
+    def shareable(self) -> bool:
+        """Whether the queue may be shared by threads and loops (see ``_shared``)."""
+
 
 class _Waiter:
     __slots__ = (
@@ -99,9 +112,12 @@ class _Waiter:
         "deadline",
         "event",
         "future",
+        "latch",
+        "loop",
         "request",
         "scope",
         "state",
+        "thread",
         "ticket",
         "wake",
     )
@@ -116,30 +132,47 @@ class _Waiter:
         self.scope: anyio.CancelScope | None = None
         self.wake = _INF
         self.deadline = deadline
+        # Shared mode: the loop of ``future`` and the thread it runs in, or the lock a
+        # blocked thread sleeps on.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = NO_THREAD
+        self.latch: threading.Lock | None = None
 
 
 def _unbound_clock() -> float:
     raise RuntimeError("limiter is not bound to an event loop")  # pragma: no cover
 
 
+NO_THREAD: Final = -1  # no thread's identifier: "nobody may take without queueing"
+
+
 class WaiterQueue:
     """The FIFO queue, its one timer and its binding to an event loop.
 
-    The owner's hot paths read ``fast`` directly: the asyncio loop whose tasks may take
-    without queueing and read ``time.monotonic`` as the clock (the loop served, while
-    nobody waits and its clock is that one), or a value no loop equals. They compare it
-    with ``LOOP_HINT``, which names the running loop once the task has been through
-    :meth:`now`.
+    The owner's hot paths read ``fast`` directly: the identifier of the thread whose
+    tasks may take without queueing and read ``time.monotonic`` as the clock (the thread
+    of the asyncio loop served, while nobody waits and its clock is that one), or
+    ``NO_THREAD``. They compare it with ``_thread.get_ident()``: only the loop's own
+    thread ever changes the state without the lock of shared mode.
+
+    Shared mode (see ``_shared``): once the limiter is used from another thread than
+    that of the loop it serves, the queue becomes a :class:`~._shared.SharedQueue` for
+    good: every change under a lock, on ``time.monotonic``, timed by the timer thread.
     """
+
+    shared = False  # a SharedQueue's is True
 
     __slots__ = (
         "_early",
         "_hinted",
+        "_lock",
         "_open",
         "_queue",
         "_step",
+        "_thread",
         "_timer",
         "_timer_at",
+        "_woken",
         "aio",
         "clock",
         "fast",
@@ -160,11 +193,14 @@ class WaiterQueue:
         self.key: object | None = None
         # The asyncio loop this queue serves, or NOT_ASYNCIO when unbound or on trio.
         self.loop: object = NOT_ASYNCIO
-        self.fast: object = NOT_ASYNCIO
-        self._open: object = NOT_ASYNCIO  # what `fast` is while nobody waits
+        self.fast = NO_THREAD
+        self._open = NO_THREAD  # what `fast` is while nobody waits
+        self._thread = NO_THREAD  # the thread of the loop served
         self.aio: asyncio.AbstractEventLoop | None = None
         self.clock: Callable[[], float] = _unbound_clock
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Any = None  # an asyncio.TimerHandle; in shared mode a _timer.Timer
+        self._lock = _NO_LOCK  # shared mode's
+        self._woken: list[_Waiter] = []  # shared mode: granted, to wake outside the lock
         self._timer_at = _INF
         self._early = 0
         self._step = 1e-6
@@ -187,7 +223,7 @@ class WaiterQueue:
         self._queue.append(waiter)
         self.live += 1
         self.queued += waiter.amount
-        self.fast = NOT_ASYNCIO
+        self.fast = NO_THREAD
         if self.live == 1:  # the head: time it
             when = self.state.ready_at(waiter.request, now)
             if self.aio is not None:
@@ -277,6 +313,9 @@ class WaiterQueue:
 
     def expire(self, waiter: _Waiter) -> None:
         """Timeout callback (asyncio)."""
+        if self.shared:  # armed before the queue was shared: bound to this method
+            type(self).expire(self, waiter)
+            return
         if waiter.state is not _WAITING:
             return
         future = waiter.future
@@ -336,24 +375,99 @@ class WaiterQueue:
     # -- event loop binding -----------------------------------------------------------------
 
     def now(self) -> float:
-        """Bind to the running event loop if needed and return its time."""
+        """Bind to the running event loop if needed and return its time.
+
+        From an event loop in another thread than that of the loop served (still open),
+        or from a thread without one, the queue is shared first, if its owner can be.
+        """
         if self.aio is None and self.key is not None and trio_root() is self.key:
             return self.clock()  # still in the trio run it serves (no getpid() call)
         loop = get_running_loop()
         if loop is not None:
             if loop is not self.loop:
-                self._bind(asyncio_clock(loop))
+                self._enter(asyncio_clock(loop))
+                if self.shared:
+                    return _monotonic()
             if self._hinted:
                 LOOP_HINT.set(loop)
             return self.clock()
         root = trio_root()
         if root is None:
+            if self.owner.shareable:
+                self.share()
+                return _monotonic()
             raise RuntimeError(
                 f"{self.owner.describe()} must be used from a running asyncio or trio event loop"
             )
         if root is not self.key:
-            self._bind(trio_clock(root))
+            self._enter(trio_clock(root))
+            if self.shared:
+                return _monotonic()
         return self.clock()
+
+    def _enter(self, clock: Clock) -> None:
+        """A new loop uses the queue: bind to it, or share the queue if the loop served
+        may still run in another thread."""
+        if (
+            self.key is not None
+            and self._thread != get_ident()
+            and self.owner.shareable
+            and (self.aio is None or not self.aio.is_closed())
+        ):
+            self.share()
+        else:
+            self._bind(clock)
+
+    def share(self) -> None:
+        """Become a :class:`~._shared.SharedQueue` (once), from any thread.
+
+        Only the thread of the loop served changes the queue without a lock, so the
+        switch happens there: posted to that loop, which runs it between two of its
+        callbacks, when nothing is half done. Directly when the queue serves no loop, when
+        this is that loop's thread, or when the loop has stopped or closed.
+        """
+        if self.shared:
+            return
+        loop = self.aio
+        if self.key is None or self._thread == get_ident() or loop is None:
+            if loop is None and self.key is not None and self._thread != get_ident():
+                raise RuntimeError(
+                    f"{self.owner.describe()} serves a trio run in another thread; sharing "
+                    "a limiter between a trio run and other threads is not supported yet"
+                )
+            self._switch()
+            return
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def switch() -> None:
+            try:
+                self._switch()
+            except BaseException as error:  # e.g. a virtual clock: told to the caller
+                failure.append(error)
+            finally:
+                done.set()
+
+        try:
+            loop.call_soon_threadsafe(switch)
+        except RuntimeError:  # closed
+            pass
+        else:
+            while not done.wait(_HANDSHAKE_CHECK) and loop.is_running():
+                pass
+        if done.is_set():
+            if failure:
+                raise failure[0]
+        else:  # the loop stopped: nothing of it runs to change the queue
+            self._switch()
+
+    def _switch(self) -> None:
+        """The switch itself (see :meth:`share`); once, whoever comes first."""
+        from ._shared import become_shared
+
+        with _SWITCHING:
+            if not self.shared:
+                become_shared(self)
 
     def peek_now(self) -> float:
         """The time in the loop this queue serves, if that is the running one; else the
@@ -387,5 +501,6 @@ class WaiterQueue:
         self.clock = clock.read
         self._step = clock.step
         self._hinted = clock.hinted
-        self.fast = self._open = clock.loop if clock.hinted else NOT_ASYNCIO
+        self._thread = get_ident()
+        self.fast = self._open = self._thread if clock.hinted else NO_THREAD
         self.owner.on_bind(clock.read(), not same_clock)

@@ -11,14 +11,15 @@ every acquisition goes through the backend's store (see ``_backend``).
 from __future__ import annotations
 
 import time
+from _thread import get_ident
 from typing import TYPE_CHECKING
 
 from . import _validate
 from ._backend import open_store
 from ._core import Meter, Request
 from ._errors import AcquireTimeoutError, AmountExceedsLimitError, ArgumentTypeError
-from ._loop import LOOP_HINT
 from ._queue import WaiterQueue, _Waiter
+from ._shared import SharedQueue
 from ._statistics import LimitStatistics
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class SingleLimiter:
     __slots__ = ("__weakref__", "_max", "_remote", "_state", "_take", "_waiters")
 
     _LIMIT_NAME = "limit"
+    shareable = True  # by threads and loops (see _shared)
 
     def __init__(
         self,
@@ -80,9 +82,9 @@ class SingleLimiter:
         Cancellation: a cancelled (or timed-out) caller consumes nothing and delays no
         one; if it had just been granted, the grant goes back to the next waiter.
         """
-        if self._waiters.fast is LOOP_HINT.get() and timeout is None:
-            # Nobody waits, this task's loop is the one served and its clock is
-            # time.monotonic. An amount above the limit never fits, so it falls through
+        if self._waiters.fast == get_ident() and timeout is None:
+            # Nobody waits, this task runs in the thread of the loop served and its clock
+            # is time.monotonic. An amount above the limit never fits, so it falls through
             # to the checks below with NaN and every other value the state refuses.
             cls = amount.__class__
             if (cls is int or cls is float) and amount > 0 and self._take(amount, _monotonic()):
@@ -115,6 +117,8 @@ class SingleLimiter:
             )
         waiters = self._waiters
         now = waiters.now()
+        if isinstance(waiters, SharedQueue):
+            return waiters.try_take(amount)
         if waiters.live:
             return False
         return self._state.try_take(amount, now)
@@ -136,6 +140,12 @@ class SingleLimiter:
                 queued=waiters.queued,
                 next_wakeup=remote.next_wakeup,
             )
+        if isinstance(waiters, SharedQueue):
+            with waiters.lock:
+                return self._statistics(waiters)
+        return self._statistics(waiters)
+
+    def _statistics(self, waiters: WaiterQueue) -> LimitStatistics:
         return LimitStatistics(
             available=max(0.0, self._state.level(waiters.peek_now())),
             limit=self._max,
@@ -143,6 +153,62 @@ class SingleLimiter:
             queued=waiters.queued if waiters.live else 0.0,
             next_wakeup=waiters.next_wakeup(),
         )
+
+    def acquire_blocking(self, amount: float = 1.0, *, timeout: float | None = None) -> None:
+        """Block this thread until ``amount`` units are granted, in FIFO order.
+
+        The same acquisition as :meth:`acquire`, for threads: one FIFO order across every
+        thread and every event loop using the limiter, and the thread sleeps until it is
+        granted or times out (woken once). The first call (or any use from a thread
+        other than that of the event loop using the limiter) makes the limiter *shared*:
+        from then on it is safe to use from any number of threads and asyncio loops at
+        once, on ``time.monotonic``. Do not call it from a coroutine: it blocks the loop.
+
+        Args:
+            amount: units to take (a float > 0).
+            timeout: seconds to wait at most; ``None`` or ``math.inf`` waits forever,
+                ``0`` only takes what is available right now.
+
+        Raises:
+            AmountExceedsLimitError: ``amount`` is more than the limiter can ever grant.
+            InvalidArgumentError, ArgumentTypeError: a bad ``amount`` or ``timeout``.
+            AcquireTimeoutError: ``timeout`` passed first. Nothing is consumed.
+            RuntimeError: the limiter serves a trio run in another thread, or has tasks
+                waiting on a loop whose clock is not ``time.monotonic``.
+            NotImplementedError: the limiter has a backend (Redis).
+
+        An exception while blocked (``KeyboardInterrupt``) consumes nothing.
+        """
+        cls = amount.__class__
+        if (cls is float or cls is int) and 0 < amount <= self._max:
+            value = float(amount)
+        else:
+            value = self._check_amount(amount)
+        seconds = None if timeout is None else _validate.timeout(timeout)
+        if self._remote is not None:
+            raise NotImplementedError(
+                f"{type(self).__name__} with a backend cannot block a thread yet: "
+                "use 'await limiter.acquire(...)' in an event loop"
+            )
+        if value == 0:
+            return
+        waiters = self._waiters
+        waiters.share()
+        assert isinstance(waiters, SharedQueue)
+        waiters.block(value, value, seconds)
+
+    def __enter__(self) -> None:
+        """``with limiter:`` blocks this thread until one unit is granted (see
+        :meth:`acquire_blocking`)."""
+        self.acquire_blocking()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Nothing to release: rate-limited units are spent once granted."""
 
     async def __aenter__(self) -> None:
         """``async with limiter:`` acquires one unit (see :meth:`acquire`)."""
@@ -190,6 +256,9 @@ class SingleLimiter:
             return
         now = waiters.now()
         if value == 0:
+            return
+        if isinstance(waiters, SharedQueue):
+            await waiters.take(value, value, seconds)
             return
         if not waiters.live and self._state.try_take(value, now):
             return

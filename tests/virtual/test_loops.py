@@ -61,28 +61,49 @@ def test_a_clock_with_another_origin_never_over_admits() -> None:
     assert stamps[2] == pytest.approx(1.0)
 
 
-def test_waiters_in_another_running_loop_are_reported() -> None:
+def test_a_limiter_with_waiters_in_another_running_loop_is_shared() -> None:
+    bucket = tb.TokenBucket(rate=20, capacity=1)
+    order: list[str] = []
+
+    async def other_loop() -> None:
+        await bucket.acquire(timeout=5)
+        order.append("other loop")
+
+    async def main() -> None:
+        assert bucket.try_acquire(1)
+        waiter = asyncio.create_task(bucket.acquire(timeout=5))
+        await asyncio.sleep(0)
+        thread = threading.Thread(target=asyncio.run, args=(other_loop(),))
+        thread.start()
+        await asyncio.to_thread(thread.join)
+        await waiter
+        order.insert(0 if waiter.done() else 1, "first loop")
+
+    asyncio.run(main())
+    # The first loop's waiter came first: it was granted first (FIFO across loops).
+    assert order == ["first loop", "other loop"]
+    assert type(bucket._waiters).__name__ == "SharedQueue"
+
+
+def test_a_limiter_serving_a_trio_run_is_not_shared_yet() -> None:
     bucket = tb.TokenBucket(rate=0.001, capacity=1)
     errors: list[BaseException] = []
 
-    async def other_loop() -> None:
+    def other_thread() -> None:
         try:
-            await bucket.acquire()
+            bucket.acquire_blocking(timeout=1)
         except RuntimeError as exc:
             errors.append(exc)
 
     async def main() -> None:
         assert bucket.try_acquire(1)
-        waiter = asyncio.create_task(bucket.acquire())
-        await asyncio.sleep(0)
-        thread = threading.Thread(target=asyncio.run, args=(other_loop(),))
+        thread = threading.Thread(target=other_thread)
         thread.start()
-        await asyncio.to_thread(thread.join)
-        waiter.cancel()
+        await trio.to_thread.run_sync(thread.join)
 
-    asyncio.run(main())
+    trio.run(main)
     assert len(errors) == 1
-    assert "another event loop" in str(errors[0])
+    assert "trio run in another thread" in str(errors[0])
 
 
 def test_an_expired_pause_stays_expired_on_another_loop() -> None:

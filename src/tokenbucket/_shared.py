@@ -1,0 +1,357 @@
+"""Shared mode: one limiter for many threads and event loops, with the same guarantees.
+
+Theory of operation
+-------------------
+A limiter serves one event loop without any lock (``_queue``): only that loop's thread
+changes it. The first time it is used from anywhere else (a thread blocking in
+``acquire_blocking``, a task of an event loop in another thread, ``try_acquire`` in a
+plain thread) its queue becomes a :class:`SharedQueue`, for good. The switch runs in the
+thread of the loop served, between two of its callbacks (see ``WaiterQueue.share``), so
+nothing is half done when it happens, and from then on:
+
+- every change of the state and of the queue is made under one lock, held for the
+  change only: never across a wait, a wake-up or a callback of another library;
+- the clock is ``time.monotonic`` (a virtual clock cannot be shared: it is refused);
+- the queue head is timed by the process's one timer thread (``_timer``);
+- each waiter parks on what its own world offers: a blocked thread on a lock of its own,
+  an asyncio task on a future of its loop. A grant is decided under the lock, in FIFO
+  order across all of them, and each granted waiter is woken once, after the lock is
+  released: a thread by releasing its lock, a task through its loop
+  (``call_soon_threadsafe``, or directly from its own thread).
+
+Waiters queued before the switch keep their places and their futures; their loop's
+timer for the head is replaced by the timer thread.
+
+Cancellation, timeouts and exceptions leave as in a single loop: a waiter that leaves
+before it is granted is removed, one granted but gone (cancelled, timed out at the same
+moment, its loop closed) gives the grant back to the next one.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from _thread import get_ident
+from typing import TYPE_CHECKING, Any, Final
+
+from ._errors import AcquireTimeoutError
+from ._loop import NOT_ASYNCIO, asyncio_clock, get_running_loop
+from ._park import GONE, GRANTED, WAITING
+from ._queue import NO_THREAD, WaiterQueue, _Waiter
+from ._timer import Timer, schedule
+
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["SharedQueue", "become_shared"]
+
+_INF: Final = math.inf
+_monotonic: Final = time.monotonic
+_SHARED: Final = object()  # the key of a shared queue: no loop or trio run is it
+# The longest a thread blocks in one go (Lock.acquire refuses longer timeouts).
+_LONGEST: Final = min(threading.TIMEOUT_MAX, 86400.0)
+
+
+def become_shared(queue: WaiterQueue) -> None:
+    """Turn ``queue`` into a :class:`SharedQueue`, where nothing else changes it."""
+    if queue.live and not queue._hinted:
+        # Tasks wait on the clock of the loop served, which is not time.monotonic (a
+        # virtual clock such as looptime's, or trio's): they cannot move to that.
+        raise RuntimeError(
+            f"{queue.owner.describe()} has tasks waiting on the clock of their event loop, "
+            "which is not time.monotonic; a limiter shared by threads and loops runs on "
+            "time.monotonic: use one limiter per loop there"
+        )
+    for waiter in queue._queue:  # parked on futures of the loop served
+        waiter.loop = queue.aio
+        waiter.thread = queue._thread
+    if queue._timer is not None:
+        queue._timer.cancel()
+    queue._timer = None
+    queue._timer_at = _INF
+    queue._early = 0
+    moved = queue.clock is not _monotonic  # never bound, or to a loop on another clock
+    queue._lock = threading.Lock()
+    queue.key = _SHARED
+    queue.aio = None
+    queue.loop = NOT_ASYNCIO
+    queue.clock = _monotonic
+    queue._step = 1e-6
+    queue._hinted = False
+    queue.fast = queue._open = NO_THREAD
+    queue._thread = NO_THREAD
+    queue.__class__ = SharedQueue
+    now = _monotonic()
+    if moved:
+        queue.owner.on_bind(now, True)
+    shared: Any = queue
+    shared.kick()  # time the head, if any, on the timer thread
+
+
+def _wait_for(deadline: float) -> float:
+    """Seconds to block for in one go, towards ``deadline`` (never -1: forever)."""
+    return max(0.0, min(deadline - _monotonic(), _LONGEST))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class SharedQueue(WaiterQueue):
+    """A waiter queue shared by threads and event loops (see the module's docstring).
+
+    The single-loop mechanics (``dispatch``, ``remove``, ...) run under ``_lock`` and
+    only record whom they granted; the entry points below wake them after releasing it.
+    """
+
+    __slots__ = ()
+
+    shared = True
+
+    # -- the clock ----------------------------------------------------------------------
+
+    def now(self) -> float:
+        return _monotonic()
+
+    def peek_now(self) -> float:
+        return _monotonic()
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held for every read or change of the state that must be consistent."""
+        return self._lock
+
+    # -- acquiring ---------------------------------------------------------------------
+
+    def try_take(self, request: object) -> bool:
+        """Take ``request`` now if nobody waits and it fits."""
+        with self._lock:
+            return not self.live and self.state.try_take(request, _monotonic())
+
+    async def take(self, amount: float, request: object, timeout: float | None) -> object:
+        """Wait in an asyncio task until ``request`` is granted; its ticket."""
+        loop = get_running_loop()
+        if loop is None:
+            raise RuntimeError(
+                f"{self.owner.describe()} is shared by threads and loops, which is supported "
+                "on asyncio (and uvloop) so far, not on trio"
+            )
+        with self._lock:
+            now = _monotonic()
+            if not self.live and self.state.try_take(request, now):
+                return self.state.ticket
+            waiter = _Waiter(amount, request, _INF if timeout is None else now + timeout)
+            if timeout != 0:
+                waiter.future = loop.create_future()
+                waiter.loop = loop
+                waiter.thread = get_ident()
+                self.push(waiter, now)
+        if waiter.future is None:
+            raise AcquireTimeoutError(self.owner.timeout_message(amount))
+        handle = None
+        if waiter.deadline != _INF:
+            if not asyncio_clock(loop).hinted:
+                self.abandon(waiter)
+                raise RuntimeError(
+                    f"{self.owner.describe()} is shared by threads and loops and runs on "
+                    "time.monotonic; this loop's clock is another (a virtual clock?)"
+                )
+            handle = loop.call_at(waiter.deadline, self.expire, waiter)
+        try:
+            await waiter.future
+        except BaseException:
+            if waiter.state is not GONE:
+                self.abandon(waiter)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+        return waiter.ticket
+
+    def block(self, amount: float, request: object, timeout: float | None) -> object:
+        """Block this thread until ``request`` is granted; its ticket."""
+        with self._lock:
+            now = _monotonic()
+            if not self.live and self.state.try_take(request, now):
+                return self.state.ticket
+            waiter = _Waiter(amount, request, _INF if timeout is None else now + timeout)
+            latch = waiter.latch = threading.Lock()
+            if timeout != 0:
+                latch.acquire()
+                self.push(waiter, now)
+        if timeout == 0:
+            raise AcquireTimeoutError(self.owner.timeout_message(amount))
+        try:
+            while not latch.acquire(timeout=_wait_for(waiter.deadline)):
+                if _monotonic() < waiter.deadline:
+                    continue  # the longest single wait, or an early return
+                with self._lock:
+                    if waiter.state is WAITING:
+                        self.remove(waiter, _monotonic())
+                    woken = self._take_woken()
+                self._wake(woken)
+                if waiter.state is not GRANTED:
+                    raise AcquireTimeoutError(self.owner.timeout_message(amount))
+                break  # granted as it timed out: it is the caller's
+        except BaseException:
+            if waiter.state is not GONE:
+                self.abandon(waiter)
+            raise
+        assert waiter.state is GRANTED  # only a grant releases the latch
+        return waiter.ticket
+
+    # -- leaving -----------------------------------------------------------------------
+
+    def abandon(self, waiter: _Waiter) -> None:
+        """The waiter leaves with an exception: out of the queue, or its grant back."""
+        with self._lock:
+            if waiter.state is GRANTED:
+                waiter.state = GONE
+                self.state.refund(waiter.request, waiter.ticket, _monotonic())
+                if self._queue:
+                    self.dispatch(_monotonic())
+                self.owner.on_refund()
+            elif waiter.state is WAITING:
+                self.remove(waiter, _monotonic())
+            woken = self._take_woken()
+        self._wake(woken)
+
+    def expire(self, waiter: _Waiter) -> None:
+        """A waiter's deadline, on its own loop."""
+        with self._lock:
+            if waiter.state is not WAITING:
+                return
+            self.remove(waiter, _monotonic())
+            woken = self._take_woken()
+        self._wake(woken)
+        future = waiter.future
+        if future is not None and not future.done():
+            future.set_exception(AcquireTimeoutError(self.owner.timeout_message(waiter.amount)))
+
+    def kick(self) -> None:
+        with self._lock:
+            if self.live:
+                self.dispatch(_monotonic())
+            woken = self._take_woken()
+        self._wake(woken)
+
+    # -- the mechanics, under the lock ---------------------------------------------------
+
+    def push(self, waiter: _Waiter, now: float) -> None:
+        self._queue.append(waiter)
+        self.live += 1
+        self.queued += waiter.amount
+        if self.live == 1:
+            self._arm(self.state.ready_at(waiter.request, now), now)
+
+    def dispatch(self, now: float) -> None:
+        queue = self._queue
+        state = self.state
+        woken = self._woken
+        while queue:
+            waiter = queue[0]
+            if waiter.state is not WAITING:
+                queue.popleft()
+                continue
+            if not state.try_take(waiter.request, now):
+                self._arm(state.ready_at(waiter.request, now), now)
+                self.owner.after_dispatch(waiter.request, now)
+                return
+            queue.popleft()
+            waiter.state = GRANTED
+            waiter.ticket = state.ticket
+            self.live -= 1
+            self.queued -= waiter.amount
+            woken.append(waiter)
+            later = _monotonic()
+            if later > now:
+                now = later
+        self.queued = 0.0
+        self._disarm()
+        self.owner.after_dispatch(None, now)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        waiter.state = GONE
+        self.live -= 1
+        self.queued -= waiter.amount
+        self.owner.on_leave(waiter.request)
+
+    def _arm(self, when: float, now: float) -> None:
+        if when == _INF:  # only a release or a refund can let the head in
+            self._disarm()
+            return
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at == when:
+                return
+            timer.cancel()
+        self._timer_at = when
+        self._timer = schedule(when, self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = _INF
+
+    def _on_timer(self, timer: Timer) -> None:  # type: ignore[override]
+        with self._lock:
+            if timer is not self._timer:
+                return  # cancelled after the timer thread took it
+            self._timer = None
+            self._timer_at = _INF
+            self.dispatch(_monotonic())
+            woken = self._take_woken()
+        self._wake(woken)
+
+    def next_wakeup(self) -> float | None:
+        if not self.live or self._timer is None:
+            return None
+        return float(self._timer_at)
+
+    def _bind(self, clock: Any) -> None:  # pragma: no cover - a shared queue never binds
+        raise AssertionError("a shared queue is bound to no loop")
+
+    # -- waking, outside the lock -------------------------------------------------------
+
+    def _take_woken(self) -> list[_Waiter]:
+        woken = self._woken
+        if woken:
+            self._woken = []
+        return woken
+
+    def _wake(self, woken: list[_Waiter]) -> None:
+        """Wake each granted waiter once, in its own world (the lock is not held)."""
+        if not woken:
+            return
+        me = get_ident()
+        lost: list[_Waiter] = []
+        for waiter in woken:
+            latch = waiter.latch
+            if latch is not None:
+                latch.release()
+                continue
+            future = waiter.future
+            loop = waiter.loop
+            assert future is not None
+            assert loop is not None
+            if waiter.thread == me:
+                _resolve(future)
+            else:
+                try:
+                    loop.call_soon_threadsafe(_resolve, future)
+                except RuntimeError:  # its loop is closed: it will never run
+                    lost.append(waiter)
+        if lost:
+            with self._lock:
+                now = _monotonic()
+                for waiter in lost:
+                    if waiter.state is GRANTED:
+                        waiter.state = GONE
+                        self.state.refund(waiter.request, waiter.ticket, now)
+                if self._queue:
+                    self.dispatch(now)
+                woken = self._take_woken()
+            self._wake(woken)
