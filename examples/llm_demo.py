@@ -13,7 +13,10 @@ retries on, in four runs:
    stream of the client is limited, settled from its usage and paced by the headers;
 3. the same with limits set 5x too high, which the server's headers correct;
 4. the ``anthropic`` SDK through the transport (the server speaks its Messages API and
-   ``anthropic-ratelimit-*`` headers too).
+   ``anthropic-ratelimit-*`` headers too);
+5. the classic batch script: the sync ``openai.OpenAI`` client in a
+   ``ThreadPoolExecutor`` of 32 threads, through ``tokenbucket.LimitedTransport``, the
+   sync twin (one limiter, shared by every thread).
 
 Time is compressed: the limits are per second instead of per minute, so it runs in
 about a minute. ``python examples/llm_demo.py`` (``--help`` for sizes).
@@ -25,7 +28,9 @@ import argparse
 import asyncio
 import random
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +48,14 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 MODEL = "gpt-demo"
-RUNS = ("naive", "transport", "transport, limits 5x too high", "transport, anthropic SDK")
+RUNS = (
+    "naive",
+    "transport",
+    "transport, limits 5x too high",
+    "transport, anthropic SDK",
+    "sync transport, 32 threads",
+)
+THREADS = 32
 
 
 @dataclass(frozen=True)
@@ -122,8 +134,13 @@ class Progress:
         self.errors = 0
         self._shown = -1.0
         self._on = sys.stderr.isatty()
+        self._lock = threading.Lock()  # steps may come from threads
 
     def step(self, *, error: bool = False) -> None:
+        with self._lock:
+            self._step(error)
+
+    def _step(self, error: bool) -> None:
         self.done += 1
         self.errors += error
         now = time.monotonic()
@@ -157,6 +174,35 @@ async def run_all(
         return True
 
     results = await asyncio.gather(*(one(r) for r in requests))
+    return sum(results), len(results) - sum(results)
+
+
+def run_threads(
+    server: LLMServer, label: str, limits: tb.Limiter, requests: list[ChatRequest]
+) -> tuple[int, int]:
+    """The batch script: the sync SDK in a pool of threads, every call through the sync
+    transport; how many succeeded and how many failed."""
+    transport = tb.LimitedTransport(limits, token_counter=count_tokens)
+    client = openai.OpenAI(
+        base_url=server.base_url, api_key="local", http_client=httpx2.Client(transport=transport)
+    )
+    progress = Progress(label, len(requests))
+
+    def one(request: ChatRequest) -> bool:
+        try:
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": request.text}],
+                max_tokens=request.max_tokens,
+            )
+        except openai.APIError:
+            progress.step(error=True)
+            return False
+        progress.step()
+        return True
+
+    with client, ThreadPoolExecutor(THREADS) as pool:
+        results = list(pool.map(one, requests))
     return sum(results), len(results) - sum(results)
 
 
@@ -232,12 +278,16 @@ async def demonstrate(
             server.reset_stats()
             scale = 5 * margin if "5x" in label else margin
             limits = None if label == "naive" else limits_for(rpm * scale, tpm * scale, period)
-            send, close = sender(server, label, limits)
             start = time.monotonic()
-            try:
-                ok, failed = await run_all(label, requests, send)
-            finally:
-                await close()
+            if "threads" in label:
+                assert limits is not None
+                ok, failed = await asyncio.to_thread(run_threads, server, label, limits, requests)
+            else:
+                send, close = sender(server, label, limits)
+                try:
+                    ok, failed = await run_all(label, requests, send)
+                finally:
+                    await close()
             wall = time.monotonic() - start
             outcomes.append(
                 Outcome(label, count, ok, failed, server.stats(), wall, rpm, tpm, period)

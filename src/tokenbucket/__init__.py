@@ -28,12 +28,12 @@ from ._headers import (
     ServerLimit,
     parse_rate_limit_headers,
 )
-from ._lease import Lease, LeaseContext
+from ._lease import BlockingLeaseContext, Lease, LeaseContext
 from ._limiter import Limiter
 from ._rate import Rate, per_day, per_hour, per_minute, per_second
 from ._redis import RedisBackend
 from ._statistics import LimiterStatistics, LimitStatistics
-from ._transport import AsyncLimitedTransport
+from ._transport import AsyncLimitedTransport, LimitedTransport
 from ._window import SlidingWindow
 
 __version__ = "0.1.0"
@@ -46,12 +46,14 @@ __all__ = [
     "BackendConfigurationError",
     "BackendError",
     "BackendUnavailableError",
+    "BlockingLeaseContext",
     "BucketGroup",
     "InvalidArgumentError",
     "Lease",
     "LeaseContext",
     "LeaseError",
     "LimitStatistics",
+    "LimitedTransport",
     "Limiter",
     "LimiterStatistics",
     "Rate",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     from ._backend import Backend
-    from ._lease import LeaseContext
+    from ._lease import BlockingLeaseContext, LeaseContext
 
 __all__ = ["BucketGroup"]
 
@@ -66,6 +67,7 @@ class BucketGroup:
         "_dynamic",
         "_fixed",
         "_key",
+        "_lock",
         "_lookups",
         "_resting",
         "_shared",
@@ -105,6 +107,9 @@ class BucketGroup:
         # Forgotten limiters someone may still hold: looked up again, they come back
         # rather than a second limiter being made for the same name.
         self._resting: weakref.WeakValueDictionary[str, Limiter] = weakref.WeakValueDictionary()
+        # Held to make, forget or bring back a limiter: two threads asking for a new name
+        # at once get the same one.
+        self._lock = threading.RLock()
 
     @classmethod
     def from_dict(
@@ -235,6 +240,13 @@ class BucketGroup:
         :meth:`Limiter.acquire`."""
         return self[name].acquire(timeout=timeout, **amounts)
 
+    def acquire_blocking(
+        self, name: str, *, timeout: float | None = None, **amounts: float
+    ) -> BlockingLeaseContext:
+        """``with group.acquire_blocking("gpt-4o", tokens=n) as lease:`` in a thread; see
+        :meth:`Limiter.acquire_blocking`."""
+        return self[name].acquire_blocking(timeout=timeout, **amounts)
+
     def __getitem__(self, name: str) -> Limiter:
         """The limiter of ``name`` (made from the default on first use)."""
         limiter = self._fixed.get(name)
@@ -244,7 +256,8 @@ class BucketGroup:
         if limiter is not None:
             self._lookups += 1
             if self._lookups >= _TIDY_EVERY:
-                self._tidy()
+                with self._lock:
+                    self._tidy()
             return limiter
         if self._default is None:
             raise UnknownNameError(
@@ -252,6 +265,14 @@ class BucketGroup:
                 "(give the group a default to cover other names)"
             )
         _check_name(name)
+        with self._lock:
+            return self._make(name, self._default)
+
+    def _make(self, name: str, default: Mapping[str, Any]) -> Limiter:
+        """The limiter of a name not among the configured ones (under the lock)."""
+        limiter = self._dynamic.get(name)
+        if limiter is not None:  # another thread made it first
+            return limiter
         limiter = self._resting.pop(name, None)
         if limiter is not None:  # forgotten, but still held somewhere: the same one
             self._dynamic[name] = limiter
@@ -261,7 +282,7 @@ class BucketGroup:
         else:
             self._tidy()
         limiter = _limiter_from_config(
-            self._default,
+            default,
             "default",
             name=name,
             backend=self._backend,
@@ -280,14 +301,17 @@ class BucketGroup:
     def __len__(self) -> int:
         """Limiters held: the configured ones, and those made from the default that are
         in use (idle ones are forgotten as the group is used, oldest first)."""
-        self._tidy()
-        return len(self._fixed) + len(self._dynamic)
+        with self._lock:
+            self._tidy()
+            return len(self._fixed) + len(self._dynamic)
 
     def __iter__(self) -> Iterator[str]:
         """The configured names, then those of limiters made from the default in use."""
-        self._tidy()
+        with self._lock:
+            self._tidy()
+            dynamic = list(self._dynamic)
         yield from self._fixed
-        yield from list(self._dynamic)
+        yield from dynamic
 
     def names(self) -> list[str]:
         """The configured names (not those made from the default)."""

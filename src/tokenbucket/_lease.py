@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ._headers import ServerFeedback
     from ._limiter import Limiter
 
-__all__ = ["Lease", "LeaseContext"]
+__all__ = ["BlockingLeaseContext", "Lease", "LeaseContext"]
 
 # A lease's stage: not granted yet, held (and settled or not), ended (settled or not).
 _NEW: Final = 0
@@ -138,7 +138,7 @@ class LeaseContext(Lease):
             ticket = await store.take(self, self._timeout)
         self._ticket = ticket
         self._stage = _OPEN
-        limiter._leases += 1
+        limiter._leases.append(None)  # a count that threads cannot lose
         return self
 
     async def __aexit__(
@@ -151,10 +151,53 @@ class LeaseContext(Lease):
         if self._stage == _OPEN or self._stage == _SETTLED:
             self._stage += _ENDED - _OPEN
             limiter = self._limiter
-            limiter._leases -= 1
+            limiter._leases.pop()
             done = limiter._store.release(self, self._ticket)
             if done is not None:
                 await done
+
+
+class BlockingLeaseContext(LeaseContext):
+    """What :meth:`Limiter.acquire_blocking` returns: ``with`` it to hold it as a
+    :class:`Lease`, in a thread.
+
+    Entering blocks the thread (in FIFO order with every thread and task waiting on the
+    limiter) until the request is granted; leaving releases the concurrency slot, also on
+    error. A context is entered once.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> Lease:
+        """Block until granted. Timed out (or interrupted), it takes nothing."""
+        if self._stage != _NEW:
+            raise LeaseError("this acquire_blocking() context was already entered; call it again")
+        limiter = self._limiter
+        store = limiter._store
+        block = getattr(store, "acquire_blocking", None)
+        if block is None:
+            raise NotImplementedError(
+                f"{limiter!r} has a backend, which cannot block a thread yet: use "
+                "'async with limiter.acquire(...)' in an event loop"
+            )
+        self._ticket = block(self, self._timeout)
+        self._stage = _OPEN
+        limiter._leases.append(None)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Release the concurrency slot."""
+        if self._stage == _OPEN or self._stage == _SETTLED:
+            self._stage += _ENDED - _OPEN
+            limiter = self._limiter
+            limiter._leases.pop()
+            done = limiter._store.release(self, self._ticket)
+            assert done is None  # in memory: at once
 
 
 _LATE: Final = float("inf")

@@ -30,7 +30,7 @@ from ._core import Meter, MultiState, Request
 from ._errors import AmountExceedsLimitError, ArgumentTypeError, InvalidArgumentError
 from ._feedback import FeedbackPlan, plan_feedback
 from ._headers import ServerFeedback, parse_rate_limit_headers
-from ._lease import LeaseContext
+from ._lease import BlockingLeaseContext, LeaseContext
 from ._memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -128,7 +128,9 @@ class Limiter:
         self._allow_debt = allow_debt
         self._configure()
         self._name = name
-        self._leases = 0  # open leases, with or without a concurrency slot
+        # Open leases, with or without a concurrency slot: one item each (appended and
+        # popped, which no thread can interleave; a counter's += could lose one).
+        self._leases: list[None] = []
         self._backend = backend
         self._key = key
         self._pools: dict[Meter, tuple[str, ...]] = {}
@@ -219,6 +221,32 @@ class Limiter:
                 vector[self._index[dim]] = amount
         seconds = None if timeout is None else _validate.timeout(timeout)
         return LeaseContext(self, tuple(vector), self._slot, seconds)
+
+    def acquire_blocking(
+        self, *, timeout: float | None = None, **amounts: float
+    ) -> BlockingLeaseContext:
+        """:meth:`acquire` for threads: ``with limiter.acquire_blocking(tokens=1200) as
+        lease:`` blocks this thread until the whole request is granted, then holds it.
+
+        One FIFO order across every thread and every asyncio loop using the limiter; the
+        thread sleeps until it is granted or times out (woken once). The first call (or any
+        use from a thread other than that of the event loop using the limiter) makes the
+        limiter *shared*: from then on any number of threads and asyncio loops in other
+        threads may use it at once, on ``time.monotonic``. The lease has :meth:`Lease.settle`
+        and :meth:`Lease.feedback`; leaving the block releases the concurrency slot, also
+        on error. Do not call it from a coroutine: it blocks the loop.
+
+        Raises:
+            AmountExceedsLimitError, InvalidArgumentError, ArgumentTypeError: as
+                :meth:`acquire`, at once; nothing is taken.
+            AcquireTimeoutError: from entering, when ``timeout`` passed first.
+            RuntimeError: from entering: the limiter shares limits with other members of
+                its group, serves a trio run in another thread, or has tasks waiting on a
+                loop whose clock is not ``time.monotonic``.
+            NotImplementedError: from entering: the limiter has a backend (Redis).
+        """
+        context = self.acquire(timeout=timeout, **amounts)
+        return BlockingLeaseContext(self, context.amounts, context.slot, context._timeout)
 
     def pause(self, seconds: float) -> None:
         """Admit nothing for ``seconds`` from now (for example after a 429's

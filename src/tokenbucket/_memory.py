@@ -21,8 +21,8 @@ from _thread import get_ident
 from typing import TYPE_CHECKING, Final
 
 from ._errors import AcquireTimeoutError
-from ._loop import LOOP_HINT
-from ._queue import WaiterQueue, _Waiter
+from ._queue import NotSharedYet, WaiterQueue, _Waiter
+from ._shared import SharedQueue
 from ._statistics import LimiterStatistics
 
 if TYPE_CHECKING:
@@ -64,10 +64,9 @@ class MemoryStore:
         "_multi",
         "_origin",
         "_pools",
+        "_stand_in",
         "_waiters",
     )
-
-    shareable = False  # by threads and loops: not yet (see _shared)
 
     def __init__(self, multi: MultiState, describe: Callable[[], str]) -> None:
         self._multi = multi
@@ -76,6 +75,13 @@ class MemoryStore:
         self._pools: dict[Meter, _Pool] = {}
         self._origin: object | None = None
         self._last_wait: float | None = None
+        self._stand_in = False
+
+    @property
+    def shareable(self) -> bool:
+        """Whether threads and loops in other threads may share it (see ``_shared``): not
+        while it has meters shared with other stores (pools) or stands in for Redis."""
+        return not self._pools and not self._stand_in
 
     def adopt(self, meters: Iterable[Meter]) -> None:
         """Use ``meters``, shared with other stores (before any use)."""
@@ -89,6 +95,7 @@ class MemoryStore:
     def prime(self, since: float, grants: Iterable[tuple[float, Sequence[float]]]) -> None:
         """Start as a stand-in for a limit shared elsewhere (see ``MultiState.prime``);
         instants are on the running event loop's clock."""
+        self._stand_in = True
         self._waiters.now()  # bind to the running loop first, so no rebase moves them
         self._multi.prime(since, grants)
 
@@ -114,7 +121,23 @@ class MemoryStore:
         elif waiters.live:
             return None
         else:
-            now = waiters.now()
+            try:
+                now = waiters.now(0.0)
+            except NotSharedYet:  # take() awaits the switch
+                return None
+            if isinstance(waiters, SharedQueue):
+                with waiters.lock:
+                    return None if waiters.live else self._take_now(request, _monotonic())
+        multi = self._multi
+        if not multi.try_take(request, now):
+            return None
+        if multi.freed:
+            self._kick_freed()
+        self._last_wait = 0.0
+        return multi.ticket
+
+    def _take_now(self, request: Request, now: float) -> Ticket | None:
+        """What :meth:`try_take` does once it knows ``now`` (shared mode: under the lock)."""
         multi = self._multi
         if not multi.try_take(request, now):
             return None
@@ -125,7 +148,15 @@ class MemoryStore:
 
     async def take(self, request: Request, timeout: float | None) -> Ticket:
         waiters = self._waiters
-        now = waiters.clock() if LOOP_HINT.get() is waiters.loop else waiters.now()
+        try:
+            now = waiters.here(0.0)
+        except NotSharedYet:
+            now = await waiters.now_async()
+        if isinstance(waiters, SharedQueue):
+            ticket = await waiters.take(1.0, request, timeout)
+            self._last_wait = max(0.0, _monotonic() - now)
+            assert isinstance(ticket, list)
+            return ticket
         multi = self._multi
         if not waiters.live and multi.try_take(request, now):
             if multi.freed:
@@ -147,21 +178,44 @@ class MemoryStore:
     def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None:
         assert isinstance(ticket, list)
         waiters = self._waiters
-        now = waiters.clock() if LOOP_HINT.get() is waiters.loop else waiters.now()
+        now = waiters.here()
+        if isinstance(waiters, SharedQueue):
+            with waiters.lock:
+                refunded = self._multi.adjust(request, ticket, actual, _monotonic())
+                if refunded:
+                    self._kick_all(refunded)
+            return
         refunded = self._multi.adjust(request, ticket, actual, now)
         if refunded:
             self._kick_all(refunded)
 
     def release(self, request: Request, ticket: object) -> None:
         if request.slot:
+            waiters = self._waiters
+            if waiters._thread != get_ident() and waiters.joining():
+                waiters.share()  # a lease ended in another thread than its loop's
+            if isinstance(waiters, SharedQueue):
+                with waiters.lock:
+                    self._multi.release(request)
+                    waiters.kick()
+                return
             self._multi.release(request)
-            self._waiters.kick()
+            waiters.kick()
 
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
     ) -> None:
         waiters = self._waiters
-        now = waiters.clock() if LOOP_HINT.get() is waiters.loop else waiters.now()
+        now = waiters.here()
+        if isinstance(waiters, SharedQueue):
+            with waiters.lock:
+                self._feedback(plan, lease, ticket, _monotonic())
+            return
+        self._feedback(plan, lease, ticket, now)
+
+    def _feedback(
+        self, plan: FeedbackPlan, lease: Request | None, ticket: object, now: float
+    ) -> None:
         multi = self._multi
         seen = None if lease is None or not isinstance(ticket, list) else (lease, ticket)
         for clamp in plan.clamps:
@@ -180,8 +234,33 @@ class MemoryStore:
             multi.pause(now + plan.pause, now)
         self._waiters.kick()
 
+    def acquire_blocking(self, request: Request, timeout: float | None) -> Ticket:
+        """Block this thread until ``request`` is granted (the store becomes shared)."""
+        if not self.shareable:
+            raise RuntimeError(
+                f"{self._describe()} shares limits with other limiters of its group, which "
+                "threads cannot share yet: use it from one event loop"
+            )
+        waiters = self._waiters
+        start = _monotonic()
+        if not waiters.share(timeout):
+            raise AcquireTimeoutError(self.timeout_message(1.0))
+        assert isinstance(waiters, SharedQueue)
+        if timeout is not None:
+            timeout = max(0.0, timeout - (_monotonic() - start))
+        ticket = waiters.block(1.0, request, timeout)
+        self._last_wait = max(0.0, _monotonic() - start)
+        assert isinstance(ticket, list)
+        return ticket
+
     def statistics(self) -> LimiterStatistics:
         waiters = self._waiters
+        if isinstance(waiters, SharedQueue):
+            with waiters.lock:
+                return self._statistics(waiters)
+        return self._statistics(waiters)
+
+    def _statistics(self, waiters: WaiterQueue) -> LimiterStatistics:
         now = waiters.peek_now()
         multi = self._multi
         paused = multi.paused_until if multi.paused_until > now else None
@@ -197,6 +276,9 @@ class MemoryStore:
 
     def at_rest(self) -> bool:
         waiters = self._waiters
+        if isinstance(waiters, SharedQueue):
+            with waiters.lock:
+                return not waiters.live and self._multi.at_rest(_monotonic())
         if waiters.live:
             return False
         # On time.monotonic the present is known even outside the loop that used it.
@@ -241,6 +323,11 @@ class MemoryStore:
         if multi.freed:
             freed, multi.freed = multi.freed, []
             self._kick_all(freed)
+
+    def before_wait(self, request: Request, now: float) -> None:
+        request.seq = next(_ARRIVALS)  # its place among the waiters of every store
+        if not self._waiters.live:
+            self._multi.claim(request, now)  # it will be the head
 
     def on_leave(self, request: Request) -> None:
         released = self._multi.unclaim(request)

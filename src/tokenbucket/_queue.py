@@ -31,12 +31,14 @@ back, a new clock (:class:`QueueOwner`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import threading
 import time
 from _thread import get_ident
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from ._errors import AcquireTimeoutError
 from ._loop import (
@@ -54,7 +56,6 @@ from ._park import WAITING as _WAITING
 from ._park import park_anyio, park_asyncio
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Callable
 
     import anyio
@@ -63,12 +64,30 @@ __all__: list[str] = []
 
 _INF: Final = math.inf
 _monotonic: Final = time.monotonic
-_NO_LOCK: Final = threading.Lock()  # a queue's lock until it is shared (never taken)
-# Held while a queue becomes shared, so two threads never switch it at once. Nothing
-# waits for anything else while holding it.
-_SWITCHING: Final = threading.Lock()
+_NO_LOCK: Final = threading.RLock()  # a queue's lock until it is shared (never taken)
+
+
+class _Switching:
+    """Held while a queue binds to a loop or becomes shared, so that never happens twice
+    at once. Nothing waits for anything else while holding it. (Made anew in a child
+    process after ``fork()``.)"""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+_SWITCHING: Final = _Switching()
+
+
+class NotSharedYet(RuntimeError):
+    """The loop a queue serves did not share it within the time a caller could wait."""
+
+
 # How often a thread waiting for a loop to switch a queue looks whether it still runs.
 _HANDSHAKE_CHECK: Final = 0.05
+# The longest a call that never waits (try_acquire) waits for another thread's loop to
+# share the limiter it serves.
+BRIEF: Final = 0.1
 
 
 class QueueState(Protocol):
@@ -91,6 +110,9 @@ class QueueOwner(Protocol):
     def timeout_message(self, amount: float) -> str: ...
     def after_dispatch(self, head: Any, now: float) -> None:
         """A dispatch ended; ``head`` is the request still waiting first, or None."""
+
+    def before_wait(self, request: Any, now: float) -> None:
+        """Shared mode: ``request`` is about to queue (under the lock)."""
 
     def on_leave(self, request: Any) -> None:
         """A waiter left without being granted."""
@@ -160,9 +182,10 @@ class WaiterQueue:
     good: every change under a lock, on ``time.monotonic``, timed by the timer thread.
     """
 
-    shared = False  # a SharedQueue's is True
+    shared: ClassVar[bool] = False  # a SharedQueue's is True
 
     __slots__ = (
+        "__weakref__",
         "_early",
         "_hinted",
         "_lock",
@@ -374,18 +397,20 @@ class WaiterQueue:
 
     # -- event loop binding -----------------------------------------------------------------
 
-    def now(self) -> float:
+    def now(self, wait: float | None = None) -> float:
         """Bind to the running event loop if needed and return its time.
 
         From an event loop in another thread than that of the loop served (still open),
-        or from a thread without one, the queue is shared first, if its owner can be.
+        or from a thread without one, the queue is shared first, if its owner can be:
+        waiting at most ``wait`` seconds (``None``: as long as it takes) for the loop
+        served to make the switch, else :class:`NotSharedYet`.
         """
         if self.aio is None and self.key is not None and trio_root() is self.key:
             return self.clock()  # still in the trio run it serves (no getpid() call)
         loop = get_running_loop()
         if loop is not None:
             if loop is not self.loop:
-                self._enter(asyncio_clock(loop))
+                self._enter(asyncio_clock(loop), wait)
                 if self.shared:
                     return _monotonic()
             if self._hinted:
@@ -394,49 +419,86 @@ class WaiterQueue:
         root = trio_root()
         if root is None:
             if self.owner.shareable:
-                self.share()
+                if not self.share(wait):
+                    raise NotSharedYet
                 return _monotonic()
             raise RuntimeError(
                 f"{self.owner.describe()} must be used from a running asyncio or trio event loop"
             )
         if root is not self.key:
-            self._enter(trio_clock(root))
+            self._enter(trio_clock(root), wait)
             if self.shared:
                 return _monotonic()
         return self.clock()
 
-    def _enter(self, clock: Clock) -> None:
+    def here(self, wait: float | None = None) -> float:
+        """:meth:`now`, without a look at the running loop when this task has been through
+        it in the loop served, in that loop's thread (then its clock is the one)."""
+        if LOOP_HINT.get() is self.loop and self._thread == get_ident():
+            return self.clock()
+        return self.now(wait)
+
+    async def now_async(self) -> float:
+        """:meth:`now` for a task: if the queue must be shared first, the task awaits the
+        switch (see :meth:`share_async`) instead of blocking its loop."""
+        try:
+            return self.now(0.0)
+        except NotSharedYet:
+            await self.share_async()
+            return self.now()
+
+    def joining(self) -> bool:
+        """Whether a use from here must share the queue first, with a switch that the loop
+        served makes (see :meth:`share`): an async caller awaits :meth:`share_async`."""
+        if self.shared:
+            return False
+        loop = get_running_loop()
+        if loop is not None:
+            if loop is self.loop:
+                return False
+        elif self.aio is None and trio_root() is self.key:
+            return False
+        return self.owner.shareable and self._elsewhere()
+
+    def _elsewhere(self) -> bool:
+        """Whether the loop (or trio run) served may still run, in another thread."""
+        if self.key is None or self._thread == get_ident():
+            return False
+        loop = self.aio
+        if loop is not None:
+            return not loop.is_closed()
+        coroutine = getattr(self.key, "coro", None)  # trio's root task: its run goes on
+        return coroutine is None or getattr(coroutine, "cr_frame", None) is not None
+
+    def _enter(self, clock: Clock, wait: float | None) -> None:
         """A new loop uses the queue: bind to it, or share the queue if the loop served
         may still run in another thread."""
-        if (
-            self.key is not None
-            and self._thread != get_ident()
-            and self.owner.shareable
-            and (self.aio is None or not self.aio.is_closed())
-        ):
-            self.share()
-        else:
-            self._bind(clock)
+        with _SWITCHING.lock:  # a bind and a switch never run at once
+            if self.shared:
+                return
+            if not (self.owner.shareable and self._elsewhere()):
+                self._bind(clock)
+                return
+        if not self.share(wait):
+            raise NotSharedYet
 
-    def share(self) -> None:
-        """Become a :class:`~._shared.SharedQueue` (once), from any thread.
+    def share(self, wait: float | None = None) -> bool:
+        """Become a :class:`~._shared.SharedQueue` (once), from any thread; whether it is.
 
         Only the thread of the loop served changes the queue without a lock, so the
         switch happens there: posted to that loop, which runs it between two of its
-        callbacks, when nothing is half done. Directly when the queue serves no loop, when
-        this is that loop's thread, or when the loop has stopped or closed.
+        callbacks, when nothing is half done; this thread waits at most ``wait`` seconds
+        (``None``: as long as it takes) for it. Directly when the queue serves no loop,
+        when this is that loop's thread, or when that loop is closed (or its trio run
+        over).
         """
-        if self.shared:
-            return
-        loop = self.aio
-        if self.key is None or self._thread == get_ident() or loop is None:
-            if loop is None and self.key is not None and self._thread != get_ident():
-                raise RuntimeError(
-                    f"{self.owner.describe()} serves a trio run in another thread; sharing "
-                    "a limiter between a trio run and other threads is not supported yet"
-                )
-            self._switch()
-            return
+        with _SWITCHING.lock:
+            if self.shared:
+                return True
+            if not self._elsewhere():
+                self._become_shared()
+                return True
+        loop = self._owner_loop()
         done = threading.Event()
         failure: list[BaseException] = []
 
@@ -448,26 +510,91 @@ class WaiterQueue:
             finally:
                 done.set()
 
+        deadline = _INF if wait is None else _monotonic() + wait
         try:
             loop.call_soon_threadsafe(switch)
-        except RuntimeError:  # closed
-            pass
-        else:
-            while not done.wait(_HANDSHAKE_CHECK) and loop.is_running():
-                pass
-        if done.is_set():
-            if failure:
-                raise failure[0]
-        else:  # the loop stopped: nothing of it runs to change the queue
+        except RuntimeError:  # closed meanwhile
             self._switch()
+            return True
+        # The loop runs the switch soon, unless it stops for good: a closed loop runs
+        # nothing more, so the switch can be made here (this rare wait looks every 50 ms).
+        while not done.wait(min(_HANDSHAKE_CHECK, max(0.0, deadline - _monotonic()))):
+            if loop.is_closed():
+                self._switch()
+                return True
+            if _monotonic() >= deadline:
+                return self.shared
+        if failure:
+            raise failure[0]
+        return True
+
+    async def share_async(self) -> None:
+        """:meth:`share` for a task of an asyncio loop in another thread: it awaits the
+        switch instead of blocking its loop (two loops sharing each other's limiters at
+        once would wait for each other)."""
+        current = get_running_loop()
+        if current is None:
+            raise RuntimeError(
+                f"{self.owner.describe()} serves an event loop in another thread; sharing it "
+                "with a trio run is not supported yet"
+            )
+        with _SWITCHING.lock:
+            if self.shared:
+                return
+            if not self._elsewhere():
+                self._become_shared()
+                return
+        loop = self._owner_loop()
+        done: asyncio.Future[None] = current.create_future()
+
+        def tell(error: BaseException | None) -> None:
+            if not done.done():
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+        def switch() -> None:
+            error = None
+            try:
+                self._switch()
+            except BaseException as failure:
+                error = failure
+            with contextlib.suppress(RuntimeError):  # this loop closed meanwhile
+                current.call_soon_threadsafe(tell, error)
+
+        try:
+            loop.call_soon_threadsafe(switch)
+        except RuntimeError:  # closed meanwhile
+            self._switch()
+            return
+        while not done.done():
+            await asyncio.wait([done], timeout=_HANDSHAKE_CHECK)
+            if not done.done() and loop.is_closed():
+                self._switch()
+                return
+        done.result()
+
+    def _owner_loop(self) -> asyncio.AbstractEventLoop:
+        """The asyncio loop served, in another thread (a trio run there: not yet)."""
+        loop = self.aio
+        if loop is None:
+            raise RuntimeError(
+                f"{self.owner.describe()} serves a trio run in another thread; sharing "
+                "a limiter between a trio run and other threads is not supported yet"
+            )
+        return loop
 
     def _switch(self) -> None:
         """The switch itself (see :meth:`share`); once, whoever comes first."""
+        with _SWITCHING.lock:
+            if not self.shared:
+                self._become_shared()
+
+    def _become_shared(self) -> None:
         from ._shared import become_shared
 
-        with _SWITCHING:
-            if not self.shared:
-                become_shared(self)
+        become_shared(self)
 
     def peek_now(self) -> float:
         """The time in the loop this queue serves, if that is the running one; else the

@@ -30,15 +30,17 @@ moment, its loop closed) gives the grant back to the next one.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
+import weakref
 from _thread import get_ident
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from ._errors import AcquireTimeoutError
 from ._loop import NOT_ASYNCIO, asyncio_clock, get_running_loop
 from ._park import GONE, GRANTED, WAITING
-from ._queue import NO_THREAD, WaiterQueue, _Waiter
+from ._queue import _SWITCHING, NO_THREAD, WaiterQueue, _Waiter
 from ._timer import Timer, schedule
 
 if TYPE_CHECKING:
@@ -63,16 +65,24 @@ def become_shared(queue: WaiterQueue) -> None:
             "which is not time.monotonic; a limiter shared by threads and loops runs on "
             "time.monotonic: use one limiter per loop there"
         )
-    for waiter in queue._queue:  # parked on futures of the loop served
-        waiter.loop = queue.aio
-        waiter.thread = queue._thread
+    closed = queue.aio is not None and queue.aio.is_closed()
+    for waiter in queue._queue:
+        if closed:  # parked in a loop closed with them: they can never run
+            waiter.state = GONE
+        else:  # parked on futures of the loop served
+            waiter.loop = queue.aio
+            waiter.thread = queue._thread
+    if closed:
+        queue._queue.clear()
+        queue.live = 0
+        queue.queued = 0.0
     if queue._timer is not None:
         queue._timer.cancel()
     queue._timer = None
     queue._timer_at = _INF
     queue._early = 0
     moved = queue.clock is not _monotonic  # never bound, or to a loop on another clock
-    queue._lock = threading.Lock()
+    queue._lock = threading.RLock()  # owners' hooks may kick the queue again
     queue.key = _SHARED
     queue.aio = None
     queue.loop = NOT_ASYNCIO
@@ -82,10 +92,11 @@ def become_shared(queue: WaiterQueue) -> None:
     queue.fast = queue._open = NO_THREAD
     queue._thread = NO_THREAD
     queue.__class__ = SharedQueue
+    shared = cast("SharedQueue", queue)
+    _SHARED_QUEUES.add(shared)
     now = _monotonic()
     if moved:
         queue.owner.on_bind(now, True)
-    shared: Any = queue
     shared.kick()  # time the head, if any, on the timer thread
 
 
@@ -108,18 +119,18 @@ class SharedQueue(WaiterQueue):
 
     __slots__ = ()
 
-    shared = True
+    shared: ClassVar[bool] = True
 
     # -- the clock ----------------------------------------------------------------------
 
-    def now(self) -> float:
+    def now(self, wait: float | None = None) -> float:
         return _monotonic()
 
     def peek_now(self) -> float:
         return _monotonic()
 
     @property
-    def lock(self) -> threading.Lock:
+    def lock(self) -> threading.RLock:
         """Held for every read or change of the state that must be consistent."""
         return self._lock
 
@@ -147,6 +158,7 @@ class SharedQueue(WaiterQueue):
                 waiter.future = loop.create_future()
                 waiter.loop = loop
                 waiter.thread = get_ident()
+                self.owner.before_wait(request, now)
                 self.push(waiter, now)
         if waiter.future is None:
             raise AcquireTimeoutError(self.owner.timeout_message(amount))
@@ -172,18 +184,19 @@ class SharedQueue(WaiterQueue):
 
     def block(self, amount: float, request: object, timeout: float | None) -> object:
         """Block this thread until ``request`` is granted; its ticket."""
-        with self._lock:
-            now = _monotonic()
-            if not self.live and self.state.try_take(request, now):
-                return self.state.ticket
-            waiter = _Waiter(amount, request, _INF if timeout is None else now + timeout)
-            latch = waiter.latch = threading.Lock()
-            if timeout != 0:
-                latch.acquire()
-                self.push(waiter, now)
-        if timeout == 0:
-            raise AcquireTimeoutError(self.owner.timeout_message(amount))
+        waiter = None
         try:
+            with self._lock:
+                now = _monotonic()
+                if not self.live and self.state.try_take(request, now):
+                    return self.state.ticket
+                if timeout == 0:
+                    raise AcquireTimeoutError(self.owner.timeout_message(amount))
+                waiter = _Waiter(amount, request, _INF if timeout is None else now + timeout)
+                latch = waiter.latch = threading.Lock()
+                latch.acquire()
+                self.owner.before_wait(request, now)
+                self.push(waiter, now)
             while not latch.acquire(timeout=_wait_for(waiter.deadline)):
                 if _monotonic() < waiter.deadline:
                     continue  # the longest single wait, or an early return
@@ -195,8 +208,8 @@ class SharedQueue(WaiterQueue):
                 if waiter.state is not GRANTED:
                     raise AcquireTimeoutError(self.owner.timeout_message(amount))
                 break  # granted as it timed out: it is the caller's
-        except BaseException:
-            if waiter.state is not GONE:
+        except BaseException:  # a timeout, or an interruption (KeyboardInterrupt)
+            if waiter is not None and waiter.state is not GONE:
                 self.abandon(waiter)
             raise
         assert waiter.state is GRANTED  # only a grant releases the latch
@@ -241,6 +254,7 @@ class SharedQueue(WaiterQueue):
 
     def push(self, waiter: _Waiter, now: float) -> None:
         self._queue.append(waiter)
+        self.fast = NO_THREAD  # never open in shared mode
         self.live += 1
         self.queued += waiter.amount
         if self.live == 1:
@@ -254,6 +268,13 @@ class SharedQueue(WaiterQueue):
             waiter = queue[0]
             if waiter.state is not WAITING:
                 queue.popleft()
+                continue
+            future = waiter.future
+            if future is not None and future.done():
+                # Its task was cancelled and has not run yet (in its own thread): it
+                # will find itself gone.
+                queue.popleft()
+                self._forget(waiter)
                 continue
             if not state.try_take(waiter.request, now):
                 self._arm(state.ready_at(waiter.request, now), now)
@@ -328,30 +349,62 @@ class SharedQueue(WaiterQueue):
             return
         me = get_ident()
         lost: list[_Waiter] = []
-        for waiter in woken:
-            latch = waiter.latch
-            if latch is not None:
-                latch.release()
-                continue
-            future = waiter.future
-            loop = waiter.loop
-            assert future is not None
-            assert loop is not None
-            if waiter.thread == me:
-                _resolve(future)
-            else:
-                try:
-                    loop.call_soon_threadsafe(_resolve, future)
-                except RuntimeError:  # its loop is closed: it will never run
+        try:
+            for waiter in woken:
+                latch = waiter.latch
+                if latch is not None:
+                    latch.release()
+                    continue
+                future = waiter.future
+                loop = waiter.loop
+                assert future is not None
+                assert loop is not None
+                if loop.is_closed():  # it will never run
                     lost.append(waiter)
-        if lost:
-            with self._lock:
-                now = _monotonic()
-                for waiter in lost:
-                    if waiter.state is GRANTED:
-                        waiter.state = GONE
-                        self.state.refund(waiter.request, waiter.ticket, now)
-                if self._queue:
-                    self.dispatch(now)
-                woken = self._take_woken()
-            self._wake(woken)
+                elif waiter.thread == me:
+                    _resolve(future)
+                else:
+                    try:
+                        loop.call_soon_threadsafe(_resolve, future)
+                    except RuntimeError:  # closed meanwhile
+                        lost.append(waiter)
+        finally:
+            if lost:
+                self._give_back(lost)
+
+    def _give_back(self, lost: list[_Waiter]) -> None:
+        """Grants that can never be used (their loop is closed) go to the next waiters."""
+        with self._lock:
+            now = _monotonic()
+            for waiter in lost:
+                if waiter.state is GRANTED:
+                    waiter.state = GONE
+                    self.state.refund(waiter.request, waiter.ticket, now)
+            if self._queue:
+                self.dispatch(now)
+            woken = self._take_woken()
+        self._wake(woken)
+
+
+# Every shared queue, for a child process after fork(): its threads are gone.
+_SHARED_QUEUES: Final[weakref.WeakSet[SharedQueue]] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In the child: nobody waits any more (their threads stayed in the parent), and no
+    lock may stay held by a thread that is not there."""
+    _SWITCHING.lock = threading.Lock()
+    for queue in list(_SHARED_QUEUES):
+        for waiter in queue._queue:
+            waiter.state = GONE
+        queue._queue.clear()
+        queue.live = 0
+        queue.queued = 0.0
+        queue._woken = []
+        queue._timer = None
+        queue._timer_at = _INF
+        queue._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch
+    os.register_at_fork(after_in_child=_after_fork)

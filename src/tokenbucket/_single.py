@@ -18,7 +18,7 @@ from . import _validate
 from ._backend import open_store
 from ._core import Meter, Request
 from ._errors import AcquireTimeoutError, AmountExceedsLimitError, ArgumentTypeError
-from ._queue import WaiterQueue, _Waiter
+from ._queue import BRIEF, NotSharedYet, WaiterQueue, _Waiter
 from ._shared import SharedQueue
 from ._statistics import LimitStatistics
 
@@ -116,7 +116,10 @@ class SingleLimiter:
                 "use 'await limiter.acquire(amount, timeout=0)'",
             )
         waiters = self._waiters
-        now = waiters.now()
+        try:
+            now = waiters.now(BRIEF)
+        except NotSharedYet:  # the loop that uses it, in another thread, has not shared it
+            return False
         if isinstance(waiters, SharedQueue):
             return waiters.try_take(amount)
         if waiters.live:
@@ -193,8 +196,12 @@ class SingleLimiter:
         if value == 0:
             return
         waiters = self._waiters
-        waiters.share()
+        start = _monotonic()
+        if not waiters.share(seconds):
+            raise AcquireTimeoutError(self.timeout_message(value))
         assert isinstance(waiters, SharedQueue)
+        if seconds is not None:
+            seconds = max(0.0, seconds - (_monotonic() - start))
         waiters.block(value, value, seconds)
 
     def __enter__(self) -> None:
@@ -254,7 +261,7 @@ class SingleLimiter:
                 finally:
                     waiters.queued -= value
             return
-        now = waiters.now()
+        now = await waiters.now_async()
         if value == 0:
             return
         if isinstance(waiters, SharedQueue):
@@ -276,6 +283,9 @@ class SingleLimiter:
         return f"timed out waiting for {amount!r} units from {self!r}"
 
     def after_dispatch(self, head: object, now: float) -> None:
+        pass
+
+    def before_wait(self, request: object, now: float) -> None:
         pass
 
     def on_leave(self, request: object) -> None:

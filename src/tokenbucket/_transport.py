@@ -24,13 +24,15 @@ import functools
 import importlib
 import json
 import re
+import threading
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, overload
 
 from ._decorate import estimate_tokens
 from ._errors import ArgumentTypeError, TokenBucketError
 from ._group import BucketGroup
+from ._lease import BlockingLeaseContext
 from ._limiter import Limiter
 from ._report import report, warn
 from ._usage import item, read_usage
@@ -47,12 +49,17 @@ if TYPE_CHECKING:
     class _Transports(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport):  # type: ignore[misc]
         """For type checkers: usable wherever either library wants a transport."""
 
+    class _SyncTransports(httpx.BaseTransport, httpx2.BaseTransport):  # type: ignore[misc]
+        """For type checkers: usable wherever either library wants a sync transport."""
+
 else:
     _Transports = object
+    _SyncTransports = object
 
-__all__ = ["AsyncLimitedTransport"]
+__all__ = ["AsyncLimitedTransport", "LimitedTransport"]
 
 DEFAULT_MAX_TOKENS: Final = 1024
+_MAKING: Final = threading.Lock()  # held to make an inner transport
 _MAX_BODY: Final = 4 * 1024 * 1024  # the most of a JSON response kept to read its usage
 _MAX_LINE: Final = 1024 * 1024  # the longest server-sent event line read for usage
 
@@ -89,7 +96,91 @@ def model_call(method: str, path: str) -> tuple[bool, str | None, bool]:
     return path.endswith(_OPENAI_PATHS), None, False
 
 
-class AsyncLimitedTransport(_Transports):
+class _Limits:
+    """What both transports share: the limits, the options, and the cost of a call."""
+
+    _WHAT = "an async transport"
+
+    def __init__(
+        self,
+        limits: Limiter | BucketGroup,
+        transport: Any = None,
+        *,
+        cost: Cost | None = None,
+        token_counter: TokenCounter = estimate_tokens,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        default_model: str = "default",
+        timeout: float | None = None,
+    ) -> None:
+        if not isinstance(limits, (Limiter, BucketGroup)):
+            raise ArgumentTypeError(
+                "limits", f"limits must be a Limiter or a BucketGroup, not {type(limits).__name__}"
+            )
+        method = "handle_async_request" if self._WHAT == "an async transport" else "handle_request"
+        if transport is not None and not hasattr(transport, method):
+            raise ArgumentTypeError(
+                "transport", f"transport must be {self._WHAT}, not {type(transport)}"
+            )
+        if isinstance(default_max_tokens, bool) or not isinstance(default_max_tokens, int):
+            raise ArgumentTypeError("default_max_tokens", "default_max_tokens must be an int")
+        self._limits = limits
+        self._inner: Any = transport
+        self._cost = cost
+        self._counter = token_counter
+        self._max_tokens = default_max_tokens
+        self._default_model = default_model
+        self._timeout = timeout
+
+    @property
+    def limits(self) -> Limiter | BucketGroup:
+        """The limiter or group the transport acquires from."""
+        return self._limits
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._limits!r} over {self._inner!r}>"
+
+    def _inner_for(self, request: Any, name: str) -> Any:
+        """The inner transport; made (the library's ``name``) for the first request, once
+        even when several threads send their first requests at once."""
+        inner = self._inner
+        if inner is None:
+            with _MAKING:
+                inner = self._inner
+                if inner is None:
+                    module = type(request).__module__.partition(".")[0]
+                    inner = self._inner = getattr(importlib.import_module(module), name)()
+        return inner
+
+    def _pick(self, body: Mapping[str, Any] | None, path_model: str | None) -> Limiter:
+        limits = self._limits
+        if isinstance(limits, Limiter):
+            return limits
+        model = path_model or (body or {}).get("model")
+        return limits[model if isinstance(model, str) and model else self._default_model]
+
+    def _amounts(
+        self, body: Mapping[str, Any] | None, limiter: Limiter, embedding: bool
+    ) -> dict[str, float]:
+        dims = limiter.dimensions
+        if body is None:
+            return {}
+        if self._cost is not None:
+            amounts = dict(self._cost(body))
+        else:
+            count = self._counter
+            prompts: Iterable[str] = _PROMPT_KEYS
+            gemini: Iterable[str] = _GEMINI_KEYS
+            if count is _ESTIMATE:  # which counts an absent part (None) as 0
+                prompts = [key for key in _PROMPT_KEYS if key in body]
+                gemini = [key for key in _GEMINI_KEYS if key in body]
+            prompt = sum((float(count(body.get(key))) for key in prompts), 0.0)
+            prompt += sum((float(count(_gemini_parts(body.get(k)))) for k in gemini), 0.0)
+            output = 0.0 if embedding else _max_output(body, self._max_tokens)
+            amounts = {"tokens": prompt + output, "input_tokens": prompt, "output_tokens": output}
+        return {k: v for k, v in amounts.items() if k in dims}
+
+
+class AsyncLimitedTransport(_Limits, _Transports):
     """An async ``httpx2``/``httpx`` transport that limits, settles and paces model calls.
 
     ::
@@ -162,28 +253,15 @@ class AsyncLimitedTransport(_Transports):
         default_model: str = "default",
         timeout: float | None = None,
     ) -> None:
-        if not isinstance(limits, (Limiter, BucketGroup)):
-            raise ArgumentTypeError(
-                "limits", f"limits must be a Limiter or a BucketGroup, not {type(limits).__name__}"
-            )
-        if transport is not None and not hasattr(transport, "handle_async_request"):
-            raise ArgumentTypeError(
-                "transport", f"transport must be an async transport, not {type(transport)}"
-            )
-        if isinstance(default_max_tokens, bool) or not isinstance(default_max_tokens, int):
-            raise ArgumentTypeError("default_max_tokens", "default_max_tokens must be an int")
-        self._limits = limits
-        self._inner: Any = transport
-        self._cost = cost
-        self._counter = token_counter
-        self._max_tokens = default_max_tokens
-        self._default_model = default_model
-        self._timeout = timeout
-
-    @property
-    def limits(self) -> Limiter | BucketGroup:
-        """The limiter or group the transport acquires from."""
-        return self._limits
+        super().__init__(
+            limits,
+            transport,
+            cost=cost,
+            token_counter=token_counter,
+            default_max_tokens=default_max_tokens,
+            default_model=default_model,
+            timeout=timeout,
+        )
 
     @overload
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response: ...
@@ -199,10 +277,7 @@ class AsyncLimitedTransport(_Transports):
         once. Otherwise the response comes back with its body wrapped: the lease ends when
         the body is read to the end or closed.
         """
-        inner = self._inner
-        if inner is None:
-            library = importlib.import_module(type(request).__module__.partition(".")[0])
-            inner = self._inner = library.AsyncHTTPTransport()
+        inner = self._inner_for(request, "AsyncHTTPTransport")
         limited, path_model, embedding = model_call(request.method, request.url.path)
         if not limited:
             return await inner.handle_async_request(request)
@@ -263,38 +338,124 @@ class AsyncLimitedTransport(_Transports):
         if self._inner is not None:
             await self._inner.__aexit__(exc_type, exc_value, traceback)
 
-    def __repr__(self) -> str:
-        return f"<AsyncLimitedTransport {self._limits!r} over {self._inner!r}>"
 
-    # -- internals ---------------------------------------------------------------------
+class LimitedTransport(_Limits, _SyncTransports):
+    """The sync twin of :class:`AsyncLimitedTransport`, for ``httpx2.Client`` and
+    ``httpx.Client``: the same cost, settlement, header feedback and 429 pauses, for the
+    sync SDK clients, from any number of threads at once.
 
-    def _pick(self, body: Mapping[str, Any] | None, path_model: str | None) -> Limiter:
-        limits = self._limits
-        if isinstance(limits, Limiter):
-            return limits
-        model = path_model or (body or {}).get("model")
-        return limits[model if isinstance(model, str) and model else self._default_model]
+    ::
 
-    def _amounts(
-        self, body: Mapping[str, Any] | None, limiter: Limiter, embedding: bool
-    ) -> dict[str, float]:
-        dims = limiter.dimensions
-        if body is None:
-            return {}
-        if self._cost is not None:
-            amounts = dict(self._cost(body))
-        else:
-            count = self._counter
-            prompts: Iterable[str] = _PROMPT_KEYS
-            gemini: Iterable[str] = _GEMINI_KEYS
-            if count is _ESTIMATE:  # which counts an absent part (None) as 0
-                prompts = [key for key in _PROMPT_KEYS if key in body]
-                gemini = [key for key in _GEMINI_KEYS if key in body]
-            prompt = sum((float(count(body.get(key))) for key in prompts), 0.0)
-            prompt += sum((float(count(_gemini_parts(body.get(k)))) for k in gemini), 0.0)
-            output = 0.0 if embedding else _max_output(body, self._max_tokens)
-            amounts = {"tokens": prompt + output, "input_tokens": prompt, "output_tokens": output}
-        return {k: v for k, v in amounts.items() if k in dims}
+        limits = tb.BucketGroup.from_toml("limits.toml")  # or one tb.Limiter
+        client = openai.OpenAI(
+            http_client=httpx2.Client(transport=tb.LimitedTransport(limits))
+        )
+
+    Each model call blocks its thread until the limiter grants it (see
+    :meth:`Limiter.acquire_blocking`: one FIFO order across every thread, and every event
+    loop, using the limiter), and holds the lease until its response body is read to the
+    end or closed. The limiter becomes *shared* on first use: threads and asyncio loops in
+    other threads may use it at once. Arguments as :class:`AsyncLimitedTransport`'s, with
+    a sync ``transport`` (default: the library's own ``HTTPTransport()``).
+    """
+
+    _WHAT = "a sync transport"
+
+    def __init__(
+        self,
+        limits: Limiter | BucketGroup,
+        transport: httpx2.BaseTransport | httpx.BaseTransport | None = None,
+        *,
+        cost: Cost | None = None,
+        token_counter: TokenCounter = estimate_tokens,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        default_model: str = "default",
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(
+            limits,
+            transport,
+            cost=cost,
+            token_counter=token_counter,
+            default_max_tokens=default_max_tokens,
+            default_model=default_model,
+            timeout=timeout,
+        )
+
+    @overload
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response: ...
+
+    @overload
+    def handle_request(self, request: httpx.Request) -> httpx.Response: ...
+
+    def handle_request(self, request: Any) -> Any:
+        """Send ``request``: block until granted if it is a model call, then pass it on.
+
+        Timed out (or interrupted) while waiting, nothing is taken and nothing is sent. If
+        sending fails, the lease ends at once. Otherwise the response comes back with its
+        body wrapped: the lease ends when the body is read to the end or closed.
+        """
+        inner = self._inner_for(request, "HTTPTransport")
+        limited, path_model, embedding = model_call(request.method, request.url.path)
+        if not limited:
+            return inner.handle_request(request)
+        body = _json_body(request)
+        limiter = self._pick(body, path_model)
+        amounts = self._amounts(body, limiter, embedding)
+        context = limiter.acquire_blocking(timeout=self._timeout, **amounts)
+        context.__enter__()
+        try:
+            response = inner.handle_request(request)
+        except BaseException as exc:
+            context.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        retry_after = None
+        if response.status_code == 429 and _retry_info_wanted(response.headers):
+            try:  # an error body is small: read it now, the SDK may close it unread
+                response.read()
+            except BaseException as exc:
+                context.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            retry_after = retry_info_delay(response.content)
+        status = response.status_code
+        headers = response.headers.multi_items()
+        report(
+            limiter,
+            headers,
+            status,
+            "a response",
+            stacklevel=2,
+            retry_after=retry_after,
+            lease=context,
+        )
+        content = _content(response)
+        settle = _Settlement(limiter, context, status, headers, decoded=content is not None)
+        if content is not None:  # read already (above, or by the inner transport)
+            settle.feed(content)
+            settle.end_blocking()
+            return response
+        stream_type = _sync_stream_type(type(response.stream).__mro__)
+        response.stream = stream_type(response.stream, settle)
+        return response
+
+    def close(self) -> None:
+        """Close the inner transport."""
+        if self._inner is not None:
+            self._inner.close()
+
+    def __enter__(self) -> Self:
+        if self._inner is not None:
+            self._inner.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        if self._inner is not None:
+            self._inner.__exit__(exc_type, exc_value, traceback)
 
 
 _PROMPT_KEYS: Final = ("messages", "system", "input", "instructions", "prompt")
@@ -541,6 +702,18 @@ class _Settlement:
         finally:
             await self._context.__aexit__(None, None, None)
 
+    def end_blocking(self) -> None:
+        """:meth:`end` for a lease of :meth:`Limiter.acquire_blocking`."""
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self._settle()
+        finally:
+            context = self._context
+            assert isinstance(context, BlockingLeaseContext)
+            context.__exit__(None, None, None)
+
     def _settle(self) -> None:
         if self._buffer:
             try:
@@ -584,6 +757,41 @@ class _LeaseStream:
             await self._settlement.end()
         finally:
             await self._inner.aclose()
+
+
+class _SyncLeaseStream:
+    """A sync response body that settles and ends its lease when read to the end or
+    closed."""
+
+    def __init__(self, inner: Any, settlement: _Settlement) -> None:
+        self._inner = inner
+        self._settlement = settlement
+
+    def __iter__(self) -> Iterator[bytes]:
+        settlement = self._settlement
+        try:
+            for chunk in self._inner:
+                settlement.feed(chunk)
+                yield chunk
+        except BaseException:
+            settlement.end_blocking()
+            raise
+        settlement.end_blocking()
+
+    def close(self) -> None:
+        try:
+            self._settlement.end_blocking()
+        finally:
+            self._inner.close()
+
+
+@functools.cache
+def _sync_stream_type(mro: tuple[type, ...]) -> Callable[[Any, _Settlement], Any]:
+    """The sync body stream class for the library whose stream has this MRO, derived
+    from that library's ``SyncByteStream``."""
+    base = next((cls for cls in mro if cls.__name__ == "SyncByteStream"), None)
+    bases: tuple[type, ...] = (_SyncLeaseStream,) if base is None else (_SyncLeaseStream, base)
+    return type("LimitedSyncByteStream", bases, {"__module__": __name__})
 
 
 @functools.cache

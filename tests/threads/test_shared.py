@@ -274,7 +274,7 @@ def test_a_loop_with_its_own_clock_and_waiters_is_not_shared() -> None:
         future = submit(loop, bucket.acquire(1, timeout=WAIT))
         until(lambda: bucket.statistics().waiters == 1)
         with pytest.raises(RuntimeError, match=r"time\.monotonic"):
-            bucket.acquire_blocking(1, timeout=0)
+            bucket.acquire_blocking(1, timeout=WAIT)
         future.cancel()
     finally:
         loop.call_soon_threadsafe(loop.stop)

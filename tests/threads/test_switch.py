@@ -1,0 +1,144 @@
+"""How a limiter becomes shared: the loop it serves makes the switch, and no use from
+anywhere can deadlock it, corrupt it or lose a grant on the way (two loops using each
+other's limiters at once, a finished trio run, a closed loop with tasks still parked, a
+task cancelled while its loop is busy, a fork)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+import time
+
+import trio
+
+import tokenbucket as tb
+from tokenbucket._shared import SharedQueue
+
+from ._support import recorded
+from .test_shared import WAIT, in_thread, until
+
+
+def test_two_loops_using_each_others_limiters_at_once_do_not_deadlock() -> None:
+    for _ in range(20):
+        x = tb.TokenBucket(rate=100, capacity=100)
+        y = tb.TokenBucket(rate=100, capacity=100)
+        bound = threading.Barrier(2)
+        done: list[str] = []
+        threads = [
+            in_thread(functools.partial(_cross, x, y, bound, done, "a")),
+            in_thread(functools.partial(_cross, y, x, bound, done, "b")),
+        ]
+        for thread in threads:
+            thread.join(WAIT)
+        assert sorted(done) == ["a", "b"]
+        assert isinstance(x._waiters, SharedQueue)
+        assert isinstance(y._waiters, SharedQueue)
+
+
+def _cross(
+    first: tb.TokenBucket,
+    second: tb.TokenBucket,
+    bound: threading.Barrier,
+    done: list[str],
+    name: str,
+) -> None:
+    async def main() -> None:
+        await first.acquire()  # binds `first` to this loop
+        bound.wait(WAIT)
+        await second.acquire()  # the other loop's: it shares it
+        done.append(name)
+
+    asyncio.run(main())
+
+
+def test_a_limiter_of_a_finished_trio_run_serves_other_threads() -> None:
+    bucket = tb.TokenBucket(rate=100, capacity=10)
+
+    async def use() -> None:
+        await bucket.acquire()
+
+    trio.run(use)
+    results: list[str] = []
+
+    def blocking() -> None:
+        bucket.acquire_blocking(timeout=WAIT)
+        results.append("thread")
+
+    in_thread(blocking).join(WAIT)
+    in_thread(lambda: asyncio.run(bucket.acquire(timeout=WAIT))).join(WAIT)
+    assert results == ["thread"]
+    available = bucket.statistics().available
+    assert available is not None
+    assert available < 9  # both took their unit
+
+
+def test_tasks_left_in_a_closed_loop_take_nothing_when_the_limiter_is_shared() -> None:
+    bucket = tb.TokenBucket(rate=20, capacity=2)
+    log = recorded(bucket)
+    loop = asyncio.new_event_loop()
+    parked: list[asyncio.Task[None]] = []
+
+    async def park() -> None:
+        await bucket.acquire(2)
+        parked.extend(loop.create_task(bucket.acquire(1)) for _ in range(2))
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(park())
+    assert bucket.statistics().waiters == 2
+    loop.close()  # with its two tasks still parked: they can never run
+    bucket.acquire_blocking(2, timeout=WAIT)  # the whole bucket, at its refill
+    assert log.amounts == [2.0, 2.0]
+    assert bucket.statistics().waiters == 0
+
+
+def test_a_task_cancelled_while_its_loop_is_busy_delays_no_one() -> None:
+    bucket = tb.TokenBucket(rate=5, capacity=1)
+    log = recorded(bucket)
+    granted: list[str] = []
+
+    async def main() -> None:
+        bucket.acquire_blocking()  # shared, and empty
+        task = asyncio.create_task(bucket.acquire())  # the head
+        await asyncio.sleep(0)
+
+        def blocking() -> None:
+            bucket.acquire_blocking(timeout=WAIT)
+            granted.append("W")
+
+        waiter = in_thread(blocking)
+        await asyncio.to_thread(until, lambda: bucket.statistics().waiters == 2)
+        task.cancel()  # gone, though its task cannot run yet:
+        await asyncio.to_thread(waiter.join, WAIT)  # the thread gets the next unit
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert granted == ["W"]
+    assert log.amounts == [1.0, 1.0]  # the cancelled task was never granted
+    assert log.refunds == []
+
+
+def test_a_child_process_after_fork_starts_with_nobody_waiting() -> None:
+    bucket = tb.TokenBucket(rate=50, capacity=1)
+    bucket.acquire_blocking()
+    parents = [in_thread(lambda: bucket.acquire_blocking(timeout=WAIT)) for _ in range(3)]
+    until(lambda: bucket.statistics().waiters == 3)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its waiters' threads stayed in the parent
+        code = 1
+        try:
+            start = time.monotonic()
+            bucket.acquire_blocking(timeout=2.0)
+            code = 0 if time.monotonic() - start < 1.0 else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    result = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    for thread in parents:
+        thread.join(WAIT)
+    assert result == b"\x00"
