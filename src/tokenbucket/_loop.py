@@ -67,3 +67,29 @@ def trio_root() -> object | None:
 def trio_clock(root: object) -> Clock:
     trio = sys.modules["trio"]
     return Clock(root, None, trio.current_time, 1e-6, False)
+
+
+def poster() -> Callable[[Callable[[], object]], object]:
+    """How another thread runs a callable in the running loop's thread, soon: asyncio's
+    ``call_soon_threadsafe``, or trio's ``TrioToken.run_sync_soon``. Either raises a
+    ``RuntimeError`` once the loop is closed (the run is over)."""
+    loop = get_running_loop()
+    if loop is not None:
+        return loop.call_soon_threadsafe
+    trio = sys.modules["trio"]
+    run_sync_soon: Callable[[Callable[[], object]], object] = (
+        trio.lowlevel.current_trio_token().run_sync_soon
+    )
+    return run_sync_soon
+
+
+def trio_over(root: object) -> bool:
+    """Whether the trio run whose root task is ``root`` is over."""
+    coroutine = getattr(root, "coro", None)
+    return coroutine is not None and getattr(coroutine, "cr_frame", None) is None
+
+
+def trio_clock_is_real() -> bool:
+    """Whether the running trio run's clock is trio's own (real time, not a MockClock)."""
+    trio = sys.modules["trio"]
+    return type(trio.lowlevel.current_clock()).__name__ == "SystemClock"

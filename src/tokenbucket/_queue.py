@@ -31,7 +31,6 @@ back, a new clock (:class:`QueueOwner`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import threading
@@ -40,6 +39,8 @@ from _thread import get_ident
 from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
+import anyio
+
 from ._errors import AcquireTimeoutError
 from ._loop import (
     LOOP_HINT,
@@ -47,7 +48,9 @@ from ._loop import (
     Clock,
     asyncio_clock,
     get_running_loop,
+    poster,
     trio_clock,
+    trio_over,
     trio_root,
 )
 from ._park import GONE as _GONE
@@ -56,9 +59,8 @@ from ._park import WAITING as _WAITING
 from ._park import park_anyio, park_asyncio
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Callable
-
-    import anyio
 
 __all__: list[str] = []
 
@@ -136,6 +138,7 @@ class _Waiter:
         "future",
         "latch",
         "loop",
+        "post",
         "request",
         "scope",
         "state",
@@ -159,6 +162,7 @@ class _Waiter:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = NO_THREAD
         self.latch: threading.Lock | None = None
+        self.post: Callable[[Callable[[], object]], object] | None = None  # trio's
 
 
 def _unbound_clock() -> float:
@@ -190,6 +194,7 @@ class WaiterQueue:
         "_hinted",
         "_lock",
         "_open",
+        "_post",
         "_queue",
         "_step",
         "_thread",
@@ -219,6 +224,7 @@ class WaiterQueue:
         self.fast = NO_THREAD
         self._open = NO_THREAD  # what `fast` is while nobody waits
         self._thread = NO_THREAD  # the thread of the loop served
+        self._post: Callable[[Callable[[], object]], object] | None = None  # to run there
         self.aio: asyncio.AbstractEventLoop | None = None
         self.clock: Callable[[], float] = _unbound_clock
         self._timer: Any = None  # an asyncio.TimerHandle; in shared mode a _timer.Timer
@@ -464,11 +470,12 @@ class WaiterQueue:
         """Whether the loop (or trio run) served may still run, in another thread."""
         if self.key is None or self._thread == get_ident():
             return False
+        return not self._over()
+
+    def _over(self) -> bool:
+        """Whether the loop served is closed (the trio run served is over)."""
         loop = self.aio
-        if loop is not None:
-            return not loop.is_closed()
-        coroutine = getattr(self.key, "coro", None)  # trio's root task: its run goes on
-        return coroutine is None or getattr(coroutine, "cr_frame", None) is not None
+        return loop.is_closed() if loop is not None else trio_over(self.key)
 
     def _enter(self, clock: Clock, wait: float | None) -> None:
         """A new loop uses the queue: bind to it, or share the queue if the loop served
@@ -498,7 +505,8 @@ class WaiterQueue:
             if not self._elsewhere():
                 self._become_shared()
                 return True
-        loop = self._owner_loop()
+        post = self._post
+        assert post is not None  # bound
         done = threading.Event()
         failure: list[BaseException] = []
 
@@ -512,14 +520,14 @@ class WaiterQueue:
 
         deadline = _INF if wait is None else _monotonic() + wait
         try:
-            loop.call_soon_threadsafe(switch)
-        except RuntimeError:  # closed meanwhile
+            post(switch)
+        except RuntimeError:  # closed (over) meanwhile
             self._switch()
             return True
         # The loop runs the switch soon, unless it stops for good: a closed loop runs
         # nothing more, so the switch can be made here (this rare wait looks every 50 ms).
         while not done.wait(min(_HANDSHAKE_CHECK, max(0.0, deadline - _monotonic()))):
-            if loop.is_closed():
+            if self._over():
                 self._switch()
                 return True
             if _monotonic() >= deadline:
@@ -529,61 +537,42 @@ class WaiterQueue:
         return True
 
     async def share_async(self) -> None:
-        """:meth:`share` for a task of an asyncio loop in another thread: it awaits the
+        """:meth:`share` for a task of an event loop in another thread: it awaits the
         switch instead of blocking its loop (two loops sharing each other's limiters at
         once would wait for each other)."""
-        current = get_running_loop()
-        if current is None:
-            raise RuntimeError(
-                f"{self.owner.describe()} serves an event loop in another thread; sharing it "
-                "with a trio run is not supported yet"
-            )
         with _SWITCHING.lock:
             if self.shared:
                 return
             if not self._elsewhere():
                 self._become_shared()
                 return
-        loop = self._owner_loop()
-        done: asyncio.Future[None] = current.create_future()
-
-        def tell(error: BaseException | None) -> None:
-            if not done.done():
-                if error is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(error)
+        post = self._post
+        assert post is not None  # bound
+        back = poster()  # to this loop, from the one served
+        done = anyio.Event()
+        failure: list[BaseException] = []
 
         def switch() -> None:
-            error = None
             try:
                 self._switch()
-            except BaseException as failure:
-                error = failure
+            except BaseException as error:
+                failure.append(error)
             with contextlib.suppress(RuntimeError):  # this loop closed meanwhile
-                current.call_soon_threadsafe(tell, error)
+                back(done.set)
 
         try:
-            loop.call_soon_threadsafe(switch)
-        except RuntimeError:  # closed meanwhile
+            post(switch)
+        except RuntimeError:  # closed (over) meanwhile
             self._switch()
             return
-        while not done.done():
-            await asyncio.wait([done], timeout=_HANDSHAKE_CHECK)
-            if not done.done() and loop.is_closed():
+        while not done.is_set():
+            with anyio.move_on_after(_HANDSHAKE_CHECK):
+                await done.wait()
+            if not done.is_set() and self._over():
                 self._switch()
                 return
-        done.result()
-
-    def _owner_loop(self) -> asyncio.AbstractEventLoop:
-        """The asyncio loop served, in another thread (a trio run there: not yet)."""
-        loop = self.aio
-        if loop is None:
-            raise RuntimeError(
-                f"{self.owner.describe()} serves a trio run in another thread; sharing "
-                "a limiter between a trio run and other threads is not supported yet"
-            )
-        return loop
+        if failure:
+            raise failure[0]
 
     def _switch(self) -> None:
         """The switch itself (see :meth:`share`); once, whoever comes first."""
@@ -625,6 +614,7 @@ class WaiterQueue:
         self.key = clock.key
         self.aio = clock.loop
         self.loop = NOT_ASYNCIO if clock.loop is None else clock.loop
+        self._post = poster()
         self.clock = clock.read
         self._step = clock.step
         self._hinted = clock.hinted

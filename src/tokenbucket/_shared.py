@@ -37,8 +37,10 @@ import weakref
 from _thread import get_ident
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
+import anyio
+
 from ._errors import AcquireTimeoutError
-from ._loop import NOT_ASYNCIO, asyncio_clock, get_running_loop
+from ._loop import NOT_ASYNCIO, asyncio_clock, get_running_loop, poster, trio_clock_is_real
 from ._park import GONE, GRANTED, WAITING
 from ._queue import _SWITCHING, NO_THREAD, WaiterQueue, _Waiter
 from ._timer import Timer, schedule
@@ -145,10 +147,7 @@ class SharedQueue(WaiterQueue):
         """Wait in an asyncio task until ``request`` is granted; its ticket."""
         loop = get_running_loop()
         if loop is None:
-            raise RuntimeError(
-                f"{self.owner.describe()} is shared by threads and loops, which is supported "
-                "on asyncio (and uvloop) so far, not on trio"
-            )
+            return await self._take_trio(amount, request, timeout)
         with self._lock:
             now = _monotonic()
             if not self.live and self.state.try_take(request, now):
@@ -180,6 +179,48 @@ class SharedQueue(WaiterQueue):
         finally:
             if handle is not None:
                 handle.cancel()
+        return waiter.ticket
+
+    async def _take_trio(self, amount: float, request: object, timeout: float | None) -> object:
+        """:meth:`take` for a trio task: it waits on an event its run is told to set."""
+        if not trio_clock_is_real():
+            raise RuntimeError(
+                f"{self.owner.describe()} is shared by threads and loops and runs on "
+                "time.monotonic; this trio run's clock is another (a MockClock?)"
+            )
+        post = poster()
+        with self._lock:
+            now = _monotonic()
+            if not self.live and self.state.try_take(request, now):
+                return self.state.ticket
+            waiter = _Waiter(amount, request, _INF if timeout is None else now + timeout)
+            if timeout != 0:
+                waiter.event = anyio.Event()
+                waiter.post = post
+                waiter.thread = get_ident()
+                self.owner.before_wait(request, now)
+                self.push(waiter, now)
+        event = waiter.event
+        if event is None:
+            raise AcquireTimeoutError(self.owner.timeout_message(amount))
+        try:
+            deadline = _INF
+            if waiter.deadline != _INF:  # on this run's clock
+                deadline = anyio.current_time() + (waiter.deadline - _monotonic())
+            with anyio.CancelScope(deadline=deadline):
+                await event.wait()
+            if waiter.state is not GRANTED:  # its deadline
+                with self._lock:
+                    if waiter.state is WAITING:
+                        self.remove(waiter, _monotonic())
+                    woken = self._take_woken()
+                self._wake(woken)
+                if waiter.state is not GRANTED:
+                    raise AcquireTimeoutError(self.owner.timeout_message(amount))
+        except BaseException:
+            if waiter.state is not GONE:
+                self.abandon(waiter)
+            raise
         return waiter.ticket
 
     def block(self, amount: float, request: object, timeout: float | None) -> object:
@@ -354,6 +395,17 @@ class SharedQueue(WaiterQueue):
                 latch = waiter.latch
                 if latch is not None:
                     latch.release()
+                    continue
+                event = waiter.event
+                if event is not None:  # a trio task's
+                    if waiter.thread == me:
+                        event.set()
+                    else:
+                        try:
+                            assert waiter.post is not None
+                            waiter.post(event.set)
+                        except RuntimeError:  # its run is over
+                            lost.append(waiter)
                     continue
                 future = waiter.future
                 loop = waiter.loop

@@ -301,3 +301,44 @@ def test_statistics_of_a_shared_limiter() -> None:
     assert stats.next_wakeup > time.monotonic() - 1.0
     waiter.join(WAIT)
     assert "waiters=0" in repr(bucket)
+
+
+def test_a_trio_run_an_asyncio_loop_and_threads_share_one_limit() -> None:
+    import trio
+
+    rate, capacity = 1000.0, 5.0
+    bucket = tb.TokenBucket(rate=rate, capacity=capacity)
+    log = recorded(bucket)
+    bucket.acquire_blocking(5)  # shared from the start
+
+    async def trio_tasks() -> None:
+        async def one() -> None:
+            for _ in range(10):
+                await bucket.acquire(1, timeout=WAIT)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(one)
+
+    def blocking() -> None:
+        for _ in range(10):
+            bucket.acquire_blocking(1, timeout=WAIT)
+
+    with loop_in_thread() as loop:
+        future = submit(loop, _asyncio_tasks(bucket, 4, 10))
+        runs = [in_thread(lambda: trio.run(trio_tasks), "trio")]
+        runs += [in_thread(blocking, f"thread {i}") for i in range(4)]
+        for thread in runs:
+            thread.join(WAIT)
+        future.result(WAIT)
+    assert log.amounts == [5.0] + [1.0] * 120
+    bucket_conforms(log, rate, capacity)
+    assert bucket.statistics().waiters == 0
+
+
+async def _asyncio_tasks(bucket: tb.TokenBucket, tasks: int, each: int) -> None:
+    async def one() -> None:
+        for _ in range(each):
+            await bucket.acquire(1, timeout=WAIT)
+
+    await asyncio.gather(*(one() for _ in range(tasks)))

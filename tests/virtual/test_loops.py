@@ -85,25 +85,36 @@ def test_a_limiter_with_waiters_in_another_running_loop_is_shared() -> None:
     assert type(bucket._waiters).__name__ == "SharedQueue"
 
 
-def test_a_limiter_serving_a_trio_run_is_not_shared_yet() -> None:
-    bucket = tb.TokenBucket(rate=0.001, capacity=1)
-    errors: list[BaseException] = []
+def test_a_limiter_serving_a_trio_run_is_shared_with_a_thread() -> None:
+    bucket = tb.TokenBucket(rate=50, capacity=1)
+    order: list[str] = []
 
     def other_thread() -> None:
-        try:
-            bucket.acquire_blocking(timeout=1)
-        except RuntimeError as exc:
-            errors.append(exc)
+        bucket.acquire_blocking(timeout=5)
+        order.append("thread")
 
     async def main() -> None:
-        assert bucket.try_acquire(1)
+        assert bucket.try_acquire(1)  # bound to this run, and empty
         thread = threading.Thread(target=other_thread)
         thread.start()
-        await trio.to_thread.run_sync(thread.join)
+        await trio.to_thread.run_sync(thread.join)  # the run shares it with the thread
+        await bucket.acquire(timeout=5)  # then waits on the shared limiter
+        order.append("trio")
 
     trio.run(main)
-    assert len(errors) == 1
-    assert "trio run in another thread" in str(errors[0])
+    assert order == ["thread", "trio"]
+    assert type(bucket._waiters).__name__ == "SharedQueue"
+
+
+def test_a_trio_run_with_a_mock_clock_cannot_wait_on_a_shared_limiter() -> None:
+    bucket = tb.TokenBucket(rate=0.001, capacity=1)
+    bucket.acquire_blocking()  # shared, and empty
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="MockClock"):
+            await bucket.acquire(timeout=1)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_an_expired_pause_stays_expired_on_another_loop() -> None:
