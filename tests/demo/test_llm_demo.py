@@ -1,5 +1,6 @@
-"""The demonstration end to end: the real openai SDK through AsyncLimitedTransport, the
-local server."""
+"""The demonstration end to end: the real openai and anthropic SDKs through
+AsyncLimitedTransport, and the sync openai client in 32 threads through LimitedTransport,
+against the local server."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from llm_demo import RUNS, demonstrate, table
 RPM, TPM, PERIOD = 40, 12_000, 0.5
 
 
-@pytest.mark.parametrize("run", [RUNS[1], RUNS[3]], ids=["openai", "anthropic"])
+@pytest.mark.parametrize("run", [RUNS[1], RUNS[3], RUNS[4]], ids=["openai", "anthropic", "threads"])
 def test_the_transport_gets_no_429_and_keeps_the_server_busy(run: str) -> None:
     # A half-second period leaves little room for the jitter between a grant and its
     # arrival at the server on a busy machine: keep a 10% margin.
