@@ -21,6 +21,7 @@ from _thread import get_ident
 from typing import TYPE_CHECKING, Final
 
 from ._errors import AcquireTimeoutError
+from ._loop import LOOP_HINT, get_running_loop, trio_root
 from ._queue import NotSharedYet, WaiterQueue, _Waiter
 from ._shared import SharedQueue
 from ._statistics import LimiterStatistics
@@ -37,6 +38,7 @@ _INF: Final = math.inf
 _MONOTONIC: Final = object()
 _ARRIVALS: Final = itertools.count()
 _monotonic: Final = time.monotonic
+_hint: Final = LOOP_HINT.get
 
 
 class _Pool:
@@ -116,7 +118,9 @@ class MemoryStore:
 
     def try_take(self, request: Request) -> Ticket | None:
         waiters = self._waiters
-        if waiters.fast == get_ident():  # nobody waits; the clock is time.monotonic
+        if waiters.fast == get_ident() and _hint() is waiters.loop:
+            # Nobody waits, this task runs in the loop served (in its thread), whose clock
+            # is time.monotonic.
             now = _monotonic()
         elif waiters.live:
             return None
@@ -151,7 +155,10 @@ class MemoryStore:
         try:
             now = waiters.here(0.0)
         except NotSharedYet:
-            now = await waiters.now_async()
+            try:
+                now = await waiters.now_async(timeout)
+            except NotSharedYet:
+                raise AcquireTimeoutError(self.timeout_message(1.0)) from None
         if isinstance(waiters, SharedQueue):
             ticket = await waiters.take(1.0, request, timeout)
             self._last_wait = max(0.0, _monotonic() - now)
@@ -178,6 +185,10 @@ class MemoryStore:
     def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None:
         assert isinstance(ticket, list)
         waiters = self._waiters
+        if waiters._thread != get_ident() and self._forwarded(
+            lambda: self.adjust(request, ticket, actual)
+        ):
+            return
         now = waiters.here()
         if isinstance(waiters, SharedQueue):
             with waiters.lock:
@@ -192,8 +203,11 @@ class MemoryStore:
     def release(self, request: Request, ticket: object) -> None:
         if request.slot:
             waiters = self._waiters
-            if waiters._thread != get_ident() and waiters.joining():
-                waiters.share()  # a lease ended in another thread than its loop's
+            if waiters._thread != get_ident():  # a lease ended in another thread
+                if self._forwarded(lambda: self.release(request, ticket)):
+                    return
+                if waiters.joining():
+                    waiters.share()
             if isinstance(waiters, SharedQueue):
                 with waiters.lock:
                     self._multi.release(request)
@@ -206,6 +220,10 @@ class MemoryStore:
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
     ) -> None:
         waiters = self._waiters
+        if waiters._thread != get_ident() and self._forwarded(
+            lambda: self.feedback(plan, lease, ticket)
+        ):
+            return
         now = waiters.here()
         if isinstance(waiters, SharedQueue):
             with waiters.lock:
@@ -233,6 +251,24 @@ class MemoryStore:
         if plan.pause is not None:
             multi.pause(now + plan.pause, now)
         self._waiters.kick()
+
+    def _forwarded(self, operation: Callable[[], object]) -> bool:
+        """From a task of another event loop than the one served, which runs in another
+        thread: have that loop run ``operation`` (a settlement, a report, a release)
+        instead of blocking this loop until it shares the store; whether it will.
+        (A thread without a loop waits for the switch instead.)"""
+        waiters = self._waiters
+        if isinstance(waiters, SharedQueue) or not waiters.running_elsewhere():
+            return False
+        if get_running_loop() is None and trio_root() is None:
+            return False
+        post = waiters._post
+        assert post is not None  # bound
+        try:
+            post(operation)
+        except RuntimeError:  # closed meanwhile
+            return False
+        return True
 
     def acquire_blocking(self, request: Request, timeout: float | None) -> Ticket:
         """Block this thread until ``request`` is granted (the store becomes shared)."""
@@ -279,6 +315,8 @@ class MemoryStore:
         if isinstance(waiters, SharedQueue):
             with waiters.lock:
                 return not waiters.live and self._multi.at_rest(_monotonic())
+        if waiters._thread != get_ident() and waiters.running_elsewhere():
+            return False  # in use by a loop that runs in another thread: not at rest
         if waiters.live:
             return False
         # On time.monotonic the present is known even outside the loop that used it.

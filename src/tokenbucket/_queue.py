@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import time
 from _thread import get_ident
@@ -194,6 +195,7 @@ class WaiterQueue:
         "_hinted",
         "_lock",
         "_open",
+        "_pid",
         "_post",
         "_queue",
         "_step",
@@ -224,6 +226,7 @@ class WaiterQueue:
         self.fast = NO_THREAD
         self._open = NO_THREAD  # what `fast` is while nobody waits
         self._thread = NO_THREAD  # the thread of the loop served
+        self._pid = 0  # the process it was bound in
         self._post: Callable[[Callable[[], object]], object] | None = None  # to run there
         self.aio: asyncio.AbstractEventLoop | None = None
         self.clock: Callable[[], float] = _unbound_clock
@@ -444,13 +447,15 @@ class WaiterQueue:
             return self.clock()
         return self.now(wait)
 
-    async def now_async(self) -> float:
+    async def now_async(self, wait: float | None = None) -> float:
         """:meth:`now` for a task: if the queue must be shared first, the task awaits the
-        switch (see :meth:`share_async`) instead of blocking its loop."""
+        switch (see :meth:`share_async`) instead of blocking its loop, at most ``wait``
+        seconds (else :class:`NotSharedYet`)."""
         try:
             return self.now(0.0)
         except NotSharedYet:
-            await self.share_async()
+            if not await self.share_async(wait):
+                raise
             return self.now()
 
     def joining(self) -> bool:
@@ -466,20 +471,24 @@ class WaiterQueue:
             return False
         return self.owner.shareable and self._elsewhere()
 
-    def _elsewhere(self) -> bool:
-        """Whether the loop (or trio run) served may still run, in another thread."""
-        if self.key is None or self._thread == get_ident():
-            return False
-        return not self._over()
+    def running_elsewhere(self) -> bool:
+        """Whether the loop served runs in another thread (and the queue is not shared)."""
+        return not self.shared and self._elsewhere()
 
-    def _over(self) -> bool:
-        """Whether the loop served is closed (the trio run served is over)."""
+    def _elsewhere(self) -> bool:
+        """Whether the loop (or trio run) served runs now in another thread of this
+        process: only then can it change the queue without the lock while this thread
+        does, so only then must the switch be made there."""
+        if self.key is None or self._thread == get_ident() or self._pid != os.getpid():
+            return False
         loop = self.aio
-        return loop.is_closed() if loop is not None else trio_over(self.key)
+        if loop is not None:
+            return loop.is_running()
+        return not trio_over(self.key)
 
     def _enter(self, clock: Clock, wait: float | None) -> None:
         """A new loop uses the queue: bind to it, or share the queue if the loop served
-        may still run in another thread."""
+        runs in another thread."""
         with _SWITCHING.lock:  # a bind and a switch never run at once
             if self.shared:
                 return
@@ -489,95 +498,115 @@ class WaiterQueue:
         if not self.share(wait):
             raise NotSharedYet
 
+    def _ask(self) -> tuple[Callable[[Callable[[], object]], object], object] | None:
+        """Under the switching lock: switch here if no loop served runs elsewhere (then
+        ``None``); else how to ask the one that does, and which it is."""
+        if self.shared:
+            return None
+        if not self._elsewhere():
+            self._become_shared()
+            return None
+        post = self._post
+        assert post is not None  # bound
+        return post, self.key
+
     def share(self, wait: float | None = None) -> bool:
         """Become a :class:`~._shared.SharedQueue` (once), from any thread; whether it is.
 
-        Only the thread of the loop served changes the queue without a lock, so the
-        switch happens there: posted to that loop, which runs it between two of its
-        callbacks, when nothing is half done; this thread waits at most ``wait`` seconds
-        (``None``: as long as it takes) for it. Directly when the queue serves no loop,
-        when this is that loop's thread, or when that loop is closed (or its trio run
-        over).
+        Only the thread of the loop served changes the queue without a lock, and only
+        while that loop runs, so the switch is made there: posted to that loop, which runs
+        it between two of its callbacks, when nothing is half done; this thread waits at
+        most ``wait`` seconds (``None``: as long as it takes). Directly when the queue
+        serves no loop, when this is that loop's thread, or when that loop does not run
+        (closed, or between two runs; its trio run over).
         """
-        with _SWITCHING.lock:
+        deadline = _INF if wait is None else _monotonic() + wait
+        while True:
+            with _SWITCHING.lock:
+                asked = self._ask()
+            if asked is None:
+                return True
+            post, bound = asked
+            done = threading.Event()
+            failure: list[BaseException] = []
+
+            def switch(
+                bound: object = bound,
+                failure: list[BaseException] = failure,
+                done: threading.Event = done,
+            ) -> None:
+                try:
+                    self._switch(bound)
+                except BaseException as error:  # e.g. a virtual clock: told to the caller
+                    failure.append(error)
+                finally:
+                    done.set()
+
+            try:
+                post(switch)
+            except RuntimeError:  # closed meanwhile: look again
+                continue
+            # The loop runs the switch soon, unless it stops: then it is made here (this
+            # rare wait looks every 50 ms).
+            while not done.wait(min(_HANDSHAKE_CHECK, max(0.0, deadline - _monotonic()))):
+                if self.key is not bound or not self._elsewhere():
+                    break
+                if _monotonic() >= deadline:
+                    return self.shared
+            if failure:
+                raise failure[0]
             if self.shared:
                 return True
-            if not self._elsewhere():
-                self._become_shared()
-                return True
-        post = self._post
-        assert post is not None  # bound
-        done = threading.Event()
-        failure: list[BaseException] = []
 
-        def switch() -> None:
-            try:
-                self._switch()
-            except BaseException as error:  # e.g. a virtual clock: told to the caller
-                failure.append(error)
-            finally:
-                done.set()
-
-        deadline = _INF if wait is None else _monotonic() + wait
-        try:
-            post(switch)
-        except RuntimeError:  # closed (over) meanwhile
-            self._switch()
-            return True
-        # The loop runs the switch soon, unless it stops for good: a closed loop runs
-        # nothing more, so the switch can be made here (this rare wait looks every 50 ms).
-        while not done.wait(min(_HANDSHAKE_CHECK, max(0.0, deadline - _monotonic()))):
-            if self._over():
-                self._switch()
-                return True
-            if _monotonic() >= deadline:
-                return self.shared
-        if failure:
-            raise failure[0]
-        return True
-
-    async def share_async(self) -> None:
+    async def share_async(self, wait: float | None = None) -> bool:
         """:meth:`share` for a task of an event loop in another thread: it awaits the
         switch instead of blocking its loop (two loops sharing each other's limiters at
         once would wait for each other)."""
-        with _SWITCHING.lock:
-            if self.shared:
-                return
-            if not self._elsewhere():
-                self._become_shared()
-                return
-        post = self._post
-        assert post is not None  # bound
-        back = poster()  # to this loop, from the one served
-        done = anyio.Event()
-        failure: list[BaseException] = []
+        deadline = _INF if wait is None else _monotonic() + wait
+        while True:
+            with _SWITCHING.lock:
+                asked = self._ask()
+            if asked is None:
+                return True
+            post, bound = asked
+            back = poster()  # to this loop, from the one served
+            done = anyio.Event()
+            failure: list[BaseException] = []
 
-        def switch() -> None:
+            def switch(
+                bound: object = bound,
+                failure: list[BaseException] = failure,
+                done: anyio.Event = done,
+                back: Callable[[Callable[[], object]], object] = back,
+            ) -> None:
+                try:
+                    self._switch(bound)
+                except BaseException as error:
+                    failure.append(error)
+                with contextlib.suppress(RuntimeError):  # this loop closed meanwhile
+                    back(done.set)
+
             try:
-                self._switch()
-            except BaseException as error:
-                failure.append(error)
-            with contextlib.suppress(RuntimeError):  # this loop closed meanwhile
-                back(done.set)
+                post(switch)
+            except RuntimeError:  # closed meanwhile: look again
+                continue
+            while not done.is_set():
+                with anyio.move_on_after(min(_HANDSHAKE_CHECK, deadline - _monotonic())):
+                    await done.wait()
+                if done.is_set() or self.key is not bound or not self._elsewhere():
+                    break
+                if _monotonic() >= deadline:
+                    return self.shared
+            if failure:
+                raise failure[0]
+            if self.shared:
+                return True
 
-        try:
-            post(switch)
-        except RuntimeError:  # closed (over) meanwhile
-            self._switch()
-            return
-        while not done.is_set():
-            with anyio.move_on_after(_HANDSHAKE_CHECK):
-                await done.wait()
-            if not done.is_set() and self._over():
-                self._switch()
-                return
-        if failure:
-            raise failure[0]
-
-    def _switch(self) -> None:
-        """The switch itself (see :meth:`share`); once, whoever comes first."""
+    def _switch(self, bound: object) -> None:
+        """The switch itself (see :meth:`share`), in the thread of the loop ``bound``;
+        once, whoever comes first, and only if the queue still serves that loop."""
         with _SWITCHING.lock:
-            if not self.shared:
+            if not self.shared and self.key is bound:
                 self._become_shared()
 
     def _become_shared(self) -> None:
@@ -615,6 +644,7 @@ class WaiterQueue:
         self.aio = clock.loop
         self.loop = NOT_ASYNCIO if clock.loop is None else clock.loop
         self._post = poster()
+        self._pid = os.getpid()
         self.clock = clock.read
         self._step = clock.step
         self._hinted = clock.hinted

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import time
 from _thread import get_ident
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from . import _validate
 from ._backend import open_store
 from ._core import Meter, Request
 from ._errors import AcquireTimeoutError, AmountExceedsLimitError, ArgumentTypeError
+from ._loop import LOOP_HINT
 from ._queue import BRIEF, NotSharedYet, WaiterQueue, _Waiter
 from ._shared import SharedQueue
 from ._statistics import LimitStatistics
@@ -33,6 +34,7 @@ __all__: list[str] = []
 
 _INF = float("inf")
 _monotonic = time.monotonic
+_hint = LOOP_HINT.get
 
 
 class SingleLimiter:
@@ -82,7 +84,8 @@ class SingleLimiter:
         Cancellation: a cancelled (or timed-out) caller consumes nothing and delays no
         one; if it had just been granted, the grant goes back to the next waiter.
         """
-        if self._waiters.fast == get_ident() and timeout is None:
+        waiters = self._waiters
+        if waiters.fast == get_ident() and _hint() is waiters.loop and timeout is None:
             # Nobody waits, this task runs in the thread of the loop served and its clock
             # is time.monotonic. An amount above the limit never fits, so it falls through
             # to the checks below with NaN and every other value the state refuses.
@@ -120,8 +123,8 @@ class SingleLimiter:
             now = waiters.now(BRIEF)
         except NotSharedYet:  # the loop that uses it, in another thread, has not shared it
             return False
-        if isinstance(waiters, SharedQueue):
-            return waiters.try_take(amount)
+        if waiters.shared:
+            return cast("SharedQueue", waiters).try_take(amount)
         if waiters.live:
             return False
         return self._state.try_take(amount, now)
@@ -261,7 +264,10 @@ class SingleLimiter:
                 finally:
                     waiters.queued -= value
             return
-        now = await waiters.now_async()
+        try:
+            now = await waiters.now_async(seconds)
+        except NotSharedYet:  # the loop it serves, in another thread, did not share it
+            raise AcquireTimeoutError(self.timeout_message(value)) from None
         if value == 0:
             return
         if isinstance(waiters, SharedQueue):

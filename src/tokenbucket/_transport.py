@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import itertools
 import json
 import re
 import threading
@@ -588,6 +589,7 @@ class _Settlement:
         "_event",
         "_limiter",
         "_line",
+        "_once",
         "_status",
         "_usage",
     )
@@ -605,6 +607,7 @@ class _Settlement:
         self._context = context
         self._status = status
         self._ended = False
+        self._once = itertools.count()  # next() is 0 once, whichever thread asks first
         self._usage: dict[str, float] = {}
         kind = _header(headers, "content-type").partition(";")[0].strip().lower()
         self._event = kind == "text/event-stream"
@@ -694,7 +697,7 @@ class _Settlement:
 
     async def end(self) -> None:
         """Settle the lease and end it; the second and later calls do nothing."""
-        if self._ended:
+        if next(self._once):
             return
         self._ended = True
         try:
@@ -703,8 +706,9 @@ class _Settlement:
             await self._context.__aexit__(None, None, None)
 
     def end_blocking(self) -> None:
-        """:meth:`end` for a lease of :meth:`Limiter.acquire_blocking`."""
-        if self._ended:
+        """:meth:`end` for a lease of :meth:`Limiter.acquire_blocking`; from any thread
+        (a body read in one and closed in another ends its lease once)."""
+        if next(self._once):
             return
         self._ended = True
         try:

@@ -142,3 +142,130 @@ def test_a_child_process_after_fork_starts_with_nobody_waiting() -> None:
     for thread in parents:
         thread.join(WAIT)
     assert result == b"\x00"
+
+
+def test_two_loops_pausing_each_others_limiters_at_once_do_not_deadlock() -> None:
+    first = tb.Limiter(requests_per_second=100)
+    second = tb.Limiter(requests_per_second=100)
+    barrier = threading.Barrier(2)
+    done: list[str] = []
+
+    def run(mine: tb.Limiter, other: tb.Limiter, name: str) -> None:
+        async def main() -> None:
+            async with mine.acquire():  # binds `mine` to this loop
+                pass
+            barrier.wait(WAIT)
+            other.pause(0.001)  # the other loop runs it: this loop is not blocked
+            done.append(name)
+            await asyncio.sleep(0.05)
+
+        asyncio.run(main())
+
+    threads = [
+        in_thread(functools.partial(run, first, second, "a")),
+        in_thread(functools.partial(run, second, first, "b")),
+    ]
+    for thread in threads:
+        thread.join(WAIT)
+    assert sorted(done) == ["a", "b"]
+    assert first.statistics().paused_until is not None
+
+
+def test_a_limiter_of_an_idle_loop_left_open_serves_a_thread() -> None:
+    limiter = tb.Limiter(requests_per_second=100)
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def use() -> None:
+            async with limiter.acquire():
+                pass
+
+        loop.run_until_complete(use())  # bound to a loop that stays open, and idle
+        done: list[bool] = []
+
+        def blocking() -> None:
+            with limiter.acquire_blocking(timeout=WAIT):
+                done.append(True)
+
+        in_thread(blocking).join(WAIT)
+        assert done == [True]
+    finally:
+        loop.close()
+
+
+def test_a_task_of_another_loop_gives_up_at_its_timeout_while_the_owner_is_busy() -> None:
+    bucket = tb.TokenBucket(rate=100, capacity=10)
+    started, release = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    async def owner() -> None:
+        await bucket.acquire()  # binds the bucket to this loop
+        started.set()
+        release.wait(WAIT)  # then this loop runs nothing for a while
+
+    async def other() -> None:
+        start = time.monotonic()
+        try:
+            await bucket.acquire(timeout=0.2)
+        except tb.AcquireTimeoutError:
+            outcome.append(f"timed out after {time.monotonic() - start:.1f}s")
+
+    owner_thread = in_thread(lambda: asyncio.run(owner()))
+    started.wait(WAIT)
+    in_thread(lambda: asyncio.run(other())).join(WAIT)
+    release.set()
+    owner_thread.join(WAIT)
+    assert outcome == ["timed out after 0.2s"]
+
+
+def test_asking_from_another_thread_whether_a_limiter_is_at_rest_changes_nothing() -> None:
+    window = tb.Limiter(requests_per_second=1_000)
+    running, stop = threading.Event(), threading.Event()
+
+    async def owner() -> None:
+        async with window.acquire():
+            pass
+        running.set()
+        while not stop.is_set():
+            async with window.acquire():
+                pass
+            await asyncio.sleep(0)
+
+    thread = in_thread(lambda: asyncio.run(owner()))
+    running.wait(WAIT)
+    assert not window._at_rest()  # in use by a loop running in another thread
+    stop.set()
+    thread.join(WAIT)
+    assert not isinstance(window._store._waiters, SharedQueue)  # type: ignore[attr-defined]
+
+
+def test_a_child_process_can_use_a_limiter_bound_to_a_loop_of_the_parent() -> None:
+    bucket = tb.TokenBucket(rate=100, capacity=10)
+    with_loop = threading.Event()
+    stop = threading.Event()
+
+    async def owner() -> None:
+        await bucket.acquire()
+        with_loop.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+
+    thread = in_thread(lambda: asyncio.run(owner()))
+    with_loop.wait(WAIT)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's loop thread is not here
+        code = 1
+        try:
+            bucket.acquire_blocking(timeout=2.0)
+            code = 0
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    result = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    stop.set()
+    thread.join(WAIT)
+    assert result == b"\x00"
