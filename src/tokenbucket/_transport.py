@@ -152,6 +152,39 @@ class _Limits:
                     inner = self._inner = getattr(importlib.import_module(module), name)()
         return inner
 
+    def _priced(self, request: Any) -> tuple[Limiter, dict[str, float]] | None:
+        """The limiter of a model call and its amounts; ``None`` for other requests."""
+        limited, path_model, embedding = model_call(request.method, request.url.path)
+        if not limited:
+            return None
+        body = _json_body(request)
+        limiter = self._pick(body, path_model)
+        return limiter, self._amounts(body, limiter, embedding)
+
+    def _answered(
+        self, limiter: Limiter, context: LeaseContext, response: Any, retry_after: float | None
+    ) -> tuple[_Settlement, bool]:
+        """Tell the limiter what the response's headers and status say, and start its
+        settlement: ``(settlement, read)``, ``read`` when its body was read already (by
+        the transport for a 429's delay, or by the inner transport), which then has fed
+        it."""
+        status = response.status_code
+        headers = response.headers.multi_items()  # decoded once, for the limiter and for us
+        report(
+            limiter,
+            headers,
+            status,
+            "a response",
+            stacklevel=3,
+            retry_after=retry_after,
+            lease=context,
+        )
+        content = _content(response)
+        settle = _Settlement(limiter, context, status, headers, decoded=content is not None)
+        if content is not None:
+            settle.feed(content)
+        return settle, content is not None
+
     def _pick(self, body: Mapping[str, Any] | None, path_model: str | None) -> Limiter:
         limits = self._limits
         if isinstance(limits, Limiter):
@@ -279,12 +312,11 @@ class AsyncLimitedTransport(_Limits, _Transports):
         the body is read to the end or closed.
         """
         inner = self._inner_for(request, "AsyncHTTPTransport")
-        limited, path_model, embedding = model_call(request.method, request.url.path)
-        if not limited:
+        priced = self._priced(request)
+        if priced is None:
             return await inner.handle_async_request(request)
-        body = _json_body(request)
-        limiter = self._pick(body, path_model)
-        context = limiter.acquire(timeout=self._timeout, **self._amounts(body, limiter, embedding))
+        limiter, amounts = priced
+        context = limiter.acquire(timeout=self._timeout, **amounts)
         await context.__aenter__()
         try:
             response = await inner.handle_async_request(request)
@@ -299,21 +331,8 @@ class AsyncLimitedTransport(_Limits, _Transports):
                 await context.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
             retry_after = retry_info_delay(response.content)
-        status = response.status_code
-        headers = response.headers.multi_items()  # decoded once, for the limiter and for us
-        report(
-            limiter,
-            headers,
-            status,
-            "a response",
-            stacklevel=2,
-            retry_after=retry_after,
-            lease=context,
-        )
-        content = _content(response)
-        settle = _Settlement(limiter, context, status, headers, decoded=content is not None)
-        if content is not None:  # read already (above, or by the inner transport)
-            settle.feed(content)
+        settle, read = self._answered(limiter, context, response, retry_after)
+        if read:
             await settle.end()
             return response
         stream_type = _stream_type(type(response.stream).__mro__)
@@ -397,12 +416,10 @@ class LimitedTransport(_Limits, _SyncTransports):
         body wrapped: the lease ends when the body is read to the end or closed.
         """
         inner = self._inner_for(request, "HTTPTransport")
-        limited, path_model, embedding = model_call(request.method, request.url.path)
-        if not limited:
+        priced = self._priced(request)
+        if priced is None:
             return inner.handle_request(request)
-        body = _json_body(request)
-        limiter = self._pick(body, path_model)
-        amounts = self._amounts(body, limiter, embedding)
+        limiter, amounts = priced
         context = limiter.acquire_blocking(timeout=self._timeout, **amounts)
         context.__enter__()
         try:
@@ -418,21 +435,8 @@ class LimitedTransport(_Limits, _SyncTransports):
                 context.__exit__(type(exc), exc, exc.__traceback__)
                 raise
             retry_after = retry_info_delay(response.content)
-        status = response.status_code
-        headers = response.headers.multi_items()
-        report(
-            limiter,
-            headers,
-            status,
-            "a response",
-            stacklevel=2,
-            retry_after=retry_after,
-            lease=context,
-        )
-        content = _content(response)
-        settle = _Settlement(limiter, context, status, headers, decoded=content is not None)
-        if content is not None:  # read already (above, or by the inner transport)
-            settle.feed(content)
+        settle, read = self._answered(limiter, context, response, retry_after)
+        if read:
             settle.end_blocking()
             return response
         stream_type = _sync_stream_type(type(response.stream).__mro__)
