@@ -195,6 +195,8 @@ class MemoryStore:
                 refunded = self._multi.adjust(request, ticket, actual, _monotonic())
                 if refunded:
                     self._kick_all(refunded)
+                woken = waiters.take_woken()
+            waiters.wake(woken)
             return
         refunded = self._multi.adjust(request, ticket, actual, now)
         if refunded:
@@ -211,7 +213,9 @@ class MemoryStore:
             if isinstance(waiters, SharedQueue):
                 with waiters.lock:
                     self._multi.release(request)
-                    waiters.kick()
+                    waiters.dispatch_waiting()
+                    woken = waiters.take_woken()
+                waiters.wake(woken)
                 return
             self._multi.release(request)
             waiters.kick()
@@ -228,6 +232,8 @@ class MemoryStore:
         if isinstance(waiters, SharedQueue):
             with waiters.lock:
                 self._feedback(plan, lease, ticket, _monotonic())
+                woken = waiters.take_woken()
+            waiters.wake(woken)
             return
         self._feedback(plan, lease, ticket, now)
 
@@ -250,7 +256,7 @@ class MemoryStore:
                 multi.clamp(model, clamp.remaining, until, now, clamp.fit[0], seen)
         if plan.pause is not None:
             multi.pause(now + plan.pause, now)
-        self._waiters.kick()
+        self._kick_self()
 
     def _forwarded(self, operation: Callable[[], object]) -> bool:
         """From a task of another event loop than the one served, which runs in another
@@ -332,8 +338,17 @@ class MemoryStore:
 
     def _kick_all(self, meters: Iterable[Meter]) -> None:
         """Capacity came back on ``meters``: wake this store and any sharing them."""
-        self._waiters.kick()
+        self._kick_self()
         self._kick_others(meters)
+
+    def _kick_self(self) -> None:
+        """Grant this store's waiters what now fits. Shared, this runs under the lock:
+        who is granted is woken by the operation that holds it, once it lets go."""
+        waiters = self._waiters
+        if isinstance(waiters, SharedQueue):
+            waiters.dispatch_waiting()
+        else:
+            waiters.kick()
 
     def _kick_others(self, meters: Iterable[Meter]) -> None:
         key = self._waiters.key

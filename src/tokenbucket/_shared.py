@@ -293,6 +293,12 @@ class SharedQueue(WaiterQueue):
 
     # -- the mechanics, under the lock ---------------------------------------------------
 
+    def dispatch_waiting(self) -> None:
+        """Grant whoever now fits (under the lock); the caller wakes them once it lets
+        go of it (:meth:`take_woken`, then :meth:`wake`)."""
+        if self.live:
+            self.dispatch(_monotonic())
+
     def push(self, waiter: _Waiter, now: float) -> None:
         self._queue.append(waiter)
         self.fast = NO_THREAD  # never open in shared mode
@@ -377,6 +383,14 @@ class SharedQueue(WaiterQueue):
         raise AssertionError("a shared queue is bound to no loop")
 
     # -- waking, outside the lock -------------------------------------------------------
+
+    def take_woken(self) -> list[_Waiter]:
+        """Under the lock: who was granted since, to :meth:`wake` once it is let go."""
+        return self._take_woken()
+
+    def wake(self, woken: list[_Waiter]) -> None:
+        """Wake who :meth:`take_woken` gave (the lock is not held)."""
+        self._wake(woken)
 
     def _take_woken(self) -> list[_Waiter]:
         woken = self._woken
