@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ._feedback import FeedbackPlan
     from ._statistics import LimiterStatistics
 
-__all__ = ["ThreadStore", "call", "run"]
+__all__ = ["ThreadStore", "call", "run", "submit"]
 
 _T = TypeVar("_T")
 
@@ -125,6 +125,11 @@ def run(
         if waited_out:
             raise AcquireTimeoutError(f"not granted within {timeout} s") from None
         raise
+
+
+def submit(coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
+    """Start ``coro`` in the portal's loop; its future (for a loop's ``wrap_future``)."""
+    return asyncio.run_coroutine_threadsafe(coro, _loop())
 
 
 def call(function: Callable[..., _T], *args: Any) -> _T:

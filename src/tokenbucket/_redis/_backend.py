@@ -265,8 +265,14 @@ class RedisBackend:
 
     async def aclose(self, *, grace: float = 0.5) -> None:
         """Wait up to ``grace`` seconds for give-backs and releases in flight (they may be
-        retrying while Redis is down), cancel what is left, then close the client."""
+        retrying while Redis is down), cancel what is left, then close the client (and
+        the client of the limiters' threads, see :meth:`for_threads`)."""
         end = self.running_loop().time() + grace
+        twin, self._twin = self._twin, None
+        if twin is not None:  # the threads' backend, in the portal's loop
+            from .._portal import submit
+
+            await asyncio.wrap_future(submit(twin.aclose(grace=grace)))
         self._batch.flush_all()
         await self._background.drain(end)
         await (await self._connections()).aclose()
