@@ -32,6 +32,7 @@ from ._errors import AmountExceedsLimitError, ArgumentTypeError, InvalidArgument
 from ._feedback import FeedbackPlan, plan_feedback
 from ._headers import ServerFeedback, parse_rate_limit_headers
 from ._lease import BlockingLeaseContext, LeaseContext
+from ._loop import get_running_loop
 from ._memory import MemoryStore
 from ._portal import ThreadStore
 
@@ -167,6 +168,14 @@ class Limiter:
             threads=threads,
         )
 
+    def _reporting_store(self) -> Store:
+        """The store a report (a pause, feedback) goes to: with a backend, from a thread
+        without an event loop, the one its threads use (it runs in the portal's loop)."""
+        store = self._store
+        if isinstance(store, MemoryStore) or get_running_loop() is not None:
+            return store
+        return self._blocking_store()
+
     def _blocking_store(self) -> MemoryStore | ThreadStore:
         """The store that threads block on: the limiter's own in memory; with a backend,
         a second store of the same limits in the portal's loop (see ``_portal``), opened
@@ -277,7 +286,7 @@ class Limiter:
         ``Retry-After``). Waiters keep their places; a later, shorter pause does not
         shorten this one."""
         delay = _validate.real(seconds, "seconds", zero=True)
-        self._store.feedback(FeedbackPlan(delay, ()))
+        self._reporting_store().feedback(FeedbackPlan(delay, ()))
 
     def feedback(
         self,
@@ -309,7 +318,7 @@ class Limiter:
     ) -> ServerFeedback:
         info = headers if isinstance(headers, ServerFeedback) else parse_rate_limit_headers(headers)
         plan = plan_feedback(info, status, self._multi.meters)
-        (self._store if store is None else store).feedback(plan, lease, ticket)
+        (self._reporting_store() if store is None else store).feedback(plan, lease, ticket)
         return info
 
     def statistics(self) -> LimiterStatistics:

@@ -297,3 +297,14 @@ async def test_the_portal_cancels_what_a_thread_gives_up_and_raises_what_it_rais
     with pytest.raises(ValueError, match="in the portal"):
         await asyncio.to_thread(_portal.run, fails())
     assert await asyncio.to_thread(_portal.call, len, "abc") == 3
+
+
+async def test_a_pause_from_a_thread_reaches_redis(
+    backend_factory: Callable[..., RecordingBackend],
+) -> None:
+    backend = backend_factory()
+    limiter = tb.Limiter(requests_per_second=1000, backend=backend, key="limiter")
+    await asyncio.to_thread(limiter.pause, 30)  # a thread without an event loop
+    with pytest.raises(tb.AcquireTimeoutError):
+        async with limiter.acquire(timeout=0):
+            pass

@@ -266,7 +266,7 @@ class RedisBackend:
     async def aclose(self, *, grace: float = 0.5) -> None:
         """Wait up to ``grace`` seconds for give-backs and releases in flight (they may be
         retrying while Redis is down), cancel what is left, then close the client (and
-        the client of the limiters' threads, see :meth:`for_threads`)."""
+        the one the limiters' threads use: see the Redis guide, "From threads")."""
         end = self.running_loop().time() + grace
         twin, self._twin = self._twin, None
         if twin is not None:  # the threads' backend, in the portal's loop
