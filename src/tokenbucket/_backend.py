@@ -89,12 +89,16 @@ def open_store(
     meters: Sequence[Meter],
     max_concurrency: int | None,
     pools: Mapping[Meter, tuple[str, ...]] | None = None,
+    *,
+    threads: bool = False,
 ) -> Store:
     """Check ``backend`` and ``key`` as a limiter's arguments and open its store there.
 
     ``key`` (or else ``name``) names the limiter in the backend; a group's member is
     named by the parts ``(group key, member name)``, a tuple (every str is a name of its
-    own, whatever characters it holds).
+    own, whatever characters it holds). With ``threads``, the store is the one the
+    limiter's threads use, in the portal's loop (``_portal``): opened on the backend's
+    ``for_threads()``, a backend of that loop.
     """
     if backend is None:
         if key is not None:
@@ -135,4 +139,11 @@ def open_store(
         return MemoryStore(MultiState(dims, local, None), lambda: f"local stand-in for {key!r}")
 
     spec = StoreSpec(parts, dims, meters, max_concurrency, pools or {}, fallback)
+    if threads:
+        for_threads = getattr(backend, "for_threads", None)
+        if for_threads is None:
+            raise NotImplementedError(
+                f"{type(backend).__name__} cannot serve threads: use its limiters in an event loop"
+            )
+        backend = for_threads()
     return cast("Backend", backend).open(spec)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Mapping
     from types import TracebackType
 
+    from ._backend import Store
     from ._headers import ServerFeedback
     from ._limiter import Limiter
 
@@ -36,7 +37,7 @@ class Lease(Request):
     used); the concurrency slot is released when the block ends.
     """
 
-    __slots__ = ("_limiter", "_stage", "_ticket", "_timeout")
+    __slots__ = ("_limiter", "_stage", "_store", "_ticket", "_timeout")
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class Lease(Request):
         self._timeout = timeout
         self._stage = _NEW
         self._ticket: object  # the store's own record of the grant, once granted
+        self._store: Store  # the store that granted it, once granted
 
     @property
     def reserved(self) -> Mapping[str, float]:
@@ -86,7 +88,7 @@ class Lease(Request):
             raise LeaseError("this lease has ended; settle() inside its async with block")
         limiter = self._limiter
         amounts = limiter._amounts(actual)
-        limiter._store.adjust(self, self._ticket, amounts)
+        self._store.adjust(self, self._ticket, amounts)
         self._stage = _SETTLED
 
     def feedback(
@@ -101,10 +103,9 @@ class Lease(Request):
         is taken off it, and the server's refill since added. (A window's log merges the
         grants of one instant, and Redis holds other processes' grants: there, as of
         now.)"""
-        granted = self._stage in (_OPEN, _SETTLED)
-        return self._limiter._feedback(
-            headers, status, self if granted else None, self._ticket if granted else None
-        )
+        if self._stage in (_OPEN, _SETTLED):
+            return self._limiter._feedback(headers, status, self, self._ticket, self._store)
+        return self._limiter._feedback(headers, status, None, None)
 
     def __repr__(self) -> str:
         state = ("not granted", "open", "open, settled", "ended", "ended, settled")[self._stage]
@@ -137,6 +138,7 @@ class LeaseContext(Lease):
         if ticket is None:
             ticket = await store.take(self, self._timeout)
         self._ticket = ticket
+        self._store = store
         self._stage = _OPEN
         limiter._leases.append(None)  # a count that threads cannot lose
         return self
@@ -152,7 +154,7 @@ class LeaseContext(Lease):
             self._stage += _ENDED - _OPEN
             limiter = self._limiter
             limiter._leases.pop()
-            done = limiter._store.release(self, self._ticket)
+            done = self._store.release(self, self._ticket)
             if done is not None:
                 await done
 
@@ -163,7 +165,8 @@ class BlockingLeaseContext(LeaseContext):
 
     Entering blocks the thread (in FIFO order with every thread and task waiting on the
     limiter) until the request is granted; leaving releases the concurrency slot, also on
-    error. A context is entered once.
+    error. A context is entered once. With a backend (Redis), the limiter's store for
+    threads grants it (see ``_portal``), and its settlement, feedback and release go there.
     """
 
     __slots__ = ()
@@ -173,14 +176,9 @@ class BlockingLeaseContext(LeaseContext):
         if self._stage != _NEW:
             raise LeaseError("this acquire_blocking() context was already entered; call it again")
         limiter = self._limiter
-        store = limiter._store
-        block = getattr(store, "acquire_blocking", None)
-        if block is None:
-            raise NotImplementedError(
-                f"{limiter!r} has a backend, which cannot block a thread yet: use "
-                "'async with limiter.acquire(...)' in an event loop"
-            )
-        self._ticket = block(self, self._timeout)
+        store = limiter._blocking_store()
+        self._ticket = store.acquire_blocking(self, self._timeout)
+        self._store = store
         self._stage = _OPEN
         limiter._leases.append(None)
         return self
@@ -196,8 +194,8 @@ class BlockingLeaseContext(LeaseContext):
             self._stage += _ENDED - _OPEN
             limiter = self._limiter
             limiter._leases.pop()
-            done = limiter._store.release(self, self._ticket)
-            assert done is None  # in memory: at once
+            done = self._store.release(self, self._ticket)
+            assert done is None  # at once (with a backend: once its round trip is made)
 
 
 _LATE: Final = float("inf")

@@ -20,6 +20,7 @@ the limiter or lowers what the meters may grant; it never raises what they may g
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
 from typing import TYPE_CHECKING, Final, cast
 
@@ -31,7 +32,9 @@ from ._errors import AmountExceedsLimitError, ArgumentTypeError, InvalidArgument
 from ._feedback import FeedbackPlan, plan_feedback
 from ._headers import ServerFeedback, parse_rate_limit_headers
 from ._lease import BlockingLeaseContext, LeaseContext
+from ._loop import get_running_loop
 from ._memory import MemoryStore
+from ._portal import ThreadStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["Limiter"]
 
 _MOST: Final = sys.float_info.max
+_OPENING: Final = threading.Lock()  # opening a limiter's store for threads
 
 
 class Limiter:
@@ -99,6 +103,7 @@ class Limiter:
         "_slot",
         "_store",
         "_template",
+        "_threads",
     )
 
     def __init__(
@@ -135,6 +140,7 @@ class Limiter:
         self._key = key
         self._pools: dict[Meter, tuple[str, ...]] = {}
         self._store: Store = self._open()
+        self._threads: ThreadStore | None = None  # see _blocking_store
 
     def _configure(self) -> None:
         """Derive what requests are checked against from the dimensions and meters."""
@@ -148,7 +154,7 @@ class Limiter:
             "requests" not in self._index or self._allow_debt or (self._limits["requests"] >= 1.0)
         )
 
-    def _open(self) -> Store:
+    def _open(self, *, threads: bool = False) -> Store:
         if self._backend is None and self._key is None:
             return MemoryStore(self._multi, _describer(self))
         return open_store(
@@ -159,7 +165,31 @@ class Limiter:
             self._multi.meters,
             self._multi.max_concurrency,
             self._pools,
+            threads=threads,
         )
+
+    def _reporting_store(self) -> Store:
+        """The store a report (a pause, feedback) goes to: with a backend, from a thread
+        without an event loop, the one its threads use (it runs in the portal's loop)."""
+        store = self._store
+        if isinstance(store, MemoryStore) or get_running_loop() is not None:
+            return store
+        return self._blocking_store()
+
+    def _blocking_store(self) -> MemoryStore | ThreadStore:
+        """The store that threads block on: the limiter's own in memory; with a backend,
+        a second store of the same limits in the portal's loop (see ``_portal``), opened
+        on first use."""
+        store = self._store
+        if isinstance(store, MemoryStore):
+            return store
+        threads = self._threads
+        if threads is None:
+            with _OPENING:
+                threads = self._threads
+                if threads is None:
+                    threads = self._threads = ThreadStore(self._open(threads=True))
+        return threads
 
     # -- public API ------------------------------------------------------------------
 
@@ -236,6 +266,10 @@ class Limiter:
         and :meth:`Lease.feedback`; leaving the block releases the concurrency slot, also
         on error. Do not call it from a coroutine: it blocks the loop.
 
+        With a backend (Redis), threads take through a second store of the limiter, on
+        the same keys, in the process's portal loop (one daemon thread), which batches
+        their round trips; their leases settle and release there.
+
         Raises:
             AmountExceedsLimitError, InvalidArgumentError, ArgumentTypeError: as
                 :meth:`acquire`, at once; nothing is taken.
@@ -243,7 +277,6 @@ class Limiter:
             RuntimeError: from entering: the limiter shares limits with other members of
                 its group, serves a trio run in another thread, or has tasks waiting on a
                 loop whose clock is not ``time.monotonic``.
-            NotImplementedError: from entering: the limiter has a backend (Redis).
         """
         context = self.acquire(timeout=timeout, **amounts)
         return BlockingLeaseContext(self, context.amounts, context.slot, context._timeout)
@@ -253,7 +286,7 @@ class Limiter:
         ``Retry-After``). Waiters keep their places; a later, shorter pause does not
         shorten this one."""
         delay = _validate.real(seconds, "seconds", zero=True)
-        self._store.feedback(FeedbackPlan(delay, ()))
+        self._reporting_store().feedback(FeedbackPlan(delay, ()))
 
     def feedback(
         self,
@@ -281,9 +314,11 @@ class Limiter:
         status: int | None,
         lease: Request | None,
         ticket: object,
+        store: Store | None = None,
     ) -> ServerFeedback:
         info = headers if isinstance(headers, ServerFeedback) else parse_rate_limit_headers(headers)
-        self._store.feedback(plan_feedback(info, status, self._multi.meters), lease, ticket)
+        plan = plan_feedback(info, status, self._multi.meters)
+        (self._reporting_store() if store is None else store).feedback(plan, lease, ticket)
         return info
 
     def statistics(self) -> LimiterStatistics:
@@ -343,6 +378,7 @@ class Limiter:
             self._store.adopt(meters)
         else:
             self._store = self._open()
+            self._threads = None
 
     def _in_use(self) -> bool:
         store = self._store

@@ -10,6 +10,7 @@ every acquisition goes through the backend's store (see ``_backend``).
 
 from __future__ import annotations
 
+import threading
 import time
 from _thread import get_ident
 from typing import TYPE_CHECKING, cast
@@ -19,6 +20,7 @@ from ._backend import open_store
 from ._core import Meter, Request
 from ._errors import AcquireTimeoutError, AmountExceedsLimitError, ArgumentTypeError
 from ._loop import LOOP_HINT
+from ._portal import ThreadStore
 from ._queue import BRIEF, NotSharedYet, WaiterQueue, _Waiter
 from ._shared import SharedQueue
 from ._statistics import LimitStatistics
@@ -35,12 +37,22 @@ __all__: list[str] = []
 _INF = float("inf")
 _monotonic = time.monotonic
 _hint = LOOP_HINT.get
+_OPENING = threading.Lock()  # opening a limiter's store for threads
 
 
 class SingleLimiter:
     """Base of the single limiters: acquire/try_acquire of an amount over a FIFO queue."""
 
-    __slots__ = ("__weakref__", "_max", "_remote", "_state", "_take", "_waiters")
+    __slots__ = (
+        "__weakref__",
+        "_max",
+        "_place",
+        "_remote",
+        "_state",
+        "_take",
+        "_threads",
+        "_waiters",
+    )
 
     _LIMIT_NAME = "limit"
     shareable = True  # by threads and loops (see _shared)
@@ -58,9 +70,10 @@ class SingleLimiter:
         self._waiters = WaiterQueue(state, self)
         # Where the state lives when it is not in memory (Redis), or None.
         self._remote: Store | None = None
+        self._threads: ThreadStore | None = None  # see _blocking_remote
+        self._place = (backend, key, Meter("units", rate))
         if backend is not None or key is not None:
-            meter = Meter("units", rate)
-            self._remote = open_store(backend, key, None, ("units",), [meter], None)
+            self._remote = self._open_remote()
 
     # -- public API ------------------------------------------------------------------
 
@@ -181,9 +194,11 @@ class SingleLimiter:
             AcquireTimeoutError: ``timeout`` passed first. Nothing is consumed.
             RuntimeError: the limiter serves a trio run in another thread, or has tasks
                 waiting on a loop whose clock is not ``time.monotonic``.
-            NotImplementedError: the limiter has a backend (Redis).
 
-        An exception while blocked (``KeyboardInterrupt``) consumes nothing.
+        An exception while blocked (``KeyboardInterrupt``) consumes nothing. With a
+        backend (Redis), threads take through a second store of the limiter, on the same
+        key, in the process's portal loop (one daemon thread), which batches their round
+        trips.
         """
         cls = amount.__class__
         if (cls is float or cls is int) and 0 < amount <= self._max:
@@ -191,12 +206,10 @@ class SingleLimiter:
         else:
             value = self._check_amount(amount)
         seconds = None if timeout is None else _validate.timeout(timeout)
-        if self._remote is not None:
-            raise NotImplementedError(
-                f"{type(self).__name__} with a backend cannot block a thread yet: "
-                "use 'await limiter.acquire(...)' in an event loop"
-            )
         if value == 0:
+            return
+        if self._remote is not None:
+            self._blocking_remote().acquire_blocking(Request((value,), False), seconds)
             return
         waiters = self._waiters
         start = _monotonic()
@@ -231,6 +244,21 @@ class SingleLimiter:
         tb: TracebackType | None,
     ) -> None:
         """Nothing to release: rate-limited units are spent once granted."""
+
+    def _open_remote(self, *, threads: bool = False) -> Store:
+        backend, key, meter = self._place
+        return open_store(backend, key, None, ("units",), [meter], None, threads=threads)
+
+    def _blocking_remote(self) -> ThreadStore:
+        """The store that threads take through: a second store of the same key, in the
+        portal's loop (see ``_portal``), opened on first use."""
+        threads = self._threads
+        if threads is None:
+            with _OPENING:
+                threads = self._threads
+                if threads is None:
+                    threads = self._threads = ThreadStore(self._open_remote(threads=True))
+        return threads
 
     def _repr(self, config: str) -> str:
         stats = self.statistics()

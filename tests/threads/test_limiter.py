@@ -236,8 +236,11 @@ def test_a_group_member_with_shared_limits_is_not_shared_yet() -> None:
         pass
 
 
-def test_a_limiter_with_a_backend_cannot_block_yet() -> None:
-    backend = tb.RedisBackend("redis://127.0.0.1:1")
-    limiter = tb.Limiter(requests_per_second=10, backend=backend, key="blocking")
-    with pytest.raises(NotImplementedError, match="backend"), limiter.acquire_blocking():
+def test_a_limiter_with_a_backend_that_cannot_serve_threads_says_so() -> None:
+    class Elsewhere:  # a backend without for_threads
+        def open(self, spec: object) -> object:
+            return tb.RedisBackend("redis://127.0.0.1:1").open(spec)  # type: ignore[arg-type]
+
+    limiter = tb.Limiter(requests_per_second=10, backend=Elsewhere(), key="blocking")  # type: ignore[arg-type]
+    with pytest.raises(NotImplementedError, match="threads"), limiter.acquire_blocking():
         pass

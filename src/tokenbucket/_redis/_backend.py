@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import logging
 import os
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -165,6 +166,7 @@ class RedisBackend:
         self._give_backs: Returns[Reservation] = Returns(
             self._give_back_batch, self._background, _MOST_GIVEN_BACK
         )
+        self._twin: RedisBackend | None = None  # see for_threads
 
     @property
     def batch_delay(self) -> float:
@@ -219,6 +221,28 @@ class RedisBackend:
                 await _disconnect(self.client)
         return self.client
 
+    def for_threads(self) -> RedisBackend:
+        """This backend's twin for the portal's loop (``tokenbucket._portal``), which
+        serves the threads: the same settings and server, a client of its own (a client's
+        connections belong to one loop, and this backend's may serve another at the same
+        time). Made once."""
+        twin = self._twin
+        if twin is None:
+            with _TWINNING:
+                twin = self._twin
+                if twin is None:
+                    twin = self._twin = RedisBackend(
+                        _copy(self.client),
+                        prefix=self.prefix,
+                        time_source=self.time_source,
+                        on_error=self.on_error,
+                        max_backoff=self.max_backoff,
+                        local_share=self.local_share,
+                        lease_ttl=self.lease_ttl,
+                        batch_delay=self.batch_delay,
+                    )
+        return twin
+
     def open(self, spec: StoreSpec) -> RedisStore:
         """The store of one limiter's state here (see ``tokenbucket._backend``)."""
         return RedisStore(self, spec)
@@ -241,8 +265,14 @@ class RedisBackend:
 
     async def aclose(self, *, grace: float = 0.5) -> None:
         """Wait up to ``grace`` seconds for give-backs and releases in flight (they may be
-        retrying while Redis is down), cancel what is left, then close the client."""
+        retrying while Redis is down), cancel what is left, then close the client (and
+        the one the limiters' threads use: see the Redis guide, "From threads")."""
         end = self.running_loop().time() + grace
+        twin, self._twin = self._twin, None
+        if twin is not None:  # the threads' backend, in the portal's loop
+            from .._portal import submit
+
+            await asyncio.wrap_future(submit(twin.aclose(grace=grace)))
         self._batch.flush_all()
         await self._background.drain(end)
         await (await self._connections()).aclose()
@@ -580,6 +610,28 @@ def _longest_block(client: Any) -> float:
     if not isinstance(read_timeout, (int, float)) or read_timeout <= 0:
         return 60.0
     return max(0.001, min(60.0, read_timeout * 0.75, read_timeout - 0.25))
+
+
+_TWINNING: Final = threading.Lock()
+
+
+def _copy(client: Client) -> Client:
+    """A client of the same server and options as ``client``, with connections of its
+    own."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # a cluster client: its options are not all its constructor's
+        raise BackendConfigurationError(
+            "limiters on a Redis Cluster cannot be used from threads yet: use them with "
+            "'async with' / 'await' in an event loop"
+        )
+    import redis.asyncio as aioredis
+
+    copy = type(pool)(
+        connection_class=pool.connection_class,
+        max_connections=pool.max_connections,
+        **pool.connection_kwargs,
+    )
+    return aioredis.Redis.from_pool(copy)
 
 
 def default_url() -> str:

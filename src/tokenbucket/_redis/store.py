@@ -478,6 +478,14 @@ class RedisStore:
             return self.backend.release(ticket)
         return None
 
+    def give_back(self, request: Request, ticket: object) -> None:
+        """A grant whose caller left before it could use it (a thread interrupted as it
+        was granted): given back in the background, its slot with it."""
+        if request.slot and ticket is not None:
+            self.in_flight -= 1
+        if isinstance(ticket, Reservation):
+            self.backend.give_back(ticket)
+
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
     ) -> None:
