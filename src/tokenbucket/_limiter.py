@@ -324,8 +324,10 @@ class Limiter:
     def statistics(self) -> LimiterStatistics:
         """A read-only view of the limiter's state; cheap and side-effect free.
 
-        With a backend (Redis), ``available`` is empty (reading it would take a round
-        trip) and the counts are this process's.
+        Read from another thread while the event loop that uses the limiter runs (a
+        dashboard's), the limiter becomes shared (see :meth:`acquire_blocking`), so that
+        the read is consistent. With a backend (Redis), ``available`` is empty (reading it
+        would take a round trip) and the counts are this process's.
         """
         return self._store.statistics()
 

@@ -297,6 +297,8 @@ class MemoryStore:
 
     def statistics(self) -> LimiterStatistics:
         waiters = self._waiters
+        if waiters._thread != get_ident():
+            waiters.share_to_read()
         if isinstance(waiters, SharedQueue):
             with waiters.lock:
                 return self._statistics(waiters)

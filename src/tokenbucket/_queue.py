@@ -471,6 +471,14 @@ class WaiterQueue:
             return False
         return self.owner.shareable and self._elsewhere()
 
+    def share_to_read(self) -> None:
+        """A read from another thread than that of the loop served, while it runs: share
+        the queue first (waiting briefly), so that the read is consistent. Never raises;
+        a queue on another clock than ``time.monotonic`` is left alone."""
+        if self._hinted and self.owner.shareable and self.running_elsewhere():
+            with contextlib.suppress(RuntimeError):
+                self.share(BRIEF)
+
     def running_elsewhere(self) -> bool:
         """Whether the loop served runs in another thread (and the queue is not shared)."""
         return not self.shared and self._elsewhere()

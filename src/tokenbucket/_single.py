@@ -146,8 +146,10 @@ class SingleLimiter:
         """A snapshot of the limiter's state; cheap and side-effect free.
 
         Inside the event loop that uses the limiter, ``available`` is computed at the
-        loop's current time; elsewhere, at the last instant the limiter saw. With a
-        backend, ``available`` is ``None`` and the rest counts this process's waiters.
+        loop's current time; elsewhere, at the last instant the limiter saw. Read from
+        another thread while that loop runs (a dashboard's), the limiter becomes shared
+        (see :meth:`acquire_blocking`), so that the read is consistent. With a backend,
+        ``available`` is ``None`` and the rest counts this process's waiters.
         """
         waiters = self._waiters
         if self._remote is not None:
@@ -159,6 +161,8 @@ class SingleLimiter:
                 queued=waiters.queued,
                 next_wakeup=remote.next_wakeup,
             )
+        if waiters._thread != get_ident():
+            waiters.share_to_read()
         if isinstance(waiters, SharedQueue):
             with waiters.lock:
                 return self._statistics(waiters)
