@@ -292,11 +292,7 @@ class WaiterQueue:
             waiter.ticket = state.ticket
             self.live -= 1
             self.queued -= waiter.amount
-            if future is not None:
-                future.set_result(None)
-            else:
-                assert waiter.event is not None
-                waiter.event.set()
+            self._granted(waiter)
             # Each grant is charged at the instant it is made: if the process is
             # preempted in the middle of a long batch, the later grants count from then.
             later = self.clock()
@@ -306,6 +302,15 @@ class WaiterQueue:
         self.fast = self._open
         self._disarm()
         self.owner.after_dispatch(None, now)
+
+    def _granted(self, waiter: _Waiter) -> None:
+        """Wake a waiter just granted (a shared queue wakes it once the lock is let go)."""
+        future = waiter.future
+        if future is not None:
+            future.set_result(None)
+        else:
+            assert waiter.event is not None
+            waiter.event.set()
 
     def _forget(self, waiter: _Waiter) -> None:
         waiter.state = _GONE

@@ -116,7 +116,8 @@ class SharedQueue(WaiterQueue):
     """A waiter queue shared by threads and event loops (see the module's docstring).
 
     The single-loop mechanics (``dispatch``, ``remove``, ...) run under ``_lock`` and
-    only record whom they granted; the entry points below wake them after releasing it.
+    only record whom they granted (:meth:`_granted`); the entry points below wake them
+    after releasing it.
     """
 
     __slots__ = ()
@@ -307,44 +308,8 @@ class SharedQueue(WaiterQueue):
         if self.live == 1:
             self._arm(self.state.ready_at(waiter.request, now), now)
 
-    def dispatch(self, now: float) -> None:
-        queue = self._queue
-        state = self.state
-        woken = self._woken
-        while queue:
-            waiter = queue[0]
-            if waiter.state is not WAITING:
-                queue.popleft()
-                continue
-            future = waiter.future
-            if future is not None and future.done():
-                # Its task was cancelled and has not run yet (in its own thread): it
-                # will find itself gone.
-                queue.popleft()
-                self._forget(waiter)
-                continue
-            if not state.try_take(waiter.request, now):
-                self._arm(state.ready_at(waiter.request, now), now)
-                self.owner.after_dispatch(waiter.request, now)
-                return
-            queue.popleft()
-            waiter.state = GRANTED
-            waiter.ticket = state.ticket
-            self.live -= 1
-            self.queued -= waiter.amount
-            woken.append(waiter)
-            later = _monotonic()
-            if later > now:
-                now = later
-        self.queued = 0.0
-        self._disarm()
-        self.owner.after_dispatch(None, now)
-
-    def _forget(self, waiter: _Waiter) -> None:
-        waiter.state = GONE
-        self.live -= 1
-        self.queued -= waiter.amount
-        self.owner.on_leave(waiter.request)
+    def _granted(self, waiter: _Waiter) -> None:
+        self._woken.append(waiter)  # woken by the operation that holds the lock, after it
 
     def _arm(self, when: float, now: float) -> None:
         if when == _INF:  # only a release or a refund can let the head in
