@@ -434,7 +434,7 @@ def _wait_counter(limiter: str) -> tuple[Any, Callable[[FrameType, str, Any], bo
     inside it is one blocking wait, and how many such events a call that blocks makes
     before its first wait (tokenbucket takes its own latch once, without waiting)."""
     if limiter == TB_BUCKET:
-        block = _mod("tokenbucket._shared").SharedQueue.block.__code__
+        block = _mod("tokenbucket._threads").SharedQueue.block.__code__
 
         def tb_wait(frame: FrameType, event: str, arg: Any) -> bool:
             return (

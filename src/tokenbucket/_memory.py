@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Final
 from ._errors import AcquireTimeoutError
 from ._loop import LOOP_HINT, get_running_loop, trio_root
 from ._queue import NotSharedYet, WaiterQueue, _Waiter
-from ._shared import SharedQueue
 from ._statistics import LimiterStatistics
+from ._threads import SharedQueue
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -81,7 +81,7 @@ class MemoryStore:
 
     @property
     def shareable(self) -> bool:
-        """Whether threads and loops in other threads may share it (see ``_shared``): not
+        """Whether threads and loops in other threads may share it (see ``_threads``): not
         while it has meters shared with other stores (pools) or stands in for Redis."""
         return not self._pools and not self._stand_in
 

@@ -128,7 +128,7 @@ class QueueOwner(Protocol):
 
     @property
     def shareable(self) -> bool:
-        """Whether the queue may be shared by threads and loops (see ``_shared``)."""
+        """Whether the queue may be shared by threads and loops (see ``_threads``)."""
 
 
 class _Waiter:
@@ -182,8 +182,8 @@ class WaiterQueue:
     ``NO_THREAD``. They compare it with ``_thread.get_ident()``: only the loop's own
     thread ever changes the state without the lock of shared mode.
 
-    Shared mode (see ``_shared``): once the limiter is used from another thread than
-    that of the loop it serves, the queue becomes a :class:`~._shared.SharedQueue` for
+    Shared mode (see ``_threads``): once the limiter is used from another thread than
+    that of the loop it serves, the queue becomes a :class:`~._threads.SharedQueue` for
     good: every change under a lock, on ``time.monotonic``, timed by the timer thread.
     """
 
@@ -524,7 +524,7 @@ class WaiterQueue:
         return post, self.key
 
     def share(self, wait: float | None = None) -> bool:
-        """Become a :class:`~._shared.SharedQueue` (once), from any thread; whether it is.
+        """Become a :class:`~._threads.SharedQueue` (once), from any thread; whether it is.
 
         Only the thread of the loop served changes the queue without a lock, and only
         while that loop runs, so the switch is made there: posted to that loop, which runs
@@ -623,7 +623,7 @@ class WaiterQueue:
                 self._become_shared()
 
     def _become_shared(self) -> None:
-        from ._shared import become_shared
+        from ._threads import become_shared
 
         become_shared(self)
 

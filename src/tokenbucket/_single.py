@@ -22,8 +22,8 @@ from ._errors import AcquireTimeoutError, AmountExceedsLimitError, ArgumentTypeE
 from ._loop import LOOP_HINT
 from ._portal import ThreadStore
 from ._queue import BRIEF, NotSharedYet, WaiterQueue, _Waiter
-from ._shared import SharedQueue
 from ._statistics import LimitStatistics
+from ._threads import SharedQueue
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -55,7 +55,7 @@ class SingleLimiter:
     )
 
     _LIMIT_NAME = "limit"
-    shareable = True  # by threads and loops (see _shared)
+    shareable = True  # by threads and loops (see _threads)
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import tokenbucket as tb
-from tokenbucket._shared import SharedQueue
+from tokenbucket._threads import SharedQueue
 
 from .test_shared import WAIT, in_thread, loop_in_thread, submit, until
 

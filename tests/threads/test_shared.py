@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import tokenbucket as tb
-from tokenbucket._shared import SharedQueue
+from tokenbucket._threads import SharedQueue
 
 from ._support import Log, bucket_conforms, recorded, window_conforms
 

@@ -14,7 +14,7 @@ import time
 import trio
 
 import tokenbucket as tb
-from tokenbucket._shared import SharedQueue
+from tokenbucket._threads import SharedQueue
 
 from ._support import recorded
 from .test_shared import WAIT, in_thread, until
