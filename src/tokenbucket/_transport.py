@@ -27,12 +27,13 @@ import json
 import re
 import threading
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, overload
 
 from ._decorate import estimate_tokens
 from ._errors import ArgumentTypeError, TokenBucketError
 from ._group import BucketGroup
+from ._headers._families import NAMES
 from ._lease import BlockingLeaseContext
 from ._limiter import Limiter
 from ._report import report, warn
@@ -169,7 +170,7 @@ class _Limits:
         the transport for a 429's delay, or by the inner transport), which then has fed
         it."""
         status = response.status_code
-        headers = response.headers.multi_items()  # decoded once, for the limiter and for us
+        headers = _fields_read(response.headers)
         report(
             limiter,
             headers,
@@ -202,13 +203,17 @@ class _Limits:
             amounts = dict(self._cost(body))
         else:
             count = self._counter
-            prompts: Iterable[str] = _PROMPT_KEYS
-            gemini: Iterable[str] = _GEMINI_KEYS
-            if count is _ESTIMATE:  # which counts an absent part (None) as 0
-                prompts = [key for key in _PROMPT_KEYS if key in body]
-                gemini = [key for key in _GEMINI_KEYS if key in body]
-            prompt = sum((float(count(body.get(key))) for key in prompts), 0.0)
-            prompt += sum((float(count(_gemini_parts(body.get(k)))) for k in gemini), 0.0)
+            every = count is not _ESTIMATE  # which counts an absent part (None) as 0
+            get = body.get
+            prompt = 0.0
+            for key in _PROMPT_KEYS:
+                value = get(key)
+                if every or value is not None:
+                    prompt += float(count(value))
+            for key in _GEMINI_KEYS:
+                value = get(key)
+                if every or value is not None:
+                    prompt += float(count(_gemini_parts(value)))
             output = 0.0 if embedding else _max_output(body, self._max_tokens)
             amounts = {"tokens": prompt + output, "input_tokens": prompt, "output_tokens": output}
         return {k: v for k, v in amounts.items() if k in dims}
@@ -552,6 +557,28 @@ def _retry_info_wanted(headers: Any) -> bool:
     return not length.isdigit() or int(length) <= _MAX_BODY
 
 
+# The fields of a response that the limiter (the rate-limit headers) or its settlement
+# (the body's type and encoding) read: their names as sent (in lower case), decoded.
+_READ: Final = {name.encode("ascii"): name for name in (*NAMES, "content-type", "content-encoding")}
+
+
+def _fields_read(headers: Any) -> list[tuple[str, str]]:
+    """The ``(name, value)`` pairs of ``headers`` (an ``httpx2.Headers`` or
+    ``httpx.Headers``) that the limiter or the settlement read, with lower-case names
+    and values decoded as the client decodes them: the others are never decoded."""
+    encoding = headers.encoding
+    read = _READ
+    pairs = []
+    for key, value in headers.raw:
+        name = read.get(key)
+        if name is None:
+            name = read.get(key.lower())
+            if name is None:
+                continue
+        pairs.append((name, value.decode(encoding)))
+    return pairs
+
+
 def _header(headers: list[tuple[str, str]], name: str) -> str:
     """The field ``name`` of ``multi_items()`` (lower-case names), repeats joined with
     ``", "`` as ``Headers.get`` does; ``""`` when absent."""
@@ -647,6 +674,18 @@ class _Settlement:
     def _lines(self, data: bytes) -> None:
         line = self._line
         start = 0
+        if not line:
+            # The whole lines of this chunk at once: none of them may hold usage when the
+            # chunk's every "sage" is in a "usage":null and it has no escape (each line
+            # then passes _may_hold_usage's test too). OpenAI's chunks before the last
+            # are skipped here, with three scans in C.
+            last = data.rfind(b"\n")
+            if (
+                last >= 0
+                and data.count(b"sage", 0, last) == data.count(_NO_USAGE, 0, last)
+                and data.find(b"\\u", 0, last) < 0
+            ):
+                start = last + 1
         while True:
             end = data.find(b"\n", start)
             if end < 0:

@@ -3,10 +3,15 @@ with ``"usage":null``) without parsing them, and still reads every one that can.
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
+from typing import Any
 
 import httpx2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tokenbucket as tb
 from tokenbucket._transport import _may_hold_usage, _Settlement
@@ -68,3 +73,68 @@ async def test_a_usage_under_an_escaped_key_still_settles() -> None:
         response = await client.post("http://test/v1/chat/completions", json=payload)
     assert response.status_code == 200
     assert limiter.statistics().available == {"tokens": 10_000.0 - 8}
+
+
+def settled_usage(chunks: list[bytes]) -> dict[str, float]:
+    limiter = tb.Limiter(tokens_per_minute=1_000)
+    headers = [("content-type", "text/event-stream")]
+    settlement = _Settlement(limiter, limiter.acquire(), 200, headers)
+    for piece in chunks:
+        settlement.feed(piece)
+    return settlement._usage
+
+
+def every_event_read(body: bytes) -> dict[str, float]:
+    """The usage of a stream read the slow way: every ``data:`` line parsed."""
+    limiter = tb.Limiter(tokens_per_minute=1_000)
+    headers = [("content-type", "text/event-stream")]
+    settlement = _Settlement(limiter, limiter.acquire(), 200, headers)
+    for line in body.split(b"\n")[:-1]:  # a last line without its newline is not read
+        if line.startswith(b"data:"):
+            settlement._event_data(line[5:])
+    return settlement._usage
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(st.sampled_from([*LINES, b"[DONE]", b""]), max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=4_000), max_size=12),
+    separator=st.sampled_from([b"\n\n", b"\n"]),
+)
+def test_a_stream_cut_anywhere_settles_as_if_every_event_were_read(
+    events: list[bytes], cuts: list[int], separator: bytes
+) -> None:
+    body = b"".join(b"data: " + event + separator for event in events)
+    marks = sorted({min(cut, len(body)) for cut in cuts} | {0, len(body)})
+    chunks = [body[start:end] for start, end in itertools.pairwise(marks)]
+    assert settled_usage(chunks) == every_event_read(body)
+
+
+@pytest.mark.parametrize("library", ["httpx2", "httpx"])
+@pytest.mark.asyncio
+async def test_rate_limit_headers_are_read_whatever_the_case_of_their_names(
+    library: str,
+) -> None:
+    lib: Any = importlib.import_module(library)
+    headers = [
+        ("Content-Type", "application/json"),
+        ("X-RateLimit-Limit-Tokens", "10000"),
+        ("X-RATELIMIT-REMAINING-TOKENS", "6000"),
+        ("x-ratelimit-reset-tokens", "1m0s"),
+        ("X-Other", "caf\u00e9".encode()),  # not ASCII: never decoded
+        ("Retry-After", "3"),
+    ]
+    body = json.dumps({"usage": {"prompt_tokens": 3, "completion_tokens": 5}}).encode()
+
+    def answer(request: Any) -> Any:
+        return lib.Response(200, headers=headers, content=body)
+
+    limiter = tb.Limiter(tokens_per_minute=10_000)
+    transport = tb.AsyncLimitedTransport(limiter, lib.MockTransport(answer))
+    async with lib.AsyncClient(transport=transport) as client:
+        payload = {"model": "m", "messages": [], "max_tokens": 100}
+        response = await client.post("http://test/v1/chat/completions", json=payload)
+    assert response.status_code == 200
+    stats = limiter.statistics()
+    assert 6_000 <= stats.available["tokens"] < 6_010  # lowered to what is left
+    assert stats.paused_until is not None  # Retry-After read
