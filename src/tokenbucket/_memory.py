@@ -82,8 +82,22 @@ class MemoryStore:
     @property
     def shareable(self) -> bool:
         """Whether threads and loops in other threads may share it (see ``_threads``): not
-        while it has meters shared with other stores (pools) or stands in for Redis."""
-        return not self._pools and not self._stand_in
+        while it stands in for Redis."""
+        return not self._stand_in
+
+    def companions(self) -> list[WaiterQueue]:
+        """The queues of the stores it shares pools with, transitively (its own first):
+        they serve one loop, and become shared together, on one lock."""
+        if not self._pools:
+            return [self._waiters]
+        stores: list[MemoryStore] = [self]
+        for store in stores:  # grows as it goes: a breadth-first walk
+            for pool in store._pools.values():
+                for ref in pool.users:
+                    other = ref()
+                    if other is not None and other not in stores:
+                        stores.append(other)
+        return [store._waiters for store in stores]
 
     def adopt(self, meters: Iterable[Meter]) -> None:
         """Use ``meters``, shared with other stores (before any use)."""
@@ -131,7 +145,10 @@ class MemoryStore:
                 return None
             if isinstance(waiters, SharedQueue):
                 with waiters.lock:
-                    return None if waiters.live else self._take_now(request, _monotonic())
+                    ticket = None if waiters.live else self._take_now(request, _monotonic())
+                    woken = waiters.take_woken()  # of companions its grant let in
+                waiters.wake(woken)
+                return ticket
         multi = self._multi
         if not multi.try_take(request, now):
             return None
@@ -280,8 +297,8 @@ class MemoryStore:
         """Block this thread until ``request`` is granted (the store becomes shared)."""
         if not self.shareable:
             raise RuntimeError(
-                f"{self._describe()} shares limits with other limiters of its group, which "
-                "threads cannot share yet: use it from one event loop"
+                f"{self._describe()} stands in for a limit kept elsewhere, which threads "
+                "cannot share: use it from one event loop"
             )
         waiters = self._waiters
         start = _monotonic()
@@ -353,6 +370,8 @@ class MemoryStore:
             waiters.kick()
 
     def _kick_others(self, meters: Iterable[Meter]) -> None:
+        """Grant the waiters of the stores sharing ``meters`` what now fits. Shared,
+        this runs under the lock they all share, and whoever holds it wakes them."""
         key = self._waiters.key
         for meter in meters:
             pool = self._pools.get(meter)
@@ -361,7 +380,11 @@ class MemoryStore:
             for ref in pool.users:
                 other = ref()
                 if other is not None and other is not self and other._waiters.key is key:
-                    other._waiters.kick()
+                    queue = other._waiters
+                    if isinstance(queue, SharedQueue):
+                        queue.dispatch_waiting()
+                    else:
+                        queue.kick()
 
     # -- what the queue tells its owner ---------------------------------------------------
 

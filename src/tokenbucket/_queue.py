@@ -130,6 +130,11 @@ class QueueOwner(Protocol):
     def shareable(self) -> bool:
         """Whether the queue may be shared by threads and loops (see ``_threads``)."""
 
+    def companions(self) -> list[WaiterQueue]:
+        """The queues that serve the same loop as this one and become shared with it:
+        those of the limiters sharing a limit with its owner (transitively), its own
+        first."""
+
 
 class _Waiter:
     __slots__ = (
@@ -137,6 +142,7 @@ class _Waiter:
         "deadline",
         "event",
         "future",
+        "home",
         "latch",
         "loop",
         "post",
@@ -164,6 +170,7 @@ class _Waiter:
         self.thread = NO_THREAD
         self.latch: threading.Lock | None = None
         self.post: Callable[[Callable[[], object]], object] | None = None  # trio's
+        self.home: WaiterQueue | None = None  # the queue it waits in
 
 
 def _unbound_clock() -> float:
@@ -253,6 +260,7 @@ class WaiterQueue:
 
     def push(self, waiter: _Waiter, now: float) -> None:
         self._queue.append(waiter)
+        waiter.home = self
         self.live += 1
         self.queued += waiter.amount
         self.fast = NO_THREAD
@@ -474,19 +482,23 @@ class WaiterQueue:
                 return False
         elif self.aio is None and trio_root() is self.key:
             return False
-        return self.owner.shareable and self._elsewhere()
+        return self.owner.shareable and self._any_elsewhere()
 
     def share_to_read(self) -> None:
         """A read from another thread than that of the loop served, while it runs: share
         the queue first (waiting briefly), so that the read is consistent. Never raises;
         a queue on another clock than ``time.monotonic`` is left alone."""
-        if self._hinted and self.owner.shareable and self.running_elsewhere():
+        if self._hinted and self.owner.shareable and not self.shared and self._any_elsewhere():
             with contextlib.suppress(RuntimeError):
                 self.share(BRIEF)
 
     def running_elsewhere(self) -> bool:
         """Whether the loop served runs in another thread (and the queue is not shared)."""
         return not self.shared and self._elsewhere()
+
+    def _any_elsewhere(self) -> bool:
+        """:meth:`_elsewhere` for this queue or a companion (they serve one loop)."""
+        return any(queue._elsewhere() for queue in self.owner.companions())
 
     def _elsewhere(self) -> bool:
         """Whether the loop (or trio run) served runs now in another thread of this
@@ -505,23 +517,34 @@ class WaiterQueue:
         with _SWITCHING.lock:  # a bind and a switch never run at once
             if self.shared:
                 return
-            if not (self.owner.shareable and self._elsewhere()):
-                self._bind(clock)
+            companions = self.owner.companions()
+            if not (self.owner.shareable and any(q._elsewhere() for q in companions)):
+                # Companions move with it: they always serve one loop.
+                others = [q for q in companions[1:] if q.key is not clock.key]
+                for queue in (self, *others):
+                    queue._check_bind()
+                for queue in (self, *others):
+                    queue._bind(clock)
                 return
         if not self.share(wait):
             raise NotSharedYet
 
-    def _ask(self) -> tuple[Callable[[Callable[[], object]], object], object] | None:
-        """Under the switching lock: switch here if no loop served runs elsewhere (then
-        ``None``); else how to ask the one that does, and which it is."""
+    def _ask(
+        self,
+    ) -> tuple[Callable[[Callable[[], object]], object], object, WaiterQueue] | None:
+        """Under the switching lock: switch here (with the companions) if no loop served
+        runs elsewhere (then ``None``); else how to ask the one that does, which it is,
+        and the queue that serves it."""
         if self.shared:
             return None
-        if not self._elsewhere():
-            self._become_shared()
-            return None
-        post = self._post
-        assert post is not None  # bound
-        return post, self.key
+        companions = self.owner.companions()
+        for queue in companions:
+            if queue._elsewhere():
+                post = queue._post
+                assert post is not None  # bound
+                return post, queue.key, queue
+        _become_shared(companions)
+        return None
 
     def share(self, wait: float | None = None) -> bool:
         """Become a :class:`~._threads.SharedQueue` (once), from any thread; whether it is.
@@ -539,17 +562,18 @@ class WaiterQueue:
                 asked = self._ask()
             if asked is None:
                 return True
-            post, bound = asked
+            post, bound, anchor = asked
             done = threading.Event()
             failure: list[BaseException] = []
 
             def switch(
                 bound: object = bound,
+                anchor: WaiterQueue = anchor,
                 failure: list[BaseException] = failure,
                 done: threading.Event = done,
             ) -> None:
                 try:
-                    self._switch(bound)
+                    self._switch(bound, anchor)
                 except BaseException as error:  # e.g. a virtual clock: told to the caller
                     failure.append(error)
                 finally:
@@ -562,7 +586,7 @@ class WaiterQueue:
             # The loop runs the switch soon, unless it stops: then it is made here (this
             # rare wait looks every 50 ms).
             while not done.wait(min(_HANDSHAKE_CHECK, max(0.0, deadline - _monotonic()))):
-                if self.key is not bound or not self._elsewhere():
+                if anchor.key is not bound or not anchor._elsewhere():
                     break
                 if _monotonic() >= deadline:
                     return self.shared
@@ -581,19 +605,20 @@ class WaiterQueue:
                 asked = self._ask()
             if asked is None:
                 return True
-            post, bound = asked
+            post, bound, anchor = asked
             back = poster()  # to this loop, from the one served
             done = anyio.Event()
             failure: list[BaseException] = []
 
             def switch(
                 bound: object = bound,
+                anchor: WaiterQueue = anchor,
                 failure: list[BaseException] = failure,
                 done: anyio.Event = done,
                 back: Callable[[Callable[[], object]], object] = back,
             ) -> None:
                 try:
-                    self._switch(bound)
+                    self._switch(bound, anchor)
                 except BaseException as error:
                     failure.append(error)
                 with contextlib.suppress(RuntimeError):  # this loop closed meanwhile
@@ -606,7 +631,7 @@ class WaiterQueue:
             while not done.is_set():
                 with anyio.move_on_after(min(_HANDSHAKE_CHECK, deadline - _monotonic())):
                     await done.wait()
-                if done.is_set() or self.key is not bound or not self._elsewhere():
+                if done.is_set() or anchor.key is not bound or not anchor._elsewhere():
                     break
                 if _monotonic() >= deadline:
                     return self.shared
@@ -615,17 +640,13 @@ class WaiterQueue:
             if self.shared:
                 return True
 
-    def _switch(self, bound: object) -> None:
-        """The switch itself (see :meth:`share`), in the thread of the loop ``bound``;
-        once, whoever comes first, and only if the queue still serves that loop."""
+    def _switch(self, bound: object, anchor: WaiterQueue) -> None:
+        """The switch itself (see :meth:`share`), in the thread of the loop ``bound``
+        that ``anchor`` (this queue or a companion) serves; once, whoever comes first,
+        and only if it still serves that loop."""
         with _SWITCHING.lock:
-            if not self.shared and self.key is bound:
-                self._become_shared()
-
-    def _become_shared(self) -> None:
-        from ._threads import become_shared
-
-        become_shared(self)
+            if not self.shared and anchor.key is bound:
+                _become_shared(self.owner.companions())
 
     def peek_now(self) -> float:
         """The time in the loop this queue serves, if that is the running one; else the
@@ -637,7 +658,8 @@ class WaiterQueue:
             return self.clock()
         return float(self.state.last_update)
 
-    def _bind(self, clock: Clock) -> None:
+    def _check_bind(self) -> None:
+        """Refuse to serve another loop while tasks wait in one that may still run."""
         if self.live:
             old = self.aio
             if old is None or not old.is_closed():
@@ -645,6 +667,10 @@ class WaiterQueue:
                     f"{self.owner.describe()} has tasks waiting in another event loop; "
                     "a limiter serves one event loop at a time"
                 )
+
+    def _bind(self, clock: Clock) -> None:
+        self._check_bind()
+        if self.live:
             # That loop was closed with its waiters still parked: they can never run.
             for waiter in self._queue:
                 waiter.state = _GONE
@@ -664,3 +690,10 @@ class WaiterQueue:
         self._thread = get_ident()
         self.fast = self._open = self._thread if clock.hinted else NO_THREAD
         self.owner.on_bind(clock.read(), not same_clock)
+
+
+def _become_shared(queues: list[WaiterQueue]) -> None:
+    """Make ``queues`` (a queue and its companions) shared, together."""
+    from ._threads import become_shared
+
+    become_shared(queues)

@@ -314,6 +314,10 @@ class SingleLimiter:
 
     # -- what the queue tells its owner --------------------------------------------------
 
+    def companions(self) -> list[WaiterQueue]:
+        """Its own queue: it shares no limit with another."""
+        return [self._waiters]
+
     def describe(self) -> str:
         return repr(self)
 

@@ -53,20 +53,36 @@ __all__ = ["SharedQueue", "become_shared"]
 _INF: Final = math.inf
 _monotonic: Final = time.monotonic
 _SHARED: Final = object()  # the key of a shared queue: no loop or trio run is it
+_NOBODY: Final[list[_Waiter]] = []  # nobody to wake (never changed)
 # The longest a thread blocks in one go (Lock.acquire refuses longer timeouts).
 _LONGEST: Final = min(threading.TIMEOUT_MAX, 86400.0)
 
 
-def become_shared(queue: WaiterQueue) -> None:
-    """Turn ``queue`` into a :class:`SharedQueue`, where nothing else changes it."""
-    if queue.live and not queue._hinted:
-        # Tasks wait on the clock of the loop served, which is not time.monotonic (a
-        # virtual clock such as looptime's, or trio's): they cannot move to that.
-        raise RuntimeError(
-            f"{queue.owner.describe()} has tasks waiting on the clock of their event loop, "
-            "which is not time.monotonic; a limiter shared by threads and loops runs on "
-            "time.monotonic: use one limiter per loop there"
-        )
+def become_shared(queues: list[WaiterQueue]) -> None:
+    """Turn ``queues`` (a queue and its companions, which share limits) into
+    :class:`SharedQueue` objects with one lock, where nothing else changes them."""
+    for queue in queues:
+        if queue.live and not queue._hinted:
+            # Tasks wait on the clock of the loop served, which is not time.monotonic (a
+            # virtual clock such as looptime's, or trio's): they cannot move to that.
+            raise RuntimeError(
+                f"{queue.owner.describe()} has tasks waiting on the clock of their event "
+                "loop, which is not time.monotonic; a limiter shared by threads and loops "
+                "runs on time.monotonic: use one limiter per loop there"
+            )
+    lock = threading.RLock()  # owners' hooks may kick the queues again
+    woken: list[_Waiter] = []  # granted in any of them, woken once the lock is let go
+    now = _monotonic()
+    moved = [_switch(queue, lock, woken) for queue in queues]
+    for queue, was_moved in zip(queues, moved, strict=True):
+        if was_moved:
+            queue.owner.on_bind(now, True)
+    for queue in queues:
+        cast("SharedQueue", queue).kick()  # time the head, if any, on the timer thread
+
+
+def _switch(queue: WaiterQueue, lock: threading.RLock, woken: list[_Waiter]) -> bool:
+    """Make ``queue`` a shared queue on ``lock``; whether its clock changed."""
     closed = queue.aio is not None and queue.aio.is_closed()
     for waiter in queue._queue:
         if closed:  # parked in a loop closed with them: they can never run
@@ -84,7 +100,8 @@ def become_shared(queue: WaiterQueue) -> None:
     queue._timer_at = _INF
     queue._early = 0
     moved = queue.clock is not _monotonic  # never bound, or to a loop on another clock
-    queue._lock = threading.RLock()  # owners' hooks may kick the queue again
+    queue._lock = lock
+    queue._woken = woken
     queue.key = _SHARED
     queue.aio = None
     queue.loop = NOT_ASYNCIO
@@ -94,12 +111,8 @@ def become_shared(queue: WaiterQueue) -> None:
     queue.fast = queue._open = NO_THREAD
     queue._thread = NO_THREAD
     queue.__class__ = SharedQueue
-    shared = cast("SharedQueue", queue)
-    _SHARED_QUEUES.add(shared)
-    now = _monotonic()
-    if moved:
-        queue.owner.on_bind(now, True)
-    shared.kick()  # time the head, if any, on the timer thread
+    _SHARED_QUEUES.add(cast("SharedQueue", queue))
+    return moved
 
 
 def _wait_for(deadline: float) -> float:
@@ -302,6 +315,7 @@ class SharedQueue(WaiterQueue):
 
     def push(self, waiter: _Waiter, now: float) -> None:
         self._queue.append(waiter)
+        waiter.home = self
         self.fast = NO_THREAD  # never open in shared mode
         self.live += 1
         self.queued += waiter.amount
@@ -358,10 +372,12 @@ class SharedQueue(WaiterQueue):
         self._wake(woken)
 
     def _take_woken(self) -> list[_Waiter]:
-        woken = self._woken
-        if woken:
-            self._woken = []
-        return woken
+        woken = self._woken  # shared with the companions: emptied in place
+        if not woken:
+            return _NOBODY
+        taken = woken.copy()
+        woken.clear()
+        return taken
 
     def _wake(self, woken: list[_Waiter]) -> None:
         """Wake each granted waiter once, in its own world (the lock is not held)."""
@@ -404,15 +420,23 @@ class SharedQueue(WaiterQueue):
                 self._give_back(lost)
 
     def _give_back(self, lost: list[_Waiter]) -> None:
-        """Grants that can never be used (their loop is closed) go to the next waiters."""
+        """Grants that can never be used (their loop is closed) go to the next waiters,
+        of the queue each was granted by (this one or a companion)."""
         with self._lock:
             now = _monotonic()
+            queues: list[SharedQueue] = []
             for waiter in lost:
+                home = waiter.home
+                assert isinstance(home, SharedQueue)
                 if waiter.state is GRANTED:
                     waiter.state = GONE
-                    self.state.refund(waiter.request, waiter.ticket, now)
-            if self._queue:
-                self.dispatch(now)
+                    home.state.refund(waiter.request, waiter.ticket, now)
+                    if home not in queues:
+                        queues.append(home)
+            for home in queues:
+                if home._queue:
+                    home.dispatch(now)
+                home.owner.on_refund()
             woken = self._take_woken()
         self._wake(woken)
 
@@ -423,18 +447,20 @@ _SHARED_QUEUES: Final[weakref.WeakSet[SharedQueue]] = weakref.WeakSet()
 
 def _after_fork() -> None:
     """In the child: nobody waits any more (their threads stayed in the parent), and no
-    lock may stay held by a thread that is not there."""
+    lock may stay held by a thread that is not there (companions keep sharing one)."""
     _SWITCHING.lock = threading.Lock()
+    locks: dict[int, threading.RLock] = {}
+    wakes: dict[int, list[_Waiter]] = {}
     for queue in list(_SHARED_QUEUES):
         for waiter in queue._queue:
             waiter.state = GONE
         queue._queue.clear()
         queue.live = 0
         queue.queued = 0.0
-        queue._woken = []
+        queue._woken = wakes.setdefault(id(queue._woken), [])
         queue._timer = None
         queue._timer_at = _INF
-        queue._lock = threading.RLock()
+        queue._lock = locks.setdefault(id(queue._lock), threading.RLock())
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch

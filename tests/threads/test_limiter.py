@@ -227,15 +227,6 @@ def test_a_group_makes_one_limiter_per_name_across_threads() -> None:
     assert all(limiter is limiters[0] for limiter in limiters)
 
 
-def test_a_group_member_with_shared_limits_is_not_shared_yet() -> None:
-    group = tb.BucketGroup.from_dict(
-        {"a": {"requests_per_second": 100}, "b": {"requests_per_second": 100}},
-        shared={"org": {"tokens_per_second": 10, "members": ["a", "b"]}},
-    )
-    with pytest.raises(RuntimeError, match="shares limits"), group.acquire_blocking("a"):
-        pass
-
-
 def test_a_limiter_with_a_backend_that_cannot_serve_threads_says_so() -> None:
     class Elsewhere:  # a backend without for_threads
         def open(self, spec: object) -> object:
