@@ -41,7 +41,8 @@ class WindowLog:
     the same compaction; it is dropped as a whole once all of it has left the window.
     Held pieces leave the window sooner than most grants, so keeping them apart lets a
     clamp merge its pieces among the held ones alone, never rewriting the grants. Every
-    count of the window's usage adds up both logs.
+    count of the window's usage adds up both logs. Memory is proportional to the distinct
+    instants inside the window of both.
     """
 
     __slots__ = (
@@ -139,7 +140,7 @@ class WindowLog:
         return used
 
     def used(self, now: float) -> float:
-        """Units granted in the window ending at ``now``."""
+        """Units granted, or held back by a clamp, in the window ending at ``now``."""
         self._expire(self._inside(now) if self._offset else now)
         return self._used()
 
