@@ -215,18 +215,32 @@ def test_a_grant_at_an_earlier_instant_counts_at_the_latest_one() -> None:
     assert log.used(160.0) == 0.0
 
 
+def lists(log: WindowLog) -> list[list[float]]:
+    """The log's internal lists: the grants' expiries and totals, and the held ones'."""
+    return [log._expiry, log._total, log._held, log._held_total]
+
+
 @pytest.mark.parametrize(("window", "spacing"), [(10.0, 1.0), (1.0, 0.001), (100.0, 0.37)])
 def test_memory_stays_proportional_to_entries_in_the_window(window: float, spacing: float) -> None:
     log = WindowLog(1e12, window)
     in_window = math.ceil(window / spacing) + 1
+    # Every 7th grant a server's report holds back 1/8 of the limit more, in 8 pieces
+    # that leave over the next 21 grants (or by the end of the window): at most 4 such
+    # reports' pieces are in the window at once, and the held log never runs empty.
+    held = 4 * 8
     longest = 0
     for i in range(20_000):
-        assert log.try_take(1.0, i * spacing)
-        assert len(log) <= in_window
-        longest = max(longest, len(log._expiry), len(log._total))
+        now = i * spacing
+        assert log.try_take(1.0, now)
+        if i % 7 == 0:
+            refill = 1e12 / 8 / (21 * spacing)
+            log.clamp(log.level(now) - 1e12 / 8, now + window, now, refill)
+        assert len(log) <= in_window + held
+        longest = max(longest, *map(len, lists(log)))
     # The internal lists hold the live entries plus a bounded backlog of expired ones.
     assert longest <= 2 * in_window + 64
     assert len(log._expiry) == len(log._total)
+    assert len(log._held) == len(log._held_total)
 
 
 def test_memory_is_released_after_a_burst() -> None:
@@ -240,6 +254,24 @@ def test_memory_is_released_after_a_burst() -> None:
         assert len(log) == 1
     assert len(log._expiry) <= 64 + 1
     assert len(log._total) == len(log._expiry)
+    assert log.used(10.0 + 2.0 * 199) == 1.0
+
+
+def test_memory_is_released_after_a_burst_of_clamps() -> None:
+    log = WindowLog(1e6, 1.0)
+    longest = 0
+    for i in range(10_000):
+        now = i * 1e-4
+        assert log.try_take(1.0, now)
+        log.clamp(log.level(now) - 1.0, now + 0.5, now)  # one unit held for half a window
+        longest = max(longest, *map(len, lists(log)))
+    assert len(log) == 10_000 + 5_000
+    assert longest <= 2 * 10_000 + 64
+    # Much later: once everything held has left, none of it stays in memory.
+    for k in range(200):
+        assert log.try_take(1.0, 10.0 + 2.0 * k)
+        assert len(log) == 1
+        assert log._held == log._held_total == []
     assert log.used(10.0 + 2.0 * 199) == 1.0
 
 
@@ -361,6 +393,37 @@ def test_a_gradual_clamp_holds_back_what_is_missing_in_parts_that_leave_at_the_r
         held = sum(part for at in leave if at > t)
         assert new - old == pytest.approx(held, abs=1e-6 * limit)
         assert held <= max(0.0, excess - refill * (t - now)) + limit / 64 + 1e-6 * limit
+
+
+def test_a_clamp_leaves_the_grants_log_untouched() -> None:
+    """A clamp's pieces, which leave before every grant in the window, go in the held log
+    alone: the grants' lists are neither rewritten nor replaced (a clamp's work does not
+    grow with the grants in the window)."""
+    log = WindowLog(1e6, 60.0)
+    for i in range(10_000):
+        assert log.try_take(1.0, i * 1e-3)  # leaving from 60 s to 70 s
+    expiry, total = log._expiry, log._total
+    copies = (list(expiry), list(total))
+    now = 10.0
+    for _ in range(10):
+        # Four pieces of 15,625 leaving 1/64 s apart; then one of 10 that leaves among
+        # them (merged into the held log, not appended).
+        log.clamp(log.level(now) - 62_500.0, now + 1.0, now, refill=1e6)
+        log.clamp(log.level(now) - 10.0, now + 0.02, now)
+        now += 0.001
+    assert log._expiry is expiry
+    assert log._total is total
+    assert (log._expiry, log._total) == copies
+    held = len(log._held) - log._held_head
+    assert held == 10 * 5
+    assert len(log) == 10_000 + held
+    assert log.used(now) == 10_000.0 + 10 * (62_500.0 + 10.0)
+    # What is held counts until it leaves, the earliest piece first.
+    first = log._held[log._held_head]
+    amount = log.level(now) + 1.0
+    assert log.ready_at(amount, now) == first
+    assert not copy.deepcopy(log).fits(amount, before(first))
+    assert log.fits(amount, first)
 
 
 def test_a_grant_before_a_clamp_gets_nothing_back() -> None:

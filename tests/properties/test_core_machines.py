@@ -6,7 +6,8 @@ The references are written to be obviously right rather than fast:
   time, in the closed form of the token-bucket recursion: the least, over every event
   ``k``, of ``cap_k + rate * (t - t_k) - (amounts from k on)`` (``cap_k`` is the capacity,
   or what a clamp lowered it to; a refund is a negative amount).
-* :class:`NaiveWindow` is a list of (expiry, amount) entries summed by brute force.
+* :class:`NaiveWindow` is two lists of (expiry, amount) entries, the grants and what
+  clamps held back, summed by brute force.
 * For :class:`MultiState`: one naive model per meter, a slot counter and a pause.
 
 Besides agreeing with the model, every machine keeps a :class:`Ledger` of what it was
@@ -174,7 +175,8 @@ def outside(instant: float, offset: float) -> float:
 
 
 class NaiveWindow:
-    """A sliding window as a plain list of (expiry, amount) entries.
+    """A sliding window as plain lists of (expiry, amount) entries: the grants, and the
+    usage that clamps held back.
 
     Instants are on the window's own clock; the caller's reads ``offset`` more."""
 
@@ -184,7 +186,8 @@ class NaiveWindow:
         self.last = now  # every call on a window moves its clock
         self.mark = -INF  # the ticket of a grant made at the last lowering clamp
         self.offset = 0.0
-        self.entries: list[list[float]] = []  # [expiry, amount]
+        self.entries: list[list[float]] = []  # grants: [expiry, amount]
+        self.holds: list[list[float]] = []  # held back by clamps: [expiry, amount]
 
     def inside(self, t: float) -> float:
         return inside(t, self.offset) if self.offset else t
@@ -204,7 +207,7 @@ class NaiveWindow:
 
     def used_at(self, t: float) -> float:
         """Units in the window at the window's ``t`` (pure)."""
-        return sum(a for e, a in self.entries if e > t)
+        return sum(a for e, a in self.entries + self.holds if e > t)
 
     def used_by(self, t: float) -> float:
         """Units in the window at the caller's ``t`` (pure)."""
@@ -214,14 +217,17 @@ class NaiveWindow:
         return self.used_at(self._at(now))
 
     def live(self) -> int:
-        return sum(1 for e, _ in self.entries if e > self.last)
+        """Distinct instants at which grants, and held usage, leave the window."""
+        grants = {e for e, _ in self.entries if e > self.last}
+        return len(grants) + len({e for e, _ in self.holds if e > self.last})
 
-    def _add(self, expiry: float, amount: float) -> None:
-        for entry in self.entries:
+    def _add(self, expiry: float, amount: float, held: bool = False) -> None:
+        entries = self.holds if held else self.entries
+        for entry in entries:
             if entry[0] == expiry:
                 entry[1] += amount
                 return
-        self.entries.append([expiry, amount])
+        entries.append([expiry, amount])
 
     def expiry(self, now: float) -> float:
         """``t + window`` rounded up until ``expiry - window`` is not before ``t``."""
@@ -247,14 +253,24 @@ class NaiveWindow:
                 return removed
         return 0.0
 
-    def clamp(self, most: float, until: float, now: float) -> None:
+    def clamp(self, most: float, until: float, now: float, refill: float | None = None) -> None:
+        """Hold back the excess over ``most``: until ``until``, or in parts of at most
+        1/64 of the limit, the k-th leaving once k parts have come back at ``refill``."""
         t = self._at(now)
         until = inside_up(until, self.offset) if self.offset else until
         excess = self.limit - self.used_at(t) - most
         if excess > 0:
             if excess > NOISE * self.limit:
                 self.mark = self.expiry(now)  # the grants so far get nothing back
-            self._add(max(min(until, t + self.window), math.nextafter(t, INF)), excess)
+            until = min(until, t + self.window)
+            earliest = math.nextafter(t, INF)
+            if refill is None:
+                self._add(max(until, earliest), excess, held=True)
+                return
+            count = min(64, math.ceil(excess * 64 / self.limit))
+            part = excess / count
+            for k in range(1, count + 1):
+                self._add(max(min(t + k * part / refill, until), earliest), part, held=True)
 
     def ready_at(self, amount: float, now: float, slack: float = 0.0) -> float:
         """The first caller instant ``amount`` fits, counting ``slack`` more room than
@@ -262,7 +278,7 @@ class NaiveWindow:
         t = self._at(now)
         if amount > self.limit:
             return INF
-        expiries = sorted(e for e, _ in self.entries if e > t)
+        expiries = sorted(e for e, _ in self.entries + self.holds if e > t)
         for instant in [t, *expiries]:
             if amount <= self.limit - self.used_at(instant) + slack:
                 return max(now, self.outside(instant)) if instant == t else self.outside(instant)
@@ -543,7 +559,9 @@ class WindowMachine(RuleBasedStateMachine):
     def try_take(self, share: float) -> None:
         amount = share * self.state.limit
         room = self.state.limit - self.model.used(self.now)
+        fits = self.state.fits(amount, self.now)
         ok = self.state.try_take(amount, self.now)
+        assert ok == fits
         if room >= amount + self.tol:
             assert ok, (amount, room)
         elif room < amount - self.tol:
@@ -574,14 +592,23 @@ class WindowMachine(RuleBasedStateMachine):
         assert abs(removed - (0.0 if covered else amount)) <= self.tol
         held.grant.returned += amount
 
-    @rule(share=fractions, until=horizons)
-    def clamp(self, share: float, until: float) -> None:
+    @rule(
+        share=fractions,
+        until=horizons,
+        refill=st.none() | st.sampled_from([0.5, 3.0, 64.0]) | st.floats(0.01, 1000.0),
+    )
+    def clamp(self, share: float, until: float, refill: float | None) -> None:
         most = share * self.state.limit
         until_ = self.now + until * self.state.window
         excess = self.state.limit - self.model.used(self.now) - most
         self.fuzzy += abs(excess) <= self.tol  # the state's rounding may log it or not
-        self.state.clamp(most, until_, self.now)
-        self.model.clamp(most, until_, self.now)
+        parts = excess * 64 / self.state.limit
+        if abs(parts - round(parts)) <= 64 * self.tol / self.state.limit:
+            refill = None  # (the state's rounding may cut it in one part more or fewer)
+        if refill is not None:
+            refill *= self.state.limit / self.state.window  # in limits per window
+        self.state.clamp(most, until_, self.now, refill)
+        self.model.clamp(most, until_, self.now, refill)
         assert self.state.level(self.now) <= most + self.tol
 
     @rule(share=fractions, go=st.booleans())
@@ -596,9 +623,11 @@ class WindowMachine(RuleBasedStateMachine):
             assert self.model.used_by(before(t)) + amount > self.state.limit - self.tol
         # ... and the state with itself to the last bit: at t it fits, just before not.
         assert copy.deepcopy(self.state).try_take(amount, t)
+        assert copy.deepcopy(self.state).fits(amount, t)
         # (Never before the caller's instant that reads as the window's latest one.)
         if t > max(self.now, self.model.outside(self.model.last)):
             assert not copy.deepcopy(self.state).try_take(amount, before(t))
+            assert not copy.deepcopy(self.state).fits(amount, before(t))
         if go:
             self.now = t
             assert self.state.try_take(amount, t)

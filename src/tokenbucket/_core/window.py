@@ -1,4 +1,5 @@
-"""Exact sliding window: a compacted log of grants and when each leaves the window."""
+"""Exact sliding window: compacted logs of grants, and of usage held back by a server's
+report, with when each leaves the window."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ _COMPACT_AT = 64
 _PIECES = 64
 
 
+def _left(expiry: list[float], total: list[float], head: int, base: float, instant: float) -> float:
+    """What ``_used`` counts of a log (its expiries, running totals, head and base) once
+    it has dropped the entries that leave the window by ``instant``."""
+    i = bisect_right(expiry, instant, head)
+    if i == len(expiry):
+        return 0.0
+    return total[-1] - (total[i - 1] if i > head else base)
+
+
 class WindowLog:
     """At most ``limit`` units granted in any window ``[s, s + window)``.
 
@@ -25,12 +35,25 @@ class WindowLog:
     are dropped in batches, and the running totals are re-based when they are.
 
     A grant's *ticket* is its entry's expiry instant; refunds find the entry by it.
+
+    Usage that a server's report says is missing (:meth:`clamp`) is held in a second log
+    of the same form beside the grants, with its own running totals, head and base, and
+    the same compaction; it is dropped as a whole once all of it has left the window.
+    Held pieces leave the window sooner than most grants, so keeping them apart lets a
+    clamp merge its pieces among the held ones alone, never rewriting the grants. Every
+    count of the window's usage adds up both logs. Memory is proportional to the distinct
+    instants inside the window of both.
     """
 
     __slots__ = (
         "_base",
         "_expiry",
         "_head",
+        "_held",
+        "_held_base",
+        "_held_head",
+        "_held_next",
+        "_held_total",
         "_last",
         "_mark",
         "_offset",
@@ -47,6 +70,13 @@ class WindowLog:
         self._total: list[float] = []
         self._head = 0
         self._base = 0.0
+        # The held log: empty exactly when nothing held is left in the window (as of the
+        # latest instant seen), so that a take checks one list for it.
+        self._held: list[float] = []
+        self._held_total: list[float] = []
+        self._held_head = 0
+        self._held_base = 0.0
+        self._held_next = math.inf  # the expiry of the first held entry not dropped
         self._last = now
         # Instants are kept on the clock the log started on: the caller's clock reads
         # ``_offset`` more (see rebase), so a move to another clock changes one number,
@@ -63,10 +93,12 @@ class WindowLog:
         head = self._head
         if head < len(self._expiry) and self._expiry[head] <= now:
             self._drop(now)
+        if self._held_next <= now:
+            self._drop_held(now)
         return now
 
     def _drop(self, now: float) -> None:
-        """Drop the entries that left the window at ``now`` (some have)."""
+        """Drop the grants that left the window at ``now`` (some have)."""
         expiry = self._expiry
         head = bisect_right(expiry, now, self._head)
         self._base = self._total[head - 1]
@@ -78,12 +110,37 @@ class WindowLog:
             head = 0
         self._head = head
 
+    def _drop_held(self, now: float) -> None:
+        """Drop the held entries that left the window at ``now`` (some have): as
+        :meth:`_drop` does, or the whole log once every entry has left."""
+        held = self._held
+        head = bisect_right(held, now, self._held_head)
+        if head == len(held):
+            held.clear()
+            self._held_total.clear()
+            self._held_head = 0
+            self._held_base = 0.0
+            self._held_next = math.inf
+            return
+        self._held_base = self._held_total[head - 1]
+        if head >= _COMPACT_AT and 2 * head >= len(held):
+            base = self._held_base
+            del held[:head]
+            self._held_total = [t - base for t in self._held_total[head:]]
+            self._held_base = 0.0
+            head = 0
+        self._held_head = head
+        self._held_next = held[head]
+
     def _used(self) -> float:
         # Exactly 0.0 when the window is empty, whatever rounding the totals carry.
-        return self._total[-1] - self._base if self._head < len(self._total) else 0.0
+        used = self._total[-1] - self._base if self._head < len(self._total) else 0.0
+        if self._held:  # (what is left of it is in the window: see _drop_held)
+            used += self._held_total[-1] - self._held_base
+        return used
 
     def used(self, now: float) -> float:
-        """Units granted in the window ending at ``now``."""
+        """Units granted, or held back by a clamp, in the window ending at ``now``."""
         self._expire(self._inside(now) if self._offset else now)
         return self._used()
 
@@ -111,8 +168,9 @@ class WindowLog:
         return self._last + self._offset
 
     def __len__(self) -> int:
-        """Entries held (distinct grant instants not yet dropped)."""
-        return len(self._expiry) - self._head
+        """Entries kept: distinct grant instants, and distinct instants at which held
+        usage leaves, not yet dropped."""
+        return len(self._expiry) - self._head + len(self._held) - self._held_head
 
     def try_take(self, amount: float, now: float) -> bool:
         """Record a grant of ``amount`` at ``now`` if the window has room for it."""
@@ -151,6 +209,8 @@ class WindowLog:
         """
         if self._offset:
             now = self._inside(now)
+        if self._held:
+            return self._take_held(amount, need, now)
         if now > self._last:
             self._last = now
         else:
@@ -186,6 +246,27 @@ class WindowLog:
         total.append(self._base + amount)
         return expires
 
+    def _take_held(self, amount: float, need: float, now: float) -> float | None:
+        """:meth:`take` while usage is held (``now`` on the log's clock): the same check,
+        on the usage of both logs."""
+        now = self._expire(now)
+        if need > self.limit - self._used():
+            return None
+        expires = self._expiry_of(now)
+        expiry, total = self._expiry, self._total
+        if self._head < len(expiry):
+            last = total[-1]
+            if expiry[-1] == expires:
+                self._was = last
+                total[-1] = last + amount
+                return expires
+        else:
+            last = self._base
+        self._was = None
+        expiry.append(expires)
+        total.append(last + amount)
+        return expires
+
     def undo(self) -> None:
         """Take back the latest :meth:`take` exactly, as if it had never happened."""
         if self._was is None:
@@ -199,10 +280,12 @@ class WindowLog:
         from now); with ``refill`` (units/s: the server's capacity comes back gradually),
         let it come back at that rate instead of all at ``until``.
 
-        Records the missing usage as grants that leave the window then: one at ``until``,
-        or, with ``refill``, equal parts of about 1/64 of the limit, each leaving as soon
-        as that much has come back (never after ``until``), merged in order among the
-        grants already logged. Costs O(entries) when it lowers anything, nothing otherwise.
+        Records the missing usage as held: one piece that leaves the window at ``until``,
+        or, with ``refill``, equal pieces of about 1/64 of the limit, each leaving as soon
+        as that much has come back (never after ``until``). The pieces go in the held log,
+        merged in order among the pieces held already; the grants are left as they are.
+        Costs O(pieces + log n) plus the held entries that leave after the first new
+        piece when it lowers anything, nothing otherwise.
         """
         now = self._expire(self._inside(now) if self._offset else now)
         if self._offset:
@@ -227,23 +310,27 @@ class WindowLog:
         )
 
     def _hold(self, pieces: list[tuple[float, float]]) -> None:
-        """Log ``pieces`` (``(expiry, amount)``, in order, all after the last expiry seen)
-        among the entries: one pass over the entries that expire after the first."""
-        expiry, total = self._expiry, self._total
-        head = self._head
-        first = pieces[0][0]
-        if head == len(expiry) or expiry[-1] <= first:
+        """Log ``pieces`` (``(expiry, amount)``, in order, all after the latest instant
+        seen) among the held entries: one pass over those that expire after the first."""
+        held, total = self._held, self._held_total
+        head = self._held_head
+        if head == len(held) or held[-1] <= pieces[0][0]:
             for expires, amount in pieces:
-                self._append(expires, amount)
+                if head < len(held) and held[-1] == expires:
+                    total[-1] += amount
+                else:
+                    held.append(expires)
+                    total.append((total[-1] if total else self._held_base) + amount)
+            self._held_next = held[head]
             return
-        i = bisect_left(expiry, first, head)
-        before = total[i - 1] if i > head else self._base  # the running total so far
+        i = bisect_left(held, pieces[0][0], head)
+        before = total[i - 1] if i > head else self._held_base  # the running total so far
         added = 0.0
         merged_expiry: list[float] = []
         merged_total: list[float] = []
         j, count = 0, len(pieces)
-        for k in range(i, len(expiry)):
-            expires = expiry[k]
+        for k in range(i, len(held)):
+            expires = held[k]
             while j < count and pieces[j][0] < expires:
                 added += pieces[j][1]
                 if merged_expiry and merged_expiry[-1] == pieces[j][0]:
@@ -266,8 +353,9 @@ class WindowLog:
                 merged_expiry.append(pieces[j][0])
                 merged_total.append(before + added)
             j += 1
-        expiry[i:] = merged_expiry
+        held[i:] = merged_expiry
         total[i:] = merged_total
+        self._held_next = held[head]
 
     def _append(self, expires: float, amount: float) -> None:
         total = self._total
@@ -285,19 +373,39 @@ class WindowLog:
             return math.inf
         if amount <= self.limit - self._used():
             return max(start, self._outside(now))
-        # Room for `amount` once every entry up to index i has expired, for the first i
-        # at which the check try_take will make passes. Binary search on that very
-        # predicate (monotone in i), so the answer and the check agree to the last bit.
-        total = self._total
-        last = total[-1]
-        lo, hi = self._head, len(total) - 1
+        # The first instant at which the check take makes passes is the expiry of a grant
+        # or of a held entry. Binary search, over each log's expiries, on that very
+        # predicate (monotone in time), with each log's usage computed as `_used` will
+        # compute it once the log has dropped what left by then (the other log's by
+        # bisection): the answer and the check agree to the last bit.
+        limit = self.limit
+        expiry, total, head = self._expiry, self._total, self._head
+        held, held_total, held_head = self._held, self._held_total, self._held_head
+        at = math.inf
+        lo, hi = head, len(expiry)
         while lo < hi:
             mid = (lo + hi) // 2
-            if amount <= self.limit - (last - total[mid]):
+            used = total[-1] - total[mid]
+            if held:
+                used += _left(held, held_total, held_head, self._held_base, expiry[mid])
+            if amount <= limit - used:
                 hi = mid
             else:
                 lo = mid + 1
-        return self._outside(self._expiry[lo])
+        if lo < len(expiry):
+            at = expiry[lo]
+        lo, hi = held_head, len(held)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            used = _left(expiry, total, head, self._base, held[mid])
+            used += held_total[-1] - held_total[mid]
+            if amount <= limit - used:
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo < len(held):
+            at = min(at, held[lo])
+        return self._outside(at)
 
     # The caller's clock reads ``_offset`` more than the log's (after a rebase). Instants
     # are carried over rounded so that grants never leave the window early: the caller's
