@@ -67,18 +67,26 @@ async def charged(admin: aioredis.Redis, kind: str) -> float:
     keys = [text(k) for k in await admin.keys(f"{{{PREFIX}:{kind}}}:0:*")]
     found = [k for k in keys if not k.endswith((":last", ":sum"))]
     key = found[0] if found else ""
-    seconds, micros = await admin.time()
-    now = seconds + micros / 1e6
+    # One transaction: a give-back running between two reads would tear them apart.
+    async with admin.pipeline(transaction=True) as pipe:
+        pipe.time()
+        if key and kind == "window":
+            pipe.hget(key + ":sum", "all")
+            pipe.zrange(key, 0, -1, withscores=True)
+        elif key:
+            pipe.get(key)
+        (seconds, micros), *read = await pipe.execute()
+    now = float(seconds) + float(micros) / 1e6
     if kind == "window":
         if not key:
             return 0.0
-        counted = float(await admin.hget(key + ":sum", "all") or 0)
-        listed: list[Any] = await admin.zrange(key, 0, -1, withscores=True)
+        counted = float(read[0] or 0)
+        listed: list[Any] = read[1]
         entries = [(float(text(e).rpartition(":")[2]), float(score)) for e, score in listed]
         assert counted == pytest.approx(sum(a for a, _ in entries)), (counted, entries)
         # Those inside the window that ends now (the sums drop older ones lazily).
         return sum(amount for amount, at in entries if at > now - WINDOW)
-    tat = float(await admin.get(key) or 0) if key else 0.0
+    tat = float(read[0] or 0) if key else 0.0
     return max(0.0, tat - now) * LIMIT / WINDOW
 
 
