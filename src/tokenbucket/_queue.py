@@ -522,7 +522,7 @@ class WaiterQueue:
                 # Companions move with it: they always serve one loop.
                 others = [q for q in companions[1:] if q.key is not clock.key]
                 for queue in (self, *others):
-                    queue._check_bind()
+                    queue._check_bind(self)
                 for queue in (self, *others):
                     queue._bind(clock)
                 return
@@ -539,7 +539,7 @@ class WaiterQueue:
             return None
         companions = self.owner.companions()
         for queue in companions:
-            if queue._elsewhere():
+            if not queue.shared and queue._elsewhere():
                 post = queue._post
                 assert post is not None  # bound
                 return post, queue.key, queue
@@ -658,21 +658,31 @@ class WaiterQueue:
             return self.clock()
         return float(self.state.last_update)
 
-    def _check_bind(self) -> None:
-        """Refuse to serve another loop while tasks wait in one that may still run."""
+    def _check_bind(self, user: WaiterQueue) -> None:
+        """Refuse to serve another loop (for ``user``: this queue or a companion) while
+        tasks wait in one that may still run."""
         if self.live:
             old = self.aio
             if old is None or not old.is_closed():
+                if user is not self:
+                    raise RuntimeError(
+                        f"{user.owner.describe()} shares a limit with "
+                        f"{self.owner.describe()}, which has tasks waiting in another "
+                        "event loop; limiters that share a limit serve one event loop at "
+                        "a time"
+                    )
                 raise RuntimeError(
                     f"{self.owner.describe()} has tasks waiting in another event loop; "
                     "a limiter serves one event loop at a time"
                 )
 
     def _bind(self, clock: Clock) -> None:
-        self._check_bind()
+        self._check_bind(self)
         if self.live:
             # That loop was closed with its waiters still parked: they can never run.
             for waiter in self._queue:
+                if waiter.state is _WAITING:
+                    _drop_claims(self.state, waiter.request)
                 waiter.state = _GONE
             self.live = 0
         self._queue.clear()
@@ -697,3 +707,11 @@ def _become_shared(queues: list[WaiterQueue]) -> None:
     from ._threads import become_shared
 
     become_shared(queues)
+
+
+def _drop_claims(state: object, request: object) -> None:
+    """A waiter dropped without a word (its loop closed, or after fork): its claims on
+    shared meters go with it, else no later request could ever take from them."""
+    unclaim = getattr(state, "unclaim", None)
+    if unclaim is not None:
+        unclaim(request)

@@ -42,7 +42,7 @@ import anyio
 from ._errors import AcquireTimeoutError
 from ._loop import NOT_ASYNCIO, asyncio_clock, get_running_loop, poster, trio_clock_is_real
 from ._park import GONE, GRANTED, WAITING
-from ._queue import _SWITCHING, NO_THREAD, WaiterQueue, _Waiter
+from ._queue import _SWITCHING, NO_THREAD, WaiterQueue, _drop_claims, _Waiter
 from ._timer import Timer, schedule
 
 if TYPE_CHECKING:
@@ -61,6 +61,13 @@ _LONGEST: Final = min(threading.TIMEOUT_MAX, 86400.0)
 def become_shared(queues: list[WaiterQueue]) -> None:
     """Turn ``queues`` (a queue and its companions, which share limits) into
     :class:`SharedQueue` objects with one lock, where nothing else changes them."""
+    # One lock for them all (owners' hooks may kick the queues again, hence an RLock),
+    # and who was granted in any of them, woken once it is let go. (Were one of them
+    # shared already, the others join it.)
+    joined = next((queue for queue in queues if queue.shared), None)
+    lock = threading.RLock() if joined is None else joined._lock
+    woken: list[_Waiter] = [] if joined is None else joined._woken
+    queues = [queue for queue in queues if not queue.shared]
     for queue in queues:
         if queue.live and not queue._hinted:
             # Tasks wait on the clock of the loop served, which is not time.monotonic (a
@@ -70,13 +77,12 @@ def become_shared(queues: list[WaiterQueue]) -> None:
                 "loop, which is not time.monotonic; a limiter shared by threads and loops "
                 "runs on time.monotonic: use one limiter per loop there"
             )
-    lock = threading.RLock()  # owners' hooks may kick the queues again
-    woken: list[_Waiter] = []  # granted in any of them, woken once the lock is let go
-    now = _monotonic()
-    moved = [_switch(queue, lock, woken) for queue in queues]
-    for queue, was_moved in zip(queues, moved, strict=True):
-        if was_moved:
-            queue.owner.on_bind(now, True)
+    with lock:  # nobody uses a member already switched before every one is rebased
+        now = _monotonic()
+        moved = [_switch(queue, lock, woken) for queue in queues]
+        for queue, was_moved in zip(queues, moved, strict=True):
+            if was_moved:
+                queue.owner.on_bind(now, True)
     for queue in queues:
         cast("SharedQueue", queue).kick()  # time the head, if any, on the timer thread
 
@@ -86,6 +92,8 @@ def _switch(queue: WaiterQueue, lock: threading.RLock, woken: list[_Waiter]) -> 
     closed = queue.aio is not None and queue.aio.is_closed()
     for waiter in queue._queue:
         if closed:  # parked in a loop closed with them: they can never run
+            if waiter.state is WAITING:
+                _drop_claims(queue.state, waiter.request)
             waiter.state = GONE
         else:  # parked on futures of the loop served
             waiter.loop = queue.aio
@@ -453,6 +461,8 @@ def _after_fork() -> None:
     wakes: dict[int, list[_Waiter]] = {}
     for queue in list(_SHARED_QUEUES):
         for waiter in queue._queue:
+            if waiter.state is WAITING:
+                _drop_claims(queue.state, waiter.request)
             waiter.state = GONE
         queue._queue.clear()
         queue.live = 0

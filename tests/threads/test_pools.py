@@ -6,6 +6,7 @@ become shared together, on one lock."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -223,3 +224,108 @@ def test_a_pool_with_waiters_on_a_virtual_clock_is_not_shared() -> None:
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def slow_pool() -> tb.BucketGroup:
+    """A shared bucket of 100 tokens that takes an hour to refill: in a test, only what
+    is there counts."""
+    return pooled(tb.Rate(100, 3600, burst=100), "tokens_per_hour")
+
+
+def park_a_claimant_of_a_in_a_closed_loop(group: tb.BucketGroup) -> None:
+    """60 of the pool taken; a task of ``a`` waits for 100 (it heads a's queue and
+    claims the pool), and its loop is closed with it parked."""
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        async with group.acquire("a", tokens=60):
+            pass
+
+        async def wait() -> None:
+            async with group.acquire("a", tokens=100):
+                pass  # pragma: no cover - never granted
+
+        task = loop.create_task(wait())
+        await asyncio.sleep(0)
+        assert not task.done()
+        assert group["a"].statistics().waiters == 1
+
+    loop.run_until_complete(main())
+    loop.close()
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
+@pytest.mark.parametrize("where", ["a thread", "a new loop"])
+def test_a_claimant_dropped_with_its_closed_loop_claims_nothing_any_more(where: str) -> None:
+    group = slow_pool()
+    park_a_claimant_of_a_in_a_closed_loop(group)
+    # 40 are left: 10 fit at once, for b and for a.
+    if where == "a thread":
+        with group.acquire_blocking("b", tokens=10, timeout=WAIT):
+            pass
+        with group.acquire_blocking("a", tokens=10, timeout=WAIT):
+            pass
+    else:
+
+        async def use() -> None:
+            async with group.acquire("b", tokens=10, timeout=WAIT):
+                pass
+            async with group.acquire("a", tokens=10, timeout=WAIT):
+                pass
+
+        asyncio.run(use())
+    assert group["b"].statistics().available["tokens"] == pytest.approx(20, abs=0.1)
+
+
+def test_a_child_process_after_fork_keeps_no_claim_of_its_parents_waiters() -> None:
+    group = slow_pool()
+    with group.acquire_blocking("a", tokens=60, timeout=WAIT):
+        pass
+
+    def claim() -> None:  # waits until its timeout, heading a's queue: claims the pool
+        with pytest.raises(tb.AcquireTimeoutError):
+            group.acquire_blocking("a", tokens=100, timeout=1.0).__enter__()
+
+    parent = in_thread(claim)
+    until(lambda: group["a"].statistics().waiters == 1)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the claimant's thread stayed in the parent
+        code = 1
+        try:
+            with group.acquire_blocking("b", tokens=10, timeout=2.0):
+                code = 0
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    result = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent.join(WAIT)
+    assert result == b"\x00"
+
+
+def test_a_waiter_of_one_member_granted_as_its_loop_closed_gives_back_to_the_other() -> None:
+    group = slow_pool()
+    context = group["a"].acquire_blocking(tokens=100, timeout=WAIT)
+    lease = context.__enter__()  # the whole pool
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+
+    async def wait_on_b() -> None:
+        async with group.acquire("b", tokens=100):
+            pass
+
+    future = asyncio.run_coroutine_threadsafe(wait_on_b(), loop)
+    until(lambda: group["b"].statistics().waiters == 1)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(WAIT)
+    loop.close()  # closed with b's waiter parked: never to run
+    lease.settle(tokens=0)  # all back: b's waiter is granted, and cannot use it
+    context.__exit__(None, None, None)
+    future.cancel()
+    # What b's lost waiter was granted went back to the pool, for a.
+    with group.acquire_blocking("a", tokens=100, timeout=WAIT):
+        pass
