@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import looptime
 import pytest
+import trio
 
 import tokenbucket as tb
+from tokenbucket._memory import MemoryStore
 from tokenbucket._threads import SharedQueue
 
 from .test_shared import WAIT, in_thread, loop_in_thread, submit, until
@@ -329,3 +332,44 @@ def test_a_waiter_of_one_member_granted_as_its_loop_closed_gives_back_to_the_oth
     # What b's lost waiter was granted went back to the pool, for a.
     with group.acquire_blocking("a", tokens=100, timeout=WAIT):
         pass
+
+
+def test_no_member_is_used_before_every_member_is_moved_onto_the_shared_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    group = pooled(1_000)
+    a, _ = queues(group, "a", "b")
+    events: list[str] = []
+    on_bind = MemoryStore.on_bind
+
+    def slow_on_bind(self: MemoryStore, now: float, moved: bool) -> None:
+        if isinstance(self._waiters, SharedQueue):  # the switch: made slow on purpose
+            events.append("moving")
+            time.sleep(0.1)
+            on_bind(self, now, moved)
+            events.append("moved")
+        else:
+            on_bind(self, now, moved)
+
+    monkeypatch.setattr(MemoryStore, "on_bind", slow_on_bind)
+
+    def taker() -> None:  # as soon as a member is switched, a loop in a thread takes
+        until(lambda: isinstance(a, SharedQueue))
+
+        async def take() -> None:
+            async with group.acquire("a", tokens=1, timeout=WAIT):
+                events.append("granted")
+
+        asyncio.run(take())
+
+    async def main() -> None:
+        async with group.acquire("a", tokens=1):  # both bound to this trio run
+            pass
+        thread = in_thread(taker)
+        await trio.to_thread.run_sync(
+            lambda: group.acquire_blocking("b", tokens=1, timeout=WAIT).__enter__()
+        )
+        await trio.to_thread.run_sync(thread.join, WAIT)
+
+    trio.run(main)
+    assert events == ["moving", "moved", "moving", "moved", "granted"]
