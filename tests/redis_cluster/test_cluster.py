@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -537,6 +539,47 @@ def test_one_backend_serves_successive_event_loops(cluster: Cluster) -> None:
         await close(backend)
 
     asyncio.run(finish())
+
+
+def test_threads_share_a_limit_on_a_cluster_through_a_client_of_their_own(
+    cluster: Cluster,
+) -> None:
+    backend = tb.RedisBackend(
+        client_for(cluster), prefix=PREFIX, threads_client=lambda: client_for(cluster)
+    )
+    rate, capacity = 20.0, 5
+    bucket = tb.TokenBucket(rate=rate, capacity=capacity, backend=backend, key="threads")
+    times: list[float] = []
+    lock = threading.Lock()
+
+    def take(count: int) -> None:
+        for _ in range(count):
+            bucket.acquire_blocking(1, timeout=30.0)
+            with lock:
+                times.append(time.monotonic())
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(take, [4] * 8))
+    elapsed = max(times) - start
+    assert len(times) == 32
+    assert elapsed >= (32 - capacity) / rate - 0.05  # never faster than the rate
+    assert most_in(times, 0.5) <= capacity + rate * 0.5 + 1
+    assert len(slots_of(cluster, "threads")) == 1
+
+    async def finish() -> None:
+        await close(backend)
+
+    asyncio.run(finish())
+
+
+def test_threads_on_a_cluster_ask_for_a_client_of_their_own(cluster: Cluster) -> None:
+    backend = tb.RedisBackend(client_for(cluster), prefix=PREFIX)
+    bucket = tb.TokenBucket(rate=20, capacity=5, backend=backend, key="no-threads")
+    with pytest.raises(tb.BackendConfigurationError, match="threads_client"):
+        bucket.acquire_blocking(1, timeout=5.0)
+    with pytest.raises(tb.ArgumentTypeError, match="threads_client"):
+        tb.RedisBackend(client_for(cluster), threads_client="redis://")  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio

@@ -28,7 +28,7 @@ from ._tasks import Background
 from .store import RedisStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Coroutine, Sequence
+    from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster
@@ -88,6 +88,11 @@ class RedisBackend:
             holding it delays no admission; requests with a timeout are never held.
             ``0`` sends every request at once (a round trip per admission when
             acquirers arrive one by one).
+        threads_client: makes the client that threads use (``acquire_blocking``): the
+            portal loop that serves them needs a client of its own, of the same server.
+            By default it is made from ``client``'s options; a Redis Cluster client
+            cannot be copied that way, so with one, pass how to make another, e.g.
+            ``threads_client=lambda: RedisCluster(host=..., port=...)``.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class RedisBackend:
         local_share: float = 0.5,
         lease_ttl: float = 300.0,
         batch_delay: float = 0.01,
+        threads_client: Callable[[], aioredis.Redis | RedisCluster] | None = None,
     ) -> None:
         try:
             import redis.asyncio as aioredis_module
@@ -167,6 +173,13 @@ class RedisBackend:
             self._give_back_batch, self._background, _MOST_GIVEN_BACK
         )
         self._twin: RedisBackend | None = None  # see for_threads
+        if threads_client is not None and not callable(threads_client):
+            raise ArgumentTypeError(
+                "threads_client",
+                "threads_client must make a client (a callable), "
+                f"not {type(threads_client).__name__}",
+            )
+        self._threads_client = threads_client
 
     @property
     def batch_delay(self) -> float:
@@ -231,8 +244,9 @@ class RedisBackend:
             with _TWINNING:
                 twin = self._twin
                 if twin is None:
+                    made = self._threads_client
                     twin = self._twin = RedisBackend(
-                        _copy(self.client),
+                        _copy(self.client) if made is None else made(),
                         prefix=self.prefix,
                         time_source=self.time_source,
                         on_error=self.on_error,
@@ -621,8 +635,9 @@ def _copy(client: Client) -> Client:
     pool = getattr(client, "connection_pool", None)
     if pool is None:  # a cluster client: its options are not all its constructor's
         raise BackendConfigurationError(
-            "limiters on a Redis Cluster cannot be used from threads yet: use them with "
-            "'async with' / 'await' in an event loop"
+            "threads need a client of their own, which cannot be copied from a Redis "
+            "Cluster client: pass RedisBackend(..., threads_client=lambda: "
+            "RedisCluster(...)), a function that makes one"
         )
     import redis.asyncio as aioredis
 
