@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     import tokenbucket as tb
+
+
+class Grants(Protocol):
+    """A log of grants: each begins with its instant and its amount."""
+
+    @property
+    def grants(self) -> Sequence[tuple[Any, ...]]: ...
 
 
 class Log:
@@ -65,7 +75,7 @@ def recorded(limiter: tb.TokenBucket | tb.SlidingWindow) -> Log:
     return log
 
 
-def bucket_conforms(log: Log, rate: float, capacity: float) -> None:
+def bucket_conforms(log: Grants, rate: float, capacity: float) -> None:
     """G1 over the grants' own instants: over every interval [t_i, t_j], what was granted
     is at most ``capacity + rate * (t_j - t_i)``."""
     grants = sorted(log.grants)
@@ -77,7 +87,7 @@ def bucket_conforms(log: Log, rate: float, capacity: float) -> None:
             assert total <= room + 1e-9 * capacity, (i, j, total, room)
 
 
-def window_conforms(log: Log, limit: float, window: float) -> None:
+def window_conforms(log: Grants, limit: float, window: float) -> None:
     """G1 for a window: within any ``window`` seconds, at most ``limit``."""
     grants = sorted(log.grants)
     for i in range(len(grants)):
@@ -87,3 +97,23 @@ def window_conforms(log: Log, limit: float, window: float) -> None:
                 break
             total += grants[j][1]
             assert total <= limit + 1e-9 * limit, (i, j, total)
+
+
+def in_child(work: Callable[[], object]) -> int:
+    """Run ``work`` in a child process made by ``fork()``: 0 if it returned, 1 if it
+    raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only this thread came along
+        code = 1
+        try:
+            work()
+            code = 0
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    result = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    return result[0] if result else 1

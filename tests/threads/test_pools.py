@@ -6,7 +6,6 @@ become shared together, on one lock."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import tokenbucket as tb
 from tokenbucket._memory import MemoryStore
 from tokenbucket._threads import SharedQueue
 
+from ._support import in_child, window_conforms
 from .test_shared import WAIT, in_thread, loop_in_thread, submit, until
 
 
@@ -58,18 +58,6 @@ def recorded(log: PoolLog, *limiters: tb.Limiter, dim: str = "tokens") -> None:
         proxy = _Recording(store._multi, log, limiter.dimensions.index(dim))
         store._multi = proxy
         store._waiters.state = proxy
-
-
-def window_conforms(log: PoolLog, limit: float, window: float) -> None:
-    """Within any ``window`` seconds (on the grants' own clock), at most ``limit``."""
-    grants = sorted(log.grants)
-    for i in range(len(grants)):
-        total = 0.0
-        for j in range(i, len(grants)):
-            if grants[j][0] - grants[i][0] >= window:
-                break
-            total += grants[j][1]
-            assert total <= limit + 1e-9 * limit, (i, j, total)
 
 
 def pooled(org: Any, key: str = "tokens_per_second") -> tb.BucketGroup:
@@ -291,22 +279,14 @@ def test_a_child_process_after_fork_keeps_no_claim_of_its_parents_waiters() -> N
 
     parent = in_thread(claim)
     until(lambda: group["a"].statistics().waiters == 1)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the claimant's thread stayed in the parent
-        code = 1
-        try:
-            with group.acquire_blocking("b", tokens=10, timeout=2.0):
-                code = 0
-        finally:
-            os.write(write, bytes([code]))
-            os._exit(code)
-    os.close(write)
-    result = os.read(read, 1)
-    os.close(read)
-    os.waitpid(pid, 0)
+
+    def in_the_child() -> None:  # the claimant's thread stayed in the parent
+        with group.acquire_blocking("b", tokens=10, timeout=2.0):
+            pass
+
+    code = in_child(in_the_child)
     parent.join(WAIT)
-    assert result == b"\x00"
+    assert code == 0
 
 
 def test_a_waiter_of_one_member_granted_as_its_loop_closed_gives_back_to_the_other() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import threading
 import time
 
@@ -16,7 +15,7 @@ import trio
 import tokenbucket as tb
 from tokenbucket._threads import SharedQueue
 
-from ._support import recorded
+from ._support import in_child, recorded
 from .test_shared import WAIT, in_thread, until
 
 
@@ -124,24 +123,16 @@ def test_a_child_process_after_fork_starts_with_nobody_waiting() -> None:
     bucket.acquire_blocking()
     parents = [in_thread(lambda: bucket.acquire_blocking(timeout=WAIT)) for _ in range(3)]
     until(lambda: bucket.statistics().waiters == 3)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its waiters' threads stayed in the parent
-        code = 1
-        try:
-            start = time.monotonic()
-            bucket.acquire_blocking(timeout=2.0)
-            code = 0 if time.monotonic() - start < 1.0 else 2
-        finally:
-            os.write(write, bytes([code]))
-            os._exit(code)
-    os.close(write)
-    result = os.read(read, 1)
-    os.close(read)
-    os.waitpid(pid, 0)
+
+    def in_the_child() -> None:  # its waiters' threads stayed in the parent
+        start = time.monotonic()
+        bucket.acquire_blocking(timeout=2.0)
+        assert time.monotonic() - start < 1.0
+
+    code = in_child(in_the_child)
     for thread in parents:
         thread.join(WAIT)
-    assert result == b"\x00"
+    assert code == 0
 
 
 def test_two_loops_pausing_each_others_limiters_at_once_do_not_deadlock() -> None:
@@ -256,23 +247,11 @@ def test_a_child_process_can_use_a_limiter_bound_to_a_loop_of_the_parent() -> No
 
     thread = in_thread(lambda: asyncio.run(owner()))
     with_loop.wait(WAIT)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the parent's loop thread is not here
-        code = 1
-        try:
-            bucket.acquire_blocking(timeout=2.0)
-            code = 0
-        finally:
-            os.write(write, bytes([code]))
-            os._exit(code)
-    os.close(write)
-    result = os.read(read, 1)
-    os.close(read)
-    os.waitpid(pid, 0)
+    # In the child, the parent's loop thread is not there.
+    code = in_child(lambda: bucket.acquire_blocking(timeout=2.0))
     stop.set()
     thread.join(WAIT)
-    assert result == b"\x00"
+    assert code == 0
 
 
 def test_statistics_read_by_another_thread_while_the_loop_runs_are_consistent() -> None:
