@@ -115,13 +115,14 @@ class WindowLog:
         head = self._head
         if head < len(self._expiry) and self._expiry[head] <= now:
             self._drop(now)
+        if self._back_next <= now:
+            self._drop_back(now)
         if self._held_next <= now:
             self._drop_held(now)
         return now
 
     def _drop(self, now: float) -> None:
-        """Drop the grants that left the window at ``now`` (some have), and what was given
-        back of them (each entry of which leaves with a grant's)."""
+        """Drop the grants that left the window at ``now`` (some have)."""
         expiry = self._expiry
         head = bisect_right(expiry, now, self._head)
         self._base = self._total[head - 1]
@@ -132,8 +133,6 @@ class WindowLog:
             self._base = 0.0
             head = 0
         self._head = head
-        if self._back_next <= now:
-            self._drop_back(now)
 
     def _drop_back(self, now: float) -> None:
         """Drop the entries given back that left the window at ``now`` (some have): as
@@ -181,7 +180,7 @@ class WindowLog:
 
     def _used(self) -> float:
         # Exactly 0.0 when the window is empty, whatever rounding the totals carry. (What
-        # is left of the refunds' and of the held log is in the window: see _drop_back.)
+        # is left of the refunds' log and of the held one is in the window: see _expire.)
         used = self._total[-1] - self._base if self._head < len(self._total) else 0.0
         if self._back:
             used -= self._back_total[-1] - self._back_base
