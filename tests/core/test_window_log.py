@@ -216,9 +216,8 @@ def test_a_grant_at_an_earlier_instant_counts_at_the_latest_one() -> None:
 
 
 def lists(log: WindowLog) -> list[list[float]]:
-    """The log's internal lists: the grants' expiries and totals, those of what refunds
-    gave back, and the held ones'."""
-    return [log._expiry, log._total, log._back, log._back_total, log._held, log._held_total]
+    """The log's internal lists: the grants' expiries and totals, and the held ones'."""
+    return [log._expiry, log._total, log._held, log._held_total]
 
 
 @pytest.mark.parametrize(("window", "spacing"), [(10.0, 1.0), (1.0, 0.001), (100.0, 0.37)])
@@ -228,30 +227,19 @@ def test_memory_stays_proportional_to_entries_in_the_window(window: float, spaci
     # Every 7th grant a server's report holds back 1/8 of the limit more, in 8 pieces
     # that leave over the next 21 grants (or by the end of the window): at most 4 such
     # reports' pieces are in the window at once, and the held log never runs empty.
-    # Every other grant gives part back at once, and every grant 3 grants later (logged
-    # among the others, or nothing if a report came since): the refunds' log never runs
-    # empty either.
     held = 4 * 8
     longest = 0
-    tickets: list[float] = []
     for i in range(20_000):
         now = i * spacing
         assert log.try_take(1.0, now)
-        tickets.append(log.ticket)
-        if i % 2 == 0:
-            assert log.refund(0.25, tickets[i], now) == 0.25
-        if i >= 3:
-            assert log.refund(0.25, tickets[i - 3], now) in (0.0, 0.25)
         if i % 7 == 0:
             refill = 1e12 / 8 / (21 * spacing)
             log.clamp(log.level(now) - 1e12 / 8, now + window, now, refill)
         assert len(log) <= in_window + held
-        assert len(log._back) - log._back_head <= in_window
         longest = max(longest, *map(len, lists(log)))
     # The internal lists hold the live entries plus a bounded backlog of expired ones.
     assert longest <= 2 * in_window + 64
     assert len(log._expiry) == len(log._total)
-    assert len(log._back) == len(log._back_total)
     assert len(log._held) == len(log._held_total)
 
 
@@ -267,33 +255,6 @@ def test_memory_is_released_after_a_burst() -> None:
     assert len(log._expiry) <= 64 + 1
     assert len(log._total) == len(log._expiry)
     assert log.used(10.0 + 2.0 * 199) == 1.0
-
-
-def test_memory_is_released_after_a_burst_of_refunds() -> None:
-    log = WindowLog(1e6, 1.0)
-    longest = 0
-    for i in range(10_000):
-        now = i * 1e-4
-        assert log.try_take(1.0, now)
-        assert log.refund(0.5, log.ticket, now) == 0.5
-        longest = max(longest, *map(len, lists(log)))
-    assert len(log) == 10_000
-    assert len(log._back) - log._back_head == 10_000
-    assert longest <= 2 * 10_000 + 64
-    assert log.used(1.0 - 1e-4) == pytest.approx(5_000.0)
-    # Half a window later: what was given back leaves with its grants, and is compacted.
-    assert log.used(1.5) == pytest.approx(2_499.5)  # the grants after t=0.5
-    assert len(log._back) - log._back_head == len(log) == 5_000 - 1
-    # Much later: once every grant given back from has left, none of it stays in memory.
-    for k in range(200):
-        assert log.try_take(1.0, 10.0 + 2.0 * k)
-        assert len(log) == 1
-        assert log._back == log._back_total == []
-    assert log.used(10.0 + 2.0 * 199) == 1.0
-    assert log.refund(0.25, log.ticket, 10.0 + 2.0 * 199) == 0.25
-    assert log.used(10.0 + 2.0 * 199) == 0.75
-    assert log.used(10.0 + 2.0 * 200) == 0.0
-    assert log._back == log._back_total == []
 
 
 def test_memory_is_released_after_a_burst_of_clamps() -> None:
@@ -347,55 +308,6 @@ def test_refund_after_earlier_entries_expired() -> None:
     assert log.used(65.0) == 3.0
     assert log.used(80.0) == 0.0
     assert log.try_take(10.0, 80.0)
-
-
-def test_a_refund_leaves_the_grants_log_untouched() -> None:
-    """What a refund gives back goes in a log of its own: with 10,000 grants after the
-    one refunded, the grants' lists are neither rewritten nor replaced."""
-    log = WindowLog(10_001.0, 60.0)
-    assert log.try_take(2.0, 0.0)
-    oldest = log.ticket
-    for i in range(1, 10_000):
-        assert log.try_take(1.0, i * 1e-3)  # leaving from 60 s to 70 s
-    expiry, total = log._expiry, log._total
-    copies = (list(expiry), list(total))
-    now = 10.0
-    assert log.used(now) == 10_001.0
-    assert log.refund(0.5, oldest, now) == 0.5
-    assert log.refund(5.0, oldest, now) == 1.5  # what is left of it
-    assert log.refund(1.0, oldest, now) == 0.0
-    assert log._expiry is expiry
-    assert log._total is total
-    assert (log._expiry, log._total) == copies
-    assert len(log) == 10_000
-    assert log.used(now) == 9_999.0
-    assert log.level(now) == 2.0
-    assert log.fits(2.0, now)
-    assert not log.fits(3.0, now)
-    # Given back in full, the oldest grant frees nothing more when it leaves at 60 s:
-    # room for 3 comes when the next one leaves.
-    assert used_at(log, oldest) == 9_999.0
-    assert log.ready_at(3.0, now) == expiry[1]
-    assert not copy.deepcopy(log).fits(3.0, before(expiry[1]))
-    assert log.fits(3.0, expiry[1])
-    assert log.used(expiry[1]) == 9_998.0
-
-
-@pytest.mark.parametrize("refund", [0.0, 1.0, 3.0])
-def test_undo_of_a_take_merged_into_an_entry_given_back_from(refund: float) -> None:
-    """A take merged into an entry that a refund gave back from, then undone, leaves the
-    log exactly as it was: the entry keeps what was given back of it."""
-    log = WindowLog(10.0, 60.0)
-    assert log.try_take(3.0, 0.0)
-    assert log.try_take(4.0, 1.0)
-    ticket = log.ticket
-    assert log.refund(refund, ticket, 1.0) == refund
-    was = [list(values) for values in lists(log)], log.used(1.0)
-    assert log.take(2.0, 2.0, 1.0) == ticket  # merged into the entry of t=1
-    assert log.used(1.0) == 9.0 - refund
-    log.undo()
-    assert ([list(values) for values in lists(log)], log.used(1.0)) == was
-    assert log.refund(10.0, ticket, 1.0) == 4.0 - refund
 
 
 def test_refund_of_an_expired_grant_does_nothing() -> None:
@@ -521,3 +433,21 @@ def test_a_grant_before_a_clamp_gets_nothing_back() -> None:
     assert log.refund(30, early, 1.5) == 0.0  # its count covers the early grant
     late = log.charge(5, 2.0)
     assert log.refund(5, late, 2.5) == 5.0
+
+
+@pytest.mark.parametrize(
+    ("amounts", "order"),
+    [((0.1, 0.1, 0.1, 0.3), (0, 3, 2, 1)), ((0.2, 0.1, 0.3, 0.1), (0, 2, 3, 1))],
+)
+def test_grants_given_back_in_full_in_any_order_leave_the_whole_limit(
+    amounts: tuple[float, ...], order: tuple[int, ...]
+) -> None:
+    """No rounding left over: once every grant is given back, the whole limit fits at
+    once (and ready_at says so), not a window later."""
+    log = WindowLog(1.0, 10.0)
+    tickets = [log.charge(amount, float(i)) for i, amount in enumerate(amounts)]
+    for i in order:
+        log.refund(1.0, tickets[i], 3.0)
+    assert log.used(3.0) == pytest.approx(0.0, abs=1e-15)
+    assert log.fits(1.0, 3.0)
+    assert log.ready_at(1.0, 3.0) == 3.0

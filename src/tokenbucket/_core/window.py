@@ -1,5 +1,5 @@
-"""Exact sliding window: compacted logs of grants, of what refunds gave back of them, and
-of usage held back by a server's report, with when each leaves the window."""
+"""Exact sliding window: compacted logs of grants, and of usage held back by a server's
+report, with when each leaves the window."""
 
 from __future__ import annotations
 
@@ -36,30 +36,16 @@ class WindowLog:
 
     A grant's *ticket* is its entry's expiry instant; refunds find the entry by it.
 
-    Two more logs of the same form lie beside the grants, each with its own running
-    totals, head and base, and the same compaction, and each dropped as a whole once all
-    of it has left the window:
-
-    * what refunds gave back (:meth:`refund`), logged at the expiry of the grant's entry,
-      so that it leaves the window exactly when the grant does. A refund adds to this log
-      alone (its entry, and the running totals of the refunds logged after it), never
-      rewriting the grants: calls mostly settle in the order they were granted, so that
-      is little or nothing;
-    * usage that a server's report says is missing (:meth:`clamp`), held back in pieces.
-      Held pieces leave the window sooner than most grants; a clamp merges its pieces
-      among the held ones alone.
-
-    The window's usage is what the grants count, less what was given back, plus what is
-    held. Memory is proportional to the distinct instants inside the window of the
-    grants and of the held log (what was given back is at most one entry per grant's).
+    Usage that a server's report says is missing (:meth:`clamp`) is held in a second log
+    of the same form beside the grants, with its own running totals, head and base, and
+    the same compaction; it is dropped as a whole once all of it has left the window.
+    Held pieces leave the window sooner than most grants, so keeping them apart lets a
+    clamp merge its pieces among the held ones alone, never rewriting the grants. Every
+    count of the window's usage adds up both logs. Memory is proportional to the distinct
+    instants inside the window of both.
     """
 
     __slots__ = (
-        "_back",
-        "_back_base",
-        "_back_head",
-        "_back_next",
-        "_back_total",
         "_base",
         "_expiry",
         "_head",
@@ -84,14 +70,6 @@ class WindowLog:
         self._total: list[float] = []
         self._head = 0
         self._base = 0.0
-        # The log of what refunds gave back, at the expiries of the grants' entries: empty
-        # exactly when none of it is left in the window (as of the latest instant seen),
-        # so that a take checks one list for it.
-        self._back: list[float] = []
-        self._back_total: list[float] = []
-        self._back_head = 0
-        self._back_base = 0.0
-        self._back_next = math.inf  # the expiry of the first entry given back not dropped
         # The held log: empty exactly when nothing held is left in the window (as of the
         # latest instant seen), so that a take checks one list for it.
         self._held: list[float] = []
@@ -115,8 +93,6 @@ class WindowLog:
         head = self._head
         if head < len(self._expiry) and self._expiry[head] <= now:
             self._drop(now)
-        if self._back_next <= now:
-            self._drop_back(now)
         if self._held_next <= now:
             self._drop_held(now)
         return now
@@ -133,28 +109,6 @@ class WindowLog:
             self._base = 0.0
             head = 0
         self._head = head
-
-    def _drop_back(self, now: float) -> None:
-        """Drop the entries given back that left the window at ``now`` (some have): as
-        :meth:`_drop` does, or the whole log once every entry has left."""
-        back = self._back
-        head = bisect_right(back, now, self._back_head)
-        if head == len(back):
-            back.clear()
-            self._back_total.clear()
-            self._back_head = 0
-            self._back_base = 0.0
-            self._back_next = math.inf
-            return
-        self._back_base = self._back_total[head - 1]
-        if head >= _COMPACT_AT and 2 * head >= len(back):
-            base = self._back_base
-            del back[:head]
-            self._back_total = [t - base for t in self._back_total[head:]]
-            self._back_base = 0.0
-            head = 0
-        self._back_head = head
-        self._back_next = back[head]
 
     def _drop_held(self, now: float) -> None:
         """Drop the held entries that left the window at ``now`` (some have): as
@@ -179,18 +133,14 @@ class WindowLog:
         self._held_next = held[head]
 
     def _used(self) -> float:
-        # Exactly 0.0 when the window is empty, whatever rounding the totals carry. (What
-        # is left of the refunds' log and of the held one is in the window: see _expire.)
+        # Exactly 0.0 when the window is empty, whatever rounding the totals carry.
         used = self._total[-1] - self._base if self._head < len(self._total) else 0.0
-        if self._back:
-            used -= self._back_total[-1] - self._back_base
-        if self._held:
+        if self._held:  # (what is left of it is in the window: see _drop_held)
             used += self._held_total[-1] - self._held_base
         return used
 
     def used(self, now: float) -> float:
-        """Units granted and not given back, or held back by a clamp, in the window
-        ending at ``now``."""
+        """Units granted, or held back by a clamp, in the window ending at ``now``."""
         self._expire(self._inside(now) if self._offset else now)
         return self._used()
 
@@ -259,8 +209,8 @@ class WindowLog:
         """
         if self._offset:
             now = self._inside(now)
-        if self._held or self._back:
-            return self._take_slow(amount, need, now)
+        if self._held:
+            return self._take_held(amount, need, now)
         if now > self._last:
             self._last = now
         else:
@@ -296,9 +246,9 @@ class WindowLog:
         total.append(self._base + amount)
         return expires
 
-    def _take_slow(self, amount: float, need: float, now: float) -> float | None:
-        """:meth:`take` while usage is held or was given back (``now`` on the log's
-        clock): the same check, on the usage of the three logs."""
+    def _take_held(self, amount: float, need: float, now: float) -> float | None:
+        """:meth:`take` while usage is held (``now`` on the log's clock): the same check,
+        on the usage of both logs."""
         now = self._expire(now)
         if need > self.limit - self._used():
             return None
@@ -424,57 +374,38 @@ class WindowLog:
         if amount <= self.limit - self._used():
             return max(start, self._outside(now))
         # The first instant at which the check take makes passes is the expiry of a grant
-        # or of a held entry (what was given back leaves with the grants). The check is
-        # evaluated at such an instant as `_used` will compute it once each log has
-        # dropped what left by then (the others' parts by bisection), so the answer and
-        # the check agree to the last bit. Rounding can make that check pass at one
-        # instant and fail at a later one; each search keeps an instant where it fails
-        # before one where it passes, with no instant of either log between them: the
-        # answer passes the check, and the instant before it, which sees the log as it
-        # is at the last such instant, fails it.
+        # or of a held entry. Binary search, over each log's expiries, on that very
+        # predicate (monotone in time), with each log's usage computed as `_used` will
+        # compute it once the log has dropped what left by then (the other log's by
+        # bisection): the answer and the check agree to the last bit.
         limit = self.limit
         expiry, total, head = self._expiry, self._total, self._head
+        held, held_total, held_head = self._held, self._held_total, self._held_head
+        at = math.inf
         lo, hi = head, len(expiry)
         while lo < hi:
             mid = (lo + hi) // 2
             used = total[-1] - total[mid]
-            if amount <= limit - self._others(used, expiry[mid]):
+            if held:
+                used += _left(held, held_total, held_head, self._held_base, expiry[mid])
+            if amount <= limit - used:
                 hi = mid
             else:
                 lo = mid + 1
-        # The check fails at the grants' expiry before `lo` (or now) and passes at `lo`'s:
-        # the held entries between them, then `lo`'s expiry, decide.
-        held, held_total, held_head = self._held, self._held_total, self._held_head
-        at, end = math.inf, len(held)
         if lo < len(expiry):
             at = expiry[lo]
-            end = bisect_left(held, at, held_head)
-        first = bisect_right(held, expiry[lo - 1], held_head, end) if lo > head else held_head
-        base = self._base
-        lo, hi = first, end
+        lo, hi = held_head, len(held)
         while lo < hi:
             mid = (lo + hi) // 2
-            used = _left(expiry, total, head, base, held[mid])
-            if self._back:
-                back, back_total = self._back, self._back_total
-                used -= _left(back, back_total, self._back_head, self._back_base, held[mid])
+            used = _left(expiry, total, head, self._base, held[mid])
             used += held_total[-1] - held_total[mid]
             if amount <= limit - used:
                 hi = mid
             else:
                 lo = mid + 1
-        if lo < end:
-            at = held[lo]
+        if lo < len(held):
+            at = min(at, held[lo])
         return self._outside(at)
-
-    def _others(self, used: float, instant: float) -> float:
-        """``used`` (what the grants count at ``instant``, once they have dropped what
-        left by then), less what was given back, plus what is held, then."""
-        if self._back:
-            used -= _left(self._back, self._back_total, self._back_head, self._back_base, instant)
-        if self._held:
-            used += _left(self._held, self._held_total, self._held_head, self._held_base, instant)
-        return used
 
     # The caller's clock reads ``_offset`` more than the log's (after a rebase). Instants
     # are carried over rounded so that grants never leave the window early: the caller's
@@ -509,47 +440,27 @@ class WindowLog:
             t = earlier
 
     def refund(self, amount: float, ticket: float, now: float) -> float:
-        """Give back up to ``amount`` of the grants recorded under ``ticket``: at most what
-        is left of that entry (its amount less what was given back of it before).
+        """Remove up to ``amount`` from the grant recorded under ``ticket``.
 
-        What is given back is logged at the entry's expiry, so it leaves the window with
-        the grant; giving back can only lower every window's sum, so this is always safe.
-        Costs O(log n) plus the refunds logged after it (at later tickets). A grant that
-        has already left the window needs no refund. Returns the amount given back.
-
-        A grant made before a clamp that lowered the window gets nothing back: the
-        server's count already covers it (what it used, or all of it if the server gives
-        nothing back), or it never reached the server, which the clamp, made from the
-        server's count alone, did not charge for either.
+        Removing a grant from the log can only lower every window's sum, so this is always
+        safe. A grant that has already left the window needs no refund. Returns the amount
+        removed. A grant made before a clamp that lowered the window gets nothing back:
+        the server's count already covers it (what it used, or all of it if the server
+        gives nothing back), or it never reached the server, which the clamp, made from
+        the server's count alone, did not charge for either.
         """
         if ticket <= self._mark:
             return 0.0
         self._expire(self._inside(now) if self._offset else now)
-        expiry, head = self._expiry, self._head
-        i = bisect_left(expiry, ticket, head)
+        expiry = self._expiry
+        i = bisect_left(expiry, ticket, self._head)
         if i == len(expiry) or expiry[i] != ticket:
             return 0.0
         total = self._total
-        left = total[i] - (total[i - 1] if i > head else self._base)
-        # Logged in the refunds' log at the entry's expiry: what is left of the entry is
-        # its amount less what was given back there already.
-        back, back_total, back_head = self._back, self._back_total, self._back_head
-        k = bisect_left(back, ticket, back_head)
-        before = back_total[k - 1] if k > back_head else self._back_base
-        logged = k < len(back) and back[k] == ticket
-        if logged:
-            left -= back_total[k] - before
-        amount = min(amount, left)
-        if not amount > 0:
-            return 0.0
-        if logged:
-            back_total[k] += amount
-        else:
-            back.insert(k, ticket)
-            back_total.insert(k, before + amount)
-            self._back_next = back[back_head]
-        for j in range(k + 1, len(back_total)):  # the refunds logged after it
-            back_total[j] += amount
+        previous = total[i - 1] if i > 0 else self._base
+        amount = min(amount, total[i] - previous)
+        for j in range(i, len(total)):
+            total[j] -= amount
         return amount
 
     def stand_in(self, since: float) -> None:
