@@ -32,6 +32,7 @@ back, a new clock (:class:`QueueOwner`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -565,22 +566,8 @@ class WaiterQueue:
             post, bound, anchor = asked
             done = threading.Event()
             failure: list[BaseException] = []
-
-            def switch(
-                bound: object = bound,
-                anchor: WaiterQueue = anchor,
-                failure: list[BaseException] = failure,
-                done: threading.Event = done,
-            ) -> None:
-                try:
-                    self._switch(bound, anchor)
-                except BaseException as error:  # e.g. a virtual clock: told to the caller
-                    failure.append(error)
-                finally:
-                    done.set()
-
             try:
-                post(switch)
+                post(functools.partial(self._switch_there, bound, anchor, failure, done.set))
             except RuntimeError:  # closed meanwhile: look again
                 continue
             # The loop runs the switch soon, unless it stops: then it is made here (this
@@ -610,22 +597,14 @@ class WaiterQueue:
             done = anyio.Event()
             failure: list[BaseException] = []
 
-            def switch(
-                bound: object = bound,
-                anchor: WaiterQueue = anchor,
-                failure: list[BaseException] = failure,
-                done: anyio.Event = done,
-                back: Callable[[Callable[[], object]], object] = back,
+            def tell(
+                back: Callable[[Callable[[], object]], object] = back, done: anyio.Event = done
             ) -> None:
-                try:
-                    self._switch(bound, anchor)
-                except BaseException as error:
-                    failure.append(error)
                 with contextlib.suppress(RuntimeError):  # this loop closed meanwhile
                     back(done.set)
 
             try:
-                post(switch)
+                post(functools.partial(self._switch_there, bound, anchor, failure, tell))
             except RuntimeError:  # closed meanwhile: look again
                 continue
             while not done.is_set():
@@ -639,6 +618,22 @@ class WaiterQueue:
                 raise failure[0]
             if self.shared:
                 return True
+
+    def _switch_there(
+        self,
+        bound: object,
+        anchor: WaiterQueue,
+        failure: list[BaseException],
+        then: Callable[[], object],
+    ) -> None:
+        """:meth:`_switch`, as posted to the loop served: what it raises (a virtual clock)
+        goes in ``failure``, for the caller, who is told by ``then``."""
+        try:
+            self._switch(bound, anchor)
+        except BaseException as error:
+            failure.append(error)
+        finally:
+            then()
 
     def _switch(self, bound: object, anchor: WaiterQueue) -> None:
         """The switch itself (see :meth:`share`), in the thread of the loop ``bound``

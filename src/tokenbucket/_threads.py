@@ -47,6 +47,7 @@ from ._timer import Timer, schedule
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
 
 __all__ = ["SharedQueue", "become_shared"]
 
@@ -170,17 +171,14 @@ class SharedQueue(WaiterQueue):
         loop = get_running_loop()
         if loop is None:
             return await self._take_trio(amount, request, timeout)
-        with self._lock:
-            now = _monotonic()
-            if not self.live and self.state.try_take(request, now):
-                return self.state.ticket
-            waiter = _Waiter(amount, request, _INF if timeout is None else now + timeout)
-            if timeout != 0:
-                waiter.future = loop.create_future()
-                waiter.loop = loop
-                waiter.thread = get_ident()
-                self.owner.before_wait(request, now)
-                self.push(waiter, now)
+
+        def park(waiter: _Waiter) -> None:  # on a future of this loop
+            waiter.future = loop.create_future()
+            waiter.loop = loop
+
+        ticket, waiter = self._arrive(amount, request, timeout, park)
+        if waiter is None:
+            return ticket
         if waiter.future is None:
             raise AcquireTimeoutError(self.owner.timeout_message(amount))
         handle = None
@@ -211,17 +209,14 @@ class SharedQueue(WaiterQueue):
                 "time.monotonic; this trio run's clock is another (a MockClock?)"
             )
         post = poster()
-        with self._lock:
-            now = _monotonic()
-            if not self.live and self.state.try_take(request, now):
-                return self.state.ticket
-            waiter = _Waiter(amount, request, _INF if timeout is None else now + timeout)
-            if timeout != 0:
-                waiter.event = anyio.Event()
-                waiter.post = post
-                waiter.thread = get_ident()
-                self.owner.before_wait(request, now)
-                self.push(waiter, now)
+
+        def park(waiter: _Waiter) -> None:  # on an event that this run is told to set
+            waiter.event = anyio.Event()
+            waiter.post = post
+
+        ticket, waiter = self._arrive(amount, request, timeout, park)
+        if waiter is None:
+            return ticket
         event = waiter.event
         if event is None:
             raise AcquireTimeoutError(self.owner.timeout_message(amount))
@@ -232,13 +227,7 @@ class SharedQueue(WaiterQueue):
             with anyio.CancelScope(deadline=deadline):
                 await event.wait()
             if waiter.state is not GRANTED:  # its deadline
-                with self._lock:
-                    if waiter.state is WAITING:
-                        self.remove(waiter, _monotonic())
-                    woken = self._take_woken()
-                self._wake(woken)
-                if waiter.state is not GRANTED:
-                    raise AcquireTimeoutError(self.owner.timeout_message(amount))
+                self._time_out(waiter)
         except BaseException:
             if waiter.state is not GONE:
                 self.abandon(waiter)
@@ -247,36 +236,62 @@ class SharedQueue(WaiterQueue):
 
     def block(self, amount: float, request: object, timeout: float | None) -> object:
         """Block this thread until ``request`` is granted; its ticket."""
-        waiter = None
+
+        def park(waiter: _Waiter) -> None:  # on a lock of its own, held until granted
+            waiter.latch = threading.Lock()
+            waiter.latch.acquire()
+
+        ticket, waiter = self._arrive(amount, request, timeout, park)
+        if waiter is None:
+            return ticket
+        latch = waiter.latch
+        if latch is None:
+            raise AcquireTimeoutError(self.owner.timeout_message(amount))
         try:
-            with self._lock:
-                now = _monotonic()
-                if not self.live and self.state.try_take(request, now):
-                    return self.state.ticket
-                if timeout == 0:
-                    raise AcquireTimeoutError(self.owner.timeout_message(amount))
-                waiter = _Waiter(amount, request, _INF if timeout is None else now + timeout)
-                latch = waiter.latch = threading.Lock()
-                latch.acquire()
-                self.owner.before_wait(request, now)
-                self.push(waiter, now)
             while not latch.acquire(timeout=_wait_for(waiter.deadline)):
                 if _monotonic() < waiter.deadline:
                     continue  # the longest single wait, or an early return
-                with self._lock:
-                    if waiter.state is WAITING:
-                        self.remove(waiter, _monotonic())
-                    woken = self._take_woken()
-                self._wake(woken)
-                if waiter.state is not GRANTED:
-                    raise AcquireTimeoutError(self.owner.timeout_message(amount))
+                self._time_out(waiter)
                 break  # granted as it timed out: it is the caller's
         except BaseException:  # a timeout, or an interruption (KeyboardInterrupt)
-            if waiter is not None and waiter.state is not GONE:
+            if waiter.state is not GONE:
                 self.abandon(waiter)
             raise
         assert waiter.state is GRANTED  # only a grant releases the latch
         return waiter.ticket
+
+    def _arrive(
+        self,
+        amount: float,
+        request: object,
+        timeout: float | None,
+        park: Callable[[_Waiter], None],
+    ) -> tuple[object, _Waiter | None]:
+        """Under the lock: ``(ticket, None)`` if nobody waits and ``request`` fits now;
+        else ``(None, waiter)``, the waiter made ready by ``park`` and queued, unless
+        ``timeout`` is 0 (then it is neither)."""
+        with self._lock:
+            now = _monotonic()
+            if not self.live and self.state.try_take(request, now):
+                return self.state.ticket, None
+            waiter = _Waiter(amount, request, _INF if timeout is None else now + timeout)
+            if timeout != 0:
+                park(waiter)
+                waiter.thread = get_ident()
+                self.owner.before_wait(request, now)
+                self.push(waiter, now)
+        return None, waiter
+
+    def _time_out(self, waiter: _Waiter) -> None:
+        """A waiter's deadline passed: it leaves the queue, unless granted meanwhile
+        (then it keeps its grant); raises :class:`AcquireTimeoutError` if it was not."""
+        with self._lock:
+            if waiter.state is WAITING:
+                self.remove(waiter, _monotonic())
+            woken = self._take_woken()
+        self._wake(woken)
+        if waiter.state is not GRANTED:
+            raise AcquireTimeoutError(self.owner.timeout_message(waiter.amount))
 
     # -- leaving -----------------------------------------------------------------------
 
