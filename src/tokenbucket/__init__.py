@@ -21,6 +21,7 @@ from ._errors import (
     TokenBucketError,
     UnknownNameError,
 )
+from ._events import LimiterEvent
 from ._group import BucketGroup
 from ._headers import (
     RateLimitHeaderWarning,
@@ -32,7 +33,7 @@ from ._lease import BlockingLeaseContext, Lease, LeaseContext
 from ._limiter import Limiter
 from ._rate import Rate, per_day, per_hour, per_minute, per_second
 from ._redis import RedisBackend
-from ._statistics import LimiterStatistics, LimitStatistics
+from ._statistics import LimiterCounters, LimiterStatistics, LimitStatistics
 from ._transport import AsyncLimitedTransport, LimitedTransport
 from ._window import SlidingWindow
 
@@ -55,6 +56,8 @@ __all__ = [
     "LimitStatistics",
     "LimitedTransport",
     "Limiter",
+    "LimiterCounters",
+    "LimiterEvent",
     "LimiterStatistics",
     "Rate",
     "RateLimitHeaderWarning",

@@ -15,8 +15,11 @@ store's few operations:
 * ``adjust(request, ticket, actual)``: settle a grant to the real usage.
 * ``release(request, ticket)``: the holder is done; its concurrency slot is free.
 * ``feedback(plan, lease, ticket)``: apply a server's pause and clamps (decided by
-  ``_feedback``), from the response to ``lease`` (granted with ``ticket``) if given.
-* ``statistics()`` and ``at_rest()``: read the state without changing it.
+  ``_feedback``), from the response to ``lease`` (granted with ``ticket``) if given;
+  how many clamps lowered a meter, when known at once (else 0).
+* ``statistics()``, ``counts()`` and ``at_rest()``: read the state without changing it
+  (``counts()``: the running totals of what the store granted, settled and was told, see
+  ``_core.counts``).
 
 The in-memory store (``_memory``) is the default; ``_redis`` opens stores whose state
 lives in Redis. A new backend implements :class:`Backend` and :class:`Store`; nothing in
@@ -33,7 +36,7 @@ from ._errors import ArgumentTypeError, InvalidArgumentError
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from ._core import Meter, Request
+    from ._core import Counts, Meter, Request
     from ._feedback import FeedbackPlan
     from ._memory import MemoryStore
     from ._statistics import LimiterStatistics
@@ -50,8 +53,9 @@ class Store(Protocol):
     def release(self, request: Request, ticket: object) -> Awaitable[None] | None: ...
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
-    ) -> None: ...
+    ) -> int: ...
     def statistics(self) -> LimiterStatistics: ...
+    def counts(self) -> Counts: ...
     def at_rest(self) -> bool: ...
 
 

@@ -60,8 +60,11 @@ class Clamp:
 
 @dataclass(frozen=True, slots=True)
 class FeedbackPlan:
+    """A server's response as a pause and clamps; ``rejected``: it said 429."""
+
     pause: float | None
     clamps: tuple[Clamp, ...]
+    rejected: bool = False
 
 
 def plan_feedback(
@@ -89,7 +92,7 @@ def plan_feedback(
     pause = info.retry_after
     if pause is None and status == 429:
         pause = _PAUSE_ON_429
-    return FeedbackPlan(pause, tuple(clamps))
+    return FeedbackPlan(pause, tuple(clamps), status == 429)
 
 
 def _fit(rate: RateSpec, limit: ServerLimit) -> tuple[float, float] | None:

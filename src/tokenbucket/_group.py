@@ -15,9 +15,10 @@ from ._limiter import Limiter
 from ._rate import Rate
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
     from ._backend import Backend
+    from ._events import LimiterEvent
     from ._lease import BlockingLeaseContext, LeaseContext
 
 __all__ = ["BucketGroup"]
@@ -67,6 +68,7 @@ class BucketGroup:
         "_dynamic",
         "_fixed",
         "_key",
+        "_listeners",
         "_lock",
         "_lookups",
         "_resting",
@@ -96,6 +98,8 @@ class BucketGroup:
                     f"limiters[{name!r}] must be a Limiter, not {type(limiter).__name__}",
                 )
             self._fixed[_check_name(name)] = limiter
+            if limiter._name is None:  # a member is known by its name everywhere
+                limiter._name = name
         self._default: dict[str, Any] | None = None
         if default is not None:
             _limiter_from_config(default, "default")  # validate now, not on first use
@@ -110,6 +114,7 @@ class BucketGroup:
         # Held to make, forget or bring back a limiter: two threads asking for a new name
         # at once get the same one.
         self._lock = threading.RLock()
+        self._listeners: list[Callable[[LimiterEvent], object]] = []  # see subscribe
 
     @classmethod
     def from_dict(
@@ -288,8 +293,36 @@ class BucketGroup:
             backend=self._backend,
             key=_member_key(self._key, name),
         )
+        for listener in self._listeners:
+            limiter.subscribe(listener)
         self._dynamic[name] = limiter
         return limiter
+
+    def subscribe(self, listener: Callable[[LimiterEvent], object]) -> Callable[[], None]:
+        """:meth:`Limiter.subscribe` on every limiter of the group: those configured,
+        those made from the default so far and those made later (an event's ``limiter``
+        is the member's name). Returns a function that unsubscribes it from all."""
+        if not callable(listener):
+            raise ArgumentTypeError(
+                "listener", f"listener must be callable, not {type(listener).__name__}"
+            )
+        with self._lock:
+            self._listeners.append(listener)
+            for member in self._members():
+                member.subscribe(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+                    for member in self._members():
+                        member._unsubscribe(listener)
+
+        return unsubscribe
+
+    def _members(self) -> list[Limiter]:
+        """Every limiter of the group that may be used (under the lock)."""
+        return [*self._fixed.values(), *self._dynamic.values(), *self._resting.values()]
 
     def __contains__(self, name: object) -> bool:
         """Whether ``name`` is configured or has a live limiter made from the default."""

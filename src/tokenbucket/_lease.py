@@ -35,6 +35,14 @@ class Lease(Request):
 
     Call :meth:`settle` once with the real usage (e.g. the tokens the response says it
     used); the concurrency slot is released when the block ends.
+
+    Attributes:
+        waited: seconds from the call to the grant, on the limiter's clock: ``0.0`` when
+            it was granted at once. With a backend (Redis) it includes the round trip.
+        binding: what it waited for, once granted after a wait: ``"max_concurrency"``,
+            ``"paused"`` (a server asked to wait), or the rate that refused it last, as
+            ``"<dimension> <rate>"`` (``"tokens 800000/minute"``); ``None`` when it did
+            not wait, or when the backend cannot tell (Redis, for its rates).
     """
 
     __slots__ = ("_limiter", "_stage", "_store", "_ticket", "_timeout")
@@ -90,6 +98,12 @@ class Lease(Request):
         amounts = limiter._amounts(actual)
         self._store.adjust(self, self._ticket, amounts)
         self._stage = _SETTLED
+        if limiter._listeners:
+            limiter._settled(self, amounts)
+
+    def parked(self) -> None:
+        """(The store queues it: the limiter tells its listeners.)"""
+        self._limiter._parked(self)
 
     def feedback(
         self,
@@ -136,7 +150,15 @@ class LeaseContext(Lease):
         store = limiter._store
         ticket = store.try_take(self)  # no second coroutine when it fits at once
         if ticket is None:
-            ticket = await store.take(self, self._timeout)
+            try:
+                ticket = await store.take(self, self._timeout)
+            except BaseException as error:
+                limiter._left(self, error)
+                raise
+            if self.waited or limiter._listeners:
+                limiter._granted(self)
+        elif limiter._listeners:
+            limiter._granted(self)
         self._ticket = ticket
         self._store = store
         self._stage = _OPEN
@@ -177,7 +199,13 @@ class BlockingLeaseContext(LeaseContext):
             raise LeaseError("this acquire_blocking() context was already entered; call it again")
         limiter = self._limiter
         store = limiter._blocking_store()
-        self._ticket = store.acquire_blocking(self, self._timeout)
+        try:
+            self._ticket = store.acquire_blocking(self, self._timeout)
+        except BaseException as error:
+            limiter._left(self, error)
+            raise
+        if self.waited or limiter._listeners:
+            limiter._granted(self)
         self._store = store
         self._stage = _OPEN
         limiter._leases.append(None)

@@ -19,6 +19,8 @@ the limiter or lowers what the meters may grant; it never raises what they may g
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import sys
 import threading
 import weakref
@@ -28,7 +30,14 @@ from . import _validate
 from ._backend import open_store
 from ._config import RateLike, concurrency, parse_limits
 from ._core import Meter, MultiState, Request
-from ._errors import AmountExceedsLimitError, ArgumentTypeError, InvalidArgumentError
+from ._counters import Waits, counters
+from ._errors import (
+    AcquireTimeoutError,
+    AmountExceedsLimitError,
+    ArgumentTypeError,
+    InvalidArgumentError,
+)
+from ._events import EventKind, LimiterEvent, emit, label, log
 from ._feedback import FeedbackPlan, plan_feedback
 from ._headers import ServerFeedback, parse_rate_limit_headers
 from ._lease import BlockingLeaseContext, LeaseContext
@@ -47,6 +56,7 @@ __all__ = ["Limiter"]
 
 _MOST: Final = sys.float_info.max
 _OPENING: Final = threading.Lock()  # opening a limiter's store for threads
+_SUBSCRIBING: Final = threading.Lock()  # changing a limiter's listeners
 
 
 class Limiter:
@@ -96,6 +106,7 @@ class Limiter:
         "_key",
         "_leases",
         "_limits",
+        "_listeners",
         "_multi",
         "_name",
         "_pools",
@@ -104,6 +115,7 @@ class Limiter:
         "_store",
         "_template",
         "_threads",
+        "_waits",
     )
 
     def __init__(
@@ -141,6 +153,8 @@ class Limiter:
         self._pools: dict[Meter, tuple[str, ...]] = {}
         self._store: Store = self._open()
         self._threads: ThreadStore | None = None  # see _blocking_store
+        self._waits = Waits()
+        self._listeners: tuple[Callable[[LimiterEvent], object], ...] = ()
 
     def _configure(self) -> None:
         """Derive what requests are checked against from the dimensions and meters."""
@@ -286,7 +300,9 @@ class Limiter:
         ``Retry-After``). Waiters keep their places; a later, shorter pause does not
         shorten this one."""
         delay = _validate.real(seconds, "seconds", zero=True)
-        self._reporting_store().feedback(FeedbackPlan(delay, ()))
+        plan = FeedbackPlan(delay, ())
+        self._reporting_store().feedback(plan)
+        self._reported(plan, None, 0)
 
     def feedback(
         self,
@@ -318,8 +334,46 @@ class Limiter:
     ) -> ServerFeedback:
         info = headers if isinstance(headers, ServerFeedback) else parse_rate_limit_headers(headers)
         plan = plan_feedback(info, status, self._multi.meters)
-        (self._reporting_store() if store is None else store).feedback(plan, lease, ticket)
+        store = self._reporting_store() if store is None else store
+        corrected = store.feedback(plan, lease, ticket)
+        if corrected or plan.pause is not None or plan.rejected:
+            self._reported(plan, status, corrected)
         return info
+
+    def subscribe(self, listener: Callable[[LimiterEvent], object]) -> Callable[[], None]:
+        """Call ``listener(event)`` on each :class:`LimiterEvent` of this limiter: a wait
+        starts, a request is granted, times out or is cancelled, a lease is settled, a
+        server pauses or corrects the limiter, a response says 429. Returns a function
+        that unsubscribes it.
+
+        The listener runs in the task or thread that lived the event, after the limiter
+        decided it (so it cannot change what is admitted or when), and must be quick: a
+        grant's listener runs before its ``async with`` block starts. An exception it
+        raises is logged (``tokenbucket`` logger) and dropped. Without listeners, the
+        events cost nothing.
+
+        >>> import tokenbucket as tb
+        >>> limiter = tb.Limiter(requests_per_minute=60, name="search")
+        >>> seen = []
+        >>> unsubscribe = limiter.subscribe(lambda event: seen.append(event.kind))
+        >>> unsubscribe()
+        """
+        if not callable(listener):
+            raise ArgumentTypeError(
+                "listener", f"listener must be callable, not {type(listener).__name__}"
+            )
+        with _SUBSCRIBING:
+            self._listeners = (*self._listeners, listener)
+
+        return lambda: self._unsubscribe(listener)
+
+    def _unsubscribe(self, listener: Callable[[LimiterEvent], object]) -> None:
+        """Stop telling ``listener`` (once, if it was subscribed)."""
+        with _SUBSCRIBING:
+            listeners = list(self._listeners)
+            if listener in listeners:
+                listeners.remove(listener)
+                self._listeners = tuple(listeners)
 
     def statistics(self) -> LimiterStatistics:
         """A read-only view of the limiter's state; cheap and side-effect free.
@@ -329,7 +383,12 @@ class Limiter:
         the read is consistent. With a backend (Redis), ``available`` is empty (reading it
         would take a round trip) and the counts are this process's.
         """
-        return self._store.statistics()
+        stats = self._store.statistics()
+        counts = [self._store.counts()]
+        threads = self._threads
+        if threads is not None:
+            counts.append(threads.counts())
+        return dataclasses.replace(stats, counters=counters(self._dims, counts, self._waits))
 
     def __repr__(self) -> str:
         parts = [m.describe() for m in self._multi.meters]
@@ -341,6 +400,88 @@ class Limiter:
         return f"<Limiter{label} {', '.join(parts)} waiters={waiters}>"
 
     # -- internals ---------------------------------------------------------------------
+
+    # What happens to a lease and to the limiter, told to the counters, the log and the
+    # listeners (see _events), in the task or thread that lived it.
+
+    def _parked(self, lease: Request) -> None:
+        """``lease`` could not be granted at once: it waits."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: a request of %s waits", label(self._name), self._named(lease.amounts))
+        if self._listeners:
+            emit(self._listeners, LimiterEvent("wait", self._name, self._named(lease.amounts)))
+
+    def _granted(self, lease: Request) -> None:
+        """``lease`` was granted (after a wait if ``lease.waited``)."""
+        waited = lease.waited
+        if waited:
+            self._waits.granted(waited)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s: granted %s after %.3f s (bound by %s)",
+                    label(self._name),
+                    self._named(lease.amounts),
+                    waited,
+                    lease.binding,
+                )
+        if self._listeners:
+            emit(
+                self._listeners,
+                LimiterEvent(
+                    "grant", self._name, self._named(lease.amounts), waited, lease.binding
+                ),
+            )
+
+    def _left(self, lease: Request, error: BaseException) -> None:
+        """``lease`` left while waiting, with ``error``."""
+        self._waits.left(error)
+        timeout = isinstance(error, AcquireTimeoutError)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s: a request of %s %s",
+                label(self._name),
+                self._named(lease.amounts),
+                "timed out" if timeout else f"left waiting ({type(error).__name__})",
+            )
+        if self._listeners:
+            kind: EventKind = "timeout" if timeout else "cancel"
+            emit(self._listeners, LimiterEvent(kind, self._name, self._named(lease.amounts)))
+
+    def _settled(self, lease: Request, actual: Mapping[int, float]) -> None:
+        """``lease`` was settled to ``actual`` (by dimension index)."""
+        used = list(lease.amounts)
+        for index, value in actual.items():
+            used[index] = value
+        event = LimiterEvent(
+            "settle", self._name, self._named(used), reserved=self._named(lease.amounts)
+        )
+        emit(self._listeners, event)
+
+    def _reported(self, plan: FeedbackPlan, status: int | None, corrected: int) -> None:
+        """A server's report (or :meth:`pause`) paused or corrected the limiter."""
+        name = self._name
+        if plan.rejected:
+            log.warning(
+                "%s: the server answered 429; pausing for %.3f s", label(name), plan.pause or 0.0
+            )
+        elif plan.pause is not None:
+            log.info("%s: paused for %.3f s", label(name), plan.pause)
+        if corrected:
+            log.info(
+                "%s: a server's rate-limit headers lowered %d of its rates", label(name), corrected
+            )
+        listeners = self._listeners
+        if listeners:
+            if plan.rejected:
+                emit(listeners, LimiterEvent("rejected", name, status=status))
+            if plan.pause is not None:
+                emit(listeners, LimiterEvent("pause", name, seconds=plan.pause))
+            if corrected:
+                emit(listeners, LimiterEvent("correction", name, corrections=corrected))
+
+    def _named(self, amounts: Iterable[float]) -> dict[str, float]:
+        """Amounts by dimension name."""
+        return dict(zip(self._dims, amounts, strict=False))
 
     def _check(self, dim: str, value: object) -> float:
         """Check one amount of a request; raise what is wrong with it."""

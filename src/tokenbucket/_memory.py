@@ -29,7 +29,7 @@ from ._threads import SharedQueue
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from ._core import Meter, MultiState, Request
+    from ._core import Counts, Meter, MultiState, Request
     from ._feedback import FeedbackPlan
 
 __all__ = ["MemoryStore"]
@@ -178,7 +178,7 @@ class MemoryStore:
                 raise AcquireTimeoutError(self.timeout_message(1.0)) from None
         if isinstance(waiters, SharedQueue):
             ticket = await waiters.take(1.0, request, timeout)
-            self._last_wait = max(0.0, _monotonic() - now)
+            self._waited(request, _monotonic() - now)
             assert isinstance(ticket, list)
             return ticket
         multi = self._multi
@@ -189,12 +189,13 @@ class MemoryStore:
             return multi.ticket
         if timeout == 0:
             raise AcquireTimeoutError(f"{self._describe()} could not grant the request at once")
+        request.parked()
         waiter = _Waiter(1.0, request, _INF if timeout is None else now + timeout)
         request.seq = next(_ARRIVALS)  # its place among the waiters of every store
         if not waiters.live:
             multi.claim(request, now)  # it will be the head
         await waiters.wait(waiter, now)
-        self._last_wait = max(0.0, waiters.clock() - now)
+        self._waited(request, waiters.clock() - now)
         ticket = waiter.ticket
         assert isinstance(ticket, list)
         return ticket
@@ -239,41 +240,45 @@ class MemoryStore:
 
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
-    ) -> None:
+    ) -> int:
         waiters = self._waiters
         if waiters._thread != get_ident() and self._forwarded(
             lambda: self.feedback(plan, lease, ticket)
         ):
-            return
+            return 0
         now = waiters.here()
         if isinstance(waiters, SharedQueue):
             with waiters.lock:
-                self._feedback(plan, lease, ticket, _monotonic())
+                lowered = self._feedback(plan, lease, ticket, _monotonic())
                 woken = waiters.take_woken()
             waiters.wake(woken)
-            return
-        self._feedback(plan, lease, ticket, now)
+            return lowered
+        return self._feedback(plan, lease, ticket, now)
 
     def _feedback(
         self, plan: FeedbackPlan, lease: Request | None, ticket: object, now: float
-    ) -> None:
+    ) -> int:
         multi = self._multi
         seen = None if lease is None or not isinstance(ticket, list) else (lease, ticket)
+        lowered = 0
         for clamp in plan.clamps:
             meter = multi.meters[clamp.meter]
             until = now + clamp.reset
             shadow = multi.shadows.get(clamp.meter)
             if clamp.fit is None and shadow is not None:
                 # A window fitted to its server before: its server's bucket takes the report.
-                multi.clamp(shadow, clamp.remaining, until, now, None, seen)
+                lowered += multi.clamp(shadow, clamp.remaining, until, now, None, seen)
             elif clamp.fit is None:
-                multi.clamp(meter, clamp.remaining, until, now, clamp.refill, seen)
+                lowered += multi.clamp(meter, clamp.remaining, until, now, clamp.refill, seen)
             else:
                 model = multi.fit(meter, *clamp.fit, now)
-                multi.clamp(model, clamp.remaining, until, now, clamp.fit[0], seen)
+                lowered += multi.clamp(model, clamp.remaining, until, now, clamp.fit[0], seen)
         if plan.pause is not None:
             multi.pause(now + plan.pause, now)
+        if plan.rejected:
+            multi.counts.rejections += 1
         self._kick_self()
+        return lowered
 
     def _forwarded(self, operation: Callable[[], object]) -> bool:
         """From a task of another event loop than the one served, which runs in another
@@ -308,9 +313,19 @@ class MemoryStore:
         if timeout is not None:
             timeout = max(0.0, timeout - (_monotonic() - start))
         ticket = waiters.block(1.0, request, timeout)
-        self._last_wait = max(0.0, _monotonic() - start)
+        self._waited(request, _monotonic() - start)
         assert isinstance(ticket, list)
         return ticket
+
+    def _waited(self, request: Request, seconds: float) -> None:
+        """``request`` was granted ``seconds`` after its call: if it queued (it has an
+        arrival number then), that is its wait, and what refused it last is its binding
+        limit; else it was granted at once."""
+        if request.seq == _INF:
+            self._last_wait = 0.0
+            return
+        self._last_wait = request.waited = max(0.0, seconds)
+        request.binding = self._multi.refusal()
 
     def statistics(self) -> LimiterStatistics:
         waiters = self._waiters
@@ -334,6 +349,9 @@ class MemoryStore:
             next_wakeup=waiters.next_wakeup(),
             last_wait=self._last_wait,
         )
+
+    def counts(self) -> Counts:
+        return self._multi.counts.snapshot()
 
     def at_rest(self) -> bool:
         waiters = self._waiters

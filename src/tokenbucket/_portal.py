@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Mapping
 
     from ._backend import Store
-    from ._core import Request
+    from ._core import Counts, Request
     from ._feedback import FeedbackPlan
     from ._statistics import LimiterStatistics
 
@@ -186,11 +186,14 @@ class ThreadStore:
 
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
-    ) -> None:
-        call(self.store.feedback, plan, lease, ticket)
+    ) -> int:
+        return call(self.store.feedback, plan, lease, ticket)
 
     def statistics(self) -> LimiterStatistics:
         return self.store.statistics()
+
+    def counts(self) -> Counts:
+        return self.store.counts()
 
     def at_rest(self) -> bool:
         return self.store.at_rest()

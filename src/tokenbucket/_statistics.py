@@ -2,13 +2,70 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Final
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["LimitStatistics", "LimiterStatistics"]
+__all__ = ["LimitStatistics", "LimiterCounters", "LimiterStatistics"]
+
+WAIT_BOUNDS: Final = (0.0, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0, math.inf)
+"""The upper bounds (seconds) of the buckets of :attr:`LimiterCounters.wait_histogram`."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterCounters:
+    """What a :class:`~tokenbucket.Limiter` did since it was made: totals that only grow.
+
+    Counted where the limiter's state changes, so exact under any number of threads;
+    cheap enough to be always on. With a backend (Redis), they count this process's
+    calls (every process has its own).
+
+    Attributes:
+        admitted: requests granted.
+        admitted_units: per dimension, the amounts they were granted (as reserved,
+            before settling).
+        waited: grants that waited their turn (queued). On Redis every grant waits at
+            least one round trip, and counts here.
+        wait_seconds: the seconds those grants waited, in total (see
+            ``Lease.waited``).
+        wait_histogram: per upper bound in seconds (``WAIT_BOUNDS``: ``0.0`` for
+            grants made at once, then 1 ms, 10 ms, 100 ms, 1 s, 10 s, 60 s and
+            ``inf``), how many grants waited up to it (and more than the bound before).
+        timeouts: acquisitions that gave up at their timeout.
+        cancellations: acquisitions cancelled while waiting.
+        failures: acquisitions that failed while waiting for another reason (a backend
+            out of reach, for one).
+        settles: leases settled to their real usage.
+        refunded: per dimension, what settling gave back (reserved more than used).
+        debt: per dimension, what settling charged on top (used more than reserved).
+        rejections: responses reported with status 429.
+        pauses: pauses asked for (``Retry-After``, a 429, :meth:`Limiter.pause`).
+        paused_seconds: the seconds those pauses asked for, in total (overlapping
+            pauses each count in full).
+        corrections: server reports (rate-limit headers) that lowered what a meter may
+            grant by more than rounding. On Redis: reports applied, lowering or not.
+    """
+
+    WAIT_BOUNDS: ClassVar[tuple[float, ...]] = WAIT_BOUNDS
+
+    admitted: int = 0
+    admitted_units: Mapping[str, float] = field(default_factory=dict)
+    waited: int = 0
+    wait_seconds: float = 0.0
+    wait_histogram: Mapping[float, int] = field(default_factory=dict)
+    timeouts: int = 0
+    cancellations: int = 0
+    failures: int = 0
+    settles: int = 0
+    refunded: Mapping[str, float] = field(default_factory=dict)
+    debt: Mapping[str, float] = field(default_factory=dict)
+    rejections: int = 0
+    pauses: int = 0
+    paused_seconds: float = 0.0
+    corrections: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +108,7 @@ class LimiterStatistics:
             head waits for a slot).
         last_wait: seconds the most recent grant waited from its call (0 when it was
             granted at once), or ``None`` before the first grant.
+        counters: what the limiter did since it was made (:class:`LimiterCounters`).
     """
 
     available: Mapping[str, float]
@@ -60,3 +118,4 @@ class LimiterStatistics:
     paused_until: float | None
     next_wakeup: float | None
     last_wait: float | None
+    counters: LimiterCounters = field(default_factory=LimiterCounters)

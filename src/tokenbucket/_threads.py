@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import anyio
 
+from ._core import Request
 from ._errors import AcquireTimeoutError
 from ._loop import NOT_ASYNCIO, asyncio_clock, get_running_loop, poster, trio_clock_is_real
 from ._park import GONE, GRANTED, WAITING
@@ -191,6 +192,7 @@ class SharedQueue(WaiterQueue):
                 )
             handle = loop.call_at(waiter.deadline, self.expire, waiter)
         try:
+            _parked(request)
             await waiter.future
         except BaseException:
             if waiter.state is not GONE:
@@ -221,6 +223,7 @@ class SharedQueue(WaiterQueue):
         if event is None:
             raise AcquireTimeoutError(self.owner.timeout_message(amount))
         try:
+            _parked(request)
             deadline = _INF
             if waiter.deadline != _INF:  # on this run's clock
                 deadline = anyio.current_time() + (waiter.deadline - _monotonic())
@@ -248,6 +251,7 @@ class SharedQueue(WaiterQueue):
         if latch is None:
             raise AcquireTimeoutError(self.owner.timeout_message(amount))
         try:
+            _parked(request)
             while not latch.acquire(timeout=_wait_for(waiter.deadline)):
                 if _monotonic() < waiter.deadline:
                     continue  # the longest single wait, or an early return
@@ -490,3 +494,9 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch
     os.register_at_fork(after_in_child=_after_fork)
+
+
+def _parked(request: object) -> None:
+    """Tell a limiter's request (not a single limiter's amount) that it waits."""
+    if isinstance(request, Request):
+        request.parked()

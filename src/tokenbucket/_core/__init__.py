@@ -19,7 +19,8 @@ single limits (:class:`BucketState`, :class:`WindowLog`) share one protocol,
 * ``refund(amount, ticket, now)``: give back (part of) an earlier grant, never more than
   keeps the limit's guarantee intact.
 * ``clamp(most, until, now, refill)``: a server says at most ``most`` is left until
-  ``until`` (or, with ``refill``, coming back at that rate)
+  ``until`` (or, with ``refill``, coming back at that rate); whether that lowered it by
+  more than rounding
 
 :class:`MultiState` (``multi.py``) combines several of them with a concurrency count and
 a pause, for requests that take several dimensions at once.
@@ -37,10 +38,22 @@ from __future__ import annotations
 from typing import Protocol
 
 from .bucket import BucketState
-from .multi import Meter, MultiState, RateSpec, Request
+from .counts import Counts
+from .multi import REFUSED_PAUSE, REFUSED_SLOT, Meter, MultiState, RateSpec, Request
 from .window import WindowLog
 
-__all__ = ["BucketState", "LimitState", "Meter", "MultiState", "RateSpec", "Request", "WindowLog"]
+__all__ = [
+    "REFUSED_PAUSE",
+    "REFUSED_SLOT",
+    "BucketState",
+    "Counts",
+    "LimitState",
+    "Meter",
+    "MultiState",
+    "RateSpec",
+    "Request",
+    "WindowLog",
+]
 
 
 class LimitState(Protocol):
@@ -60,7 +73,7 @@ class LimitState(Protocol):
     def undo(self) -> None: ...
     def ready_at(self, amount: float, now: float) -> float: ...
     def refund(self, amount: float, ticket: float, now: float) -> float: ...
-    def clamp(self, most: float, until: float, now: float, refill: float | None = None) -> None: ...
+    def clamp(self, most: float, until: float, now: float, refill: float | None = None) -> bool: ...
     def at_rest(self, now: float) -> bool: ...
     def rebase(self, now: float) -> None: ...
     def stand_in(self, since: float) -> None: ...

@@ -119,7 +119,7 @@ class BucketState:
         """Take back the latest :meth:`take` exactly, as if it had never happened."""
         self._level, self._stamp, self._taken = self._was
 
-    def clamp(self, most: float, until: float, now: float, refill: float | None = None) -> None:
+    def clamp(self, most: float, until: float, now: float, refill: float | None = None) -> bool:
         """Lower the level at ``now`` to at most ``most`` (never raises it).
 
         A grant made before a clamp that lowered the level gets nothing back from
@@ -129,7 +129,8 @@ class BucketState:
 
         ``until`` (when the server's own count resets) and ``refill`` are not needed: the
         level refills at the bucket's rate from ``now``, which is never faster than the
-        server allows once it is fitted to it (:meth:`retune`).
+        server allows once it is fitted to it (:meth:`retune`). Returns whether it lowered
+        the level by more than rounding.
         """
         del until, refill
         level = self.level(now)
@@ -139,8 +140,10 @@ class BucketState:
             self._level = most
             if level - most > NOISE * self.capacity:  # not a rounding difference
                 self._mark = self._taken  # the server's count covers every grant so far
+                return True
         else:
             self._level = level
+        return False
 
     def since(self, ticket: float) -> float:
         """How much was granted after the grant whose ticket is ``ticket``."""

@@ -21,14 +21,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from .bucket import BucketState
+from .counts import FOLD, Counts
 from .window import WindowLog
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["Meter", "MultiState", "RateSpec", "Request"]
+__all__ = ["REFUSED_PAUSE", "REFUSED_SLOT", "Meter", "MultiState", "RateSpec", "Request"]
 
 _INF: Final = math.inf
+# Why MultiState.refused a request, besides a meter's index.
+REFUSED_SLOT: Final = -1  # no concurrency slot free
+REFUSED_PAUSE: Final = -2  # paused by a server
 
 
 class RateSpec(Protocol):
@@ -105,16 +109,47 @@ class Request:
 
     ``seq`` is its arrival order across every state sharing a meter. Only a request that
     waits needs one (see :meth:`MultiState.claim`); until it is given one it counts as
-    later than every request that has. ``at`` is the instant a state granted it.
+    later than every request that has. ``at`` is the instant a state granted it;
+    ``waited`` and ``binding`` say how long it waited and for what, once granted after a
+    wait.
     """
 
-    __slots__ = ("amounts", "at", "seq", "slot")
+    __slots__ = ("_binding", "_waited", "amounts", "at", "seq", "slot")
 
     def __init__(self, amounts: tuple[float, ...], slot: bool, seq: float = _INF) -> None:
         self.amounts = amounts
         self.slot = slot
         self.seq = seq
         self.at = -_INF  # the instant it was granted
+
+    def parked(self) -> None:
+        """Told by a store when it queues this request (outside any lock): a hook for
+        whoever made it (a lease tells the limiter's listeners)."""
+
+    # Set only by whoever made it wait: nothing to set on the path of a grant made at once.
+    @property
+    def waited(self) -> float:
+        """Seconds from its call to its grant: 0.0 until a wait is recorded."""
+        try:
+            return self._waited
+        except AttributeError:
+            return 0.0
+
+    @waited.setter
+    def waited(self, seconds: float) -> None:
+        self._waited = seconds
+
+    @property
+    def binding(self) -> str | None:
+        """What it waited for (see :meth:`MultiState.refusal`), or ``None``."""
+        try:
+            return self._binding
+        except AttributeError:
+            return None
+
+    @binding.setter
+    def binding(self, what: str | None) -> None:
+        self._binding = what
 
     def __repr__(self) -> str:
         return f"Request({self.amounts!r}, slot={self.slot!r}, seq={self.seq!r})"
@@ -129,8 +164,10 @@ class MultiState:
 
     __slots__ = (
         "_cap",
+        "_granted",
         "_pairs",
         "_positions",
+        "counts",
         "dims",
         "fitted",
         "freed",
@@ -138,6 +175,7 @@ class MultiState:
         "max_concurrency",
         "meters",
         "paused_until",
+        "refused",
         "seen",
         "shadows",
         "ticket",
@@ -162,6 +200,11 @@ class MultiState:
         # ticket.
         self.shadows: dict[int, Meter] = {}
         self.fitted = False  # a meter was fitted to a server's limits
+        # Why the latest request refused was refused: the index of the meter (in meters,
+        # or past them for a shadow), or one of REFUSED_SLOT, REFUSED_PAUSE.
+        self.refused: int | None = None
+        self.counts = Counts(0)
+        self._granted = self.counts.pending
         self.add(dims, meters)
 
     def add(self, dims: Iterable[str], meters: Iterable[Meter]) -> None:
@@ -174,6 +217,7 @@ class MultiState:
             meter.sharers += 1
             self.meters.append(meter)
         self.dims = tuple(names)
+        self.counts.widen(len(names))
         self._pairs = [(m, m.core, self.dims.index(m.dim)) for m in self.meters]
         self._positions = {}
         for position, meter in enumerate(self.meters):
@@ -195,8 +239,10 @@ class MultiState:
         if now > self.seen:
             self.seen = now
         if now < self.paused_until:
+            self.refused = REFUSED_PAUSE
             return False
         if request.slot and self.in_flight >= self._cap:
+            self.refused = REFUSED_SLOT
             return False
         amounts = request.amounts
         claimed = False
@@ -210,18 +256,24 @@ class MultiState:
             if claim is not None:
                 if claim.seq < request.seq:
                     self._undo(tickets)
+                    self.refused = len(tickets)
                     return False
                 claimed = claimed or claim is request
             most = meter.most  # a request in debt waits for a full meter
             ticket = core.take(amount, amount if amount < most else most, now)
             if ticket is None:
                 self._undo(tickets)
+                self.refused = len(tickets)
                 return False
             tickets.append(ticket)
         if request.slot:
             self.in_flight += 1
         self.ticket = tickets
         request.at = now
+        pending = self._granted  # counted: Counts.grant, inline
+        pending.append(amounts)
+        if len(pending) >= FOLD:
+            self.counts.fold()
         if claimed:
             self.freed.extend(self.unclaim(request))
         return True
@@ -269,6 +321,19 @@ class MultiState:
             meter.claim = None
         return released
 
+    def refusal(self) -> str | None:
+        """What refused the latest request refused: ``"max_concurrency"``, ``"paused"``,
+        or a meter as ``"<dimension> <rate>"`` (``"tokens 800000/minute"``); ``None``
+        if none was."""
+        refused = self.refused
+        if refused is None:
+            return None
+        if refused == REFUSED_SLOT:
+            return "max_concurrency"
+        if refused == REFUSED_PAUSE:
+            return "paused"
+        return self._pairs[refused][0].describe()
+
     # -- giving back and correcting --------------------------------------------------------
 
     def refund(self, request: Request, ticket: Sequence[float | None], now: float) -> None:
@@ -297,6 +362,7 @@ class MultiState:
         """Replace a grant's amounts (by dimension index) with ``actual``: an overrun is
         charged as debt, an unused part is refunded. Returns the meters refunded."""
         refunded: list[Meter] = []
+        self.counts.settle(request.amounts, actual)
         count = len(ticket)  # shorter than the pairs for a grant made before a fit
         for position, (meter, core, index) in enumerate(self._pairs):
             if index not in actual:
@@ -318,7 +384,7 @@ class MultiState:
         now: float,
         refill: float | None = None,
         seen: tuple[Request, Sequence[float | None]] | None = None,
-    ) -> None:
+    ) -> bool:
         """Make ``meter`` grant at most ``remaining`` until ``until`` (a server's view),
         what it holds back coming back at ``refill`` units/s if given.
 
@@ -328,6 +394,8 @@ class MultiState:
         exactly, they are taken off it, and what the server refilled since (at
         ``refill``) is added. (A window's log merges grants made at one instant: it
         takes the report as of now.)
+
+        Returns whether it lowered the meter by more than rounding (a correction).
         """
         core = meter.core
         if seen is not None and isinstance(core, BucketState):
@@ -338,7 +406,10 @@ class MultiState:
             if entry is not None and request.at <= now:
                 remaining -= core.since(entry)
                 remaining += (refill or 0.0) * (now - request.at)
-        core.clamp(remaining, until, now, refill)
+        lowered = core.clamp(remaining, until, now, refill)
+        if lowered:
+            self.counts.corrections += 1
+        return lowered
 
     def fit(self, meter: Meter, rate: float, capacity: float, now: float) -> Meter:
         """Model the server behind ``meter`` as a bucket that refills at ``rate`` up to
@@ -370,6 +441,9 @@ class MultiState:
 
     def pause(self, until: float, now: float) -> None:
         """Grant nothing before ``until``; a pause already longer stays."""
+        counts = self.counts
+        counts.pauses += 1
+        counts.paused += max(0.0, until - now)
         if now > self.seen:
             self.seen = now
         if until > self.paused_until:

@@ -275,7 +275,7 @@ class WindowLog:
         else:
             self._total[-1] = self._was
 
-    def clamp(self, most: float, until: float, now: float, refill: float | None = None) -> None:
+    def clamp(self, most: float, until: float, now: float, refill: float | None = None) -> bool:
         """Make at most ``most`` grantable from ``now`` until ``until`` (at most one window
         from now); with ``refill`` (units/s: the server's capacity comes back gradually),
         let it come back at that rate instead of all at ``until``.
@@ -285,21 +285,23 @@ class WindowLog:
         as that much has come back (never after ``until``). The pieces go in the held log,
         merged in order among the pieces held already; the grants are left as they are.
         Costs O(pieces + log n) plus the held entries that leave after the first new
-        piece when it lowers anything, nothing otherwise.
+        piece when it lowers anything, nothing otherwise. Returns whether it lowered the
+        limit by more than rounding.
         """
         now = self._expire(self._inside(now) if self._offset else now)
         if self._offset:
             until = self._inside_up(until)
         excess = self.limit - self._used() - most
         if excess <= 0:
-            return
-        if excess > NOISE * self.limit:  # not a rounding difference
+            return False
+        lowered = excess > NOISE * self.limit  # not a rounding difference
+        if lowered:
             self._mark = self._expiry_of(now)  # see refund
         earliest = math.nextafter(now, math.inf)
         until = max(min(until, now + self.window), earliest)
         if refill is None or refill <= 0:
             self._hold([(until, excess)])
-            return
+            return lowered
         count = min(_PIECES, math.ceil(excess * _PIECES / self.limit))
         part = excess / count
         self._hold(
@@ -308,6 +310,7 @@ class WindowLog:
                 for k in range(1, count + 1)
             ]
         )
+        return lowered
 
     def _hold(self, pieces: list[tuple[float, float]]) -> None:
         """Log ``pieces`` (``(expiry, amount)``, in order, all after the latest instant

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from .._core import Request
+from .._core import Counts, Request
 from .._errors import AcquireTimeoutError, BackendUnavailableError
 from .._statistics import LimiterStatistics
 from ._protocol import MeterSpec, Reservation, Shape
@@ -127,6 +127,7 @@ class RedisStore:
         self.queued: list[float] = []
         self.in_flight = 0
         self.last_wait: float | None = None
+        self._counts = Counts(len(spec.dims))  # this process's (see LimiterCounters)
         self._warned = -math.inf
 
     # -- the store's operations -------------------------------------------------------------
@@ -154,7 +155,7 @@ class RedisStore:
                     # Redis was out of reach a moment ago: the probe finds out when it
                     # answers again; until then, the stand-in.
                     if await self._take_locally(request, deadline, loop):
-                        self.last_wait = loop.time() - start
+                        self._grant(request, loop.time() - start, request.binding)
                         return None
                     continue
                 shape = self.shape
@@ -186,7 +187,7 @@ class RedisStore:
                         raise
                     if not await self._take_locally(request, deadline, loop):
                         continue  # Redis answers again: ask it
-                    self.last_wait = loop.time() - start
+                    self._grant(request, loop.time() - start, request.binding)
                     return None
                 if self._local is not None or self._down_since is not None:
                     self._hand_back()  # Redis answers again: the stand-in is done
@@ -198,11 +199,16 @@ class RedisStore:
                         backend.give_back(reservation)
                         await asyncio.sleep(max(0.0, deadline - loop.time()))
                         raise AcquireTimeoutError(f"{self.label!r}: not granted within {timeout} s")
+                    binding = "max_concurrency" if asked else None
                     if wait > 0.0 or self.paused_until > due:
+                        if self.paused_until > due:
+                            binding = "paused"
+                        if not asked:
+                            request.parked()
                         await self._sleep_until(due, reservation, loop)
                     if backend.on_error == "local":  # only a stand-in needs them
                         self._record(due, request.amounts)
-                    self.last_wait = loop.time() - start
+                    self._grant(request, loop.time() - start, binding)
                     if request.slot:
                         self.in_flight += 1
                     return reservation
@@ -212,6 +218,8 @@ class RedisStore:
                     raise AcquireTimeoutError(f"{self.label!r}: not granted within {timeout} s")
                 # No concurrency slot: block until one is released (or the first
                 # expires), then ask again; with a deadline, not past it.
+                if not asked:
+                    request.parked()
                 asked = True
                 if deadline is None or loop.time() < deadline:
                     await self._wait_for_slot(loop.time() + wait, deadline, loop)
@@ -219,6 +227,13 @@ class RedisStore:
                     raise AcquireTimeoutError(f"{self.label!r}: no slot within {timeout} s")
         finally:
             self.waiters -= 1
+
+    def _grant(self, request: Request, waited: float, binding: str | None) -> None:
+        """Count the grant of ``request``, ``waited`` seconds after its call (a round trip
+        at least), waiting for ``binding`` if known."""
+        self.last_wait = request.waited = max(0.0, waited)
+        request.binding = binding
+        self._counts.grant(request.amounts)
 
     async def _wait_for_slot(
         self, expires: float, deadline: float | None, loop: asyncio.AbstractEventLoop
@@ -461,6 +476,7 @@ class RedisStore:
         await asyncio.sleep(max(0.0, until - self.backend.running_loop().time()))
 
     def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None:
+        self._counts.settle(request.amounts, actual)
         if ticket is None:  # granted by the local stand-in: nothing in Redis to correct
             return
         assert isinstance(ticket, Reservation)
@@ -488,7 +504,7 @@ class RedisStore:
 
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
-    ) -> None:
+    ) -> int:
         # (The grants made since ``lease`` are not taken off what the server reports:
         # they are in Redis, where other processes' are too.)
         del lease, ticket
@@ -506,11 +522,17 @@ class RedisStore:
                 clamps.append(
                     (self._fit(clamp.meter, *clamp.fit), clamp.remaining, clamp.reset, None)
                 )
+        counts = self._counts
+        counts.corrections += len(clamps)
+        counts.rejections += plan.rejected
         if plan.pause is not None:
             until = self.backend.running_loop().time() + plan.pause
             self.paused_until = max(self.paused_until, until)
+            counts.pauses += 1
+            counts.paused += plan.pause
         if clamps or plan.pause is not None:
             self.backend.spawn(self.backend.feedback(self.pause_key, plan.pause, clamps))
+        return 0  # (what Redis's script lowers is not known here)
 
     def _fit(self, index: int, rate: float, capacity: float) -> MeterSpec:
         """Model the server behind meter ``index`` as a bucket of ``rate`` and ``capacity``
@@ -551,6 +573,9 @@ class RedisStore:
             next_wakeup=min(self.queued) if self.queued else None,
             last_wait=self.last_wait,
         )
+
+    def counts(self) -> Counts:
+        return self._counts.snapshot()
 
     def at_rest(self) -> bool:
         # The state lives in Redis: a new store of the same limits would behave the same,
