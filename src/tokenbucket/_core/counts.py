@@ -28,11 +28,11 @@ class Counts:
         "paused",
         "pauses",
         "pending",
-        "version",
         "refunded",
         "rejections",
         "settles",
         "units",
+        "version",
     )
 
     def __init__(self, dims: int) -> None:
