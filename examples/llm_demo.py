@@ -77,6 +77,7 @@ class Outcome:
     rpm: int
     tpm: int
     period: float
+    counters: tb.LimiterCounters | None = None  # what the limiter counted (None: naive)
 
     def rates(self) -> dict[str, float]:
         """Requests and tokens (prompt + completion) per second the server served, from
@@ -289,8 +290,9 @@ async def demonstrate(
                 finally:
                     await close()
             wall = time.monotonic() - start
+            counters = None if limits is None else limits.statistics().counters
             outcomes.append(
-                Outcome(label, count, ok, failed, server.stats(), wall, rpm, tpm, period)
+                Outcome(label, count, ok, failed, server.stats(), wall, rpm, tpm, period, counters)
             )
     return outcomes
 
@@ -316,6 +318,35 @@ def table(outcomes: list[Outcome]) -> str:
                 f"{o.wall:.1f}",
             ]
         )
+    return markdown(head, body)
+
+
+def counters_table(outcomes: list[Outcome]) -> str:
+    """A Markdown table of what each run's limiter counted (statistics().counters)."""
+    head = ["run", "admitted", "waited", "wait s", "429s", "pauses", "corrections"]
+    head += ["tokens refunded", "tokens debt"]
+    body = []
+    for o in outcomes:
+        c = o.counters
+        if c is None:
+            continue
+        body.append(
+            [
+                o.label,
+                f"{c.admitted:,}",
+                f"{c.waited:,}",
+                f"{c.wait_seconds:,.1f}",
+                f"{c.rejections:,}",
+                f"{c.pauses:,}",
+                f"{c.corrections:,}",
+                f"{c.refunded.get('tokens', 0.0):,.0f}",
+                f"{c.debt.get('tokens', 0.0):,.0f}",
+            ]
+        )
+    return markdown(head, body)
+
+
+def markdown(head: list[str], body: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
 
     def line(cells: list[str]) -> str:
@@ -355,6 +386,13 @@ def main(argv: list[str] | None = None) -> None:
         "\nto the last's (tokens: what the requests really used, prompt + completion), and in"
         "\nbrackets as a share of what its limits allowed over that time (the full bucket it"
         "\nstarted with, and its refill). The binding limit is the one used the most."
+    )
+    print("\nWhat each run's limiter counted (limiter.statistics().counters):\n")
+    print(counters_table(outcomes))
+    print(
+        "\nwaited: grants that queued first; wait s: their waits, in total; 429s, pauses and"
+        "\ncorrections: what the server's answers told the limiter; refunded and debt: what"
+        "\nsettling to the real usage gave back, or charged on top of the estimates."
     )
 
 

@@ -31,6 +31,7 @@ from ._headers import (
 )
 from ._lease import BlockingLeaseContext, Lease, LeaseContext
 from ._limiter import Limiter
+from ._otel import Instrumentation, instrument
 from ._rate import Rate, per_day, per_hour, per_minute, per_second
 from ._redis import RedisBackend
 from ._statistics import LimiterCounters, LimiterStatistics, LimitStatistics
@@ -49,6 +50,7 @@ __all__ = [
     "BackendUnavailableError",
     "BlockingLeaseContext",
     "BucketGroup",
+    "Instrumentation",
     "InvalidArgumentError",
     "Lease",
     "LeaseContext",
@@ -71,6 +73,7 @@ __all__ = [
     "__version__",
     "chat_cost",
     "estimate_tokens",
+    "instrument",
     "parse_rate_limit_headers",
     "per_day",
     "per_hour",

@@ -17,9 +17,14 @@ store's few operations:
 * ``feedback(plan, lease, ticket)``: apply a server's pause and clamps (decided by
   ``_feedback``), from the response to ``lease`` (granted with ``ticket``) if given;
   how many clamps lowered a meter, when known at once (else 0).
-* ``statistics()``, ``counts()`` and ``at_rest()``: read the state without changing it
-  (``counts()``: the running totals of what the store granted, settled and was told, see
-  ``_core.counts``).
+* ``update(rates, cap, done)``: give meters (by index) new rates of the same kind and
+  period, and the concurrency cap a new value (``None``: kept), at once for the
+  waiters; then call ``done()``, where the change was applied (it may be posted to the
+  thread of the loop the store serves).
+* ``statistics()``, ``counts()``, ``gauges()`` and ``at_rest()``: read the state without
+  changing it (``counts()``: the running totals of what the store granted, settled and
+  was told, see ``_core.counts``; ``gauges()``: waiters, slots held and whether paused,
+  read from any thread without making the store shared, for metrics).
 
 The in-memory store (``_memory``) is the default; ``_redis`` opens stores whose state
 lives in Redis. A new backend implements :class:`Backend` and :class:`Store`; nothing in
@@ -36,7 +41,7 @@ from ._errors import ArgumentTypeError, InvalidArgumentError
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from ._core import Counts, Meter, Request
+    from ._core import Counts, Meter, RateSpec, Request
     from ._feedback import FeedbackPlan
     from ._memory import MemoryStore
     from ._statistics import LimiterStatistics
@@ -54,8 +59,12 @@ class Store(Protocol):
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
     ) -> int: ...
+    def update(
+        self, rates: Sequence[tuple[int, RateSpec]], cap: int | None, done: Callable[[], object]
+    ) -> None: ...
     def statistics(self) -> LimiterStatistics: ...
     def counts(self) -> Counts: ...
+    def gauges(self) -> tuple[int, int, bool]: ...
     def at_rest(self) -> bool: ...
 
 

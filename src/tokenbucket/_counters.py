@@ -15,7 +15,7 @@ from ._errors import AcquireTimeoutError
 from ._statistics import WAIT_BOUNDS, LimiterCounters
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from ._core import Counts
 
@@ -25,22 +25,30 @@ __all__ = ["Waits", "counters"]
 class Waits:
     """The waits of one limiter's grants, and the acquisitions that gave up waiting."""
 
-    __slots__ = ("_lock", "buckets", "cancellations", "failures", "seconds", "timeouts", "waited")
+    __slots__ = (
+        "_lock",
+        "buckets",
+        "cancellations",
+        "failures",
+        "observers",
+        "seconds",
+        "timeouts",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.waited = 0
         self.seconds = 0.0
         self.buckets = [0] * len(WAIT_BOUNDS)  # the first (granted at once) stays 0 here
         self.timeouts = 0
         self.cancellations = 0
         self.failures = 0
+        # Told each wait (seconds, binding) after it is counted: metrics (see _otel).
+        self.observers: tuple[Callable[[float, str | None], object], ...] = ()
 
     def granted(self, seconds: float) -> None:
-        """A grant waited ``seconds`` (> 0)."""
+        """A grant that queued waited ``seconds``."""
         bucket = bisect_left(WAIT_BOUNDS, seconds)
         with self._lock:
-            self.waited += 1
             self.seconds += seconds
             self.buckets[bucket] += 1
 
@@ -57,13 +65,14 @@ class Waits:
 
 def counters(dims: tuple[str, ...], counts: Iterable[Counts], waits: Waits) -> LimiterCounters:
     """The snapshot of ``counts`` (of the stores of one limiter) and ``waits``."""
-    admitted = settles = rejections = pauses = corrections = 0
+    admitted = queued = settles = rejections = pauses = corrections = 0
     paused = 0.0
     units = [0.0] * len(dims)
     refunded = [0.0] * len(dims)
     debt = [0.0] * len(dims)
     for count in counts:
         admitted += count.grants
+        queued += count.queued
         settles += count.settles
         rejections += count.rejections
         pauses += count.pauses
@@ -75,13 +84,15 @@ def counters(dims: tuple[str, ...], counts: Iterable[Counts], waits: Waits) -> L
                 totals[index] += value
     with waits._lock:
         buckets = waits.buckets.copy()
-        waited, seconds = waits.waited, waits.seconds
+        seconds = waits.seconds
         timeouts, cancellations, failures = waits.timeouts, waits.cancellations, waits.failures
-    buckets[0] = max(0, admitted - sum(buckets))  # granted at once
+    # Grants at once, as the stores counted them; those that queued are in the buckets
+    # once their tasks have run (a grant lost to a cancellation never gets there).
+    buckets[0] += admitted - queued
     return LimiterCounters(
         admitted=admitted,
         admitted_units=dict(zip(dims, units, strict=True)),
-        waited=waited,
+        waited=queued,
         wait_seconds=seconds,
         wait_histogram=dict(zip(WAIT_BOUNDS, buckets, strict=True)),
         timeouts=timeouts,

@@ -18,8 +18,8 @@ at INFO; a 429 at WARNING (Redis's faults are logged by the backend, at WARNING,
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -27,26 +27,26 @@ if TYPE_CHECKING:
 __all__ = ["EventKind", "LimiterEvent", "emit", "label", "log"]
 
 log = logging.getLogger("tokenbucket")
+_NOTHING: Mapping[str, float] = MappingProxyType({})
 
 EventKind = Literal[
     "wait", "grant", "timeout", "cancel", "settle", "pause", "rejected", "correction"
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class LimiterEvent:
-    """One moment of a limiter, as told to its listeners (see :meth:`Limiter.subscribe`).
+class LimiterEvent(NamedTuple):
+    """One moment of a limiter, as told to its listeners (see :meth:`Limiter.subscribe`):
+    an immutable named tuple.
 
     Attributes:
         kind: what happened:
 
-            - ``"wait"``: a task's request could not be granted at once and waits (a
-              thread's wait is told by its ``"grant"`` or ``"timeout"`` alone);
+            - ``"wait"``: a request could not be granted at once and waits (a
+              thread's, on a limiter with a backend, is told once it is granted);
             - ``"grant"``: a request was granted, at once or after a wait (``waited``,
               ``binding``);
-            - ``"timeout"``: a request gave up at its timeout (``waited``);
-            - ``"cancel"``: a request left while waiting, cancelled or failed
-              (``waited``);
+            - ``"timeout"``: a request gave up at its timeout (``timeout=0`` too);
+            - ``"cancel"``: a request left while waiting, cancelled or failed;
             - ``"settle"``: a lease was settled: ``amounts`` is the real usage,
               ``reserved`` what it had reserved;
             - ``"pause"``: the limiter was paused for ``seconds`` (a ``Retry-After``, a
@@ -58,8 +58,8 @@ class LimiterEvent:
         limiter: the limiter's name (a group member's is its name in the group), or
             ``None``.
         amounts: the request's amounts per dimension (for ``"settle"``, the usage).
-        waited: seconds from the call to the grant, or to giving up.
-        binding: what the request waited for (see :attr:`Lease.binding`), if it did.
+        waited: seconds from the call to the grant (``"grant"``).
+        binding: what the request waited for (see ``Lease.binding``), if it did.
         seconds: the pause asked for (``"pause"``).
         status: the response's status (``"rejected"``).
         reserved: what a settled lease had reserved (``"settle"``).
@@ -68,7 +68,7 @@ class LimiterEvent:
 
     kind: EventKind
     limiter: str | None
-    amounts: Mapping[str, float] = field(default_factory=dict)
+    amounts: Mapping[str, float] = _NOTHING
     waited: float = 0.0
     binding: str | None = None
     seconds: float | None = None

@@ -71,6 +71,7 @@ class BucketGroup:
         "_listeners",
         "_lock",
         "_lookups",
+        "_made",
         "_resting",
         "_shared",
         "_sweep_at",
@@ -115,6 +116,7 @@ class BucketGroup:
         # at once get the same one.
         self._lock = threading.RLock()
         self._listeners: list[Callable[[LimiterEvent], object]] = []  # see subscribe
+        self._made: list[Callable[[str, Limiter], object]] = []  # see _on_member
 
     @classmethod
     def from_dict(
@@ -295,6 +297,8 @@ class BucketGroup:
         )
         for listener in self._listeners:
             limiter.subscribe(listener)
+        for made in self._made:
+            made(name, limiter)
         self._dynamic[name] = limiter
         return limiter
 
@@ -308,21 +312,31 @@ class BucketGroup:
             )
         with self._lock:
             self._listeners.append(listener)
-            for member in self._members():
+            for _, member in self._members():
                 member.subscribe(listener)
 
         def unsubscribe() -> None:
             with self._lock:
                 if listener in self._listeners:
                     self._listeners.remove(listener)
-                    for member in self._members():
+                    for _, member in self._members():
                         member._unsubscribe(listener)
 
         return unsubscribe
 
-    def _members(self) -> list[Limiter]:
-        """Every limiter of the group that may be used (under the lock)."""
-        return [*self._fixed.values(), *self._dynamic.values(), *self._resting.values()]
+    def _members(self) -> list[tuple[str, Limiter]]:
+        """Every limiter of the group that may be used, with its name in the group."""
+        with self._lock:
+            return [*self._fixed.items(), *self._dynamic.items(), *self._resting.items()]
+
+    def _on_member(self, made: Callable[[str, Limiter], object], *, remove: bool = False) -> None:
+        """Call ``made(name, limiter)`` for each limiter made from the default from now on
+        (under the group's lock); or stop."""
+        with self._lock:
+            if not remove:
+                self._made.append(made)
+            elif made in self._made:
+                self._made.remove(made)
 
     def __contains__(self, name: object) -> bool:
         """Whether ``name`` is configured or has a live limiter made from the default."""

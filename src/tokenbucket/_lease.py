@@ -57,6 +57,9 @@ class Lease(Request):
         self.amounts = amounts
         self.slot = slot
         self.seq = _LATE
+        self.waited = 0.0
+        self.binding = None
+        self.queued = False
         self._limiter = limiter
         self._timeout = timeout
         self._stage = _NEW
@@ -103,6 +106,7 @@ class Lease(Request):
 
     def parked(self) -> None:
         """(The store queues it: the limiter tells its listeners.)"""
+        self.queued = True
         self._limiter._parked(self)
 
     def feedback(
@@ -155,14 +159,16 @@ class LeaseContext(Lease):
             except BaseException as error:
                 limiter._left(self, error)
                 raise
-            if self.waited or limiter._listeners:
-                limiter._granted(self)
-        elif limiter._listeners:
-            limiter._granted(self)
         self._ticket = ticket
         self._store = store
         self._stage = _OPEN
         limiter._leases.append(None)  # a count that threads cannot lose
+        if self.queued or limiter._listeners:
+            try:
+                limiter._granted(self)
+            except BaseException as error:  # (a listener's KeyboardInterrupt): it ends
+                await self.__aexit__(type(error), error, error.__traceback__)
+                raise
         return self
 
     async def __aexit__(
@@ -204,12 +210,26 @@ class BlockingLeaseContext(LeaseContext):
         except BaseException as error:
             limiter._left(self, error)
             raise
-        if self.waited or limiter._listeners:
-            limiter._granted(self)
         self._store = store
         self._stage = _OPEN
         limiter._leases.append(None)
+        if self.queued or limiter._listeners:
+            try:
+                if self.queued and limiter._threads is not None:
+                    limiter._parked(self)  # (see parked): told now, from this thread
+                limiter._granted(self)
+            except BaseException as error:  # (a listener's KeyboardInterrupt): it ends
+                self.__exit__(type(error), error, error.__traceback__)
+                raise
         return self
+
+    def parked(self) -> None:
+        """(With a backend, a thread's request waits in the portal's loop: its thread
+        tells the wait once granted, so that no listener runs in that loop.)"""
+        if self._limiter._threads is None:
+            super().parked()
+        else:
+            self.queued = True
 
     def __exit__(
         self,

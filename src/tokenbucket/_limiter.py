@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from ._backend import Backend, Store
     from ._rate import Rate
-    from ._statistics import LimiterStatistics
+    from ._statistics import LimiterCounters, LimiterStatistics
 
 __all__ = ["Limiter"]
 
@@ -295,6 +295,97 @@ class Limiter:
         context = self.acquire(timeout=timeout, **amounts)
         return BlockingLeaseContext(self, context.amounts, context.slot, context._timeout)
 
+    def update(
+        self,
+        limits: Mapping[str, RateLike | Sequence[RateLike]] | None = None,
+        *,
+        max_concurrency: int | None = None,
+        **rates: float | Rate,
+    ) -> None:
+        """Change rates and the concurrency cap while the limiter runs, at once for
+        everyone, waiters included.
+
+        ``limiter.update(tokens_per_minute=400_000, max_concurrency=16)``: rates are given
+        as to the constructor. Each replaces the limiter's rate of the same dimension and
+        period (``tokens_per_minute`` replaces the per-minute tokens rate), which stays
+        what it is: an exact window (no ``burst``), or a token bucket (a ``burst``).
+
+        The rule, never over-admitting across the change:
+
+        - a window keeps its log: the grants already in it count against the new limit,
+          so a lower limit admits nothing more until enough of them have left it, and
+          every window holds the old limit before the change and the new one after;
+        - a bucket keeps the tokens on hand, down to its new burst, and refills at its new
+          rate from now on;
+        - a lower cap keeps the leases held, and admits no more until enough have ended;
+        - waiters keep their order: those that fit now are granted at once, the first
+          that does not is timed anew. One asking more than a lowered limit is granted
+          once that rate is full, in debt (as with ``allow_debt``), rather than waiting
+          forever; new requests that large are refused as usual.
+
+        What a server's reports said (see :meth:`feedback`) still holds: a bucket fitted
+        to a server never gets more than the server's rate and burst, and a window's
+        raise waits for what a report held back. Limits shared by a group's members
+        (``BucketGroup.share``) are not changed here. Called from a thread other than
+        that of the event loop the limiter serves, the change is applied there (in
+        order with everything else the loop does).
+
+        Raises:
+            InvalidArgumentError: a rate with no rate of its dimension and period to
+                replace, or of the other kind (burst or not); a cap on a limiter made
+                without one. Nothing is changed.
+            NotImplementedError: a limiter kept in Redis (every process passes its own
+                rates there: change each process's configuration).
+        """
+        specs = parse_limits(limits, rates)
+        multi = self._multi
+        changes: list[tuple[int, Rate]] = []
+        for dim, rate in specs:
+            own = [
+                i
+                for i, m in enumerate(multi.meters)
+                if m.dim == dim and not m.shared and m.rate.period == rate.period
+            ]
+            if not own:
+                have = [m.describe() for m in multi.meters if not m.shared]
+                raise InvalidArgumentError(
+                    dim,
+                    f"{dim!r} has no rate per {rate.period:g} s of its own to update; this "
+                    f"limiter has {have} (update changes existing rates)",
+                )
+            index = own[0]
+            meter = multi.meters[index]
+            if (meter.rate.burst is None) != (rate.burst is None):
+                kind = "an exact window (no burst)" if meter.rate.burst is None else "a bucket"
+                raise InvalidArgumentError(
+                    dim, f"{meter.describe()} is {kind}: its update must be one too"
+                )
+            if any(i == index for i, _ in changes):
+                raise InvalidArgumentError(dim, f"{meter.describe()} is given twice")
+            changes.append((index, rate))
+        cap = None if max_concurrency is None else concurrency(max_concurrency)
+        if cap is not None and multi.max_concurrency is None:
+            raise InvalidArgumentError(
+                "max_concurrency",
+                "this limiter was made without max_concurrency, so its leases hold no "
+                "slot: make it with one (a high one) to change it later",
+            )
+        if not changes and cap is None:
+            return
+
+        def applied() -> None:  # where the store applied it (see Store.update)
+            self._configure()
+            log.info(
+                "%s: updated to %s",
+                label(self._name),
+                ", ".join(
+                    [multi.meters[i].describe() for i, _ in changes]
+                    + ([f"max_concurrency {cap}"] if cap is not None else [])
+                ),
+            )
+
+        self._store.update(changes, cap, applied)
+
     def pause(self, seconds: float) -> None:
         """Admit nothing for ``seconds`` from now (for example after a 429's
         ``Retry-After``). Waiters keep their places; a later, shorter pause does not
@@ -383,12 +474,7 @@ class Limiter:
         the read is consistent. With a backend (Redis), ``available`` is empty (reading it
         would take a round trip) and the counts are this process's.
         """
-        stats = self._store.statistics()
-        counts = [self._store.counts()]
-        threads = self._threads
-        if threads is not None:
-            counts.append(threads.counts())
-        return dataclasses.replace(stats, counters=counters(self._dims, counts, self._waits))
+        return dataclasses.replace(self._store.statistics(), counters=self._counters())
 
     def __repr__(self) -> str:
         parts = [m.describe() for m in self._multi.meters]
@@ -401,6 +487,36 @@ class Limiter:
 
     # -- internals ---------------------------------------------------------------------
 
+    def _counters(self) -> LimiterCounters:
+        """The counters of every store of the limiter (from any thread, sharing nothing)."""
+        counts = [self._store.counts()]
+        threads = self._threads
+        if threads is not None:
+            counts.append(threads.counts())
+        return counters(self._dims, counts, self._waits)
+
+    def _gauges(self) -> tuple[int, int, bool]:
+        """Waiters, slots held and whether paused (from any thread, sharing nothing)."""
+        waiters, held, paused = self._store.gauges()
+        threads = self._threads
+        if threads is not None:
+            more = threads.gauges()
+            waiters, held, paused = waiters + more[0], held + more[1], paused or more[2]
+        return waiters, held, paused
+
+    def _observe_waits(
+        self, observer: Callable[[float, str | None], object], *, remove: bool = False
+    ) -> None:
+        """Tell ``observer`` each wait (seconds, binding) once granted; or stop."""
+        with _SUBSCRIBING:
+            observers = list(self._waits.observers)
+            if remove:
+                if observer in observers:
+                    observers.remove(observer)
+            else:
+                observers.append(observer)
+            self._waits.observers = tuple(observers)
+
     # What happens to a lease and to the limiter, told to the counters, the log and the
     # listeners (see _events), in the task or thread that lived it.
 
@@ -412,10 +528,13 @@ class Limiter:
             emit(self._listeners, LimiterEvent("wait", self._name, self._named(lease.amounts)))
 
     def _granted(self, lease: Request) -> None:
-        """``lease`` was granted (after a wait if ``lease.waited``)."""
+        """``lease`` was granted (after a wait if ``lease.queued``)."""
         waited = lease.waited
-        if waited:
-            self._waits.granted(waited)
+        if lease.queued:
+            waits = self._waits
+            waits.granted(waited)
+            for observe in waits.observers:
+                observe(waited, lease.binding)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s: granted %s after %.3f s (bound by %s)",

@@ -29,7 +29,7 @@ from ._threads import SharedQueue
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from ._core import Counts, Meter, MultiState, Request
+    from ._core import Counts, Meter, MultiState, RateSpec, Request
     from ._feedback import FeedbackPlan
 
 __all__ = ["MemoryStore"]
@@ -192,6 +192,7 @@ class MemoryStore:
         request.parked()
         waiter = _Waiter(1.0, request, _INF if timeout is None else now + timeout)
         request.seq = next(_ARRIVALS)  # its place among the waiters of every store
+        request.binding = multi.refusal()  # its own refusal, or the head's (until its own)
         if not waiters.live:
             multi.claim(request, now)  # it will be the head
         await waiters.wait(waiter, now)
@@ -280,6 +281,44 @@ class MemoryStore:
         self._kick_self()
         return lowered
 
+    def update(
+        self, rates: Sequence[tuple[int, RateSpec]], cap: int | None, done: Callable[[], object]
+    ) -> None:
+        waiters = self._waiters
+        if (
+            waiters.key is None
+            and not isinstance(waiters, SharedQueue)
+            and get_running_loop() is None
+            and trio_root() is None
+        ):
+            # Never used, and no event loop here (a configuration step): nothing waits
+            # and nothing binds it, so it stays free to serve a loop, on any clock.
+            self._update(rates, cap, waiters.peek_now())
+            done()
+            return
+        if waiters._thread != get_ident() and self._forwarded(
+            lambda: self.update(rates, cap, done)
+        ):
+            return
+        now = waiters.here()
+        if isinstance(waiters, SharedQueue):
+            with waiters.lock:
+                self._update(rates, cap, _monotonic())
+                done()
+                woken = waiters.take_woken()
+            waiters.wake(woken)
+            return
+        self._update(rates, cap, now)
+        done()
+
+    def _update(self, rates: Sequence[tuple[int, RateSpec]], cap: int | None, now: float) -> None:
+        multi = self._multi
+        for index, rate in rates:
+            multi.update(multi.meters[index], rate, now)
+        if cap is not None:
+            multi.cap(cap)
+        self._kick_self()  # grant who fits now, in order, and time the head anew
+
     def _forwarded(self, operation: Callable[[], object]) -> bool:
         """From a task of another event loop than the one served, which runs in another
         thread: have that loop run ``operation`` (a settlement, a report, a release)
@@ -319,13 +358,11 @@ class MemoryStore:
 
     def _waited(self, request: Request, seconds: float) -> None:
         """``request`` was granted ``seconds`` after its call: if it queued (it has an
-        arrival number then), that is its wait, and what refused it last is its binding
-        limit; else it was granted at once."""
+        arrival number then), that is its wait; else it was granted at once."""
         if request.seq == _INF:
             self._last_wait = 0.0
             return
         self._last_wait = request.waited = max(0.0, seconds)
-        request.binding = self._multi.refusal()
 
     def statistics(self) -> LimiterStatistics:
         waiters = self._waiters
@@ -352,6 +389,13 @@ class MemoryStore:
 
     def counts(self) -> Counts:
         return self._multi.counts.snapshot()
+
+    def gauges(self) -> tuple[int, int, bool]:
+        waiters = self._waiters
+        multi = self._multi
+        # Off the loop's thread, its clock is read only if it is time.monotonic.
+        now = _monotonic() if waiters.clock is time.monotonic else waiters.peek_now()
+        return waiters.live, multi.in_flight, multi.paused_until > now
 
     def at_rest(self) -> bool:
         waiters = self._waiters
@@ -415,6 +459,7 @@ class MemoryStore:
     def after_dispatch(self, head: Request | None, now: float) -> None:
         multi = self._multi
         if head is not None:
+            head.binding = multi.refusal()  # what refused it just now
             multi.claim(head, now)
         if multi.freed:
             freed, multi.freed = multi.freed, []
@@ -422,6 +467,7 @@ class MemoryStore:
 
     def before_wait(self, request: Request, now: float) -> None:
         request.seq = next(_ARRIVALS)  # its place among the waiters of every store
+        request.binding = self._multi.refusal()  # its own refusal, or the head's
         if not self._waiters.live:
             self._multi.claim(request, now)  # it will be the head
 

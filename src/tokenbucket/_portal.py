@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from ._errors import AcquireTimeoutError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Mapping
+    from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 
     from ._backend import Store
-    from ._core import Counts, Request
+    from ._core import Counts, RateSpec, Request
     from ._feedback import FeedbackPlan
     from ._statistics import LimiterStatistics
 
@@ -189,11 +189,19 @@ class ThreadStore:
     ) -> int:
         return call(self.store.feedback, plan, lease, ticket)
 
+    def update(
+        self, rates: Sequence[tuple[int, RateSpec]], cap: int | None, done: Callable[[], object]
+    ) -> None:
+        call(self.store.update, rates, cap, done)
+
     def statistics(self) -> LimiterStatistics:
         return self.store.statistics()
 
     def counts(self) -> Counts:
         return self.store.counts()
+
+    def gauges(self) -> tuple[int, int, bool]:
+        return self.store.gauges()
 
     def at_rest(self) -> bool:
         return self.store.at_rest()

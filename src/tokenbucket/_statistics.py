@@ -24,17 +24,20 @@ class LimiterCounters:
     calls (every process has its own).
 
     Attributes:
-        admitted: requests granted.
+        admitted: requests granted (also the rare grant whose task was cancelled before
+            it could run: given back at once, it counts in ``cancellations`` too).
         admitted_units: per dimension, the amounts they were granted (as reserved,
             before settling).
-        waited: grants that waited their turn (queued). On Redis every grant waits at
-            least one round trip, and counts here.
-        wait_seconds: the seconds those grants waited, in total (see
+        waited: grants that queued first (the others were granted at once). On Redis:
+            those Redis made wait (every grant takes a round trip, see
             ``Lease.waited``).
-        wait_histogram: per upper bound in seconds (``WAIT_BOUNDS``: ``0.0`` for
-            grants made at once, then 1 ms, 10 ms, 100 ms, 1 s, 10 s, 60 s and
-            ``inf``), how many grants waited up to it (and more than the bound before).
-        timeouts: acquisitions that gave up at their timeout.
+        wait_seconds: the seconds those grants waited, in total.
+        wait_histogram: per upper bound in seconds (``WAIT_BOUNDS``: ``0.0``, then
+            1 ms, 10 ms, 100 ms, 1 s, 10 s, 60 s and ``inf``), how many grants waited up
+            to it (and more than the bound before); ``0.0`` holds the grants made at
+            once. A grant that queued is in it once its task has run.
+        timeouts: acquisitions that gave up at their timeout (``timeout=0`` and not
+            granted at once included).
         cancellations: acquisitions cancelled while waiting.
         failures: acquisitions that failed while waiting for another reason (a backend
             out of reach, for one).

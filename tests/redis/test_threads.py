@@ -315,3 +315,26 @@ async def test_a_pause_from_a_thread_reaches_redis(
             break  # paused, for this process's loop too: the pause is in Redis
         assert time.monotonic() < deadline, "the pause never reached Redis"
         await asyncio.sleep(0.01)
+
+
+async def test_a_threads_wait_is_told_in_its_thread_never_in_the_portal(
+    backend_factory: Callable[..., RecordingBackend],
+) -> None:
+    backend = backend_factory()
+    limiter = tb.Limiter(limits={"units": tb.Rate(10, 1.0, burst=1)}, backend=backend, key="told")
+    seen: list[tuple[str, str]] = []
+    limiter.subscribe(lambda event: seen.append((event.kind, threading.current_thread().name)))
+    leases: list[tb.Lease] = []
+
+    def work() -> None:
+        for _ in range(2):
+            with limiter.acquire_blocking(units=1, timeout=WAIT) as lease:
+                leases.append(lease)
+
+    thread = threading.Thread(target=work, name="worker")
+    thread.start()
+    await asyncio.to_thread(thread.join, WAIT)
+    assert seen == [("grant", "worker"), ("wait", "worker"), ("grant", "worker")]
+    assert 0.05 <= leases[1].waited <= 0.1 + 0.5
+    counters = limiter.statistics().counters
+    assert (counters.admitted, counters.waited) == (2, 1)

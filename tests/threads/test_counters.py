@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -99,3 +100,26 @@ def test_a_blocked_thread_tells_its_wait_and_grant_from_its_own_thread() -> None
     assert seen[0][2] == 0.0
     assert 0.03 <= seen[2][2] == results[1].waited <= 0.05 + 0.5
     assert results[1].binding == "requests 20/second burst 1"
+
+
+def test_an_update_from_another_threads_loop_applies_in_the_loop_served() -> None:
+    limiter = tb.Limiter(tokens_per_second=1000)
+    with loop_in_thread() as loop:
+
+        async def use() -> None:
+            async with limiter.acquire(tokens=1):
+                pass
+
+        submit(loop, use()).result(WAIT)
+
+        async def update() -> None:
+            limiter.update(tokens_per_second=100)
+
+        asyncio.run(update())  # a loop of this thread: posted to the loop served
+
+        async def big() -> None:
+            with pytest.raises(tb.AmountExceedsLimitError):
+                limiter.acquire(tokens=500)
+
+        submit(loop, big()).result(WAIT)
+    assert limiter.rates["tokens"] == (tb.per_second(100),)

@@ -28,6 +28,7 @@ class Counts:
         "paused",
         "pauses",
         "pending",
+        "queued",
         "refunded",
         "rejections",
         "settles",
@@ -37,6 +38,7 @@ class Counts:
 
     def __init__(self, dims: int) -> None:
         self.grants = 0  # requests granted
+        self.queued = 0  # of which queued first (the others were granted at once)
         self.units = [0.0] * dims  # what they took, per dimension
         # Grants not in grants and units yet (amounts, by dimension): appending is all a
         # grant does, and fold() adds them up, a batch at a time.
@@ -64,6 +66,16 @@ class Counts:
             if amount:
                 units[index] += amount
 
+    def grant_queued(self, amounts: tuple[float, ...]) -> None:
+        """Count a grant of ``amounts`` that queued first, with its grant: a reader in
+        another thread sees both or neither (see :meth:`snapshot`)."""
+        self.version += 1
+        self.pending.append(amounts)
+        self.queued += 1
+        self.version += 1
+        if len(self.pending) >= FOLD:
+            self.fold()
+
     def fold(self) -> None:
         """Add the pending grants to the totals."""
         pending = self.pending
@@ -80,8 +92,9 @@ class Counts:
         """A copy with every grant added up. Changes nothing, so it may be taken from any
         thread: the totals are then those of an instant or other while it is read."""
         copy = Counts(0)
-        while True:  # until no fold ran meanwhile, which would count its grants twice
+        while True:  # until no fold or queued grant ran meanwhile (see grant_queued)
             version = self.version
+            copy.queued = self.queued
             copy.pending = self.pending.copy()  # (one step: safe against an append)
             copy.grants, copy.units = self.grants, [*self.units]
             if version % 2 == 0 and self.version == version:

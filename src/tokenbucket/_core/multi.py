@@ -114,42 +114,21 @@ class Request:
     wait.
     """
 
-    __slots__ = ("_binding", "_waited", "amounts", "at", "seq", "slot")
+    __slots__ = ("amounts", "at", "binding", "queued", "seq", "slot", "waited")
 
     def __init__(self, amounts: tuple[float, ...], slot: bool, seq: float = _INF) -> None:
         self.amounts = amounts
         self.slot = slot
         self.seq = seq
         self.at = -_INF  # the instant it was granted
+        self.waited = 0.0  # seconds from its call to its grant, if it waited
+        self.binding: str | None = None  # what it waited for (see MultiState.refusal)
+        self.queued = False  # a store queued it (see parked)
 
     def parked(self) -> None:
-        """Told by a store when it queues this request (outside any lock): a hook for
-        whoever made it (a lease tells the limiter's listeners)."""
-
-    # Set only by whoever made it wait: nothing to set on the path of a grant made at once.
-    @property
-    def waited(self) -> float:
-        """Seconds from its call to its grant: 0.0 until a wait is recorded."""
-        try:
-            return self._waited
-        except AttributeError:
-            return 0.0
-
-    @waited.setter
-    def waited(self, seconds: float) -> None:
-        self._waited = seconds
-
-    @property
-    def binding(self) -> str | None:
-        """What it waited for (see :meth:`MultiState.refusal`), or ``None``."""
-        try:
-            return self._binding
-        except AttributeError:
-            return None
-
-    @binding.setter
-    def binding(self, what: str | None) -> None:
-        self._binding = what
+        """Told by a store when it queues this request, in the task or thread that waits,
+        before it waits, outside any lock. (A lease also tells the limiter's listeners.)"""
+        self.queued = True
 
     def __repr__(self) -> str:
         return f"Request({self.amounts!r}, slot={self.slot!r}, seq={self.seq!r})"
@@ -164,6 +143,7 @@ class MultiState:
 
     __slots__ = (
         "_cap",
+        "_fits",
         "_granted",
         "_pairs",
         "_positions",
@@ -179,6 +159,7 @@ class MultiState:
         "seen",
         "shadows",
         "ticket",
+        "updated",
     )
 
     def __init__(
@@ -200,6 +181,8 @@ class MultiState:
         # ticket.
         self.shadows: dict[int, Meter] = {}
         self.fitted = False  # a meter was fitted to a server's limits
+        self._fits: dict[Meter, tuple[float, float]] = {}  # a bucket meter's fit: see update
+        self.updated = False  # a rate was changed while running (see update)
         # Why the latest request refused was refused: the index of the meter (in meters,
         # or past them for a shadow), or one of REFUSED_SLOT, REFUSED_PAUSE.
         self.refused: int | None = None
@@ -270,10 +253,13 @@ class MultiState:
             self.in_flight += 1
         self.ticket = tickets
         request.at = now
-        pending = self._granted  # counted: Counts.grant, inline
-        pending.append(amounts)
-        if len(pending) >= FOLD:
-            self.counts.fold()
+        if request.seq == _INF:  # granted at once: counted (Counts.grant), inline
+            pending = self._granted
+            pending.append(amounts)
+            if len(pending) >= FOLD:
+                self.counts.fold()
+        else:  # it queued first (see claim)
+            self.counts.grant_queued(amounts)
         if claimed:
             self.freed.extend(self.unclaim(request))
         return True
@@ -425,6 +411,7 @@ class MultiState:
         if isinstance(meter.core, BucketState):
             meter.core.retune(rate, capacity, now)
             meter.most = min(meter.maximum, capacity)
+            self._fits[meter] = (rate, capacity)
             return meter
         index = self._positions[meter]
         shadow = self.shadows.get(index)
@@ -438,6 +425,41 @@ class MultiState:
             shadow.core.retune(rate, capacity, now)
             shadow.maximum = shadow.most = capacity
         return shadow
+
+    def update(self, meter: Meter, rate: RateSpec, now: float) -> None:
+        """Give ``meter`` (one of this state's own, not a shared pool) the rate ``rate``,
+        of the same kind (window or bucket) and period, from ``now`` on.
+
+        A window keeps its log: the grants in it count against the new limit (and a
+        server's report holds a raise back, see ``WindowLog.retune``). A bucket keeps
+        its level, down to the new capacity, and refills at the new rate, or at the
+        server's if it was fitted to a lower one (see :meth:`fit`). A waiter larger
+        than a lowered limit is granted once the meter is full, in debt (see
+        :meth:`try_take`), so it never waits forever.
+        """
+        if now > self.seen:
+            self.seen = now
+        self.updated = True
+        core = meter.core
+        meter.rate = rate
+        if isinstance(core, BucketState):
+            assert rate.burst is not None
+            per_second, burst = rate.amount / rate.period, rate.burst
+            meter.maximum = burst
+            server = self._fits.get(meter)
+            if server is not None:  # fitted to a server: never more than it allows
+                per_second, burst = min(per_second, server[0]), min(burst, server[1])
+            core.retune(per_second, burst, now)
+            meter.most = min(meter.maximum, burst)
+        else:
+            core.retune(rate.amount, now)
+            meter.maximum = meter.most = core.maximum
+
+    def cap(self, max_concurrency: int) -> None:
+        """Hold at most ``max_concurrency`` grants at once from now on (those held above
+        it are kept; no more is granted until enough are released)."""
+        self.updated = True
+        self.max_concurrency = self._cap = max_concurrency
 
     def pause(self, until: float, now: float) -> None:
         """Grant nothing before ``until``; a pause already longer stays."""
@@ -462,11 +484,12 @@ class MultiState:
 
     def at_rest(self, now: float) -> bool:
         """Indistinguishable at ``now`` from a new state of the same configuration (one
-        fitted to a server's limits is not: see :meth:`fit`)."""
+        fitted to a server's limits, or updated, is not: see :meth:`fit`, :meth:`update`)."""
         return (
             self.in_flight == 0
             and self.paused_until <= now
             and not self.fitted
+            and not self.updated
             and all(core.at_rest(now) for _, core, _ in self._pairs)
         )
 

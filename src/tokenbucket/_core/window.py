@@ -312,6 +312,18 @@ class WindowLog:
         )
         return lowered
 
+    def retune(self, limit: float, now: float) -> None:
+        """Admit at most ``limit`` per window from ``now`` on. The grants in the window
+        count against it as they count against the old one: a lower limit grants
+        nothing until enough of them have left the window. What a server's report holds
+        back (see :meth:`clamp`) holds a raise back too, until the last of it leaves:
+        the server said how much is left, whatever the limit here."""
+        self._expire(self._inside(now) if self._offset else now)
+        more = limit - self.limit
+        if more > 0 and self._held_head < len(self._held):
+            self._hold([(self._held[-1], more)])
+        self.limit = limit
+
     def _hold(self, pieces: list[tuple[float, float]]) -> None:
         """Log ``pieces`` (``(expiry, amount)``, in order, all after the latest instant
         seen) among the held entries: one pass over those that expire after the first."""

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -21,9 +22,10 @@ from .._statistics import LimiterStatistics
 from ._protocol import MeterSpec, Reservation, Shape
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from .._backend import StoreSpec
+    from .._core import RateSpec
     from .._feedback import FeedbackPlan
     from .._memory import MemoryStore
     from ._backend import RedisBackend
@@ -204,7 +206,11 @@ class RedisStore:
                         if self.paused_until > due:
                             binding = "paused"
                         if not asked:
-                            request.parked()
+                            try:
+                                request.parked()
+                            except BaseException:  # (a listener's KeyboardInterrupt)
+                                backend.give_back(reservation)
+                                raise
                         await self._sleep_until(due, reservation, loop)
                     if backend.on_error == "local":  # only a stand-in needs them
                         self._record(due, request.amounts)
@@ -230,10 +236,17 @@ class RedisStore:
 
     def _grant(self, request: Request, waited: float, binding: str | None) -> None:
         """Count the grant of ``request``, ``waited`` seconds after its call (a round trip
-        at least), waiting for ``binding`` if known."""
+        at least), waiting for ``binding`` if known (else ``None``: a rate, or no wait)."""
         self.last_wait = request.waited = max(0.0, waited)
         request.binding = binding
-        self._counts.grant(request.amounts)
+        counts = self._counts
+        if request.queued:  # Redis (or the stand-in) made it wait: not granted at once
+            counts.version += 1  # (a reader sees both counts or neither: Counts.snapshot)
+            counts.grant(request.amounts)
+            counts.queued += 1
+            counts.version += 1
+        else:
+            counts.grant(request.amounts)
 
     async def _wait_for_slot(
         self, expires: float, deadline: float | None, loop: asyncio.AbstractEventLoop
@@ -365,11 +378,12 @@ class RedisStore:
                         f"{self.label!r}: {amount!r} of {dim!r} exceeds what the local "
                         f"stand-in (local_share={self.backend.local_share!r}) can grant"
                     )
-            alone = Request(request.amounts, False, request.seq)  # the cap stays in Redis
+            alone = _StandIn(request)  # the cap stays in Redis
             left = None if deadline is None else max(0.0, deadline - loop.time())
             granted, ticket = await self._unless_returned(local.take(alone, left), returned)
             if not granted or returned.done():  # Redis answered meanwhile: ask it
                 return False
+            request.binding = alone.binding
         finally:
             self._local_tasks.discard(task)
         local.release(alone, ticket)
@@ -502,6 +516,15 @@ class RedisStore:
         if isinstance(ticket, Reservation):
             self.backend.give_back(ticket)
 
+    def update(
+        self, rates: Sequence[tuple[int, RateSpec]], cap: int | None, done: Callable[[], object]
+    ) -> None:
+        raise NotImplementedError(
+            f"{self.label!r}: Limiter.update is not available with a Redis backend yet "
+            "(every process passes its own rates to Redis): change the configuration of "
+            "every process instead"
+        )
+
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
     ) -> int:
@@ -577,7 +600,26 @@ class RedisStore:
     def counts(self) -> Counts:
         return self._counts.snapshot()
 
+    def gauges(self) -> tuple[int, int, bool]:
+        # The pause is on the loop's clock: asyncio's is time.monotonic.
+        return self.waiters, self.in_flight, self.paused_until > time.monotonic()
+
     def at_rest(self) -> bool:
         # The state lives in Redis: a new store of the same limits would behave the same,
         # unless this one was fitted to a server's limits (see _fit).
         return not self.waiters and not self.in_flight and self.shape.meters == self._configured
+
+
+class _StandIn(Request):
+    """A request as the local stand-in takes it: without a slot (the cap stays in
+    Redis), telling the request it stands for when it waits."""
+
+    __slots__ = ("_of",)
+
+    def __init__(self, request: Request) -> None:
+        super().__init__(request.amounts, False, request.seq)
+        self._of = request
+
+    def parked(self) -> None:
+        self.queued = True
+        self._of.parked()
