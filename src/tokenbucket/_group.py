@@ -302,6 +302,26 @@ class BucketGroup:
         self._dynamic[name] = limiter
         return limiter
 
+    def reset(self, name: str) -> None:
+        """Forget what the limiter of ``name`` granted: :meth:`Limiter.reset`. A name
+        with no limiter in use (none made from the default yet, or one forgotten) has
+        nothing to forget.
+
+        Raises:
+            UnknownNameError: ``name`` is not configured and the group has no default.
+        """
+        limiter = self._fixed.get(name)
+        if limiter is None:
+            with self._lock:
+                limiter = self._dynamic.get(name) or self._resting.get(name)
+            if limiter is None:
+                if self._default is None:
+                    raise UnknownNameError(
+                        f"no limits for {name!r}; known names: {sorted(self._fixed)}"
+                    )
+                return
+        limiter.reset()
+
     def subscribe(self, listener: Callable[[LimiterEvent], object]) -> Callable[[], None]:
         """:meth:`Limiter.subscribe` on every limiter of the group: those configured,
         those made from the default so far and those made later (an event's ``limiter``

@@ -386,6 +386,20 @@ class Limiter:
 
         self._store.update(changes, cap, applied)
 
+    def reset(self) -> None:
+        """Forget what the limiter granted and what servers told it: every rate admits
+        in full again, as a new limiter's would; a server's pause ends and its
+        corrections are dropped (until its next report). Waiters that now fit are
+        granted at once, in order. Kept: the leases held (their slots, and settling them:
+        less than reserved gives nothing back, more is charged), the counters, changes
+        made by :meth:`update`, and limits shared by a group's members.
+
+        Raises:
+            NotImplementedError: a limiter kept in Redis.
+        """
+        self._store.reset()
+        log.info("%s: reset", label(self._name))
+
     def pause(self, seconds: float) -> None:
         """Admit nothing for ``seconds`` from now (for example after a 429's
         ``Retry-After``). Waiters keep their places; a later, shorter pause does not

@@ -319,6 +319,24 @@ class MemoryStore:
             multi.cap(cap)
         self._kick_self()  # grant who fits now, in order, and time the head anew
 
+    def reset(self) -> None:
+        waiters = self._waiters
+        if waiters._thread != get_ident() and self._forwarded(self.reset):
+            return
+        if waiters.key is None and not isinstance(waiters, SharedQueue):
+            self._multi.reset(waiters.peek_now())  # never used: nothing to bind
+            return
+        now = waiters.here()
+        if isinstance(waiters, SharedQueue):
+            with waiters.lock:
+                self._multi.reset(_monotonic())
+                self._kick_self()
+                woken = waiters.take_woken()
+            waiters.wake(woken)
+            return
+        self._multi.reset(now)
+        self._kick_self()
+
     def _forwarded(self, operation: Callable[[], object]) -> bool:
         """From a task of another event loop than the one served, which runs in another
         thread: have that loop run ``operation`` (a settlement, a report, a release)

@@ -194,6 +194,9 @@ class ThreadStore:
     ) -> None:
         call(self.store.update, rates, cap, done)
 
+    def reset(self) -> None:
+        call(self.store.reset)
+
     def statistics(self) -> LimiterStatistics:
         return self.store.statistics()
 

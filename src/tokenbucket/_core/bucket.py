@@ -149,6 +149,14 @@ class BucketState:
         """How much was granted after the grant whose ticket is ``ticket``."""
         return max(0.0, self._taken - ticket)
 
+    def reset(self, now: float) -> None:
+        """Full at ``now``, as if nothing had been granted; a grant made before gets
+        nothing back from :meth:`refund` (it is forgotten)."""
+        if now > self._stamp:
+            self._stamp = now
+        self._level = self.capacity
+        self._mark = self._taken
+
     def retune(self, rate: float, capacity: float, now: float) -> None:
         """Refill at ``rate`` up to ``capacity`` from ``now`` on (the level so far is
         kept, down to the new capacity)."""

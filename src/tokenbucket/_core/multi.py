@@ -455,6 +455,38 @@ class MultiState:
             core.retune(rate.amount, now)
             meter.maximum = meter.most = core.maximum
 
+    def reset(self, now: float) -> None:
+        """Forget what this state granted and what servers told it: its own meters are
+        full again at their configured rates (a meter fitted to a server is given back
+        its own parameters, a window's shadow stops binding), and a pause ends. Shared
+        pools, the slots held and the counters are kept; a grant made before gets
+        nothing back when settled for less (it is forgotten), and is charged when settled
+        for more."""
+        if now > self.seen:
+            self.seen = now
+        self.paused_until = -_INF
+        for meter in self.meters:
+            if meter.shared:
+                continue
+            core = meter.core
+            rate = meter.rate
+            if isinstance(core, BucketState):
+                assert rate.burst is not None
+                core.retune(rate.amount / rate.period, rate.burst, now)
+            core.reset(now)
+            meter.maximum = meter.most = core.maximum
+        for index, shadow in self.shadows.items():
+            # A server's model beside a window: as loose as the window itself from now
+            # on, until the server's next report fits it again.
+            own = self.meters[index].rate
+            core = shadow.core
+            assert isinstance(core, BucketState)
+            core.retune(own.amount / own.period, own.amount, now)
+            core.reset(now)
+            shadow.maximum = shadow.most = core.maximum
+        self._fits.clear()
+        self.fitted = False
+
     def cap(self, max_concurrency: int) -> None:
         """Hold at most ``max_concurrency`` grants at once from now on (those held above
         it are kept; no more is granted until enough are released)."""

@@ -312,6 +312,16 @@ class WindowLog:
         )
         return lowered
 
+    def reset(self, now: float) -> None:
+        """Forget every grant and held piece: the whole limit is grantable at ``now``. A
+        grant made before gets nothing back from :meth:`refund` (it is forgotten)."""
+        now = self._expire(self._inside(now) if self._offset else now)
+        if self._head < len(self._expiry):
+            self._drop(math.inf)
+        if self._held_head < len(self._held):
+            self._drop_held(math.inf)
+        self._mark = max(self._mark, self._expiry_of(now))
+
     def retune(self, limit: float, now: float) -> None:
         """Admit at most ``limit`` per window from ``now`` on. The grants in the window
         count against it as they count against the old one: a lower limit grants

@@ -525,6 +525,11 @@ class RedisStore:
             "every process instead"
         )
 
+    def reset(self) -> None:
+        raise NotImplementedError(
+            f"{self.label!r}: Limiter.reset is not available with a Redis backend yet"
+        )
+
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
     ) -> int:
