@@ -394,10 +394,14 @@ class Limiter:
         less than reserved gives nothing back, more is charged), the counters, changes
         made by :meth:`update`, and limits shared by a group's members.
 
-        Raises:
-            NotImplementedError: a limiter kept in Redis.
+        With a backend (Redis), every process using the limit sees it forgotten (its
+        keys are deleted, in the background); a server's corrections are dropped in this
+        process (each process keeps what the server told it).
         """
         self._store.reset()
+        threads = self._threads
+        if threads is not None:  # the threads' store of a Redis limiter: its own view
+            threads.reset()
         log.info("%s: reset", label(self._name))
 
     def pause(self, seconds: float) -> None:

@@ -556,6 +556,10 @@ class RedisBackend:
         keys, args = _protocol.encode_feedback(self._now_arg(), pause_key, pause, clamps)
         await self._with_policy("feedback", keys, args)
 
+    async def forget(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` (a limiter's meters and pause: a reset)."""
+        await self._with_policy("forget", keys, [])
+
     def __repr__(self) -> str:
         return (
             f"<RedisBackend prefix={self.prefix!r} time={self.time_source} "

@@ -51,6 +51,7 @@ PRELUDES: Final[Mapping[str, tuple[str, ...]]] = {
     "adjust": ("clock", "log"),
     "feedback": ("clock", "log"),
     "charge": ("clock", "log"),
+    "forget": (),
 }
 
 

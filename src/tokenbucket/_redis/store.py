@@ -73,6 +73,7 @@ class RedisStore:
         self.max_concurrency = spec.max_concurrency
         self.meters: list[MeterSpec] = []
         self.indexes: list[int] = []
+        self._pooled: set[int] = set()  # the meters shared with other limiters
         for i, meter in enumerate(spec.meters):
             rate = meter.rate
             label = f"{meter.dim}:{rate.amount!r}/{rate.period!r}"
@@ -82,6 +83,8 @@ class RedisStore:
                 kind, p1, p2 = "b", rate.amount / rate.period, rate.burst
                 label += f":b{rate.burst!r}"
             pool = [escape(part) for part in spec.pools.get(meter, ())]
+            if pool:
+                self._pooled.add(i)
             # Every key of one limiter (and of one group) under one hash tag: tag[0].
             key = backend.key(tag[0], *pool) if pool else backend.key(*tag, f"{i}", label)
             self.meters.append(MeterSpec(kind, key, p1, p2))  # type: ignore[arg-type]
@@ -526,9 +529,27 @@ class RedisStore:
         )
 
     def reset(self) -> None:
-        raise NotImplementedError(
-            f"{self.label!r}: Limiter.reset is not available with a Redis backend yet"
-        )
+        # Every process using the limit sees it forgotten: its keys are deleted. What a
+        # server told this process (its fits) is dropped here; other processes' own
+        # fits stay theirs until their next report.
+        keys = [self.pause_key]
+        for index, configured in enumerate(self._configured):
+            if index in self._pooled:
+                continue  # a limit shared with other limiters: not this one's to forget
+            key = configured.key
+            keys += [key, key + ":last"] if configured.kind == "b" else [key, key + ":sum"]
+            keys.append(key + ":mark")
+            self.meters[index] = configured  # a bucket fitted to a server: its own again
+        for index, shadow in self._shadows.items():
+            own = self._configured[index]  # a window: as loose as it, until a next report
+            key = self.meters[shadow].key
+            self.meters[shadow] = MeterSpec("b", key, own.p1 / own.p2, own.p1)
+            keys += [key, key + ":last"]
+        self.shape = replace(self.shape, meters=tuple(self.meters))
+        self._horizon = max([self._windows] + [m.p2 / m.p1 for m in self.meters if m.kind == "b"])
+        self.paused_until = -math.inf
+        self._granted.clear()  # forgotten: never charged to a stand-in
+        self.backend.spawn(self.backend.forget(keys))
 
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
