@@ -394,9 +394,13 @@ class Limiter:
         less than reserved gives nothing back, more is charged), the counters, changes
         made by :meth:`update`, and limits shared by a group's members.
 
-        With a backend (Redis), every process using the limit sees it forgotten (its
-        keys are deleted, in the background); a server's corrections are dropped in this
-        process (each process keeps what the server told it).
+        With a backend (Redis), every process using the limit sees it forgotten: its keys
+        are deleted (in the background, before this process's next request; from a
+        thread without an event loop, before ``reset`` returns). A reservation made
+        before, for a later instant (a waiter of another process, sleeping until its
+        turn), is forgotten too: its holder still goes at its instant. A server's
+        corrections are dropped in this process (each process keeps what the server
+        told it).
         """
         self._store.reset()
         threads = self._threads

@@ -266,6 +266,8 @@ class MemoryStore:
             meter = multi.meters[clamp.meter]
             until = now + clamp.reset
             shadow = multi.shadows.get(clamp.meter)
+            if shadow is not None and clamp.meter in multi.dormant:
+                shadow = None  # asleep since a reset: the window takes the report
             if clamp.fit is None and shadow is not None:
                 # A window fitted to its server before: its server's bucket takes the report.
                 lowered += multi.clamp(shadow, clamp.remaining, until, now, None, seen)
@@ -285,14 +287,7 @@ class MemoryStore:
         self, rates: Sequence[tuple[int, RateSpec]], cap: int | None, done: Callable[[], object]
     ) -> None:
         waiters = self._waiters
-        if (
-            waiters.key is None
-            and not isinstance(waiters, SharedQueue)
-            and get_running_loop() is None
-            and trio_root() is None
-        ):
-            # Never used, and no event loop here (a configuration step): nothing waits
-            # and nothing binds it, so it stays free to serve a loop, on any clock.
+        if self._unbound(waiters):
             self._update(rates, cap, waiters.peek_now())
             done()
             return
@@ -321,21 +316,33 @@ class MemoryStore:
 
     def reset(self) -> None:
         waiters = self._waiters
-        if waiters._thread != get_ident() and self._forwarded(self.reset):
+        pools = self._pools
+        if self._unbound(waiters):
+            self._multi.reset(waiters.peek_now(), pools)  # (see update)
             return
-        if waiters.key is None and not isinstance(waiters, SharedQueue):
-            self._multi.reset(waiters.peek_now())  # never used: nothing to bind
+        if waiters._thread != get_ident() and self._forwarded(self.reset):
             return
         now = waiters.here()
         if isinstance(waiters, SharedQueue):
             with waiters.lock:
-                self._multi.reset(_monotonic())
+                self._multi.reset(_monotonic(), pools)
                 self._kick_self()
                 woken = waiters.take_woken()
             waiters.wake(woken)
             return
-        self._multi.reset(now)
+        self._multi.reset(now, pools)
         self._kick_self()
+
+    @staticmethod
+    def _unbound(waiters: WaiterQueue) -> bool:
+        """Never used, and no event loop here (a configuration step): nothing waits and
+        nothing binds the queue, which stays free to serve a loop, on any clock."""
+        return (
+            waiters.key is None
+            and not isinstance(waiters, SharedQueue)
+            and get_running_loop() is None
+            and trio_root() is None
+        )
 
     def _forwarded(self, operation: Callable[[], object]) -> bool:
         """From a task of another event loop than the one served, which runs in another

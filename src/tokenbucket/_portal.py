@@ -195,7 +195,10 @@ class ThreadStore:
         call(self.store.update, rates, cap, done)
 
     def reset(self) -> None:
-        call(self.store.reset)
+        """This process's view only (the limiter's own store deletes the keys): a store
+        of the portal's loop cannot block on it."""
+        forget: Callable[[], object] | None = getattr(self.store, "forget_locally", None)
+        call(self.store.reset if forget is None else forget)
 
     def statistics(self) -> LimiterStatistics:
         return self.store.statistics()

@@ -98,3 +98,29 @@ async def test_a_group_resets_a_name_and_knows_the_names_it_cannot() -> None:
         assert group[name].statistics().available == {"requests": 1.0}
     with pytest.raises(tb.UnknownNameError):
         tb.BucketGroup({"x": tb.Limiter(requests_per_minute=1)}).reset("y")
+
+
+async def test_after_a_reset_a_window_takes_a_servers_report_as_a_new_one_would() -> None:
+    def made() -> tb.Limiter:
+        return tb.Limiter(tokens_per_minute=1000)
+
+    fitted, fresh = made(), made()
+    async with fitted.acquire(tokens=1):
+        pass
+    fitted.feedback(  # OpenAI's headers of a server of 1,000 a minute: a shadow bucket
+        {
+            "x-ratelimit-limit-tokens": "1000",
+            "x-ratelimit-remaining-tokens": "900",
+            "x-ratelimit-reset-tokens": "6.000s",
+        }
+    )
+    assert fitted._multi.shadows
+    fitted.reset()
+    report = {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6s"}
+    for limiter in (fitted, fresh):
+        limiter.feedback(report)
+    await anyio.sleep(1)
+    assert fitted.statistics().available["tokens"] == pytest.approx(
+        fresh.statistics().available["tokens"]
+    )
+    assert fresh.statistics().available["tokens"] == pytest.approx(0)

@@ -25,7 +25,7 @@ from .counts import FOLD, Counts
 from .window import WindowLog
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Container, Iterable, Mapping, Sequence
 
 __all__ = ["REFUSED_PAUSE", "REFUSED_SLOT", "Meter", "MultiState", "RateSpec", "Request"]
 
@@ -149,6 +149,7 @@ class MultiState:
         "_positions",
         "counts",
         "dims",
+        "dormant",
         "fitted",
         "freed",
         "in_flight",
@@ -180,6 +181,7 @@ class MultiState:
         # fit); after the meters in the pairs, so a grant made before it has a shorter
         # ticket.
         self.shadows: dict[int, Meter] = {}
+        self.dormant: set[int] = set()  # the shadows a reset put to sleep (see reset)
         self.fitted = False  # a meter was fitted to a server's limits
         self._fits: dict[Meter, tuple[float, float]] = {}  # a bucket meter's fit: see update
         self.updated = False  # a rate was changed while running (see update)
@@ -414,6 +416,7 @@ class MultiState:
             self._fits[meter] = (rate, capacity)
             return meter
         index = self._positions[meter]
+        self.dormant.discard(index)
         shadow = self.shadows.get(index)
         if shadow is None:
             shadow = Meter(meter.dim, _ServerRate(rate, capacity))
@@ -455,18 +458,19 @@ class MultiState:
             core.retune(rate.amount, now)
             meter.maximum = meter.most = core.maximum
 
-    def reset(self, now: float) -> None:
+    def reset(self, now: float, keep: Container[Meter] = ()) -> None:
         """Forget what this state granted and what servers told it: its own meters are
         full again at their configured rates (a meter fitted to a server is given back
-        its own parameters, a window's shadow stops binding), and a pause ends. Shared
-        pools, the slots held and the counters are kept; a grant made before gets
-        nothing back when settled for less (it is forgotten), and is charged when settled
-        for more."""
+        its own parameters; a window's shadow stops binding and sleeps, see
+        ``dormant``), and a pause ends. Kept: the meters in ``keep`` (shared pools) and
+        any meter shared with another state, the slots held and the counters; a grant
+        made before gets nothing back when settled for less (it is forgotten), and is
+        charged when settled for more."""
         if now > self.seen:
             self.seen = now
         self.paused_until = -_INF
         for meter in self.meters:
-            if meter.shared:
+            if meter.shared or meter in keep:
                 continue
             core = meter.core
             rate = meter.rate
@@ -484,6 +488,7 @@ class MultiState:
             core.retune(own.amount / own.period, own.amount, now)
             core.reset(now)
             shadow.maximum = shadow.most = core.maximum
+            self.dormant.add(index)  # reports go to the window again, until a next fit
         self._fits.clear()
         self.fitted = False
 

@@ -291,6 +291,10 @@ class RedisBackend:
         await self._background.drain(end)
         await (await self._connections()).aclose()
 
+    def background(self) -> set[asyncio.Task[Any]]:
+        """What runs in the background now (calls in flight, give-backs, reports...)."""
+        return self._background.running()
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a give-back or release in the background, keeping a reference to it (at
         most a few at a time, so a burst of them does not exhaust the connection pool)."""

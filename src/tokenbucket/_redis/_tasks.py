@@ -30,6 +30,10 @@ class Background:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def running(self) -> set[asyncio.Task[Any]]:
+        """The tasks started so far and not finished."""
+        return set(self._tasks)
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` when one of a few places is free (so that a burst of give-backs
         does not exhaust the connection pool)."""

@@ -99,6 +99,7 @@ class RedisStore:
         # Per index of a window meter, where among the meters the bucket that models the
         # server behind it is (see _fit).
         self._shadows: dict[int, int] = {}
+        self._dormant: set[int] = set()  # the shadows a reset put to sleep (forget_locally)
         self._fallback = spec.fallback
         self._local: MemoryStore | None = None
         # The grants Redis made this process (loop instant, amounts), for as long as a
@@ -529,9 +530,11 @@ class RedisStore:
         )
 
     def reset(self) -> None:
-        # Every process using the limit sees it forgotten: its keys are deleted. What a
-        # server told this process (its fits) is dropped here; other processes' own
-        # fits stay theirs until their next report.
+        """Forget what the limiter was granted, for every process: its keys are deleted,
+        then :meth:`forget_locally`. In the event loop this store serves, the deletion is
+        sent in the background, after what was sent before, and this store's next
+        requests wait for it (as for a charge-back: see ``_charged``); from a thread
+        without a loop, the thread blocks until it is done (in the portal's loop)."""
         keys = [self.pause_key]
         for index, configured in enumerate(self._configured):
             if index in self._pooled:
@@ -539,17 +542,45 @@ class RedisStore:
             key = configured.key
             keys += [key, key + ":last"] if configured.kind == "b" else [key, key + ":sum"]
             keys.append(key + ":mark")
-            self.meters[index] = configured  # a bucket fitted to a server: its own again
-        for index, shadow in self._shadows.items():
-            own = self._configured[index]  # a window: as loose as it, until a next report
+        for shadow in self._shadows.values():
             key = self.meters[shadow].key
-            self.meters[shadow] = MeterSpec("b", key, own.p1 / own.p2, own.p1)
             keys += [key, key + ":last"]
+        if asyncio.events._get_running_loop() is None:
+            from .._portal import run
+
+            run(self.backend.for_threads().forget(keys))
+        else:
+            backend = self.backend
+            backend.running_loop()  # (moves the backend to this loop if it served another)
+            earlier = backend.background()
+
+            async def forget() -> None:
+                if earlier:  # what was sent before (reports, settlements...) goes first
+                    await asyncio.wait(earlier)
+                await backend.forget(keys)
+
+            self._charging = backend.spawn(forget())
+        self.forget_locally()
+
+    def forget_locally(self) -> None:
+        """Drop what this process was told and kept: a server's pause and fits (a bucket
+        has its own parameters again; a window's shadow, as loose as the window, sleeps
+        until a next fit: reports go to the window), the grants kept for a stand-in, and
+        the stand-in's own state."""
+        for index, configured in enumerate(self._configured):
+            if index not in self._pooled:
+                self.meters[index] = configured
+        for index, shadow in self._shadows.items():
+            own = self._configured[index]
+            self.meters[shadow] = MeterSpec("b", self.meters[shadow].key, own.p1 / own.p2, own.p1)
+            self._dormant.add(index)
         self.shape = replace(self.shape, meters=tuple(self.meters))
         self._horizon = max([self._windows] + [m.p2 / m.p1 for m in self.meters if m.kind == "b"])
         self.paused_until = -math.inf
         self._granted.clear()  # forgotten: never charged to a stand-in
-        self.backend.spawn(self.backend.forget(keys))
+        self._lent.clear()  # nor to Redis when it answers again
+        if self._local is not None:
+            self._local.reset()
 
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
@@ -560,6 +591,8 @@ class RedisStore:
         clamps: list[tuple[MeterSpec, float, float, float | None]] = []
         for clamp in plan.clamps:
             shadow = self._shadows.get(clamp.meter)
+            if shadow is not None and clamp.meter in self._dormant:
+                shadow = None  # asleep since a reset: the window takes the report
             if clamp.fit is None and shadow is not None:
                 # A window fitted to its server before: its server's bucket takes the report.
                 clamps.append((self.meters[shadow], clamp.remaining, clamp.reset, None))
@@ -594,6 +627,7 @@ class RedisStore:
             self.meters[index] = fitted
         else:
             fitted = MeterSpec("b", meter.key + ":server", rate, capacity)
+            self._dormant.discard(index)
             shadow = self._shadows.get(index)
             if shadow is None:
                 self._shadows[index] = len(self.meters)
