@@ -1,46 +1,12 @@
-"""Counts: grants appended and folded in batches add up to what was granted, and a
-snapshot (from any thread) never changes the totals it reads."""
+"""Counts: a snapshot (from any thread) never changes the totals it reads, and never
+counts a batch of grants twice (see tests/properties/test_counts.py for the batching)."""
 
 from __future__ import annotations
 
 import threading
 
-import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from tokenbucket._core import Counts, Meter, MultiState, Request
+from tokenbucket._core import Counts
 from tokenbucket._core.counts import FOLD
-from tokenbucket._rate import Rate
-
-amounts = st.tuples(
-    st.integers(0, 5).map(float), st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
-)
-
-
-@given(st.lists(st.tuples(amounts, st.booleans()), max_size=3 * FOLD))
-def test_snapshots_add_up_whatever_the_batching(
-    grants: list[tuple[tuple[float, float], bool]],
-) -> None:
-    state = MultiState(
-        ("requests", "tokens"),
-        [Meter("requests", Rate(1e12, 1.0)), Meter("tokens", Rate(1e15, 1.0))],
-        None,
-    )
-    counted = 0
-    units = [0.0, 0.0]
-    for k, (vector, look) in enumerate(grants):
-        assert state.try_take(Request(vector, False), float(k))
-        counted += 1
-        units = [units[0] + vector[0], units[1] + vector[1]]
-        if look:
-            seen = state.counts.snapshot()
-            assert seen.grants == counted
-            assert seen.units == pytest.approx(units, rel=1e-9, abs=1e-6)
-            assert seen.pending == []
-    assert len(state.counts.pending) == counted % FOLD
-    final = state.counts.snapshot()
-    assert final.grants == counted
 
 
 def test_a_snapshot_from_another_thread_never_counts_a_fold_twice() -> None:
