@@ -562,7 +562,7 @@ class RedisBackend:
 
     async def forget(self, keys: Sequence[str]) -> None:
         """Delete ``keys`` (a limiter's meters and pause: a reset)."""
-        await self._with_policy("forget", keys, [])
+        await self._with_policy("forget", keys, [len(keys)])
 
     def __repr__(self) -> str:
         return (

@@ -27,6 +27,7 @@ __all__ = [
     "CANCEL",
     "CHARGE",
     "FEEDBACK",
+    "FORGET",
     "LAYOUTS",
     "NO_SLOT",
     "PAST_DEADLINE",
@@ -142,6 +143,7 @@ CHARGE: Final = Layout(
     ),
     indexes=("key",),
 )
+FORGET: Final = Layout(keys=("...",), head=("count",))
 
 _UNDO: Final = RESERVE.head.index("undo")
 
@@ -152,6 +154,7 @@ LAYOUTS: Final = {
     "feedback": FEEDBACK,
     "release": RELEASE,
     "charge": CHARGE,
+    "forget": FORGET,
 }
 
 

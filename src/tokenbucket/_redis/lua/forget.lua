@@ -2,6 +2,10 @@
 -- reset). Reservations already made keep their instants; giving one back, or settling
 -- it for less, then finds nothing to give (its entry, or its bucket's latest, is gone).
 --
--- KEYS: the keys to delete (under one hash tag)
+-- KEYS: ...
+-- ARGV: count
+--   ...        the keys to delete (all under one hash tag)
+--   count      the number of keys
 -- Returns how many of them existed.
-return redis.call('DEL', unpack(KEYS))
+local count = tonumber(ARGV[1])
+return redis.call('DEL', unpack(KEYS, 1, count))
