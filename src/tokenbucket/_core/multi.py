@@ -143,6 +143,7 @@ class MultiState:
 
     __slots__ = (
         "_cap",
+        "_firsts",
         "_fits",
         "_granted",
         "_pairs",
@@ -204,6 +205,13 @@ class MultiState:
         self.dims = tuple(names)
         self.counts.widen(len(names))
         self._pairs = [(m, m.core, self.dims.index(m.dim)) for m in self.meters]
+        # The first pair of each dimension (a shadow, added later, never is one).
+        self._firsts = frozenset(
+            {
+                index: position
+                for position, (_, _, index) in reversed(list(enumerate(self._pairs)))
+            }.values()
+        )
         self._positions = {}
         for position, meter in enumerate(self.meters):
             self._positions.setdefault(meter, position)
@@ -350,18 +358,26 @@ class MultiState:
         """Replace a grant's amounts (by dimension index) with ``actual``: an overrun is
         charged as debt, an unused part is refunded. Returns the meters refunded."""
         refunded: list[Meter] = []
-        self.counts.settle(request.amounts, actual)
+        counts = self.counts
+        counts.settles += 1
+        firsts = self._firsts  # each dimension's difference is counted once (Counts.settle)
+        amounts = request.amounts
         count = len(ticket)  # shorter than the pairs for a grant made before a fit
         for position, (meter, core, index) in enumerate(self._pairs):
             if index not in actual:
                 continue
             entry = ticket[position] if position < count else None
-            difference = actual[index] - request.amounts[index]
+            difference = actual[index] - amounts[index]
             if difference > 0:
                 core.charge(difference, now)
-            elif difference < 0 and entry is not None:
-                core.refund(-difference, entry, now)
-                refunded.append(meter)
+                if position in firsts:
+                    counts.charged[index] += difference
+            elif difference < 0:
+                if position in firsts:
+                    counts.refunded[index] -= difference
+                if entry is not None:
+                    core.refund(-difference, entry, now)
+                    refunded.append(meter)
         return refunded
 
     def clamp(
