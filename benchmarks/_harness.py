@@ -449,6 +449,14 @@ async def measured(
     return Interval(t0, t1, cpu1 - cpu0, tasks, steps, first, last)
 
 
+async def time_ops(op: Acquire, ops: int) -> float:
+    """Nanoseconds per ``await op()`` over ``ops`` calls, one after the other."""
+    start = time.perf_counter_ns()
+    for _ in range(ops):
+        await op()
+    return (time.perf_counter_ns() - start) / ops
+
+
 def rotated(items: list[T], shift: int) -> list[T]:
     """``items`` starting at ``shift`` (modulo their number): a rotating order of runs."""
     shift %= len(items)

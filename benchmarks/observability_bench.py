@@ -26,7 +26,16 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import tokenbucket as tb
-from _harness import arguments, describe, environment, markdown_table, progress, rotated, write_json
+from _harness import (
+    arguments,
+    describe,
+    environment,
+    markdown_table,
+    progress,
+    rotated,
+    time_ops,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -92,13 +101,6 @@ def operation(limiter: tb.Limiter, path: str) -> Callable[[], Awaitable[None]]:
     return settled if path == PATHS[0] else plain
 
 
-async def batch(op: Callable[[], Awaitable[None]], n: int) -> float:
-    start = time.perf_counter_ns()
-    for _ in range(n):
-        await op()
-    return (time.perf_counter_ns() - start) / n
-
-
 async def measure(cfg: Config, results: Results) -> None:
     logger = logging.getLogger("tokenbucket")
     logger.addHandler(logging.NullHandler())
@@ -106,13 +108,15 @@ async def measure(cfg: Config, results: Results) -> None:
     limiters, readers = variants()
     ops = {(p, v): operation(limiters[v], p) for p in PATHS for v in VARIANTS}
     for op in ops.values():  # warm up
-        await batch(op, cfg.batch)
+        await time_ops(op, cfg.batch)
     for turn in range(cfg.rounds):
         progress(f"round {turn + 1} of {cfg.rounds}")
         gc.collect()
         for path in PATHS:
             for variant in rotated(VARIANTS, turn):
-                samples = [await batch(ops[path, variant], cfg.batch) for _ in range(cfg.batches)]
+                samples = [
+                    await time_ops(ops[path, variant], cfg.batch) for _ in range(cfg.batches)
+                ]
                 for reader in readers:
                     reader.get_metrics_data()  # the collection runs between batches
                 results.ns.setdefault(path, {}).setdefault(variant, []).append(

@@ -21,12 +21,21 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import tokenbucket as tb
-from _harness import arguments, describe, environment, markdown_table, progress, rotated, write_json
+from _harness import (
+    arguments,
+    describe,
+    environment,
+    markdown_table,
+    progress,
+    rotated,
+    time_ops,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -248,13 +257,6 @@ async def _empty() -> None:
     pass
 
 
-async def _time_async(op: Callable[[], Awaitable[None]], n: int) -> float:
-    start = time.perf_counter_ns()
-    for _ in range(n):
-        await op()
-    return (time.perf_counter_ns() - start) / n
-
-
 def uncontended_async(cfg: Config, samples: Samples) -> None:
     """``await bucket.acquire()`` on a bucket made in a fresh loop (never shared), against
     an empty coroutine awaited the same way, timed around it."""
@@ -265,11 +267,11 @@ def uncontended_async(cfg: Config, samples: Samples) -> None:
 
         async def sample() -> None:
             bucket = tb.TokenBucket(rate=1e12, capacity=1e12)
-            await _time_async(_empty, 1000)
-            await _time_async(bucket.acquire, 1000)  # binds the bucket to this loop
-            before = await _time_async(_empty, n)
-            ns = await _time_async(bucket.acquire, n)
-            after = await _time_async(_empty, n)
+            await time_ops(_empty, 1000)
+            await time_ops(bucket.acquire, 1000)  # binds the bucket to this loop
+            before = await time_ops(_empty, n)
+            ns = await time_ops(bucket.acquire, n)
+            after = await time_ops(_empty, n)
             samples.add(ASYNC_TB, ns, (before, after))
             samples.ns.setdefault(ASYNC_FLOOR, []).extend([before, after])
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from dataclasses import dataclass
 
 import peers
-from _harness import Acquire, Loop, progress, rotated, run_with
+from _harness import Acquire, Loop, progress, rotated, run_with, time_ops
 
 FLOOR = "floor: empty async def"
 
@@ -50,14 +49,6 @@ class Row:
 
 async def noop() -> None:
     """The floor: an empty coroutine function."""
-
-
-async def time_ops(op: Acquire, ops: int) -> float:
-    """Nanoseconds per ``await op()`` over ``ops`` calls (the same loop for everyone)."""
-    start = time.perf_counter_ns()
-    for _ in range(ops):
-        await op()
-    return (time.perf_counter_ns() - start) / ops
 
 
 async def _sample(acquire: Acquire, cfg: Config) -> tuple[float, float, float, int]:
