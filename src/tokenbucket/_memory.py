@@ -18,7 +18,7 @@ import math
 import time
 import weakref
 from _thread import get_ident
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from ._errors import AcquireTimeoutError
 from ._loop import LOOP_HINT, get_running_loop, trio_root
@@ -39,6 +39,7 @@ _MONOTONIC: Final = object()
 _ARRIVALS: Final = itertools.count()
 _monotonic: Final = time.monotonic
 _hint: Final = LOOP_HINT.get
+_T = TypeVar("_T")
 
 
 class _Pool:
@@ -202,6 +203,8 @@ class MemoryStore:
         return ticket
 
     def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None:
+        # What _serialized does, written out: every settlement passes here, and it
+        # makes no closure.
         assert isinstance(ticket, list)
         waiters = self._waiters
         if waiters._thread != get_ident() and self._forwarded(
@@ -242,19 +245,11 @@ class MemoryStore:
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
     ) -> int:
-        waiters = self._waiters
-        if waiters._thread != get_ident() and self._forwarded(
-            lambda: self.feedback(plan, lease, ticket)
-        ):
-            return 0
-        now = waiters.here()
-        if isinstance(waiters, SharedQueue):
-            with waiters.lock:
-                lowered = self._feedback(plan, lease, ticket, _monotonic())
-                woken = waiters.take_woken()
-            waiters.wake(woken)
-            return lowered
-        return self._feedback(plan, lease, ticket, now)
+        return self._serialized(
+            lambda now: self._feedback(plan, lease, ticket, now),
+            lambda: self.feedback(plan, lease, ticket),
+            0,
+        )
 
     def _feedback(
         self, plan: FeedbackPlan, lease: Request | None, ticket: object, now: float
@@ -286,25 +281,15 @@ class MemoryStore:
     def update(
         self, rates: Sequence[tuple[int, RateSpec]], cap: int | None, done: Callable[[], object]
     ) -> None:
+        def apply(now: float) -> None:
+            self._update(rates, cap, now)
+            done()
+
         waiters = self._waiters
         if self._unbound(waiters):
-            self._update(rates, cap, waiters.peek_now())
-            done()
-            return
-        if waiters._thread != get_ident() and self._forwarded(
-            lambda: self.update(rates, cap, done)
-        ):
-            return
-        now = waiters.here()
-        if isinstance(waiters, SharedQueue):
-            with waiters.lock:
-                self._update(rates, cap, _monotonic())
-                done()
-                woken = waiters.take_woken()
-            waiters.wake(woken)
-            return
-        self._update(rates, cap, now)
-        done()
+            apply(waiters.peek_now())
+        else:
+            self._serialized(apply, lambda: self.update(rates, cap, done), None)
 
     def _update(self, rates: Sequence[tuple[int, RateSpec]], cap: int | None, now: float) -> None:
         multi = self._multi
@@ -315,23 +300,15 @@ class MemoryStore:
         self._kick_self()  # grant who fits now, in order, and time the head anew
 
     def reset(self) -> None:
+        def forget(now: float) -> None:
+            self._multi.reset(now, self._pools)
+            self._kick_self()
+
         waiters = self._waiters
-        pools = self._pools
         if self._unbound(waiters):
-            self._multi.reset(waiters.peek_now(), pools)  # (see update)
-            return
-        if waiters._thread != get_ident() and self._forwarded(self.reset):
-            return
-        now = waiters.here()
-        if isinstance(waiters, SharedQueue):
-            with waiters.lock:
-                self._multi.reset(_monotonic(), pools)
-                self._kick_self()
-                woken = waiters.take_woken()
-            waiters.wake(woken)
-            return
-        self._multi.reset(now, pools)
-        self._kick_self()
+            forget(waiters.peek_now())  # (see update)
+        else:
+            self._serialized(forget, self.reset, None)
 
     @staticmethod
     def _unbound(waiters: WaiterQueue) -> bool:
@@ -343,6 +320,25 @@ class MemoryStore:
             and get_running_loop() is None
             and trio_root() is None
         )
+
+    def _serialized(
+        self, operation: Callable[[float], _T], again: Callable[[], object], forwarded: _T
+    ) -> _T:
+        """``operation(now)`` where the state may change: in this thread if it serves the
+        loop (or the store is shared: then under the lock, and who it granted is woken
+        once it is let go); else ``again`` is posted to the loop's thread (see
+        :meth:`_forwarded`) and ``forwarded`` is returned."""
+        waiters = self._waiters
+        if waiters._thread != get_ident() and self._forwarded(again):
+            return forwarded
+        now = waiters.here()
+        if isinstance(waiters, SharedQueue):
+            with waiters.lock:
+                result = operation(_monotonic())
+                woken = waiters.take_woken()
+            waiters.wake(woken)
+            return result
+        return operation(now)
 
     def _forwarded(self, operation: Callable[[], object]) -> bool:
         """From a task of another event loop than the one served, which runs in another

@@ -192,7 +192,6 @@ class SharedQueue(WaiterQueue):
                 )
             handle = loop.call_at(waiter.deadline, self.expire, waiter)
         try:
-            _parked(request)
             await waiter.future
         except BaseException:
             if waiter.state is not GONE:
@@ -223,7 +222,6 @@ class SharedQueue(WaiterQueue):
         if event is None:
             raise AcquireTimeoutError(self.owner.timeout_message(amount))
         try:
-            _parked(request)
             deadline = _INF
             if waiter.deadline != _INF:  # on this run's clock
                 deadline = anyio.current_time() + (waiter.deadline - _monotonic())
@@ -251,7 +249,6 @@ class SharedQueue(WaiterQueue):
         if latch is None:
             raise AcquireTimeoutError(self.owner.timeout_message(amount))
         try:
-            _parked(request)
             while not latch.acquire(timeout=_wait_for(waiter.deadline)):
                 if _monotonic() < waiter.deadline:
                     continue  # the longest single wait, or an early return
@@ -271,19 +268,27 @@ class SharedQueue(WaiterQueue):
         timeout: float | None,
         park: Callable[[_Waiter], None],
     ) -> tuple[object, _Waiter | None]:
-        """Under the lock: ``(ticket, None)`` if nobody waits and ``request`` fits now;
-        else ``(None, waiter)``, the waiter made ready by ``park`` and queued, unless
-        ``timeout`` is 0 (then it is neither)."""
+        """``(ticket, None)`` if nobody waits and ``request`` fits now; else
+        ``(None, waiter)``, the waiter made ready by ``park`` and queued, unless
+        ``timeout`` is 0 (then it is neither). Under the lock; then, once it is let go,
+        a queued limiter's request is told it waits (see ``Request.parked``)."""
         with self._lock:
             now = _monotonic()
             if not self.live and self.state.try_take(request, now):
                 return self.state.ticket, None
             waiter = _Waiter(amount, request, _INF if timeout is None else now + timeout)
-            if timeout != 0:
-                park(waiter)
-                waiter.thread = get_ident()
-                self.owner.before_wait(request, now)
-                self.push(waiter, now)
+            if timeout == 0:
+                return None, waiter
+            park(waiter)
+            waiter.thread = get_ident()
+            self.owner.before_wait(request, now)
+            self.push(waiter, now)
+        if isinstance(request, Request):  # (a single limiter's request is its amount)
+            try:
+                request.parked()
+            except BaseException:  # (a listener's KeyboardInterrupt): it leaves
+                self.abandon(waiter)
+                raise
         return None, waiter
 
     def _time_out(self, waiter: _Waiter) -> None:
@@ -494,9 +499,3 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch
     os.register_at_fork(after_in_child=_after_fork)
-
-
-def _parked(request: object) -> None:
-    """Tell a limiter's request (not a single limiter's amount) that it waits."""
-    if isinstance(request, Request):
-        request.parked()

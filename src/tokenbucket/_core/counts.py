@@ -57,23 +57,21 @@ class Counts:
         for totals in (self.units, self.refunded, self.charged):
             totals.extend([0.0] * (dims - len(totals)))
 
-    def grant(self, amounts: tuple[float, ...]) -> None:
-        """Count a grant of ``amounts`` (one per dimension) at once. (``MultiState``, on
-        the path of every grant, appends it to ``pending`` instead.)"""
-        self.grants += 1
-        units = self.units
-        for index, amount in enumerate(amounts):
-            if amount:
-                units[index] += amount
-
-    def grant_queued(self, amounts: tuple[float, ...]) -> None:
-        """Count a grant of ``amounts`` that queued first, with its grant: a reader in
-        another thread sees both or neither (see :meth:`snapshot`)."""
-        self.version += 1
-        self.pending.append(amounts)
-        self.queued += 1
-        self.version += 1
-        if len(self.pending) >= FOLD:
+    def grant(self, amounts: tuple[float, ...], queued: bool) -> None:
+        """Count a grant of ``amounts`` (one per dimension), which ``queued`` first or was
+        made at once: appended to ``pending``, added up a batch at a time. A reader in
+        another thread sees a queued grant with its grant or neither (see
+        :meth:`snapshot`). (``MultiState`` inlines the grants made at once: they are on
+        the path of every acquisition.)"""
+        pending = self.pending
+        if queued:
+            self.version += 1
+            pending.append(amounts)
+            self.queued += 1
+            self.version += 1
+        else:
+            pending.append(amounts)
+        if len(pending) >= FOLD:
             self.fold()
 
     def fold(self) -> None:
@@ -92,7 +90,7 @@ class Counts:
         """A copy with every grant added up. Changes nothing, so it may be taken from any
         thread: the totals are then those of an instant or other while it is read."""
         copy = Counts(0)
-        while True:  # until no fold or queued grant ran meanwhile (see grant_queued)
+        while True:  # until no fold or queued grant ran meanwhile (see grant)
             version = self.version
             copy.queued = self.queued
             copy.pending = self.pending.copy()  # (one step: safe against an append)

@@ -263,13 +263,13 @@ class MultiState:
             self.in_flight += 1
         self.ticket = tickets
         request.at = now
-        if request.seq == _INF:  # granted at once: counted (Counts.grant), inline
+        if request.seq == _INF:  # granted at once: counted as Counts.grant does, inline
             pending = self._granted
             pending.append(amounts)
             if len(pending) >= FOLD:
                 self.counts.fold()
         else:  # it queued first (see claim)
-            self.counts.grant_queued(amounts)
+            self.counts.grant(amounts, queued=True)
         if claimed:
             self.freed.extend(self.unclaim(request))
         return True

@@ -243,14 +243,8 @@ class RedisStore:
         at least), waiting for ``binding`` if known (else ``None``: a rate, or no wait)."""
         self.last_wait = request.waited = max(0.0, waited)
         request.binding = binding
-        counts = self._counts
-        if request.queued:  # Redis (or the stand-in) made it wait: not granted at once
-            counts.version += 1  # (a reader sees both counts or neither: Counts.snapshot)
-            counts.grant(request.amounts)
-            counts.queued += 1
-            counts.version += 1
-        else:
-            counts.grant(request.amounts)
+        # Queued: Redis (or the stand-in) made it wait; else it was granted at once.
+        self._counts.grant(request.amounts, request.queued)
 
     async def _wait_for_slot(
         self, expires: float, deadline: float | None, loop: asyncio.AbstractEventLoop
