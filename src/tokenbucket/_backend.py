@@ -20,7 +20,9 @@ store's few operations:
 * ``update(rates, cap, done)``: give meters (by index) new rates of the same kind and
   period, and the concurrency cap a new value (``None``: kept), at once for the
   waiters; then call ``done()``, where the change was applied (it may be posted to the
-  thread of the loop the store serves).
+  thread of the loop the store serves). A store shared by processes (Redis) makes
+  the change for all of them, and tells its limiter of a change another process made
+  (``StoreSpec.changed``).
 * ``reset()``: forget what was granted and what servers said (``MultiState.reset``).
 * ``statistics()``, ``counts()``, ``gauges()`` and ``at_rest()``: read the state without
   changing it (``counts()``: the running totals of what the store granted, settled and
@@ -88,6 +90,7 @@ class StoreSpec:
     max_concurrency: int | None
     pools: Mapping[Meter, tuple[str, ...]] = field(default_factory=dict)
     fallback: Callable[[float], MemoryStore] | None = None
+    changed: Callable[[Sequence[tuple[int, RateSpec]], int | None], None] | None = None
 
 
 class Backend(Protocol):
@@ -106,6 +109,7 @@ def open_store(
     pools: Mapping[Meter, tuple[str, ...]] | None = None,
     *,
     threads: bool = False,
+    changed: Callable[[Sequence[tuple[int, RateSpec]], int | None], None] | None = None,
 ) -> Store:
     """Check ``backend`` and ``key`` as a limiter's arguments and open its store there.
 
@@ -153,7 +157,7 @@ def open_store(
         ]
         return MemoryStore(MultiState(dims, local, None), lambda: f"local stand-in for {key!r}")
 
-    spec = StoreSpec(parts, dims, meters, max_concurrency, pools or {}, fallback)
+    spec = StoreSpec(parts, dims, meters, max_concurrency, pools or {}, fallback, changed)
     if threads:
         for_threads = getattr(backend, "for_threads", None)
         if for_threads is None:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from ._backend import Backend, Store
+    from ._core import RateSpec
     from ._rate import Rate
     from ._statistics import LimiterCounters, LimiterStatistics
 
@@ -180,6 +181,7 @@ class Limiter:
             self._multi.max_concurrency,
             self._pools,
             threads=threads,
+            changed=self._follow,
         )
 
     def _reporting_store(self) -> Store:
@@ -330,12 +332,20 @@ class Limiter:
         that of the event loop the limiter serves, the change is applied there (in
         order with everything else the loop does).
 
+        With a backend (Redis), every process using the limit takes the change: this one
+        at once, the others before they next reserve (the change is sent in the
+        background, before this process's next request; from a thread without an event
+        loop, before ``update`` returns). Redis converts what the meters hold by the
+        rule above, and a process started later takes the change too. A reservation
+        made before the change for a later instant (a waiter sleeping until its turn)
+        keeps its instant: a raise speeds up the requests made after it. A process
+        made with other rates (other keys in Redis) or another ``max_concurrency``
+        keeps its own.
+
         Raises:
             InvalidArgumentError: a rate with no rate of its dimension and period to
                 replace, or of the other kind (burst or not); a cap on a limiter made
                 without one. Nothing is changed.
-            NotImplementedError: a limiter kept in Redis (every process passes its own
-                rates there: change each process's configuration).
         """
         specs = parse_limits(limits, rates)
         multi = self._multi
@@ -374,17 +384,41 @@ class Limiter:
             return
 
         def applied() -> None:  # where the store applied it (see Store.update)
+            if not isinstance(self._store, MemoryStore):  # (a memory store changed multi)
+                self._mirror(changes, cap)
             self._configure()
-            log.info(
-                "%s: updated to %s",
-                label(self._name),
-                ", ".join(
-                    [multi.meters[i].describe() for i, _ in changes]
-                    + ([f"max_concurrency {cap}"] if cap is not None else [])
-                ),
-            )
+            log.info("%s: updated to %s", label(self._name), self._described(changes, cap))
 
         self._store.update(changes, cap, applied)
+
+    def _mirror(self, rates: Sequence[tuple[int, RateSpec]], cap: int | None) -> bool:
+        """Describe the limits a backend's store has now (rates by index, ``cap`` or
+        ``None``: kept) in ``_multi``; whether anything changed."""
+        multi = self._multi
+        changed = False
+        for index, rate in rates:
+            meter = multi.meters[index]
+            if meter.rate != rate:
+                multi.update(meter, rate, multi.seen)
+                changed = True
+        if cap is not None and cap != multi.max_concurrency:
+            multi.cap(cap)
+            changed = True
+        return changed
+
+    def _follow(self, rates: Sequence[tuple[int, RateSpec]], cap: int | None) -> None:
+        """A backend's store says the limits changed elsewhere (another process's
+        :meth:`update`; see ``StoreSpec.changed``): the size checks, ``rates`` and
+        ``max_concurrency`` follow."""
+        if self._mirror(rates, cap):
+            self._configure()
+            changes = self._described(rates, cap)
+            log.info("%s: limits changed by another process: %s", label(self._name), changes)
+
+    def _described(self, rates: Sequence[tuple[int, RateSpec]], cap: int | None) -> str:
+        """The limits ``rates`` (by index) and ``cap`` (``None``: none) now have, for logs."""
+        described = [self._multi.meters[i].describe() for i, _ in rates]
+        return ", ".join(described + ([f"max_concurrency {cap}"] if cap is not None else []))
 
     def reset(self) -> None:
         """Forget what the limiter granted and what servers told it: every rate admits

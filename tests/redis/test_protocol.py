@@ -28,6 +28,7 @@ from tokenbucket._redis._protocol import (
     RESERVED,
     SERVER_TIME,
     SLACK_MS,
+    STALE,
     WRONG_TYPE,
     Group,
     Layout,
@@ -241,6 +242,8 @@ _shapes = st.builds(
     pause_key=st.sampled_from(["", "{p:a}:pause"]),
     slots_key=st.sampled_from(["", "{p:a}:slots", "{p:a}:0"]),
     slot_max=st.integers(0, 5),
+    rates_key=st.sampled_from(["", "{p:a}:rates"]),
+    version=st.integers(0, 3),
 )
 
 
@@ -286,6 +289,8 @@ def test_a_batch_reads_back_as_encoded(
             "slots": shape.slots_key,
             "slot_max": shape.slot_max,
             "lease_ttl": lease_ttl,
+            "rates": shape.rates_key,
+            "version": shape.version,
             "meter[]": [_spec(m) for m in shape.meters],
         }
     for sent, (shape, amounts, left) in zip(got["request[]"], requests, strict=True):
@@ -298,17 +303,19 @@ def test_each_shape_and_key_is_sent_once() -> None:
     a = MeterSpec("b", "{p:a}:0", 2.0, 5.0)
     b = MeterSpec("w", "{p:a}:1", 10.0, 1.0)
     first = Shape((a,), "{p:a}:pause")
-    second = Shape((b, a), "", "{p:a}:slots", 3)
+    second = Shape((b, a), "", "{p:a}:slots", 3, "{p:a}:rates", 2)
     requests = [(first, [1.0], None), (second, [1.0, 2.0], 0.25), (first, [0.5], None)]
     keys, args = _protocol.encode_batch(SERVER_TIME, "c1", requests, 300.0)
     assert _protocol.call_key(first.tag, "c1") == "{p:a}:call:c1"
-    assert keys == ["{p:a}:call:c1", "{p:a}:pause", "{p:a}:0", "{p:a}:slots", "{p:a}:1"]
+    assert keys == [
+        "{p:a}:call:c1", "{p:a}:pause", "{p:a}:0", "{p:a}:slots", "{p:a}:rates", "{p:a}:1"
+    ]  # fmt: skip
     assert args == [
         "", SLACK_MS, _protocol.RECORD_TTL_MS, 0, "c1", 2, 3,
-        1, 2, 0, 0, 300.0,
+        1, 2, 0, 0, 300.0, 0, 0,
         "b", 3, "2.0", "5.0",
-        2, 0, 4, 3, 300.0,
-        "w", 5, "10.0", "1.0",
+        2, 0, 4, 3, 300.0, 5, 2,
+        "w", 6, "10.0", "1.0",
         "b", 3, "2.0", "5.0",
         1, -1, "1.0",
         2, 0.25, "1.0 2.0",
@@ -424,6 +431,27 @@ def test_a_release_reads_back_as_encoded() -> None:
         "slots_key": "{p:a}:slots",
         "wake_key": _protocol.wake_key("{p:a}:slots"),
     }
+
+
+def test_an_update_reads_back_as_encoded() -> None:
+    bucket, window = _RESERVATION.meters
+    changes = [(bucket, MeterSpec("b", bucket.key, 3.0, 9.0), 180.0), (window, window, 10.0)]
+    keys, args = _protocol.encode_update("12.5", "{p:a}:rates", changes, ("cap:4", 2))
+    got = read("update", keys, args)
+    assert got.pop("meter[]") == [
+        {**_spec(bucket), "new_p1": "3.0", "new_p2": "9.0", "amount": "180.0"},
+        {**_spec(window), "new_p1": "10.0", "new_p2": "60.0", "amount": "10.0"},
+    ]
+    assert got == {
+        "now": "12.5",
+        "slack": SLACK_MS,
+        "cap_field": "cap:4",
+        "cap": 2,
+        "meters": 2,
+        "rates_key": "{p:a}:rates",
+    }
+    _, args = _protocol.encode_update("12.5", "{p:a}:rates", [], None)
+    assert args[2:4] == ["", 0]  # the cap is not changed
 
 
 def test_replies_decode() -> None:
@@ -625,3 +653,47 @@ async def test_release_replies_with_the_lease_removed(
     keys, args = _protocol.encode_release(slots, ["lease-3"], 300.0)
     assert await _call(redis_backend, "release", keys, args) == 1
     assert await admin.get(_protocol.wake_key(slots)) in ("not a list", b"not a list")
+
+
+@pytest.mark.asyncio
+async def test_update_converts_a_bucket_and_raises_the_version(
+    redis_backend: RecordingBackend, admin: aioredis.Redis
+) -> None:
+    bucket = MeterSpec("b", redis_backend.key("proto", "bucket"), 1.0, 10.0)
+    rates = redis_backend.key("proto", "rates")
+    await admin.set(bucket.key, "1004.0")  # at 1000: 4 of 10 in use, 6 on hand
+    await admin.set(bucket.key + ":last", "m1")
+    raised = MeterSpec("b", bucket.key, 2.0, 20.0)
+    keys, args = _protocol.encode_update("1000.0", rates, [(bucket, raised, 40.0)], None)
+    flat = [_text(part) for part in await _call(redis_backend, "update", keys, args)]
+    held = dict(zip(flat[::2], flat[1::2], strict=True))
+    assert held == await admin.hgetall(rates) == {bucket.key: "2 20 40.0", "v": "1"}
+    # 6 on hand kept: 14 of 20 in use, at 2 a second.
+    assert float(str(await admin.get(bucket.key))) == pytest.approx(1007.0)
+    assert await admin.get(bucket.key + ":last") is None  # never given back at the new rate
+    # Sent with the parameters before the first update: the hash's are used. 6 on hand
+    # at most 5 now: full, nothing in use.
+    lowered = MeterSpec("b", bucket.key, 2.0, 5.0)
+    keys, args = _protocol.encode_update("1000.0", rates, [(bucket, lowered, 120.0)], ("cap:3", 1))
+    await _call(redis_backend, "update", keys, args)
+    assert await admin.get(bucket.key) is None
+    assert await admin.hgetall(rates) == {bucket.key: "2 5 120.0", "cap:3": "1", "v": "2"}
+
+
+@pytest.mark.asyncio
+async def test_reserve_takes_nothing_for_an_older_version(
+    redis_backend: RecordingBackend, admin: aioredis.Redis
+) -> None:
+    meters = _meters(redis_backend)
+    rates = redis_backend.key("proto", "rates")
+    shape = Shape(meters, "", "", 0, rates, 0)
+    _, (reply,) = await _reserve(redis_backend, [(shape, [1.0, 1.0], None)])
+    assert reply.status == RESERVED  # no hash: version 0
+    await admin.hset(rates, "v", 1)
+    _, (stale, fresh) = await _reserve(
+        redis_backend,
+        [(shape, [1.0, 1.0], None), (Shape(meters, "", "", 0, rates, 1), [1.0, 0.0], None)],
+    )
+    assert stale.status == STALE
+    assert fresh.status == RESERVED
+    assert await admin.zcard(meters[1].key) == 1  # the stale request took nothing

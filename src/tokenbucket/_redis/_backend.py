@@ -420,8 +420,9 @@ class RedisBackend:
         ``deadline`` is an instant on the running loop's clock, or ``None``. Returns
         ``(status, wait, reservation)``: status 1 reserved (sleep ``wait`` seconds, then
         go), 0 the instant is past ``deadline`` (nothing taken), 2 no concurrency slot
-        (nothing taken; ``wait`` is when the first lease expires). Requests of this
-        process share round trips.
+        (nothing taken; ``wait`` is when the first lease expires), 4 the limiter's
+        rates changed since ``shape.version`` (nothing taken: read them, then ask
+        again). Requests of this process share round trips.
         """
         batch = self._batch
         pending = batch.submit(shape, amounts, deadline)
@@ -564,6 +565,36 @@ class RedisBackend:
         """Delete ``keys`` (a limiter's meters and pause: a reset)."""
         await self._with_policy("forget", keys, [len(keys)])
 
+    async def update(
+        self,
+        rates_key: str,
+        changes: Sequence[tuple[MeterSpec, MeterSpec, float]],
+        cap: tuple[str, int] | None,
+    ) -> dict[str, str]:
+        """Give each meter of ``changes`` ``(meter, new, amount)`` the parameters of
+        ``new``, and the cap ``(field, value)`` its value, for every process (see
+        update.lua); what the rates hash holds then (see :meth:`rates`)."""
+        keys, args = _protocol.encode_update(self._now_arg(), rates_key, changes, cap)
+        flat = await self._with_policy("update", keys, args)
+        return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def rates(self, rates_key: str) -> dict[str, str]:
+        """What a limiter's rates hash holds (see update.lua): field to value."""
+
+        async def read(name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+            return await (await self._connections()).hgetall(keys[0])
+
+        held = await _scripts.with_policy(
+            read,
+            "rates",
+            [rates_key],
+            [],
+            on_error=self.on_error,
+            max_backoff=self.max_backoff,
+            prefix=self.prefix,
+        )
+        return {_text(field): _text(value) for field, value in held.items()}
+
     def __repr__(self) -> str:
         return (
             f"<RedisBackend prefix={self.prefix!r} time={self.time_source} "
@@ -575,6 +606,10 @@ def _reservation(shape: Shape, amounts: Sequence[float], member: str, reply: Rep
     lease = member if shape.slots_key else ""
     at = reply.now + reply.wait
     return Reservation(shape.meters, tuple(amounts), member, at, lease, shape.slots_key)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 _get_running_loop: Final = asyncio.events._get_running_loop  # None, not an error

@@ -37,6 +37,8 @@ __all__ = [
     "RESERVED",
     "SERVER_TIME",
     "SLACK_MS",
+    "STALE",
+    "UPDATE",
     "WRONG_TYPE",
     "Group",
     "Layout",
@@ -52,6 +54,7 @@ __all__ = [
     "encode_feedback",
     "encode_give_backs",
     "encode_release",
+    "encode_update",
     "member",
     "undo",
     "wake_key",
@@ -69,6 +72,7 @@ PAST_DEADLINE: Final = 0  # nothing taken: the instant would pass the deadline
 RESERVED: Final = 1
 NO_SLOT: Final = 2  # nothing taken: ``wait`` is when the first lease expires
 WRONG_TYPE: Final = 3  # nothing taken: a key holds something else
+STALE: Final = 4  # nothing taken: the limiter's rates changed (see Shape.version)
 
 
 @dataclass(frozen=True)
@@ -101,11 +105,15 @@ RESERVE: Final = Layout(
     keys=("call_key", "..."),
     head=("now", "slack", "record_ttl", "undo", "call", "shapes", "count"),
     groups=(
-        Group("shape", "shapes", ("meters", "pause", "slots", "slot_max", "lease_ttl")),
+        Group(
+            "shape",
+            "shapes",
+            ("meters", "pause", "slots", "slot_max", "lease_ttl", "rates", "version"),
+        ),
         Group("meter", "meters", _METER),
         Group("request", "count", ("shape", "deadline", "amounts")),
     ),
-    indexes=("pause", "slots", "key"),
+    indexes=("pause", "slots", "rates", "key"),
 )
 CANCEL: Final = Layout(
     keys=("...",),
@@ -144,6 +152,12 @@ CHARGE: Final = Layout(
     indexes=("key",),
 )
 FORGET: Final = Layout(keys=("...",), head=("count",))
+UPDATE: Final = Layout(
+    keys=("rates_key", "..."),
+    head=("now", "slack", "cap_field", "cap", "meters"),
+    groups=(Group("meter", "meters", (*_METER, "new_p1", "new_p2", "amount")),),
+    indexes=("key",),
+)
 
 _UNDO: Final = RESERVE.head.index("undo")
 
@@ -155,6 +169,7 @@ LAYOUTS: Final = {
     "release": RELEASE,
     "charge": CHARGE,
     "forget": FORGET,
+    "update": UPDATE,
 }
 
 
@@ -172,13 +187,17 @@ class MeterSpec:
 @dataclass(frozen=True, eq=False)
 class Shape:
     """What every request of one limiter sends alike: its meters, the key of its pause,
-    and its concurrency slots (``slots_key`` ``""``: none). A reserve call sends each
-    shape once; its requests name it (compared by identity: make one per limiter)."""
+    its concurrency slots (``slots_key`` ``""``: none), and its rates hash with the
+    version its parameters come from (``rates_key`` ``""``: none; see update.lua). A
+    reserve call sends each shape once; its requests name it (compared by identity: make
+    one per limiter)."""
 
     meters: tuple[MeterSpec, ...]
     pause_key: str = ""
     slots_key: str = ""
     slot_max: int = 0
+    rates_key: str = ""
+    version: int = 0
 
     @cached_property
     def tag(self) -> str:
@@ -207,7 +226,7 @@ class Reservation(NamedTuple):
 class Reply(NamedTuple):
     """reserve.lua's answer to one request."""
 
-    status: int  # RESERVED, PAST_DEADLINE, NO_SLOT or WRONG_TYPE
+    status: int  # RESERVED, PAST_DEADLINE, NO_SLOT, WRONG_TYPE or STALE
     wait: float  # seconds from ``now`` to the instant (0 for WRONG_TYPE)
     now: float  # the backend's clock when the script ran (0 for WRONG_TYPE)
     key: str = ""  # WRONG_TYPE: the key that holds something else
@@ -269,6 +288,8 @@ def encode_batch(
                 at(shape.slots_key) if shape.slots_key else 0,
                 shape.slot_max,
                 lease_ttl,
+                at(shape.rates_key) if shape.rates_key else 0,
+                shape.version,
             ]
             for meter in shape.meters:
                 shaped += [meter.kind, at(meter.key), repr(meter.p1), repr(meter.p2)]
@@ -386,6 +407,25 @@ def encode_release(
     """release.lua's KEYS and ARGV: free the slots of ``leases`` (all held on
     ``slots_key``) and wake as many waiters."""
     return [slots_key, wake_key(slots_key)], [int(lease_ttl * 1000), len(leases), *leases]
+
+
+def encode_update(
+    now: str,
+    rates_key: str,
+    changes: Sequence[tuple[MeterSpec, MeterSpec, float]],
+    cap: tuple[str, int] | None,
+) -> tuple[list[str], list[Any]]:
+    """update.lua's KEYS and ARGV: each ``(meter, new, amount)`` of ``changes`` takes
+    ``new``'s parameters (``amount``: the new rate's amount per period), and the cap
+    ``(field, value)`` its value."""
+    keys: list[str] = [rates_key]
+    field, value = cap if cap is not None else ("", 0)
+    args: list[Any] = [now, SLACK_MS, field, value, len(changes)]
+    for meter, new, amount in changes:
+        keys.append(meter.key)
+        args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2)]
+        args += [repr(new.p1), repr(new.p2), repr(amount)]
+    return keys, args
 
 
 def wake_key(slots_key: str) -> str:

@@ -52,6 +52,7 @@ PRELUDES: Final[Mapping[str, tuple[str, ...]]] = {
     "feedback": ("clock", "log"),
     "charge": ("clock", "log"),
     "forget": (),
+    "update": ("clock", "log"),
 }
 
 

@@ -14,15 +14,16 @@ import math
 import time
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from .._core import Counts, Request
 from .._errors import AcquireTimeoutError, BackendUnavailableError
+from .._rate import Rate
 from .._statistics import LimiterStatistics
-from ._protocol import MeterSpec, Reservation, Shape
+from ._protocol import STALE, MeterSpec, Reservation, Shape
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 
     from .._backend import StoreSpec
     from .._core import RateSpec
@@ -91,10 +92,22 @@ class RedisStore:
             self.indexes.append(spec.dims.index(meter.dim))
         self.pause_key = backend.key(*tag, "pause")
         self.slots_key = backend.key(*tag, "slots") if spec.max_concurrency else ""
+        # The rates every process uses, as Limiter.update changed them (see update.lua):
+        # a cap's field names the cap it was made with, as a meter's key names its rate.
+        self.rates_key = backend.key(*tag, "rates")
+        self._cap_field = f"cap:{spec.max_concurrency}"
         self.shape = Shape(
-            tuple(self.meters), self.pause_key, self.slots_key, spec.max_concurrency or 0
+            tuple(self.meters),
+            self.pause_key,
+            self.slots_key,
+            spec.max_concurrency or 0,
+            self.rates_key,
         )
-        self._configured = self.shape.meters  # before any fit
+        self._rates = [meter.rate for meter in spec.meters]  # as made
+        self._made = self.shape.meters, spec.max_concurrency  # as made (before any update)
+        self._configured = self.shape.meters  # as updated, before any fit
+        self._fits: dict[int, tuple[float, float]] = {}  # bucket meters fitted: rate, capacity
+        self._changed = spec.changed
         self._one = len(self.indexes) == 1
         # Per index of a window meter, where among the meters the bucket that models the
         # server behind it is (see _fit).
@@ -197,6 +210,9 @@ class RedisStore:
                     return None
                 if self._local is not None or self._down_since is not None:
                     self._hand_back()  # Redis answers again: the stand-in is done
+                if status == STALE:  # the rates changed (another process's update)
+                    await self._refresh()
+                    continue
                 if status == 1:
                     due = loop.time() + wait  # `wait` is what is left of it now
                     if deadline is not None and wait > 0 and due > deadline:
@@ -517,18 +533,107 @@ class RedisStore:
     def update(
         self, rates: Sequence[tuple[int, RateSpec]], cap: int | None, done: Callable[[], object]
     ) -> None:
-        raise NotImplementedError(
-            f"{self.label!r}: Limiter.update is not available with a Redis backend yet "
-            "(every process passes its own rates to Redis): change the configuration of "
-            "every process instead"
-        )
+        """Change rates and the cap for every process: here at once, in Redis as
+        :meth:`reset` sends its deletion (see :meth:`_send_first`). update.lua converts
+        what the meters hold and raises the rates hash's version, so that every other
+        process reads the new rates before it reserves again (see :meth:`_follow`)."""
+        configured = list(self._configured)
+        changes = []
+        for index, rate in rates:
+            old = configured[index]
+            if old.kind == "b":
+                new = replace(old, p1=rate.amount / rate.period, p2=cast("float", rate.burst))
+            else:
+                new = replace(old, p1=rate.amount)
+            configured[index] = new
+            changes.append((old, new, rate.amount))
+        self._configure(configured, self.max_concurrency if cap is None else cap)
+        done()
+        sent = None if cap is None else (self._cap_field, cap)
+        rates_key = self.rates_key
+
+        async def send(backend: RedisBackend) -> None:
+            self._follow(await backend.update(rates_key, changes, sent))
+
+        self._send_first(send)
+
+    async def _refresh(self) -> None:
+        """Read the rates another process's update gave the limiter, and follow them."""
+        try:
+            held = await self.backend.rates(self.rates_key)
+        except BackendUnavailableError:
+            if self.backend.on_error != "local":
+                raise
+            return  # the next call finds Redis out of reach too: the stand-in
+        self._follow(held)
+
+    def _follow(self, held: Mapping[str, str]) -> None:
+        """Take the rates and cap that the rates hash ``held`` gives the limiter (those
+        the limiter was made with where it gives none), and its version."""
+        configured = list(self._configured)
+        rates: list[tuple[int, RateSpec]] = []
+        for index, made in enumerate(self._made[0]):
+            if index in self._pooled:
+                continue
+            entry = held.get(made.key)
+            new, rate = made, self._rates[index]
+            if entry is not None:
+                p1, p2, amount = map(float, entry.split())
+                new = replace(made, p1=p1, p2=p2)
+                rate = Rate(amount, rate.period, burst=None if made.kind == "w" else p2)
+            if new != configured[index]:
+                configured[index] = new
+                rates.append((index, rate))
+        made_cap = self._made[1]
+        field = held.get(self._cap_field)
+        cap = made_cap if field is None or made_cap is None else int(field)
+        new_cap = None if cap == self.max_concurrency else cap
+        if rates or new_cap is not None:
+            self._configure(configured, cap)
+            if self._changed is not None:
+                self._changed(rates, new_cap)
+        self.shape = replace(self.shape, version=int(held.get("v", "0")))
+
+    def _configure(self, configured: Sequence[MeterSpec], cap: int | None) -> None:
+        """The meters as configured now, and the cap: a bucket fitted to a server never
+        gets more than the server's rate and capacity (see ``MultiState.update``)."""
+        self._configured = tuple(configured)
+        for index, own in enumerate(configured):
+            fit = self._fits.get(index)
+            if fit is not None:
+                own = replace(own, p1=min(own.p1, fit[0]), p2=min(own.p2, fit[1]))
+            if index not in self._pooled:
+                self.meters[index] = own
+        self.max_concurrency = cap
+        self.shape = replace(self.shape, meters=tuple(self.meters), slot_max=cap or 0)
+        self._horizon = max([self._windows] + [m.p2 / m.p1 for m in self.meters if m.kind == "b"])
+
+    def _send_first(self, send: Callable[[RedisBackend], Coroutine[Any, Any, None]]) -> None:
+        """Send ``send(backend)`` to Redis before this store's next request. In the
+        event loop this store serves, in the background, after what was sent before
+        (reports, settlements...), and this store's next requests wait for it (as for a
+        charge-back: see ``_charged``); from a thread without a loop, the thread blocks
+        until it is done (in the portal's loop)."""
+        if asyncio.events._get_running_loop() is None:
+            from .._portal import run
+
+            run(send(self.backend.for_threads()))
+            return
+        backend = self.backend
+        backend.running_loop()  # (moves the backend to this loop if it served another)
+        earlier = backend.background()
+
+        async def first() -> None:
+            if earlier:
+                await asyncio.wait(earlier)
+            await send(backend)
+
+        self._charging = backend.spawn(first())
 
     def reset(self) -> None:
-        """Forget what the limiter was granted, for every process: its keys are deleted,
-        then :meth:`forget_locally`. In the event loop this store serves, the deletion is
-        sent in the background, after what was sent before, and this store's next
-        requests wait for it (as for a charge-back: see ``_charged``); from a thread
-        without a loop, the thread blocks until it is done (in the portal's loop)."""
+        """Forget what the limiter was granted, for every process: its keys are deleted
+        (see :meth:`_send_first`), then :meth:`forget_locally`. The rates an update gave
+        it stay."""
         keys = [self.pause_key]
         for index, configured in enumerate(self._configured):
             if index in self._pooled:
@@ -539,21 +644,11 @@ class RedisStore:
         for shadow in self._shadows.values():
             key = self.meters[shadow].key
             keys += [key, key + ":last"]
-        if asyncio.events._get_running_loop() is None:
-            from .._portal import run
 
-            run(self.backend.for_threads().forget(keys))
-        else:
-            backend = self.backend
-            backend.running_loop()  # (moves the backend to this loop if it served another)
-            earlier = backend.background()
+        async def forget(backend: RedisBackend) -> None:
+            await backend.forget(keys)
 
-            async def forget() -> None:
-                if earlier:  # what was sent before (reports, settlements...) goes first
-                    await asyncio.wait(earlier)
-                await backend.forget(keys)
-
-            self._charging = backend.spawn(forget())
+        self._send_first(forget)
         self.forget_locally()
 
     def forget_locally(self) -> None:
@@ -561,6 +656,7 @@ class RedisStore:
         has its own parameters again; a window's shadow, as loose as the window, sleeps
         until a next fit: reports go to the window), the grants kept for a stand-in, and
         the stand-in's own state."""
+        self._fits.clear()
         for index, configured in enumerate(self._configured):
             if index not in self._pooled:
                 self.meters[index] = configured
@@ -619,6 +715,7 @@ class RedisStore:
         if meter.kind == "b":
             fitted = replace(meter, p1=rate, p2=capacity)
             self.meters[index] = fitted
+            self._fits[index] = (rate, capacity)
         else:
             fitted = MeterSpec("b", meter.key + ":server", rate, capacity)
             self._dormant.discard(index)

@@ -20,11 +20,11 @@
 --
 -- KEYS: call_key, ...
 -- ARGV: now, slack, record_ttl, undo, call, shapes, count
--- ARGV per shape (shapes): meters, pause, slots, slot_max, lease_ttl
+-- ARGV per shape (shapes): meters, pause, slots, slot_max, lease_ttl, rates, version
 -- ARGV per meter (meters): kind, key, p1, p2
 -- ARGV per request (count): shape, deadline, amounts
 --   call_key   the record of this call (under the hash tag of its keys)
---   ...        the keys that the key, pause and slots fields name
+--   ...        the keys that the key, pause, slots and rates fields name
 --   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
 --   slack      ms that keys outlive what they hold
 --   record_ttl  ms a call's record lasts at most
@@ -37,6 +37,8 @@
 --   slots      index in KEYS of the slots key (0: none)
 --   slot_max   the number of concurrency slots
 --   lease_ttl  seconds a lease lasts
+--   rates      index in KEYS of the limiter's rates hash (0: none; see update.lua)
+--   version    the version of the rates hash the shape's parameters come from
 --   kind       'b' bucket | 'w' window
 --   key        index in KEYS of the meter's key
 --   p1         bucket: rate (units/s)    window: limit
@@ -48,7 +50,9 @@
 -- call answered from its record: t as recorded, now as of this run; an undone call:
 -- status 0). Status 1: reserved at t; 0: t is past the deadline (nothing taken); 2: no
 -- concurrency slot free (nothing taken; t is when the first lease expires); 3: a key of
--- the request holds something else (nothing taken; instead of t - now, its index in KEYS).
+-- the request holds something else (nothing taken; instead of t - now, its index in KEYS);
+-- 4: the limiter's rates changed since the version sent (nothing taken; read them and
+-- ask again).
 -- A bucket remembers the member of its latest reservation in '<key>:last', so a
 -- give-back knows whether anyone reserved behind it. A window keeps its sums in
 -- '<key>:sum' (see log.lua). Within a call, each key is read once and written once
@@ -70,9 +74,11 @@ for s = 1, shape_count do
     slot_index = tonumber(ARGV[pos + 2]),
     slot_max = tonumber(ARGV[pos + 3]),
     lease_ttl = tonumber(ARGV[pos + 4]),
+    rates_index = tonumber(ARGV[pos + 5]),
+    version = tonumber(ARGV[pos + 6]),
     specs = {},
   }
-  pos = pos + 5
+  pos = pos + 7
   for m = 1, shape.meters do
     local index = tonumber(ARGV[pos + 1])
     shape.specs[m] = {kind = ARGV[pos], key = KEYS[index], index = index,
@@ -126,6 +132,7 @@ end
 local fits = {}    -- kind .. key: whether the key holds what its kind needs
 local pauses = {}  -- pause key: the instant the pause ends
 local slots = {}   -- slots key: {card = leases held, first = when the first expires}
+local versions = {} -- rates key: its version
 local tats = {}    -- bucket key: its theoretical arrival time
 local logs = {}    -- window key: its log's sums (log.lua)
 local ends = {}    -- window key: the latest instant in its log
@@ -171,7 +178,17 @@ for r = 1, count do
   for m = 1, shape.meters do
     if not fit(specs[m].kind, specs[m].key) then bad = specs[m].index end
   end
-  if bad then status = 3 end
+  if bad then
+    status = 3
+  elseif shape.rates_index > 0 then
+    local key = KEYS[shape.rates_index]
+    local version = versions[key]
+    if not version then
+      version = tonumber(redis.call('HGET', key, 'v') or '0')
+      versions[key] = version
+    end
+    if version ~= shape.version then status = 4 end
+  end
   if shape.pause_index > 0 then
     local key = KEYS[shape.pause_index]
     local paused = pauses[key]

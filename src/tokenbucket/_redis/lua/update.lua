@@ -1,0 +1,66 @@
+-- Change a limiter's rates and concurrency cap for every process (Limiter.update).
+--
+-- The new parameters go into the limiter's rates hash, and its version (the field 'v')
+-- goes up by one: a reserve call that sends an older version takes nothing and is told
+-- to read the hash first (reserve.lua, status 4), so no process grants at the old rates
+-- after the change. A meter's field is its key, its value 'p1 p2 amount' (amount: the
+-- rate's amount per period, as configured); the cap's field names the cap the
+-- limiter was made with, so that processes made with another cap keep theirs.
+-- A window keeps its log: what is in it counts against the new limit. A bucket keeps
+-- what it has on hand, down to its new capacity, and refills at its new rate from now
+-- on (its theoretical arrival time is recomputed); it forgets its latest reservation,
+-- so a reservation made at the old rate is never given back at the new one.
+--
+-- KEYS: rates_key, ...
+-- ARGV: now, slack, cap_field, cap, meters
+-- ARGV per meter (meters): kind, key, p1, p2, new_p1, new_p2, amount
+--   rates_key  the limiter's rates hash (no expiry: a process started later reads it)
+--   ...        the meters' keys (by the key fields)
+--   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
+--   slack      ms that keys outlive what they hold
+--   cap_field  the cap's field ('': the cap is not changed)
+--   cap        the new cap
+--   meters     the number of meters changed
+--   kind       'b' bucket | 'w' window
+--   key        index in KEYS of the meter's key
+--   p1         bucket: rate (units/s)    window: limit; before the change, unless the
+--              hash holds a later one
+--   p2         bucket: capacity          window: window (s); likewise
+--   new_p1     p1 from now on
+--   new_p2     p2 from now on
+--   amount     the new rate's amount per period
+-- Returns what the rates hash holds now (as HGETALL does), its new version included.
+local slack = tonumber(ARGV[2])
+local cap_field, cap = ARGV[3], ARGV[4]
+local meters = tonumber(ARGV[5])
+local pos = 6
+local rates_key = KEYS[1]
+for _ = 1, meters do
+  local kind, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
+  local p1, p2 = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
+  local new_p1, new_p2 = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
+  local amount = ARGV[pos + 6]
+  pos = pos + 7
+  local held = redis.call('HGET', rates_key, key)
+  if held then
+    local a, b = string.match(held, '(%S+) (%S+)')
+    p1, p2 = tonumber(a), tonumber(b)
+  end
+  if kind == 'b' then
+    local tat = tonumber(redis.call('GET', key) or '0') or 0
+    local level = p2
+    if tat > now then level = p2 - (tat - now) * p1 end
+    if level > new_p2 then level = new_p2 end
+    local at = now + (new_p2 - level) / new_p1
+    if at > now then
+      redis.call('SET', key, log_num(at), 'PX', math.ceil((at - now) * 1000) + slack)
+    else
+      redis.call('DEL', key)
+    end
+    redis.call('DEL', key .. ':last')
+  end
+  redis.call('HSET', rates_key, key, log_num(new_p1) .. ' ' .. log_num(new_p2) .. ' ' .. amount)
+end
+if cap_field ~= '' then redis.call('HSET', rates_key, cap_field, cap) end
+redis.call('HINCRBY', rates_key, 'v', 1)
+return redis.call('HGETALL', rates_key)
