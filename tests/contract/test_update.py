@@ -196,3 +196,23 @@ async def test_another_process_logs_the_change(
     assert [line for line in said if "updated to" in line] == [said[0]], said
     changed = [line for line in said if "changed by another process" in line]
     assert len(changed) == (1 if kind == "redis" else 0), said
+
+
+async def test_threads_of_another_process_take_the_change(
+    kind: str, new_backend: Callable[[], Backend]
+) -> None:
+    one, other, backend = two(kind, new_backend)
+
+    def work(tokens: float) -> bool:
+        try:
+            with other.acquire_blocking(tokens=tokens, timeout=0.05):
+                return True
+        except tb.AcquireTimeoutError:
+            return False
+
+    assert await asyncio.to_thread(work, 10)  # (its threads have asked before)
+    one.update(tokens_per_minute=tb.Rate(20, 60.0))
+    await settled_in(backend)
+    assert await asyncio.to_thread(work, 10)
+    assert not await asyncio.to_thread(work, 1)
+    assert other.rates["tokens"] == (tb.Rate(20, 60.0),)

@@ -17,10 +17,12 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from redis import Redis as SyncRedis
 from tests.redis._support import ROUNDING, server_time
+from tokenbucket._core import BucketState
 from tokenbucket._redis import _protocol, _scripts
 from tokenbucket._redis._protocol import (
     NO_SLOT,
@@ -697,3 +699,46 @@ async def test_reserve_takes_nothing_for_an_older_version(
     assert stale.status == STALE
     assert fresh.status == RESERVED
     assert await admin.zcard(meters[1].key) == 1  # the stale request took nothing
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rate=st.floats(0.1, 100.0),
+    capacity=st.floats(1.0, 1000.0),
+    taken=st.floats(0.0, 2.0),  # of the capacity, in use (above 1: in debt)
+    new_rate=st.floats(0.1, 100.0),
+    new_capacity=st.floats(1.0, 1000.0),
+)
+def test_update_keeps_a_buckets_level_as_the_core_does(
+    redis_url: str,
+    prefix: str,
+    rate: float,
+    capacity: float,
+    taken: float,
+    new_rate: float,
+    new_capacity: float,
+) -> None:
+    """update.lua and ``BucketState.retune`` agree: the level on hand is kept, down to
+    the new capacity (debt too), and comes back at the new rate."""
+    now = 1_000_000.0
+    core = BucketState(rate, capacity, now)
+    core.charge(taken * capacity, now)
+    bucket = MeterSpec("b", f"{{{prefix}}}:{uuid.uuid4().hex}", rate, capacity)
+    new = MeterSpec("b", bucket.key, new_rate, new_capacity)
+    client = SyncRedis.from_url(redis_url, decode_responses=True)
+    try:
+        client.set(bucket.key, repr(now + taken * capacity / rate))  # as reserve.lua keeps it
+        keys, args = _protocol.encode_update(
+            repr(now), f"{{{prefix}}}:rates", [(bucket, new, 1)], None
+        )
+        client.eval(_scripts.source("update"), len(keys), *keys, *args)
+        held = client.get(bucket.key)
+    finally:
+        client.close()
+    core.retune(new_rate, new_capacity, now)
+    tat = now if held is None else float(held)
+    for later in (now, now + 0.5, now + 5.0):
+        level = new_capacity - max(0.0, tat - later) * new_rate
+        assert level == pytest.approx(core.level(later), rel=1e-6, abs=1e-6 * new_capacity)
