@@ -511,9 +511,13 @@ class RedisStore:
         new = list(request.amounts)
         for index, value in actual.items():
             new[index] = value
-        # A grant made before a meter was fitted (see _fit) has fewer meters.
-        vector = [new[i] for i in self.indexes[: len(ticket.meters)]]
-        self.backend.spawn(self.backend.adjust(ticket, vector))
+        # A grant made before a meter was fitted (see _fit) has fewer meters. A bucket's
+        # schedule is read with the parameters in use now (an update or a fit since the
+        # grant changed them): the difference is converted with those.
+        count = len(ticket.meters)
+        vector = [new[i] for i in self.indexes[:count]]
+        current = ticket._replace(meters=tuple(self.meters[:count]))
+        self.backend.spawn(self.backend.adjust(current, vector))
 
     def release(self, request: Request, ticket: object) -> Awaitable[None] | None:
         if request.slot and ticket is not None:
@@ -555,7 +559,7 @@ class RedisStore:
         async def send(backend: RedisBackend) -> None:
             self._follow(await backend.update(rates_key, changes, sent))
 
-        self._send_first(send)
+        self._send_first(send, "change the limits")
 
     async def _refresh(self) -> None:
         """Read the rates another process's update gave the limiter, and follow them."""
@@ -608,12 +612,15 @@ class RedisStore:
         self.shape = replace(self.shape, meters=tuple(self.meters), slot_max=cap or 0)
         self._horizon = max([self._windows] + [m.p2 / m.p1 for m in self.meters if m.kind == "b"])
 
-    def _send_first(self, send: Callable[[RedisBackend], Coroutine[Any, Any, None]]) -> None:
+    def _send_first(
+        self, send: Callable[[RedisBackend], Coroutine[Any, Any, None]], what: str
+    ) -> None:
         """Send ``send(backend)`` to Redis before this store's next request. In the
         event loop this store serves, in the background, after what was sent before
         (reports, settlements...), and this store's next requests wait for it (as for a
         charge-back: see ``_charged``); from a thread without a loop, the thread blocks
-        until it is done (in the portal's loop)."""
+        until it is done (in the portal's loop), and an error is raised there; in the
+        background, it is logged (``what`` was not done)."""
         if asyncio.events._get_running_loop() is None:
             from .._portal import run
 
@@ -626,7 +633,10 @@ class RedisStore:
         async def first() -> None:
             if earlier:
                 await asyncio.wait(earlier)
-            await send(backend)
+            try:
+                await send(backend)
+            except Exception as exc:  # (no caller waits for it)
+                log.warning("%r: could not %s in Redis: %s", self.label, what, exc)
 
         self._charging = backend.spawn(first())
 
@@ -648,7 +658,7 @@ class RedisStore:
         async def forget(backend: RedisBackend) -> None:
             await backend.forget(keys)
 
-        self._send_first(forget)
+        self._send_first(forget, "reset the limiter")
         self.forget_locally()
 
     def forget_locally(self) -> None:
