@@ -81,7 +81,13 @@ class StoreSpec:
     together); ``pools`` names the meters shared by several limiters (a group's
     shared limits), relative to ``key[0]``. ``fallback`` makes an in-memory store of the
     same limits at a share of their rates and bursts, for a backend that limits locally while it
-    is unreachable.
+    is unreachable. ``changed(rates, cap)`` is told the rates (by index of ``meters``)
+    and the cap (``None``: kept) the limits have now, when a change made elsewhere (another
+    process's ``update``) reaches the store, so that the limiter's view follows.
+    ``made``: the rates (by index of ``meters``; those beyond: as they are) and the cap
+    the limits were made with; a backend that names its state after the limits (Redis's
+    keys) names it after those, so that every store of the same limits shares it, even
+    one opened after an update.
     """
 
     key: tuple[str, ...]
@@ -91,6 +97,7 @@ class StoreSpec:
     pools: Mapping[Meter, tuple[str, ...]] = field(default_factory=dict)
     fallback: Callable[[float], MemoryStore] | None = None
     changed: Callable[[Sequence[tuple[int, RateSpec]], int | None], None] | None = None
+    made: tuple[Sequence[RateSpec], int | None] | None = None
 
 
 class Backend(Protocol):
@@ -110,6 +117,7 @@ def open_store(
     *,
     threads: bool = False,
     changed: Callable[[Sequence[tuple[int, RateSpec]], int | None], None] | None = None,
+    made: tuple[Sequence[RateSpec], int | None] | None = None,
 ) -> Store:
     """Check ``backend`` and ``key`` as a limiter's arguments and open its store there.
 
@@ -157,7 +165,7 @@ def open_store(
         ]
         return MemoryStore(MultiState(dims, local, None), lambda: f"local stand-in for {key!r}")
 
-    spec = StoreSpec(parts, dims, meters, max_concurrency, pools or {}, fallback, changed)
+    spec = StoreSpec(parts, dims, meters, max_concurrency, pools or {}, fallback, changed, made)
     if threads:
         for_threads = getattr(backend, "for_threads", None)
         if for_threads is None:

@@ -102,12 +102,14 @@ class Limiter:
         "_allow_debt",
         "_backend",
         "_caps",
+        "_describing",
         "_dims",
         "_index",
         "_key",
         "_leases",
         "_limits",
         "_listeners",
+        "_made",
         "_multi",
         "_name",
         "_pools",
@@ -142,6 +144,9 @@ class Limiter:
             raise ArgumentTypeError("name", f"name must be a str, not {type(name).__name__}")
         dims = tuple(dict.fromkeys(dim for dim, _ in specs))
         self._multi = MultiState(dims, [Meter(dim, rate) for dim, rate in specs], cap)
+        # As made: what a backend names the state after (an update changes the meters').
+        self._made = (tuple(rate for _, rate in specs), cap)
+        self._describing = threading.Lock()  # (a backend's stores tell changes from threads)
         self._slot = cap is not None
         self._allow_debt = allow_debt
         self._configure()
@@ -182,6 +187,7 @@ class Limiter:
             self._pools,
             threads=threads,
             changed=self._follow,
+            made=self._made,
         )
 
     def _reporting_store(self) -> Store:
@@ -354,10 +360,13 @@ class Limiter:
             own = [
                 i
                 for i, m in enumerate(multi.meters)
-                if m.dim == dim and not m.shared and m.rate.period == rate.period
+                if m.dim == dim
+                and not m.shared
+                and m not in self._pools
+                and m.rate.period == rate.period
             ]
             if not own:
-                have = [m.describe() for m in multi.meters if not m.shared]
+                have = [m.describe() for m in multi.meters if not m.shared and m not in self._pools]
                 raise InvalidArgumentError(
                     dim,
                     f"{dim!r} has no rate per {rate.period:g} s of its own to update; this "
@@ -385,8 +394,11 @@ class Limiter:
 
         def applied() -> None:  # where the store applied it (see Store.update)
             if not isinstance(self._store, MemoryStore):  # (a memory store changed multi)
-                self._mirror(changes, cap)
-            self._configure()
+                with self._describing:
+                    self._mirror(changes, cap)
+                    self._configure()
+            else:
+                self._configure()
             log.info("%s: updated to %s", label(self._name), self._described(changes, cap))
 
         self._store.update(changes, cap, applied)
@@ -410,10 +422,12 @@ class Limiter:
         """A backend's store says the limits changed elsewhere (another process's
         :meth:`update`; see ``StoreSpec.changed``): the size checks, ``rates`` and
         ``max_concurrency`` follow."""
-        if self._mirror(rates, cap):
+        with self._describing:
+            if not self._mirror(rates, cap):
+                return
             self._configure()
             changes = self._described(rates, cap)
-            log.info("%s: limits changed by another process: %s", label(self._name), changes)
+            log.info("%s: limits follow the backend's: %s", label(self._name), changes)
 
     def _described(self, rates: Sequence[tuple[int, RateSpec]], cap: int | None) -> str:
         """The limits ``rates`` (by index) and ``cap`` (``None``: none) now have, for logs."""

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from tests.redis._support import RecordingBackend
 
 SCRIPTS = sorted(_protocol.LAYOUTS)
-PRELUDES = ("clock", "log", "give")
+PRELUDES = ("clock", "log", "give", "rates")
 
 
 def lua(name: str) -> str:
@@ -245,7 +245,7 @@ _shapes = st.builds(
     slots_key=st.sampled_from(["", "{p:a}:slots", "{p:a}:0"]),
     slot_max=st.integers(0, 5),
     rates_key=st.sampled_from(["", "{p:a}:rates"]),
-    version=st.integers(0, 3),
+    version=st.sampled_from(["", "u1"]),
 )
 
 
@@ -305,7 +305,7 @@ def test_each_shape_and_key_is_sent_once() -> None:
     a = MeterSpec("b", "{p:a}:0", 2.0, 5.0)
     b = MeterSpec("w", "{p:a}:1", 10.0, 1.0)
     first = Shape((a,), "{p:a}:pause")
-    second = Shape((b, a), "", "{p:a}:slots", 3, "{p:a}:rates", 2)
+    second = Shape((b, a), "", "{p:a}:slots", 3, "{p:a}:rates", "u2")
     requests = [(first, [1.0], None), (second, [1.0, 2.0], 0.25), (first, [0.5], None)]
     keys, args = _protocol.encode_batch(SERVER_TIME, "c1", requests, 300.0)
     assert _protocol.call_key(first.tag, "c1") == "{p:a}:call:c1"
@@ -314,9 +314,9 @@ def test_each_shape_and_key_is_sent_once() -> None:
     ]  # fmt: skip
     assert args == [
         "", SLACK_MS, _protocol.RECORD_TTL_MS, 0, "c1", 2, 3,
-        1, 2, 0, 0, 300.0, 0, 0,
+        1, 2, 0, 0, 300.0, 0, "",
         "b", 3, "2.0", "5.0",
-        2, 0, 4, 3, 300.0, 5, 2,
+        2, 0, 4, 3, 300.0, 5, "u2",
         "w", 6, "10.0", "1.0",
         "b", 3, "2.0", "5.0",
         1, -1, "1.0",
@@ -334,7 +334,13 @@ _RESERVATION = Reservation(
     at=1700000000.25,
     lease="lease-1",
     slots_key="{p:a}:slots",
+    rates_key="{p:a}:rates",
+    version="v1",
 )
+RATES = ("{p:a}:rates", "v1")
+
+
+_SLOTS = ("{p:a}:slots", *RATES)
 
 
 def test_give_backs_read_back_as_encoded() -> None:
@@ -342,8 +348,8 @@ def test_give_backs_read_back_as_encoded() -> None:
     reservations = [
         _RESERVATION,
         _RESERVATION._replace(member="m2", lease="", at=1700000001.5),
-        Reservation((_RESERVATION.meters[1], other), (2.0, 0.5), "m3", 1.25, "m3", "{p:a}:slots"),
-        Reservation((), (), "m4", 2.5, "m4", "{p:a}:slots"),  # a lease alone
+        Reservation((_RESERVATION.meters[1], other), (2.0, 0.5), "m3", 1.25, "m3", *_SLOTS),
+        Reservation((), (), "m4", 2.5, "m4", *_SLOTS),  # a lease alone
     ]
     keys, args = _protocol.encode_give_backs(SERVER_TIME, reservations, 300.0)
     assert len(keys) == len(set(keys))  # each key once
@@ -377,14 +383,17 @@ def test_a_settle_reads_back_as_encoded() -> None:
         "now": "12.5",
         "slack": SLACK_MS,
         "record_ttl": _protocol.RECORD_TTL_MS,
+        "version": "v1",
         "meters": 2,
         "call_key": "{p:a}:call:c1",
+        "rates_key": "{p:a}:rates",
     }
 
 
 def test_a_charge_reads_back_as_encoded() -> None:
     meters = _RESERVATION.meters
-    keys, args = _protocol.encode_charge("12.5", "c1", meters, [4.0, 0.0], [(0.25, (1.0, 2.0))])
+    grants = [(0.25, (1.0, 2.0))]
+    keys, args = _protocol.encode_charge("12.5", "c1", meters, [4.0, 0.0], grants, RATES)
     got = read("charge", keys, args)
     assert got.pop("meter[]") == [
         {**_spec(m), "owed": repr(owed)} for m, owed in zip(meters, [4.0, 0.0], strict=True)
@@ -396,6 +405,8 @@ def test_a_charge_reads_back_as_encoded() -> None:
         "record_ttl": _protocol.RECORD_TTL_MS,
         "call": "c1",
         "call_key": "{p:a}:call:c1",
+        "rates_key": "{p:a}:rates",
+        "version": "v1",
         "meters": 2,
         "grants": 1,
     }
@@ -406,7 +417,7 @@ def test_feedback_reads_back_as_encoded(pause: float | None) -> None:
     clamps = [
         (m, 4.0, 30.0, refill) for m, refill in zip(_RESERVATION.meters, [None, 2.5], strict=True)
     ]
-    keys, args = _protocol.encode_feedback(SERVER_TIME, "{p:a}:pause", pause, clamps)
+    keys, args = _protocol.encode_feedback(SERVER_TIME, "{p:a}:pause", pause, clamps, RATES)
     got = read("feedback", keys, args)
     meters = got.pop("meter[]")
     fields = ("kind", "key", "remaining", "reset", "refill")
@@ -420,6 +431,8 @@ def test_feedback_reads_back_as_encoded(pause: float | None) -> None:
         "pause": -1 if pause is None else pause,
         "meters": 2,
         "pause_key": "{p:a}:pause",
+        "rates_key": "{p:a}:rates",
+        "version": "v1",
     }
 
 
@@ -438,7 +451,8 @@ def test_a_release_reads_back_as_encoded() -> None:
 def test_an_update_reads_back_as_encoded() -> None:
     bucket, window = _RESERVATION.meters
     changes = [(bucket, MeterSpec("b", bucket.key, 3.0, 9.0), 180.0), (window, window, 10.0)]
-    keys, args = _protocol.encode_update("12.5", "{p:a}:rates", changes, ("cap:4", 2))
+    cap = ("cap:4", 2, "{p:a}:slots")
+    keys, args = _protocol.encode_update("12.5", "v2", "{p:a}:rates", changes, cap, 300.0)
     got = read("update", keys, args)
     assert got.pop("meter[]") == [
         {**_spec(bucket), "new_p1": "3.0", "new_p2": "9.0", "amount": "180.0"},
@@ -447,13 +461,16 @@ def test_an_update_reads_back_as_encoded() -> None:
     assert got == {
         "now": "12.5",
         "slack": SLACK_MS,
+        "version": "v2",
         "cap_field": "cap:4",
         "cap": 2,
+        "wake": _protocol.wake_key("{p:a}:slots"),
+        "wake_ttl": 300_000,
         "meters": 2,
         "rates_key": "{p:a}:rates",
     }
-    _, args = _protocol.encode_update("12.5", "{p:a}:rates", [], None)
-    assert args[2:4] == ["", 0]  # the cap is not changed
+    _, args = _protocol.encode_update("12.5", "v3", "{p:a}:rates", [], None, 300.0)
+    assert args[3:6] == ["", 0, 0]  # the cap is not changed
 
 
 def test_replies_decode() -> None:
@@ -512,7 +529,8 @@ async def _reserved(
     assert reply.status == RESERVED
     member = _protocol.member(call, 0)
     lease = member if slots_key else ""
-    return Reservation(meters, (1.0,) * len(meters), member, reply.now, lease, slots_key)
+    rates = backend.key("proto", "rates")
+    return Reservation(meters, (1.0,) * len(meters), member, reply.now, lease, slots_key, rates, "")
 
 
 @pytest.mark.asyncio
@@ -603,7 +621,10 @@ async def test_charge_replies_1_once(
     bucket, window = _meters(redis_backend)  # 1/s, burst 1; 1 in 60 s
     before = await server_time(admin)
     grants = [(0.5, (0.0, 1.0)), (120.0, (0.0, 1.0))]  # the second has left the window
-    keys, args = _protocol.encode_charge(SERVER_TIME, "c1", (bucket, window), [2.0, 0.0], grants)
+    rates = (redis_backend.key("proto", "rates"), "")
+    keys, args = _protocol.encode_charge(
+        SERVER_TIME, "c1", (bucket, window), [2.0, 0.0], grants, rates
+    )
     assert await _call(redis_backend, "charge", keys, args) == 1
     after = await server_time(admin)
     # The bucket owes 2 at 1/s: its schedule is 2 s from now; the window holds one grant.
@@ -623,7 +644,11 @@ async def test_feedback_replies_1(redis_backend: RecordingBackend, admin: aiored
     meters = _meters(redis_backend)
     pause_key = redis_backend.key("proto", "pause")
     keys, args = _protocol.encode_feedback(
-        SERVER_TIME, pause_key, 2.0, [(meters[0], 0.0, 5.0, None), (meters[1], 0.0, 5.0, None)]
+        SERVER_TIME,
+        pause_key,
+        2.0,
+        [(meters[0], 0.0, 5.0, None), (meters[1], 0.0, 5.0, None)],
+        (redis_backend.key("proto", "rates"), ""),
     )
     before = await server_time(admin)
     assert await _call(redis_backend, "feedback", keys, args) == 1
@@ -658,47 +683,89 @@ async def test_release_replies_with_the_lease_removed(
 
 
 @pytest.mark.asyncio
-async def test_update_converts_a_bucket_and_raises_the_version(
+async def test_update_converts_a_bucket_and_names_the_version(
     redis_backend: RecordingBackend, admin: aioredis.Redis
 ) -> None:
     bucket = MeterSpec("b", redis_backend.key("proto", "bucket"), 1.0, 10.0)
     rates = redis_backend.key("proto", "rates")
+    slots = redis_backend.key("proto", "slots")
     await admin.set(bucket.key, "1004.0")  # at 1000: 4 of 10 in use, 6 on hand
     await admin.set(bucket.key + ":last", "m1")
     raised = MeterSpec("b", bucket.key, 2.0, 20.0)
-    keys, args = _protocol.encode_update("1000.0", rates, [(bucket, raised, 40.0)], None)
+    changes = [(bucket, raised, 40.0)]
+    keys, args = _protocol.encode_update("1000.0", "u1", rates, changes, None, 300.0)
     flat = [_text(part) for part in await _call(redis_backend, "update", keys, args)]
     held = dict(zip(flat[::2], flat[1::2], strict=True))
-    assert held == await admin.hgetall(rates) == {bucket.key: "2 20 40.0", "v": "1"}
+    assert held == await admin.hgetall(rates) == {bucket.key: "2 20 40.0", "v": "u1"}
     # 6 on hand kept: 14 of 20 in use, at 2 a second.
     assert float(str(await admin.get(bucket.key))) == pytest.approx(1007.0)
     assert await admin.get(bucket.key + ":last") is None  # never given back at the new rate
+    # Sent again (its reply lost): nothing changes.
+    await _call(redis_backend, "update", keys, args)
+    assert float(str(await admin.get(bucket.key))) == pytest.approx(1007.0)
     # Sent with the parameters before the first update: the hash's are used. 6 on hand
-    # at most 5 now: full, nothing in use.
+    # at most 5 now: full, nothing in use. A cap's change wakes who waits for a slot.
     lowered = MeterSpec("b", bucket.key, 2.0, 5.0)
-    keys, args = _protocol.encode_update("1000.0", rates, [(bucket, lowered, 120.0)], ("cap:3", 1))
+    cap = ("cap:3", 2, slots)
+    keys, args = _protocol.encode_update(
+        "1000.0", "u2", rates, [(bucket, lowered, 120.0)], cap, 300.0
+    )
     await _call(redis_backend, "update", keys, args)
     assert await admin.get(bucket.key) is None
-    assert await admin.hgetall(rates) == {bucket.key: "2 5 120.0", "cap:3": "1", "v": "2"}
+    assert await admin.hgetall(rates) == {bucket.key: "2 5 120.0", "cap:3": "2", "v": "u2"}
+    assert await admin.llen(_protocol.wake_key(slots)) == 2
+    assert 0 < await admin.pttl(_protocol.wake_key(slots)) <= 300_000
 
 
 @pytest.mark.asyncio
-async def test_reserve_takes_nothing_for_an_older_version(
+async def test_a_raised_window_holds_back_what_a_report_held(
+    redis_backend: RecordingBackend, admin: aioredis.Redis
+) -> None:
+    window = MeterSpec("w", redis_backend.key("proto", "window"), 100.0, 60.0)
+    rates = (redis_backend.key("proto", "rates"), "")
+    pause = redis_backend.key("proto", "pause")
+    # The server says nothing is left for 30 s: 100 held back, until then.
+    keys, args = _protocol.encode_feedback(
+        "1000.0", pause, None, [(window, 0.0, 30.0, None)], rates
+    )
+    await _call(redis_backend, "feedback", keys, args)
+    assert float(str(await admin.get(window.key + ":held"))) == 970.0
+    raised = MeterSpec("w", window.key, 1000.0, 60.0)
+    keys, args = _protocol.encode_update(
+        "1000.5", "u1", rates[0], [(window, raised, 1000.0)], None, 300.0
+    )
+    await _call(redis_backend, "update", keys, args)
+    # The raise is held back as long: the window admits nothing more until 1030.
+    assert await admin.zscore(window.key, "fuu1:900") == 970.0
+    bucket_shape = Shape((raised,), "", "", 0, rates[0], "u1")
+    keys, args = _protocol.encode_batch("1000.5", "c9", [(bucket_shape, [1.0], None)], 300.0)
+    (reply,) = _protocol.decode_replies(await _call(redis_backend, "reserve", keys, args), keys)
+    assert reply.status == RESERVED
+    assert reply.wait == pytest.approx(29.5)
+
+
+@pytest.mark.asyncio
+async def test_reserve_takes_nothing_for_another_version(
     redis_backend: RecordingBackend, admin: aioredis.Redis
 ) -> None:
     meters = _meters(redis_backend)
     rates = redis_backend.key("proto", "rates")
-    shape = Shape(meters, "", "", 0, rates, 0)
+    shape = Shape(meters, "", "", 0, rates, "")
     _, (reply,) = await _reserve(redis_backend, [(shape, [1.0, 1.0], None)])
-    assert reply.status == RESERVED  # no hash: version 0
-    await admin.hset(rates, "v", 1)
+    assert reply.status == RESERVED  # no hash: no version
+    await admin.hset(rates, "v", "u1")
     _, (stale, fresh) = await _reserve(
         redis_backend,
-        [(shape, [1.0, 1.0], None), (Shape(meters, "", "", 0, rates, 1), [1.0, 0.0], None)],
+        [(shape, [1.0, 1.0], None), (Shape(meters, "", "", 0, rates, "u1"), [1.0, 0.0], None)],
     )
     assert stale.status == STALE
     assert fresh.status == RESERVED
     assert await admin.zcard(meters[1].key) == 1  # the stale request took nothing
+    # A rates key holding something else is named, as a meter's would be.
+    await admin.delete(rates)
+    await admin.set(rates, "x")
+    _, (wrong,) = await _reserve(redis_backend, [(shape, [1.0, 1.0], None)])
+    assert wrong == Reply(WRONG_TYPE, 0.0, 0.0, rates)
 
 
 @settings(
@@ -731,7 +798,7 @@ def test_update_keeps_a_buckets_level_as_the_core_does(
     try:
         client.set(bucket.key, repr(now + taken * capacity / rate))  # as reserve.lua keeps it
         keys, args = _protocol.encode_update(
-            repr(now), f"{{{prefix}}}:rates", [(bucket, new, 1)], None
+            repr(now), "u1", f"{{{prefix}}}:rates", [(bucket, new, 1)], None, 300.0
         )
         client.eval(_scripts.source("update"), len(keys), *keys, *args)
         held = client.get(bucket.key)

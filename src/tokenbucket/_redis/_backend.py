@@ -532,15 +532,18 @@ class RedisBackend:
         meters: Sequence[MeterSpec],
         owed: Sequence[float],
         grants: Sequence[tuple[float, Sequence[float]]],
+        rates: tuple[str, str],
     ) -> None:
         """Charge what a local stand-in admitted: each bucket what it is ``owed``, each
         window the ``grants`` ``(seconds ago, amount per meter)``, in calls of at most
-        ``_CHARGED_AT_ONCE`` grants (best effort: never raises)."""
+        ``_CHARGED_AT_ONCE`` grants (best effort: never raises); ``rates``: the rates
+        hash and version the parameters of ``meters`` come from."""
         first = 0
         while True:
             part = grants[first : first + _CHARGED_AT_ONCE]
             call = f"{self._id}{next(self._calls)}"
-            keys, args = _protocol.encode_charge(self._now_arg(), call, meters, owed, part)
+            now = self._now_arg()
+            keys, args = _protocol.encode_charge(now, call, meters, owed, part, rates)
             try:
                 await self._with_policy("charge", keys, args)
             except Exception as exc:  # the limit may be exceeded by as much, once
@@ -556,9 +559,12 @@ class RedisBackend:
         pause_key: str,
         pause: float | None,
         clamps: Sequence[tuple[MeterSpec, float, float, float | None]],
+        rates: tuple[str, str],
     ) -> None:
-        """Pause for ``pause`` seconds and lower meters to ``(remaining, reset)``."""
-        keys, args = _protocol.encode_feedback(self._now_arg(), pause_key, pause, clamps)
+        """Pause for ``pause`` seconds and lower meters to ``(remaining, reset)``
+        (``rates``: the rates hash and version their parameters come from)."""
+        now = self._now_arg()
+        keys, args = _protocol.encode_feedback(now, pause_key, pause, clamps, rates)
         await self._with_policy("feedback", keys, args)
 
     async def forget(self, keys: Sequence[str]) -> None:
@@ -569,12 +575,16 @@ class RedisBackend:
         self,
         rates_key: str,
         changes: Sequence[tuple[MeterSpec, MeterSpec, float]],
-        cap: tuple[str, int] | None,
+        cap: tuple[str, int, str] | None,
     ) -> dict[str, str]:
         """Give each meter of ``changes`` ``(meter, new, amount)`` the parameters of
-        ``new``, and the cap ``(field, value)`` its value, for every process (see
-        update.lua); what the rates hash holds then (see :meth:`rates`)."""
-        keys, args = _protocol.encode_update(self._now_arg(), rates_key, changes, cap)
+        ``new``, and the cap ``(field, value, slots key)`` its value, for every process
+        (see update.lua); what the rates hash holds then (see :meth:`rates`). Sent again
+        after a lost reply, the call changes nothing more."""
+        version = f"{self._id}{next(self._calls)}"
+        keys, args = _protocol.encode_update(
+            self._now_arg(), version, rates_key, changes, cap, self.lease_ttl
+        )
         flat = await self._with_policy("update", keys, args)
         return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
@@ -605,7 +615,16 @@ class RedisBackend:
 def _reservation(shape: Shape, amounts: Sequence[float], member: str, reply: Reply) -> Reservation:
     lease = member if shape.slots_key else ""
     at = reply.now + reply.wait
-    return Reservation(shape.meters, tuple(amounts), member, at, lease, shape.slots_key)
+    return Reservation(
+        shape.meters,
+        tuple(amounts),
+        member,
+        at,
+        lease,
+        shape.slots_key,
+        shape.rates_key,
+        shape.version,
+    )
 
 
 def _text(value: str | bytes) -> str:

@@ -125,14 +125,14 @@ CANCEL: Final = Layout(
     indexes=("slots", "wake", "key"),
 )
 ADJUST: Final = Layout(
-    keys=("call_key", "..."),
-    head=("now", "slack", "record_ttl", "meters"),
+    keys=("call_key", "rates_key", "..."),
+    head=("now", "slack", "record_ttl", "version", "meters"),
     groups=(Group("meter", "meters", (*_METER, "amount", "member", "new", "t")),),
     indexes=("key",),
 )
 FEEDBACK: Final = Layout(
-    keys=("pause_key", "..."),
-    head=("now", "slack", "pause", "meters"),
+    keys=("pause_key", "rates_key", "..."),
+    head=("now", "slack", "version", "pause", "meters"),
     groups=(Group("meter", "meters", (*_METER, "remaining", "reset", "refill")),),
     indexes=("key",),
 )
@@ -143,8 +143,8 @@ RELEASE: Final = Layout(
 )
 
 CHARGE: Final = Layout(
-    keys=("call_key", "..."),
-    head=("now", "slack", "record_ttl", "call", "meters", "grants"),
+    keys=("call_key", "rates_key", "..."),
+    head=("now", "slack", "record_ttl", "call", "version", "meters", "grants"),
     groups=(
         Group("meter", "meters", (*_METER, "owed")),
         Group("grant", "grants", ("age", "amounts")),
@@ -154,9 +154,9 @@ CHARGE: Final = Layout(
 FORGET: Final = Layout(keys=("...",), head=("count",))
 UPDATE: Final = Layout(
     keys=("rates_key", "..."),
-    head=("now", "slack", "cap_field", "cap", "meters"),
+    head=("now", "slack", "version", "cap_field", "cap", "wake", "wake_ttl", "meters"),
     groups=(Group("meter", "meters", (*_METER, "new_p1", "new_p2", "amount")),),
-    indexes=("key",),
+    indexes=("wake", "key"),
 )
 
 _UNDO: Final = RESERVE.head.index("undo")
@@ -197,7 +197,7 @@ class Shape:
     slots_key: str = ""
     slot_max: int = 0
     rates_key: str = ""
-    version: int = 0
+    version: str = ""
 
     @cached_property
     def tag(self) -> str:
@@ -215,6 +215,8 @@ class Reservation(NamedTuple):
     at: float  # the instant reserved, on the backend's clock
     lease: str  # concurrency lease id, or ""
     slots_key: str
+    rates_key: str  # the limiter's rates hash, and the version its parameters come from
+    version: str
 
     @property
     def tag(self) -> str:
@@ -353,8 +355,8 @@ def encode_adjust(
     """adjust.lua's KEYS and ARGV: ``reservation`` (with at least one meter) takes
     ``new_amounts`` instead, in the call ``call`` (an id unique to the call). The same
     KEYS and ARGV sent again are the same call: it settles once."""
-    keys: list[str] = [call_key(reservation.meters[0].key.partition("}")[0], call)]
-    args: list[Any] = [now, SLACK_MS, RECORD_TTL_MS, len(reservation.meters)]
+    keys: list[str] = [call_key(reservation.tag, call), reservation.rates_key]
+    args: list[Any] = [now, SLACK_MS, RECORD_TTL_MS, reservation.version, len(reservation.meters)]
     for meter, old, new in zip(reservation.meters, reservation.amounts, new_amounts, strict=True):
         keys.append(meter.key)
         args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2), repr(old)]
@@ -368,13 +370,15 @@ def encode_charge(
     meters: Sequence[MeterSpec],
     owed: Sequence[float],
     grants: Sequence[tuple[float, Sequence[float]]],
+    rates: tuple[str, str],
 ) -> tuple[list[str], list[Any]]:
     """charge.lua's KEYS and ARGV, for the call ``call`` (an id unique to it): each bucket
     of ``meters`` is charged what it is ``owed``, each window the ``grants``
-    ``(seconds ago, amount per meter)`` still inside it. The same KEYS and ARGV sent
-    again are the same call: it charges once."""
-    keys: list[str] = [call_key(meters[0].key.partition("}")[0], call)]
-    args: list[Any] = [now, SLACK_MS, RECORD_TTL_MS, call, len(meters), len(grants)]
+    ``(seconds ago, amount per meter)`` still inside it; ``rates``: the limiter's rates
+    hash and the version the parameters come from. The same KEYS and ARGV sent again
+    are the same call: it charges once."""
+    keys: list[str] = [call_key(meters[0].key.partition("}")[0], call), rates[0]]
+    args: list[Any] = [now, SLACK_MS, RECORD_TTL_MS, call, rates[1], len(meters), len(grants)]
     for meter, debt in zip(meters, owed, strict=True):
         keys.append(meter.key)
         args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2), repr(debt)]
@@ -388,12 +392,14 @@ def encode_feedback(
     pause_key: str,
     pause: float | None,
     clamps: Sequence[tuple[MeterSpec, float, float, float | None]],
+    rates: tuple[str, str],
 ) -> tuple[list[str], list[Any]]:
     """feedback.lua's KEYS and ARGV: pause ``pause`` seconds (``None``: no pause) and
     lower each meter to ``(remaining, reset, refill)`` (``refill``: the rate at which
-    the server's capacity comes back, or ``None``)."""
-    keys: list[str] = [pause_key]
-    args: list[Any] = [now, SLACK_MS, -1 if pause is None else pause, len(clamps)]
+    the server's capacity comes back, or ``None``); ``rates``: the limiter's rates hash
+    and the version the parameters come from."""
+    keys: list[str] = [pause_key, rates[0]]
+    args: list[Any] = [now, SLACK_MS, rates[1], -1 if pause is None else pause, len(clamps)]
     for meter, remaining, reset, refill in clamps:
         keys.append(meter.key)
         args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2)]
@@ -411,19 +417,23 @@ def encode_release(
 
 def encode_update(
     now: str,
+    version: str,
     rates_key: str,
     changes: Sequence[tuple[MeterSpec, MeterSpec, float]],
-    cap: tuple[str, int] | None,
+    cap: tuple[str, int, str] | None,
+    lease_ttl: float,
 ) -> tuple[list[str], list[Any]]:
-    """update.lua's KEYS and ARGV: each ``(meter, new, amount)`` of ``changes`` takes
-    ``new``'s parameters (``amount``: the new rate's amount per period), and the cap
-    ``(field, value)`` its value."""
-    keys: list[str] = [rates_key]
-    field, value = cap if cap is not None else ("", 0)
-    args: list[Any] = [now, SLACK_MS, field, value, len(changes)]
+    """update.lua's KEYS and ARGV, for the call whose id is ``version``: each
+    ``(meter, new, amount)`` of ``changes`` takes ``new``'s parameters (``amount``: the
+    new rate's amount per period), and the cap ``(field, value, slots key)`` its value
+    (waking the processes that wait for one of those slots)."""
+    keys = _Keys(rates_key)
+    field, value, slots_key = cap if cap is not None else ("", 0, "")
+    wake = keys.at(wake_key(slots_key)) if slots_key else 0
+    args: list[Any] = [now, SLACK_MS, version, field, value, wake, int(lease_ttl * 1000)]
+    args.append(len(changes))
     for meter, new, amount in changes:
-        keys.append(meter.key)
-        args += [meter.kind, len(keys), repr(meter.p1), repr(meter.p2)]
+        args += [meter.kind, keys.at(meter.key), repr(meter.p1), repr(meter.p2)]
         args += [repr(new.p1), repr(new.p2), repr(amount)]
     return keys, args
 

@@ -1,8 +1,9 @@
 """The Lua scripts: their sources, calling them by SHA, and what an outage does.
 
 A script's source is its file under ``lua/`` after the preludes it uses: ``clock.lua``
-(``now`` from ARGV[1], or the server's ``TIME``), ``log.lua`` (window logs) and
-``give.lua`` (giving a reservation back). Each is
+(``now`` from ARGV[1], or the server's ``TIME``), ``log.lua`` (window logs),
+``give.lua`` (giving a reservation back) and ``rates.lua`` (a meter's parameters after
+another process's update). Each is
 loaded once (``SCRIPT LOAD``) and called by SHA (``EVALSHA``); a server that lost it
 (restarted, ``SCRIPT FLUSH``) answers NOSCRIPT and it is loaded again. Redis refusing a
 script becomes :class:`BackendError`; Redis out of reach is retried or becomes
@@ -48,9 +49,9 @@ PRELUDES: Final[Mapping[str, tuple[str, ...]]] = {
     "reserve": ("clock", "log", "give"),
     "cancel": ("clock", "log", "give"),
     "release": (),
-    "adjust": ("clock", "log"),
-    "feedback": ("clock", "log"),
-    "charge": ("clock", "log"),
+    "adjust": ("clock", "log", "rates"),
+    "feedback": ("clock", "log", "rates"),
+    "charge": ("clock", "log", "rates"),
     "forget": (),
     "update": ("clock", "log"),
 }

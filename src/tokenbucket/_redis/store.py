@@ -71,12 +71,16 @@ class RedisStore:
         self.label = ":".join(spec.key)  # for messages
         tag = [escape(part) for part in spec.key]
         self.dims = spec.dims
-        self.max_concurrency = spec.max_concurrency
+        # Keys and parameters as the limits were made (an update since is read from
+        # Redis: see _follow).
+        made, cap = spec.made or ((), spec.max_concurrency)
+        self._rates = [made[i] if i < len(made) else m.rate for i, m in enumerate(spec.meters)]
+        self.max_concurrency = cap
         self.meters: list[MeterSpec] = []
         self.indexes: list[int] = []
         self._pooled: set[int] = set()  # the meters shared with other limiters
         for i, meter in enumerate(spec.meters):
-            rate = meter.rate
+            rate = self._rates[i]
             label = f"{meter.dim}:{rate.amount!r}/{rate.period!r}"
             if rate.burst is None:
                 kind, p1, p2 = "w", rate.amount, rate.period
@@ -91,23 +95,20 @@ class RedisStore:
             self.meters.append(MeterSpec(kind, key, p1, p2))  # type: ignore[arg-type]
             self.indexes.append(spec.dims.index(meter.dim))
         self.pause_key = backend.key(*tag, "pause")
-        self.slots_key = backend.key(*tag, "slots") if spec.max_concurrency else ""
+        self.slots_key = backend.key(*tag, "slots") if cap else ""
         # The rates every process uses, as Limiter.update changed them (see update.lua):
         # a cap's field names the cap it was made with, as a meter's key names its rate.
         self.rates_key = backend.key(*tag, "rates")
-        self._cap_field = f"cap:{spec.max_concurrency}"
+        self._cap_field = f"cap:{cap}"
         self.shape = Shape(
-            tuple(self.meters),
-            self.pause_key,
-            self.slots_key,
-            spec.max_concurrency or 0,
-            self.rates_key,
+            tuple(self.meters), self.pause_key, self.slots_key, cap or 0, self.rates_key
         )
-        self._rates = [meter.rate for meter in spec.meters]  # as made
-        self._made = self.shape.meters, spec.max_concurrency  # as made (before any update)
+        self._made = self.shape.meters, cap
         self._configured = self.shape.meters  # as updated, before any fit
         self._fits: dict[int, tuple[float, float]] = {}  # bucket meters fitted: rate, capacity
         self._changed = spec.changed
+        self._updates = 0  # updates made here (see update)
+        self._refreshing: asyncio.Task[None] | None = None  # reading the rates (see _refresh)
         self._one = len(self.indexes) == 1
         # Per index of a window meter, where among the meters the bucket that models the
         # server behind it is (see _fit).
@@ -167,7 +168,7 @@ class RedisStore:
         asked = False  # asked Redis once already (then waited for a slot)
         try:
             while True:
-                if self._charging is not None:
+                while self._charging is not None:  # (a newer one may come meanwhile)
                     await self._charged()
                 probe = self._probe
                 if probe is not None and not probe.done() and probe.get_loop() is loop:
@@ -211,7 +212,7 @@ class RedisStore:
                 if self._local is not None or self._down_since is not None:
                     self._hand_back()  # Redis answers again: the stand-in is done
                 if status == STALE:  # the rates changed (another process's update)
-                    await self._refresh()
+                    await self._refresh(deadline, loop, timeout)
                     continue
                 if status == 1:
                     due = loop.time() + wait  # `wait` is what is left of it now
@@ -500,7 +501,8 @@ class RedisStore:
         self, owed: list[float], grants: list[tuple[float, tuple[float, ...]]], until: float
     ) -> None:
         if grants or any(owed):
-            await self.backend.charge(self.meters, owed, grants)
+            rates = (self.rates_key, self.shape.version)
+            await self.backend.charge(self.meters, owed, grants, rates)
         await asyncio.sleep(max(0.0, until - self.backend.running_loop().time()))
 
     def adjust(self, request: Request, ticket: object, actual: Mapping[int, float]) -> None:
@@ -516,7 +518,7 @@ class RedisStore:
         # grant changed them): the difference is converted with those.
         count = len(ticket.meters)
         vector = [new[i] for i in self.indexes[:count]]
-        current = ticket._replace(meters=tuple(self.meters[:count]))
+        current = ticket._replace(meters=tuple(self.meters[:count]), version=self.shape.version)
         self.backend.spawn(self.backend.adjust(current, vector))
 
     def release(self, request: Request, ticket: object) -> Awaitable[None] | None:
@@ -539,8 +541,10 @@ class RedisStore:
     ) -> None:
         """Change rates and the cap for every process: here at once, in Redis as
         :meth:`reset` sends its deletion (see :meth:`_send_first`). update.lua converts
-        what the meters hold and raises the rates hash's version, so that every other
-        process reads the new rates before it reserves again (see :meth:`_follow`)."""
+        what the meters hold and gives the rates hash a new version, so that every other
+        process reads the new rates before it reserves again (see :meth:`_follow`). If
+        Redis does not take the change, this process reads Redis's rates again before
+        it next reserves: no process keeps limits the others do not share."""
         configured = list(self._configured)
         changes = []
         for index, rate in rates:
@@ -553,16 +557,42 @@ class RedisStore:
             changes.append((old, new, rate.amount))
         self._configure(configured, self.max_concurrency if cap is None else cap)
         done()
-        sent = None if cap is None else (self._cap_field, cap)
+        sent = None if cap is None else (self._cap_field, cap, self.slots_key)
         rates_key = self.rates_key
+        self._updates += 1
+        mine = self._updates
 
         async def send(backend: RedisBackend) -> None:
-            self._follow(await backend.update(rates_key, changes, sent))
+            try:
+                held = await backend.update(rates_key, changes, sent)
+            except BaseException:
+                self.shape = replace(self.shape, version=_UNKNOWN)  # (then: _refresh)
+                raise
+            if mine == self._updates:  # (a later update here follows its own reply)
+                self._follow(held)
 
-        self._send_first(send, "change the limits")
+        self._send_first(send, "change the limits (this process takes Redis's back)")
 
-    async def _refresh(self) -> None:
-        """Read the rates another process's update gave the limiter, and follow them."""
+    async def _refresh(
+        self, deadline: float | None, loop: asyncio.AbstractEventLoop, timeout: float | None
+    ) -> None:
+        """Read the rates that an update (another process's) gave the limiter, and follow
+        them; by ``deadline``. One read at a time, whoever waits for it."""
+        task = self._refreshing
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = self._refreshing = loop.create_task(self._read_rates())
+            task.add_done_callback(_retrieved)
+        if deadline is None:
+            await asyncio.shield(task)
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            raise AcquireTimeoutError(
+                f"{self.label!r}: not granted within {timeout} s (Redis did not answer)"
+            ) from None
+
+    async def _read_rates(self) -> None:
         try:
             held = await self.backend.rates(self.rates_key)
         except BackendUnavailableError:
@@ -596,7 +626,7 @@ class RedisStore:
             self._configure(configured, cap)
             if self._changed is not None:
                 self._changed(rates, new_cap)
-        self.shape = replace(self.shape, version=int(held.get("v", "0")))
+        self.shape = replace(self.shape, version=held.get("v", ""))
 
     def _configure(self, configured: Sequence[MeterSpec], cap: int | None) -> None:
         """The meters as configured now, and the cap: a bucket fitted to a server never
@@ -636,7 +666,7 @@ class RedisStore:
             try:
                 await send(backend)
             except Exception as exc:  # (no caller waits for it)
-                log.warning("%r: could not %s in Redis: %s", self.label, what, exc)
+                log.warning("%r: Redis did not %s: %s", self.label, what, exc)
 
         self._charging = backend.spawn(first())
 
@@ -650,6 +680,7 @@ class RedisStore:
                 continue  # a limit shared with other limiters: not this one's to forget
             key = configured.key
             keys += [key, key + ":last"] if configured.kind == "b" else [key, key + ":sum"]
+            keys.append(key + ":held")
             keys.append(key + ":mark")
         for shadow in self._shadows.values():
             key = self.meters[shadow].key
@@ -713,7 +744,8 @@ class RedisStore:
             counts.pauses += 1
             counts.paused += plan.pause
         if clamps or plan.pause is not None:
-            self.backend.spawn(self.backend.feedback(self.pause_key, plan.pause, clamps))
+            rates = (self.rates_key, self.shape.version)
+            self.backend.spawn(self.backend.feedback(self.pause_key, plan.pause, clamps, rates))
         return 0  # (what Redis's script lowers is not known here)
 
     def _fit(self, index: int, rate: float, capacity: float) -> MeterSpec:
@@ -767,8 +799,23 @@ class RedisStore:
 
     def at_rest(self) -> bool:
         # The state lives in Redis: a new store of the same limits would behave the same,
-        # unless this one was fitted to a server's limits (see _fit).
-        return not self.waiters and not self.in_flight and self.shape.meters == self._configured
+        # unless this one was fitted to a server's limits (see _fit), or follows an
+        # update (a new store would learn of it only when it first asks).
+        return (
+            not self.waiters
+            and not self.in_flight
+            and self.shape.meters == self._configured == self._made[0]
+            and self.max_concurrency == self._made[1]
+        )
+
+
+_UNKNOWN: Final = "-"  # a version no rates hash has: the next reserve call reads it
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """(Its waiters get its error; none may be left to.)"""
+    if not task.cancelled():
+        task.exception()
 
 
 class _StandIn(Request):

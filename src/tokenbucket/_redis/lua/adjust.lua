@@ -3,14 +3,16 @@
 -- A call is recorded under call_key for record_ttl ms: the same call sent again (a retry
 -- after its reply was lost on the way back) finds its record and changes nothing again.
 --
--- KEYS: call_key, ...
--- ARGV: now, slack, record_ttl, meters
+-- KEYS: call_key, rates_key, ...
+-- ARGV: now, slack, record_ttl, version, meters
 -- ARGV per meter (meters): kind, key, p1, p2, amount, member, new, t
 --   call_key   the record of this call (its id, under the hash tag of its keys)
+--   rates_key  the limiter's rates hash (see rates.lua)
 --   ...        the meters' keys (by the key fields)
 --   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
 --   slack      ms that keys outlive what they hold
 --   record_ttl  ms a call's record lasts
+--   version    the version of the rates hash the parameters come from
 --   meters     the number of meters
 --   kind       'b' bucket | 'w' window
 --   key        index in KEYS of the meter's key
@@ -28,12 +30,13 @@
 -- lowered it since the grant (feedback.lua): the server's count covers the grant.
 local slack = tonumber(ARGV[2])
 local record_ttl = tonumber(ARGV[3])
-local meters = tonumber(ARGV[4])
-local pos = 5
+local version = ARGV[4]
+local meters = tonumber(ARGV[5])
+local pos = 6
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', record_ttl) == false then return 0 end
 for _ = 1, meters do
   local kind, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
-  local p1, p2 = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
+  local p1, p2 = current(KEYS[2], version, key, tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))
   local old, member = tonumber(ARGV[pos + 4]), ARGV[pos + 5]
   local new, t = tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7])
   pos = pos + 8

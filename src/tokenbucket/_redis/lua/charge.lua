@@ -7,16 +7,18 @@
 -- (`age` seconds before now). The call is recorded under call_key for record_ttl ms:
 -- sent again (a retry after its reply was lost), it charges nothing again.
 --
--- KEYS: call_key, ...
--- ARGV: now, slack, record_ttl, call, meters, grants
+-- KEYS: call_key, rates_key, ...
+-- ARGV: now, slack, record_ttl, call, version, meters, grants
 -- ARGV per meter (meters): kind, key, p1, p2, owed
 -- ARGV per grant (grants): age, amounts
 --   call_key   the record of this call (under the hash tag of its keys)
+--   rates_key  the limiter's rates hash (see rates.lua)
 --   ...        the meters' keys (by the key fields)
 --   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
 --   slack      ms that keys outlive what they hold
 --   record_ttl  ms the call's record lasts
 --   call       the call's id: grant g's window entries are '<call>.<g>'
+--   version    the version of the rates hash the parameters come from
 --   meters     the number of meters
 --   grants     the number of grants
 --   kind       'b' bucket | 'w' window
@@ -31,17 +33,18 @@
 local slack = tonumber(ARGV[2])
 local record_ttl = tonumber(ARGV[3])
 local call = ARGV[4]
-local meters = tonumber(ARGV[5])
-local grants = tonumber(ARGV[6])
-local pos = 7
+local version = ARGV[5]
+local meters = tonumber(ARGV[6])
+local grants = tonumber(ARGV[7])
+local pos = 8
 
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', record_ttl) then return 0 end
 
 local specs = {}
 for m = 1, meters do
-  specs[m] = {kind = ARGV[pos], key = KEYS[tonumber(ARGV[pos + 1])],
-              p1 = tonumber(ARGV[pos + 2]), p2 = tonumber(ARGV[pos + 3]),
-              owed = tonumber(ARGV[pos + 4])}
+  local key = KEYS[tonumber(ARGV[pos + 1])]
+  local p1, p2 = current(KEYS[2], version, key, tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))
+  specs[m] = {kind = ARGV[pos], key = key, p1 = p1, p2 = p2, owed = tonumber(ARGV[pos + 4])}
   pos = pos + 5
 end
 

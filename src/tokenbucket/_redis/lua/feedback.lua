@@ -1,11 +1,13 @@
 -- Fold a server's view into the meters: pause, and lower what a meter may grant.
 --
--- KEYS: pause_key, ...
--- ARGV: now, slack, pause, meters
+-- KEYS: pause_key, rates_key, ...
+-- ARGV: now, slack, version, pause, meters
 -- ARGV per meter (meters): kind, key, p1, p2, remaining, reset, refill
 --   now        seconds since the epoch ('' = the server's TIME; see clock.lua)
 --   slack      ms that keys outlive what they hold
 --   pause_key  the limiter's pause key
+--   rates_key  the limiter's rates hash (see rates.lua)
+--   version    the version of the rates hash the parameters come from
 --   ...        the meters' keys (by the key fields)
 --   pause      seconds to pause (-1: none)
 --   meters     the number of meters
@@ -18,7 +20,8 @@
 --   refill     units/s at which the server's capacity comes back (0: all at the reset);
 --              what a window holds back leaves it as soon as that much has come back
 local slack = tonumber(ARGV[2])
-local pause = tonumber(ARGV[3])
+local version = ARGV[3]
+local pause = tonumber(ARGV[4])
 if pause >= 0 then
   local until_ = now + pause
   local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -26,11 +29,11 @@ if pause >= 0 then
     redis.call('SET', KEYS[1], string.format('%.17g', until_), 'PX', math.ceil(pause * 1000) + slack)
   end
 end
-local meters = tonumber(ARGV[4])
-local pos = 5
+local meters = tonumber(ARGV[5])
+local pos = 6
 for _ = 1, meters do
   local kind, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
-  local p1, p2 = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
+  local p1, p2 = current(KEYS[2], version, key, tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))
   local remaining, reset = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
   local refill = tonumber(ARGV[pos + 6])
   pos = pos + 7
@@ -58,13 +61,17 @@ for _ = 1, meters do
       if refill > 0 then parts = math.min(64, math.ceil(excess * 64 / p1)) end
       local part = excess / parts
       local stamp = 'fb' .. string.format('%.17g', now) .. '#'
+      local last = now
       for k = 1, parts do
         local hold = reset
         if refill > 0 and k * part / refill < hold then hold = k * part / refill end
         local at = now + hold - p2
+        last = at
         redis.call('ZADD', key, at, stamp .. k .. ':' .. string.format('%.17g', part))  -- '<id>:<amount>'
         log_change(st, at, part)
       end
+      -- The instant of the last part, for a raise to hold back with it (update.lua).
+      redis.call('SET', key .. ':held', log_num(last), 'PX', math.ceil(p2 * 1000) + slack)
       -- (Never shorter than it was: entries reserved for later keep it alive.)
       local ttl = math.ceil(p2 * 1000) + slack
       if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end

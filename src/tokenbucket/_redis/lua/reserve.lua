@@ -38,7 +38,7 @@
 --   slot_max   the number of concurrency slots
 --   lease_ttl  seconds a lease lasts
 --   rates      index in KEYS of the limiter's rates hash (0: none; see update.lua)
---   version    the version of the rates hash the shape's parameters come from
+--   version    the version of the rates hash the shape's parameters come from ('': none)
 --   kind       'b' bucket | 'w' window
 --   key        index in KEYS of the meter's key
 --   p1         bucket: rate (units/s)    window: limit
@@ -75,7 +75,7 @@ for s = 1, shape_count do
     slot_max = tonumber(ARGV[pos + 3]),
     lease_ttl = tonumber(ARGV[pos + 4]),
     rates_index = tonumber(ARGV[pos + 5]),
-    version = tonumber(ARGV[pos + 6]),
+    version = ARGV[pos + 6],
     specs = {},
   }
   pos = pos + 7
@@ -156,6 +156,8 @@ local function fit(kind, key)
     local found = redis.call('TYPE', key)['ok']
     if kind == 'b' then
       ok = found == 'none' or (found == 'string' and tonumber(redis.call('GET', key)) ~= nil)
+    elseif kind == 'h' then
+      ok = found == 'none' or found == 'hash'
     else
       ok = found == 'none' or found == 'zset'
     end
@@ -178,13 +180,16 @@ for r = 1, count do
   for m = 1, shape.meters do
     if not fit(specs[m].kind, specs[m].key) then bad = specs[m].index end
   end
+  if not bad and shape.rates_index > 0 and not fit('h', KEYS[shape.rates_index]) then
+    bad = shape.rates_index
+  end
   if bad then
     status = 3
   elseif shape.rates_index > 0 then
     local key = KEYS[shape.rates_index]
     local version = versions[key]
     if not version then
-      version = tonumber(redis.call('HGET', key, 'v') or '0')
+      version = redis.call('HGET', key, 'v') or ''
       versions[key] = version
     end
     if version ~= shape.version then status = 4 end
