@@ -334,24 +334,31 @@ class Limiter:
         What a server's reports said (see :meth:`feedback`) still holds: a bucket fitted
         to a server never gets more than the server's rate and burst, and a window's
         raise waits for what a report held back. Limits shared by a group's members
-        (``BucketGroup.share``) are not changed here. Called from a thread other than
-        that of the event loop the limiter serves, the change is applied there (in
-        order with everything else the loop does).
+        (``BucketGroup.share``) are not changed here. In memory, called from a thread
+        other than that of the event loop the limiter serves, the change is applied
+        there (in order with everything else the loop does).
 
-        With a backend (Redis), every process using the limit takes the change: this one
-        at once, the others before they next reserve (the change is sent in the
-        background, before this process's next request; from a thread without an event
-        loop, before ``update`` returns). Redis converts what the meters hold by the
-        rule above, and a process started later takes the change too. A reservation
-        made before the change for a later instant (a waiter sleeping until its turn)
-        keeps its instant: a raise speeds up the requests made after it. A process
-        made with other rates (other keys in Redis) or another ``max_concurrency``
-        keeps its own.
+        With a backend (Redis), the change is made in Redis, where it converts what the
+        meters hold by the rule above, for every process using the limit. It is sent in
+        the background, before the next request of this event loop (from a thread
+        without an event loop, ``update`` returns once Redis has it); ``rates`` and
+        ``max_concurrency`` show it once Redis has it, in this process and in each
+        other one (its threads included) before it next reserves, as in a process
+        started later. A process that has not asked Redis since checks a request's size
+        against the limits it knows. A reservation made before the change for a later
+        instant (a waiter sleeping until its turn) keeps its instant: a raise speeds up
+        the requests made after it. A process made with other rates uses other keys,
+        and keeps its own limits; one made with another ``max_concurrency`` takes the
+        changes of rates, and keeps its own cap.
 
         Raises:
             InvalidArgumentError: a rate with no rate of its dimension and period to
-                replace, or of the other kind (burst or not); a cap on a limiter made
-                without one. Nothing is changed.
+                replace, or of the other kind (burst or not), or one shared by a group's
+                members; a cap on a limiter made without one. Nothing is changed.
+            BackendUnavailableError: with a backend, from a thread without an event
+                loop, Redis could not be reached (or ``BackendError``: it refused the
+                change). The change is not made. (In an event loop, the change is sent
+                in the background, and such an error is logged.)
         """
         specs = parse_limits(limits, rates)
         multi = self._multi

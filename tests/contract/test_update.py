@@ -53,8 +53,8 @@ async def test_a_lower_window_holds_for_every_process(
     async with one.acquire(tokens=50):
         pass
     one.update(tokens_per_minute=tb.Rate(50, 60.0))
-    assert one.rates["tokens"] == (tb.Rate(50, 60.0),)  # at once, here
     await sent(one)
+    assert one.rates["tokens"] == (tb.Rate(50, 60.0),)
     # 60 in the window against 50 now: nothing more, in any process.
     assert not await fits(other, tokens=1)
     assert other.rates["tokens"] == (tb.Rate(50, 60.0),)
@@ -298,3 +298,15 @@ async def test_two_updates_in_a_row_here_tell_no_change_from_elsewhere(
     assert not await fits(one, tokens=1)
     assert one.rates["tokens"] == (tb.Rate(20, 60.0),)
     assert not [r for r in caplog.records if "follow the backend" in r.getMessage()]
+
+
+async def test_a_settlement_right_after_an_update_is_read_in_the_rates_it_was_made_in(
+    backend: Backend,
+) -> None:
+    limiter = make(backend, tb.Rate(1, 1.0, burst=100))  # 1 a second
+    async with limiter.acquire(tokens=11) as lease:  # 89 left
+        limiter.update(tokens_per_second=tb.Rate(100, 1.0, burst=100))
+        lease.settle(tokens=60)  # 49 more, sent at once: 40 left
+    await sent(limiter)
+    await settled_in(backend)
+    assert not await fits(limiter, tokens=60)  # 0.2 s away at 100 a second

@@ -451,8 +451,10 @@ def test_a_release_reads_back_as_encoded() -> None:
 def test_an_update_reads_back_as_encoded() -> None:
     bucket, window = _RESERVATION.meters
     changes = [(bucket, MeterSpec("b", bucket.key, 3.0, 9.0), 180.0), (window, window, 10.0)]
-    cap = ("cap:4", 2, "{p:a}:slots")
-    keys, args = _protocol.encode_update("12.5", "v2", "{p:a}:rates", changes, cap, 300.0)
+    cap = ("cap:4", 2, 4)
+    keys, args = _protocol.encode_update(
+        "12.5", "v2", "{p:a}:rates", changes, cap, "{p:a}:slots", 300.0
+    )
     got = read("update", keys, args)
     assert got.pop("meter[]") == [
         {**_spec(bucket), "new_p1": "3.0", "new_p2": "9.0", "amount": "180.0"},
@@ -464,13 +466,14 @@ def test_an_update_reads_back_as_encoded() -> None:
         "version": "v2",
         "cap_field": "cap:4",
         "cap": 2,
+        "was": 4,
         "wake": _protocol.wake_key("{p:a}:slots"),
         "wake_ttl": 300_000,
         "meters": 2,
         "rates_key": "{p:a}:rates",
     }
-    _, args = _protocol.encode_update("12.5", "v3", "{p:a}:rates", [], None, 300.0)
-    assert args[3:6] == ["", 0, 0]  # the cap is not changed
+    _, args = _protocol.encode_update("12.5", "v3", "{p:a}:rates", [], None, "", 300.0)
+    assert args[3:7] == ["", 0, 0, 0]  # the cap is not changed
 
 
 def test_replies_decode() -> None:
@@ -693,7 +696,7 @@ async def test_update_converts_a_bucket_and_names_the_version(
     await admin.set(bucket.key + ":last", "m1")
     raised = MeterSpec("b", bucket.key, 2.0, 20.0)
     changes = [(bucket, raised, 40.0)]
-    keys, args = _protocol.encode_update("1000.0", "u1", rates, changes, None, 300.0)
+    keys, args = _protocol.encode_update("1000.0", "u1", rates, changes, None, "", 300.0)
     flat = [_text(part) for part in await _call(redis_backend, "update", keys, args)]
     held = dict(zip(flat[::2], flat[1::2], strict=True))
     assert held == await admin.hgetall(rates) == {bucket.key: "2 20 40.0", "v": "u1"}
@@ -704,17 +707,21 @@ async def test_update_converts_a_bucket_and_names_the_version(
     await _call(redis_backend, "update", keys, args)
     assert float(str(await admin.get(bucket.key))) == pytest.approx(1007.0)
     # Sent with the parameters before the first update: the hash's are used. 6 on hand
-    # at most 5 now: full, nothing in use. A cap's change wakes who waits for a slot.
+    # at most 5 now: full, nothing in use. A cap's raise wakes as many who wait for a slot.
     lowered = MeterSpec("b", bucket.key, 2.0, 5.0)
-    cap = ("cap:3", 2, slots)
     keys, args = _protocol.encode_update(
-        "1000.0", "u2", rates, [(bucket, lowered, 120.0)], cap, 300.0
+        "1000.0", "u2", rates, [(bucket, lowered, 120.0)], ("cap:3", 5, 3), slots, 300.0
     )
     await _call(redis_backend, "update", keys, args)
     assert await admin.get(bucket.key) is None
-    assert await admin.hgetall(rates) == {bucket.key: "2 5 120.0", "cap:3": "2", "v": "u2"}
+    assert await admin.hgetall(rates) == {bucket.key: "2 5 120.0", "cap:3": "5", "v": "u2"}
     assert await admin.llen(_protocol.wake_key(slots)) == 2
     assert 0 < await admin.pttl(_protocol.wake_key(slots)) <= 300_000
+    # Lowered (from the hash's 5, whatever was sent), it frees no slot: no wake.
+    await admin.delete(_protocol.wake_key(slots))
+    keys, args = _protocol.encode_update("1000.0", "u3", rates, [], ("cap:3", 4, 3), slots, 300.0)
+    await _call(redis_backend, "update", keys, args)
+    assert await admin.llen(_protocol.wake_key(slots)) == 0
 
 
 @pytest.mark.asyncio
@@ -732,7 +739,7 @@ async def test_a_raised_window_holds_back_what_a_report_held(
     assert float(str(await admin.get(window.key + ":held"))) == 970.0
     raised = MeterSpec("w", window.key, 1000.0, 60.0)
     keys, args = _protocol.encode_update(
-        "1000.5", "u1", rates[0], [(window, raised, 1000.0)], None, 300.0
+        "1000.5", "u1", rates[0], [(window, raised, 1000.0)], None, "", 300.0
     )
     await _call(redis_backend, "update", keys, args)
     # The raise is held back as long: the window admits nothing more until 1030.
@@ -798,7 +805,7 @@ def test_update_keeps_a_buckets_level_as_the_core_does(
     try:
         client.set(bucket.key, repr(now + taken * capacity / rate))  # as reserve.lua keeps it
         keys, args = _protocol.encode_update(
-            repr(now), "u1", f"{{{prefix}}}:rates", [(bucket, new, 1)], None, 300.0
+            repr(now), "u1", f"{{{prefix}}}:rates", [(bucket, new, 1)], None, "", 300.0
         )
         client.eval(_scripts.source("update"), len(keys), *keys, *args)
         held = client.get(bucket.key)

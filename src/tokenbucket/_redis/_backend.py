@@ -575,15 +575,17 @@ class RedisBackend:
         self,
         rates_key: str,
         changes: Sequence[tuple[MeterSpec, MeterSpec, float]],
-        cap: tuple[str, int, str] | None,
+        cap: tuple[str, int, int] | None,
+        slots_key: str,
     ) -> dict[str, str]:
         """Give each meter of ``changes`` ``(meter, new, amount)`` the parameters of
-        ``new``, and the cap ``(field, value, slots key)`` its value, for every process
-        (see update.lua); what the rates hash holds then (see :meth:`rates`). Sent again
-        after a lost reply, the call changes nothing more."""
+        ``new``, and the cap ``(field, value, value before)`` its value, for every
+        process (see update.lua), waking who waits for a slot of ``slots_key`` if it
+        rose; what the rates hash holds then (see :meth:`rates`). Sent again after a
+        lost reply, the call changes nothing more."""
         version = f"{self._id}{next(self._calls)}"
         keys, args = _protocol.encode_update(
-            self._now_arg(), version, rates_key, changes, cap, self.lease_ttl
+            self._now_arg(), version, rates_key, changes, cap, slots_key, self.lease_ttl
         )
         flat = await self._with_policy("update", keys, args)
         return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}

@@ -154,7 +154,7 @@ CHARGE: Final = Layout(
 FORGET: Final = Layout(keys=("...",), head=("count",))
 UPDATE: Final = Layout(
     keys=("rates_key", "..."),
-    head=("now", "slack", "version", "cap_field", "cap", "wake", "wake_ttl", "meters"),
+    head=("now", "slack", "version", "cap_field", "cap", "was", "wake", "wake_ttl", "meters"),
     groups=(Group("meter", "meters", (*_METER, "new_p1", "new_p2", "amount")),),
     indexes=("wake", "key"),
 )
@@ -420,17 +420,18 @@ def encode_update(
     version: str,
     rates_key: str,
     changes: Sequence[tuple[MeterSpec, MeterSpec, float]],
-    cap: tuple[str, int, str] | None,
+    cap: tuple[str, int, int] | None,
+    slots_key: str,
     lease_ttl: float,
 ) -> tuple[list[str], list[Any]]:
     """update.lua's KEYS and ARGV, for the call whose id is ``version``: each
     ``(meter, new, amount)`` of ``changes`` takes ``new``'s parameters (``amount``: the
-    new rate's amount per period), and the cap ``(field, value, slots key)`` its value
-    (waking the processes that wait for one of those slots)."""
+    new rate's amount per period), and the cap ``(field, value, value before)`` its
+    value (a raise wakes the processes that wait for a slot of ``slots_key``)."""
     keys = _Keys(rates_key)
-    field, value, slots_key = cap if cap is not None else ("", 0, "")
-    wake = keys.at(wake_key(slots_key)) if slots_key else 0
-    args: list[Any] = [now, SLACK_MS, version, field, value, wake, int(lease_ttl * 1000)]
+    field, value, was = cap if cap is not None else ("", 0, 0)
+    wake = keys.at(wake_key(slots_key)) if cap is not None and slots_key else 0
+    args: list[Any] = [now, SLACK_MS, version, field, value, was, wake, int(lease_ttl * 1000)]
     args.append(len(changes))
     for meter, new, amount in changes:
         args += [meter.kind, keys.at(meter.key), repr(meter.p1), repr(meter.p2)]

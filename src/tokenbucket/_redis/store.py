@@ -107,7 +107,6 @@ class RedisStore:
         self._configured = self.shape.meters  # as updated, before any fit
         self._fits: dict[int, tuple[float, float]] = {}  # bucket meters fitted: rate, capacity
         self._changed = spec.changed
-        self._updates = 0  # updates made here (see update)
         self._refreshing: asyncio.Task[None] | None = None  # reading the rates (see _refresh)
         self._one = len(self.indexes) == 1
         # Per index of a window meter, where among the meters the bucket that models the
@@ -539,39 +538,33 @@ class RedisStore:
     def update(
         self, rates: Sequence[tuple[int, RateSpec]], cap: int | None, done: Callable[[], object]
     ) -> None:
-        """Change rates and the cap for every process: here at once, in Redis as
-        :meth:`reset` sends its deletion (see :meth:`_send_first`). update.lua converts
-        what the meters hold and gives the rates hash a new version, so that every other
-        process reads the new rates before it reserves again (see :meth:`_follow`). If
-        Redis does not take the change, this process reads Redis's rates again before
-        it next reserves: no process keeps limits the others do not share."""
-        configured = list(self._configured)
+        """Change rates and the cap for every process, once Redis has the change:
+        update.lua converts what the meters hold and gives the rates hash a new version,
+        so that every process, this one included, reads the new rates before it reserves
+        again (see :meth:`_follow`). Until Redis has it, this store keeps the rates it
+        has (what it sends meanwhile is read in them). In the event loop this store
+        serves, the change is sent in the background before this store's next request
+        (see :meth:`_send_first`), and ``done()`` is called when Redis has it; from a
+        thread without a loop, the thread blocks until then."""
         changes = []
         for index, rate in rates:
-            old = configured[index]
+            old = self._configured[index]
             if old.kind == "b":
                 new = replace(old, p1=rate.amount / rate.period, p2=cast("float", rate.burst))
             else:
                 new = replace(old, p1=rate.amount)
-            configured[index] = new
             changes.append((old, new, rate.amount))
-        self._configure(configured, self.max_concurrency if cap is None else cap)
-        done()
-        sent = None if cap is None else (self._cap_field, cap, self.slots_key)
-        rates_key = self.rates_key
-        self._updates += 1
-        mine = self._updates
+        sent = None if cap is None else (self._cap_field, cap, self.max_concurrency or 0)
+        rates_key, slots_key = self.rates_key, self.slots_key
+        looped = asyncio.events._get_running_loop() is not None
 
         async def send(backend: RedisBackend) -> None:
-            try:
-                held = await backend.update(rates_key, changes, sent)
-            except BaseException:
-                self.shape = replace(self.shape, version=_UNKNOWN)  # (then: _refresh)
-                raise
-            if mine == self._updates:  # (a later update here follows its own reply)
+            held = await backend.update(rates_key, changes, sent, slots_key)
+            done()
+            if looped:  # (from another thread, this store learns it as from another process)
                 self._follow(held)
 
-        self._send_first(send, "change the limits (this process takes Redis's back)")
+        self._send_first(send, "change the limits")
 
     async def _refresh(
         self, deadline: float | None, loop: asyncio.AbstractEventLoop, timeout: float | None
@@ -586,7 +579,9 @@ class RedisStore:
             await asyncio.shield(task)
             return
         try:
-            await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - loop.time()))
+            # (With a moment for Redis to answer, as for the reserve call: see take.)
+            left = max(deadline - loop.time(), _ANSWER_GRACE)
+            await asyncio.wait_for(asyncio.shield(task), left)
         except asyncio.TimeoutError:
             raise AcquireTimeoutError(
                 f"{self.label!r}: not granted within {timeout} s (Redis did not answer)"
@@ -603,7 +598,12 @@ class RedisStore:
 
     def _follow(self, held: Mapping[str, str]) -> None:
         """Take the rates and cap that the rates hash ``held`` gives the limiter (those
-        the limiter was made with where it gives none), and its version."""
+        the limiter was made with where it gives none), and its version; when the
+        version is new here, tell the limiter all of them (so that its view ends as the
+        latest store to read them saw them)."""
+        version = held.get("v", "")
+        if version == self.shape.version:
+            return
         configured = list(self._configured)
         rates: list[tuple[int, RateSpec]] = []
         for index, made in enumerate(self._made[0]):
@@ -615,18 +615,15 @@ class RedisStore:
                 p1, p2, amount = map(float, entry.split())
                 new = replace(made, p1=p1, p2=p2)
                 rate = Rate(amount, rate.period, burst=None if made.kind == "w" else p2)
-            if new != configured[index]:
-                configured[index] = new
-                rates.append((index, rate))
+            configured[index] = new
+            rates.append((index, rate))
         made_cap = self._made[1]
         field = held.get(self._cap_field)
         cap = made_cap if field is None or made_cap is None else int(field)
-        new_cap = None if cap == self.max_concurrency else cap
-        if rates or new_cap is not None:
-            self._configure(configured, cap)
-            if self._changed is not None:
-                self._changed(rates, new_cap)
-        self.shape = replace(self.shape, version=held.get("v", ""))
+        self._configure(configured, cap)
+        self.shape = replace(self.shape, version=version)
+        if self._changed is not None:
+            self._changed(rates, cap)
 
     def _configure(self, configured: Sequence[MeterSpec], cap: int | None) -> None:
         """The meters as configured now, and the cap: a bucket fitted to a server never
@@ -665,6 +662,9 @@ class RedisStore:
                 await asyncio.wait(earlier)
             try:
                 await send(backend)
+            except asyncio.CancelledError:  # (the loop closed first: no one else says it)
+                log.warning("%r: did not %s in Redis: the event loop ended first", self.label, what)
+                raise
             except Exception as exc:  # (no caller waits for it)
                 log.warning("%r: Redis did not %s: %s", self.label, what, exc)
 
@@ -807,9 +807,6 @@ class RedisStore:
             and self.shape.meters == self._configured == self._made[0]
             and self.max_concurrency == self._made[1]
         )
-
-
-_UNKNOWN: Final = "-"  # a version no rates hash has: the next reserve call reads it
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:

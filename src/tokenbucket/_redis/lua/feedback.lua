@@ -70,8 +70,12 @@ for _ = 1, meters do
         redis.call('ZADD', key, at, stamp .. k .. ':' .. string.format('%.17g', part))  -- '<id>:<amount>'
         log_change(st, at, part)
       end
-      -- The instant of the last part, for a raise to hold back with it (update.lua).
-      redis.call('SET', key .. ':held', log_num(last), 'PX', math.ceil(p2 * 1000) + slack)
+      -- The latest instant of what is held back, for a raise to hold back with it
+      -- (update.lua).
+      local held = tonumber(redis.call('GET', key .. ':held') or '')
+      if not held or last > held then
+        redis.call('SET', key .. ':held', log_num(last), 'PX', math.ceil(p2 * 1000) + slack)
+      end
       -- (Never shorter than it was: entries reserved for later keep it alive.)
       local ttl = math.ceil(p2 * 1000) + slack
       if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end

@@ -13,10 +13,10 @@
 -- leaves the window. A bucket keeps what it has on hand, down to its new capacity, and
 -- refills at its new rate from now on (its theoretical arrival time is recomputed); it
 -- forgets its latest reservation, so a reservation made at the old rate is never given
--- back at the new one. A cap's change wakes the processes waiting for a slot.
+-- back at the new one. A cap's raise wakes as many processes waiting for a slot.
 --
 -- KEYS: rates_key, ...
--- ARGV: now, slack, version, cap_field, cap, wake, wake_ttl, meters
+-- ARGV: now, slack, version, cap_field, cap, was, wake, wake_ttl, meters
 -- ARGV per meter (meters): kind, key, p1, p2, new_p1, new_p2, amount
 --   rates_key  the limiter's rates hash (no expiry: a process started later reads it)
 --   ...        the keys that the wake and key fields name
@@ -25,6 +25,7 @@
 --   version    this call's id, unique to it: the hash's version from now on
 --   cap_field  the cap's field ('': the cap is not changed)
 --   cap        the new cap
+--   was        the cap before, unless the hash holds a later one
 --   wake       index in KEYS of the list that processes waiting for a slot block on
 --              (0: none)
 --   wake_ttl   ms the wake list lasts
@@ -41,10 +42,11 @@
 local slack = tonumber(ARGV[2])
 local version = ARGV[3]
 local cap_field, cap = ARGV[4], tonumber(ARGV[5])
-local wake = tonumber(ARGV[6])
-local wake_ttl = tonumber(ARGV[7])
-local meters = tonumber(ARGV[8])
-local pos = 9
+local was = tonumber(ARGV[6])
+local wake = tonumber(ARGV[7])
+local wake_ttl = tonumber(ARGV[8])
+local meters = tonumber(ARGV[9])
+local pos = 10
 local rates_key = KEYS[1]
 for _ = 1, meters do
   local kind, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
@@ -83,11 +85,12 @@ for _ = 1, meters do
   redis.call('HSET', rates_key, key, log_num(new_p1) .. ' ' .. log_num(new_p2) .. ' ' .. amount)
 end
 if cap_field ~= '' then
+  was = tonumber(redis.call('HGET', rates_key, cap_field) or was)
   redis.call('HSET', rates_key, cap_field, cap)
-  if wake > 0 then
+  if wake > 0 and cap > was then
     local found = redis.call('TYPE', KEYS[wake])['ok']
     if found == 'list' or found == 'none' then
-      for _ = 1, math.min(cap, 64) do redis.call('LPUSH', KEYS[wake], '1') end
+      for _ = 1, math.min(cap - was, 64) do redis.call('LPUSH', KEYS[wake], '1') end
       redis.call('LTRIM', KEYS[wake], 0, 63)
       redis.call('PEXPIRE', KEYS[wake], wake_ttl)
     end
