@@ -1,0 +1,228 @@
+"""Concurrency limits that find themselves: pure policies fed with the calls' outcomes.
+
+A policy holds a limit on the calls in flight, between ``minimum`` and ``maximum``, and
+moves it with what the calls it admitted tell: each :meth:`Policy.sample` is one call that
+ended at ``now`` after ``rtt`` seconds, with ``in_flight`` calls held as it ended (itself
+included), and whether it was *dropped*: the server refused or failed it (a 429, a 5xx,
+a timeout, a broken connection). Pure: ``now`` is given, no clock is read.
+
+Samples are taken in windows (``window`` calls, or ``max_window`` seconds with at least
+one), and the limit moves once per window, from the mean latency of the window's calls
+that were not dropped, the most calls it held at once, and whether any call was dropped:
+
+* a drop lowers the limit by ``backoff`` (x0.9), once: the drops of calls that started
+  before the latest decrease were sent at a limit since lowered, and say nothing new (a
+  burst of 429s lowers it once, not once each); a window with only such drops leaves
+  the limit as it is;
+* the limit grows only while it binds (the window held at least half of it), so that an
+  application that sends little does not grow a limit it never tests;
+* until the first sign of congestion (a drop; for :class:`Gradient`, a latency beyond
+  its tolerance), it doubles per window: a slow start, so that a small ``initial`` is
+  left in a few windows.
+
+:class:`AIMD` (loss-based) then grows by one per window. :class:`Gradient`
+(latency-based, after Netflix's Gradient2) compares the window's latency with the
+latency without load, measured by a probe every ``probe_every`` seconds (30): while the
+latency stays within ``tolerance`` (x1.5) of it, the limit grows by ``queue`` calls (4)
+per window; beyond, it shrinks in proportion (by half at most). Its moves are smoothed
+(``smoothing``: 0.2).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+__all__ = ["AIMD", "Gradient", "Policy"]
+
+_INF: Final = math.inf
+# The drops of a window: none, only of calls started before the latest cut, a new one.
+_NONE: Final = 0
+_OLD: Final = 1
+_NEW: Final = 2
+
+
+class Policy:
+    """What both policies share: the limit, its bounds, and the windows of samples."""
+
+    __slots__ = (
+        "_count",
+        "_cut",
+        "_dropped",
+        "_kept",
+        "_rtt_sum",
+        "_since",
+        "_slow",
+        "_start",
+        "_widest",
+        "backoff",
+        "limit",
+        "max_window",
+        "maximum",
+        "minimum",
+        "window",
+    )
+
+    def __init__(
+        self,
+        initial: float,
+        minimum: int,
+        maximum: int,
+        *,
+        backoff: float = 0.9,
+        window: int = 10,
+        max_window: float = 1.0,
+    ) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.limit = float(min(max(initial, minimum), maximum))
+        self.backoff = backoff
+        self.window = window
+        self.max_window = max_window
+        self._cut = -_INF  # when the limit was last lowered for a drop
+        self._start = -_INF  # when the window began (its first sample)
+        self._count = 0  # calls in the window, and those not dropped
+        self._kept = 0
+        self._rtt_sum = 0.0
+        self._widest = 0
+        self._dropped = _NONE
+        self._slow = True  # slow start: until the first sign of congestion
+        self._since = -_INF  # calls that started before are not sampled
+
+    @property
+    def current(self) -> int:
+        """The limit as a number of calls: the whole part, never below ``minimum``."""
+        return max(self.minimum, int(self.limit))
+
+    def sample(self, now: float, rtt: float, in_flight: int, dropped: bool) -> str | None:
+        """Take in one call's outcome; when it closes a window, move the limit and say
+        why (``"drop"``, ``"grow"``, ``"latency"``), else ``None``."""
+        if now - rtt < self._since:
+            return None  # (started before a probe: see Gradient)
+        if not self._count:
+            self._start = now
+        self._count += 1
+        if dropped:
+            # (A call that started before the latest cut tells nothing new.)
+            self._dropped = max(self._dropped, _NEW if now - rtt >= self._cut else _OLD)
+        else:
+            self._kept += 1
+            self._rtt_sum += rtt
+        if in_flight > self._widest:
+            self._widest = in_flight
+        if self._count < self.window and now - self._start < self.max_window:
+            return None
+        widest, drops = self._widest, self._dropped
+        mean = self._rtt_sum / self._kept if self._kept else 0.0
+        self._count = self._kept = self._widest = 0
+        self._rtt_sum = 0.0
+        self._dropped = _NONE
+        if drops == _NEW:
+            self._cut = now
+            self._slow = False
+            self._set(self._cut_from() * self.backoff)
+            return "drop"
+        if drops:
+            return None
+        return self._window(now, mean, widest)
+
+    def _cut_from(self) -> float:
+        """The limit a drop lowers."""
+        return self.limit
+
+    def _window(self, now: float, mean: float, widest: int) -> str | None:
+        """Move the limit after a window without drops, of ``mean`` latency, that held
+        at most ``widest`` calls at once; why, or ``None``."""
+        raise NotImplementedError
+
+    def _set(self, limit: float) -> None:
+        self.limit = min(max(limit, float(self.minimum)), float(self.maximum))
+
+
+class AIMD(Policy):
+    """Loss-based: one more call per window while the limit binds (twice as many per
+    window until the first drop), ``backoff`` times as many on a drop."""
+
+    __slots__ = ()
+
+    def _window(self, now: float, mean: float, widest: int) -> str | None:
+        if widest * 2 < self.limit:
+            return None  # the limit does not bind: nothing learned
+        self._set(self.limit * 2 if self._slow else self.limit + 1)
+        return "grow"
+
+
+class Gradient(Policy):
+    """Latency-based: the window's mean latency against the latency without load.
+
+    The latency without load is the lowest window mean seen since the latest probe: every
+    ``probe_every`` seconds (``None``: never), the limit is halved for one window of the
+    calls that start then (a queue the limit allows, at most half of it, then drains),
+    and their mean latency is taken as the new one; then the limit is restored. Without
+    probes, a latency that rose for good (larger requests, a slower server) would be
+    taken for queueing forever, and one that queueing raised never seen again."""
+
+    __slots__ = ("_base", "_probed", "_resume", "probe_every", "queue", "smoothing", "tolerance")
+
+    def __init__(
+        self,
+        initial: float,
+        minimum: int,
+        maximum: int,
+        *,
+        backoff: float = 0.9,
+        window: int = 10,
+        max_window: float = 1.0,
+        smoothing: float = 0.2,
+        tolerance: float = 1.5,
+        queue: float = 4.0,
+        probe_every: float | None = 30.0,
+    ) -> None:
+        super().__init__(
+            initial, minimum, maximum, backoff=backoff, window=window, max_window=max_window
+        )
+        self.smoothing = smoothing
+        self.tolerance = tolerance
+        self.queue = queue
+        self.probe_every = probe_every
+        self._base = 0.0  # the latency without load (0: none yet)
+        self._probed = -_INF  # when the latest probe began (or the first window ended)
+        self._resume = 0.0  # while probing, the limit to restore (0: not probing)
+
+    @property
+    def base_latency(self) -> float:
+        """The latency without load, as last measured (``0.0`` before any window)."""
+        return self._base
+
+    def _cut_from(self) -> float:
+        resume, self._resume = self._resume, 0.0  # (a drop ends a probe)
+        return resume or self.limit
+
+    def _window(self, now: float, mean: float, widest: int) -> str | None:
+        if self._resume:  # the probe's window: calls that started at half the limit
+            self._base = mean
+            self._set(self._resume)
+            self._resume = 0.0
+            return "probed"
+        if not self._base or mean < self._base:  # (a latency that falls is followed)
+            self._base = mean
+        every = self.probe_every
+        if every is not None and now - self._probed >= every:
+            if self._probed > -_INF:
+                self._probed = self._since = now
+                self._resume = self.limit
+                self._set(self.limit / 2)
+                return "probe"
+            self._probed = now
+        if widest * 2 < self.limit:
+            return None  # the limit does not bind: nothing learned
+        before = self.limit
+        gradient = min(1.0, max(0.5, self.tolerance * self._base / mean)) if mean > 0 else 1.0
+        if gradient < 1.0:
+            self._slow = False
+        elif self._slow:
+            self._set(before * 2)
+            return "grow"
+        target = before * gradient + self.queue
+        self._set(before + (target - before) * self.smoothing)
+        return "grow" if self.limit >= before else "latency"
