@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from ._adaptive import Adaptive, LimitChange, adaptive
 from ._bucket import TokenBucket
 from ._decorate import chat_cost, estimate_tokens, rate_limited, usage_of
 from ._errors import (
@@ -42,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AcquireTimeoutError",
+    "Adaptive",
     "AmountExceedsLimitError",
     "ArgumentTypeError",
     "AsyncLimitedTransport",
@@ -55,6 +57,7 @@ __all__ = [
     "Lease",
     "LeaseContext",
     "LeaseError",
+    "LimitChange",
     "LimitStatistics",
     "LimitedTransport",
     "Limiter",
@@ -71,6 +74,7 @@ __all__ = [
     "TokenBucketError",
     "UnknownNameError",
     "__version__",
+    "adaptive",
     "chat_cost",
     "estimate_tokens",
     "instrument",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._core import Request
 from ._errors import LeaseError
+from ._loop import now as clock_now
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Mapping
@@ -45,7 +46,7 @@ class Lease(Request):
             not wait, or when the backend cannot tell (Redis, for its rates).
     """
 
-    __slots__ = ("_limiter", "_stage", "_store", "_ticket", "_timeout")
+    __slots__ = ("_dropped", "_limiter", "_since", "_stage", "_store", "_ticket", "_timeout")
 
     def __init__(
         self,
@@ -65,6 +66,9 @@ class Lease(Request):
         self._stage = _NEW
         self._ticket: object  # the store's own record of the grant, once granted
         self._store: Store  # the store that granted it, once granted
+        # With an adaptive cap: when it was granted, and whether its call was dropped.
+        self._since: float
+        self._dropped = False
 
     @property
     def reserved(self) -> Mapping[str, float]:
@@ -120,7 +124,10 @@ class Lease(Request):
         is left is read as of when this request reached it: what the bucket granted since
         is taken off it, and the server's refill since added. (A window's log merges the
         grants of one instant, and Redis holds other processes' grants: there, as of
-        now.)"""
+        now.) With an adaptive cap, a status of 429 or 5xx marks this lease's call as
+        dropped (see :func:`adaptive`)."""
+        if status is not None and (status == 429 or status >= 500):
+            self._dropped = True  # (for an adaptive cap: see _adaptive)
         if self._stage in (_OPEN, _SETTLED):
             return self._limiter._feedback(headers, status, self, self._ticket, self._store)
         return self._limiter._feedback(headers, status, None, None)
@@ -163,6 +170,8 @@ class LeaseContext(Lease):
         self._store = store
         self._stage = _OPEN
         limiter._leases.append(None)  # a count that threads cannot lose
+        if limiter._controller is not None:
+            self._since = clock_now()
         if self.queued or limiter._listeners:
             try:
                 limiter._granted(self)
@@ -181,6 +190,8 @@ class LeaseContext(Lease):
         if self._stage == _OPEN or self._stage == _SETTLED:
             self._stage += _ENDED - _OPEN
             limiter = self._limiter
+            if limiter._controller is not None:
+                limiter._sample(self, exc)
             limiter._leases.pop()
             done = self._store.release(self, self._ticket)
             if done is not None:
@@ -213,6 +224,8 @@ class BlockingLeaseContext(LeaseContext):
         self._store = store
         self._stage = _OPEN
         limiter._leases.append(None)
+        if limiter._controller is not None:
+            self._since = clock_now()
         if self.queued or limiter._listeners:
             try:
                 if self.queued and limiter._threads is not None:
@@ -241,6 +254,8 @@ class BlockingLeaseContext(LeaseContext):
         if self._stage == _OPEN or self._stage == _SETTLED:
             self._stage += _ENDED - _OPEN
             limiter = self._limiter
+            if limiter._controller is not None:
+                limiter._sample(self, exc)
             limiter._leases.pop()
             done = self._store.release(self, self._ticket)
             assert done is None  # at once (with a backend: once its round trip is made)

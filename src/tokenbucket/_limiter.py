@@ -27,6 +27,7 @@ import weakref
 from typing import TYPE_CHECKING, Final, cast
 
 from . import _validate
+from ._adaptive import Adaptive, Controller, dropped_by
 from ._backend import open_store
 from ._config import RateLike, concurrency, parse_limits
 from ._core import Meter, MultiState, Request
@@ -40,8 +41,9 @@ from ._errors import (
 from ._events import EventKind, LimiterEvent, emit, label, log
 from ._feedback import FeedbackPlan, plan_feedback
 from ._headers import ServerFeedback, parse_rate_limit_headers
-from ._lease import BlockingLeaseContext, LeaseContext
+from ._lease import BlockingLeaseContext, Lease, LeaseContext
 from ._loop import get_running_loop
+from ._loop import now as clock_now
 from ._memory import MemoryStore
 from ._portal import ThreadStore
 
@@ -86,7 +88,9 @@ class Limiter:
 
     Args:
         limits: rates per dimension (each a rate or a list of rates).
-        max_concurrency: the most leases held at once (calls in flight), or ``None``.
+        max_concurrency: the most leases held at once (calls in flight), or ``None``;
+            or ``tb.adaptive(initial, min, max)``: a cap that moves by itself with the
+            latency and the failures of the calls (see :func:`adaptive`).
         allow_debt: let a request larger than a rate's amount (or burst) through once
             that meter is full, putting it in debt that later callers wait off, instead
             of rejecting it with :class:`AmountExceedsLimitError`.
@@ -102,6 +106,7 @@ class Limiter:
         "_allow_debt",
         "_backend",
         "_caps",
+        "_controller",
         "_describing",
         "_dims",
         "_index",
@@ -125,7 +130,7 @@ class Limiter:
         self,
         limits: Mapping[str, RateLike | Sequence[RateLike]] | None = None,
         *,
-        max_concurrency: int | None = None,
+        max_concurrency: int | Adaptive | None = None,
         allow_debt: bool = False,
         name: str | None = None,
         backend: Backend | None = None,
@@ -133,7 +138,12 @@ class Limiter:
         **rates: float | Rate,
     ) -> None:
         specs = parse_limits(limits, rates)
-        cap = concurrency(max_concurrency)
+        controller = None
+        if isinstance(max_concurrency, Adaptive):
+            controller = Controller(max_concurrency, clock_now())
+            cap: int | None = controller.limit
+        else:
+            cap = concurrency(max_concurrency)
         if not specs and cap is None:
             raise InvalidArgumentError(
                 "limits", "a Limiter needs at least one rate or a max_concurrency"
@@ -159,6 +169,7 @@ class Limiter:
         self._pools: dict[Meter, tuple[str, ...]] = {}
         self._store: Store = self._open()
         self._threads: ThreadStore | None = None  # see _blocking_store
+        self._controller = controller  # an adaptive cap's (see _sample)
         self._waits = Waits()
         self._listeners: tuple[Callable[[LimiterEvent], object], ...] = ()
 
@@ -390,6 +401,12 @@ class Limiter:
                 raise InvalidArgumentError(dim, f"{meter.describe()} is given twice")
             changes.append((index, rate))
         cap = None if max_concurrency is None else concurrency(max_concurrency)
+        if cap is not None and self._controller is not None:
+            raise InvalidArgumentError(
+                "max_concurrency",
+                "this limiter's cap is adaptive: it moves by itself, within the bounds "
+                "given to tb.adaptive()",
+            )
         if cap is not None and multi.max_concurrency is None:
             raise InvalidArgumentError(
                 "max_concurrency",
@@ -551,7 +568,13 @@ class Limiter:
         the read is consistent. With a backend (Redis), ``available`` is empty (reading it
         would take a round trip) and the counts are this process's.
         """
-        return dataclasses.replace(self._store.statistics(), counters=self._counters())
+        statistics = dataclasses.replace(self._store.statistics(), counters=self._counters())
+        controller = self._controller
+        if controller is None:
+            return statistics
+        with controller.lock:
+            history = tuple(controller.history)
+        return dataclasses.replace(statistics, limit_history=history)
 
     def __repr__(self) -> str:
         parts = [m.describe() for m in self._multi.meters]
@@ -572,14 +595,15 @@ class Limiter:
             counts.append(threads.counts())
         return counters(self._dims, counts, self._waits)
 
-    def _gauges(self) -> tuple[int, int, bool]:
-        """Waiters, slots held and whether paused (from any thread, sharing nothing)."""
+    def _gauges(self) -> tuple[int, int, bool, int | None]:
+        """Waiters, slots held, whether paused, and the cap on calls in flight (from any
+        thread, sharing nothing)."""
         waiters, held, paused = self._store.gauges()
         threads = self._threads
         if threads is not None:
             more = threads.gauges()
             waiters, held, paused = waiters + more[0], held + more[1], paused or more[2]
-        return waiters, held, paused
+        return waiters, held, paused, self._multi.max_concurrency
 
     def _observe_waits(
         self, observer: Callable[[float, str | None], object], *, remove: bool = False
@@ -627,6 +651,30 @@ class Limiter:
                     "grant", self._name, self._named(lease.amounts), waited, lease.binding
                 ),
             )
+
+    def _sample(self, lease: Lease, error: BaseException | None) -> None:
+        """``lease`` ends, with ``error`` if its block raised: what it tells the adaptive
+        cap (nothing when it was cancelled or failed for a reason of the caller's own)."""
+        controller = self._controller
+        assert controller is not None
+        dropped = lease._dropped or dropped_by(error)
+        if error is not None and not dropped:
+            return
+        now = clock_now()
+        change = controller.sample(now, now - lease._since, len(self._leases), dropped)
+        if change is None:
+            return
+        limit = change.limit
+        self._store.adapt(limit)
+        threads = self._threads
+        if threads is not None:
+            threads.adapt(limit)
+        if not isinstance(self._store, MemoryStore):  # (a memory store's is the multi)
+            with self._describing:
+                self._multi.cap(limit)
+        level = logging.INFO if change.reason == "drop" else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "%s: max_concurrency %d (%s)", label(self._name), limit, change.reason)
 
     def _left(self, lease: Request, error: BaseException) -> None:
         """``lease`` left while waiting, with ``error``."""

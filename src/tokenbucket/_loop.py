@@ -52,6 +52,18 @@ def asyncio_clock(loop: asyncio.AbstractEventLoop) -> Clock:
     return Clock(loop, loop, read, 1e-3 if uvloop else 1e-6, monotonic)
 
 
+def now() -> float:
+    """The time on the clock a limiter reads in this thread's event loop (see above), or
+    ``time.monotonic`` outside any."""
+    loop = get_running_loop()
+    if loop is not None:
+        return asyncio_clock(loop).read()
+    if trio_root() is not None:
+        current: Callable[[], float] = sys.modules["trio"].current_time
+        return current()
+    return time.monotonic()
+
+
 def trio_root() -> object | None:
     """trio's root task when called inside ``trio.run``, else ``None``."""
     trio = sys.modules.get("trio")

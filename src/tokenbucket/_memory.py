@@ -299,6 +299,9 @@ class MemoryStore:
             multi.cap(cap)
         self._kick_self()  # grant who fits now, in order, and time the head anew
 
+    def adapt(self, cap: int) -> None:
+        self.update((), cap, _nothing)
+
     def reset(self) -> None:
         def forget(now: float) -> None:
             self._multi.reset(now, self._pools)
@@ -517,3 +520,7 @@ class MemoryStore:
                 meter.core.rebase(now)  # another user moved it onto another clock
             pool.origin = origin
         self._origin = origin
+
+
+def _nothing() -> None:
+    pass

@@ -67,10 +67,11 @@ _GAUGES: tuple[tuple[str, str, str, int], ...] = (
     ("tokenbucket.queue.length", "{request}", "Requests waiting", 0),
     ("tokenbucket.in_flight", "{request}", "Leases holding a concurrency slot", 1),
     ("tokenbucket.paused", "1", "1 while a server's pause holds, else 0", 2),
+    ("tokenbucket.concurrency.limit", "{request}", "The cap on calls in flight", 3),
 )
 
 
-Reading = tuple[dict[str, str], "LimiterCounters", tuple[int, int, bool]]
+Reading = tuple[dict[str, str], "LimiterCounters", tuple[int, int, bool, int | None]]
 
 
 class _Hub:
@@ -110,7 +111,9 @@ class _Hub:
         def gauge(index: int) -> Callable[..., Any]:
             def observe(options: CallbackOptions) -> Iterator[Any]:
                 for attributes, _, gauges in self._read():
-                    yield Observation(int(gauges[index]), attributes)
+                    value = gauges[index]
+                    if value is not None:  # (a limiter without a cap has none)
+                        yield Observation(int(value), attributes)
 
             return observe
 
@@ -264,10 +267,11 @@ def instrument(
     (429s), ``tokenbucket.pauses``, ``tokenbucket.corrections`` (counters);
     ``tokenbucket.admitted.units``, ``tokenbucket.refunded.units``,
     ``tokenbucket.debt.units`` (counters per ``tokenbucket.dimension``);
-    ``tokenbucket.queue.length``, ``tokenbucket.in_flight`` and ``tokenbucket.paused``
-    (gauges). Recorded as it happens: ``tokenbucket.wait.duration``, a histogram (in
-    seconds) of the waits of the grants that waited, with the limit that bound them as
-    ``tokenbucket.binding``.
+    ``tokenbucket.queue.length``, ``tokenbucket.in_flight``, ``tokenbucket.paused`` and,
+    for a limiter with ``max_concurrency``, ``tokenbucket.concurrency.limit`` (the cap:
+    an adaptive one's moves show there) (gauges). Recorded as it happens:
+    ``tokenbucket.wait.duration``, a histogram (in seconds) of the waits of the grants
+    that waited, with the limit that bound them as ``tokenbucket.binding``.
 
     Attributes: ``tokenbucket.limiter`` (``name``, else the limiter's name) and, for a
     group's limiters, ``tokenbucket.model`` (the member's name; ``tokenbucket.limiter``

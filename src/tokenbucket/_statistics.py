@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, ClassVar, Final
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from ._adaptive import LimitChange
+
 __all__ = ["LimitStatistics", "LimiterCounters", "LimiterStatistics"]
 
 WAIT_BOUNDS: Final = (0.0, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0, math.inf)
@@ -112,6 +114,13 @@ class LimiterStatistics:
         last_wait: seconds the most recent grant waited from its call (0 when it was
             granted at once), or ``None`` before the first grant.
         counters: what the limiter did since it was made (:class:`LimiterCounters`).
+        limit_history: with an adaptive cap (``max_concurrency=tb.adaptive(...)``), its
+            latest moves, oldest first (at most 64): each a :class:`LimitChange`
+            ``(at, limit, reason)``, ``at`` on the limiter's clock and ``reason`` one of
+            ``"initial"``, ``"grow"``, ``"latency"`` (the latency rose past its
+            tolerance), ``"drop"`` (a call was dropped: 429, 5xx, timeout, broken
+            connection), ``"probe"`` and ``"probed"`` (the latency without load
+            measured at half the cap); ``()`` otherwise.
     """
 
     available: Mapping[str, float]
@@ -122,3 +131,4 @@ class LimiterStatistics:
     next_wakeup: float | None
     last_wait: float | None
     counters: LimiterCounters = field(default_factory=LimiterCounters)
+    limit_history: tuple[LimitChange, ...] = ()

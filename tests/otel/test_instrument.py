@@ -71,6 +71,7 @@ async def test_a_limiter_reports_admissions_waits_and_pauses() -> None:
     assert seen["tokenbucket.paused"] == [(gpt, 1)]
     assert seen["tokenbucket.queue.length"] == [(gpt, 0)]
     assert seen["tokenbucket.in_flight"] == [(gpt, 0)]
+    assert "tokenbucket.concurrency.limit" not in seen  # (no cap)
     [(attributes, histogram)] = seen["tokenbucket.wait.duration"]
     assert attributes == {**gpt, "tokenbucket.binding": "requests 1/second burst 2"}
     assert histogram.count == 2
@@ -100,7 +101,18 @@ async def test_queue_length_and_in_flight_while_busy() -> None:
         seen = points(reader)
         assert seen["tokenbucket.in_flight"] == [({"tokenbucket.limiter": "one"}, 1)]
         assert seen["tokenbucket.queue.length"] == [({"tokenbucket.limiter": "one"}, 1)]
+        assert seen["tokenbucket.concurrency.limit"] == [({"tokenbucket.limiter": "one"}, 1)]
         release.set()
+
+
+async def test_an_adaptive_caps_moves_show_in_its_gauge() -> None:
+    reader, provider = reader_and_provider()
+    cap = tb.adaptive(initial=10, min=1, max=100, policy="aimd", window=1)
+    limiter = tb.Limiter(max_concurrency=cap, name="llm")
+    tb.instrument(limiter, meter_provider=provider)
+    async with limiter.acquire() as lease:
+        lease.feedback({}, status=503)
+    assert points(reader)["tokenbucket.concurrency.limit"] == [({"tokenbucket.limiter": "llm"}, 9)]
 
 
 async def test_a_group_reports_each_model_including_later_ones() -> None:

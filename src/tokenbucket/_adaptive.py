@@ -1,0 +1,172 @@
+"""A concurrency cap that finds itself: ``max_concurrency=tb.adaptive(...)``.
+
+:func:`adaptive` describes the cap (its bounds and its policy, see ``_core.adaptive``);
+each limiter made with it keeps a :class:`Controller`: the policy, fed with the outcome
+of each lease as it ends, and the history of the limit. The limiter applies a new limit
+as :meth:`Limiter.update` applies a cap: at once for the waiters, in FIFO order, and a
+lower one keeps the leases held.
+
+What a lease tells: how long it was held (from its grant to its end), how many leases the
+limiter held then, and whether the call was *dropped*: a response reported with status
+429 or 5xx (``lease.feedback(..., status=...)``, which the transports call), or the
+block left with a timeout or a broken connection (``TimeoutError``, ``ConnectionError``,
+and the SDKs' and httpx's timeout, connection, rate-limit and server errors, by name). A
+lease cancelled or left with another error tells nothing: it is no sample (the caller's
+own trouble, not the server's).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
+
+from ._core.adaptive import AIMD, Gradient
+from ._errors import ArgumentTypeError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from ._core.adaptive import Policy
+
+__all__ = ["Adaptive", "Controller", "LimitChange", "adaptive", "dropped_by"]
+
+# The exceptions that say the server did not serve the call: by name, so that no SDK is
+# imported (httpx / httpx2, openai, anthropic, google-genai).
+_DROPS: Final = frozenset(
+    {
+        "TimeoutException",  # httpx: connect, read, write and pool timeouts
+        "NetworkError",  # httpx: connect, read and write errors
+        "RemoteProtocolError",
+        "APITimeoutError",  # openai, anthropic
+        "APIConnectionError",
+        "RateLimitError",
+        "InternalServerError",
+        "ServiceUnavailableError",
+        "OverloadedError",  # anthropic's 529
+        "ServerError",  # google-genai: 5xx
+    }
+)
+_TUNING: Final = {
+    "aimd": frozenset({"backoff", "window", "max_window"}),
+    "gradient": frozenset(
+        {"backoff", "window", "max_window", "smoothing", "tolerance", "queue", "probe_every"}
+    ),
+}
+_HISTORY: Final = 64  # the changes of the limit kept
+
+
+def dropped_by(error: BaseException | None) -> bool:
+    """Whether a lease left with ``error`` says the server did not serve its call."""
+    if error is None:
+        return False
+    if isinstance(error, (TimeoutError, ConnectionError)):
+        return True
+    return any(kind.__name__ in _DROPS for kind in type(error).__mro__)
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """A concurrency cap that finds itself (see :func:`adaptive`)."""
+
+    initial: int
+    minimum: int
+    maximum: int
+    policy: Literal["gradient", "aimd"] = "gradient"
+    tuning: tuple[tuple[str, float | None], ...] = field(default=())
+
+    def make(self) -> Policy:
+        kind = Gradient if self.policy == "gradient" else AIMD
+        return kind(self.initial, self.minimum, self.maximum, **dict(self.tuning))  # type: ignore[arg-type]
+
+
+def adaptive(
+    initial: int = 16,
+    min: int = 1,
+    max: int = 512,
+    *,
+    policy: Literal["gradient", "aimd"] = "gradient",
+    **tuning: float | None,
+) -> Adaptive:
+    """A ``max_concurrency`` that finds the right number of calls in flight by itself.
+
+    ``tb.Limiter(tokens_per_minute=200_000, max_concurrency=tb.adaptive(initial=16,
+    min=1, max=512))``: the limiter starts at ``initial`` calls in flight and moves the
+    cap between ``min`` and ``max`` with what its calls tell (their latency, and 429s,
+    5xx, timeouts and broken connections).
+
+    ``policy``: ``"gradient"`` (the default) watches the latency: it grows while the
+    latency stays within ``tolerance`` (1.5x) of the latency without load, measured by a
+    short probe at half the cap every ``probe_every`` seconds (30; ``None``: never), and
+    shrinks as queues build up in the server, before it fails. ``"aimd"`` watches
+    failures alone: it grows by one call per window, and shrinks by ``backoff`` (x0.9)
+    when a call is dropped. Both move once per window of ``window`` calls (10) or
+    ``max_window`` seconds (1.0), start by doubling (a slow start, until the first sign
+    of congestion), never grow while the application sends less than half the cap, and
+    lower the cap once per burst of drops.
+
+    Raises:
+        InvalidArgumentError: bounds out of order or below 1, an unknown policy, or a
+            tuning value its policy does not take.
+    """
+    for name, value in (("initial", initial), ("min", min), ("max", max)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ArgumentTypeError(name, f"{name} must be an int, not {type(value).__name__}")
+    if not 1 <= min <= max:
+        raise InvalidArgumentError("min", f"need 1 <= min <= max, got min={min}, max={max}")
+    if not min <= initial <= max:
+        raise InvalidArgumentError(
+            "initial", f"need min <= initial <= max, got {initial} (min {min}, max {max})"
+        )
+    if policy not in _TUNING:
+        raise InvalidArgumentError("policy", f"policy must be 'gradient' or 'aimd', not {policy!r}")
+    for name, number in tuning.items():
+        if name not in _TUNING[policy]:
+            raise InvalidArgumentError(
+                name, f"{policy!r} takes {sorted(_TUNING[policy])}, not {name!r}"
+            )
+        if number is None and name == "probe_every":
+            continue
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise ArgumentTypeError(name, f"{name} must be a number, not {type(number).__name__}")
+        if not (math.isfinite(number) and number > 0) or (name == "backoff" and number >= 1):
+            raise InvalidArgumentError(name, f"{name}={number!r} is out of range")
+    return Adaptive(initial, min, max, policy, tuple(sorted(tuning.items())))
+
+
+class LimitChange(NamedTuple):
+    """One move of an adaptive cap."""
+
+    at: float  # on the limiter's clock
+    limit: int
+    reason: str  # "grow", "latency", "drop", "probe" or "probed"
+
+
+class Controller:
+    """One limiter's adaptive cap: its policy, fed by the leases that end (from any
+    thread: under a lock), and the history of its limit."""
+
+    __slots__ = ("config", "history", "limit", "lock", "policy")
+
+    def __init__(self, config: Adaptive, now: float) -> None:
+        self.config = config
+        self.policy = config.make()
+        self.limit = self.policy.current
+        self.lock = threading.Lock()
+        self.history: deque[LimitChange] = deque(
+            [LimitChange(now, self.limit, "initial")], _HISTORY
+        )
+
+    def sample(self, now: float, rtt: float, in_flight: int, dropped: bool) -> LimitChange | None:
+        """One lease's outcome; the change of the limit it made, if any."""
+        with self.lock:
+            reason = self.policy.sample(now, rtt, in_flight, dropped)
+            if reason is None:
+                return None
+            limit = self.policy.current
+            if limit == self.limit:
+                return None
+            self.limit = limit
+            change = LimitChange(now, limit, reason)
+            self.history.append(change)
+            return change
