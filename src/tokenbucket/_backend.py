@@ -21,8 +21,8 @@ store's few operations:
   period, and the concurrency cap a new value (``None``: kept), at once for the
   waiters; then call ``done()``, where the change was applied (it may be posted to the
   thread of the loop the store serves). A store shared by processes (Redis) makes
-  the change for all of them, and tells its limiter of a change another process made
-  (``StoreSpec.changed``).
+  the change for all of them, once the backend has it (then ``done()``), and tells its
+  limiter of a change another process made (``StoreSpec.changed``).
 * ``reset()``: forget what was granted and what servers said (``MultiState.reset``).
 * ``adapt(cap)``: an adaptive cap moved (``_adaptive``): this process's cap is ``cap``
   from now on, at once for the waiters (a store shared by processes keeps it to itself).

@@ -359,8 +359,8 @@ class Limiter:
         against the limits it knows. A reservation made before the change for a later
         instant (a waiter sleeping until its turn) keeps its instant: a raise speeds up
         the requests made after it. A process made with other rates uses other keys,
-        and keeps its own limits; one made with another ``max_concurrency`` takes the
-        changes of rates, and keeps its own cap.
+        and keeps its own rates; one made with another ``max_concurrency`` keeps its own
+        cap. Call it from the limiter's event loop, or from a thread without one.
 
         Raises:
             InvalidArgumentError: a rate with no rate of its dimension and period to
@@ -368,8 +368,10 @@ class Limiter:
                 members; a cap on a limiter made without one. Nothing is changed.
             BackendUnavailableError: with a backend, from a thread without an event
                 loop, Redis could not be reached (or ``BackendError``: it refused the
-                change). The change is not made. (In an event loop, the change is sent
-                in the background, and such an error is logged.)
+                change). The change is not made (unless Redis made it and its answer
+                was lost: then every process takes it before it next reserves). (In an
+                event loop, the change is sent in the background, and such an error is
+                logged.)
         """
         specs = parse_limits(limits, rates)
         multi = self._multi

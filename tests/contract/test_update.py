@@ -305,8 +305,9 @@ async def test_a_settlement_right_after_an_update_is_read_in_the_rates_it_was_ma
 ) -> None:
     limiter = make(backend, tb.Rate(1, 1.0, burst=100))  # 1 a second
     async with limiter.acquire(tokens=11) as lease:  # 89 left
-        limiter.update(tokens_per_second=tb.Rate(100, 1.0, burst=100))
+        limiter.update(tokens_per_second=tb.Rate(20, 1.0, burst=100))
         lease.settle(tokens=60)  # 49 more, sent at once: 40 left
     await sent(limiter)
     await settled_in(backend)
-    assert not await fits(limiter, tokens=60)  # 0.2 s away at 100 a second
+    # 1 s away at 20 a second (read in the wrong rate: 88 left, at once).
+    assert not await fits(limiter, tokens=60)

@@ -85,3 +85,27 @@ async def test_an_updated_member_is_not_at_rest(
     group["u"].update(tokens_per_minute=10)  # (a group would forget it, and its limits)
     await landed(group["u"])
     assert not group["u"]._at_rest()
+
+
+async def test_a_pending_update_does_not_outlast_a_callers_timeout(
+    backend_factory: Callable[..., RecordingBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = backend_factory()
+    one = make(backend)
+    assert await fits(one, tokens=1)
+    sent = backend.update
+
+    async def slow(*args: Any) -> dict[str, str]:
+        await asyncio.sleep(3.0)
+        return await sent(*args)
+
+    monkeypatch.setattr(backend, "update", slow)
+    one.update(tokens_per_minute=10)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(tb.AcquireTimeoutError):
+        async with one.acquire(tokens=1, timeout=0.1):
+            pass
+    assert loop.time() - start < 1.5  # its timeout, and a moment for Redis to answer
+    await landed(one)
+    assert one.rates["tokens"] == (tb.per_minute(10),)

@@ -168,7 +168,7 @@ class RedisStore:
         try:
             while True:
                 while self._charging is not None:  # (a newer one may come meanwhile)
-                    await self._charged()
+                    await self._charged(deadline, loop, timeout)
                 probe = self._probe
                 if probe is not None and not probe.done() and probe.get_loop() is loop:
                     # Redis was out of reach a moment ago: the probe finds out when it
@@ -464,13 +464,28 @@ class RedisStore:
         if probe is not None and probe is not asyncio.current_task():
             probe.cancel()
 
-    async def _charged(self) -> None:
-        """Wait until Redis has been charged with the stand-in's grants (no request goes
-        there before: it would be admitted as if the stand-in had granted nothing)."""
+    async def _charged(
+        self,
+        deadline: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Wait until what must reach Redis before this store's next request has (the
+        stand-in's grants: else they would be admitted as if the stand-in had granted
+        nothing; a reset, an update): until ``deadline`` at most, then
+        :class:`AcquireTimeoutError`."""
         charging = self._charging
         if charging is not None:
             if not charging.done() and charging.get_loop() is asyncio.get_running_loop():
-                await asyncio.wait((charging,))  # ends if it is cancelled (aclose) too
+                left = None
+                if deadline is not None and loop is not None:  # (with the answer grace)
+                    left = max(deadline - loop.time(), _ANSWER_GRACE)
+                # (ends if it is cancelled, by aclose, too)
+                await asyncio.wait((charging,), timeout=left)
+                if not charging.done():
+                    raise AcquireTimeoutError(
+                        f"{self.label!r}: not granted within {timeout} s (Redis did not answer)"
+                    )
             if self._charging is charging:
                 self._charging = None
 
@@ -548,7 +563,9 @@ class RedisStore:
         thread without a loop, the thread blocks until then."""
         changes = []
         for index, rate in rates:
-            old = self._configured[index]
+            # (What the meter holds is in the hash's parameters, or else in those it was
+            # made with: update.lua converts from those.)
+            old = self._made[0][index]
             if old.kind == "b":
                 new = replace(old, p1=rate.amount / rate.period, p2=cast("float", rate.burst))
             else:
