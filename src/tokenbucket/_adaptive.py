@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from ._core.adaptive import AIMD, Gradient
-from ._errors import ArgumentTypeError, InvalidArgumentError
+from ._errors import ArgumentTypeError, InvalidArgumentError, TokenBucketError
 
 if TYPE_CHECKING:
     from ._core.adaptive import Policy
@@ -53,16 +53,41 @@ _TUNING: Final = {
         {"backoff", "window", "max_window", "smoothing", "tolerance", "queue", "probe_every"}
     ),
 }
+# Per tuning value: the open-closed range it must be in, said in words.
+_RANGES: Final = {
+    "backoff": (0.0, 0.999, "in (0, 1)"),
+    "window": (0.0, math.inf, "a whole number >= 1"),
+    "max_window": (0.0, math.inf, "> 0"),
+    "smoothing": (0.0, 1.0, "in (0, 1]"),
+    "tolerance": (1.0, math.inf, "> 1"),
+    "queue": (0.0, math.inf, "> 0"),
+    "probe_every": (0.0, math.inf, "> 0, or None"),
+}
 _HISTORY: Final = 64  # the changes of the limit kept
 
 
 def dropped_by(error: BaseException | None) -> bool:
-    """Whether a lease left with ``error`` says the server did not serve its call."""
-    if error is None:
+    """Whether a lease left with ``error`` says the server did not serve its call: a
+    timeout or a broken connection, an error named as the SDKs name those, or an error
+    that carries a status of 429 or 5xx (``status_code``, ``code``, or its
+    ``response.status_code``: httpx's ``HTTPStatusError``, the SDKs' status errors).
+    This library's own errors (a limiter's timeout, Redis out of reach) are not the
+    server's."""
+    if error is None or isinstance(error, TokenBucketError):
         return False
     if isinstance(error, (TimeoutError, ConnectionError)):
         return True
-    return any(kind.__name__ in _DROPS for kind in type(error).__mro__)
+    if any(kind.__name__ in _DROPS for kind in type(error).__mro__):
+        return True
+    response = getattr(error, "response", None)
+    for status in (
+        getattr(error, "status_code", None),
+        getattr(error, "code", None),
+        getattr(response, "status_code", None),
+    ):
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status == 429 or 500 <= status <= 599
+    return False
 
 
 @dataclass(frozen=True)
@@ -95,15 +120,20 @@ def adaptive(
     cap between ``min`` and ``max`` with what its calls tell (their latency, and 429s,
     5xx, timeouts and broken connections).
 
-    ``policy``: ``"gradient"`` (the default) watches the latency: it grows while the
-    latency stays within ``tolerance`` (1.5x) of the latency without load, measured by a
-    short probe at half the cap every ``probe_every`` seconds (30; ``None``: never), and
-    shrinks as queues build up in the server, before it fails. ``"aimd"`` watches
-    failures alone: it grows by one call per window, and shrinks by ``backoff`` (x0.9)
-    when a call is dropped. Both move once per window of ``window`` calls (10) or
-    ``max_window`` seconds (1.0), start by doubling (a slow start, until the first sign
-    of congestion), never grow while the application sends less than half the cap, and
-    lower the cap once per burst of drops.
+    ``policy``: ``"gradient"`` (the default) watches the latency: it grows (by
+    ``queue``, 10 % of the cap, smoothed by ``smoothing``, 0.2) while the latency stays
+    within ``tolerance`` (1.2x) of the latency without load, and shrinks as queues
+    build up in the server, before it fails; the latency without load is measured by a
+    short probe at half the cap every ``probe_every`` seconds (30; ``None``: never; and
+    never more often than every 20 latencies). ``"aimd"`` watches failures alone: it
+    grows by one call per window, and shrinks by ``backoff`` (x0.9) when a call is
+    dropped. Both move once per window of ``window`` calls (10) or ``max_window``
+    seconds (1.0), measure the cap in force (a latency counts only if its call started
+    after the cap last moved), start by doubling (a slow start, until the first sign of
+    congestion), never grow while the application sends less than half the cap, and
+    lower the cap once per burst of drops (by more than ``backoff`` when most calls of
+    a window were dropped). A limiter with a backend (Redis) cannot have an adaptive
+    cap yet.
 
     Raises:
         InvalidArgumentError: bounds out of order or below 1, an unknown policy, or a
@@ -129,8 +159,11 @@ def adaptive(
             continue
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise ArgumentTypeError(name, f"{name} must be a number, not {type(number).__name__}")
-        if not (math.isfinite(number) and number > 0) or (name == "backoff" and number >= 1):
-            raise InvalidArgumentError(name, f"{name}={number!r} is out of range")
+        low, high, what = _RANGES[name]
+        if not (math.isfinite(number) and low < number <= high) or (
+            name == "window" and number != int(number)
+        ):
+            raise InvalidArgumentError(name, f"{name} must be {what}, got {number!r}")
     return Adaptive(initial, min, max, policy, tuple(sorted(tuning.items())))
 
 
@@ -144,29 +177,36 @@ class LimitChange(NamedTuple):
 
 class Controller:
     """One limiter's adaptive cap: its policy, fed by the leases that end (from any
-    thread: under a lock), and the history of its limit."""
+    thread: under :attr:`lock`), and the history of its limit."""
 
-    __slots__ = ("config", "history", "limit", "lock", "policy")
+    __slots__ = ("clock", "config", "history", "limit", "lock", "policy")
 
-    def __init__(self, config: Adaptive, now: float) -> None:
+    def __init__(self, config: Adaptive, clock: object, now: float) -> None:
         self.config = config
         self.policy = config.make()
         self.limit = self.policy.current
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # held while a change is applied too (see Limiter)
+        self.clock = clock  # the clock the policy's instants are on
         self.history: deque[LimitChange] = deque(
             [LimitChange(now, self.limit, "initial")], _HISTORY
         )
 
-    def sample(self, now: float, rtt: float, in_flight: int, dropped: bool) -> LimitChange | None:
-        """One lease's outcome; the change of the limit it made, if any."""
-        with self.lock:
-            reason = self.policy.sample(now, rtt, in_flight, dropped)
-            if reason is None:
-                return None
-            limit = self.policy.current
-            if limit == self.limit:
-                return None
-            self.limit = limit
-            change = LimitChange(now, limit, reason)
-            self.history.append(change)
-            return change
+    def sample(
+        self, clock: object, now: float, rtt: float, in_flight: int, dropped: bool
+    ) -> LimitChange | None:
+        """One lease's outcome, timed on ``clock`` (call it under :attr:`lock`); the
+        change of the limit it made, if any. Samples on another clock than the last
+        (another event loop) start the policy's timing again."""
+        if clock is not self.clock:
+            self.clock = clock
+            self.policy.rebase(now)
+        reason = self.policy.sample(now, rtt, in_flight, dropped)
+        if reason is None:
+            return None
+        limit = self.policy.current
+        if limit == self.limit:
+            return None
+        self.limit = limit
+        change = LimitChange(now, limit, reason)
+        self.history.append(change)
+        return change

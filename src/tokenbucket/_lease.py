@@ -67,7 +67,7 @@ class Lease(Request):
         self._ticket: object  # the store's own record of the grant, once granted
         self._store: Store  # the store that granted it, once granted
         # With an adaptive cap: when it was granted, and whether its call was dropped.
-        self._since: float
+        self._since: tuple[object, float]  # (its clock, the instant)
         self._dropped = False
 
     @property
@@ -190,10 +190,12 @@ class LeaseContext(Lease):
         if self._stage == _OPEN or self._stage == _SETTLED:
             self._stage += _ENDED - _OPEN
             limiter = self._limiter
-            if limiter._controller is not None:
-                limiter._sample(self, exc)
-            limiter._leases.pop()
-            done = self._store.release(self, self._ticket)
+            try:
+                if limiter._controller is not None:
+                    limiter._sample(self, exc)
+            finally:
+                limiter._leases.pop()
+                done = self._store.release(self, self._ticket)
             if done is not None:
                 await done
 
@@ -254,10 +256,12 @@ class BlockingLeaseContext(LeaseContext):
         if self._stage == _OPEN or self._stage == _SETTLED:
             self._stage += _ENDED - _OPEN
             limiter = self._limiter
-            if limiter._controller is not None:
-                limiter._sample(self, exc)
-            limiter._leases.pop()
-            done = self._store.release(self, self._ticket)
+            try:
+                if limiter._controller is not None:
+                    limiter._sample(self, exc)
+            finally:
+                limiter._leases.pop()
+                done = self._store.release(self, self._ticket)
             assert done is None  # at once (with a backend: once its round trip is made)
 
 

@@ -140,7 +140,13 @@ class Limiter:
         specs = parse_limits(limits, rates)
         controller = None
         if isinstance(max_concurrency, Adaptive):
-            controller = Controller(max_concurrency, clock_now())
+            if backend is not None:
+                raise InvalidArgumentError(
+                    "max_concurrency",
+                    "an adaptive cap is learned in this process's memory: a limiter with a "
+                    "backend cannot have one yet (give max_concurrency a number)",
+                )
+            controller = Controller(max_concurrency, *clock_now())
             cap: int | None = controller.limit
         else:
             cap = concurrency(max_concurrency)
@@ -656,27 +662,29 @@ class Limiter:
 
     def _sample(self, lease: Lease, error: BaseException | None) -> None:
         """``lease`` ends, with ``error`` if its block raised: what it tells the adaptive
-        cap (nothing when it was cancelled or failed for a reason of the caller's own)."""
+        cap (nothing when it was cancelled or failed for a reason of the caller's own, or
+        when it ended on another clock than it was granted on)."""
         controller = self._controller
         assert controller is not None
         dropped = lease._dropped or dropped_by(error)
         if error is not None and not dropped:
             return
-        now = clock_now()
-        change = controller.sample(now, now - lease._since, len(self._leases), dropped)
-        if change is None:
+        clock, now = clock_now()
+        since_clock, since = lease._since
+        if clock is not since_clock:
             return
-        limit = change.limit
-        self._store.adapt(limit)
-        threads = self._threads
-        if threads is not None:
-            threads.adapt(limit)
-        if not isinstance(self._store, MemoryStore):  # (a memory store's is the multi)
-            with self._describing:
-                self._multi.cap(limit)
+        store = self._store
+        assert isinstance(store, MemoryStore)  # (no adaptive cap with a backend)
+        with controller.lock:  # (changes applied in the order they are made)
+            change = controller.sample(clock, now, now - since, len(self._leases), dropped)
+            if change is None:
+                return
+            store.adapt(change.limit)
         level = logging.INFO if change.reason == "drop" else logging.DEBUG
         if log.isEnabledFor(level):
-            log.log(level, "%s: max_concurrency %d (%s)", label(self._name), limit, change.reason)
+            log.log(
+                level, "%s: max_concurrency %d (%s)", label(self._name), change.limit, change.reason
+            )
 
     def _left(self, lease: Request, error: BaseException) -> None:
         """``lease`` left while waiting, with ``error``."""

@@ -52,16 +52,17 @@ def asyncio_clock(loop: asyncio.AbstractEventLoop) -> Clock:
     return Clock(loop, loop, read, 1e-3 if uvloop else 1e-6, monotonic)
 
 
-def now() -> float:
-    """The time on the clock a limiter reads in this thread's event loop (see above), or
-    ``time.monotonic`` outside any."""
+def now() -> tuple[object, float]:
+    """Which clock a limiter reads in this thread (its event loop's key, or ``None``
+    outside any: ``time.monotonic``), and its time."""
     loop = get_running_loop()
     if loop is not None:
-        return asyncio_clock(loop).read()
-    if trio_root() is not None:
+        return loop, asyncio_clock(loop).read()
+    root = trio_root()
+    if root is not None:
         current: Callable[[], float] = sys.modules["trio"].current_time
-        return current()
-    return time.monotonic()
+        return root, current()
+    return None, time.monotonic()
 
 
 def trio_root() -> object | None:

@@ -300,6 +300,8 @@ class MemoryStore:
         self._kick_self()  # grant who fits now, in order, and time the head anew
 
     def adapt(self, cap: int) -> None:
+        """An adaptive cap moved (``_adaptive``): the cap is ``cap`` from now on, at once
+        for the waiters (as ``update`` sets it)."""
         self.update((), cap, _nothing)
 
     def reset(self) -> None:

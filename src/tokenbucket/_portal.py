@@ -194,9 +194,6 @@ class ThreadStore:
     ) -> None:
         call(self.store.update, rates, cap, done)
 
-    def adapt(self, cap: int) -> None:
-        self.store.adapt(cap)  # (two writes, from any thread: no need to block on the loop)
-
     def reset(self) -> None:
         """This process's view only (the limiter's own store deletes the keys): a store
         of the portal's loop cannot block on it."""

@@ -738,17 +738,19 @@ class _Settlement:
                         "tokens", self._usage["input_tokens"] + self._usage["output_tokens"]
                     )
 
-    async def end(self) -> None:
-        """Settle the lease and end it; the second and later calls do nothing."""
+    async def end(self, error: BaseException | None = None) -> None:
+        """Settle the lease and end it (``error``: reading the body failed so); the
+        second and later calls do nothing."""
         if next(self._once):
             return
         self._ended = True
         try:
             self._settle()
         finally:
-            await self._context.__aexit__(None, None, None)
+            kind = None if error is None else type(error)
+            await self._context.__aexit__(kind, error, None)
 
-    def end_blocking(self) -> None:
+    def end_blocking(self, error: BaseException | None = None) -> None:
         """:meth:`end` for a lease of :meth:`Limiter.acquire_blocking`; from any thread
         (a body read in one and closed in another ends its lease once)."""
         if next(self._once):
@@ -759,7 +761,7 @@ class _Settlement:
         finally:
             context = self._context
             assert isinstance(context, BlockingLeaseContext)
-            context.__exit__(None, None, None)
+            context.__exit__(None if error is None else type(error), error, None)
 
     def _settle(self) -> None:
         if self._buffer:
@@ -794,8 +796,8 @@ class _LeaseStream:
             async for chunk in self._inner:
                 settlement.feed(chunk)
                 yield chunk
-        except BaseException:
-            await settlement.end()
+        except BaseException as error:  # (a broken stream: the lease ends with it)
+            await settlement.end(error)
             raise
         await settlement.end()
 
@@ -820,8 +822,8 @@ class _SyncLeaseStream:
             for chunk in self._inner:
                 settlement.feed(chunk)
                 yield chunk
-        except BaseException:
-            settlement.end_blocking()
+        except BaseException as error:
+            settlement.end_blocking(error)
             raise
         settlement.end_blocking()
 

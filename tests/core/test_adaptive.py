@@ -17,9 +17,11 @@ def windows(
     start: float = 0.0,
 ) -> tuple[float, list[str | None]]:
     """Feed ``count`` full windows of calls of latency ``rtt`` (holding the limit, unless
-    ``in_flight``), one call every ``rtt / 10`` s; the clock after, and the reasons."""
+    ``in_flight``), one call every ``rtt / 10`` s, each window's calls started after the
+    window before ended; the clock after, and the reasons."""
     now, said = start, []
     for _ in range(count):
+        now += rtt
         for _ in range(policy.window):
             now += rtt / 10
             held = policy.current if in_flight is None else in_flight
@@ -50,9 +52,9 @@ def test_aimd_starts_slow_then_grows_by_one_and_backs_off_on_a_drop() -> None:
     assert policy.current == 32  # doubled per window
     now, said = windows(policy, 1, dropped=True, start=now)
     assert said == ["drop"]
-    assert policy.current == 28  # 32 x 0.9 = 28.8
+    assert policy.current == 16  # the whole window dropped: by half (else by 0.9)
     windows(policy, 2, start=now + 1)
-    assert policy.limit == pytest.approx(30.8)  # one more per window after a drop
+    assert policy.limit == pytest.approx(18.0)  # one more per window after a drop
 
 
 def test_a_burst_of_drops_lowers_the_limit_once() -> None:
@@ -64,12 +66,12 @@ def test_a_burst_of_drops_lowers_the_limit_once() -> None:
         for _ in range(10):
             now += 0.01
             policy.sample(now, rtt=5.0, in_flight=100, dropped=True)
-    assert policy.current == 90
+    assert policy.current == 50  # (every call dropped: by half)
     # A call that started after the cut and is dropped lowers it again.
     for _ in range(10):
         now += 0.01
         policy.sample(now, rtt=0.01, in_flight=90, dropped=True)
-    assert policy.current == 81
+    assert policy.current == 25
 
 
 def test_a_limit_that_does_not_bind_does_not_grow() -> None:
@@ -105,14 +107,14 @@ def test_gradient_shrinks_when_the_latency_rises_past_its_tolerance() -> None:
     # Three times the long-term latency: the gradient is at its floor, 0.5.
     now, said = windows(policy, 1, rtt=0.3, start=now)
     assert said == ["latency"]
-    # 200 x 0.8 + (200 x 0.5 + 4) x 0.2
-    assert policy.limit == pytest.approx(180.8, rel=1e-3)
+    # 200 x 0.8 + (200 x 0.5 x 1.1) x 0.2
+    assert policy.limit == pytest.approx(182.0, rel=1e-3)
     # Within the tolerance again: it grows by the queue allowance, smoothed.
     windows(policy, 5, rtt=0.1, start=now)
     before = policy.limit
-    _, said = windows(policy, 1, rtt=0.12, start=now + 10)
+    _, said = windows(policy, 1, rtt=0.11, start=now + 10)
     assert said == ["grow"]
-    assert policy.limit == pytest.approx(before + 4 * 0.2)
+    assert policy.limit == pytest.approx(before * 1.02)  # 10 % more, smoothed
 
 
 def test_gradient_follows_a_falling_latency_at_once() -> None:
@@ -153,7 +155,7 @@ def test_a_drop_ends_a_probe_and_lowers_the_limit_it_would_restore() -> None:
     assert said == ["probe"]
     _, said = windows(policy, 1, rtt=0.1, dropped=True, start=now + 0.1)
     assert said == ["drop"]
-    assert policy.limit == pytest.approx(180.0)  # 200 x 0.9
+    assert policy.limit == pytest.approx(100.0)  # 200, the whole window dropped: halved
 
 
 def serve(policy: Policy, windows: int) -> tuple[list[int], list[float], int]:
@@ -192,6 +194,6 @@ def test_gradient_finds_the_knee_of_a_queueing_server() -> None:
 def test_aimd_finds_the_servers_bound_and_stays_under_it() -> None:
     limits, _, drops = serve(AIMD(4, 1, 1000), 3000)
     # Loss-based: it fills the server's queue, and probes its bound now and then.
-    assert min(limits) >= 90
+    assert min(limits) >= 40  # (a window of 503s halves it)
     assert max(limits) <= 101
     assert drops <= len(limits) / 10

@@ -112,7 +112,7 @@ async def test_an_adaptive_caps_moves_show_in_its_gauge() -> None:
     tb.instrument(limiter, meter_provider=provider)
     async with limiter.acquire() as lease:
         lease.feedback({}, status=503)
-    assert points(reader)["tokenbucket.concurrency.limit"] == [({"tokenbucket.limiter": "llm"}, 9)]
+    assert points(reader)["tokenbucket.concurrency.limit"] == [({"tokenbucket.limiter": "llm"}, 5)]
 
 
 async def test_a_group_reports_each_model_including_later_ones() -> None:

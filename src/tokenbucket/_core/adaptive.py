@@ -8,12 +8,14 @@ a timeout, a broken connection). Pure: ``now`` is given, no clock is read.
 
 Samples are taken in windows (``window`` calls, or ``max_window`` seconds with at least
 one), and the limit moves once per window, from the mean latency of the window's calls
-that were not dropped, the most calls it held at once, and whether any call was dropped:
+that were not dropped (and started after the limit last moved: a window measures the
+limit in force), the most calls it held at once, and whether any call was dropped:
 
-* a drop lowers the limit by ``backoff`` (x0.9), once: the drops of calls that started
-  before the latest decrease were sent at a limit since lowered, and say nothing new (a
-  burst of 429s lowers it once, not once each); a window with only such drops leaves
-  the limit as it is;
+* a drop lowers the limit by ``backoff`` (x0.9), or by half the share of the window's
+  calls that were dropped when that is more (half the limit at most), once: the drops
+  of calls that started before the latest decrease were sent at a limit since lowered,
+  and say nothing new (a burst of 429s lowers it once, not once each); a window with
+  only such drops leaves the limit as it is;
 * the limit grows only while it binds (the window held at least half of it), so that an
   application that sends little does not grow a limit it never tests;
 * until the first sign of congestion (a drop; for :class:`Gradient`, a latency beyond
@@ -22,10 +24,11 @@ that were not dropped, the most calls it held at once, and whether any call was 
 
 :class:`AIMD` (loss-based) then grows by one per window. :class:`Gradient`
 (latency-based, after Netflix's Gradient2) compares the window's latency with the
-latency without load, measured by a probe every ``probe_every`` seconds (30): while the
-latency stays within ``tolerance`` (x1.5) of it, the limit grows by ``queue`` calls (4)
-per window; beyond, it shrinks in proportion (by half at most). Its moves are smoothed
-(``smoothing``: 0.2).
+latency without load, measured by probes (see the class): while the latency stays
+within ``tolerance`` (x1.2) of it, the limit grows by ``queue`` (10 %) of itself,
+smoothed by ``smoothing`` (0.2): 2 % per window; beyond, it shrinks in proportion (by
+half at most, smoothed). It settles where the latency is about ``tolerance x (1 +
+queue)`` the latency without load.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Policy:
         "_count",
         "_cut",
         "_dropped",
+        "_drops",
         "_kept",
         "_rtt_sum",
         "_since",
@@ -80,31 +84,45 @@ class Policy:
         self.window = window
         self.max_window = max_window
         self._cut = -_INF  # when the limit was last lowered for a drop
+        self._since = -_INF  # when it last moved: the latencies of calls started before
         self._start = -_INF  # when the window began (its first sample)
-        self._count = 0  # calls in the window, and those not dropped
+        self._count = 0  # calls in the window, those dropped, those measured
+        self._drops = 0
         self._kept = 0
         self._rtt_sum = 0.0
         self._widest = 0
         self._dropped = _NONE
         self._slow = True  # slow start: until the first sign of congestion
-        self._since = -_INF  # calls that started before are not sampled
 
     @property
     def current(self) -> int:
         """The limit as a number of calls: the whole part, never below ``minimum``."""
         return max(self.minimum, int(self.limit))
 
+    def rebase(self, now: float) -> None:
+        """Samples come on another clock from now on (another event loop): what was
+        timed on the old one is forgotten, the window starts again."""
+        self._cut = self._since = -_INF
+        self._count = self._drops = self._kept = self._widest = 0
+        self._rtt_sum = 0.0
+        self._dropped = _NONE
+        self._start = now
+
     def sample(self, now: float, rtt: float, in_flight: int, dropped: bool) -> str | None:
         """Take in one call's outcome; when it closes a window, move the limit and say
-        why (``"drop"``, ``"grow"``, ``"latency"``), else ``None``."""
-        if now - rtt < self._since:
-            return None  # (started before a probe: see Gradient)
+        why (``"drop"``, ``"grow"``, ``"latency"``, ``"probe"``, ``"probed"``), else
+        ``None``. A latency measures the limit only if its call started after the limit
+        last moved (others are not sampled); a drop counts whenever its call started."""
+        started = now - rtt
+        if not dropped and started < self._since:
+            return None
         if not self._count:
             self._start = now
         self._count += 1
         if dropped:
+            self._drops += 1
             # (A call that started before the latest cut tells nothing new.)
-            self._dropped = max(self._dropped, _NEW if now - rtt >= self._cut else _OLD)
+            self._dropped = max(self._dropped, _NEW if started >= self._cut else _OLD)
         else:
             self._kept += 1
             self._rtt_sum += rtt
@@ -112,19 +130,25 @@ class Policy:
             self._widest = in_flight
         if self._count < self.window and now - self._start < self.max_window:
             return None
-        widest, drops = self._widest, self._dropped
+        widest, drops, share = self._widest, self._dropped, self._drops / self._count
         mean = self._rtt_sum / self._kept if self._kept else 0.0
-        self._count = self._kept = self._widest = 0
+        self._count = self._drops = self._kept = self._widest = 0
         self._rtt_sum = 0.0
         self._dropped = _NONE
         if drops == _NEW:
-            self._cut = now
+            # By ``backoff``, or by more when most of the window was dropped (half of it
+            # at most): a server that refuses most calls is far past its knee.
+            self._cut = self._since = now
             self._slow = False
-            self._set(self._cut_from() * self.backoff)
+            self._set(self._cut_from() * min(self.backoff, 1.0 - share / 2))
             return "drop"
         if drops:
             return None
-        return self._window(now, mean, widest)
+        before = self.limit
+        reason = self._window(now, mean, widest)
+        if self.limit != before:
+            self._since = now
+        return reason
 
     def _cut_from(self) -> float:
         """The limit a drop lowers."""
@@ -155,12 +179,14 @@ class AIMD(Policy):
 class Gradient(Policy):
     """Latency-based: the window's mean latency against the latency without load.
 
-    The latency without load is the lowest window mean seen since the latest probe: every
-    ``probe_every`` seconds (``None``: never), the limit is halved for one window of the
-    calls that start then (a queue the limit allows, at most half of it, then drains),
-    and their mean latency is taken as the new one; then the limit is restored. Without
-    probes, a latency that rose for good (larger requests, a slower server) would be
-    taken for queueing forever, and one that queueing raised never seen again."""
+    The latency without load is the lowest window mean seen since the latest probe. A
+    probe halves the limit for one window of the calls that start then (a queue the limit
+    allows, at most half of it, then drains), takes their mean latency as the new one,
+    and restores the limit; probes come ``probe_every`` seconds apart (``None``: never),
+    and at least 20 latencies apart, so that they take little of the time whatever the
+    calls' length. Without probes, a latency that rose for good (larger requests, a
+    slower server) would be taken for queueing forever, and one that queueing raised
+    never seen again."""
 
     __slots__ = ("_base", "_probed", "_resume", "probe_every", "queue", "smoothing", "tolerance")
 
@@ -174,8 +200,8 @@ class Gradient(Policy):
         window: int = 10,
         max_window: float = 1.0,
         smoothing: float = 0.2,
-        tolerance: float = 1.5,
-        queue: float = 4.0,
+        tolerance: float = 1.2,
+        queue: float = 0.1,
         probe_every: float | None = 30.0,
     ) -> None:
         super().__init__(
@@ -186,13 +212,20 @@ class Gradient(Policy):
         self.queue = queue
         self.probe_every = probe_every
         self._base = 0.0  # the latency without load (0: none yet)
-        self._probed = -_INF  # when the latest probe began (or the first window ended)
+        self._probed = -_INF  # when the latest probe ended (or the first window did)
         self._resume = 0.0  # while probing, the limit to restore (0: not probing)
 
     @property
     def base_latency(self) -> float:
         """The latency without load, as last measured (``0.0`` before any window)."""
         return self._base
+
+    def rebase(self, now: float) -> None:
+        super().rebase(now)
+        if self._resume:  # (a probe on the old clock: ended)
+            self._set(self._resume)
+            self._resume = 0.0
+        self._probed = now
 
     def _cut_from(self) -> float:
         resume, self._resume = self._resume, 0.0  # (a drop ends a probe)
@@ -203,13 +236,13 @@ class Gradient(Policy):
             self._base = mean
             self._set(self._resume)
             self._resume = 0.0
+            self._probed = now
             return "probed"
         if not self._base or mean < self._base:  # (a latency that falls is followed)
             self._base = mean
         every = self.probe_every
-        if every is not None and now - self._probed >= every:
+        if every is not None and now - self._probed >= max(every, 20 * self._base):
             if self._probed > -_INF:
-                self._probed = self._since = now
                 self._resume = self.limit
                 self._set(self.limit / 2)
                 return "probe"
@@ -223,6 +256,8 @@ class Gradient(Policy):
         elif self._slow:
             self._set(before * 2)
             return "grow"
-        target = before * gradient + self.queue
+        # Toward the limit the gradient allows, plus a queue of ``queue`` times it (so
+        # that an idle server is found out): smoothed.
+        target = before * gradient * (1.0 + self.queue)
         self._set(before + (target - before) * self.smoothing)
         return "grow" if self.limit >= before else "latency"

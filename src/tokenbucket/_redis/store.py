@@ -687,14 +687,6 @@ class RedisStore:
 
         self._charging = backend.spawn(first())
 
-    def adapt(self, cap: int) -> None:
-        """This process's cap on the calls in flight of every process (the slots in
-        Redis) is ``cap`` from its next request on: an adaptive cap is learned per
-        process, from its own calls. A waiter for a slot asks again when one is released
-        (or the first lease expires)."""
-        self.max_concurrency = cap
-        self.shape = replace(self.shape, slot_max=cap)
-
     def reset(self) -> None:
         """Forget what the limiter was granted, for every process: its keys are deleted
         (see :meth:`_send_first`), then :meth:`forget_locally`. The rates an update gave
