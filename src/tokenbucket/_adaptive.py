@@ -17,7 +17,9 @@ own trouble, not the server's).
 
 from __future__ import annotations
 
+import builtins
 import math
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,6 +40,10 @@ _DROPS: Final = frozenset(
         "TimeoutException",  # httpx: connect, read, write and pool timeouts
         "NetworkError",  # httpx: connect, read and write errors
         "RemoteProtocolError",
+        "Timeout",  # requests: connect and read timeouts
+        "ConnectionError",  # requests (not the built-in one)
+        "ClientConnectionError",  # aiohttp
+        "ServerTimeoutError",
         "APITimeoutError",  # openai, anthropic
         "APIConnectionError",
         "RateLimitError",
@@ -55,7 +61,7 @@ _TUNING: Final = {
 }
 # Per tuning value: the open-closed range it must be in, said in words.
 _RANGES: Final = {
-    "backoff": (0.0, 0.999, "in (0, 1)"),
+    "backoff": (0.0, 0.999, "in (0, 0.999]"),
     "window": (0.0, math.inf, "a whole number >= 1"),
     "max_window": (0.0, math.inf, "> 0"),
     "smoothing": (0.0, 1.0, "in (0, 1]"),
@@ -63,6 +69,15 @@ _RANGES: Final = {
     "queue": (0.0, math.inf, "> 0"),
     "probe_every": (0.0, math.inf, "> 0, or None"),
 }
+# ExceptionGroup's base (Python 3.11; the exceptiongroup backport's on 3.10, if loaded).
+_GROUPS: Final[tuple[type, ...]] = tuple(
+    kind
+    for kind in (
+        getattr(builtins, "BaseExceptionGroup", None),
+        getattr(sys.modules.get("exceptiongroup"), "BaseExceptionGroup", None),
+    )
+    if kind is not None
+)
 _HISTORY: Final = 64  # the changes of the limit kept
 
 
@@ -75,19 +90,35 @@ def dropped_by(error: BaseException | None) -> bool:
     server's."""
     if error is None or isinstance(error, TokenBucketError):
         return False
+    inner = getattr(error, "exceptions", None)  # (a task group's: any of its errors)
+    if isinstance(error, _GROUPS) and isinstance(inner, tuple):
+        return any(dropped_by(one) for one in inner if isinstance(one, BaseException))
     if isinstance(error, (TimeoutError, ConnectionError)):
         return True
     if any(kind.__name__ in _DROPS for kind in type(error).__mro__):
         return True
-    response = getattr(error, "response", None)
-    for status in (
-        getattr(error, "status_code", None),
-        getattr(error, "code", None),
-        getattr(response, "status_code", None),
+    return any(status == 429 or 500 <= status <= 599 for status in _statuses(error))
+
+
+def _statuses(error: BaseException) -> list[int]:
+    """The HTTP statuses an error carries (``status_code``, ``status``, ``code``, or its
+    ``response``'s), read without raising."""
+    found = []
+    for owner, name in (
+        (error, "status_code"),
+        (error, "status"),
+        (error, "code"),
+        ("response", "status_code"),
+        ("response", "status"),
     ):
-        if isinstance(status, int) and not isinstance(status, bool):
-            return status == 429 or 500 <= status <= 599
-    return False
+        try:
+            holder = getattr(error, owner, None) if isinstance(owner, str) else owner
+            value = getattr(holder, name, None)
+        except Exception:  # (a property that fails: no status there)
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            found.append(value)
+    return found
 
 
 @dataclass(frozen=True)
@@ -131,13 +162,17 @@ def adaptive(
     seconds (1.0), measure the cap in force (a latency counts only if its call started
     after the cap last moved), start by doubling (a slow start, until the first sign of
     congestion), never grow while the application sends less than half the cap, and
-    lower the cap once per burst of drops (by more than ``backoff`` when most calls of
-    a window were dropped). A limiter with a backend (Redis) cannot have an adaptive
-    cap yet.
+    lower the cap once per burst of drops (by more than ``backoff`` when more than a
+    fifth of a window's calls were dropped: by half when all were). The gradient
+    reads the median latency of a window, so that calls of very different lengths (an
+    LLM's) move it less. A limiter with a backend (Redis) cannot have an adaptive cap
+    yet.
 
     Raises:
-        InvalidArgumentError: bounds out of order or below 1, an unknown policy, or a
-            tuning value its policy does not take.
+        InvalidArgumentError: bounds out of order or below 1, an unknown policy, a
+            tuning value its policy does not take, or one out of its range.
+        ArgumentTypeError: a bound that is not an int, a tuning value that is not a
+            number.
     """
     for name, value in (("initial", initial), ("min", min), ("max", max)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -201,12 +236,10 @@ class Controller:
             self.clock = clock
             self.policy.rebase(now)
         reason = self.policy.sample(now, rtt, in_flight, dropped)
-        if reason is None:
-            return None
         limit = self.policy.current
         if limit == self.limit:
             return None
         self.limit = limit
-        change = LimitChange(now, limit, reason)
+        change = LimitChange(now, limit, reason or "probed")  # (or a rebase ended a probe)
         self.history.append(change)
         return change

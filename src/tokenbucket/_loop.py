@@ -53,11 +53,13 @@ def asyncio_clock(loop: asyncio.AbstractEventLoop) -> Clock:
 
 
 def now() -> tuple[object, float]:
-    """Which clock a limiter reads in this thread (its event loop's key, or ``None``
-    outside any: ``time.monotonic``), and its time."""
+    """Which clock a limiter reads in this thread, and its time: ``None`` for
+    ``time.monotonic`` (outside any event loop, and in every loop that reads it), else
+    the loop's key (a virtual clock's loop, a trio run)."""
     loop = get_running_loop()
     if loop is not None:
-        return loop, asyncio_clock(loop).read()
+        clock = asyncio_clock(loop)
+        return None if clock.hinted else loop, clock.read()
     root = trio_root()
     if root is not None:
         current: Callable[[], float] = sys.modules["trio"].current_time

@@ -783,6 +783,11 @@ class _Settlement:
                 warn("could not settle a response's usage", error, stacklevel=3)
 
 
+# What a response body closed before its end ends its lease with (see _adaptive: an
+# error that is no drop, so the call's shortened duration is no sample).
+_CLOSED_EARLY: Final = GeneratorExit("the response body was closed before its end")
+
+
 class _LeaseStream:
     """A response body that settles and ends its lease when read to the end or closed."""
 
@@ -802,8 +807,8 @@ class _LeaseStream:
         await settlement.end()
 
     async def aclose(self) -> None:
-        try:
-            await self._settlement.end()
+        try:  # (closed before its end, if not read to it: the call is no sample)
+            await self._settlement.end(_CLOSED_EARLY)
         finally:
             await self._inner.aclose()
 
@@ -829,7 +834,7 @@ class _SyncLeaseStream:
 
     def close(self) -> None:
         try:
-            self._settlement.end_blocking()
+            self._settlement.end_blocking(_CLOSED_EARLY)
         finally:
             self._inner.close()
 

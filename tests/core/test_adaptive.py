@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import sys
+
 import pytest
 
+import tokenbucket as tb
+from tokenbucket._adaptive import Controller, dropped_by
 from tokenbucket._core.adaptive import AIMD, Gradient, Policy
+from tokenbucket._loop import now as now_on_clock
 
 
 def windows(
@@ -39,10 +46,11 @@ def test_a_window_moves_the_limit_once() -> None:
     assert policy.current == 8
 
 
-def test_a_window_ends_after_max_window_seconds_too() -> None:
+def test_a_window_with_a_drop_ends_after_max_window_seconds_too() -> None:
     policy = AIMD(4, 1, 100, max_window=1.0)
     assert policy.sample(10.0, 0.1, 4, False) is None
-    assert policy.sample(11.0, 0.1, 4, False) == "grow"  # two calls in a second
+    assert policy.sample(11.0, 0.1, 4, False) is None  # no drop: it waits for ten calls
+    assert policy.sample(11.5, 0.1, 4, True) == "drop"  # a drop: acted on at once
 
 
 def test_aimd_starts_slow_then_grows_by_one_and_backs_off_on_a_drop() -> None:
@@ -117,12 +125,14 @@ def test_gradient_shrinks_when_the_latency_rises_past_its_tolerance() -> None:
     assert policy.limit == pytest.approx(before * 1.02)  # 10 % more, smoothed
 
 
-def test_gradient_follows_a_falling_latency_at_once() -> None:
+def test_gradient_follows_a_falling_latency_down() -> None:
     policy = Gradient(10, 1, 1000)
     now, _ = windows(policy, 2, rtt=1.0)
     assert policy.base_latency == pytest.approx(1.0)
-    windows(policy, 1, rtt=0.1, start=now)
-    assert policy.base_latency == pytest.approx(0.1)
+    now, _ = windows(policy, 1, rtt=0.1, start=now)
+    assert policy.base_latency == pytest.approx(0.82)  # a fifth of the way per window
+    windows(policy, 20, rtt=0.1, start=now)
+    assert policy.base_latency == pytest.approx(0.1, abs=0.01)
 
 
 def test_a_probe_learns_a_latency_that_rose_for_good() -> None:
@@ -197,3 +207,87 @@ def test_aimd_finds_the_servers_bound_and_stays_under_it() -> None:
     assert min(limits) >= 40  # (a window of 503s halves it)
     assert max(limits) <= 101
     assert drops <= len(limits) / 10
+
+
+def test_loops_on_the_monotonic_clock_share_it() -> None:
+    """Two asyncio runs (or threads, or a run and threads) time leases on one clock:
+    their samples never restart the policy's timing."""
+
+    async def clock() -> object:
+        return now_on_clock()[0]
+
+    assert asyncio.run(clock()) is None
+    assert asyncio.run(clock()) is None
+    assert now_on_clock()[0] is None
+
+
+def test_a_clock_change_that_ends_a_probe_is_a_change() -> None:
+    controller = Controller(tb.adaptive(initial=40, probe_every=1.0), None, 0.0)
+    policy = controller.policy
+    assert isinstance(policy, Gradient)
+    policy._probed = -100.0  # (a probe is due)
+    now = 0.0
+    for _ in range(10):
+        now += 0.01
+        change = controller.sample(None, now, 0.001, 40, False)
+    assert change is not None
+    assert change.reason == "probe"
+    assert controller.limit == 20  # halved for the probe
+    change = controller.sample("another loop", 5.0, 0.001, 1, False)
+    assert change is not None
+    assert change.limit == 40  # another clock: the probe is over, the limit restored
+
+
+class _Status(Exception):
+    def __init__(self, **attributes: object) -> None:
+        self.__dict__.update(attributes)
+
+
+class _Response:
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
+class _Broken(Exception):
+    @property
+    def response(self) -> object:
+        raise RuntimeError("no response")
+
+
+class Timeout(OSError):  # (as requests names its timeouts: OSErrors)
+    pass
+
+
+class ReadTimeout(Timeout):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("error", "dropped"),
+    [
+        (None, False),
+        (TimeoutError(), True),
+        (ConnectionResetError(), True),
+        (ReadTimeout(), True),
+        (tb.AcquireTimeoutError("ours"), False),
+        (tb.BackendUnavailableError("ours"), False),
+        (_Status(status_code=503), True),
+        (_Status(status=429), True),
+        (_Status(code=500), True),
+        (_Status(code=7, response=_Response(503)), True),
+        (_Status(status_code=404), False),
+        (_Status(response=_Response(200)), False),
+        (_Broken(), False),
+        (ValueError(), False),
+        (GeneratorExit(), False),
+    ],
+)
+def test_what_a_drop_is(error: BaseException | None, dropped: bool) -> None:
+    assert dropped_by(error) is dropped
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is 3.11's")
+def test_a_group_of_errors_is_a_drop_if_one_is() -> None:
+    group = getattr(builtins, "BaseExceptionGroup")  # noqa: B009 (3.11's)
+    assert dropped_by(group("two", [ValueError(), TimeoutError()]))
+    assert not dropped_by(group("two", [ValueError(), KeyError()]))

@@ -6,13 +6,16 @@ ended at ``now`` after ``rtt`` seconds, with ``in_flight`` calls held as it ende
 included), and whether it was *dropped*: the server refused or failed it (a 429, a 5xx,
 a timeout, a broken connection). Pure: ``now`` is given, no clock is read.
 
-Samples are taken in windows (``window`` calls, or ``max_window`` seconds with at least
-one), and the limit moves once per window, from the mean latency of the window's calls
-that were not dropped (and started after the limit last moved: a window measures the
-limit in force), the most calls it held at once, and whether any call was dropped:
+Samples are taken in windows of ``window`` calls (a window with a drop closes after
+``max_window`` seconds too), and the limit moves once per window, from the median
+latency of the window's calls that were not dropped (and started after the limit last
+moved: a window measures the limit in force; the median, as calls of very different
+lengths move it less than a mean), the most calls it held at once, and whether any call
+was dropped:
 
 * a drop lowers the limit by ``backoff`` (x0.9), or by half the share of the window's
-  calls that were dropped when that is more (half the limit at most), once: the drops
+  calls that were dropped when that is more (more than a fifth of them; by half when
+  all were), once: the drops
   of calls that started before the latest decrease were sent at a limit since lowered,
   and say nothing new (a burst of 429s lowers it once, not once each); a window with
   only such drops leaves the limit as it is;
@@ -53,8 +56,7 @@ class Policy:
         "_cut",
         "_dropped",
         "_drops",
-        "_kept",
-        "_rtt_sum",
+        "_rtts",
         "_since",
         "_slow",
         "_start",
@@ -86,10 +88,9 @@ class Policy:
         self._cut = -_INF  # when the limit was last lowered for a drop
         self._since = -_INF  # when it last moved: the latencies of calls started before
         self._start = -_INF  # when the window began (its first sample)
-        self._count = 0  # calls in the window, those dropped, those measured
+        self._count = 0  # calls in the window, and those dropped
         self._drops = 0
-        self._kept = 0
-        self._rtt_sum = 0.0
+        self._rtts: list[float] = []  # the latencies of those not dropped
         self._widest = 0
         self._dropped = _NONE
         self._slow = True  # slow start: until the first sign of congestion
@@ -103,8 +104,8 @@ class Policy:
         """Samples come on another clock from now on (another event loop): what was
         timed on the old one is forgotten, the window starts again."""
         self._cut = self._since = -_INF
-        self._count = self._drops = self._kept = self._widest = 0
-        self._rtt_sum = 0.0
+        self._count = self._drops = self._widest = 0
+        self._rtts = []
         self._dropped = _NONE
         self._start = now
 
@@ -124,16 +125,21 @@ class Policy:
             # (A call that started before the latest cut tells nothing new.)
             self._dropped = max(self._dropped, _NEW if started >= self._cut else _OLD)
         else:
-            self._kept += 1
-            self._rtt_sum += rtt
+            self._rtts.append(rtt)
         if in_flight > self._widest:
             self._widest = in_flight
-        if self._count < self.window and now - self._start < self.max_window:
+        # A window closes at ``window`` calls; at ``max_window`` seconds too when a call
+        # in it was dropped (a drop is acted on within a second, however slow calls are).
+        if self._count < self.window and (
+            self._dropped != _NEW or now - self._start < self.max_window
+        ):
             return None
         widest, drops, share = self._widest, self._dropped, self._drops / self._count
-        mean = self._rtt_sum / self._kept if self._kept else 0.0
-        self._count = self._drops = self._kept = self._widest = 0
-        self._rtt_sum = 0.0
+        rtts = sorted(self._rtts)
+        # The median: calls of very different lengths (an LLM's) move it less than a mean.
+        mean = rtts[len(rtts) // 2] if rtts else 0.0
+        self._count = self._drops = self._widest = 0
+        self._rtts = []
         self._dropped = _NONE
         if drops == _NEW:
             # By ``backoff``, or by more when most of the window was dropped (half of it
@@ -155,8 +161,8 @@ class Policy:
         return self.limit
 
     def _window(self, now: float, mean: float, widest: int) -> str | None:
-        """Move the limit after a window without drops, of ``mean`` latency, that held
-        at most ``widest`` calls at once; why, or ``None``."""
+        """Move the limit after a window without drops, of median latency ``mean``,
+        that held at most ``widest`` calls at once; why, or ``None``."""
         raise NotImplementedError
 
     def _set(self, limit: float) -> None:
@@ -177,16 +183,17 @@ class AIMD(Policy):
 
 
 class Gradient(Policy):
-    """Latency-based: the window's mean latency against the latency without load.
+    """Latency-based: the window's median latency against the latency without load.
 
-    The latency without load is the lowest window mean seen since the latest probe. A
-    probe halves the limit for one window of the calls that start then (a queue the limit
-    allows, at most half of it, then drains), takes their mean latency as the new one,
-    and restores the limit; probes come ``probe_every`` seconds apart (``None``: never),
-    and at least 20 latencies apart, so that they take little of the time whatever the
-    calls' length. Without probes, a latency that rose for good (larger requests, a
-    slower server) would be taken for queueing forever, and one that queueing raised
-    never seen again."""
+    The latency without load is measured by a probe, and follows the windows' median
+    latency down between probes (a fifth of the way per window: noise does not drag it
+    to the lowest window seen). A probe halves the limit for one window of the calls
+    that start then (a queue the limit allows, at most half of it, then drains), takes
+    their median latency as the new one, and restores the limit; probes come
+    ``probe_every`` seconds apart (``None``: never), and at least 20 latencies apart, so
+    that they take little of the time whatever the calls' length. Without probes, a
+    latency that rose for good (larger requests, a slower server) would be taken for
+    queueing forever, and one that queueing raised never seen again."""
 
     __slots__ = ("_base", "_probed", "_resume", "probe_every", "queue", "smoothing", "tolerance")
 
@@ -238,8 +245,10 @@ class Gradient(Policy):
             self._resume = 0.0
             self._probed = now
             return "probed"
-        if not self._base or mean < self._base:  # (a latency that falls is followed)
+        if not self._base:
             self._base = mean
+        elif mean < self._base:  # a latency that falls is followed (a fifth per window)
+            self._base += (mean - self._base) * 0.2
         every = self.probe_every
         if every is not None and now - self._probed >= max(every, 20 * self._base):
             if self._probed > -_INF:
