@@ -9,10 +9,11 @@ lower one keeps the leases held.
 What a lease tells: how long it was held (from its grant to its end), how many leases the
 limiter held then, and whether the call was *dropped*: a response reported with status
 429 or 5xx (``lease.feedback(..., status=...)``, which the transports call), or the
-block left with a timeout or a broken connection (``TimeoutError``, ``ConnectionError``,
-and the SDKs' and httpx's timeout, connection, rate-limit and server errors, by name). A
-lease cancelled or left with another error tells nothing: it is no sample (the caller's
-own trouble, not the server's).
+block (or a transport's response body) left with a timeout, a broken connection or an
+error carrying such a status (see :func:`dropped_by`). A lease cancelled or left with
+another error (this library's own included), or a response body closed before its end,
+tells nothing: it is no sample (the caller's own trouble, not the server's). A limiter
+with a backend has no adaptive cap yet.
 """
 
 from __future__ import annotations
