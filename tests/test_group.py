@@ -75,6 +75,38 @@ def test_from_dict_burst_tables_several_rates_and_options() -> None:
     limits["m"].acquire(tokens=50_000)
 
 
+def test_from_dict_and_toml_take_an_adaptive_cap(tmp_path: Path) -> None:
+    limits = tb.BucketGroup.from_dict(
+        {
+            "a": {"requests_per_second": 5, "max_concurrency": "adaptive"},
+            "b": {"max_concurrency": {"adaptive": {"initial": 8, "max": 64, "policy": "aimd"}}},
+        }
+    )
+    a, b = limits["a"]._controller, limits["b"]._controller
+    assert a is not None
+    assert a.config == tb.adaptive()
+    assert b is not None
+    assert b.config == tb.adaptive(initial=8, max=64, policy="aimd")
+    assert limits["b"].max_concurrency == 8
+    path = tmp_path / "limits.toml"
+    path.write_text(
+        '[limits."gpt-4o"]\ntokens_per_minute = 1000\n'
+        "max_concurrency = { adaptive = { initial = 4, min = 2 } }\n"
+    )
+    made = tb.BucketGroup.from_toml(path)["gpt-4o"]._controller
+    assert made is not None
+    assert made.config == tb.adaptive(initial=4, min=2)
+    for wrong, error in (
+        ("adaptiv", tb.ArgumentTypeError),
+        ({"adaptive": {"initial": 0}}, tb.InvalidArgumentError),
+        ({"adaptive": {"tolerance": 9, "policy": "aimd"}}, tb.InvalidArgumentError),
+        ({"adaptive": 3}, tb.InvalidArgumentError),
+        ({"fixed": 3}, tb.InvalidArgumentError),
+    ):
+        with pytest.raises(error, match="max_concurrency"):
+            tb.BucketGroup.from_dict({"m": {"max_concurrency": wrong}})
+
+
 def test_from_toml(tmp_path: Path) -> None:
     path = tmp_path / "limits.toml"
     path.write_text(

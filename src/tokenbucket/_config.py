@@ -96,13 +96,14 @@ def parse_limits(
 
 
 def concurrency(value: object) -> int | None:
-    """Check a ``max_concurrency`` argument: ``None`` or an int >= 1."""
+    """Check a fixed ``max_concurrency`` argument: ``None`` or an int >= 1."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ArgumentTypeError(
             "max_concurrency",
-            f"max_concurrency must be an int or None, not {type(value).__name__}",
+            f"max_concurrency must be an int, tb.adaptive(...) or None, not "
+            f"{type(value).__name__}",
         )
     if value < 1:
         raise InvalidArgumentError(

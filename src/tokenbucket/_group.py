@@ -8,6 +8,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from ._adaptive import Adaptive, adaptive
 from ._config import UNITS, split_key, to_rate
 from ._core import Meter
 from ._errors import ArgumentTypeError, InvalidArgumentError, UnknownNameError
@@ -462,6 +463,26 @@ def _member_key(key: str | None, name: str) -> str | None:
     return cast("str | None", parts)
 
 
+def _adaptive_from_config(value: object, where: str) -> Adaptive:
+    """``max_concurrency = "adaptive"``, or ``{ adaptive = { initial = 16, ... } }``
+    (the keywords of :func:`adaptive`)."""
+    if value == "adaptive":
+        return adaptive()
+    table: Mapping[str, Any] = value  # type: ignore[assignment]
+    inner = table.get("adaptive")
+    if set(table) != {"adaptive"} or not (inner is True or _is_mapping(inner)):
+        raise InvalidArgumentError(
+            where,
+            f'{where} must be a number, "adaptive" or {{ adaptive = {{ initial = 16, '
+            f"min = 1, max = 512 }} }}, not {value!r}",
+        )
+    keywords: Mapping[str, Any] = {} if inner is True else inner  # type: ignore[assignment]
+    try:
+        return adaptive(**keywords)
+    except (InvalidArgumentError, ArgumentTypeError) as exc:
+        raise type(exc)(exc.argument, f"{where}.adaptive: {exc}") from None
+
+
 def _limiter_from_config(
     entry: object,
     where: str,
@@ -477,6 +498,8 @@ def _limiter_from_config(
     options: dict[str, Any] = {}
     for entry_key, value in table.items():
         if entry_key in _LIMITER_KEYS:
+            if entry_key == "max_concurrency" and (value == "adaptive" or _is_mapping(value)):
+                value = _adaptive_from_config(value, f"{where}.max_concurrency")
             options[entry_key] = value
             continue
         try:
