@@ -102,8 +102,7 @@ def concurrency(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ArgumentTypeError(
             "max_concurrency",
-            f"max_concurrency must be an int, tb.adaptive(...) or None, not "
-            f"{type(value).__name__}",
+            f"max_concurrency must be an int, tb.adaptive(...) or None, not {type(value).__name__}",
         )
     if value < 1:
         raise InvalidArgumentError(
