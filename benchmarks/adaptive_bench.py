@@ -18,6 +18,13 @@ without pause, each call through ``limiter.acquire()`` and reported with
    run, then restored: how long the error rate takes to return under 1 % once halved,
    and the goodput after the restore as a share of the one before.
 
+4. On Redis: ``PROCESSES`` client processes share the server (``CLIENTS`` tasks in all),
+   each through a limiter of the same key on a Redis backend, with the adaptive cap
+   (learned per process) and a rate in Redis that never binds: their goodput and p99
+   together, against the best fixed setting's, and each process's cap at the end.
+   Redis is at ``$TOKENBUCKET_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/14``);
+   ``--no-redis`` leaves this run out.
+
 ``--plot`` draws the third run (cap, calls in flight, latency and goodput over time)
 beside the sweep's goodput against concurrency. See benchmarks/README.md.
 """
@@ -25,8 +32,12 @@ beside the sweep's goodput against concurrency. See benchmarks/README.md.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +51,8 @@ WORKERS, SERVICE, QUEUE = 8, 0.05, 8
 CLIENTS = 256
 SWEEP = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 STEP = 0.5  # the timeline's resolution, in seconds
+PROCESSES = 2  # the Redis run's client processes
+REDIS_URL = os.environ.get("TOKENBUCKET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 @dataclass
@@ -76,15 +89,18 @@ async def _call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> i
 
 
 async def run(
-    server: KneeServer,
-    cap: int | tb.Adaptive,
+    server: KneeServer | str,
+    cap: int | tb.Adaptive | tb.Limiter,
     seconds: float,
     phases: list[tuple[float, int]] = (),  # type: ignore[assignment]
+    clients: int = CLIENTS,
 ) -> Run:
-    """``CLIENTS`` tasks calling the server for ``seconds`` through a limiter of cap
-    ``cap``; at each ``(instant, workers)`` of ``phases``, the server's workers change."""
-    limiter = tb.Limiter(max_concurrency=cap)
-    host, port = server.url.removeprefix("http://").split(":")
+    """``clients`` tasks calling the server (or its URL) for ``seconds`` through a
+    limiter of cap ``cap`` (or that limiter); at each ``(instant, workers)`` of
+    ``phases``, the server's workers change."""
+    limiter = cap if isinstance(cap, tb.Limiter) else tb.Limiter(max_concurrency=cap)
+    url = server if isinstance(server, str) else server.url
+    host, port = url.removeprefix("http://").split(":")
     result = Run(seconds)
     start = time.monotonic()
     end = start + seconds
@@ -117,15 +133,58 @@ async def run(
             await asyncio.sleep(max(0.0, start + t + STEP - time.monotonic()))
             t += STEP
             while pending and pending[0][0] <= t:
+                assert isinstance(server, KneeServer)
                 await asyncio.to_thread(server.set_workers, pending.pop(0)[1])
             stats = limiter.statistics()
             result.timeline.append(
                 {"t": t, "limit": float(stats.max_concurrency or 0), "in_flight": stats.in_flight}
             )
 
-    await asyncio.gather(watch(), *(client() for _ in range(CLIENTS)))
-    server.set_workers(WORKERS)
+    await asyncio.gather(watch(), *(client() for _ in range(clients)))
+    if isinstance(server, KneeServer):
+        server.set_workers(WORKERS)
     return result
+
+
+async def child(url: str, redis_url: str, key: str, seconds: float, at: float) -> None:
+    """One client process of the Redis run: ``CLIENTS // PROCESSES`` tasks from wall
+    clock ``at`` on; prints what it measured as JSON."""
+    backend = tb.RedisBackend(redis_url)
+    limiter = tb.Limiter(
+        requests_per_second=100_000,  # in Redis, never binding: every call asks it
+        max_concurrency=tb.adaptive(initial=4, min=1, max=512),
+        backend=backend,
+        key=key,
+    )
+    await asyncio.sleep(max(0.0, at - time.time()))
+    result = await run(url, limiter, seconds, clients=CLIENTS // PROCESSES)
+    await backend.aclose()
+    print(json.dumps({"ok": result.ok, "failed": result.failed, "cap": limiter.max_concurrency}))
+
+
+async def on_redis(server: KneeServer, seconds: float) -> tuple[Run, list[int]]:
+    """``PROCESSES`` processes running :func:`child` at once: their calls as one run,
+    and each one's cap at the end."""
+    at = time.time() + 1.0  # (every process connected and imported by then)
+    key = f"adaptive-bench-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, __file__, "--child", server.url, REDIS_URL, key, str(seconds)]
+    procs = [
+        await asyncio.create_subprocess_exec(*command, str(at), stdout=subprocess.PIPE)
+        for _ in range(PROCESSES)
+    ]
+    outputs = [await proc.communicate() for proc in procs]
+    result = Run(seconds)
+    caps = []
+    for proc, (out, _) in zip(procs, outputs, strict=True):
+        if proc.returncode != 0:
+            raise SystemExit(
+                f"a client process failed ({proc.returncode}): is Redis at {REDIS_URL}?"
+            )
+        data = json.loads(out)
+        result.ok += [tuple(pair) for pair in data["ok"]]
+        result.failed += data["failed"]
+        caps.append(data["cap"])
+    return result, caps
 
 
 def timeline(result: Run) -> list[dict[str, float]]:
@@ -179,6 +238,7 @@ def plot(path: str, sweep: list[dict[str, float]], rows: list[dict[str, float]])
 async def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--plot", metavar="PATH", help="draw the capacity-change run here")
+    parser.add_argument("--no-redis", action="store_true", help="leave the Redis run out")
     options = parser.parse_args()
     quick = options.quick
     seconds = 1.5 if quick else 9.0
@@ -199,6 +259,11 @@ async def main() -> None:
         changed = await run(
             server, adaptive, third * 3, [(third, WORKERS // 2), (2 * third, WORKERS)]
         )
+        shared = None
+        if not options.no_redis:
+            progress(f"adaptive on Redis, {PROCESSES} processes")
+            redis_run, caps = await on_redis(server, seconds * 2)
+            shared = (*redis_run.window(seconds * 2 / 3), caps)
     # The best fixed setting (the highest goodput), and the knee: the smallest setting
     # within 3 % of it (larger ones serve as much, with longer queues).
     most = max(sweep, key=lambda r: r["goodput"])
@@ -226,6 +291,15 @@ async def main() -> None:
         for r in sweep
     ]
     table.append(["adaptive", f"{goodput:.0f}", f"{p99 * 1000:.0f}", f"{errors:.1%}"])
+    if shared is not None:
+        table.append(
+            [
+                f"adaptive, Redis, {PROCESSES} processes",
+                f"{shared[0]:.0f}",
+                f"{shared[1] * 1000:.0f}",
+                f"{shared[2]:.1%}",
+            ]
+        )
     print(
         markdown_table(["max_concurrency", "goodput/s", "p99 ms", "errors"], table, right=[1, 2, 3])
     )
@@ -239,6 +313,12 @@ async def main() -> None:
         f"workers halved: errors under 1 % for good after {recovered:.1f} s; goodput after "
         f"the restore {share_after:.2f}x the one before"
     )
+    if shared is not None:
+        print(
+            f"on Redis, {PROCESSES} processes / the best fixed setting: goodput "
+            f"{shared[0] / most['goodput']:.2f}x, p99 {shared[1] / most['p99']:.2f}x; "
+            f"/ the knee: p99 {shared[1] / best['p99']:.2f}x; caps at the end {shared[3]}"
+        )
     if options.plot:
         plot(options.plot, sweep, rows)
     if options.json:
@@ -253,9 +333,22 @@ async def main() -> None:
                 "timeline": rows,
                 "recovered_after": recovered,
                 "goodput_after_restore": share_after,
+                "redis": None
+                if shared is None
+                else {
+                    "processes": PROCESSES,
+                    "goodput": shared[0],
+                    "p99": shared[1],
+                    "errors": shared[2],
+                    "caps": shared[3],
+                },
             },
         )
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--child"]:
+        url, redis_url, key, seconds, at = sys.argv[2:7]
+        asyncio.run(child(url, redis_url, key, float(seconds), float(at)))
+    else:
+        asyncio.run(main())

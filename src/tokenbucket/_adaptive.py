@@ -12,8 +12,8 @@ limiter held then, and whether the call was *dropped*: a response reported with 
 block (or a transport's response body) left with a timeout, a broken connection or an
 error carrying such a status (see :func:`dropped_by`). A lease cancelled or left with
 another error (this library's own included), or a response body closed before its end,
-tells nothing: it is no sample (the caller's own trouble, not the server's). A limiter
-with a backend has no adaptive cap yet.
+tells nothing: it is no sample (the caller's own trouble, not the server's). With a
+backend (Redis), the cap is learned and applied per process (see ``_gate``).
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ def adaptive(
     lower the cap once per burst of drops (by more than ``backoff`` when more than a
     fifth of a window's calls were dropped: by half when all were). The gradient
     reads the median latency of a window, so that calls of very different lengths (an
-    LLM's) move it less. A limiter with a backend (Redis) cannot have an adaptive cap
-    yet.
+    LLM's) move it less. With a backend (Redis), each process learns and applies its
+    own cap, in front of the rates the processes share there.
 
     Raises:
         InvalidArgumentError: bounds out of order or below 1, an unknown policy, a

@@ -108,8 +108,19 @@ class Lease(Request):
         if limiter._listeners:
             limiter._settled(self, amounts)
 
+    def _renew(self) -> None:
+        """Not granted (timed out, cancelled): it may be entered again, as a new request
+        (a place at the end of the queue, a wait of its own)."""
+        self.seq = _LATE
+        self.waited = 0.0
+        self.binding = None
+        self.queued = False
+
     def parked(self) -> None:
-        """(The store queues it: the limiter tells its listeners.)"""
+        """(The store queues it: the limiter tells its listeners, once: a request that
+        waits at an adaptive cap's gate may wait for the backend's rates after it.)"""
+        if self.queued:
+            return
         self.queued = True
         self._limiter._parked(self)
 
@@ -165,6 +176,7 @@ class LeaseContext(Lease):
                 ticket = await store.take(self, self._timeout)
             except BaseException as error:
                 limiter._left(self, error)
+                self._renew()
                 raise
         self._ticket = ticket
         self._store = store
@@ -222,6 +234,7 @@ class BlockingLeaseContext(LeaseContext):
             self._ticket = store.acquire_blocking(self, self._timeout)
         except BaseException as error:
             limiter._left(self, error)
+            self._renew()
             raise
         self._store = store
         self._stage = _OPEN

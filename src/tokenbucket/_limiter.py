@@ -40,6 +40,7 @@ from ._errors import (
 )
 from ._events import EventKind, LimiterEvent, emit, label, log
 from ._feedback import FeedbackPlan, plan_feedback
+from ._gate import Gate, GatedStore
 from ._headers import ServerFeedback, parse_rate_limit_headers
 from ._lease import BlockingLeaseContext, Lease, LeaseContext
 from ._loop import get_running_loop
@@ -109,6 +110,7 @@ class Limiter:
         "_controller",
         "_describing",
         "_dims",
+        "_gate",
         "_index",
         "_key",
         "_leases",
@@ -139,18 +141,18 @@ class Limiter:
     ) -> None:
         specs = parse_limits(limits, rates)
         controller = None
+        gate = None
         if isinstance(max_concurrency, Adaptive):
-            if backend is not None:
-                raise InvalidArgumentError(
-                    "max_concurrency",
-                    "an adaptive cap is learned in this process's memory: a limiter with a "
-                    "backend cannot have one yet (give max_concurrency a number)",
-                )
             controller = Controller(max_concurrency, *clock_now())
             cap: int | None = controller.limit
+            if backend is not None or key is not None:
+                # Learned and applied in this process (see _gate): the backend's limits
+                # hold no cap.
+                gate = Gate(controller.limit, _describer(self))
+                cap = None
         else:
             cap = concurrency(max_concurrency)
-        if not specs and cap is None:
+        if not specs and cap is None and gate is None:
             raise InvalidArgumentError(
                 "limits", "a Limiter needs at least one rate or a max_concurrency"
             )
@@ -173,9 +175,10 @@ class Limiter:
         self._backend = backend
         self._key = key
         self._pools: dict[Meter, tuple[str, ...]] = {}
-        self._store: Store = self._open()
-        self._threads: ThreadStore | None = None  # see _blocking_store
+        self._gate = gate  # with a backend, the slots of an adaptive cap (see _gate)
         self._controller = controller  # an adaptive cap's (see _sample)
+        self._store: Store = self._open()
+        self._threads: ThreadStore | GatedStore | None = None  # see _blocking_store
         self._waits = Waits()
         self._listeners: tuple[Callable[[LimiterEvent], object], ...] = ()
 
@@ -194,6 +197,12 @@ class Limiter:
     def _open(self, *, threads: bool = False) -> Store:
         if self._backend is None and self._key is None:
             return MemoryStore(self._multi, _describer(self))
+        store = self._open_backend(threads=threads)
+        if self._gate is None or threads:  # (the threads' store is gated in its portal)
+            return store
+        return GatedStore(store, self._gate, primary=True)
+
+    def _open_backend(self, *, threads: bool) -> Store:
         return open_store(
             self._backend,
             self._key,
@@ -215,7 +224,7 @@ class Limiter:
             return store
         return self._blocking_store()
 
-    def _blocking_store(self) -> MemoryStore | ThreadStore:
+    def _blocking_store(self) -> MemoryStore | ThreadStore | GatedStore:
         """The store that threads block on: the limiter's own in memory; with a backend,
         a second store of the same limits in the portal's loop (see ``_portal``), opened
         on first use."""
@@ -227,7 +236,10 @@ class Limiter:
             with _OPENING:
                 threads = self._threads
                 if threads is None:
-                    threads = self._threads = ThreadStore(self._open(threads=True))
+                    threads = ThreadStore(self._open(threads=True))
+                    if self._gate is not None:
+                        threads = GatedStore(threads, self._gate, primary=False)
+                    self._threads = threads
         return threads
 
     # -- public API ------------------------------------------------------------------
@@ -247,8 +259,9 @@ class Limiter:
 
     @property
     def max_concurrency(self) -> int | None:
-        """The cap on calls in flight, or ``None``."""
-        return self._multi.max_concurrency
+        """The cap on calls in flight, or ``None``. (An adaptive cap's value now: with a
+        backend, this process's.)"""
+        return self._cap()
 
     @property
     def name(self) -> str | None:
@@ -586,8 +599,9 @@ class Limiter:
 
     def __repr__(self) -> str:
         parts = [m.describe() for m in self._multi.meters]
-        if self._multi.max_concurrency is not None:
-            parts.append(f"max_concurrency {self._multi.max_concurrency}")
+        cap = self._cap()
+        if cap is not None:
+            parts.append(f"max_concurrency {cap}")
         label = f" {self._name!r}" if self._name else ""
         store = getattr(self, "_store", None)
         waiters = 0 if store is None else store.statistics().waiters
@@ -611,7 +625,14 @@ class Limiter:
         if threads is not None:
             more = threads.gauges()
             waiters, held, paused = waiters + more[0], held + more[1], paused or more[2]
-        return waiters, held, paused, self._multi.max_concurrency
+        return waiters, held, paused, self._cap()
+
+    def _cap(self) -> int | None:
+        """The cap on calls in flight (from any thread)."""
+        controller = self._controller
+        if self._gate is not None and controller is not None:
+            return controller.limit
+        return self._multi.max_concurrency
 
     def _observe_waits(
         self, observer: Callable[[float, str | None], object], *, remove: bool = False
@@ -673,8 +694,8 @@ class Limiter:
         since_clock, since = lease._since
         if clock is not since_clock:
             return
-        store = self._store
-        assert isinstance(store, MemoryStore)  # (no adaptive cap with a backend)
+        store = self._gate.store if self._gate is not None else self._store
+        assert isinstance(store, MemoryStore)
         with controller.lock:  # (changes applied in the order they are made)
             change = controller.sample(clock, now, now - since, len(self._leases), dropped)
             if change is None:
@@ -780,7 +801,8 @@ class Limiter:
     def _in_use(self) -> bool:
         store = self._store
         busy = store.in_use if isinstance(store, MemoryStore) else False
-        return bool(self._leases or busy)
+        gate = self._gate
+        return bool(self._leases or busy or (gate is not None and gate.store.in_use))
 
     def _at_rest(self) -> bool:
         """Indistinguishable from a new limiter of the same configuration."""

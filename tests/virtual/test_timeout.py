@@ -118,3 +118,38 @@ async def test_timeout_raises_a_timeout_error_at_the_deadline_and_takes_nothing(
     async with limiter.acquire(tokens=1, timeout=0):
         pass
     assert limiter.statistics().available["tokens"] == 0
+
+
+async def test_a_context_entered_again_after_its_timeout_waits_as_a_new_request() -> None:
+    limiter = tb.Limiter(max_concurrency=1)
+    order: list[str] = []
+    waits: list[tb.LimiterEvent] = []
+    limiter.subscribe(lambda event: waits.append(event) if event.kind == "wait" else None)
+    release = anyio.Event()
+
+    async def hold() -> None:
+        async with limiter.acquire():
+            await release.wait()
+
+    async def first() -> None:
+        async with limiter.acquire():
+            order.append("first")
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(hold)
+        await anyio.sleep(0.1)
+        late = limiter.acquire(timeout=0.2)
+        with pytest.raises(tb.AcquireTimeoutError):
+            await late.__aenter__()
+        tasks.start_soon(first)
+        await anyio.sleep(0.1)
+
+        async def let_go() -> None:
+            release.set()
+
+        tasks.start_soon(let_go)
+        async with late as lease:  # after first, in the queue: a place of its own
+            order.append("late")
+        assert lease.queued
+    assert order == ["first", "late"]
+    assert len(waits) == 3  # its second wait is told, as its first was
