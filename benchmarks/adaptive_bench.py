@@ -162,6 +162,20 @@ async def child(url: str, redis_url: str, key: str, seconds: float, at: float) -
     print(json.dumps({"ok": result.ok, "failed": result.failed, "cap": limiter.max_concurrency}))
 
 
+async def forget(key: str) -> None:
+    """Delete the keys of the limit named ``key`` (its meters and what its calls left):
+    the database holds nothing of this run after it."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        names = [name async for name in client.scan_iter(match=f"*{key}*")]
+        if names:
+            await client.delete(*names)
+    finally:
+        await client.aclose()
+
+
 async def on_redis(server: KneeServer, seconds: float) -> tuple[Run, list[int]]:
     """``PROCESSES`` processes running :func:`child` at once: their calls as one run,
     and each one's cap at the end."""
@@ -173,6 +187,7 @@ async def on_redis(server: KneeServer, seconds: float) -> tuple[Run, list[int]]:
         for _ in range(PROCESSES)
     ]
     outputs = [await proc.communicate() for proc in procs]
+    await forget(key)
     result = Run(seconds)
     caps = []
     for proc, (out, _) in zip(procs, outputs, strict=True):
