@@ -102,14 +102,10 @@ class GatedStore:
         pending = self.gate.pending
         pending.append(None)
         try:
-            left = timeout
-            if timeout is not None:
-                left = max(0.0, timeout - (clock_now()[1] - start))
+            left = None if timeout is None else max(0.0, timeout - (clock_now()[1] - start))
             ticket = await self.inner.take(request, left)
         except BaseException as error:
-            slots.release(entry, held)
-            if isinstance(error, AcquireTimeoutError) and entry.queued:
-                raise self._timed_out(timeout) from error
+            self._not_granted(entry, held, error, timeout)
             raise
         finally:
             pending.pop()
@@ -127,27 +123,28 @@ class GatedStore:
         pending = self.gate.pending
         pending.append(None)
         try:
-            left = timeout
-            if timeout is not None:
-                left = max(0.0, timeout - (_monotonic() - start))
+            left = None if timeout is None else max(0.0, timeout - (_monotonic() - start))
             ticket = inner.acquire_blocking(request, left)
         except BaseException as error:
-            slots.release(entry, held)
-            if isinstance(error, AcquireTimeoutError) and entry.queued:
-                raise self._timed_out(timeout) from error
+            self._not_granted(entry, held, error, timeout)
             raise
         finally:
             pending.pop()
         self._granted(request, entry, _monotonic() - start)
         return _Ticket(entry, held, ticket)
 
-    def _timed_out(self, timeout: float | None) -> AcquireTimeoutError:
-        """The error of a request that waited for a slot, then timed out waiting for
-        the backend: it names the caller's timeout (the backend's, what was left)."""
-        return AcquireTimeoutError(
-            f"{self.gate.store.describe()}: not granted within {timeout} s (a slot of "
-            "max_concurrency, then the backend's rates)"
-        )
+    def _not_granted(
+        self, entry: _Entry, held: object, error: BaseException, timeout: float | None
+    ) -> None:
+        """The backend did not grant ``entry``'s request (``error``): its slot is given
+        back. A timeout after a wait for the slot raises an error that names the
+        caller's timeout (the backend's names what was left of it)."""
+        self.gate.store.release(entry, held)
+        if isinstance(error, AcquireTimeoutError) and entry.queued:
+            raise AcquireTimeoutError(
+                f"{self.gate.store.describe()}: not granted within {timeout} s (a slot of "
+                "max_concurrency, then the backend's rates)"
+            ) from error
 
     def _granted(self, request: Request, entry: _Entry, seconds: float) -> None:
         """``request`` was granted ``seconds`` after its call. When it queued at the
