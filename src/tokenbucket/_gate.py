@@ -137,13 +137,13 @@ class GatedStore:
         self, entry: _Entry, held: object, error: BaseException, timeout: float | None
     ) -> None:
         """The backend did not grant ``entry``'s request (``error``): its slot is given
-        back. A timeout after a wait for the slot raises an error that names the
-        caller's timeout (the backend's names what was left of it)."""
+        back. A timeout raises an error that names the caller's timeout (the backend's
+        names what was left of it)."""
         self.gate.store.release(entry, held)
-        if isinstance(error, AcquireTimeoutError) and entry.queued:
+        if isinstance(error, AcquireTimeoutError) and timeout is not None:
+            waited = " (a slot of max_concurrency, then the backend)" if entry.queued else ""
             raise AcquireTimeoutError(
-                f"{self.gate.store.describe()}: not granted within {timeout} s (a slot of "
-                "max_concurrency, then the backend's rates)"
+                f"{self.gate.store.describe()}: not granted within {timeout} s{waited}"
             ) from error
 
     def _granted(self, request: Request, entry: _Entry, seconds: float) -> None:
@@ -184,14 +184,17 @@ class GatedStore:
         statistics = self.inner.statistics()
         if not self.primary:
             return statistics
+        # Every caller past the gate that the backend has not granted yet is pending:
+        # a waiter (its threads' too), not in flight.
         gate = self.gate
         slots = gate.store.statistics()
+        pending = len(gate.pending)
         last_wait = gate.last_wait
         return dataclasses.replace(
             statistics,
-            in_flight=max(0, slots.in_flight - len(gate.pending)),
+            in_flight=max(0, slots.in_flight - pending),
             max_concurrency=slots.max_concurrency,
-            waiters=statistics.waiters + slots.waiters,
+            waiters=slots.waiters + pending,
             last_wait=statistics.last_wait if last_wait is None else last_wait,
         )
 
@@ -199,12 +202,13 @@ class GatedStore:
         return self.inner.counts()
 
     def gauges(self) -> tuple[int, int, bool]:
-        waiters, held, paused = self.inner.gauges()
-        if not self.primary:
-            return waiters, held, paused
+        _, _, paused = self.inner.gauges()
+        if not self.primary:  # (its waiters are the gate's: see statistics)
+            return 0, 0, paused
         gate = self.gate
-        gate_waiters, gate_held, _ = gate.store.gauges()
-        return waiters + gate_waiters, max(0, gate_held - len(gate.pending)), paused
+        waiters, held, _ = gate.store.gauges()
+        pending = len(gate.pending)
+        return waiters + pending, max(0, held - pending), paused
 
     def at_rest(self) -> bool:
         if self.primary and not self.gate.store.at_rest():

@@ -175,8 +175,10 @@ class LeaseContext(Lease):
             try:
                 ticket = await store.take(self, self._timeout)
             except BaseException as error:
-                limiter._left(self, error)
-                self._renew()
+                try:
+                    limiter._left(self, error)
+                finally:
+                    self._renew()
                 raise
         self._ticket = ticket
         self._store = store
@@ -233,8 +235,10 @@ class BlockingLeaseContext(LeaseContext):
         try:
             self._ticket = store.acquire_blocking(self, self._timeout)
         except BaseException as error:
-            limiter._left(self, error)
-            self._renew()
+            try:
+                limiter._left(self, error)
+            finally:
+                self._renew()
             raise
         self._store = store
         self._stage = _OPEN

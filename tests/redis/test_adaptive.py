@@ -322,3 +322,36 @@ async def test_a_timeout_that_ends_in_the_backend_names_the_callers_timeout(
         await later
     await holder
     assert limiter.statistics().in_flight == 0
+
+
+async def test_a_timeout_without_a_wait_at_the_cap_names_the_callers_timeout(
+    redis_backend: RecordingBackend,
+) -> None:
+    limiter = tb.Limiter(
+        requests_per_minute=1, max_concurrency=fixed(2), backend=redis_backend, key="plain"
+    )
+    async with limiter.acquire():
+        pass
+    with pytest.raises(tb.AcquireTimeoutError, match=r"within 0\.2 s$"):
+        async with limiter.acquire(timeout=0.2):
+            pass
+
+
+async def test_a_thread_waiting_for_the_rate_is_a_waiter(redis_backend: RecordingBackend) -> None:
+    limiter = tb.Limiter(
+        requests_per_minute=1, max_concurrency=fixed(2), backend=redis_backend, key="thread"
+    )
+    async with limiter.acquire():
+        pass  # the minute's one request
+
+    def wait() -> None:
+        with pytest.raises(tb.AcquireTimeoutError):
+            limiter.acquire_blocking(timeout=1.0).__enter__()
+
+    waiting = asyncio.ensure_future(asyncio.to_thread(wait))
+    await until(lambda: limiter.statistics().waiters == 1)
+    assert limiter.statistics().in_flight == 0
+    assert limiter._gauges()[:2] == (1, 0)
+    await waiting
+    statistics = limiter.statistics()
+    assert (statistics.waiters, statistics.in_flight) == (0, 0)

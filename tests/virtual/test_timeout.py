@@ -153,3 +153,29 @@ async def test_a_context_entered_again_after_its_timeout_waits_as_a_new_request(
         assert lease.queued
     assert order == ["first", "late"]
     assert len(waits) == 3  # its second wait is told, as its first was
+
+
+async def test_a_context_entered_again_waits_behind_who_came_since_on_a_shared_limit() -> None:
+    group = tb.BucketGroup(
+        {"a": tb.Limiter(requests_per_second=1000), "b": tb.Limiter(requests_per_second=1000)}
+    )
+    group.share("pool", ["a", "b"], tokens_per_second={"limit": 10, "burst": 10})
+    a, b = group["a"], group["b"]
+    async with a.acquire(tokens=10):
+        pass  # the shared pool is empty
+    late = a.acquire(tokens=5, timeout=0.05)
+    with pytest.raises(tb.AcquireTimeoutError):
+        await late.__aenter__()
+    order: list[str] = []
+
+    async def other() -> None:  # after the first try of late: first in line for the pool
+        async with b.acquire(tokens=10):
+            order.append("b")
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(other)
+        await anyio.sleep(0.5)  # 5 tokens back: enough for late, not for b
+        with pytest.raises(tb.AcquireTimeoutError):
+            async with late:  # behind b, which came since: not granted before b
+                order.append("late")
+    assert order == ["b"]
