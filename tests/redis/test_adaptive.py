@@ -36,6 +36,18 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.005)
 
 
+async def holding(limiter: tb.Limiter, release: asyncio.Event) -> asyncio.Task[None]:
+    """A task that holds a lease of ``limiter`` until ``release`` is set, once it has."""
+
+    async def hold() -> None:
+        async with limiter.acquire(timeout=WAIT):
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await until(lambda: limiter.statistics().in_flight == 1)
+    return holder
+
+
 async def test_a_429_lowers_this_processs_cap_and_the_history_says_why(
     redis_backend: RecordingBackend,
 ) -> None:
@@ -279,13 +291,7 @@ async def test_a_wait_at_the_cap_then_for_the_rate_counts_from_the_call(
     # both used): its wait, and the limiter's last one, run from its call.
     loop = asyncio.get_running_loop()
     release = asyncio.Event()
-
-    async def hold() -> None:
-        async with limiter.acquire(timeout=WAIT):
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await until(lambda: limiter.statistics().in_flight == 1)
+    holder = await holding(limiter, release)
     start = loop.time()
     context = limiter.acquire(timeout=WAIT)
     later = asyncio.create_task(context.__aenter__())
@@ -308,13 +314,7 @@ async def test_a_timeout_that_ends_in_the_backend_names_the_callers_timeout(
         requests_per_minute=1, max_concurrency=fixed(1), backend=redis_backend, key="named"
     )
     release = asyncio.Event()
-
-    async def hold() -> None:
-        async with limiter.acquire():
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await until(lambda: limiter.statistics().in_flight == 1)
+    holder = await holding(limiter, release)
     later = asyncio.create_task(limiter.acquire(timeout=0.3).__aenter__())
     await until(lambda: limiter.statistics().waiters == 1)
     release.set()
