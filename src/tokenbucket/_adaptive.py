@@ -98,7 +98,12 @@ def dropped_by(error: BaseException | None) -> bool:
         return True
     if any(kind.__name__ in _DROPS for kind in type(error).__mro__):
         return True
-    return any(status == 429 or 500 <= status <= 599 for status in _statuses(error))
+    return any(dropped_status(status) for status in _statuses(error))
+
+
+def dropped_status(status: int) -> bool:
+    """Whether a response of ``status`` is a dropped call: 429 or 5xx."""
+    return status == 429 or 500 <= status <= 599
 
 
 def _statuses(error: BaseException) -> list[int]:

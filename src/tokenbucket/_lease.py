@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from ._adaptive import dropped_status
 from ._core import Request
 from ._errors import LeaseError
 from ._loop import now as clock_now
@@ -137,7 +138,7 @@ class Lease(Request):
         grants of one instant, and Redis holds other processes' grants: there, as of
         now.) With an adaptive cap, a status of 429 or 5xx marks this lease's call as
         dropped (see :func:`adaptive`)."""
-        if status is not None and (status == 429 or status >= 500):
+        if status is not None and dropped_status(status):
             self._dropped = True  # (for an adaptive cap: see _adaptive)
         if self._stage in (_OPEN, _SETTLED):
             return self._limiter._feedback(headers, status, self, self._ticket, self._store)

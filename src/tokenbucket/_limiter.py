@@ -438,11 +438,8 @@ class Limiter:
             return
 
         def applied() -> None:  # where the store applied it (see Store.update)
-            if not isinstance(self._store, MemoryStore):  # (a memory store changed multi)
-                with self._describing:
-                    self._mirror(changes, cap)
-                    self._configure()
-            else:
+            with self._describing:  # (a memory store changed multi: nothing to mirror)
+                self._mirror(changes, cap)
                 self._configure()
             log.info("%s: updated to %s", label(self._name), self._described(changes, cap))
 

@@ -52,14 +52,24 @@ def asyncio_clock(loop: asyncio.AbstractEventLoop) -> Clock:
     return Clock(loop, loop, read, 1e-3 if uvloop else 1e-6, monotonic)
 
 
+# Per asyncio loop type: whether a limiter reads its clock as time.monotonic (see
+# asyncio_clock), for now(), which runs twice per lease of an adaptive cap.
+_MONOTONIC_LOOPS: Final[dict[type, bool]] = {}
+
+
 def now() -> tuple[object, float]:
     """Which clock a limiter reads in this thread, and its time: ``None`` for
     ``time.monotonic`` (outside any event loop, and in every loop that reads it), else
     the loop's key (a virtual clock's loop, a trio run)."""
     loop = get_running_loop()
     if loop is not None:
-        clock = asyncio_clock(loop)
-        return None if clock.hinted else loop, clock.read()
+        kind = type(loop)
+        monotonic = _MONOTONIC_LOOPS.get(kind)
+        if monotonic is None:
+            monotonic = _MONOTONIC_LOOPS[kind] = asyncio_clock(loop).hinted
+        if monotonic:
+            return None, time.monotonic()
+        return loop, loop.time()
     root = trio_root()
     if root is not None:
         current: Callable[[], float] = sys.modules["trio"].current_time

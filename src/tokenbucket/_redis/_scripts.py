@@ -53,7 +53,7 @@ PRELUDES: Final[Mapping[str, tuple[str, ...]]] = {
     "feedback": ("clock", "log", "rates"),
     "charge": ("clock", "log", "rates"),
     "forget": (),
-    "update": ("clock", "log"),
+    "update": ("clock", "log", "rates"),
 }
 
 

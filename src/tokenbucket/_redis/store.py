@@ -14,7 +14,7 @@ import math
 import time
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._core import Counts, Request
 from .._errors import AcquireTimeoutError, BackendUnavailableError
@@ -82,10 +82,8 @@ class RedisStore:
         for i, meter in enumerate(spec.meters):
             rate = self._rates[i]
             label = f"{meter.dim}:{rate.amount!r}/{rate.period!r}"
-            if rate.burst is None:
-                kind, p1, p2 = "w", rate.amount, rate.period
-            else:
-                kind, p1, p2 = "b", rate.amount / rate.period, rate.burst
+            kind, p1, p2 = _params(rate)
+            if rate.burst is not None:
                 label += f":b{rate.burst!r}"
             pool = [escape(part) for part in spec.pools.get(meter, ())]
             if pool:
@@ -198,9 +196,7 @@ class RedisStore:
                         raise AcquireTimeoutError(
                             f"{self.label!r}: no slot within {timeout} s"
                         ) from None
-                    raise AcquireTimeoutError(
-                        f"{self.label!r}: not granted within {timeout} s (Redis did not answer)"
-                    ) from None
+                    raise self._unanswered(timeout) from None
                 except BackendUnavailableError:
                     if backend.on_error != "local":
                         raise
@@ -253,6 +249,13 @@ class RedisStore:
                     raise AcquireTimeoutError(f"{self.label!r}: no slot within {timeout} s")
         finally:
             self.waiters -= 1
+
+    def _unanswered(self, timeout: float | None) -> AcquireTimeoutError:
+        """The error of a caller whose ``timeout`` (and the answer grace) passed before
+        Redis answered."""
+        return AcquireTimeoutError(
+            f"{self.label!r}: not granted within {timeout} s (Redis did not answer)"
+        )
 
     def _grant(self, request: Request, waited: float, binding: str | None) -> None:
         """Count the grant of ``request``, ``waited`` seconds after its call (a round trip
@@ -483,9 +486,7 @@ class RedisStore:
                 # (ends if it is cancelled, by aclose, too)
                 await asyncio.wait((charging,), timeout=left)
                 if not charging.done():
-                    raise AcquireTimeoutError(
-                        f"{self.label!r}: not granted within {timeout} s (Redis did not answer)"
-                    )
+                    raise self._unanswered(timeout)
             if self._charging is charging:
                 self._charging = None
 
@@ -566,11 +567,8 @@ class RedisStore:
             # (What the meter holds is in the hash's parameters, or else in those it was
             # made with: update.lua converts from those.)
             old = self._made[0][index]
-            if old.kind == "b":
-                new = replace(old, p1=rate.amount / rate.period, p2=cast("float", rate.burst))
-            else:
-                new = replace(old, p1=rate.amount)
-            changes.append((old, new, rate.amount))
+            _, p1, p2 = _params(rate)  # (of old's kind and period: see Limiter.update)
+            changes.append((old, replace(old, p1=p1, p2=p2), rate.amount))
         sent = None if cap is None else (self._cap_field, cap, self.max_concurrency or 0)
         rates_key, slots_key = self.rates_key, self.slots_key
         looped = asyncio.events._get_running_loop() is not None
@@ -600,9 +598,7 @@ class RedisStore:
             left = max(deadline - loop.time(), _ANSWER_GRACE)
             await asyncio.wait_for(asyncio.shield(task), left)
         except asyncio.TimeoutError:
-            raise AcquireTimeoutError(
-                f"{self.label!r}: not granted within {timeout} s (Redis did not answer)"
-            ) from None
+            raise self._unanswered(timeout) from None
 
     async def _read_rates(self) -> None:
         try:
@@ -824,6 +820,14 @@ class RedisStore:
             and self.shape.meters == self._configured == self._made[0]
             and self.max_concurrency == self._made[1]
         )
+
+
+def _params(rate: RateSpec) -> tuple[str, float, float]:
+    """A meter's kind and parameters in Redis: a window's limit and span, or a bucket's
+    rate per second and capacity."""
+    if rate.burst is None:
+        return "w", rate.amount, rate.period
+    return "b", rate.amount / rate.period, rate.burst
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:

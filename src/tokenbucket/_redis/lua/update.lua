@@ -54,11 +54,7 @@ for _ = 1, meters do
   local new_p1, new_p2 = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
   local amount = ARGV[pos + 6]
   pos = pos + 7
-  local held = redis.call('HGET', rates_key, key)
-  if held then
-    local a, b = string.match(held, '(%S+) (%S+)')
-    p1, p2 = tonumber(a), tonumber(b)
-  end
+  p1, p2 = rates_held(rates_key, key, p1, p2)
   if kind == 'b' then
     local tat = tonumber(redis.call('GET', key) or '0') or 0
     local level = p2
