@@ -43,7 +43,15 @@ def estimate_tokens(value: object) -> int:
         text = value.get("text")
         return estimate_tokens(text) if isinstance(text, str) else 0
     if isinstance(value, (list, tuple)):
-        return sum(estimate_tokens(item) for item in value)
+        total = 0
+        for item in value:
+            # A message whose content is text, the usual item, counted here.
+            content = item.get("content") if type(item) is dict else None
+            if type(content) is str:
+                total += _MESSAGE_OVERHEAD + math.ceil(len(content) / 4)
+            else:
+                total += estimate_tokens(item)
+        return total
     return 0
 
 

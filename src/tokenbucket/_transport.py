@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 from ._decorate import estimate_tokens
 from ._errors import ArgumentTypeError, TokenBucketError
 from ._group import BucketGroup
+from ._headers import Fields
 from ._headers._families import NAMES
 from ._lease import BlockingLeaseContext
 from ._limiter import Limiter
@@ -90,7 +91,7 @@ def model_call(method: str, path: str) -> tuple[bool, str | None, bool]:
     if method != "POST":
         return False, None, False
     path = path.rstrip("/")
-    match = _GEMINI.search(path)
+    match = _GEMINI.search(path) if ":" in path else None
     if match is not None:
         return True, match["model"], match["method"] in ("embedContent", "batchEmbedContents")
     if path.endswith(_EMBEDDINGS):
@@ -170,10 +171,10 @@ class _Limits:
         the transport for a 429's delay, or by the inner transport), which then has fed
         it."""
         status = response.status_code
-        headers = _fields_read(response.headers)
+        fields, kind, encoding = _fields_read(response.headers)
         report(
             limiter,
-            headers,
+            fields,
             status,
             "a response",
             stacklevel=3,
@@ -181,7 +182,9 @@ class _Limits:
             lease=context,
         )
         content = _content(response)
-        settle = _Settlement(limiter, context, status, headers, decoded=content is not None)
+        if content is not None:
+            encoding = ""  # (read, so decoded)
+        settle = _Settlement(limiter, context, status, kind, encoding)
         if content is not None:
             settle.feed(content)
         return settle, content is not None
@@ -200,23 +203,28 @@ class _Limits:
         if body is None:
             return {}
         if self._cost is not None:
-            amounts = dict(self._cost(body))
-        else:
-            count = self._counter
-            every = count is not _ESTIMATE  # which counts an absent part (None) as 0
-            get = body.get
-            prompt = 0.0
-            for key in _PROMPT_KEYS:
-                value = get(key)
-                if every or value is not None:
-                    prompt += float(count(value))
-            for key in _GEMINI_KEYS:
-                value = get(key)
-                if every or value is not None:
-                    prompt += float(count(_gemini_parts(value)))
-            output = 0.0 if embedding else _max_output(body, self._max_tokens)
-            amounts = {"tokens": prompt + output, "input_tokens": prompt, "output_tokens": output}
-        return {k: v for k, v in amounts.items() if k in dims}
+            return {k: v for k, v in self._cost(body).items() if k in dims}
+        count = self._counter
+        every = count is not _ESTIMATE  # which counts an absent part (None) as 0
+        get = body.get
+        prompt = 0.0
+        for key in _PROMPT_KEYS:
+            value = get(key)
+            if every or value is not None:
+                prompt += float(count(value))
+        for key in _GEMINI_KEYS:
+            value = get(key)
+            if every or value is not None:
+                prompt += float(count(_gemini_parts(value)))
+        output = 0.0 if embedding else _max_output(body, self._max_tokens)
+        amounts = {}
+        if "tokens" in dims:
+            amounts["tokens"] = prompt + output
+        if "input_tokens" in dims:
+            amounts["input_tokens"] = prompt
+        if "output_tokens" in dims:
+            amounts["output_tokens"] = output
+        return amounts
 
 
 class AsyncLimitedTransport(_Limits, _Transports):
@@ -491,12 +499,13 @@ def _gemini_parts(value: object) -> object:
 
 
 def _max_output(body: Mapping[str, Any], default: int) -> float:
-    config = body.get("generationConfig")
+    get = body.get
+    config = get("generationConfig")
     for value in (
-        body.get("max_tokens"),
-        body.get("max_completion_tokens"),
-        body.get("max_output_tokens"),
-        item(config, "maxOutputTokens"),
+        get("max_tokens"),
+        get("max_completion_tokens"),
+        get("max_output_tokens"),
+        None if config is None else item(config, "maxOutputTokens"),
     ):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return float(value)
@@ -557,32 +566,37 @@ def _retry_info_wanted(headers: Any) -> bool:
     return not length.isdigit() or int(length) <= _MAX_BODY
 
 
-# The fields of a response that the limiter (the rate-limit headers) or its settlement
-# (the body's type and encoding) read: their names as sent (in lower case), decoded.
-_READ: Final = {name.encode("ascii"): name for name in (*NAMES, "content-type", "content-encoding")}
+# The fields of a response that the limiter reads (the rate-limit headers), by their
+# names as sent (in lower case).
+_READ: Final = {name.encode("ascii"): name for name in NAMES}
 
 
-def _fields_read(headers: Any) -> list[tuple[str, str]]:
-    """The ``(name, value)`` pairs of ``headers`` (an ``httpx2.Headers`` or
-    ``httpx.Headers``) that the limiter or the settlement read, with lower-case names
-    and values decoded as the client decodes them: the others are never decoded."""
+def _fields_read(headers: Any) -> tuple[Fields, str, str]:
+    """What of ``headers`` (an ``httpx2.Headers`` or ``httpx.Headers``) is read: the
+    rate-limit fields, and the body's content type and content encoding (``""`` when
+    absent), with values decoded as the client decodes them (the others are never
+    decoded) and repeated fields joined with ``", "`` as ``Headers.get`` does."""
     encoding = headers.encoding
     read = _READ
-    pairs = []
+    fields = Fields()
+    kind = coding = ""
     for key, value in headers.raw:
         name = read.get(key)
         if name is None:
-            name = read.get(key.lower())
+            key = key.lower()
+            name = read.get(key)
             if name is None:
+                if key == b"content-type":
+                    text = value.decode(encoding)
+                    kind = f"{kind}, {text}" if kind else text
+                elif key == b"content-encoding":
+                    text = value.decode(encoding)
+                    coding = f"{coding}, {text}" if coding else text
                 continue
-        pairs.append((name, value.decode(encoding)))
-    return pairs
-
-
-def _header(headers: list[tuple[str, str]], name: str) -> str:
-    """The field ``name`` of ``multi_items()`` (lower-case names), repeats joined with
-    ``", "`` as ``Headers.get`` does; ``""`` when absent."""
-    return ", ".join([value for key, value in headers if key == name])
+        text = value.decode(encoding)
+        known = fields.get(name)
+        fields[name] = text if known is None else f"{known}, {text}"
+    return fields, kind, coding
 
 
 def _content(response: Any) -> bytes | None:
@@ -626,33 +640,29 @@ class _Settlement:
     )
 
     def __init__(
-        self,
-        limiter: Limiter,
-        context: LeaseContext,
-        status: int,
-        headers: list[tuple[str, str]],
-        *,
-        decoded: bool = False,
+        self, limiter: Limiter, context: LeaseContext, status: int, kind: str, encoding: str
     ) -> None:
+        """``kind`` and ``encoding``: the body's ``content-type`` and
+        ``content-encoding`` (``""``: none; for a body read already, decoded)."""
         self._limiter = limiter
         self._context = context
         self._status = status
         self._ended = False
         self._once = itertools.count()  # next() is 0 once, whichever thread asks first
         self._usage: dict[str, float] = {}
-        kind = _header(headers, "content-type").partition(";")[0].strip().lower()
-        self._event = kind == "text/event-stream"
-        self._buffer: bytearray | None = None if self._event else bytearray()
-        self._line = bytearray()
-        encoding = "" if decoded else _header(headers, "content-encoding").strip().lower()
         self._decoder: Any = None
-        if encoding in ("gzip", "x-gzip"):
-            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
-        elif encoding not in ("", "identity"):
-            self._buffer = None  # an encoding we cannot read: keep the estimate
-            self._event = False
+        self._line = bytearray()
+        self._event = kind.partition(";")[0].strip().lower() == "text/event-stream"
+        self._buffer: bytearray | None = None if self._event else bytearray()
+        if encoding:
+            encoding = encoding.strip().lower()
+            if encoding in ("gzip", "x-gzip"):
+                self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif encoding == "deflate":
+                self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
+            elif encoding != "identity":
+                self._buffer = None  # an encoding we cannot read: keep the estimate
+                self._event = False
 
     def feed(self, chunk: bytes) -> None:
         """Read what ``chunk`` says about usage; never raises."""
@@ -715,10 +725,11 @@ class _Settlement:
         if type(payload) is not dict and not isinstance(payload, Mapping):
             return
         get = payload.get
+        message, response = get("message"), get("response")
         for usage in (
             get("usage"),  # OpenAI, Anthropic's message_delta
-            item(get("message"), "usage"),  # Anthropic's message_start
-            item(get("response"), "usage"),  # Responses API's response.completed
+            None if message is None else item(message, "usage"),  # Anthropic's message_start
+            None if response is None else item(response, "usage"),  # response.completed
             get("usageMetadata"),  # Gemini
         ):
             if usage is None:

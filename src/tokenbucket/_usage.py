@@ -10,7 +10,9 @@ parsed JSON (keys): both go through :func:`read_usage` with their own getter.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
+from typing import Final
 
 __all__ = ["Getter", "item", "read_usage"]
 
@@ -28,6 +30,14 @@ def _count(value: object) -> float | None:
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+# The keys of each provider's usage: what the prompt took, what was produced, and both.
+_FAMILIES: Final = (
+    ("prompt_tokens", "completion_tokens", "total_tokens"),  # OpenAI chat
+    ("input_tokens", "output_tokens", "total_tokens"),  # Responses API, Anthropic
+    ("promptTokenCount", "candidatesTokenCount", "totalTokenCount"),  # Gemini
+)
+
+
 def read_usage(usage: object, get: Getter) -> dict[str, float]:
     """What ``usage`` says, as ``input_tokens``, ``output_tokens`` and ``tokens``.
 
@@ -36,29 +46,26 @@ def read_usage(usage: object, get: Getter) -> dict[str, float]:
     """
     if usage is None:
         return {}
+    # A JSON object's own get, else the getter's.
+    value = usage.get if type(usage) is dict else functools.partial(get, usage)
     found: dict[str, float] = {}
-    total: float | None = None
-    for given, produced, whole in (
-        ("prompt_tokens", "completion_tokens", "total_tokens"),  # OpenAI chat
-        ("input_tokens", "output_tokens", "total_tokens"),  # Responses API, Anthropic
-        ("promptTokenCount", "candidatesTokenCount", "totalTokenCount"),  # Gemini
-    ):
-        prompt = _count(get(usage, given))
-        completion = _count(get(usage, produced))
+    for given, produced, whole in _FAMILIES:
+        prompt = _count(value(given))
+        completion = _count(value(produced))
         if prompt is None and completion is None:
             continue
         if prompt is not None:
             # Anthropic's input_tokens leave out what the call wrote to its prompt cache,
             # which counts toward its input-tokens-per-minute limit (cache reads do not).
-            written = _count(get(usage, "cache_creation_input_tokens"))
-            found["input_tokens"] = prompt + (written or 0.0)
+            written = value("cache_creation_input_tokens")
+            found["input_tokens"] = prompt + ((_count(written) or 0.0) if written else 0.0)
         if completion is not None:
-            thoughts = _count(get(usage, "thoughtsTokenCount"))  # Gemini's reasoning
-            found["output_tokens"] = completion + (thoughts or 0.0)
-        total = _count(get(usage, whole))
+            thoughts = value("thoughtsTokenCount")  # Gemini's reasoning
+            found["output_tokens"] = completion + ((_count(thoughts) or 0.0) if thoughts else 0.0)
+        total = _count(value(whole))
+        if total is not None:
+            found["tokens"] = total
+        elif prompt is not None and completion is not None:
+            found["tokens"] = found["input_tokens"] + found["output_tokens"]
         break
-    if total is not None:
-        found["tokens"] = total
-    elif "input_tokens" in found and "output_tokens" in found:
-        found["tokens"] = found["input_tokens"] + found["output_tokens"]
     return found

@@ -37,8 +37,7 @@ LINES = [
 
 def usage_of(line: bytes) -> dict[str, float]:
     limiter = tb.Limiter(tokens_per_minute=1_000)
-    headers = [("content-type", "text/event-stream")]
-    settlement = _Settlement(limiter, limiter.acquire(), 200, headers)
+    settlement = _Settlement(limiter, limiter.acquire(), 200, "text/event-stream", "")
     settlement._read(json.loads(line))
     return settlement._usage
 
@@ -77,8 +76,7 @@ async def test_a_usage_under_an_escaped_key_still_settles() -> None:
 
 def settled_usage(chunks: list[bytes]) -> dict[str, float]:
     limiter = tb.Limiter(tokens_per_minute=1_000)
-    headers = [("content-type", "text/event-stream")]
-    settlement = _Settlement(limiter, limiter.acquire(), 200, headers)
+    settlement = _Settlement(limiter, limiter.acquire(), 200, "text/event-stream", "")
     for piece in chunks:
         settlement.feed(piece)
     return settlement._usage
@@ -87,8 +85,7 @@ def settled_usage(chunks: list[bytes]) -> dict[str, float]:
 def every_event_read(body: bytes) -> dict[str, float]:
     """The usage of a stream read the slow way: every ``data:`` line parsed."""
     limiter = tb.Limiter(tokens_per_minute=1_000)
-    headers = [("content-type", "text/event-stream")]
-    settlement = _Settlement(limiter, limiter.acquire(), 200, headers)
+    settlement = _Settlement(limiter, limiter.acquire(), 200, "text/event-stream", "")
     for line in body.split(b"\n")[:-1]:  # a last line without its newline is not read
         if line.startswith(b"data:"):
             settlement._event_data(line[5:])

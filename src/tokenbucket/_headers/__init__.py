@@ -59,6 +59,7 @@ from .._errors import ArgumentTypeError, InvalidArgumentError
 from ._families import NAMES, Reader
 
 __all__ = [
+    "Fields",
     "RateLimitHeaderWarning",
     "ServerFeedback",
     "ServerLimit",
@@ -170,13 +171,23 @@ def parse_rate_limit_headers(
         InvalidArgumentError: a pair of ``headers`` does not have exactly two items,
             ``now`` is naive or ``ietf_dimension`` is empty.
     """
-    moment = _check_now(now)
-    dimension = _check_dimension(ietf_dimension)
+    moment = None if now is None else _check_now(now)
+    if type(ietf_dimension) is not str or not ietf_dimension:
+        _check_dimension(ietf_dimension)
     reader = Reader(_fields(headers), moment)
-    found: dict[str, ServerLimit] = {}
-    for reported in reader.limits(dimension):
-        if reported.dimension not in found:
-            found[reported.dimension] = ServerLimit(*reported)
+    limits: list[ServerLimit] = []
+    ordered = True  # the usual families report their dimensions in the order wanted
+    last = -1
+    for dimension, remaining, limit, reset_after, refill_rate in reader.limits(
+        ietf_dimension
+    ).values():
+        order = _DIMENSION_ORDER.get(dimension, 4)
+        if order <= last:
+            ordered = False
+        last = order
+        limits.append(ServerLimit(dimension, remaining, limit, reset_after, refill_rate))
+    if not ordered:
+        limits.sort(key=_order)
     retry_after = reader.retry_after()
     for name, (value, reason) in reader.problems.items():
         warnings.warn(
@@ -184,21 +195,15 @@ def parse_rate_limit_headers(
             RateLimitHeaderWarning,
             stacklevel=2,
         )
-    limits = tuple(found.values())
-    if len(limits) > 1:
-        limits = tuple(sorted(limits, key=_order))
-    return ServerFeedback(limits=limits, retry_after=retry_after)
+    return ServerFeedback(limits=tuple(limits), retry_after=retry_after)
 
 
 def _order(limit: ServerLimit) -> tuple[int, str]:
     return _DIMENSION_ORDER.get(limit.dimension, 4), limit.dimension
 
 
-def _check_now(now: object) -> datetime | None:
-    """Return ``now`` if it is an aware datetime or ``None`` (the current time, which
-    the reader reads only if a value needs it)."""
-    if now is None:
-        return None
+def _check_now(now: object) -> datetime:
+    """Return ``now`` if it is an aware datetime."""
     if not isinstance(now, datetime):
         raise ArgumentTypeError("now", f"now must be a datetime or None, not {type(now).__name__}")
     if now.utcoffset() is None:
@@ -208,8 +213,8 @@ def _check_now(now: object) -> datetime | None:
     return now
 
 
-def _check_dimension(dimension: object) -> str:
-    """Return ``ietf_dimension`` if it is a non-empty string."""
+def _check_dimension(dimension: object) -> None:
+    """Raise unless ``ietf_dimension`` is a non-empty string."""
     if not isinstance(dimension, str):
         raise ArgumentTypeError(
             "ietf_dimension",
@@ -217,12 +222,20 @@ def _check_dimension(dimension: object) -> str:
         )
     if not dimension:
         raise InvalidArgumentError("ietf_dimension", "ietf_dimension must not be empty")
-    return dimension
+
+
+class Fields(dict[str, str]):
+    """Headers read already: the names a :class:`Reader` reads (in lower case), each
+    with its value (repeated fields joined with ``", "``), and no other."""
+
+    __slots__ = ()
 
 
 def _fields(headers: object) -> dict[str, str]:
     """Map the lower-cased names of the headers a :class:`Reader` reads to their values,
     joining repeated fields with ``", "``; every pair is checked, read or not."""
+    if type(headers) is Fields:
+        return headers
     if type(headers) is list or type(headers) is tuple:  # e.g. httpx's multi_items()
         pairs: Iterable[object] = headers
     elif isinstance(headers, Mapping):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, TypeGuard
 from . import _sf, _syntax
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
 
 __all__ = ["NAMES", "Reader", "Reported"]
 
@@ -23,14 +23,9 @@ __all__ = ["NAMES", "Reader", "Reported"]
 _EPOCH_THRESHOLD: Final = 1e9
 
 
-class Reported(NamedTuple):
-    """One dimension as a family reports it (the fields of a ``ServerLimit``)."""
-
-    dimension: str
-    remaining: float
-    limit: float | None
-    reset_after: float | None
-    refill_rate: float | None
+# One dimension as a family reports it: the fields of a ``ServerLimit`` (dimension,
+# remaining, limit, reset_after, refill_rate), as a plain tuple.
+Reported = tuple[str, float, "float | None", "float | None", "float | None"]
 
 
 class _Kind(NamedTuple):
@@ -38,10 +33,11 @@ class _Kind(NamedTuple):
 
     read: Callable[[str, Callable[[], datetime]], float | None]  # (text, now)
     expected: str  # what the warning says the value is not
-    # For a reset that is the time until the limit is full again: the unit of its last
-    # digit (how far the written value may be from the true one). None: a reset at which
-    # the whole limit comes back at once.
-    resolution: Callable[[str], float] | None = None
+    # For a reset that is the time until the limit is full again: the value as ``read``
+    # gives it, with the unit of its last digit (how far the written value may be from
+    # the true one), in one reading. None: a reset at which the whole limit comes back
+    # at once.
+    until_full: Callable[[str, Callable[[], datetime]], tuple[float | None, float]] | None = None
 
 
 def _is_count(value: object) -> TypeGuard[int | float]:
@@ -72,16 +68,25 @@ def _milliseconds(text: str, now: Callable[[], datetime]) -> float | None:
     return None if number is None else number / 1000
 
 
+def _go_duration(text: str, now: Callable[[], datetime]) -> tuple[float | None, float]:
+    return _syntax.read_go_duration(text)
+
+
+def _rfc3339(text: str, now: Callable[[], datetime]) -> tuple[float | None, float]:
+    seconds = _syntax.seconds_until_rfc3339(text, now())
+    return seconds, (0.0 if seconds is None else _syntax.rfc3339_resolution(text))
+
+
 _COUNT: Final = _Kind(lambda text, now: _syntax.decimal(text), "not a non-negative decimal number")
 _GO_DURATION: Final = _Kind(
     lambda text, now: _syntax.read_go_duration(text)[0],
     "not a Go duration such as '1s', '6m0s' or '20ms'",
-    lambda text: _syntax.read_go_duration(text)[1],
+    _go_duration,
 )
 _RFC3339: Final = _Kind(
     lambda text, now: _syntax.seconds_until_rfc3339(text, now()),
     "not an RFC 3339 date-time with a UTC offset",
-    _syntax.rfc3339_resolution,
+    _rfc3339,
 )
 _DELTA_OR_EPOCH: Final = _Kind(_delta_or_epoch, "not delta-seconds or a Unix time")
 _LEADING_NUMBER: Final = _Kind(
@@ -183,27 +188,37 @@ class Reader:
         #: Header name -> (its value, what it is not), in the order they were found.
         self.problems: dict[str, tuple[str, str]] = {}
 
-    def limits(self, ietf_dimension: str) -> Iterator[Reported]:
-        """Every dimension every family reports, best family first (repeats included)."""
+    def limits(self, ietf_dimension: str) -> dict[str, Reported]:
+        """What every family reports, by dimension: the best family's report of each.
+
+        Every family present is read (and its malformed values noted), best first.
+        """
+        found: dict[str, Reported] = {}
         # A family none of whose headers is present reports nothing and notes nothing.
         present = _FAMILY_NAMES.intersection(self._fields)
         if not present:
-            return
+            return found
         for triple in _PROVIDERS:
             if not triple.names.isdisjoint(present):
                 reported = self._triple(triple, ietf_dimension)
-                if reported is not None:
-                    yield reported
+                if reported is not None and reported[0] not in found:
+                    found[reported[0]] = reported
         if not present.isdisjoint(_POLICY_FIELDS):
-            yield from self._structured(ietf_dimension)
+            reported = self._structured(ietf_dimension)
+            if reported is not None and reported[0] not in found:
+                found[reported[0]] = reported
         for triple in _IETF_TRIPLES:
             if not triple.names.isdisjoint(present):
                 reported = self._triple(triple, ietf_dimension)
-                if reported is not None:
-                    yield reported
+                if reported is not None and reported[0] not in found:
+                    found[reported[0]] = reported
+        return found
 
     def retry_after(self) -> float | None:
         """``retry-after-ms`` if valid, else ``Retry-After``, in seconds."""
+        fields = self._fields
+        if "retry-after-ms" not in fields and "retry-after" not in fields:
+            return None
         milliseconds = self._value("retry-after-ms", _RETRY_AFTER_MS)
         seconds = self._value("retry-after", _RETRY_AFTER)
         return seconds if milliseconds is None else milliseconds
@@ -232,7 +247,7 @@ class Reader:
 
     def _triple(self, triple: _Triple, ietf_dimension: str) -> Reported | None:
         get = self._fields.get
-        remaining = limit = reset = None
+        remaining = limit = reset = resolution = None
         # As _value does, inline: each header in turn, so problems keep their order.
         text = get(triple.remaining_name)
         if text is not None:
@@ -241,32 +256,36 @@ class Reader:
                 self._bad(triple.remaining_name, _COUNT.expected)
         text = get(triple.limit_name)
         if text is not None:
-            limit = triple.limit.read(text.strip(" \t"), self._now)
+            kind = triple.limit
+            text = text.strip(" \t")
+            limit = _syntax.decimal(text) if kind is _COUNT else kind.read(text, self._now)
             if limit is None:
-                self._bad(triple.limit_name, triple.limit.expected)
+                self._bad(triple.limit_name, kind.expected)
         text = get(triple.reset_name)
         if text is not None:
+            kind = triple.reset
             text = text.strip(" \t")
-            reset = triple.reset.read(text, self._now)
+            if kind.until_full is None:
+                reset = kind.read(text, self._now)
+            else:
+                reset, resolution = kind.until_full(text, self._now)
             if reset is None:
-                self._bad(triple.reset_name, triple.reset.expected)
+                self._bad(triple.reset_name, kind.expected)
         if remaining is None:
             return None
         refill = None
-        resolution = triple.reset.resolution
         if resolution is not None and limit is not None and reset is not None:
-            assert text is not None
-            refill = refill_rate(limit, remaining, reset, resolution(text))
-        return Reported(triple.dimension or ietf_dimension, remaining, limit, reset, refill)
+            refill = refill_rate(limit, remaining, reset, resolution)
+        return triple.dimension or ietf_dimension, remaining, limit, reset, refill
 
-    def _structured(self, dimension: str) -> Iterator[Reported]:
+    def _structured(self, dimension: str) -> Reported | None:
         """``RateLimit: "name";r=<remaining>;t=<reset>`` with ``RateLimit-Policy`` quotas."""
         quotas: dict[str, float] = {}
         for name, quota, _ in self._policies("ratelimit-policy"):
             quotas.setdefault(name, quota)
         policies = self._policies("ratelimit")
         if not policies:
-            return
+            return None
         # Several policies: the one with the least left is the one that binds.
         name, remaining, params = min(policies, key=lambda policy: policy[1])
         reset = params.get("t")
@@ -274,7 +293,7 @@ class Reader:
             self._bad("ratelimit", "t must be a non-negative number of seconds")
             reset = None
         reset_after = None if reset is None else float(reset)
-        yield Reported(dimension, remaining, quotas.get(name), reset_after, None)
+        return dimension, remaining, quotas.get(name), reset_after, None
 
     def _policies(self, field: str) -> list[tuple[str, float, dict[str, _sf.BareItem]]]:
         """A structured field's policies: (name, its number parameter, all parameters).
