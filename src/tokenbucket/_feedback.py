@@ -24,8 +24,7 @@ Backends apply the plan; none decides it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -40,8 +39,7 @@ _PAUSE_ON_429 = 1.0
 _SAME_PERIOD = 1.25
 
 
-@dataclass(frozen=True, slots=True)
-class Clamp:
+class Clamp(NamedTuple):
     """Lower ``meter`` (its index among the limiter's meters) to ``remaining`` for the
     next ``reset`` seconds.
 
@@ -58,8 +56,7 @@ class Clamp:
     fit: tuple[float, float] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class FeedbackPlan:
+class FeedbackPlan(NamedTuple):
     """A server's response as a pause and clamps; ``rejected``: it said 429."""
 
     pause: float | None
@@ -72,23 +69,29 @@ def plan_feedback(
 ) -> FeedbackPlan:
     """The pause and the clamps that ``info`` (and ``status``) call for on ``meters``."""
     clamps: list[Clamp] = []
-    for limit in info.limits:
-        own = [i for i, m in enumerate(meters) if m.dim == limit.dimension and not m.shared]
-        if not own:
-            continue
-        if len(own) == 1:  # the usual case: one meter per dimension
-            index = own[0]
-        elif limit.limit is not None:
-            server = limit.limit
-            index = min(
-                own, key=lambda i: (abs(meters[i].rate.amount - server), meters[i].rate.period)
-            )
-        else:
-            index = min(own, key=lambda i: meters[i].rate.period)
-        rate = meters[index].rate
-        reset = rate.period if limit.reset_after is None else limit.reset_after
-        fit = _fit(rate, limit)
-        clamps.append(Clamp(index, limit.remaining, reset, limit.refill_rate, fit))
+    if info.limits:
+        owns: dict[str, list[int]] = {}  # each dimension's meters, pools left out
+        for i, m in enumerate(meters):
+            if m.sharers <= 1:  # (not m.shared, without the property's call)
+                owns.setdefault(m.dim, []).append(i)
+        for limit in info.limits:
+            own = owns.get(limit.dimension)
+            if own is None:
+                continue
+            if len(own) == 1:  # the usual case: one meter per dimension
+                index = own[0]
+            elif limit.limit is not None:
+                server = limit.limit
+                index = min(
+                    own,
+                    key=lambda i: (abs(meters[i].rate.amount - server), meters[i].rate.period),
+                )
+            else:
+                index = min(own, key=lambda i: meters[i].rate.period)
+            rate = meters[index].rate
+            reset = rate.period if limit.reset_after is None else limit.reset_after
+            fit = None if limit.refill_rate is None else _fit(rate, limit)
+            clamps.append(Clamp(index, limit.remaining, reset, limit.refill_rate, fit))
     pause = info.retry_after
     if pause is None and status == 429:
         pause = _PAUSE_ON_429

@@ -245,11 +245,21 @@ class MemoryStore:
     def feedback(
         self, plan: FeedbackPlan, lease: Request | None = None, ticket: object = None
     ) -> int:
-        return self._serialized(
-            lambda now: self._feedback(plan, lease, ticket, now),
-            lambda: self.feedback(plan, lease, ticket),
-            0,
-        )
+        # What _serialized does, written out: every response passes here (the transport
+        # reports each one), and it makes no closure.
+        waiters = self._waiters
+        if waiters._thread != get_ident() and self._forwarded(
+            lambda: self.feedback(plan, lease, ticket)
+        ):
+            return 0
+        now = waiters.here()
+        if isinstance(waiters, SharedQueue):
+            with waiters.lock:
+                lowered = self._feedback(plan, lease, ticket, _monotonic())
+                woken = waiters.take_woken()
+            waiters.wake(woken)
+            return lowered
+        return self._feedback(plan, lease, ticket, now)
 
     def _feedback(
         self, plan: FeedbackPlan, lease: Request | None, ticket: object, now: float

@@ -520,10 +520,19 @@ def _json_body(request: Any) -> Mapping[str, Any] | None:
     except Exception:  # a streaming request body: httpx's RequestNotRead
         return None
     try:
-        body = json.loads(content)
+        body = _json(content)
     except (ValueError, UnicodeDecodeError):
         return None
     return body if isinstance(body, dict) else None
+
+
+_DECODER: Final = json.JSONDecoder()
+
+
+def _json(data: bytes | bytearray) -> Any:
+    """``json.loads(data)`` for the UTF-8 a JSON body is sent in (RFC 8259), in fewer
+    steps. Raises ``ValueError`` (or ``UnicodeDecodeError``) when it is not JSON."""
+    return _DECODER.decode(data.decode("utf-8-sig"))
 
 
 _DURATION: Final = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)s\s*")
@@ -712,7 +721,7 @@ class _Settlement:
 
     def _event_data(self, data: bytes) -> None:
         try:
-            event = json.loads(data)
+            event = _json(data)
         except (ValueError, UnicodeDecodeError):
             return
         self._read(event)
@@ -779,7 +788,7 @@ class _Settlement:
             try:
                 if self._decoder is not None:
                     self._buffer += self._decoder.flush()
-                self._read(json.loads(self._buffer))
+                self._read(_json(self._buffer))
             except (ValueError, UnicodeDecodeError, zlib.error):
                 pass
             self._buffer = None

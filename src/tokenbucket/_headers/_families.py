@@ -10,7 +10,7 @@ malformed value once in :attr:`Reader.problems`.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Final, NamedTuple, TypeGuard
+from typing import TYPE_CHECKING, Final, NamedTuple, TypeGuard, cast
 
 from . import _sf, _syntax
 
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ["NAMES", "Reader", "Reported"]
 
+# An integer of fewer digits is finite as a float (what _syntax.decimal checks).
+_DIGITS: Final = 300
 # A delta-seconds reset this large is really a Unix time (10**9 seconds is 31 years).
 _EPOCH_THRESHOLD: Final = 1e9
 
@@ -148,16 +150,16 @@ _IETF_TRIPLES: Final = (
 )
 # The structured fields: each item is a named policy with a number parameter.
 _POLICY_FIELDS: Final = {"ratelimit": ("r", "remaining"), "ratelimit-policy": ("q", "quota")}
-# Every header name a family reads (lower-case): a response without any has no limits.
-_FAMILY_NAMES: Final = frozenset(
-    {
-        *(name for triple in (*_PROVIDERS, *_IETF_TRIPLES) for name in triple.names),
-        *_POLICY_FIELDS,
-    }
-)
+# The families, best first: the providers', the structured fields (None), the triples.
+_FAMILIES: Final[tuple[_Triple | None, ...]] = (*_PROVIDERS, None, *_IETF_TRIPLES)
+# Every header name a family reads (lower-case), with the family's place in _FAMILIES.
+_FAMILY_OF: Final = {
+    **{name: place for place, triple in enumerate(_FAMILIES) if triple for name in triple.names},
+    **dict.fromkeys(_POLICY_FIELDS, _FAMILIES.index(None)),
+}
 _RETRY_AFTER_NAMES: Final = ("retry-after-ms", "retry-after")
 #: Every header name a Reader reads (lower-case): it never looks at any other.
-NAMES: Final = _FAMILY_NAMES.union(_RETRY_AFTER_NAMES)
+NAMES: Final = frozenset((*_FAMILY_OF, *_RETRY_AFTER_NAMES))
 
 
 # How far apart the lowest and the highest refill rate the headers allow may be.
@@ -195,23 +197,18 @@ class Reader:
         """
         found: dict[str, Reported] = {}
         # A family none of whose headers is present reports nothing and notes nothing.
-        present = _FAMILY_NAMES.intersection(self._fields)
-        if not present:
+        places = set(map(_FAMILY_OF.get, self._fields))  # (None: a name of no family)
+        places.discard(None)
+        if not places:
             return found
-        for triple in _PROVIDERS:
-            if not triple.names.isdisjoint(present):
+        for place in sorted(cast("set[int]", places)):
+            triple = _FAMILIES[place]
+            if triple is None:
+                reported = self._structured(ietf_dimension)
+            else:
                 reported = self._triple(triple, ietf_dimension)
-                if reported is not None and reported[0] not in found:
-                    found[reported[0]] = reported
-        if not present.isdisjoint(_POLICY_FIELDS):
-            reported = self._structured(ietf_dimension)
             if reported is not None and reported[0] not in found:
                 found[reported[0]] = reported
-        for triple in _IETF_TRIPLES:
-            if not triple.names.isdisjoint(present):
-                reported = self._triple(triple, ietf_dimension)
-                if reported is not None and reported[0] not in found:
-                    found[reported[0]] = reported
         return found
 
     def retry_after(self) -> float | None:
@@ -251,16 +248,22 @@ class Reader:
         # As _value does, inline: each header in turn, so problems keep their order.
         text = get(triple.remaining_name)
         if text is not None:
-            remaining = _syntax.decimal(text.strip(" \t"))  # what _COUNT.read does
-            if remaining is None:
-                self._bad(triple.remaining_name, _COUNT.expected)
+            if text.isdigit() and text.isascii() and len(text) < _DIGITS:  # the usual form
+                remaining = float(text)
+            else:
+                remaining = _syntax.decimal(text.strip(" \t"))  # what _COUNT.read does
+                if remaining is None:
+                    self._bad(triple.remaining_name, _COUNT.expected)
         text = get(triple.limit_name)
         if text is not None:
             kind = triple.limit
-            text = text.strip(" \t")
-            limit = _syntax.decimal(text) if kind is _COUNT else kind.read(text, self._now)
-            if limit is None:
-                self._bad(triple.limit_name, kind.expected)
+            if kind is _COUNT and text.isdigit() and text.isascii() and len(text) < _DIGITS:
+                limit = float(text)
+            else:
+                text = text.strip(" \t")
+                limit = _syntax.decimal(text) if kind is _COUNT else kind.read(text, self._now)
+                if limit is None:
+                    self._bad(triple.limit_name, kind.expected)
         text = get(triple.reset_name)
         if text is not None:
             kind = triple.reset
