@@ -170,29 +170,48 @@ def test_window_rebase_twice_composes() -> None:
     assert log.used(60.0) == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason=EARLY_GRANT)
-@pytest.mark.parametrize(
+# The log lives at 1e6 (an ulp there is 1.16e-10 s), the caller's clock at 0: a grant at
+# 3e-11 goes in at the log's 1e6 and leaves at 1000001.0, which the caller's 1 + 1e-11
+# reads as. Clocks of one resolution: 0 -> 0.3; a grant at 1.7 goes in at the log's
+# 1.4 - 1 ulp and leaves at 2.4 - 1 ulp, which the caller's 2.6999999999999997 reads as
+# (and ready_at names).
+REBASES = pytest.mark.parametrize(
     ("start", "origin", "u", "t"),
-    [
-        # The log lives at 1e6 (an ulp there is 1.16e-10 s), the caller's clock at 0: a
-        # grant at 3e-11 goes in at the log's 1e6 and leaves at 1000001.0, which the
-        # caller's 1 + 1e-11 reads as.
-        (1e6, 0.0, 3e-11, 1.0 + 1e-11),
-        # Clocks of one resolution: 0 -> 0.3; a grant at 1.7 goes in at the log's
-        # 1.4 - 1 ulp and leaves at 2.4 - 1 ulp, which the caller's 2.6999999999999997
-        # reads as (and ready_at names).
-        (0.0, 0.3, 1.7, 2.6999999999999997),
-    ],
+    [(1e6, 0.0, 3e-11, 1.0 + 1e-11), (0.0, 0.3, 1.7, 2.6999999999999997)],
     ids=["finer-clock", "same-resolution"],
 )
-def test_window_grant_after_a_rebase_stays_a_whole_window(
-    start: float, origin: float, u: float, t: float
-) -> None:
-    """A grant is gone at an instant where ``t - window < granted_at`` still holds, and
-    a second full grant is admitted in that window."""
-    log = WindowLog(1.0, 1.0, start)
+
+
+def whole_window_after_a_rebase(log: WindowLog, origin: float, u: float, t: float) -> None:
+    """A grant at ``u`` after the log moved to ``origin`` still counts at ``t``, where
+    ``t - window < u`` holds, and a second full grant is refused there."""
     log.rebase(origin)
     assert log.try_take(1.0, u)
     assert t - log.window < u  # the grant at u is in the window that ends at t
     assert log.used(t) == 1.0
     assert not log.try_take(1.0, t)
+
+
+@REBASES
+def test_window_grant_after_a_first_rebase_stays_a_whole_window(
+    start: float, origin: float, u: float, t: float
+) -> None:
+    """A log that never granted (the usual first move, onto its event loop's clock)
+    takes the new clock as its own: nothing is carried over, nothing is rounded."""
+    log = WindowLog(1.0, 1.0, start)
+    whole_window_after_a_rebase(log, origin, u, t)
+    assert log.last_update == t
+
+
+@pytest.mark.xfail(strict=True, reason=EARLY_GRANT)
+@REBASES
+def test_window_grant_after_a_rebase_stays_a_whole_window(
+    start: float, origin: float, u: float, t: float
+) -> None:
+    """A log that granted before it moved: its instants are carried over, rounded; a
+    grant can be gone at an instant where ``t - window < granted_at`` still holds, and
+    a second full grant is admitted in that window."""
+    log = WindowLog(1.0, 1.0, start - 5.0)
+    assert log.try_take(1.0, start - 5.0)
+    assert log.used(start) == 0.0  # gone, but the log has given a ticket out
+    whole_window_after_a_rebase(log, origin, u, t)

@@ -186,6 +186,7 @@ class NaiveWindow:
         self.last = now  # every call on a window moves its clock
         self.mark = -INF  # the ticket of a grant made at the last lowering clamp
         self.offset = 0.0
+        self.fresh = True  # nothing granted nor held yet
         self.entries: list[list[float]] = []  # grants: [expiry, amount]
         self.holds: list[list[float]] = []  # held back by clamps: [expiry, amount]
 
@@ -222,6 +223,7 @@ class NaiveWindow:
         return len(grants) + len({e for e, _ in self.holds if e > self.last})
 
     def _add(self, expiry: float, amount: float, held: bool = False) -> None:
+        self.fresh = False
         entries = self.holds if held else self.entries
         for entry in entries:
             if entry[0] == expiry:
@@ -285,7 +287,11 @@ class NaiveWindow:
         return self.outside(expiries[-1])  # all gone (only a negative slack gets here)
 
     def rebase(self, now: float) -> None:
-        """Onto a clock that reads ``now`` at this one's latest instant: one offset."""
+        """Onto a clock that reads ``now`` at this one's latest instant: one offset; a
+        window that never granted nor held anything takes that clock as its own."""
+        if self.fresh:
+            self.last, self.offset = now, 0.0
+            return
         self.offset = now - self.last
 
 

@@ -48,6 +48,7 @@ class WindowLog:
     __slots__ = (
         "_base",
         "_expiry",
+        "_fresh",
         "_head",
         "_held",
         "_held_base",
@@ -84,6 +85,8 @@ class WindowLog:
         self._offset = 0.0
         self._was: float | None = None  # the last total before the latest take, if merged
         self._mark = -math.inf  # the ticket of a grant made when a clamp last lowered it
+        # Never held anything nor emptied its log of grants (see rebase).
+        self._fresh = True
 
     def _expire(self, now: float) -> float:
         if now > self._last:
@@ -103,6 +106,7 @@ class WindowLog:
         head = bisect_right(expiry, now, self._head)
         self._base = self._total[head - 1]
         if head >= _COMPACT_AT and 2 * head >= len(expiry):
+            self._fresh = False
             base = self._base
             del expiry[:head]
             self._total = [t - base for t in self._total[head:]]
@@ -337,6 +341,7 @@ class WindowLog:
     def _hold(self, pieces: list[tuple[float, float]]) -> None:
         """Log ``pieces`` (``(expiry, amount)``, in order, all after the latest instant
         seen) among the held entries: one pass over those that expire after the first."""
+        self._fresh = False
         held, total = self._held, self._held_total
         head = self._held_head
         if head == len(held) or held[-1] <= pieces[0][0]:
@@ -484,6 +489,8 @@ class WindowLog:
         total = self._total
         previous = total[i - 1] if i > 0 else self._base
         amount = min(amount, total[i] - previous)
+        if amount <= 0.0:  # nothing left of it (rounding in the running totals: below 0)
+            return 0.0
         for j in range(i, len(total)):
             total[j] -= amount
         return amount
@@ -501,7 +508,14 @@ class WindowLog:
         """Continue on a clock with another origin, as if no time had passed.
 
         Only the offset between the clocks changes: the log's order, and every ticket
-        given out before, stay as they were."""
+        given out before, stay as they were. A log that never gave a ticket out nor
+        holds anything (the usual first move: from the clock of its making onto its
+        event loop's) takes the new clock as its own instead, so that no instant needs
+        carrying over from then on."""
+        if self._fresh and not self._expiry:
+            self._last = now
+            self._offset = 0.0
+            return
         self._offset = now - self._last
 
     def __repr__(self) -> str:
