@@ -24,10 +24,12 @@ import functools
 import importlib
 import itertools
 import json
+import operator
 import re
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Final, overload
 
 from ._decorate import estimate_tokens
@@ -205,17 +207,18 @@ class _Limits:
         if self._cost is not None:
             return {k: v for k, v in self._cost(body).items() if k in dims}
         count = self._counter
-        every = count is not _ESTIMATE  # which counts an absent part (None) as 0
         get = body.get
         prompt = 0.0
-        for key in _PROMPT_KEYS:
-            value = get(key)
-            if every or value is not None:
-                prompt += float(count(value))
-        for key in _GEMINI_KEYS:
-            value = get(key)
-            if every or value is not None:
-                prompt += float(count(_gemini_parts(value)))
+        if count is _ESTIMATE:  # which counts an absent part (None) as 0: the parts given
+            for key in _PROMPT_SET.intersection(body):
+                prompt += count(get(key))
+            for key in _GEMINI_SET.intersection(body):
+                prompt += count(_gemini_parts(get(key)))
+        else:
+            for key in _PROMPT_KEYS:
+                prompt += float(count(get(key)))
+            for key in _GEMINI_KEYS:
+                prompt += float(count(_gemini_parts(get(key))))
         output = 0.0 if embedding else _max_output(body, self._max_tokens)
         amounts = {}
         if "tokens" in dims:
@@ -476,8 +479,12 @@ class LimitedTransport(_Limits, _SyncTransports):
             self._inner.__exit__(exc_type, exc_value, traceback)
 
 
+# The parts of a request that its prompt is made of (a custom counter is given each one,
+# None for those absent, in this order; the estimate, those given, in any order).
 _PROMPT_KEYS: Final = ("messages", "system", "input", "instructions", "prompt")
 _GEMINI_KEYS: Final = ("contents", "systemInstruction", "requests")
+_PROMPT_SET: Final = frozenset(_PROMPT_KEYS)
+_GEMINI_SET: Final = frozenset(_GEMINI_KEYS)
 
 
 def _gemini_parts(value: object) -> object:
@@ -575,9 +582,13 @@ def _retry_info_wanted(headers: Any) -> bool:
     return not length.isdigit() or int(length) <= _MAX_BODY
 
 
-# The fields of a response that the limiter reads (the rate-limit headers), by their
-# names as sent (in lower case).
-_READ: Final = {name.encode("ascii"): name for name in NAMES}
+# The fields of a response that are read, by their names as sent (in lower case): the
+# rate-limit headers (for the limiter), the body's type and encoding (to read its usage).
+_CONTENT_TYPE: Final = "content-type"
+_CONTENT_ENCODING: Final = "content-encoding"
+_READ: Final = {name.encode("ascii"): name for name in (*NAMES, _CONTENT_TYPE, _CONTENT_ENCODING)}
+_NAME: Final = operator.itemgetter(0)
+_VALUE: Final = operator.itemgetter(1)
 
 
 def _fields_read(headers: Any) -> tuple[Fields, str, str]:
@@ -586,26 +597,22 @@ def _fields_read(headers: Any) -> tuple[Fields, str, str]:
     absent), with values decoded as the client decodes them (the others are never
     decoded) and repeated fields joined with ``", "`` as ``Headers.get`` does."""
     encoding = headers.encoding
+    raw = headers.raw
+    names = list(map(_NAME, raw))
+    if not b"".join(names).islower():  # (HTTP/1.1 and HTTP/2 clients give them so)
+        names = list(map(bytes.lower, names))
     read = _READ
-    fields = Fields()
-    kind = coding = ""
-    for key, value in headers.raw:
-        name = read.get(key)
-        if name is None:
-            key = key.lower()
-            name = read.get(key)
-            if name is None:
-                if key == b"content-type":
-                    text = value.decode(encoding)
-                    kind = f"{kind}, {text}" if kind else text
-                elif key == b"content-encoding":
-                    text = value.decode(encoding)
-                    coding = f"{coding}, {text}" if coding else text
-                continue
-        text = value.decode(encoding)
-        known = fields.get(name)
-        fields[name] = text if known is None else f"{known}, {text}"
-    return fields, kind, coding
+    # The fields read, picked out and decoded in C: the others are never looked at.
+    picked = list(map(read.__contains__, names))
+    keys = list(map(read.__getitem__, itertools.compress(names, picked)))
+    values = list(map(bytes.decode, itertools.compress(map(_VALUE, raw), picked), repeat(encoding)))
+    fields = Fields(zip(keys, values, strict=True))
+    if len(fields) < len(keys):  # a field sent more than once: its values joined
+        fields.clear()
+        for key, value in zip(keys, values, strict=True):
+            known = fields.get(key)
+            fields[key] = value if known is None else f"{known}, {value}"
+    return fields, fields.pop(_CONTENT_TYPE, ""), fields.pop(_CONTENT_ENCODING, "")
 
 
 def _content(response: Any) -> bytes | None:

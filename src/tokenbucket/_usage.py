@@ -50,8 +50,10 @@ def read_usage(usage: object, get: Getter) -> dict[str, float]:
     value = usage.get if type(usage) is dict else functools.partial(get, usage)
     found: dict[str, float] = {}
     for given, produced, whole in _FAMILIES:
-        prompt = _count(value(given))
-        completion = _count(value(produced))
+        prompt = value(given)
+        prompt = float(prompt) if type(prompt) is int else _count(prompt)  # (ints: no call)
+        completion = value(produced)
+        completion = float(completion) if type(completion) is int else _count(completion)
         if prompt is None and completion is None:
             continue
         if prompt is not None:
@@ -62,7 +64,8 @@ def read_usage(usage: object, get: Getter) -> dict[str, float]:
         if completion is not None:
             thoughts = value("thoughtsTokenCount")  # Gemini's reasoning
             found["output_tokens"] = completion + ((_count(thoughts) or 0.0) if thoughts else 0.0)
-        total = _count(value(whole))
+        total = value(whole)
+        total = float(total) if type(total) is int else _count(total)
         if total is not None:
             found["tokens"] = total
         elif prompt is not None and completion is not None:

@@ -135,3 +135,35 @@ async def test_rate_limit_headers_are_read_whatever_the_case_of_their_names(
     stats = limiter.statistics()
     assert 6_000 <= stats.available["tokens"] < 6_010  # lowered to what is left
     assert stats.paused_until is not None  # Retry-After read
+
+
+@pytest.mark.parametrize("library", ["httpx2", "httpx"])
+@pytest.mark.asyncio
+async def test_a_rate_limit_field_sent_twice_is_read_joined_as_the_client_joins_it(
+    library: str,
+) -> None:
+    """Two values of one field read as one, ``"6000, 5000"`` (what ``Headers.get``
+    gives): not a count, so it warns and lowers nothing; the other fields still count."""
+    lib: Any = importlib.import_module(library)
+    headers = [
+        ("content-type", "application/json"),
+        ("x-ratelimit-remaining-tokens", "6000"),
+        ("x-ratelimit-limit-requests", "100"),
+        ("x-ratelimit-remaining-tokens", "5000"),
+        ("x-ratelimit-remaining-requests", "40"),
+    ]
+    body = json.dumps({"usage": {"prompt_tokens": 3, "completion_tokens": 5}}).encode()
+
+    def answer(request: Any) -> Any:
+        return lib.Response(200, headers=headers, content=body)
+
+    limiter = tb.Limiter(requests_per_minute=100, tokens_per_minute=10_000)
+    transport = tb.AsyncLimitedTransport(limiter, lib.MockTransport(answer))
+    async with lib.AsyncClient(transport=transport) as client:
+        payload = {"model": "m", "messages": [], "max_tokens": 100}
+        with pytest.warns(tb.RateLimitHeaderWarning, match=r"'6000, 5000'"):
+            response = await client.post("http://test/v1/chat/completions", json=payload)
+    assert response.status_code == 200
+    stats = limiter.statistics()
+    assert stats.available["tokens"] == 10_000 - 8  # settled from the JSON body's usage
+    assert stats.available["requests"] == 40  # lowered to what the server said is left
