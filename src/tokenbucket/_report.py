@@ -26,7 +26,7 @@ __all__ = ["report", "warn"]
 
 def report(
     limiter: Limiter,
-    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | ServerFeedback | None,
     status: int | None,
     what: str,
     *,
@@ -42,7 +42,10 @@ def report(
     ``stacklevel`` counts from the caller of ``report``.
     """
     try:
-        info = parse_rate_limit_headers({} if headers is None else headers)
+        if isinstance(headers, ServerFeedback):  # read already
+            info = headers
+        else:
+            info = parse_rate_limit_headers({} if headers is None else headers)
     except Exception as error:  # not headers, or a warning the filters made an error
         warn(f"ignored the rate-limit headers of {what}", error, stacklevel=stacklevel + 1)
         info = ServerFeedback(limits=(), retry_after=None)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 from ._decorate import estimate_tokens
 from ._errors import ArgumentTypeError, TokenBucketError
 from ._group import BucketGroup
-from ._headers import Fields
+from ._headers import OPENAI_FIELDS, Fields, ServerFeedback, read_openai
 from ._headers._families import NAMES
 from ._lease import BlockingLeaseContext
 from ._limiter import Limiter
@@ -173,7 +173,10 @@ class _Limits:
         the transport for a 429's delay, or by the inner transport), which then has fed
         it."""
         status = response.status_code
-        fields, kind, encoding = _fields_read(response.headers)
+        read: tuple[Fields | ServerFeedback, str, str] | None = _openai_read(response.headers)
+        if read is None:  # (else the usual report, read in one step)
+            read = _fields_read(response.headers)
+        fields, kind, encoding = read
         report(
             limiter,
             fields,
@@ -613,6 +616,36 @@ def _fields_read(headers: Any) -> tuple[Fields, str, str]:
             known = fields.get(key)
             fields[key] = value if known is None else f"{known}, {value}"
     return fields, fields.pop(_CONTENT_TYPE, ""), fields.pop(_CONTENT_ENCODING, "")
+
+
+# Where _openai_read puts each field it reads (the others it meets send the response to
+# _fields_read).
+_OPENAI_SLOTS: Final = {
+    name.encode("ascii"): slot
+    for slot, name in enumerate((*OPENAI_FIELDS, _CONTENT_TYPE, _CONTENT_ENCODING))
+}
+
+
+def _openai_read(headers: Any) -> tuple[ServerFeedback, str, str] | None:
+    """:func:`_fields_read` and the parse of its fields in one step, for the usual
+    response: rate-limit fields of OpenAI's alone (or none), in lower case, each sent
+    once, in their usual forms (see :func:`read_openai`). ``None`` for any other."""
+    encoding = headers.encoding
+    values: list[str | None] = [None] * len(_OPENAI_SLOTS)
+    slot_of = _OPENAI_SLOTS.get
+    for key, value in headers.raw:
+        slot = slot_of(key)
+        if slot is None:
+            if key in _READ or not key.islower():  # another family's, or in capitals
+                return None
+            continue
+        if values[slot] is not None:  # sent twice
+            return None
+        values[slot] = value.decode(encoding)
+    info = read_openai(values)
+    if info is None:
+        return None
+    return info, values[-2] or "", values[-1] or ""
 
 
 def _content(response: Any) -> bytes | None:

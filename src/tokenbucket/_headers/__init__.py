@@ -56,14 +56,17 @@ from datetime import datetime
 from typing import Final
 
 from .._errors import ArgumentTypeError, InvalidArgumentError
-from ._families import NAMES, Reader
+from . import _families, _syntax
+from ._families import _DIGITS, NAMES, Reader
 
 __all__ = [
+    "OPENAI_FIELDS",
     "Fields",
     "RateLimitHeaderWarning",
     "ServerFeedback",
     "ServerLimit",
     "parse_rate_limit_headers",
+    "read_openai",
 ]
 
 
@@ -196,6 +199,46 @@ def parse_rate_limit_headers(
             stacklevel=2,
         )
     return ServerFeedback(limits=tuple(limits), retry_after=retry_after)
+
+
+# OpenAI's fields (also sent by Azure OpenAI and many servers that copy its API): what
+# most responses carry, read by read_openai in one step.
+OPENAI_FIELDS: Final = tuple(
+    f"x-ratelimit-{part}-{dimension}"
+    for dimension in ("requests", "tokens")
+    for part in ("remaining", "limit", "reset")
+)
+
+
+def read_openai(values: Sequence[str | None]) -> ServerFeedback | None:
+    """What :func:`parse_rate_limit_headers` gives for headers whose only rate-limit
+    fields are OpenAI's, each sent once, in one step: ``values`` are theirs in the order
+    of ``OPENAI_FIELDS`` (``None``: not sent). ``None`` when a value is not in its usual
+    form (a count of plain digits, a Go duration without spaces) or a dimension lacks
+    its ``remaining``: the general reader, which warns about what it drops, reads them."""
+    limits = []
+    for first, dimension in ((0, "requests"), (3, "tokens")):
+        remaining, limit, reset = values[first], values[first + 1], values[first + 2]
+        if remaining is None:
+            if limit is None and reset is None:
+                continue
+            return None
+        if not (remaining.isdigit() and remaining.isascii() and len(remaining) < _DIGITS):
+            return None
+        left = float(remaining)
+        most = seconds = refill = None
+        if limit is not None:
+            if not (limit.isdigit() and limit.isascii() and len(limit) < _DIGITS):
+                return None
+            most = float(limit)
+        if reset is not None:
+            seconds, resolution = _syntax.read_go_duration(reset)
+            if seconds is None:
+                return None
+            if most is not None:
+                refill = _families.refill_rate(most, left, seconds, resolution)
+        limits.append(ServerLimit(dimension, left, most, seconds, refill))
+    return ServerFeedback(limits=tuple(limits), retry_after=None)
 
 
 def _order(limit: ServerLimit) -> tuple[int, str]:
