@@ -153,6 +153,9 @@ def test_usage_of_reads_openai_and_anthropic_results() -> None:
     }
     assert tb.usage_of(OpenAIResult(None)) is None
     assert tb.usage_of("no usage here") is None
+    # An SDK object's usage is read by its attributes: a dict there has none.
+    usage: Any = {"prompt_tokens": 30, "completion_tokens": 12}
+    assert tb.usage_of(OpenAIResult(usage)) is None
 
 
 def test_rate_limited_checks_its_limiter() -> None:

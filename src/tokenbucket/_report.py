@@ -34,7 +34,8 @@ def report(
     retry_after: float | None = None,
     lease: Lease | None = None,
 ) -> None:
-    """Fold ``headers`` and ``status`` of the response ``what`` names into ``limiter``.
+    """Fold ``headers`` (or what they say, read already: a :class:`ServerFeedback`) and
+    ``status`` of the response ``what`` names into ``limiter``.
 
     ``retry_after`` is a delay the response gave elsewhere than in its headers (Gemini's
     ``RetryInfo`` in a 429 body): used when the headers give none. ``lease``: the one

@@ -208,7 +208,7 @@ class _Limits:
         if body is None:
             return {}
         if self._cost is not None:
-            return {k: v for k, v in self._cost(body).items() if k in dims}
+            return {k: v for k, v in dict(self._cost(body)).items() if k in dims}
         count = self._counter
         get = body.get
         prompt = 0.0
@@ -530,19 +530,10 @@ def _json_body(request: Any) -> Mapping[str, Any] | None:
     except Exception:  # a streaming request body: httpx's RequestNotRead
         return None
     try:
-        body = _json(content)
+        body = json.loads(content)
     except (ValueError, UnicodeDecodeError):
         return None
     return body if isinstance(body, dict) else None
-
-
-_DECODER: Final = json.JSONDecoder()
-
-
-def _json(data: bytes | bytearray) -> Any:
-    """``json.loads(data)`` for the UTF-8 a JSON body is sent in (RFC 8259), in fewer
-    steps. Raises ``ValueError`` (or ``UnicodeDecodeError``) when it is not JSON."""
-    return _DECODER.decode(data.decode("utf-8-sig"))
 
 
 _DURATION: Final = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)s\s*")
@@ -602,7 +593,7 @@ def _fields_read(headers: Any) -> tuple[Fields, str, str]:
     encoding = headers.encoding
     raw = headers.raw
     names = list(map(_NAME, raw))
-    if not b"".join(names).islower():  # (HTTP/1.1 and HTTP/2 clients give them so)
+    if not b"".join(names).islower():  # (names as sent, with capitals: HTTP/1.1)
         names = list(map(bytes.lower, names))
     read = _READ
     # The fields read, picked out and decoded in C: the others are never looked at.
@@ -628,17 +619,22 @@ _OPENAI_SLOTS: Final = {
 
 def _openai_read(headers: Any) -> tuple[ServerFeedback, str, str] | None:
     """:func:`_fields_read` and the parse of its fields in one step, for the usual
-    response: rate-limit fields of OpenAI's alone (or none), in lower case, each sent
-    once, in their usual forms (see :func:`read_openai`). ``None`` for any other."""
+    response: rate-limit fields of OpenAI's alone (or none), each sent once (and the
+    body's type and encoding too), in their usual forms (see :func:`read_openai`).
+    ``None`` for any other."""
     encoding = headers.encoding
     values: list[str | None] = [None] * len(_OPENAI_SLOTS)
     slot_of = _OPENAI_SLOTS.get
     for key, value in headers.raw:
         slot = slot_of(key)
         if slot is None:
-            if key in _READ or not key.islower():  # another family's, or in capitals
-                return None
-            continue
+            if not key.islower():  # (a name as sent, with capitals)
+                key = key.lower()
+                slot = slot_of(key)
+            if slot is None:
+                if key in _READ:  # another family's field, or Retry-After
+                    return None
+                continue
         if values[slot] is not None:  # sent twice
             return None
         values[slot] = value.decode(encoding)
@@ -703,8 +699,8 @@ class _Settlement:
         self._line = bytearray()
         self._event = kind.partition(";")[0].strip().lower() == "text/event-stream"
         self._buffer: bytearray | None = None if self._event else bytearray()
+        encoding = encoding.strip().lower()
         if encoding:
-            encoding = encoding.strip().lower()
             if encoding in ("gzip", "x-gzip"):
                 self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
             elif encoding == "deflate":
@@ -761,7 +757,7 @@ class _Settlement:
 
     def _event_data(self, data: bytes) -> None:
         try:
-            event = _json(data)
+            event = json.loads(data)
         except (ValueError, UnicodeDecodeError):
             return
         self._read(event)
@@ -828,7 +824,7 @@ class _Settlement:
             try:
                 if self._decoder is not None:
                     self._buffer += self._decoder.flush()
-                self._read(_json(self._buffer))
+                self._read(json.loads(self._buffer))
             except (ValueError, UnicodeDecodeError, zlib.error):
                 pass
             self._buffer = None

@@ -46,8 +46,8 @@ def read_usage(usage: object, get: Getter) -> dict[str, float]:
     """
     if usage is None:
         return {}
-    # A JSON object's own get, else the getter's.
-    value = usage.get if type(usage) is dict else functools.partial(get, usage)
+    # A JSON object's own get (for the JSON getter), else the getter's.
+    value = usage.get if get is item and type(usage) is dict else functools.partial(get, usage)
     found: dict[str, float] = {}
     for given, produced, whole in _FAMILIES:
         prompt = value(given)
@@ -60,10 +60,10 @@ def read_usage(usage: object, get: Getter) -> dict[str, float]:
             # Anthropic's input_tokens leave out what the call wrote to its prompt cache,
             # which counts toward its input-tokens-per-minute limit (cache reads do not).
             written = value("cache_creation_input_tokens")
-            found["input_tokens"] = prompt + ((_count(written) or 0.0) if written else 0.0)
+            found["input_tokens"] = prompt + (_count(written) or 0.0)
         if completion is not None:
             thoughts = value("thoughtsTokenCount")  # Gemini's reasoning
-            found["output_tokens"] = completion + ((_count(thoughts) or 0.0) if thoughts else 0.0)
+            found["output_tokens"] = completion + (_count(thoughts) or 0.0)
         total = value(whole)
         total = float(total) if type(total) is int else _count(total)
         if total is not None:

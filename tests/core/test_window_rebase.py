@@ -153,6 +153,19 @@ def test_window_rebase_reads_as_no_time_passed(origin: float) -> None:
     assert copy.deepcopy(log).try_take(1.0, t)
 
 
+def test_window_first_rebase_after_a_reset_refunds_on_the_new_clock() -> None:
+    """A log that was only reset has given no ticket out: moved onto a clock that reads
+    less, its grants are refunded there (the reset's mark, on the old clock, marks no
+    ticket)."""
+    log = WindowLog(10.0, 60.0, 1000.0)
+    log.reset(1000.0)
+    log.rebase(0.0)
+    ticket = log.take(5.0, 5.0, 1.0)
+    assert ticket is not None
+    assert log.refund(5.0, ticket, 2.0) == 5.0
+    assert log.used(2.0) == 0.0
+
+
 def test_window_rebase_twice_composes() -> None:
     log = WindowLog(2.0, 10.0, 100.0)
     assert log.try_take(1.0, 100.0)

@@ -167,3 +167,12 @@ async def test_a_rate_limit_field_sent_twice_is_read_joined_as_the_client_joins_
     stats = limiter.statistics()
     assert stats.available["tokens"] == 10_000 - 8  # settled from the JSON body's usage
     assert stats.available["requests"] == 40  # lowered to what the server said is left
+
+
+@pytest.mark.parametrize("kind", ["application/json", "text/event-stream"])
+def test_a_blank_content_encoding_is_none(kind: str) -> None:
+    limiter = tb.Limiter(tokens_per_minute=1_000)
+    settlement = _Settlement(limiter, limiter.acquire(), 200, kind, " \t")
+    assert settlement._decoder is None
+    assert settlement._event == (kind == "text/event-stream")
+    assert (settlement._buffer is None) == settlement._event  # a JSON body is kept to read

@@ -131,3 +131,19 @@ def test_the_usual_response_is_read_in_one_step() -> None:
     info, kind, coding = fast
     assert [limit.dimension for limit in info.limits] == ["requests", "tokens"]
     assert (kind, coding) == ("application/json", "")
+
+
+def test_names_sent_with_capitals_are_read_in_one_step_too() -> None:
+    """HTTP/1.1 gives names as the server sent them."""
+    headers = httpx2.Headers(
+        [
+            ("Content-Type", "application/json"),
+            ("X-RateLimit-Limit-Requests", "500"),
+            ("X-RateLimit-Remaining-Requests", "499"),
+            ("X-RateLimit-Reset-Requests", "120ms"),
+        ]
+    )
+    fast = _openai_read(headers)
+    assert fast is not None
+    assert fast == general(headers)
+    assert fast[0].limits[0].remaining == 499.0

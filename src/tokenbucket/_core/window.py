@@ -509,12 +509,13 @@ class WindowLog:
 
         Only the offset between the clocks changes: the log's order, and every ticket
         given out before, stay as they were. A log that never gave a ticket out nor
-        holds anything (the usual first move: from the clock of its making onto its
+        held anything (the usual first move: from the clock of its making onto its
         event loop's) takes the new clock as its own instead, so that no instant needs
-        carrying over from then on."""
+        carrying over from then on (a reset's mark included: it marks no ticket)."""
         if self._fresh and not self._expiry:
             self._last = now
             self._offset = 0.0
+            self._mark = -math.inf
             return
         self._offset = now - self._last
 
