@@ -24,12 +24,10 @@ import functools
 import importlib
 import itertools
 import json
-import operator
 import re
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from itertools import repeat
 from typing import TYPE_CHECKING, Any, Final, overload
 
 from ._decorate import estimate_tokens
@@ -509,13 +507,12 @@ def _gemini_parts(value: object) -> object:
 
 
 def _max_output(body: Mapping[str, Any], default: int) -> float:
-    get = body.get
-    config = get("generationConfig")
+    config = body.get("generationConfig")
     for value in (
-        get("max_tokens"),
-        get("max_completion_tokens"),
-        get("max_output_tokens"),
-        None if config is None else item(config, "maxOutputTokens"),
+        body.get("max_tokens"),
+        body.get("max_completion_tokens"),
+        body.get("max_output_tokens"),
+        item(config, "maxOutputTokens"),
     ):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return float(value)
@@ -581,31 +578,26 @@ def _retry_info_wanted(headers: Any) -> bool:
 _CONTENT_TYPE: Final = "content-type"
 _CONTENT_ENCODING: Final = "content-encoding"
 _READ: Final = {name.encode("ascii"): name for name in (*NAMES, _CONTENT_TYPE, _CONTENT_ENCODING)}
-_NAME: Final = operator.itemgetter(0)
-_VALUE: Final = operator.itemgetter(1)
 
 
 def _fields_read(headers: Any) -> tuple[Fields, str, str]:
     """What of ``headers`` (an ``httpx2.Headers`` or ``httpx.Headers``) is read: the
     rate-limit fields, and the body's content type and content encoding (``""`` when
     absent), with values decoded as the client decodes them (the others are never
-    decoded) and repeated fields joined with ``", "`` as ``Headers.get`` does."""
+    decoded) and repeated fields joined with ``", "`` as ``Headers.get`` does. (The
+    usual response is read by :func:`_openai_read` instead.)"""
     encoding = headers.encoding
-    raw = headers.raw
-    names = list(map(_NAME, raw))
-    if not b"".join(names).islower():  # (names as sent, with capitals: HTTP/1.1)
-        names = list(map(bytes.lower, names))
     read = _READ
-    # The fields read, picked out and decoded in C: the others are never looked at.
-    picked = list(map(read.__contains__, names))
-    keys = list(map(read.__getitem__, itertools.compress(names, picked)))
-    values = list(map(bytes.decode, itertools.compress(map(_VALUE, raw), picked), repeat(encoding)))
-    fields = Fields(zip(keys, values, strict=True))
-    if len(fields) < len(keys):  # a field sent more than once: its values joined
-        fields.clear()
-        for key, value in zip(keys, values, strict=True):
-            known = fields.get(key)
-            fields[key] = value if known is None else f"{known}, {value}"
+    fields = Fields()
+    for key, value in headers.raw:
+        name = read.get(key)
+        if name is None:
+            name = read.get(key.lower())
+            if name is None:
+                continue
+        text = value.decode(encoding)
+        known = fields.get(name)
+        fields[name] = text if known is None else f"{known}, {text}"
     return fields, fields.pop(_CONTENT_TYPE, ""), fields.pop(_CONTENT_ENCODING, "")
 
 

@@ -57,7 +57,7 @@ from typing import Final
 
 from .._errors import ArgumentTypeError, InvalidArgumentError
 from . import _families, _syntax
-from ._families import _DIGITS, NAMES, Reader
+from ._families import NAMES, Reader
 
 __all__ = [
     "OPENAI_FIELDS",
@@ -214,7 +214,7 @@ def read_openai(values: Sequence[str | None]) -> ServerFeedback | None:
     """What :func:`parse_rate_limit_headers` gives for headers whose only rate-limit
     fields are OpenAI's, each sent once, in one step: ``values`` are theirs in the order
     of ``OPENAI_FIELDS`` (``None``: not sent). ``None`` when a value is not in its usual
-    form (a count of plain digits, a Go duration without spaces) or a dimension lacks
+    form (a decimal count, a Go duration, without spaces) or a dimension lacks
     its ``remaining``: the general reader, which warns about what it drops, reads them."""
     limits = []
     for first, dimension in ((0, "requests"), (3, "tokens")):
@@ -223,14 +223,14 @@ def read_openai(values: Sequence[str | None]) -> ServerFeedback | None:
             if limit is None and reset is None:
                 continue
             return None
-        if not (remaining.isdigit() and remaining.isascii() and len(remaining) < _DIGITS):
+        left = _syntax.decimal(remaining)
+        if left is None:
             return None
-        left = float(remaining)
         most = seconds = refill = None
         if limit is not None:
-            if not (limit.isdigit() and limit.isascii() and len(limit) < _DIGITS):
+            most = _syntax.decimal(limit)
+            if most is None:
                 return None
-            most = float(limit)
         if reset is not None:
             seconds, resolution = _syntax.read_go_duration(reset)
             if seconds is None:

@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
 __all__ = ["NAMES", "Reader", "Reported"]
 
-# An integer of fewer digits is finite as a float (what _syntax.decimal checks).
-_DIGITS: Final = 300
 # A delta-seconds reset this large is really a Unix time (10**9 seconds is 31 years).
 _EPOCH_THRESHOLD: Final = 1e9
 
@@ -248,22 +246,15 @@ class Reader:
         # As _value does, inline: each header in turn, so problems keep their order.
         text = get(triple.remaining_name)
         if text is not None:
-            if text.isdigit() and text.isascii() and len(text) < _DIGITS:  # the usual form
-                remaining = float(text)
-            else:
-                remaining = _syntax.decimal(text.strip(" \t"))  # what _COUNT.read does
-                if remaining is None:
-                    self._bad(triple.remaining_name, _COUNT.expected)
+            remaining = _syntax.decimal(text.strip(" \t"))  # what _COUNT.read does
+            if remaining is None:
+                self._bad(triple.remaining_name, _COUNT.expected)
         text = get(triple.limit_name)
         if text is not None:
             kind = triple.limit
-            if kind is _COUNT and text.isdigit() and text.isascii() and len(text) < _DIGITS:
-                limit = float(text)
-            else:
-                text = text.strip(" \t")
-                limit = _syntax.decimal(text) if kind is _COUNT else kind.read(text, self._now)
-                if limit is None:
-                    self._bad(triple.limit_name, kind.expected)
+            limit = kind.read(text.strip(" \t"), self._now)
+            if limit is None:
+                self._bad(triple.limit_name, kind.expected)
         text = get(triple.reset_name)
         if text is not None:
             kind = triple.reset
