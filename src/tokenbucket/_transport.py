@@ -7,12 +7,11 @@ The official LLM SDKs send every call, retry and stream through an ``httpx2`` (o
 wraps the real transport. For each request it decides whether it is a model call (see
 :func:`model_call`), prices it from the request alone, acquires the lease from the
 limiter of its model, and sends it. The response's headers and status go to the limiter
-at once. A small JSON body (and a 429's, for Gemini's ``RetryInfo``) is read then, before
-the response is returned (see :func:`_heard`): its ``usage`` settles the lease, which
-ends there. Any other body stream is wrapped so that the usage it carries (in a
-server-sent event stream, or a JSON body read by the caller) settles the lease, and so
-that the lease (and its concurrency slot) ends when the body is read to the end or
-closed, once. A body read already settles and ends the lease at once.
+at once (for a 429 without ``Retry-After``, after reading its small JSON body for
+Gemini's ``RetryInfo``); the response's body stream is wrapped so that the usage it
+carries (a JSON body's ``usage``, or the usage in a server-sent event stream) settles the
+lease, and so that the lease (and its concurrency slot) ends when the body is read to the
+end or closed, once. A body read already settles and ends the lease at once.
 
 Neither ``httpx`` nor ``httpx2`` is imported when tokenbucket is: the library is that of
 the requests the transport sees (``type(request).__module__``), and classes that must
@@ -165,17 +164,17 @@ class _Limits:
         return limiter, self._amounts(body, limiter, embedding)
 
     def _answered(
-        self, limiter: Limiter, context: LeaseContext, response: Any, heard: _Heard
+        self, limiter: Limiter, context: LeaseContext, response: Any, retry_after: float | None
     ) -> tuple[_Settlement, bool]:
-        """Tell the limiter what the response's headers (``heard``) and status say, and
-        start its settlement: ``(settlement, read)``, ``read`` when its body was read
-        already (by the transport, or by the inner transport), which then has fed it."""
+        """Tell the limiter what the response's headers and status say, and start its
+        settlement: ``(settlement, read)``, ``read`` when its body was read already (by
+        the transport for a 429's delay, or by the inner transport), which then has fed
+        it."""
         status = response.status_code
-        fields, kind, encoding, _ = heard
-        content = _content(response)
-        retry_after = None
-        if status == 429 and content is not None:  # Gemini's delay, in its body
-            retry_after = retry_info_delay(content)
+        read: tuple[Fields | ServerFeedback, str, str] | None = _openai_read(response.headers)
+        if read is None:  # (else the usual report, read in one step)
+            read = _fields_read(response.headers)
+        fields, kind, encoding = read
         report(
             limiter,
             fields,
@@ -185,6 +184,7 @@ class _Limits:
             retry_after=retry_after,
             lease=context,
         )
+        content = _content(response)
         if content is not None:
             encoding = ""  # (read, so decoded)
         settle = _Settlement(limiter, context, status, kind, encoding)
@@ -243,9 +243,7 @@ class AsyncLimitedTransport(_Limits, _Transports):
 
     Every model call (see below) acquires its cost before it is sent and holds the lease,
     concurrency slot included, until its response body is read to the end or closed (a
-    stream until the caller closes or finishes it). A JSON body of a known length of no
-    more than 4 MiB is read before the response is returned (the caller gets all of it),
-    and its lease ends then. The usage the response reports
+    stream until the caller closes or finishes it). The usage the response reports
     settles the lease; every response's rate-limit headers and status go to the limiter
     (a 429 pauses it), so the SDK's own retries wait their turn. Keep the SDK's retries.
 
@@ -288,12 +286,11 @@ class AsyncLimitedTransport(_Limits, _Transports):
     settled, and its lease ended, before it is returned.
 
     A 429 pauses the limiter for its ``Retry-After`` (or ``retry-after-ms``). Without
-    either header, a JSON 429 body (of no more than 4 MiB, or of no length given) is read
-    before the response is returned, and a ``google.rpc.RetryInfo`` in its
-    ``error.details`` (Gemini's ``"retryDelay": "7s"``) gives the pause: read at once,
-    because an SDK about to retry may close the error response unread. The caller still
-    gets the whole body. Without a delay anywhere, a 429 pauses the limiter for one
-    second.
+    either header, a JSON 429 body (of no more than 4 MiB) is read at once, before the
+    response is returned, and a ``google.rpc.RetryInfo`` in its ``error.details``
+    (Gemini's ``"retryDelay": "7s"``) gives the pause: read eagerly, because an SDK about
+    to retry may close the error response unread. The caller still gets the whole body.
+    Without a delay anywhere, a 429 pauses the limiter for one second.
     """
 
     def __init__(
@@ -328,9 +325,8 @@ class AsyncLimitedTransport(_Limits, _Transports):
 
         Waits (in FIFO order) for the limiter; cancelled or timed out there, nothing is
         taken and nothing is sent. If sending fails or is cancelled, the lease ends at
-        once. Otherwise the response comes back with its body read (a small JSON body:
-        the lease has ended) or wrapped: the lease ends when the body is read to the end
-        or closed.
+        once. Otherwise the response comes back with its body wrapped: the lease ends when
+        the body is read to the end or closed.
         """
         inner = self._inner_for(request, "AsyncHTTPTransport")
         priced = self._priced(request)
@@ -344,14 +340,15 @@ class AsyncLimitedTransport(_Limits, _Transports):
         except BaseException as exc:
             await context.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        heard = _heard(response)
-        if heard[-1]:
-            try:  # a small JSON body: read now (see _heard)
-                await response.aread()
-            except BaseException as exc:
-                await context.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-        settle, read = self._answered(limiter, context, response, heard)
+        try:
+            retry_after = None
+            if response.status_code == 429 and _retry_info_wanted(response.headers):
+                await response.aread()  # an error body is small: read it now, the SDK
+                retry_after = retry_info_delay(response.content)  # may close it unread
+            settle, read = self._answered(limiter, context, response, retry_after)
+        except BaseException as exc:  # (the body's read failed, or was cancelled)
+            await context.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         if read:
             await settle.end()
             return response
@@ -433,8 +430,7 @@ class LimitedTransport(_Limits, _SyncTransports):
 
         Timed out (or interrupted) while waiting, nothing is taken and nothing is sent. If
         sending fails, the lease ends at once. Otherwise the response comes back with its
-        body read (a small JSON body: the lease has ended) or wrapped: the lease ends when
-        the body is read to the end or closed.
+        body wrapped: the lease ends when the body is read to the end or closed.
         """
         inner = self._inner_for(request, "HTTPTransport")
         priced = self._priced(request)
@@ -448,14 +444,15 @@ class LimitedTransport(_Limits, _SyncTransports):
         except BaseException as exc:
             context.__exit__(type(exc), exc, exc.__traceback__)
             raise
-        heard = _heard(response)
-        if heard[-1]:
-            try:  # a small JSON body: read now (see _heard)
-                response.read()
-            except BaseException as exc:
-                context.__exit__(type(exc), exc, exc.__traceback__)
-                raise
-        settle, read = self._answered(limiter, context, response, heard)
+        try:
+            retry_after = None
+            if response.status_code == 429 and _retry_info_wanted(response.headers):
+                response.read()  # an error body is small: read it now, the SDK may
+                retry_after = retry_info_delay(response.content)  # close it unread
+            settle, read = self._answered(limiter, context, response, retry_after)
+        except BaseException as exc:  # (the body's read failed)
+            context.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         if read:
             settle.end_blocking()
             return response
@@ -565,44 +562,27 @@ def retry_info_delay(content: bytes) -> float | None:
     return None
 
 
+def _retry_info_wanted(headers: Any) -> bool:
+    """Whether a 429's body is read for a ``RetryInfo``: JSON, of a known size no larger
+    than ``_MAX_BODY`` or of none given, and no ``Retry-After`` header."""
+    if "retry-after" in headers or "retry-after-ms" in headers:
+        return False
+    if "json" not in str(headers.get("content-type", "")).lower():
+        return False
+    length = str(headers.get("content-length", "0")).strip()
+    return not (length.isascii() and length.isdigit()) or int(length) <= _MAX_BODY
+
+
 # The fields of a response that are read, by their names as sent (in lower case): the
-# rate-limit headers (for the limiter), the body's type, encoding and length (to read
-# its usage).
-_CONTENT: Final = ("content-type", "content-encoding", "content-length")
-_READ: Final = {name.encode("ascii"): name for name in (*NAMES, *_CONTENT)}
-
-# What a response's headers say: the rate-limit fields (or what they say, read already),
-# the body's content type and encoding ("" when absent), and whether the body is read at
-# once (see _heard).
-_Heard = tuple[Fields | ServerFeedback, str, str, bool]
+# rate-limit headers (for the limiter), the body's type and encoding (to read its usage).
+_CONTENT_TYPE: Final = "content-type"
+_CONTENT_ENCODING: Final = "content-encoding"
+_READ: Final = {name.encode("ascii"): name for name in (*NAMES, _CONTENT_TYPE, _CONTENT_ENCODING)}
 
 
-def _heard(response: Any) -> _Heard:
-    """What ``response``'s headers say (see :func:`_fields_read`), and whether its body
-    is read at once, before the response is returned: a JSON body of a known length of
-    no more than ``_MAX_BODY`` (the transport reads its usage anyway, and the caller all
-    of it; read at once, the lease ends with no wrapper around the body), and a 429's
-    JSON body of no length given either unless it has a ``Retry-After``: its delay may be
-    in it (Gemini's ``RetryInfo``), and an SDK about to retry may close it unread."""
-    headers = response.headers
-    read = _openai_read(headers)
-    fields, kind, encoding, length = _fields_read(headers) if read is None else read
-    now = False
-    if "json" in kind.lower():
-        size = length.strip()
-        if size.isdigit():
-            now = int(size) <= _MAX_BODY
-        else:
-            now = response.status_code == 429 and (
-                isinstance(fields, ServerFeedback)
-                or ("retry-after" not in fields and "retry-after-ms" not in fields)
-            )
-    return fields, kind, encoding, now
-
-
-def _fields_read(headers: Any) -> tuple[Fields, str, str, str]:
+def _fields_read(headers: Any) -> tuple[Fields, str, str]:
     """What of ``headers`` (an ``httpx2.Headers`` or ``httpx.Headers``) is read: the
-    rate-limit fields, and the body's content type, encoding and length (``""`` when
+    rate-limit fields, and the body's content type and content encoding (``""`` when
     absent), with values decoded as the client decodes them (the others are never
     decoded) and repeated fields joined with ``", "`` as ``Headers.get`` does. (The
     usual response is read by :func:`_openai_read` instead.)"""
@@ -618,22 +598,22 @@ def _fields_read(headers: Any) -> tuple[Fields, str, str, str]:
         text = value.decode(encoding)
         known = fields.get(name)
         fields[name] = text if known is None else f"{known}, {text}"
-    pop = fields.pop
-    return fields, pop("content-type", ""), pop("content-encoding", ""), pop("content-length", "")
+    return fields, fields.pop(_CONTENT_TYPE, ""), fields.pop(_CONTENT_ENCODING, "")
 
 
 # Where _openai_read puts each field it reads (the others it meets send the response to
 # _fields_read).
 _OPENAI_SLOTS: Final = {
-    name.encode("ascii"): slot for slot, name in enumerate((*OPENAI_FIELDS, *_CONTENT))
+    name.encode("ascii"): slot
+    for slot, name in enumerate((*OPENAI_FIELDS, _CONTENT_TYPE, _CONTENT_ENCODING))
 }
 
 
-def _openai_read(headers: Any) -> tuple[ServerFeedback, str, str, str] | None:
+def _openai_read(headers: Any) -> tuple[ServerFeedback, str, str] | None:
     """:func:`_fields_read` and the parse of its fields in one step, for the usual
     response: rate-limit fields of OpenAI's alone (or none), each sent once (and the
-    body's type, encoding and length too), in their usual forms (see
-    :func:`read_openai`). ``None`` for any other."""
+    body's type and encoding too), in their usual forms (see :func:`read_openai`).
+    ``None`` for any other."""
     encoding = headers.encoding
     values: list[str | None] = [None] * len(_OPENAI_SLOTS)
     slot_of = _OPENAI_SLOTS.get
@@ -650,10 +630,10 @@ def _openai_read(headers: Any) -> tuple[ServerFeedback, str, str, str] | None:
         if values[slot] is not None:  # sent twice
             return None
         values[slot] = value.decode(encoding)
-    info = read_openai(values)  # (its first six)
+    info = read_openai(values)
     if info is None:
         return None
-    return info, values[6] or "", values[7] or "", values[8] or ""
+    return info, values[-2] or "", values[-1] or ""
 
 
 def _content(response: Any) -> bytes | None:
@@ -880,12 +860,14 @@ class _LeaseStream:
             async for chunk in chunks:
                 settlement.feed(chunk)
                 yield chunk
-        except GeneratorExit:  # closed early: close the inner iterator now, not at its
-            # collection (which would close it on a task of its own)
-            await settlement.end(_CLOSED_EARLY)
-            close = getattr(chunks, "aclose", None)
-            if close is not None:
-                await close()
+        except GeneratorExit:  # closed before its end: so is the iterator it reads, now
+            try:  # (not when collected, on a task of the event loop's)
+                await settlement.end(_CLOSED_EARLY)
+            finally:
+                # (a stream that is its own iterator is closed with the response)
+                close = None if chunks is self._inner else getattr(chunks, "aclose", None)
+                if close is not None:
+                    await close()
             raise
         except BaseException as error:  # (a broken stream: the lease ends with it)
             await settlement.end(error)

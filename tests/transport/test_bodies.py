@@ -1,6 +1,7 @@
-"""How the transport reads a response's body: a small JSON body at once, before the
-response is returned (its lease ends there); any other as the caller reads it, through a
-wrapper that ends the lease at its end or close, and closes what it wraps at once."""
+"""How the transport reads a response's body: as the caller reads it, through a wrapper
+that settles and ends the lease at the body's end or close, closing what it wraps at
+once when closed early; the response is otherwise the client's own (timings, raw bytes).
+And whatever fails between the send and the response's return ends the lease."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import httpx2
 import pytest
 
 import tokenbucket as tb
-from tokenbucket import _transport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -28,9 +29,9 @@ EVENTS = [b'data: {"choices":[{"delta":{"content":"Hi"}}],"usage":null}\n\n'] * 
 ]
 
 
-class Body(httpx2.AsyncByteStream, httpx2.SyncByteStream):
-    """A body sent in pieces, as a connection sends it; ``fail``: raise after the
-    first; ``stall``: wait forever after it. Notes when its iterator is closed."""
+class Pieces:
+    """A body sent in pieces, as a connection sends it; ``fail``: raise after the first,
+    ``stall``: wait forever after it. Notes when its iterator is closed."""
 
     def __init__(self, pieces: list[bytes], *, fail: bool = False, stall: bool = False) -> None:
         self.pieces = pieces
@@ -49,38 +50,34 @@ class Body(httpx2.AsyncByteStream, httpx2.SyncByteStream):
         finally:
             self.finished = True
 
-    def __iter__(self) -> Iterator[bytes]:
-        for index, piece in enumerate(self.pieces):
-            if index and self.fail:
-                raise httpx2.ReadError("the connection broke")
-            yield piece
+
+class Body(Pieces, httpx2.AsyncByteStream):
+    """(A client checks that a body is of its library's stream class.)"""
 
 
-class Serve(httpx2.AsyncBaseTransport, httpx2.BaseTransport):
-    """Answers every request with ``body`` (new each time from ``make``)."""
+class OldBody(Pieces, httpx.AsyncByteStream):
+    pass
 
-    def __init__(self, make: Any, headers: dict[str, str]) -> None:
-        self.make = make
+
+class Serve(httpx2.AsyncBaseTransport, httpx.AsyncBaseTransport):
+    """Answers every request with ``pieces`` (in a new body, of the library of the
+    request) and ``headers``."""
+
+    def __init__(
+        self, pieces: list[bytes], headers: Any, status: int = 200, **options: bool
+    ) -> None:
+        self.pieces = pieces
         self.headers = headers
-        self.bodies: list[Body] = []
+        self.status = status
+        self.options = options
+        self.bodies: list[Pieces] = []
 
-    def _answer(self) -> httpx2.Response:
-        body = self.make()
+    async def handle_async_request(self, request: Any) -> Any:
+        new = isinstance(request, httpx2.Request)
+        body = (Body if new else OldBody)(self.pieces, **self.options)
         self.bodies.append(body)
-        return httpx2.Response(200, headers=self.headers, stream=body)
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        return self._answer()
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        return self._answer()
-
-
-def json_headers(length: int | None) -> dict[str, str]:
-    headers = {"content-type": "application/json"}
-    if length is not None:
-        headers["content-length"] = str(length)
-    return headers
+        library: Any = httpx2 if new else httpx
+        return library.Response(self.status, headers=self.headers, stream=body)
 
 
 def limiter() -> tb.Limiter:
@@ -93,82 +90,11 @@ async def send(limits: tb.Limiter, inner: Serve) -> httpx2.Response:
 
 
 @pytest.mark.asyncio
-async def test_a_small_json_body_is_settled_before_the_response_is_returned() -> None:
-    limits = limiter()
-    inner = Serve(lambda: Body([BODY[:10], BODY[10:]]), json_headers(len(BODY)))
-    response = await send(limits, inner)
-    # Its lease ended with the send: settled from the usage, its slot free.
-    stats = limits.statistics()
-    assert (stats.in_flight, stats.available) == (0, {"tokens": 10_000.0 - 8})
-    assert inner.bodies[0].finished
-    assert await response.aread() == BODY  # the caller still gets the whole body
-    assert response.json()["usage"]["prompt_tokens"] == 3
-
-
-def test_a_small_json_body_is_settled_before_the_response_is_returned_sync() -> None:
-    limits = limiter()
-    inner = Serve(lambda: Body([BODY[:10], BODY[10:]]), json_headers(len(BODY)))
-    client = httpx2.Client(transport=tb.LimitedTransport(limits, inner))
-    response = client.send(client.build_request("POST", URL, json=REQUEST), stream=True)
-    stats = limits.statistics()
-    assert (stats.in_flight, stats.available) == (0, {"tokens": 10_000.0 - 8})
-    assert response.read() == BODY
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("length", [None, 4 * 1024 * 1024 + 1])
-async def test_a_json_body_of_no_length_or_a_large_one_is_read_by_the_caller(
-    length: int | None,
-) -> None:
-    limits = limiter()
-    inner = Serve(lambda: Body([BODY]), json_headers(length))
-    response = await send(limits, inner)
-    assert limits.statistics().in_flight == 1  # held until the caller reads the body
-    assert not inner.bodies[0].finished
-    if length is None:
-        assert await response.aread() == BODY
-        stats = limits.statistics()
-        assert (stats.in_flight, stats.available) == (0, {"tokens": 10_000.0 - 8})
-    else:
-        await response.aclose()  # (it promised more than it has)
-        assert limits.statistics().in_flight == 0
-
-
-@pytest.mark.asyncio
-async def test_a_json_body_that_breaks_while_read_ends_the_lease() -> None:
-    limits = limiter()
-    inner = Serve(lambda: Body([BODY[:10], BODY[10:]], fail=True), json_headers(len(BODY)))
-    with pytest.raises(httpx2.ReadError):
-        await send(limits, inner)
-    stats = limits.statistics()
-    # Nothing settled: the estimate stays taken, and the slot is free.
-    assert (stats.in_flight, stats.available) == (0, {"tokens": 10_000.0 - 100})
-
-
-@pytest.mark.asyncio
-async def test_a_call_cancelled_while_its_json_body_is_read_ends_its_lease() -> None:
-    limits = limiter()
-    inner = Serve(lambda: Body([BODY[:10], BODY[10:]], stall=True), json_headers(len(BODY)))
-    call = asyncio.create_task(send(limits, inner))
-    for _ in range(100):
-        if inner.bodies:
-            break
-        await asyncio.sleep(0)
-    await asyncio.sleep(0.01)
-    assert limits.statistics().in_flight == 1
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
-    assert limits.statistics().in_flight == 0
-    assert inner.bodies[0].finished
-
-
-@pytest.mark.asyncio
 async def test_a_stream_closed_early_closes_what_it_wraps_at_once() -> None:
     """The caller stops after the first event and closes the iterator it read with: the
     lease ends, and the inner body's iterator is closed then, not when collected."""
     limits = limiter()
-    inner = Serve(lambda: Body(EVENTS), {"content-type": "text/event-stream"})
+    inner = Serve(EVENTS, {"content-type": "text/event-stream"})
     response = await send(limits, inner)
     assert limits.statistics().in_flight == 1
     chunks = response.aiter_raw()
@@ -182,26 +108,79 @@ async def test_a_stream_closed_early_closes_what_it_wraps_at_once() -> None:
 @pytest.mark.asyncio
 async def test_a_stream_read_to_its_end_settles_from_its_last_event() -> None:
     limits = limiter()
-    inner = Serve(lambda: Body(EVENTS), {"content-type": "text/event-stream"})
+    inner = Serve(EVENTS, {"content-type": "text/event-stream"})
     response = await send(limits, inner)
     assert b"".join([chunk async for chunk in response.aiter_raw()]) == b"".join(EVENTS)
     stats = limits.statistics()
     assert (stats.in_flight, stats.available) == (0, {"tokens": 10_000.0 - 8})
 
 
-def test_the_body_is_read_at_once_only_when_small_and_json() -> None:
-    def now(status: int, headers: dict[str, str]) -> bool:
-        return _transport._heard(httpx2.Response(status, headers=headers))[-1]
+@pytest.mark.asyncio
+async def test_a_json_body_is_the_callers_to_read_raw() -> None:
+    """The transport leaves a JSON body unread: a streaming caller reads its raw bytes,
+    and the lease ends (settled) when it has."""
+    limits = limiter()
+    headers = {"content-type": "application/json", "content-length": str(len(BODY))}
+    inner = Serve([BODY[:10], BODY[10:]], headers)
+    response = await send(limits, inner)
+    assert not response.is_stream_consumed
+    assert limits.statistics().in_flight == 1
+    assert b"".join([chunk async for chunk in response.aiter_raw()]) == BODY
+    stats = limits.statistics()
+    assert (stats.in_flight, stats.available) == (0, {"tokens": 10_000.0 - 8})
 
-    assert now(200, {"content-type": "application/json", "content-length": "10"})
-    assert now(400, {"content-type": "application/problem+json", "content-length": " 7 "})
-    assert not now(200, {"content-type": "application/json"})  # no length given
-    assert not now(200, {"content-type": "application/json", "content-length": "x"})
-    assert not now(200, {"content-type": "text/event-stream", "content-length": "10"})
-    assert not now(200, {"content-length": "10"})
-    # A 429 of no length given: read for its delay, unless it has a Retry-After.
-    assert now(429, {"content-type": "application/json"})
-    assert not now(429, {"content-type": "application/json", "retry-after": "1"})
-    assert not now(429, {"content-type": "application/json", "Retry-After-Ms": "10"})
-    large = {"content-type": "application/json", "content-length": str(4 * 1024 * 1024 + 1)}
-    assert not now(429, large)
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("library", [httpx2, httpx])
+async def test_a_limited_response_tells_its_elapsed_time(library: Any) -> None:
+    limits = limiter()
+    headers = {"content-type": "application/json", "content-length": str(len(BODY))}
+    transport = tb.AsyncLimitedTransport(limits, Serve([BODY], headers))
+    async with library.AsyncClient(transport=transport) as client:
+        response = await client.post(URL, json=REQUEST)
+    assert response.elapsed.total_seconds() >= 0
+    stats = limits.statistics()
+    assert (stats.in_flight, stats.available) == (0, {"tokens": 10_000.0 - 8})
+
+
+@pytest.mark.asyncio
+async def test_a_429_whose_body_breaks_while_read_ends_the_lease() -> None:
+    """A 429 without Retry-After has its JSON body read at once (for Gemini's delay)."""
+    limits = limiter()
+    headers = {"content-type": "application/json"}
+    inner = Serve([BODY[:10], BODY[10:]], headers, status=429, fail=True)
+    with pytest.raises(httpx2.ReadError):
+        await send(limits, inner)
+    assert limits.statistics().in_flight == 0
+
+
+@pytest.mark.asyncio
+async def test_a_429_of_an_odd_length_is_read_and_ends_its_lease() -> None:
+    """A length in digits that are not ASCII ("²" is a digit to ``str.isdigit``) is no
+    length: the body is read, and nothing raises between the send and its return."""
+    limits = limiter()
+    headers = [(b"content-type", b"application/json"), (b"content-length", "\u00b2".encode())]
+    inner = Serve([BODY], headers, status=429)
+    response = await send(limits, inner)
+    assert response.status_code == 429
+    assert inner.bodies[0].finished  # read at once
+    assert limits.statistics().in_flight == 0
+
+
+@pytest.mark.asyncio
+async def test_a_call_cancelled_while_a_429s_body_is_read_ends_its_lease() -> None:
+    limits = limiter()
+    headers = {"content-type": "application/json"}
+    inner = Serve([BODY[:10], BODY[10:]], headers, status=429, stall=True)
+    call = asyncio.create_task(send(limits, inner))
+    for _ in range(100):
+        if inner.bodies:
+            break
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    assert limits.statistics().in_flight == 1
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert limits.statistics().in_flight == 0
+    assert inner.bodies[0].finished
