@@ -655,9 +655,9 @@ def _may_hold_usage(line: bytearray) -> bool:
     ``usageMetadata``, or ``message``, all holding ``sage``), other than as the
     ``"usage":null`` of OpenAI's chunks before the last. Without a ``\\u`` escape in the
     line, a key that reads ``usage`` once parsed is written as such, so a line whose
-    every ``sage`` is in a ``"usage":null`` has no usage to read."""
-    seen = line.count(b"sage")
-    return seen > 0 and (seen != line.count(_NO_USAGE) or b"\\u" in line)
+    every ``sage`` is in a ``"usage":null`` (or that has none) has no usage to read; a
+    line with an escape is read (``"usag\\u0065"`` is ``"usage"``)."""
+    return line.count(b"sage") != line.count(_NO_USAGE) or b"\\u" in line
 
 
 class _Settlement:

@@ -28,6 +28,7 @@ LINES = [
     b'{"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":5},"usage":null}',
     b'{"usage": null}',  # not compact: parsed, finds nothing
     b'{"us\\u0061ge":' + USAGE + b',"x":{"usage":null}}',  # an escaped key
+    b'{"usag\\u0065":' + USAGE + b"}",  # an escaped key, and no "sage" as such
     b'{"choices":[{"delta":{"content":"\\"usage\\":null"}}],"usage":' + USAGE + b"}",
     b'[{"usage":null},{"usage":' + USAGE + b"}]",
     b'{"usage":null,"usage":' + USAGE + b"}",  # a repeated key: the last one counts
