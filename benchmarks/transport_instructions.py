@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
     parser.add_argument("--calls", type=int, default=200, help="counted calls per client")
     options = parser.parse_args(argv)
-    calls: int = options.calls if not options.quick else 50
+    calls: int = options.calls if not options.quick else 10
     rows = []
     found: dict[str, Any] = {"calls": calls, "caches": CACHES}
     with provider() as url, ThreadPoolExecutor(2) as pool:
