@@ -65,6 +65,8 @@ DEFAULT_MAX_TOKENS: Final = 1024
 _MAKING: Final = threading.Lock()  # held to make an inner transport
 _MAX_BODY: Final = 4 * 1024 * 1024  # the most of a JSON response kept to read its usage
 _MAX_LINE: Final = 1024 * 1024  # the longest server-sent event line read for usage
+# What json.loads raises for what is not JSON, or is nested too deep to read.
+_UNREADABLE: Final = (ValueError, UnicodeDecodeError, RecursionError)
 
 _OPENAI_PATHS: Final = ("/chat/completions", "/completions", "/responses", "/messages")
 _EMBEDDINGS: Final = "/embeddings"
@@ -343,8 +345,12 @@ class AsyncLimitedTransport(_Limits, _Transports):
         try:
             retry_after = None
             if response.status_code == 429 and _retry_info_wanted(response.headers):
-                await response.aread()  # an error body is small: read it now, the SDK
-                retry_after = retry_info_delay(response.content)  # may close it unread
+                try:  # an error body is small: read it now, the SDK may close it unread
+                    await response.aread()
+                except BaseException:
+                    _unread_429(limiter, context, response)
+                    raise
+                retry_after = retry_info_delay(response.content)
             settle, read = self._answered(limiter, context, response, retry_after)
         except BaseException as exc:  # (the body's read failed, or was cancelled)
             await context.__aexit__(type(exc), exc, exc.__traceback__)
@@ -447,8 +453,12 @@ class LimitedTransport(_Limits, _SyncTransports):
         try:
             retry_after = None
             if response.status_code == 429 and _retry_info_wanted(response.headers):
-                response.read()  # an error body is small: read it now, the SDK may
-                retry_after = retry_info_delay(response.content)  # close it unread
+                try:  # an error body is small: read it now, the SDK may close it unread
+                    response.read()
+                except BaseException:
+                    _unread_429(limiter, context, response)
+                    raise
+                retry_after = retry_info_delay(response.content)
             settle, read = self._answered(limiter, context, response, retry_after)
         except BaseException as exc:  # (the body's read failed)
             context.__exit__(type(exc), exc, exc.__traceback__)
@@ -528,7 +538,7 @@ def _json_body(request: Any) -> Mapping[str, Any] | None:
         return None
     try:
         body = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except _UNREADABLE:
         return None
     return body if isinstance(body, dict) else None
 
@@ -548,7 +558,7 @@ def retry_info_delay(content: bytes) -> float | None:
     """
     try:
         payload = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except _UNREADABLE:
         return None
     for entry in payload if isinstance(payload, list) else [payload]:
         details = item(item(entry, "error"), "details")
@@ -560,6 +570,12 @@ def retry_info_delay(content: bytes) -> float | None:
                 if match is not None:
                     return float(match[1])
     return None
+
+
+def _unread_429(limiter: Limiter, context: LeaseContext, response: Any) -> None:
+    """Report a 429 whose body could not be read (for its delay) as its headers tell."""
+    fields = _fields_read(response.headers)[0]
+    report(limiter, fields, 429, "a response", stacklevel=3, lease=context)
 
 
 def _retry_info_wanted(headers: Any) -> bool:
@@ -656,8 +672,15 @@ def _may_hold_usage(line: bytearray) -> bool:
     ``"usage":null`` of OpenAI's chunks before the last. Without a ``\\u`` escape in the
     line, a key that reads ``usage`` once parsed is written as such, so a line whose
     every ``sage`` is in a ``"usage":null`` (or that has none) has no usage to read; a
-    line with an escape is read (``"usag\\u0065"`` is ``"usage"``)."""
-    return line.count(b"sage") != line.count(_NO_USAGE) or b"\\u" in line
+    line that escapes one of the letters of ``sage`` is read (``"usag\\u0065"`` is
+    ``"usage"``)."""
+    if line.count(b"sage") != line.count(_NO_USAGE):
+        return True
+    return b"\\u00" in line and any(letter in line for letter in _SAGE_ESCAPED)
+
+
+# "s", "a", "g" and "e" as JSON escapes (all digits: no other case to write them in)
+_SAGE_ESCAPED: Final = (b"\\u0073", b"\\u0061", b"\\u0067", b"\\u0065")
 
 
 class _Settlement:
@@ -760,7 +783,7 @@ class _Settlement:
     def _event_data(self, data: bytes) -> None:
         try:
             event = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except _UNREADABLE:
             return
         self._read(event)
 
@@ -827,7 +850,7 @@ class _Settlement:
                 if self._decoder is not None:
                     self._buffer += self._decoder.flush()
                 self._read(json.loads(self._buffer))
-            except (ValueError, UnicodeDecodeError, zlib.error):
+            except (*_UNREADABLE, zlib.error):
                 pass
             self._buffer = None
         dims = self._limiter.dimensions

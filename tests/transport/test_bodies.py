@@ -1,24 +1,26 @@
 """How the transport reads a response's body: as the caller reads it, through a wrapper
 that settles and ends the lease at the body's end or close, closing what it wraps at
 once when closed early; the response is otherwise the client's own (timings, raw bytes).
-And whatever fails between the send and the response's return ends the lease."""
+Whatever fails between the send and the response's return ends the lease, and a body
+the transport cannot read (not JSON, nested too deep) is no error."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
 
 import tokenbucket as tb
+from tokenbucket import _transport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 
 URL = "http://test/v1/chat/completions"
 REQUEST = {"model": "m", "messages": [], "max_tokens": 100}
@@ -27,6 +29,7 @@ EVENTS = [b'data: {"choices":[{"delta":{"content":"Hi"}}],"usage":null}\n\n'] * 
     b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}\n\n',
     b"data: [DONE]\n\n",
 ]
+DEEP = b'{"usage": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # too deep for json.loads
 
 
 class Pieces:
@@ -45,13 +48,19 @@ class Pieces:
                 if index and self.fail:
                     raise httpx2.ReadError("the connection broke")
                 if index and self.stall:
-                    await asyncio.Event().wait()
+                    await anyio.sleep_forever()
                 yield piece
         finally:
             self.finished = True
 
+    def __iter__(self) -> Iterator[bytes]:
+        for index, piece in enumerate(self.pieces):
+            if index and self.fail:
+                raise httpx2.ReadError("the connection broke")
+            yield piece
 
-class Body(Pieces, httpx2.AsyncByteStream):
+
+class Body(Pieces, httpx2.AsyncByteStream, httpx2.SyncByteStream):
     """(A client checks that a body is of its library's stream class.)"""
 
 
@@ -59,7 +68,7 @@ class OldBody(Pieces, httpx.AsyncByteStream):
     pass
 
 
-class Serve(httpx2.AsyncBaseTransport, httpx.AsyncBaseTransport):
+class Serve(httpx2.AsyncBaseTransport, httpx2.BaseTransport, httpx.AsyncBaseTransport):
     """Answers every request with ``pieces`` (in a new body, of the library of the
     request) and ``headers``."""
 
@@ -72,12 +81,15 @@ class Serve(httpx2.AsyncBaseTransport, httpx.AsyncBaseTransport):
         self.options = options
         self.bodies: list[Pieces] = []
 
-    async def handle_async_request(self, request: Any) -> Any:
+    def handle_request(self, request: Any) -> Any:
         new = isinstance(request, httpx2.Request)
         body = (Body if new else OldBody)(self.pieces, **self.options)
         self.bodies.append(body)
         library: Any = httpx2 if new else httpx
         return library.Response(self.status, headers=self.headers, stream=body)
+
+    async def handle_async_request(self, request: Any) -> Any:
+        return self.handle_request(request)
 
 
 def limiter() -> tb.Limiter:
@@ -89,7 +101,6 @@ async def send(limits: tb.Limiter, inner: Serve) -> httpx2.Response:
     return await client.send(client.build_request("POST", URL, json=REQUEST), stream=True)
 
 
-@pytest.mark.asyncio
 async def test_a_stream_closed_early_closes_what_it_wraps_at_once() -> None:
     """The caller stops after the first event and closes the iterator it read with: the
     lease ends, and the inner body's iterator is closed then, not when collected."""
@@ -105,7 +116,60 @@ async def test_a_stream_closed_early_closes_what_it_wraps_at_once() -> None:
     assert (stats.in_flight, stats.available) == (0, {"tokens": 10_000.0 - 100})
 
 
-@pytest.mark.asyncio
+async def test_what_it_wraps_is_closed_even_when_ending_the_lease_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Broken(Exception):
+        pass
+
+    async def fail(self: object, error: BaseException | None = None) -> None:
+        raise Broken
+
+    limits = limiter()
+    inner = Serve(EVENTS, {"content-type": "text/event-stream"})
+    response = await send(limits, inner)
+    chunks = response.aiter_raw()
+    await chunks.__anext__()
+    monkeypatch.setattr(_transport._Settlement, "end", fail)
+    with pytest.raises(Broken):
+        await chunks.aclose()
+    assert inner.bodies[0].finished
+
+
+async def test_a_stream_that_is_its_own_iterator_is_closed_once() -> None:
+    class Own(httpx2.AsyncByteStream):
+        closed = 0
+
+        def __init__(self) -> None:
+            self.left = list(EVENTS)
+
+        def __aiter__(self) -> Own:
+            return self
+
+        async def __anext__(self) -> bytes:
+            if not self.left:
+                raise StopAsyncIteration
+            return self.left.pop(0)
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    own = Own()
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=own)
+
+    limits = limiter()
+    transport = tb.AsyncLimitedTransport(limits, httpx2.MockTransport(answer))
+    client = httpx2.AsyncClient(transport=transport)
+    response = await client.send(client.build_request("POST", URL, json=REQUEST), stream=True)
+    chunks = response.aiter_raw()
+    await chunks.__anext__()
+    await chunks.aclose()  # (httpx2 closes the response then)
+    assert own.closed == 1
+    assert limits.statistics().in_flight == 0
+
+
 async def test_a_stream_read_to_its_end_settles_from_its_last_event() -> None:
     limits = limiter()
     inner = Serve(EVENTS, {"content-type": "text/event-stream"})
@@ -115,14 +179,12 @@ async def test_a_stream_read_to_its_end_settles_from_its_last_event() -> None:
     assert (stats.in_flight, stats.available) == (0, {"tokens": 10_000.0 - 8})
 
 
-@pytest.mark.asyncio
 async def test_a_json_body_is_the_callers_to_read_raw() -> None:
     """The transport leaves a JSON body unread: a streaming caller reads its raw bytes,
     and the lease ends (settled) when it has."""
     limits = limiter()
     headers = {"content-type": "application/json", "content-length": str(len(BODY))}
-    inner = Serve([BODY[:10], BODY[10:]], headers)
-    response = await send(limits, inner)
+    response = await send(limits, Serve([BODY[:10], BODY[10:]], headers))
     assert not response.is_stream_consumed
     assert limits.statistics().in_flight == 1
     assert b"".join([chunk async for chunk in response.aiter_raw()]) == BODY
@@ -130,7 +192,6 @@ async def test_a_json_body_is_the_callers_to_read_raw() -> None:
     assert (stats.in_flight, stats.available) == (0, {"tokens": 10_000.0 - 8})
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("library", [httpx2, httpx])
 async def test_a_limited_response_tells_its_elapsed_time(library: Any) -> None:
     limits = limiter()
@@ -143,44 +204,74 @@ async def test_a_limited_response_tells_its_elapsed_time(library: Any) -> None:
     assert (stats.in_flight, stats.available) == (0, {"tokens": 10_000.0 - 8})
 
 
-@pytest.mark.asyncio
-async def test_a_429_whose_body_breaks_while_read_ends_the_lease() -> None:
+@pytest.mark.parametrize("kind", ["application/json", "text/event-stream"])
+@pytest.mark.parametrize("status", [200, 429])
+async def test_a_body_nested_too_deep_to_read_is_no_error(kind: str, status: int) -> None:
+    limits = limiter()
+    body = DEEP if kind == "application/json" else b"data: " + DEEP + b"\n\n"
+    response = await send(limits, Serve([body], {"content-type": kind}, status))
+    assert await response.aread() == body
+    assert response.status_code == status
+    stats = limits.statistics()
+    assert stats.in_flight == 0
+    assert stats.counters.rejections == (status == 429)
+
+
+async def test_a_429_whose_body_breaks_while_read_is_reported_and_ends_its_lease() -> None:
     """A 429 without Retry-After has its JSON body read at once (for Gemini's delay)."""
     limits = limiter()
-    headers = {"content-type": "application/json"}
-    inner = Serve([BODY[:10], BODY[10:]], headers, status=429, fail=True)
+    inner = Serve([BODY[:10], BODY[10:]], {"content-type": "application/json"}, 429, fail=True)
     with pytest.raises(httpx2.ReadError):
         await send(limits, inner)
-    assert limits.statistics().in_flight == 0
+    stats = limits.statistics()
+    assert (stats.in_flight, stats.counters.rejections, stats.counters.pauses) == (0, 1, 1)
 
 
-@pytest.mark.asyncio
+async def test_a_call_cancelled_while_a_429s_body_is_read_ends_its_lease() -> None:
+    limits = limiter()
+    inner = Serve([BODY[:10], BODY[10:]], {"content-type": "application/json"}, 429, stall=True)
+    with anyio.move_on_after(0.05) as scope:
+        await send(limits, inner)
+    assert scope.cancelled_caught
+    stats = limits.statistics()
+    assert (stats.in_flight, stats.counters.rejections) == (0, 1)
+    assert inner.bodies[0].finished
+
+
+ODD_LENGTH = [(b"content-type", b"application/json"), (b"content-length", "\u00b2".encode())]
+
+
 async def test_a_429_of_an_odd_length_is_read_and_ends_its_lease() -> None:
     """A length in digits that are not ASCII ("²" is a digit to ``str.isdigit``) is no
     length: the body is read, and nothing raises between the send and its return."""
     limits = limiter()
-    headers = [(b"content-type", b"application/json"), (b"content-length", "\u00b2".encode())]
-    inner = Serve([BODY], headers, status=429)
+    inner = Serve([BODY], ODD_LENGTH, status=429)
     response = await send(limits, inner)
     assert response.status_code == 429
     assert inner.bodies[0].finished  # read at once
     assert limits.statistics().in_flight == 0
 
 
-@pytest.mark.asyncio
-async def test_a_call_cancelled_while_a_429s_body_is_read_ends_its_lease() -> None:
+def test_a_429_of_an_odd_length_is_read_and_ends_its_lease_sync() -> None:
     limits = limiter()
-    headers = {"content-type": "application/json"}
-    inner = Serve([BODY[:10], BODY[10:]], headers, status=429, stall=True)
-    call = asyncio.create_task(send(limits, inner))
-    for _ in range(100):
-        if inner.bodies:
-            break
-        await asyncio.sleep(0)
-    await asyncio.sleep(0.01)
-    assert limits.statistics().in_flight == 1
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
+    client = httpx2.Client(transport=tb.LimitedTransport(limits, Serve([BODY], ODD_LENGTH, 429)))
+    response = client.send(client.build_request("POST", URL, json=REQUEST), stream=True)
+    assert response.status_code == 429
     assert limits.statistics().in_flight == 0
-    assert inner.bodies[0].finished
+
+
+async def test_whatever_fails_before_the_response_returns_ends_the_lease() -> None:
+    """(Here a listener's own BaseException, which the limiter lets through.)"""
+
+    class Stop(BaseException):
+        pass
+
+    def stop(event: tb.LimiterEvent) -> None:
+        if event.kind == "rejected":
+            raise Stop
+
+    limits = limiter()
+    limits.subscribe(stop)
+    with pytest.raises(Stop):
+        await send(limits, Serve([BODY], {"content-type": "text/plain"}, 429))
+    assert limits.statistics().in_flight == 0
