@@ -782,10 +782,9 @@ class _Settlement:
 
     def _event_data(self, data: bytes) -> None:
         try:
-            event = json.loads(data)
-        except _UNREADABLE:
+            self._read(json.loads(data))
+        except _UNREADABLE:  # (RecursionError too: _read recurses into nested lists)
             return
-        self._read(event)
 
     def _read(self, payload: object) -> None:
         if isinstance(payload, list):  # Gemini's streamGenerateContent without alt=sse
