@@ -529,6 +529,25 @@ def _max_output(body: Mapping[str, Any], default: int) -> float:
     return float(default)
 
 
+# JSON's whitespace, and the scanner json.loads reads with (C's, where there is one; the
+# stubs do not declare it).
+_JSON_SPACE: Final = " \t\n\r"
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _loads(data: bytes | bytearray) -> Any:
+    """``json.loads(data)``, the same value or the same error, with its Python steps left
+    out for a UTF-8 document (what APIs send): decoded and scanned at once. Anything
+    else (another encoding, a byte-order mark, a malformed document) is given to
+    ``json.loads``, to read or to raise as it does."""
+    try:
+        text = data.decode().strip(_JSON_SPACE)
+        value, end = _SCAN(text, 0)
+    except (ValueError, StopIteration):  # (UnicodeDecodeError is a ValueError)
+        return json.loads(data)
+    return value if end == len(text) else json.loads(data)
+
+
 def _json_body(request: Any) -> Mapping[str, Any] | None:
     """The request's body as a JSON object, or ``None`` (not JSON, not an object, or a
     streamed body not read yet)."""
@@ -537,7 +556,7 @@ def _json_body(request: Any) -> Mapping[str, Any] | None:
     except Exception:  # a streaming request body: httpx's RequestNotRead
         return None
     try:
-        body = json.loads(content)
+        body = _loads(content)
     except _UNREADABLE:
         return None
     return body if isinstance(body, dict) else None
@@ -557,7 +576,7 @@ def retry_info_delay(content: bytes) -> float | None:
     read too. Anything else gives ``None``.
     """
     try:
-        payload = json.loads(content)
+        payload = _loads(content)
     except _UNREADABLE:
         return None
     for entry in payload if isinstance(payload, list) else [payload]:
@@ -774,7 +793,7 @@ class _Settlement:
 
     def _event_data(self, data: bytes) -> None:
         try:
-            self._read(json.loads(data))
+            self._read(_loads(data))
         except _UNREADABLE:  # (RecursionError too: _read recurses into nested lists)
             return
 
@@ -840,7 +859,7 @@ class _Settlement:
             try:
                 if self._decoder is not None:
                     self._buffer += self._decoder.flush()
-                self._read(json.loads(self._buffer))
+                self._read(_loads(self._buffer))
             except (*_UNREADABLE, zlib.error):
                 pass
             self._buffer = None
