@@ -37,7 +37,7 @@ def estimate_tokens(value: object) -> int:
         return 0
     if isinstance(value, str):
         return math.ceil(len(value) / 4)
-    if isinstance(value, Mapping):
+    if type(value) is not list and isinstance(value, Mapping):  # (a list: no ABC check)
         if "content" in value:
             return _MESSAGE_OVERHEAD + estimate_tokens(value["content"])
         text = value.get("text")

@@ -92,6 +92,8 @@ def model_call(method: str, path: str) -> tuple[bool, str | None, bool]:
     """
     if method != "POST":
         return False, None, False
+    if path.endswith(_OPENAI_PATHS):  # the usual call, at once
+        return True, None, False
     path = path.rstrip("/")
     match = _GEMINI.search(path) if ":" in path else None
     if match is not None:
@@ -522,7 +524,7 @@ def _max_output(body: Mapping[str, Any], default: int) -> float:
         body.get("max_tokens"),
         body.get("max_completion_tokens"),
         body.get("max_output_tokens"),
-        item(config, "maxOutputTokens"),
+        None if config is None else item(config, "maxOutputTokens"),
     ):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return float(value)

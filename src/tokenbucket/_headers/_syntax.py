@@ -66,7 +66,7 @@ def decimal(text: str) -> float | None:
     >>> decimal("149984"), decimal("0.5"), decimal("-1"), decimal("1e3")
     (149984.0, 0.5, None, None)
     """
-    if not (text.isdigit() and text.isascii()) and not _DECIMAL.fullmatch(text):
+    if not (text.isascii() and text.isdigit()) and not _DECIMAL.fullmatch(text):
         return None  # (an integer, the usual form, needs no pattern)
     number = float(text)
     return number if math.isfinite(number) else None  # a few hundred digits give inf
