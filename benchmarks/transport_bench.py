@@ -9,7 +9,9 @@ CPU of each call (``time.process_time`` of this process, which runs nothing else
 clients of a library calling one after the other in a random order, medians. The floors:
 clients whose transport does only the limiter's part (acquire, settle, release; then also
 the feedback of the response's headers), and the same work alone in a tight loop, in the
-same run. See benchmarks/README.md for the method.
+same run. Last, each of these transports over a canned response (no network, no SDK),
+timed right after a bare call of the SDK: their cost as inside a call, with a fraction of
+the noise. See benchmarks/README.md for the method.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import math
 import os
 import random
@@ -26,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -86,6 +89,7 @@ ESTIMATE = float(tb.estimate_tokens(MESSAGES) + MAX_TOKENS)  # as the transport'
 
 VARIANTS = ("bare", "limited", "lease", "lease+feedback")  # the last two: httpx2 only
 LOOP = "loop"  # the "library" of the floors measured in a tight loop, without any call
+CANNED = "canned"  # the "library" of the transports measured over a canned response
 
 
 @dataclass
@@ -124,8 +128,10 @@ class LeaseOnly:
     more: acquire the estimate, send, (``feedback``: fold in the response's headers),
     settle a fixed usage and release, before the body is read (a floor)."""
 
-    def __init__(self, library: Any, limiter: tb.Limiter, *, feedback: bool) -> None:
-        self._inner = library.AsyncHTTPTransport()
+    def __init__(
+        self, library: Any, limiter: tb.Limiter, *, feedback: bool, inner: Any = None
+    ) -> None:
+        self._inner = library.AsyncHTTPTransport() if inner is None else inner
         self._limiter = limiter
         self._feedback = feedback
 
@@ -198,12 +204,67 @@ async def batch(call: Call, n: int) -> float:
     return (time.process_time() - cpu) / n
 
 
-def transport_for(variant: str, library: Any, limiter: tb.Limiter) -> Any:
+def transport_for(variant: str, library: Any, limiter: tb.Limiter, inner: Any = None) -> Any:
     if variant == "limited":
-        return tb.AsyncLimitedTransport(limiter)
+        return tb.AsyncLimitedTransport(limiter, inner)
     if variant.startswith("lease"):
-        return LeaseOnly(library, limiter, feedback=variant == "lease+feedback")
-    return None  # bare: the client's own default transport
+        return LeaseOnly(library, limiter, feedback=variant == "lease+feedback", inner=inner)
+    return inner  # bare: the client's own default transport (or the canned one)
+
+
+class CannedBody(httpx2.AsyncByteStream):
+    """A response body of chunks received before."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+
+class Canned(httpx2.AsyncBaseTransport):
+    """Answers every request with the status, headers and raw body chunks of a response
+    received from the fake provider before."""
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], chunks: list[bytes]):
+        self._answer = status, headers, chunks
+
+    @classmethod
+    async def of(cls, url: str, stream: bool) -> Canned:
+        body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+        if stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+        async with (
+            httpx2.AsyncClient() as client,
+            client.stream("POST", f"{url}/chat/completions", json=body) as response,
+        ):
+            chunks = [chunk async for chunk in response.aiter_raw()]
+            return cls(response.status_code, response.headers.raw, chunks)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        status, headers, chunks = self._answer
+        return httpx2.Response(status, headers=headers, stream=CannedBody(chunks))
+
+
+def canned_call(transport: Any, url: str, stream: bool) -> Call:
+    """Send the request the SDK sends through ``transport``, read the response's body to
+    its end, close it."""
+    body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    content = json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    target = f"{url}/chat/completions"
+
+    async def call() -> None:
+        request = httpx2.Request("POST", target, content=content, headers=headers)
+        response = await transport.handle_async_request(request)
+        async for _ in response.aiter_raw():
+            pass
+        await response.aclose()
+
+    return call
 
 
 async def measure(url: str, cfg: Config, results: Results) -> dict[str, Any]:
@@ -243,7 +304,18 @@ async def measure(url: str, cfg: Config, results: Results) -> dict[str, Any]:
     loops = {Results.key(LOOP, "lease", False): lease}
     loops[Results.key(LOOP, "lease+feedback", False)] = lease_and_feedback
 
-    for call in [*calls.values(), *loops.values()]:
+    # The transports over canned responses, each timed right after a bare call.
+    canned: dict[str, Call] = {}
+    for stream in (False, True):
+        answer = await Canned.of(url, stream)
+        for variant in VARIANTS:
+            limiter = never_binding()
+            limiters.append(limiter)
+            transport = transport_for(variant, httpx2, limiter, answer)
+            canned[Results.key(CANNED, variant, stream)] = canned_call(transport, url, stream)
+    chill = calls[Results.key("httpx2", "bare", False)]
+
+    for call in [*calls.values(), *loops.values(), *canned.values()]:
         for _ in range(cfg.warmup):
             await call()
     clock = time.process_time
@@ -265,6 +337,14 @@ async def measure(url: str, cfg: Config, results: Results) -> dict[str, Any]:
                     results.add(key, turn, clock() - cpu)
         for key, loop in loops.items():
             results.add(key, turn, await batch(loop, cfg.calls * cfg.floor_factor))
+        keys = list(canned)
+        for _ in range(cfg.calls):
+            shuffle(keys)
+            for key in keys:
+                await chill()  # (its caches, as a call leaves them)
+                cpu = clock()
+                await canned[key]()
+                results.add(key, turn, clock() - cpu)
     for client in clients:
         await client.close()
     for limiter in limiters:  # every lease ended: every slot was released
@@ -320,6 +400,14 @@ def report(results: Results, env: dict[str, Any], cfg: Config) -> str:
     ]
     loop = [results.us(LOOP, variant, False) for variant in ("lease", "lease+feedback")]
     floor_rows.append(["the same alone, in a tight loop", *(f"{us:,.1f}" for us in loop), ""])
+    for stream in (False, True):
+        nothing = results.us(CANNED, "bare", stream)
+        extra = [
+            results.us(CANNED, variant, stream) - nothing
+            for variant in ("lease", "lease+feedback", "limited")
+        ]
+        what = "canned stream" if stream else "canned JSON response"
+        floor_rows.append([f"a {what}, after a bare call", *(f"{us:,.1f}" for us in extra)])
     floor_table = markdown_table(
         [
             "calls (us over bare)",
@@ -349,7 +437,11 @@ def report(results: Results, env: dict[str, Any], cfg: Config) -> str:
             "Where the overhead goes: the floors are clients whose transport only does what "
             "AsyncLimitedTransport asks of the limiter (acquire, settle, release; then also "
             "`Limiter.feedback` of the response's headers), and the same work alone in a tight "
-            "loop (hot caches: cheaper than inside a call).",
+            "loop (hot caches: cheaper than inside a call). The last rows time each "
+            "transport over a canned response (the one of the fake provider's, received "
+            "before: no network, no SDK), right after a bare call of the SDK (caches as a "
+            "call leaves them), less the same without a transport: us per call, as inside "
+            "a call but with a fraction of its noise.",
             "",
             floor_table,
             "",
