@@ -733,9 +733,11 @@ class _Settlement:
         self._usage: dict[str, float] = {}
         self._decoder: Any = None
         self._line = bytearray()
-        self._event = kind.partition(";")[0].strip().lower() == "text/event-stream"
+        self._event = kind != "application/json" and (  # (the usual body, at once)
+            kind.partition(";")[0].strip().lower() == "text/event-stream"
+        )
         self._buffer: bytearray | None = None if self._event else bytearray()
-        encoding = encoding.strip().lower()
+        encoding = encoding and encoding.strip().lower()
         if encoding:
             if encoding in ("gzip", "x-gzip"):
                 self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
