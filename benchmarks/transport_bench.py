@@ -224,8 +224,9 @@ class CannedBody(httpx2.AsyncByteStream):
 
 
 class Canned(httpx2.AsyncBaseTransport):
-    """Answers every request with the status, headers and raw body chunks of a response
-    received from the fake provider before."""
+    """Answers every request with the status, headers and body of a response received
+    from the fake provider before: a stream in one chunk per event (as the server sent
+    them on an idle machine), whatever chunks the body arrived in."""
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], chunks: list[bytes]):
         self._answer = status, headers, chunks
@@ -239,8 +240,13 @@ class Canned(httpx2.AsyncBaseTransport):
             httpx2.AsyncClient() as client,
             client.stream("POST", f"{url}/chat/completions", json=body) as response,
         ):
-            chunks = [chunk async for chunk in response.aiter_raw()]
-            return cls(response.status_code, response.headers.raw, chunks)
+            raw = b"".join([chunk async for chunk in response.aiter_raw()])
+            status, headers = response.status_code, response.headers
+        assert status == 200, status
+        assert "content-encoding" not in headers, headers
+        assert b'"usage":{' in raw, raw  # (what the transport settles from)
+        chunks = [event + b"\n\n" for event in raw.split(b"\n\n") if event] if stream else [raw]
+        return cls(status, headers.raw, chunks)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         status, headers, chunks = self._answer
@@ -248,8 +254,8 @@ class Canned(httpx2.AsyncBaseTransport):
 
 
 def canned_call(transport: Any, url: str, stream: bool) -> Call:
-    """Send the request the SDK sends through ``transport``, read the response's body to
-    its end, close it."""
+    """Send a request of the SDK's path and body through ``transport``, read the
+    response's body to its end, close it."""
     body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}

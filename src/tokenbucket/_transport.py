@@ -541,7 +541,10 @@ def _loads(data: bytes | bytearray) -> Any:
     """``json.loads(data)``, the same value or the same error, with its Python steps left
     out for a UTF-8 document (what APIs send): decoded and scanned at once. Anything
     else (another encoding, a byte-order mark, a malformed document) is given to
-    ``json.loads``, to read or to raise as it does."""
+    ``json.loads``, to read or to raise as it does. (Before Python 3.12, whose scanner
+    counts Python's frames toward the recursion limit, a document nested within a few
+    levels of that limit is read here where ``json.loads``, a few frames deeper, raises
+    ``RecursionError``.)"""
     try:
         text = data.decode().strip(_JSON_SPACE)
         value, end = _SCAN(text, 0)

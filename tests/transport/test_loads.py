@@ -1,5 +1,6 @@
 """The transport reads JSON (request bodies, response bodies, events) with ``_loads``:
-for any bytes, the value ``json.loads`` gives, or the error it raises."""
+for any bytes, the value ``json.loads`` gives, or the error it raises (documents nested
+to within a few levels of the recursion limit aside, before Python 3.12)."""
 
 from __future__ import annotations
 
