@@ -13,10 +13,14 @@ from hypothesis import strategies as st
 
 import tokenbucket as tb
 from tokenbucket._headers import (
+    OPENAI_FIELDS,
     RateLimitHeaderWarning,
     ServerFeedback,
     ServerLimit,
+    _fields,
+    _read,
     parse_rate_limit_headers,
+    read_openai,
 )
 
 from ._support import (
@@ -296,3 +300,55 @@ def test_any_header_values_only_ever_warn(headers: list[tuple[str, str]], now: d
     assert feedback.retry_after is None or (
         math.isfinite(feedback.retry_after) and feedback.retry_after >= 0
     )
+
+
+OPENAI_VALUES = st.one_of(
+    st.integers(0, 10**13).map(str),
+    st.sampled_from(["1s", "6m0s", "20ms", "59.25s", "1m30.5s", "0", "8.64s", "1h0m0s"]),
+    VALUES,
+)
+
+
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.one_of(
+                *[st.sampled_from(OPENAI_FIELDS)] * 4,
+                st.sampled_from(OPENAI_FIELDS).map(str.upper),
+                NAMES,
+            ),
+            OPENAI_VALUES,
+        ),
+        max_size=8,
+    )
+)
+def test_openais_fields_alone_read_as_the_general_reader_reads_them(
+    headers: list[tuple[str, str]],
+) -> None:
+    """OpenAI's fields alone, in their usual forms, are read in one step (see
+    read_openai): what the general reader gives, with the same warnings (none)."""
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        feedback = parse_rate_limit_headers(headers)
+    with warnings.catch_warnings(record=True) as theirs:
+        warnings.simplefilter("always")
+        general = _read(_fields(headers), None, "requests")
+    assert feedback == general
+    assert [str(w.message) for w in ours] == [str(w.message) for w in theirs]
+    assert all(w.filename == __file__ for w in ours)  # (they name the caller's line)
+
+
+def test_the_usual_openai_headers_are_read_in_one_step() -> None:
+    headers = {
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "499",
+        "x-ratelimit-reset-requests": "120ms",
+        "x-ratelimit-limit-tokens": "200000",
+        "x-ratelimit-remaining-tokens": "199650",
+        "x-ratelimit-reset-tokens": "105ms",
+        "x-request-id": "req_123",
+    }
+    fields = _fields(headers)
+    fast = read_openai([fields.get(name) for name in OPENAI_FIELDS])
+    assert fast is not None
+    assert parse_rate_limit_headers(headers) == fast == _read(fields, None, "requests")

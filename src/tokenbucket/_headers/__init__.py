@@ -177,7 +177,20 @@ def parse_rate_limit_headers(
     moment = None if now is None else _check_now(now)
     if type(ietf_dimension) is not str or not ietf_dimension:
         _check_dimension(ietf_dimension)
-    reader = Reader(_fields(headers), moment)
+    fields = _fields(headers)
+    if fields.keys() <= _OPENAI_SET:  # OpenAI's fields alone (or none): in one step,
+        info = read_openai([fields.get(name) for name in OPENAI_FIELDS])
+        if info is not None:  # (unless a value is not in its usual form)
+            return info
+    return _read(fields, moment, ietf_dimension)
+
+
+def _read(
+    fields: Mapping[str, str], moment: datetime | None, ietf_dimension: str
+) -> ServerFeedback:
+    """:func:`parse_rate_limit_headers` of ``fields`` (see :func:`_fields`), read by the
+    general reader, which warns about what it drops."""
+    reader = Reader(fields, moment)
     limits: list[ServerLimit] = []
     ordered = True  # the usual families report their dimensions in the order wanted
     last = -1
@@ -196,7 +209,7 @@ def parse_rate_limit_headers(
         warnings.warn(
             f"ignored malformed rate-limit header {name}: {_shorten(value)} ({reason})",
             RateLimitHeaderWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return ServerFeedback(limits=tuple(limits), retry_after=retry_after)
 
@@ -208,6 +221,7 @@ OPENAI_FIELDS: Final = tuple(
     for dimension in ("requests", "tokens")
     for part in ("remaining", "limit", "reset")
 )
+_OPENAI_SET: Final = frozenset(OPENAI_FIELDS)
 
 
 def read_openai(values: Sequence[str | None]) -> ServerFeedback | None:
