@@ -173,22 +173,19 @@ LEAVES = st.one_of(
     st.sampled_from(["5", "6m0s", '"p";r=1;t=2', RFC9110_DATE]),
     st.from_type(object),
 )
-
-
-def containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
-    """Lists, tuples of every length near 2, dicts with any keys, and whatever is inside."""
-    return st.one_of(
+# Lists, tuples of every length near 2, dicts with any keys, and whatever is inside.
+JUNK = st.recursive(
+    LEAVES,
+    lambda inner: st.one_of(
         st.lists(inner, max_size=4),
         st.lists(inner, max_size=3).map(tuple),
         st.tuples(HASHABLE, inner),
         st.dictionaries(HASHABLE, inner, max_size=3),
         st.lists(st.tuples(HASHABLE, inner), max_size=3),
         st.lists(st.tuples(HASHABLE, inner), max_size=3).map(iter),
-    )
-
-
-# (A named function: hypothesis reads a lambda's source, and misreads this one's.)
-JUNK = st.recursive(LEAVES, containers, max_leaves=12)
+    ),
+    max_leaves=12,
+)
 
 
 @given(headers=JUNK)

@@ -12,18 +12,13 @@ from hypothesis import strategies as st
 
 from tokenbucket._transport import _loads
 
-
-def containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
-    return st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4)
-
-
 VALUES = st.recursive(
     st.none()
     | st.booleans()
     | st.integers()
     | st.floats()  # NaN and the infinities too: json.dumps writes them, json.loads reads them
     | st.text(),
-    containers,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=12,
 )
 SPACE = st.text(alphabet=" \t\n\r\x0b\x0c\xa0", max_size=3)  # JSON's whitespace, and others'
