@@ -9,8 +9,7 @@ import httpx2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tokenbucket as tb
-from tokenbucket._headers import OPENAI_FIELDS
+from tokenbucket._headers import OPENAI_FIELDS, _read
 from tokenbucket._transport import _fields_read, _openai_read
 
 NAMES = [
@@ -57,8 +56,10 @@ VALUES = [
 
 
 def general(headers: httpx2.Headers | httpx.Headers) -> tuple[object, str, str]:
+    """The general reader's reading (``parse_rate_limit_headers`` reads OpenAI's fields
+    in one step too)."""
     fields, kind, coding = _fields_read(headers)
-    return tb.parse_rate_limit_headers(fields), kind, coding
+    return _read(fields, None, "requests"), kind, coding
 
 
 @settings(max_examples=600, deadline=None)

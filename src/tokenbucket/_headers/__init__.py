@@ -179,6 +179,7 @@ def parse_rate_limit_headers(
         _check_dimension(ietf_dimension)
     fields = _fields(headers)
     if fields.keys() <= _OPENAI_SET:  # OpenAI's fields alone (or none): in one step,
+        # (a field sent twice comes joined, "5, 5": in no usual form, so read generally)
         info = read_openai([fields.get(name) for name in OPENAI_FIELDS])
         if info is not None:  # (unless a value is not in its usual form)
             return info
