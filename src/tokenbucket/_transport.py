@@ -168,17 +168,21 @@ class _Limits:
         return limiter, self._amounts(body, limiter, embedding)
 
     def _answered(
-        self, limiter: Limiter, context: LeaseContext, response: Any, retry_after: float | None
+        self, limiter: Limiter, context: LeaseContext, response: Any, body: bytes | None
     ) -> tuple[_Settlement, bool]:
         """Tell the limiter what the response's headers and status say, and start its
         settlement: ``(settlement, read)``, ``read`` when its body was read already (by
-        the transport for a 429's delay, or by the inner transport), which then has fed
-        it."""
+        the inner transport, or ``body``: a 429's, as sent, read by the transport for its
+        delay), which then has fed it."""
         status = response.status_code
         read: tuple[Fields | ServerFeedback, str, str] | None = _openai_read(response.headers)
         if read is None:  # (else the usual report, read in one step)
             read = _fields_read(response.headers)
         fields, kind, encoding = read
+        retry_after = None
+        if body is not None:
+            decoded = _decoded(body, encoding)
+            retry_after = None if decoded is None else retry_info_delay(decoded)
         report(
             limiter,
             fields,
@@ -188,9 +192,11 @@ class _Limits:
             retry_after=retry_after,
             lease=context,
         )
-        content = _content(response)
-        if content is not None:
-            encoding = ""  # (read, so decoded)
+        content = body
+        if content is None:
+            content = _content(response)
+            if content is not None:
+                encoding = ""  # (read by the client's library, so decoded)
         settle = _Settlement(limiter, context, status, kind, encoding)
         if content is not None:
             settle.feed(content)
@@ -293,8 +299,9 @@ class AsyncLimitedTransport(_Limits, _Transports):
     either header, a JSON 429 body (of no more than 4 MiB) is read at once, before the
     response is returned, and a ``google.rpc.RetryInfo`` in its ``error.details``
     (Gemini's ``"retryDelay": "7s"``) gives the pause: read eagerly, because an SDK about
-    to retry may close the error response unread. The caller still gets the whole body.
-    Without a delay anywhere, a 429 pauses the limiter for one second.
+    to retry may close the error response unread. The response still comes back unread,
+    its body as sent (raw bytes, timing). Without a delay anywhere (or in a body in an
+    encoding other than gzip or deflate), a 429 pauses the limiter for one second.
     """
 
     def __init__(
@@ -345,15 +352,14 @@ class AsyncLimitedTransport(_Limits, _Transports):
             await context.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         try:
-            retry_after = None
+            body = None
             if response.status_code == 429 and _retry_info_wanted(response.headers):
                 try:  # an error body is small: read it now, the SDK may close it unread
-                    await response.aread()
+                    body = await _drained(response)
                 except BaseException:
                     _unread_429(limiter, context, response)
                     raise
-                retry_after = retry_info_delay(response.content)
-            settle, read = self._answered(limiter, context, response, retry_after)
+            settle, read = self._answered(limiter, context, response, body)
         except BaseException as exc:  # (the body's read failed, or was cancelled)
             await context.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -453,15 +459,14 @@ class LimitedTransport(_Limits, _SyncTransports):
             context.__exit__(type(exc), exc, exc.__traceback__)
             raise
         try:
-            retry_after = None
+            body = None
             if response.status_code == 429 and _retry_info_wanted(response.headers):
                 try:  # an error body is small: read it now, the SDK may close it unread
-                    response.read()
+                    body = _drained_blocking(response)
                 except BaseException:
                     _unread_429(limiter, context, response)
                     raise
-                retry_after = retry_info_delay(response.content)
-            settle, read = self._answered(limiter, context, response, retry_after)
+            settle, read = self._answered(limiter, context, response, body)
         except BaseException as exc:  # (the body's read failed)
             context.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -594,6 +599,61 @@ def retry_info_delay(content: bytes) -> float | None:
                 if match is not None:
                     return float(match[1])
     return None
+
+
+async def _drained(response: Any) -> bytes:
+    """The body of ``response`` as sent, read from its stream, which is closed and
+    replaced with the same bytes, unread: the caller reads the response as if the
+    transport had not (its raw bytes, its timing)."""
+    stream = response.stream
+    body = b"".join([chunk async for chunk in stream])
+    await stream.aclose()
+    response.stream = _byte_stream(type(response).__module__)(body)
+    return body
+
+
+def _drained_blocking(response: Any) -> bytes:
+    """:func:`_drained` for a sync response."""
+    stream = response.stream
+    body = b"".join(list(stream))
+    stream.close()
+    response.stream = _byte_stream(type(response).__module__)(body)
+    return body
+
+
+@functools.cache
+def _byte_stream(module: str) -> Callable[[bytes], Any]:
+    """The ``ByteStream`` (a body of bytes, sync and async) of the library of ``module``."""
+    stream: Callable[[bytes], Any] = importlib.import_module(module.partition(".")[0]).ByteStream
+    return stream
+
+
+def _decoder(encoding: str) -> Any:
+    """A decompressor of a body in ``encoding`` (a ``content-encoding``): ``None`` for
+    none, ``False`` for one not read here."""
+    encoding = encoding.strip().lower()
+    if not encoding or encoding == "identity":
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(zlib.MAX_WBITS)
+    return False
+
+
+def _decoded(body: bytes, encoding: str) -> bytes | None:
+    """``body`` as sent in ``encoding``, decoded; ``None`` if it cannot be (an encoding not
+    read here, broken, or more than ``_MAX_BODY`` once decoded)."""
+    decoder = _decoder(encoding)
+    if decoder is None:
+        return body
+    if decoder is False:
+        return None
+    try:
+        decoded: bytes = decoder.decompress(body, _MAX_BODY + 1)
+    except zlib.error:
+        return None
+    return decoded if len(decoded) <= _MAX_BODY else None
 
 
 def _unread_429(limiter: Limiter, context: LeaseContext, response: Any) -> None:
@@ -740,15 +800,13 @@ class _Settlement:
             kind.partition(";")[0].strip().lower() == "text/event-stream"
         )
         self._buffer: bytearray | None = None if self._event else bytearray()
-        encoding = encoding and encoding.strip().lower()
         if encoding:
-            if encoding in ("gzip", "x-gzip"):
-                self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            elif encoding == "deflate":
-                self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
-            elif encoding != "identity":
-                self._buffer = None  # an encoding we cannot read: keep the estimate
+            decoder = _decoder(encoding)
+            if decoder is False:  # an encoding not read here: keep the estimate
+                self._buffer = None
                 self._event = False
+            else:
+                self._decoder = decoder
 
     def feed(self, chunk: bytes) -> None:
         """Read what ``chunk`` says about usage; never raises."""

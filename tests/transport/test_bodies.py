@@ -6,7 +6,9 @@ the transport cannot read (not JSON, nested too deep) is no error."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -275,3 +277,80 @@ async def test_whatever_fails_before_the_response_returns_ends_the_lease() -> No
     with pytest.raises(Stop):
         await send(limits, Serve([BODY], {"content-type": "text/plain"}, 429))
     assert limits.statistics().in_flight == 0
+
+
+RETRY_INFO = json.dumps(
+    {
+        "error": {
+            "code": 429,
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}],
+        }
+    }
+).encode()
+
+
+@pytest.mark.parametrize("encoding", ["", "gzip", "deflate"])
+@pytest.mark.parametrize("library", [httpx2, httpx])
+async def test_a_429_read_for_its_delay_is_the_callers_to_read_raw(
+    library: Any, encoding: str
+) -> None:
+    """A 429 without Retry-After has its body read at once (for Gemini's RetryInfo): the
+    limiter pauses for its delay and the lease ends, and the caller still gets the
+    response unread, its raw bytes as sent, and (with httpx) its elapsed time."""
+    sent = {"": RETRY_INFO, "gzip": gzip.compress(RETRY_INFO), "deflate": zlib.compress(RETRY_INFO)}
+    body = sent[encoding]
+    headers = {"content-type": "application/json", "content-length": str(len(body))}
+    if encoding:
+        headers["content-encoding"] = encoding
+    for stream in (True, False):
+        limits = limiter()
+        inner = Serve([body[:5], body[5:]], headers, status=429)
+        transport = tb.AsyncLimitedTransport(limits, inner)
+        async with library.AsyncClient(transport=transport) as client:
+            request = client.build_request("POST", URL, json=REQUEST)
+            response = await client.send(request, stream=stream)
+            stats = limits.statistics()
+            assert (stats.in_flight, stats.counters.rejections) == (0, 1)
+            assert inner.bodies[0].finished  # (read, and closed)
+            paused = stats.paused_until
+            assert paused is not None
+            assert paused - anyio.current_time() > 6  # (its RetryInfo's 7 s, not 1 s)
+            if stream:
+                assert not response.is_stream_consumed
+                assert b"".join([chunk async for chunk in response.aiter_raw()]) == body
+            else:
+                assert response.json() == json.loads(RETRY_INFO)
+        assert response.elapsed.total_seconds() >= 0
+
+
+def test_a_429_read_for_its_delay_is_the_callers_to_read_raw_sync() -> None:
+    body = gzip.compress(RETRY_INFO)
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    limits = limiter()
+    inner = Serve([body[:5], body[5:]], headers, status=429)
+    with httpx2.Client(transport=tb.LimitedTransport(limits, inner)) as client:
+        response = client.send(client.build_request("POST", URL, json=REQUEST), stream=True)
+        stats = limits.statistics()
+        assert (stats.in_flight, stats.counters.rejections, stats.counters.pauses) == (0, 1, 1)
+        assert b"".join(response.iter_raw()) == body
+        response.close()
+    assert response.elapsed.total_seconds() >= 0
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "decoded"),
+    [
+        (RETRY_INFO, "", RETRY_INFO),
+        (RETRY_INFO, " Identity ", RETRY_INFO),
+        (gzip.compress(RETRY_INFO), "GZIP", RETRY_INFO),
+        (gzip.compress(RETRY_INFO), "x-gzip", RETRY_INFO),
+        (zlib.compress(RETRY_INFO), "deflate", RETRY_INFO),
+        (RETRY_INFO, "br", None),  # (an encoding not read here)
+        (RETRY_INFO, "gzip", None),  # (broken)
+        (gzip.compress(b" " * (_transport._MAX_BODY + 1)), "gzip", None),  # (too large)
+    ],
+)
+def test_a_429s_body_is_decoded_for_its_delay(
+    body: bytes, encoding: str, decoded: bytes | None
+) -> None:
+    assert _transport._decoded(body, encoding) == decoded
