@@ -25,10 +25,11 @@ import importlib
 import itertools
 import json
 import re
+import sys
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final, overload
+from typing import TYPE_CHECKING, Any, Final, cast, overload
 
 from ._decorate import estimate_tokens
 from ._errors import ArgumentTypeError, TokenBucketError
@@ -180,9 +181,16 @@ class _Limits:
             read = _fields_read(response.headers)
         fields, kind, encoding = read
         retry_after = None
+        content = body
         if body is not None:
             decoded = _decoded(body, encoding)
             retry_after = None if decoded is None else retry_info_delay(decoded)
+        else:
+            content = _content(response)
+            if content is not None:
+                encoding = ""  # (read by the client's library, so decoded)
+                if status == 429 and _retry_info_wanted(response.headers):
+                    retry_after = retry_info_delay(content)
         report(
             limiter,
             fields,
@@ -192,11 +200,6 @@ class _Limits:
             retry_after=retry_after,
             lease=context,
         )
-        content = body
-        if content is None:
-            content = _content(response)
-            if content is not None:
-                encoding = ""  # (read by the client's library, so decoded)
         settle = _Settlement(limiter, context, status, kind, encoding)
         if content is not None:
             settle.feed(content)
@@ -299,9 +302,10 @@ class AsyncLimitedTransport(_Limits, _Transports):
     either header, a JSON 429 body (of no more than 4 MiB) is read at once, before the
     response is returned, and a ``google.rpc.RetryInfo`` in its ``error.details``
     (Gemini's ``"retryDelay": "7s"``) gives the pause: read eagerly, because an SDK about
-    to retry may close the error response unread. The response still comes back unread,
-    its body as sent (raw bytes, timing). Without a delay anywhere (or in a body in an
-    encoding other than gzip or deflate), a 429 pauses the limiter for one second.
+    to retry may close the error response unread. The response still comes back unread
+    (unless the inner transport read it), its body as sent (raw bytes, timing). Without
+    a delay anywhere (or in a body in an encoding other than gzip or deflate), a 429
+    pauses the limiter for one second.
     """
 
     def __init__(
@@ -601,31 +605,44 @@ def retry_info_delay(content: bytes) -> float | None:
     return None
 
 
-async def _drained(response: Any) -> bytes:
-    """The body of ``response`` as sent, read from its stream, which is closed and
-    replaced with the same bytes, unread: the caller reads the response as if the
-    transport had not (its raw bytes, its timing)."""
+async def _drained(response: Any) -> bytes | None:
+    """The body of ``response`` as sent, read from its stream, which is closed (also if
+    the read fails) and replaced with the same bytes, unread: the caller reads the
+    response as if the transport had not (its raw bytes, its timing). ``None`` for a
+    response read already (by the inner transport): its content is read instead."""
+    if _content(response) is not None:
+        return None
     stream = response.stream
-    body = b"".join([chunk async for chunk in stream])
-    await stream.aclose()
-    response.stream = _byte_stream(type(response).__module__)(body)
+    try:
+        body = b"".join([chunk async for chunk in stream])
+    finally:
+        await stream.aclose()
+    response.stream = _byte_stream(type(response).__mro__)(body)
     return body
 
 
-def _drained_blocking(response: Any) -> bytes:
+def _drained_blocking(response: Any) -> bytes | None:
     """:func:`_drained` for a sync response."""
+    if _content(response) is not None:
+        return None
     stream = response.stream
-    body = b"".join(list(stream))
-    stream.close()
-    response.stream = _byte_stream(type(response).__module__)(body)
+    try:
+        body = b"".join(list(stream))
+    finally:
+        stream.close()
+    response.stream = _byte_stream(type(response).__mro__)(body)
     return body
 
 
 @functools.cache
-def _byte_stream(module: str) -> Callable[[bytes], Any]:
-    """The ``ByteStream`` (a body of bytes, sync and async) of the library of ``module``."""
-    stream: Callable[[bytes], Any] = importlib.import_module(module.partition(".")[0]).ByteStream
-    return stream
+def _byte_stream(mro: tuple[type, ...]) -> Callable[[bytes], Any]:
+    """The ``ByteStream`` (a body of bytes, sync and async) of the library whose
+    response has this MRO (a subclass's own module may have none)."""
+    for cls in mro:
+        stream = getattr(sys.modules.get(cls.__module__.partition(".")[0]), "ByteStream", None)
+        if stream is not None:
+            return cast("Callable[[bytes], Any]", stream)
+    raise TypeError(f"not a response of httpx or httpx2: {mro[0]!r}")
 
 
 def _decoder(encoding: str) -> Any:
@@ -652,7 +669,12 @@ def _decoded(body: bytes, encoding: str) -> bytes | None:
     try:
         decoded: bytes = decoder.decompress(body, _MAX_BODY + 1)
     except zlib.error:
-        return None
+        if encoding.strip().lower() != "deflate":
+            return None
+        try:  # deflate without its zlib wrapper, as some servers send it
+            decoded = zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, _MAX_BODY + 1)
+        except zlib.error:
+            return None
     return decoded if len(decoded) <= _MAX_BODY else None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,13 @@ class Pieces:
         self.fail = fail
         self.stall = stall
         self.finished = False  # its iterator was closed, or ran to its end
+        self.closed = False  # the body itself was closed
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    def close(self) -> None:
+        self.closed = True
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -227,6 +235,7 @@ async def test_a_429_whose_body_breaks_while_read_is_reported_and_ends_its_lease
         await send(limits, inner)
     stats = limits.statistics()
     assert (stats.in_flight, stats.counters.rejections, stats.counters.pauses) == (0, 1, 1)
+    assert inner.bodies[0].closed  # (its connection goes back, or away)
 
 
 async def test_a_call_cancelled_while_a_429s_body_is_read_ends_its_lease() -> None:
@@ -238,6 +247,7 @@ async def test_a_call_cancelled_while_a_429s_body_is_read_ends_its_lease() -> No
     stats = limits.statistics()
     assert (stats.in_flight, stats.counters.rejections) == (0, 1)
     assert inner.bodies[0].finished
+    assert inner.bodies[0].closed
 
 
 ODD_LENGTH = [(b"content-type", b"application/json"), (b"content-length", "\u00b2".encode())]
@@ -252,6 +262,17 @@ async def test_a_429_of_an_odd_length_is_read_and_ends_its_lease() -> None:
     assert response.status_code == 429
     assert inner.bodies[0].finished  # read at once
     assert limits.statistics().in_flight == 0
+
+
+def test_a_429_whose_body_breaks_while_read_is_reported_and_ends_its_lease_sync() -> None:
+    limits = limiter()
+    inner = Serve([BODY[:10], BODY[10:]], {"content-type": "application/json"}, 429, fail=True)
+    client = httpx2.Client(transport=tb.LimitedTransport(limits, inner))
+    with pytest.raises(httpx2.ReadError):
+        client.send(client.build_request("POST", URL, json=REQUEST), stream=True)
+    stats = limits.statistics()
+    assert (stats.in_flight, stats.counters.rejections, stats.counters.pauses) == (0, 1, 1)
+    assert inner.bodies[0].closed
 
 
 def test_a_429_of_an_odd_length_is_read_and_ends_its_lease_sync() -> None:
@@ -311,7 +332,8 @@ async def test_a_429_read_for_its_delay_is_the_callers_to_read_raw(
             response = await client.send(request, stream=stream)
             stats = limits.statistics()
             assert (stats.in_flight, stats.counters.rejections) == (0, 1)
-            assert inner.bodies[0].finished  # (read, and closed)
+            assert inner.bodies[0].finished
+            assert inner.bodies[0].closed
             paused = stats.paused_until
             assert paused is not None
             assert paused - anyio.current_time() > 6  # (its RetryInfo's 7 s, not 1 s)
@@ -332,9 +354,64 @@ def test_a_429_read_for_its_delay_is_the_callers_to_read_raw_sync() -> None:
         response = client.send(client.build_request("POST", URL, json=REQUEST), stream=True)
         stats = limits.statistics()
         assert (stats.in_flight, stats.counters.rejections, stats.counters.pauses) == (0, 1, 1)
+        assert stats.paused_until is not None
+        assert stats.paused_until - time.monotonic() > 6  # (its RetryInfo's 7 s, not 1 s)
+        assert inner.bodies[0].closed
         assert b"".join(response.iter_raw()) == body
         response.close()
     assert response.elapsed.total_seconds() >= 0
+
+
+class Once(Body):
+    """A body that can be read once, as a connection's."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        assert not self.finished, "read twice"
+        async for piece in super().__aiter__():
+            yield piece
+
+
+class Reads(Serve):
+    """Reads each response's body before returning it (as a caching transport does)."""
+
+    async def handle_async_request(self, request: Any) -> Any:
+        body = Once(self.pieces)
+        self.bodies.append(body)
+        response = httpx2.Response(self.status, headers=self.headers, stream=body)
+        await response.aread()
+        return response
+
+
+async def test_a_429_its_inner_transport_read_is_read_as_it_is() -> None:
+    limits = limiter()
+    inner = Reads([RETRY_INFO[:5], RETRY_INFO[5:]], {"content-type": "application/json"}, 429)
+    response = await send(limits, inner)
+    assert response.status_code == 429
+    assert response.json() == json.loads(RETRY_INFO)
+    stats = limits.statistics()
+    assert (stats.in_flight, stats.counters.rejections) == (0, 1)
+    assert stats.paused_until is not None
+    assert stats.paused_until - anyio.current_time() > 6
+
+
+async def test_a_429_of_a_response_class_of_its_own_is_read_for_its_delay() -> None:
+    class Mine(httpx2.Response):
+        pass
+
+    class Serves(Serve):
+        async def handle_async_request(self, request: Any) -> Any:
+            body = Body(self.pieces)
+            self.bodies.append(body)
+            return Mine(self.status, headers=self.headers, stream=body)
+
+    limits = limiter()
+    inner = Serves([RETRY_INFO], {"content-type": "application/json"}, 429)
+    response = await send(limits, inner)
+    assert isinstance(response, Mine)
+    assert await response.aread() == RETRY_INFO
+    stats = limits.statistics()
+    assert stats.paused_until is not None
+    assert stats.paused_until - anyio.current_time() > 6
 
 
 @pytest.mark.parametrize(
@@ -345,10 +422,12 @@ def test_a_429_read_for_its_delay_is_the_callers_to_read_raw_sync() -> None:
         (gzip.compress(RETRY_INFO), "GZIP", RETRY_INFO),
         (gzip.compress(RETRY_INFO), "x-gzip", RETRY_INFO),
         (zlib.compress(RETRY_INFO), "deflate", RETRY_INFO),
+        (zlib.compress(RETRY_INFO)[2:-4], "deflate", RETRY_INFO),  # (no zlib wrapper)
         (RETRY_INFO, "br", None),  # (an encoding not read here)
         (RETRY_INFO, "gzip", None),  # (broken)
         (gzip.compress(b" " * (_transport._MAX_BODY + 1)), "gzip", None),  # (too large)
     ],
+    ids=["plain", "identity", "gzip", "x-gzip", "deflate", "raw-deflate", "br", "broken", "large"],
 )
 def test_a_429s_body_is_decoded_for_its_delay(
     body: bytes, encoding: str, decoded: bytes | None
