@@ -612,6 +612,9 @@ async def _drained(response: Any) -> bytes | None:
     response read already (by the inner transport): its content is read instead."""
     if _content(response) is not None:
         return None
+    if response.is_stream_consumed or response.is_closed:  # (and not read: broken)
+        await response.aread()  # (raises StreamConsumed or StreamClosed)
+        return None
     stream = response.stream
     try:
         body = b"".join([chunk async for chunk in stream])
@@ -624,6 +627,9 @@ async def _drained(response: Any) -> bytes | None:
 def _drained_blocking(response: Any) -> bytes | None:
     """:func:`_drained` for a sync response."""
     if _content(response) is not None:
+        return None
+    if response.is_stream_consumed or response.is_closed:  # (and not read: broken)
+        response.read()  # (raises StreamConsumed or StreamClosed)
         return None
     stream = response.stream
     try:
@@ -639,9 +645,10 @@ def _byte_stream(mro: tuple[type, ...]) -> Callable[[bytes], Any]:
     """The ``ByteStream`` (a body of bytes, sync and async) of the library whose
     response has this MRO (a subclass's own module may have none)."""
     for cls in mro:
-        stream = getattr(sys.modules.get(cls.__module__.partition(".")[0]), "ByteStream", None)
-        if stream is not None:
-            return cast("Callable[[bytes], Any]", stream)
+        for module in (cls.__module__, cls.__module__.partition(".")[0]):
+            stream = getattr(sys.modules.get(module), "ByteStream", None)
+            if stream is not None:
+                return cast("Callable[[bytes], Any]", stream)
     raise TypeError(f"not a response of httpx or httpx2: {mro[0]!r}")
 
 

@@ -433,3 +433,23 @@ def test_a_429s_body_is_decoded_for_its_delay(
     body: bytes, encoding: str, decoded: bytes | None
 ) -> None:
     assert _transport._decoded(body, encoding) == decoded
+
+
+async def test_a_429_consumed_unread_by_its_inner_transport_fails_as_it_did() -> None:
+    """(A broken inner transport: the client's library's own error, the lease ended.)"""
+
+    class Consumes(Serve):
+        async def handle_async_request(self, request: Any) -> Any:
+            body = Body(self.pieces)
+            self.bodies.append(body)
+            response = httpx2.Response(self.status, headers=self.headers, stream=body)
+            async for _ in response.aiter_raw():  # (read raw, and not kept)
+                pass
+            return response
+
+    limits = limiter()
+    inner = Consumes([RETRY_INFO], {"content-type": "application/json"}, 429)
+    with pytest.raises(httpx2.StreamConsumed):
+        await send(limits, inner)
+    stats = limits.statistics()
+    assert (stats.in_flight, stats.counters.rejections) == (0, 1)
