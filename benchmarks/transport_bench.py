@@ -212,6 +212,14 @@ def transport_for(variant: str, library: Any, limiter: tb.Limiter, inner: Any = 
     return inner  # bare: the client's own default transport (or the canned one)
 
 
+def chat_body(stream: bool) -> dict[str, Any]:
+    """The JSON body of the SDK's calls (``sdk_call``)."""
+    body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return body
+
+
 class CannedBody(httpx2.AsyncByteStream):
     """A response body of chunks received before."""
 
@@ -233,12 +241,9 @@ class Canned(httpx2.AsyncBaseTransport):
 
     @classmethod
     async def of(cls, url: str, stream: bool) -> Canned:
-        body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
-        if stream:
-            body |= {"stream": True, "stream_options": {"include_usage": True}}
         async with (
             httpx2.AsyncClient() as client,
-            client.stream("POST", f"{url}/chat/completions", json=body) as response,
+            client.stream("POST", f"{url}/chat/completions", json=chat_body(stream)) as response,
         ):
             raw = b"".join([chunk async for chunk in response.aiter_raw()])
             status, headers = response.status_code, response.headers
@@ -256,10 +261,7 @@ class Canned(httpx2.AsyncBaseTransport):
 def canned_call(transport: Any, url: str, stream: bool) -> Call:
     """Send a request of the SDK's path and body through ``transport``, read the
     response's body to its end, close it."""
-    body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
-    if stream:
-        body |= {"stream": True, "stream_options": {"include_usage": True}}
-    content = json.dumps(body).encode()
+    content = json.dumps(chat_body(stream)).encode()
     headers = {"content-type": "application/json"}
     target = f"{url}/chat/completions"
 

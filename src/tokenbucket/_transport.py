@@ -184,7 +184,9 @@ class _Limits:
         content = body
         if body is not None:
             decoded = _decoded(body, encoding)
-            retry_after = None if decoded is None else retry_info_delay(decoded)
+            if decoded is not None:  # (the settlement reads it decoded: once)
+                retry_after = retry_info_delay(decoded)
+                content, encoding = decoded, ""
         else:
             content = _content(response)
             if content is not None:
