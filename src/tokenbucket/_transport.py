@@ -295,6 +295,7 @@ class AsyncLimitedTransport(_Limits, _Transports):
     pass (OpenAI's last chunk with ``stream_options={"include_usage": True}``, the
     Responses API's ``response.completed``, Anthropic's ``message_start`` and
     ``message_delta``, Gemini's ``usageMetadata``), without buffering the stream. A
+    body in gzip or deflate is decoded for it (others keep the estimate). A
     response that reports no usage keeps the estimate; an error response (4xx, 5xx)
     without usage gives its tokens back and keeps the request. A response whose body the
     inner transport has read already (``httpx2.MockTransport``, caching transports) is
@@ -663,8 +664,41 @@ def _decoder(encoding: str) -> Any:
     if encoding in ("gzip", "x-gzip"):
         return zlib.decompressobj(16 + zlib.MAX_WBITS)
     if encoding == "deflate":
-        return zlib.decompressobj(zlib.MAX_WBITS)
+        return _Deflate()
     return False
+
+
+class _Deflate:
+    """A decompressor of ``deflate`` as servers send it: in its zlib wrapper, as the
+    standard has it, or without, as some do. The first two bytes tell them apart: a zlib
+    header (method 8, a check that is a multiple of 31) would open a raw stream only with
+    a stored block whose unused bits are not zero, which no encoder writes."""
+
+    __slots__ = ("_head", "_inner")
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._inner: Any = None
+
+    def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+        inner = self._inner
+        if inner is None:
+            head = self._head + data
+            if len(head) < 2:
+                self._head = head
+                return b""
+            self._head = b""
+            wrapped = head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+            inner = self._inner = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            data = head
+        result: bytes = inner.decompress(data, max_length)
+        return result
+
+    def flush(self) -> bytes:
+        if self._inner is None:  # (a body of one byte, or none: nothing to decode)
+            return b""
+        result: bytes = self._inner.flush()
+        return result
 
 
 def _decoded(body: bytes, encoding: str) -> bytes | None:
@@ -678,12 +712,7 @@ def _decoded(body: bytes, encoding: str) -> bytes | None:
     try:
         decoded: bytes = decoder.decompress(body, _MAX_BODY + 1)
     except zlib.error:
-        if encoding.strip().lower() != "deflate":
-            return None
-        try:  # deflate without its zlib wrapper, as some servers send it
-            decoded = zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, _MAX_BODY + 1)
-        except zlib.error:
-            return None
+        return None
     return decoded if len(decoded) <= _MAX_BODY else None
 
 
@@ -857,6 +886,8 @@ class _Settlement:
                 self._buffer += data
 
     def _lines(self, data: bytes) -> None:
+        if b"\r" in data:  # lines that end in CR LF, or in CR alone (as SSE allows): as LF
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         line = self._line
         start = 0
         if not line:

@@ -21,7 +21,7 @@ import tokenbucket as tb
 from tokenbucket import _transport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 
@@ -433,6 +433,53 @@ def test_a_429s_body_is_decoded_for_its_delay(
     body: bytes, encoding: str, decoded: bytes | None
 ) -> None:
     assert _transport._decoded(body, encoding) == decoded
+
+
+def raw_deflate(data: bytes) -> bytes:
+    return zlib.compress(data)[2:-4]  # (deflate without its zlib wrapper)
+
+
+ENCODED: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "raw-deflate": raw_deflate,
+}
+
+
+@pytest.mark.parametrize("piece", [1, 2, 5, 1_000])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("encoding", list(ENCODED))
+async def test_a_compressed_body_settles_from_its_usage(
+    encoding: str, stream: bool, piece: int
+) -> None:
+    """A body in gzip or deflate (with its zlib wrapper or without, as servers send it)
+    settles from its usage, in whatever pieces it arrives (the client's own decoder may
+    not: httpx2 reads raw deflate only when its first piece has two bytes or more)."""
+    plain = b"".join(EVENTS) if stream else BODY
+    body = ENCODED[encoding](plain)
+    headers = {
+        "content-type": "text/event-stream" if stream else "application/json",
+        "content-encoding": "deflate" if encoding == "raw-deflate" else encoding,
+    }
+    limits = limiter()
+    inner = Serve([body[i : i + piece] for i in range(0, len(body), piece)], headers)
+    response = await send(limits, inner)
+    assert b"".join([chunk async for chunk in response.aiter_raw()]) == body
+    await response.aclose()
+    stats = limits.statistics()
+    assert stats.in_flight == 0
+    assert stats.available["tokens"] == 10_000 - 8  # settled: 3 + 5 tokens, not 100
+
+
+@pytest.mark.parametrize("encoding", list(ENCODED))
+def test_a_body_cut_short_in_its_encoding_keeps_the_estimate(encoding: str) -> None:
+    limits = limiter()
+    settlement = _transport._Settlement(
+        limits, limits.acquire(), 200, "application/json", encoding.removeprefix("raw-")
+    )
+    settlement.feed(ENCODED[encoding](BODY)[:1])
+    settlement._settle()
+    assert settlement._usage == {}
 
 
 async def test_a_429_consumed_unread_by_its_inner_transport_fails_as_it_did() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import re
 from typing import Any
 
 import httpx2
@@ -87,7 +88,8 @@ def every_event_read(body: bytes) -> dict[str, float]:
     """The usage of a stream read the slow way: every ``data:`` line parsed."""
     limiter = tb.Limiter(tokens_per_minute=1_000)
     settlement = _Settlement(limiter, limiter.acquire(), 200, "text/event-stream", "")
-    for line in body.split(b"\n")[:-1]:  # a last line without its newline is not read
+    # Lines end in LF, CR LF or CR alone; a last line without its end is not read.
+    for line in re.split(rb"\r\n|\r|\n", body)[:-1]:
         if line.startswith(b"data:"):
             settlement._event_data(line[5:])
     return settlement._usage
@@ -97,7 +99,7 @@ def every_event_read(body: bytes) -> dict[str, float]:
 @given(
     events=st.lists(st.sampled_from([*LINES, b"[DONE]", b""]), max_size=12),
     cuts=st.lists(st.integers(min_value=0, max_value=4_000), max_size=12),
-    separator=st.sampled_from([b"\n\n", b"\n"]),
+    separator=st.sampled_from([b"\n\n", b"\n", b"\r\n\r\n", b"\r\n", b"\r\r", b"\r"]),
 )
 def test_a_stream_cut_anywhere_settles_as_if_every_event_were_read(
     events: list[bytes], cuts: list[int], separator: bytes
