@@ -181,12 +181,13 @@ class _Limits:
             read = _fields_read(response.headers)
         fields, kind, encoding = read
         retry_after = None
-        content = body
+        content: bytes | None
         if body is not None:
-            decoded = _decoded(body, encoding)
-            if decoded is not None:  # (the settlement reads it decoded: once)
-                retry_after = retry_info_delay(decoded)
-                content, encoding = decoded, ""
+            # The settlement reads it decoded, once; one that cannot be decoded (broken,
+            # too large, in an encoding not read here) reads as a body without usage.
+            content, encoding = _decoded(body, encoding) or b"", ""
+            if content:
+                retry_after = retry_info_delay(content)
         else:
             content = _content(response)
             if content is not None:
@@ -295,11 +296,11 @@ class AsyncLimitedTransport(_Limits, _Transports):
     pass (OpenAI's last chunk with ``stream_options={"include_usage": True}``, the
     Responses API's ``response.completed``, Anthropic's ``message_start`` and
     ``message_delta``, Gemini's ``usageMetadata``), without buffering the stream. A
-    body in gzip or deflate is decoded for it (others keep the estimate). A
-    response that reports no usage keeps the estimate; an error response (4xx, 5xx)
-    without usage gives its tokens back and keeps the request. A response whose body the
-    inner transport has read already (``httpx2.MockTransport``, caching transports) is
-    settled, and its lease ended, before it is returned.
+    body in gzip or deflate is decoded for it (one in another encoding reads as one
+    without usage). A response that reports no usage keeps the estimate; an error
+    response (4xx, 5xx) without usage gives its tokens back and keeps the request. A
+    response whose body the inner transport has read already (``httpx2.MockTransport``,
+    caching transports) is settled, and its lease ended, before it is returned.
 
     A 429 pauses the limiter for its ``Retry-After`` (or ``retry-after-ms``). Without
     either header, a JSON 429 body (of no more than 4 MiB) is read at once, before the
@@ -688,7 +689,13 @@ class _Deflate:
                 self._head = head
                 return b""
             self._head = b""
-            wrapped = head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+            # (method 8, a window of at most 32 KiB, no preset dictionary, the check)
+            wrapped = (
+                head[0] & 0x0F == 8
+                and head[0] >> 4 <= 7
+                and not head[1] & 0x20
+                and (head[0] << 8 | head[1]) % 31 == 0
+            )
             inner = self._inner = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
             data = head
         result: bytes = inner.decompress(data, max_length)
@@ -870,20 +877,26 @@ class _Settlement:
 
     def feed(self, chunk: bytes) -> None:
         """Read what ``chunk`` says about usage; never raises."""
-        if self._ended or not chunk or (self._buffer is None and not self._event):
+        buffer = self._buffer
+        if self._ended or not chunk or (buffer is None and not self._event):
             return
+        decoder = self._decoder
         try:
-            data = chunk if self._decoder is None else self._decoder.decompress(chunk)
+            if decoder is None:
+                data = chunk
+            elif buffer is None:  # (a stream, decoded a chunk at a time as its reader does)
+                data = decoder.decompress(chunk)
+            else:  # (a body to keep: never decoded past the most kept)
+                data = decoder.decompress(chunk, _MAX_BODY + 1 - len(buffer))
         except zlib.error:
             self._buffer, self._event = None, False
             return
-        if self._event:
+        if buffer is None:
             self._lines(data)
-        elif self._buffer is not None:
-            if len(self._buffer) + len(data) > _MAX_BODY:
-                self._buffer = None
-            else:
-                self._buffer += data
+        elif len(buffer) + len(data) > _MAX_BODY:
+            self._buffer = None
+        else:
+            buffer += data
 
     def _lines(self, data: bytes) -> None:
         if b"\r" in data:  # lines that end in CR LF, or in CR alone (as SSE allows): as LF

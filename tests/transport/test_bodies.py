@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
+import tracemalloc
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -471,15 +472,63 @@ async def test_a_compressed_body_settles_from_its_usage(
     assert stats.available["tokens"] == 10_000 - 8  # settled: 3 + 5 tokens, not 100
 
 
+def test_deflate_is_told_apart_by_its_first_two_bytes() -> None:
+    whole = zlib.compress(BODY)
+    for body in (whole, whole[2:-4]):  # (with its zlib wrapper, and without)
+        decoder = _transport._Deflate()
+        assert decoder.decompress(body[:1]) == b""  # (one byte cannot tell)
+        assert decoder.decompress(body[1:]) + decoder.flush() == BODY
+    assert _transport._Deflate().flush() == b""
+    # Raw deflate that opens as a zlib header would but for a window over 32 KiB, or a
+    # preset dictionary: a stored block (of 0x1c, 0x20 bytes) with unused bits set.
+    for first, length in ((0x88, 0x1C), (0x78, 0x20)):
+        assert (first << 8 | length) % 31 == 0
+        data = bytes(range(length))
+        sizes = length.to_bytes(2, "little") + (~length & 0xFFFF).to_bytes(2, "little")
+        body = bytes([first]) + sizes + data + b"\x01\x00\x00\xff\xff"  # (and an end)
+        decoder = _transport._Deflate()
+        assert decoder.decompress(body) + decoder.flush() == data
+
+
 @pytest.mark.parametrize("encoding", list(ENCODED))
-def test_a_body_cut_short_in_its_encoding_keeps_the_estimate(encoding: str) -> None:
+def test_a_body_too_large_once_decoded_is_never_decoded_whole(encoding: str) -> None:
+    """A body that decodes to more than the most kept (a 429's, read whole for its
+    delay, or a JSON body) is decoded no further than that."""
+    bomb = ENCODED[encoding](b"\0" * (64 << 20))
     limits = limiter()
     settlement = _transport._Settlement(
         limits, limits.acquire(), 200, "application/json", encoding.removeprefix("raw-")
     )
-    settlement.feed(ENCODED[encoding](BODY)[:1])
-    settlement._settle()
-    assert settlement._usage == {}
+    tracemalloc.start()
+    try:
+        settlement.feed(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert settlement._buffer is None  # (too large: not read)
+    assert peak < 2 * _transport._MAX_BODY + (1 << 20)
+
+
+async def test_a_429_too_large_once_decoded_is_never_decoded_whole() -> None:
+    """(Read for its delay, at most 4 MiB of it decoded: it pauses as a 429 without one
+    does, its tokens come back, and the caller gets its bytes as sent.)"""
+    body = gzip.compress(b"\0" * (64 << 20))
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    limits = limiter()
+    inner = Serve([body], headers, status=429)
+    tracemalloc.start()
+    try:
+        response = await send(limits, inner)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * _transport._MAX_BODY + (1 << 20)
+    stats = limits.statistics()
+    assert (stats.in_flight, stats.counters.rejections) == (0, 1)
+    assert stats.available["tokens"] == 10_000
+    assert stats.counters.paused_seconds == 1.0  # (as a 429 without a delay)
+    assert b"".join([chunk async for chunk in response.aiter_raw()]) == body
+    await response.aclose()
 
 
 async def test_a_429_consumed_unread_by_its_inner_transport_fails_as_it_did() -> None:
