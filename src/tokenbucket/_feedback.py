@@ -91,11 +91,16 @@ def plan_feedback(
             rate = meters[index].rate
             reset = rate.period if limit.reset_after is None else limit.reset_after
             fit = None if limit.refill_rate is None else _fit(rate, limit)
-            clamps.append(Clamp(index, limit.remaining, reset, limit.refill_rate, fit))
+            # (Clamp(...) without its Python __new__: the tuple made at once)
+            clamp = (index, limit.remaining, reset, limit.refill_rate, fit)
+            clamps.append(_tuple_new(Clamp, clamp))
     pause = info.retry_after
     if pause is None and status == 429:
         pause = _PAUSE_ON_429
-    return FeedbackPlan(pause, tuple(clamps), status == 429)
+    return _tuple_new(FeedbackPlan, (pause, tuple(clamps), status == 429))
+
+
+_tuple_new = tuple.__new__
 
 
 def _fit(rate: RateSpec, limit: ServerLimit) -> tuple[float, float] | None:

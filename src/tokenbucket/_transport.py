@@ -866,7 +866,8 @@ class _Settlement:
         self._event = kind != "application/json" and (  # (the usual body, at once)
             kind.partition(";")[0].strip().lower() == "text/event-stream"
         )
-        self._buffer: bytearray | None = None if self._event else bytearray()
+        # (bytes: a first chunk, kept as it came; a bytearray once another follows)
+        self._buffer: bytes | bytearray | None = None if self._event else b""
         if encoding:
             decoder = _decoder(encoding)
             if decoder is False:  # an encoding not read here: keep the estimate
@@ -895,8 +896,14 @@ class _Settlement:
             self._lines(data)
         elif len(buffer) + len(data) > _MAX_BODY:
             self._buffer = None
-        else:
+        elif type(buffer) is bytearray:
             buffer += data
+        elif buffer:  # a second chunk: from now on, a buffer of its own that grows
+            grown = bytearray(buffer)
+            grown += data
+            self._buffer = grown
+        else:  # the usual body, in one chunk: kept as it came (bytes), not copied
+            self._buffer = data if type(data) is bytes else bytearray(data)
 
     def _lines(self, data: bytes) -> None:
         if b"\r" in data:  # lines that end in CR LF, or in CR alone (as SSE allows): as LF
@@ -1003,7 +1010,7 @@ class _Settlement:
             except (*_UNREADABLE, zlib.error):
                 pass
             self._buffer = None
-        dims = self._limiter.dimensions
+        dims = self._limiter._dims
         usage = {k: v for k, v in self._usage.items() if k in dims}
         if not usage and self._status >= 400:  # refused or failed: no tokens were used
             usage = {k: 0.0 for k in ("tokens", "input_tokens", "output_tokens") if k in dims}
@@ -1049,7 +1056,8 @@ class _LeaseStream:
 
     async def aclose(self) -> None:
         try:  # (closed before its end, if not read to it: the call is no sample)
-            await self._settlement.end(_CLOSED_EARLY)
+            if not self._settlement._ended:  # (else no coroutine to make and await)
+                await self._settlement.end(_CLOSED_EARLY)
         finally:
             await self._inner.aclose()
 

@@ -3,6 +3,7 @@ its warnings; and, for any header values at all, that it only ever warns."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -349,3 +350,23 @@ def test_the_usual_openai_headers_are_read_in_one_step() -> None:
     fast = read_openai([fields.get(name) for name in OPENAI_FIELDS])
     assert fast is not None
     assert parse_rate_limit_headers(headers) == fast == _read(fields, None, "requests")
+
+
+def test_the_one_step_reads_objects_are_those_of_the_constructors() -> None:
+    """(read_openai makes its ServerLimit and ServerFeedback without their __init__.)"""
+    made = read_openai(["40", "100", "6s", "900", "1000", "1m0s"])
+    assert made is not None
+    built = ServerFeedback(
+        limits=(
+            ServerLimit("requests", 40.0, 100.0, 6.0, made.limits[0].refill_rate),
+            ServerLimit("tokens", 900.0, 1000.0, 60.0, made.limits[1].refill_rate),
+        ),
+        retry_after=None,
+    )
+    assert made == built
+    assert hash(made) == hash(built)
+    assert repr(made) == repr(built)
+    assert vars(made.limits[0]) == vars(built.limits[0])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.limits[0].remaining = 1.0  # type: ignore[misc]
+    assert dataclasses.replace(made, retry_after=2.0).retry_after == 2.0

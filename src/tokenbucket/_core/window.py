@@ -483,9 +483,11 @@ class WindowLog:
             return 0.0
         self._expire(self._inside(now) if self._offset else now)
         expiry = self._expiry
-        i = bisect_left(expiry, ticket, self._head)
-        if i == len(expiry) or expiry[i] != ticket:
-            return 0.0
+        i = len(expiry) - 1  # the latest grant, the usual one settled (no search)
+        if i < self._head or expiry[i] != ticket:
+            i = bisect_left(expiry, ticket, self._head)
+            if i == len(expiry) or expiry[i] != ticket:
+                return 0.0
         total = self._total
         previous = total[i - 1] if i > 0 else self._base
         amount = min(amount, total[i] - previous)

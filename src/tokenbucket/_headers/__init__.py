@@ -252,8 +252,43 @@ def read_openai(values: Sequence[str | None]) -> ServerFeedback | None:
                 return None
             if most is not None:
                 refill = _families.refill_rate(most, left, seconds, resolution)
-        limits.append(ServerLimit(dimension, left, most, seconds, refill))
-    return ServerFeedback(limits=tuple(limits), retry_after=None)
+        limits.append(_server_limit(dimension, left, most, seconds, refill))
+    return _server_feedback(tuple(limits), None)
+
+
+_new: Final = object.__new__
+_set: Final = object.__setattr__
+
+
+def _server_limit(
+    dimension: str,
+    remaining: float,
+    limit: float | None,
+    reset_after: float | None,
+    refill_rate: float | None,
+) -> ServerLimit:
+    """``ServerLimit(...)``, the same object, without the frozen ``__init__``'s one
+    ``object.__setattr__`` per field (the fields are given their instance dict at once)."""
+    made: ServerLimit = _new(ServerLimit)
+    _set(
+        made,
+        "__dict__",
+        {
+            "dimension": dimension,
+            "remaining": remaining,
+            "limit": limit,
+            "reset_after": reset_after,
+            "refill_rate": refill_rate,
+        },
+    )
+    return made
+
+
+def _server_feedback(limits: tuple[ServerLimit, ...], retry_after: float | None) -> ServerFeedback:
+    """``ServerFeedback(limits=limits, retry_after=retry_after)``, as :func:`_server_limit`."""
+    made: ServerFeedback = _new(ServerFeedback)
+    _set(made, "__dict__", {"limits": limits, "retry_after": retry_after})
+    return made
 
 
 def _order(limit: ServerLimit) -> tuple[int, str]:
