@@ -672,8 +672,9 @@ def _decoder(encoding: str) -> Any:
 class _Deflate:
     """A decompressor of ``deflate`` as servers send it: in its zlib wrapper, as the
     standard has it, or without, as some do. The first two bytes tell them apart: a zlib
-    header (method 8, a check that is a multiple of 31) would open a raw stream only with
-    a stored block whose unused bits are not zero, which no encoder writes."""
+    header (method 8, a window of at most 32 KiB, no preset dictionary, a check that
+    makes the two a multiple of 31) would open a raw stream only with a stored block
+    whose unused bits are not zero, which no encoder writes."""
 
     __slots__ = ("_head", "_inner")
 
@@ -689,7 +690,6 @@ class _Deflate:
                 self._head = head
                 return b""
             self._head = b""
-            # (method 8, a window of at most 32 KiB, no preset dictionary, the check)
             wrapped = (
                 head[0] & 0x0F == 8
                 and head[0] >> 4 <= 7
