@@ -713,7 +713,7 @@ def _decoded(body: bytes, encoding: str) -> bytes | None:
     read here, broken, or more than ``_MAX_BODY`` once decoded)."""
     decoder = _decoder(encoding)
     if decoder is None:
-        return body
+        return body if len(body) <= _MAX_BODY else None
     if decoder is False:
         return None
     try:
@@ -891,6 +891,8 @@ class _Settlement:
                 data = decoder.decompress(chunk, _MAX_BODY + 1 - len(buffer))
         except zlib.error:
             self._buffer, self._event = None, False
+            return
+        if not data:  # (a piece of an encoding's own, a gzip trailer: nothing to read)
             return
         if buffer is None:
             self._lines(data)

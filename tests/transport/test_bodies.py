@@ -427,8 +427,12 @@ async def test_a_429_of_a_response_class_of_its_own_is_read_for_its_delay() -> N
         (RETRY_INFO, "br", None),  # (an encoding not read here)
         (RETRY_INFO, "gzip", None),  # (broken)
         (gzip.compress(b" " * (_transport._MAX_BODY + 1)), "gzip", None),  # (too large)
+        (b" " * (_transport._MAX_BODY + 1), "", None),  # (too large as sent)
     ],
-    ids=["plain", "identity", "gzip", "x-gzip", "deflate", "raw-deflate", "br", "broken", "large"],
+    ids=[
+        *("plain", "identity", "gzip", "x-gzip", "deflate", "raw-deflate", "br", "broken"),
+        *("large", "large-plain"),
+    ],
 )
 def test_a_429s_body_is_decoded_for_its_delay(
     body: bytes, encoding: str, decoded: bytes | None
@@ -488,6 +492,24 @@ def test_deflate_is_told_apart_by_its_first_two_bytes() -> None:
         body = bytes([first]) + sizes + data + b"\x01\x00\x00\xff\xff"  # (and an end)
         decoder = _transport._Deflate()
         assert decoder.decompress(body) + decoder.flush() == data
+
+
+def test_a_body_in_one_chunk_is_kept_as_it_came() -> None:
+    """(Not copied: also when a piece that decodes to nothing, a gzip trailer, follows.)"""
+    body = gzip.compress(BODY)
+    limits = limiter()
+    settlement = _transport._Settlement(limits, limits.acquire(), 200, "application/json", "gzip")
+    settlement.feed(body[:-4])
+    kept = settlement._buffer
+    assert type(kept) is bytes
+    assert kept == BODY
+    settlement.feed(body[-4:])
+    assert settlement._buffer is kept
+    plain = _transport._Settlement(limits, limits.acquire(), 200, "application/json", "")
+    plain.feed(BODY[:5])
+    plain.feed(BODY[5:])  # (a second chunk: from now on, a buffer of its own that grows)
+    assert type(plain._buffer) is bytearray
+    assert plain._buffer == BODY
 
 
 @pytest.mark.parametrize("encoding", list(ENCODED))
