@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["Clamp", "FeedbackPlan", "fitted", "plan_feedback"]
 
 _PAUSE_ON_429 = 1.0
+_tuple_new = tuple.__new__  # (a NamedTuple made without its Python __new__)
 # A server's limit describes a meter's period when its own is within this factor of it.
 _SAME_PERIOD = 1.25
 
@@ -91,16 +92,12 @@ def plan_feedback(
             rate = meters[index].rate
             reset = rate.period if limit.reset_after is None else limit.reset_after
             fit = None if limit.refill_rate is None else _fit(rate, limit)
-            # (Clamp(...) without its Python __new__: the tuple made at once)
             clamp = (index, limit.remaining, reset, limit.refill_rate, fit)
             clamps.append(_tuple_new(Clamp, clamp))
     pause = info.retry_after
     if pause is None and status == 429:
         pause = _PAUSE_ON_429
     return _tuple_new(FeedbackPlan, (pause, tuple(clamps), status == 429))
-
-
-_tuple_new = tuple.__new__
 
 
 def _fit(rate: RateSpec, limit: ServerLimit) -> tuple[float, float] | None:
